@@ -1,0 +1,96 @@
+//! The key layout: every Redis key meetingd uses, and the hash tag that
+//! puts it in its Redis Cluster slot.
+//!
+//! A meeting belongs to partition `meeting mod P`; all of its keys, and the
+//! partition's indexes, share the tag `{p<partition>}`, so one Lua call can
+//! touch a meeting and the indexes atomically, on one node. A user has a tag
+//! of its own, `{u<user>}`. The README's key layout table describes each key.
+//! The Lua library checks the names it is given against the same layout.
+
+use super::types::{Id, InstanceId};
+
+/// Builds key names for a given number of partitions.
+#[derive(Debug, Clone, Copy)]
+pub struct Keys {
+    /// P: how many partitions meetings are spread over. Fixed for the life
+    /// of the data: a meeting's keys are named after its partition.
+    partitions: u64,
+}
+
+impl Keys {
+    /// A layout with `partitions` partitions (at least 1).
+    pub fn new(partitions: u64) -> Self {
+        Keys {
+            partitions: partitions.max(1),
+        }
+    }
+
+    /// How many partitions there are.
+    pub fn partitions(&self) -> u64 {
+        self.partitions
+    }
+
+    /// The partition of a meeting.
+    pub fn partition(&self, meeting: Id) -> u64 {
+        meeting % self.partitions
+    }
+
+    fn tag(&self, meeting: Id) -> String {
+        format!("meetingd:{{p{}}}", self.partition(meeting))
+    }
+
+    /// The user's hash: name, age, gender, email.
+    pub fn user(user: Id) -> String {
+        format!("meetingd:{{u{user}}}:user")
+    }
+
+    /// The partition's sorted set of instances by due time.
+    pub fn due(partition: u64) -> String {
+        format!("meetingd:{{p{partition}}}:due")
+    }
+
+    /// The partition's sorted set of active instances, scored by meeting.
+    pub fn active(partition: u64) -> String {
+        format!("meetingd:{{p{partition}}}:active")
+    }
+
+    /// The meeting's hash: title, description, public.
+    pub fn meeting(&self, meeting: Id) -> String {
+        format!("{}:meeting:{meeting}", self.tag(meeting))
+    }
+
+    /// The meeting's audience: a sorted set of lower-cased e-mails.
+    pub fn audience(&self, meeting: Id) -> String {
+        format!("{}:audience:{meeting}", self.tag(meeting))
+    }
+
+    /// The meeting's order ids, sorted.
+    pub fn orders(&self, meeting: Id) -> String {
+        format!("{}:orders:{meeting}", self.tag(meeting))
+    }
+
+    /// The meeting's instances: window, state and id sequence per order.
+    pub fn schedule(&self, meeting: Id) -> String {
+        format!("{}:schedule:{meeting}", self.tag(meeting))
+    }
+
+    /// The instance's participants: user -> join time.
+    pub fn present(&self, instance: InstanceId) -> String {
+        format!("{}:present:{instance}", self.tag(instance.meeting))
+    }
+
+    /// The instance's event log (a stream).
+    pub fn events(&self, instance: InstanceId) -> String {
+        format!("{}:events:{instance}", self.tag(instance.meeting))
+    }
+
+    /// The instance's chat (a stream).
+    pub fn chat(&self, instance: InstanceId) -> String {
+        format!("{}:chat:{instance}", self.tag(instance.meeting))
+    }
+
+    /// One user's messages in the instance's chat, by id (a stream).
+    pub fn chat_by(&self, instance: InstanceId, user: Id) -> String {
+        format!("{}:chat:{instance}:by:{user}", self.tag(instance.meeting))
+    }
+}

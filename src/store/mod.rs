@@ -1,0 +1,944 @@
+//! The store: the only module that talks to Redis.
+//!
+//! It loads the Lua library (`lua/`, see [`library`]) into Redis and calls
+//! its functions with the keys the layout ([`Keys`]) gives, one typed method
+//! per operation. Every rule lives in the Lua: this module only names keys,
+//! passes arguments (and `now`, from its [`Clock`]), decodes replies and
+//! maps errors to the spec's codes. It never scans the keyspace.
+//!
+//! Library upkeep: at connect, and again after any reconnect, it compares
+//! `meet_version` with its own and loads the library when they differ or the
+//! library is missing; a call that fails because the function is gone
+//! (Redis restarted without persistence, a failover, `FUNCTION FLUSH`)
+//! loads it and is retried once, which is safe because nothing ran.
+
+mod keys;
+mod library;
+mod reply;
+mod types;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, ErrorKind, PushKind, RedisError, Value};
+
+pub use keys::Keys;
+pub use library::{Library, library};
+pub use types::*;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::Code;
+use reply::Fields;
+
+/// Why a store call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// A rule of the library said no (not found, inactive, ...).
+    #[error("{message}")]
+    Rule {
+        /// The spec's code.
+        code: Code,
+        /// What the library said.
+        message: String,
+    },
+    /// Redis is unreachable or did not answer in time.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug, or a reply of the wrong shape.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// The spec's code for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            StoreError::Rule { code, .. } => *code,
+            StoreError::Unavailable(_) => Code::Unavailable,
+            StoreError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<RedisError> for StoreError {
+    fn from(err: RedisError) -> Self {
+        if let Some(code) = err.code().and_then(Code::from_library) {
+            let message = err.detail().unwrap_or_default().to_string();
+            return StoreError::Rule { code, message };
+        }
+        let unreachable = err.is_io_error()
+            || err.is_timeout()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+            || matches!(
+                err.code(),
+                Some("LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "BUSY")
+            );
+        if unreachable {
+            StoreError::Unavailable(err.to_string())
+        } else {
+            StoreError::Internal(err.to_string())
+        }
+    }
+}
+
+/// How to reach Redis and how much work one call may do.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `redis://host:port/db` or `redis+unix:///path/to/socket`.
+    pub url: String,
+    /// P: meetings are spread over this many partitions (hash tags).
+    pub partitions: u64,
+    /// How long a Redis call may take before it fails as unavailable.
+    pub timeout: Duration,
+    /// Instances per tick step (one meet_tick call).
+    pub tick_batch: usize,
+    /// Timeout events per call (END and tick steps).
+    pub timeout_budget: usize,
+}
+
+impl StoreOptions {
+    /// The defaults for a Redis at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        StoreOptions {
+            url: url.into(),
+            partitions: 16,
+            timeout: Duration::from_secs(1),
+            tick_batch: 200,
+            timeout_budget: 1000,
+        }
+    }
+}
+
+/// A handle on the data in Redis. Cheap to clone: clones share one
+/// multiplexed connection, which reconnects by itself.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    keys: Keys,
+    clock: Arc<dyn Clock>,
+    /// False after a disconnection: the library is checked before the next
+    /// call (the Redis we reach now may be another one, or restarted).
+    library_checked: Arc<AtomicBool>,
+    options: Arc<StoreOptions>,
+}
+
+/// Most members a Lua call reads at once.
+const PAGE: usize = 1000;
+
+/// Arguments of a function call, as redis-cli would send them.
+type Args = Vec<String>;
+
+impl Store {
+    /// Connect with the system clock.
+    pub async fn connect(options: StoreOptions) -> Result<Store, StoreError> {
+        Store::connect_with_clock(options, Arc::new(SystemClock)).await
+    }
+
+    /// Connect, taking `now` from `clock`, and make sure the library is
+    /// loaded.
+    pub async fn connect_with_clock(
+        options: StoreOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Store, StoreError> {
+        let info = redis::IntoConnectionInfo::into_connection_info(options.url.as_str())
+            .map_err(|e| StoreError::Internal(format!("bad Redis URL: {e}")))?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let library_checked = Arc::new(AtomicBool::new(false));
+        let flag = library_checked.clone();
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(options.timeout))
+            .set_connection_timeout(Some(options.timeout))
+            .set_max_delay(Duration::from_millis(500))
+            .set_number_of_retries(2)
+            .set_push_sender(move |info: redis::PushInfo| {
+                if info.kind == PushKind::Disconnection {
+                    flag.store(false, Ordering::SeqCst);
+                }
+                Ok::<(), ()>(())
+            });
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let store = Store {
+            conn,
+            keys: Keys::new(options.partitions),
+            clock,
+            library_checked,
+            options: Arc::new(options),
+        };
+        store.ensure_library().await?;
+        Ok(store)
+    }
+
+    /// The key layout in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Now, by the store's clock.
+    pub fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
+    /// Load the library unless the loaded one has our version.
+    pub async fn ensure_library(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let loaded: Result<String, RedisError> = redis::cmd("FCALL")
+            .arg("meet_version")
+            .arg(0)
+            .query_async(&mut conn)
+            .await;
+        match loaded {
+            Ok(version) if version == library().version => {}
+            Ok(_) => self.load_library().await?,
+            Err(err) if function_missing(&err) => self.load_library().await?,
+            Err(err) => return Err(err.into()),
+        }
+        self.library_checked.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn load_library(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(&library().source)
+            .query_async(&mut conn)
+            .await?;
+        tracing::info!(version = %library().version, "loaded the Lua library into Redis");
+        Ok(())
+    }
+
+    /// Call a library function; load the library and retry once if Redis
+    /// has lost it.
+    async fn fcall(
+        &self,
+        function: &str,
+        keys: &[String],
+        args: &Args,
+    ) -> Result<Value, StoreError> {
+        if !self.library_checked.load(Ordering::SeqCst) {
+            self.ensure_library().await?;
+        }
+        let mut cmd = Cmd::new();
+        cmd.arg("FCALL")
+            .arg(function)
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args);
+        let mut conn = self.conn.clone();
+        match cmd.query_async::<Value>(&mut conn).await {
+            Err(err) if function_missing(&err) => {
+                tracing::warn!(
+                    function,
+                    "the Lua library is gone from Redis; loading it again"
+                );
+                self.load_library().await?;
+                Ok(cmd.query_async::<Value>(&mut conn).await?)
+            }
+            result => Ok(result?),
+        }
+    }
+
+    async fn record(
+        &self,
+        function: &'static str,
+        keys: &[String],
+        args: Args,
+    ) -> Result<Fields, StoreError> {
+        let value = self.fcall(function, keys, &args).await?;
+        Fields::new(function, value)
+    }
+
+    // ---- users ----
+
+    /// Create or update a user.
+    pub async fn user_set(&self, user: &User) -> Result<User, StoreError> {
+        let args = vec![
+            user.id.to_string(),
+            user.name.clone(),
+            user.age.to_string(),
+            user.gender.clone(),
+            user.email.clone(),
+        ];
+        let f = self
+            .record("meet_user_set", &[Keys::user(user.id)], args)
+            .await?;
+        decode_user(f)
+    }
+
+    /// Read a user.
+    pub async fn user_get(&self, user: Id) -> Result<User, StoreError> {
+        let f = self
+            .record("meet_user_get", &[Keys::user(user)], vec![user.to_string()])
+            .await?;
+        decode_user(f)
+    }
+
+    /// Read many users in one round trip; `None` where a user does not
+    /// exist.
+    pub async fn users_get(&self, users: &[Id]) -> Result<Vec<Option<User>>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.library_checked.load(Ordering::SeqCst) {
+            self.ensure_library().await?;
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for &user in users {
+            pipe.cmd("FCALL")
+                .arg("meet_user_get")
+                .arg(1)
+                .arg(Keys::user(user))
+                .arg(user.to_string());
+        }
+        let mut conn = self.conn.clone();
+        let mut replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+        if replies.iter().any(|r| matches!(r, Value::ServerError(e) if e.details().is_some_and(|d| d.starts_with("Function not found")))) {
+            self.load_library().await?;
+            replies = pipe.query_async(&mut conn).await?;
+        }
+        replies
+            .into_iter()
+            .map(|reply| match reply {
+                Value::ServerError(err) => {
+                    let err: RedisError = err.into();
+                    match StoreError::from(err) {
+                        StoreError::Rule {
+                            code: Code::NotFound,
+                            ..
+                        } => Ok(None),
+                        other => Err(other),
+                    }
+                }
+                value => decode_user(Fields::new("meet_user_get", value)?).map(Some),
+            })
+            .collect()
+    }
+
+    // ---- meetings ----
+
+    /// Create or update a meeting's own fields.
+    pub async fn meeting_set(&self, meeting: &Meeting) -> Result<Meeting, StoreError> {
+        let args = vec![
+            meeting.id.to_string(),
+            meeting.title.clone(),
+            meeting.description.clone(),
+            meeting.public.to_string(),
+        ];
+        let f = self
+            .record("meet_meeting_set", &[self.keys.meeting(meeting.id)], args)
+            .await?;
+        decode_meeting(f)
+    }
+
+    /// A meeting with its audience and instances.
+    pub async fn meeting_get(&self, meeting: Id) -> Result<MeetingDetail, StoreError> {
+        let k = &self.keys;
+        let keys = [
+            k.meeting(meeting),
+            k.audience(meeting),
+            k.orders(meeting),
+            k.schedule(meeting),
+        ];
+        let mut f = self
+            .record("meet_meeting_get", &keys, vec![meeting.to_string()])
+            .await?;
+        let audience = strings("meet_meeting_get", f.array("audience")?)?;
+        let audience_total = f.count("audience_total")?;
+        let instances_total = f.count("instances_total")?;
+        let instances = f
+            .array("instances")?
+            .into_iter()
+            .map(|row| {
+                let mut row = reply::array("meet_meeting_get", row)?.into_iter();
+                let mut next = || row.next().unwrap_or_default();
+                let order = reply::id("meet_meeting_get", next())?;
+                let from = reply::int("meet_meeting_get", next())?;
+                let to = reply::int("meet_meeting_get", next())?;
+                let state = reply::text("meet_meeting_get", next())?
+                    .parse()
+                    .map_err(StoreError::Internal)?;
+                Ok(Instance {
+                    id: InstanceId::new(meeting, order),
+                    from,
+                    to,
+                    state,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(MeetingDetail {
+            meeting: decode_meeting(f)?,
+            audience,
+            audience_total,
+            instances,
+            instances_total,
+        })
+    }
+
+    /// Add e-mails to a meeting's audience.
+    pub async fn audience_add(
+        &self,
+        meeting: Id,
+        emails: &[String],
+    ) -> Result<Audience, StoreError> {
+        self.audience_change("meet_audience_add", meeting, emails)
+            .await
+    }
+
+    /// Remove e-mails from a meeting's audience.
+    pub async fn audience_del(
+        &self,
+        meeting: Id,
+        emails: &[String],
+    ) -> Result<Audience, StoreError> {
+        self.audience_change("meet_audience_del", meeting, emails)
+            .await
+    }
+
+    async fn audience_change(
+        &self,
+        function: &'static str,
+        meeting: Id,
+        emails: &[String],
+    ) -> Result<Audience, StoreError> {
+        let keys = [self.keys.meeting(meeting), self.keys.audience(meeting)];
+        let mut args = vec![meeting.to_string()];
+        args.extend(emails.iter().cloned());
+        let mut f = self.record(function, &keys, args).await?;
+        Ok(Audience {
+            changed: f.count("changed")?,
+            total: f.count("audience_total")?,
+            emails: strings(function, f.array("audience")?)?,
+        })
+    }
+
+    /// Create an instance or move its window.
+    pub async fn instance_set(
+        &self,
+        instance: InstanceId,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Instance, StoreError> {
+        let m = instance.meeting;
+        let k = &self.keys;
+        let keys = [
+            k.meeting(m),
+            k.orders(m),
+            k.schedule(m),
+            Keys::due(k.partition(m)),
+        ];
+        let args = vec![
+            m.to_string(),
+            instance.order.to_string(),
+            from.to_string(),
+            to.to_string(),
+        ];
+        let mut f = self.record("meet_instance_set", &keys, args).await?;
+        Ok(Instance {
+            id: InstanceId::new(f.id("meeting")?, f.id("order")?),
+            from: f.int("from")?,
+            to: f.int("to")?,
+            state: f.string("state")?.parse().map_err(StoreError::Internal)?,
+        })
+    }
+
+    /// Which instance an `M` or `M/O` names: `M` is the meeting's active
+    /// instance (`inactive` when it has none).
+    pub async fn resolve(&self, target: InstanceRef) -> Result<InstanceId, StoreError> {
+        match target {
+            InstanceRef::Exact(instance) => Ok(instance),
+            InstanceRef::Current(meeting) => {
+                let keys = [
+                    Keys::active(self.keys.partition(meeting)),
+                    self.keys.meeting(meeting),
+                ];
+                let value = self
+                    .fcall("meet_current", &keys, &vec![meeting.to_string()])
+                    .await?;
+                Ok(InstanceId::new(meeting, reply::id("meet_current", value)?))
+            }
+        }
+    }
+
+    // ---- presence ----
+
+    /// A user joins an active instance.
+    pub async fn join(&self, user: Id, target: InstanceRef) -> Result<Joined, StoreError> {
+        let email = self.user_get(user).await?.email;
+        let instance = self.resolve(target).await?;
+        let m = instance.meeting;
+        let k = &self.keys;
+        let keys = [
+            k.meeting(m),
+            k.audience(m),
+            k.schedule(m),
+            k.present(instance),
+            k.events(instance),
+        ];
+        let args = vec![
+            m.to_string(),
+            instance.order.to_string(),
+            user.to_string(),
+            email,
+            self.now().to_string(),
+        ];
+        let mut f = self.record("meet_join", &keys, args).await?;
+        Ok(Joined {
+            instance,
+            user,
+            joined_at: f.int("joined_at")?,
+            event_id: f.string("id")?,
+        })
+    }
+
+    /// A user leaves an active instance.
+    pub async fn leave(&self, user: Id, target: InstanceRef) -> Result<Left, StoreError> {
+        let instance = self.resolve(target).await?;
+        let k = &self.keys;
+        let keys = [
+            k.schedule(instance.meeting),
+            k.present(instance),
+            k.events(instance),
+        ];
+        let args = vec![
+            instance.meeting.to_string(),
+            instance.order.to_string(),
+            user.to_string(),
+            self.now().to_string(),
+        ];
+        let mut f = self.record("meet_leave", &keys, args).await?;
+        Ok(Left {
+            instance,
+            user,
+            left_at: f.int("left_at")?,
+            joined_at: f.int("joined_at")?,
+            event_id: f.string("id")?,
+        })
+    }
+
+    /// A page of an instance's current participants, in join order, after
+    /// the user `after`; `limit` at most 1000.
+    pub async fn participants(
+        &self,
+        target: InstanceRef,
+        after: Option<Id>,
+        limit: usize,
+    ) -> Result<(InstanceId, Vec<Participant>), StoreError> {
+        let instance = self.resolve(target).await?;
+        let keys = [
+            self.keys.schedule(instance.meeting),
+            self.keys.present(instance),
+        ];
+        let args = vec![
+            instance.meeting.to_string(),
+            instance.order.to_string(),
+            after.map(|u| u.to_string()).unwrap_or_default(),
+            limit.clamp(1, PAGE).to_string(),
+        ];
+        let value = self.fcall("meet_participants", &keys, &args).await?;
+        let list = reply::pairs("meet_participants", value)?
+            .into_iter()
+            .map(|(user, joined_at)| Participant { user, joined_at })
+            .collect();
+        Ok((instance, list))
+    }
+
+    /// Every active instance, by partition and meeting id.
+    pub async fn active_instances(&self) -> Result<Vec<InstanceId>, StoreError> {
+        let mut all = Vec::new();
+        for partition in 0..self.keys.partitions() {
+            let mut after = String::new();
+            loop {
+                let value = self
+                    .fcall(
+                        "meet_active",
+                        &[Keys::active(partition)],
+                        &vec![after.clone(), PAGE.to_string()],
+                    )
+                    .await?;
+                let page = reply::array("meet_active", value)?;
+                let full = page.len() == PAGE;
+                for name in page {
+                    let instance: InstanceId = reply::text("meet_active", name)?
+                        .parse()
+                        .map_err(StoreError::Internal)?;
+                    after = instance.meeting.to_string();
+                    all.push(instance);
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// Every active instance with its meeting's details and head count.
+    pub async fn active(&self) -> Result<Vec<ActiveInstance>, StoreError> {
+        let mut rows = Vec::new();
+        for instance in self.active_instances().await? {
+            match self.instance_info(instance).await {
+                Ok(row) if row.instance.state == InstanceState::Active => rows.push(row),
+                // ended between the two calls
+                Ok(_) | Err(StoreError::Rule { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(rows)
+    }
+
+    /// One instance with its meeting's details and head count.
+    pub async fn instance_info(&self, instance: InstanceId) -> Result<ActiveInstance, StoreError> {
+        let m = instance.meeting;
+        let keys = [
+            self.keys.meeting(m),
+            self.keys.schedule(m),
+            self.keys.present(instance),
+        ];
+        let args = vec![m.to_string(), instance.order.to_string()];
+        let mut f = self.record("meet_instance", &keys, args).await?;
+        Ok(ActiveInstance {
+            instance: Instance {
+                id: instance,
+                from: f.int("from")?,
+                to: f.int("to")?,
+                state: f.string("state")?.parse().map_err(StoreError::Internal)?,
+            },
+            title: f.string("title")?,
+            description: f.string("description")?,
+            public: f.flag("public")?,
+            participants: f.count("participants")?,
+        })
+    }
+
+    /// For each active instance, when each current participant joined. Big
+    /// instances are read 1000 participants per call.
+    pub async fn attendance(&self) -> Result<Vec<Attendance>, StoreError> {
+        let mut rows = Vec::new();
+        'instances: for instance in self.active_instances().await? {
+            let m = instance.meeting;
+            let keys = [
+                self.keys.meeting(m),
+                self.keys.schedule(m),
+                self.keys.present(instance),
+            ];
+            let mut row: Option<Attendance> = None;
+            let mut after = String::new();
+            loop {
+                let args = vec![
+                    m.to_string(),
+                    instance.order.to_string(),
+                    after.clone(),
+                    PAGE.to_string(),
+                ];
+                let mut f = match self.record("meet_attendance", &keys, args).await {
+                    Ok(f) => f,
+                    // ended, or the page's last user left, meanwhile
+                    Err(StoreError::Rule { .. }) => continue 'instances,
+                    Err(err) => return Err(err),
+                };
+                let page = reply::pairs("meet_attendance", f.take("participants")?)?;
+                let row = match &mut row {
+                    Some(row) => row,
+                    None => row.insert(Attendance {
+                        instance,
+                        title: f.string("title")?,
+                        participants: Vec::new(),
+                    }),
+                };
+                let full = page.len() == PAGE;
+                if let Some((last, _)) = page.last() {
+                    after = last.to_string();
+                }
+                row.participants.extend(
+                    page.into_iter()
+                        .map(|(user, joined_at)| Participant { user, joined_at }),
+                );
+                if !full {
+                    break;
+                }
+            }
+            rows.extend(row);
+        }
+        Ok(rows)
+    }
+
+    // ---- chat ----
+
+    /// A participant posts a message.
+    pub async fn post(
+        &self,
+        user: Id,
+        target: InstanceRef,
+        text: &str,
+    ) -> Result<Posted, StoreError> {
+        let instance = self.resolve(target).await?;
+        let k = &self.keys;
+        let keys = [
+            k.schedule(instance.meeting),
+            k.present(instance),
+            k.chat(instance),
+            k.chat_by(instance, user),
+        ];
+        let args = vec![
+            instance.meeting.to_string(),
+            instance.order.to_string(),
+            user.to_string(),
+            text.to_string(),
+            self.now().to_string(),
+        ];
+        let mut f = self.record("meet_post", &keys, args).await?;
+        Ok(Posted {
+            id: f.string("id")?,
+            instance,
+            user,
+            at: f.int("at")?,
+        })
+    }
+
+    /// A page of an instance's chat (one user's only, with `user`), oldest
+    /// first, after the message id `after`.
+    pub async fn messages(
+        &self,
+        target: InstanceRef,
+        user: Option<Id>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(InstanceId, Page<Message>), StoreError> {
+        let instance = self.resolve(target).await?;
+        let k = &self.keys;
+        let mut keys = vec![k.schedule(instance.meeting), k.chat(instance)];
+        keys.extend(user.map(|u| k.chat_by(instance, u)));
+        let args = vec![
+            instance.meeting.to_string(),
+            instance.order.to_string(),
+            user.map(|u| u.to_string()).unwrap_or_default(),
+            after.unwrap_or_default().to_string(),
+            limit.clamp(1, PAGE).to_string(),
+        ];
+        let value = self.fcall("meet_messages", &keys, &args).await?;
+        Ok((
+            instance,
+            reply::page("meet_messages", "messages", value, reply::message)?,
+        ))
+    }
+
+    /// A page of an instance's event log, oldest first, after the event id
+    /// `after`.
+    pub async fn events(
+        &self,
+        target: InstanceRef,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(InstanceId, Page<Event>), StoreError> {
+        let instance = self.resolve(target).await?;
+        let keys = [
+            self.keys.schedule(instance.meeting),
+            self.keys.events(instance),
+        ];
+        let args = vec![
+            instance.meeting.to_string(),
+            instance.order.to_string(),
+            after.unwrap_or_default().to_string(),
+            limit.clamp(1, PAGE).to_string(),
+        ];
+        let value = self.fcall("meet_events", &keys, &args).await?;
+        Ok((
+            instance,
+            reply::page("meet_events", "events", value, reply::event)?,
+        ))
+    }
+
+    // ---- the end of instances ----
+
+    /// End an active instance by hand: everybody in it times out. Big
+    /// instances are drained `timeout_budget` participants per call.
+    pub async fn end(&self, target: InstanceRef) -> Result<Ended, StoreError> {
+        let instance = self.resolve(target).await?;
+        let k = &self.keys;
+        let partition = k.partition(instance.meeting);
+        let keys = [
+            k.schedule(instance.meeting),
+            k.present(instance),
+            k.events(instance),
+            Keys::due(partition),
+            Keys::active(partition),
+        ];
+        let now = self.now().to_string();
+        let mut ended: Option<Ended> = None;
+        loop {
+            let args = vec![
+                instance.meeting.to_string(),
+                instance.order.to_string(),
+                now.clone(),
+                self.options.timeout_budget.clamp(1, PAGE).to_string(),
+            ];
+            let mut f = match self.record("meet_end", &keys, args).await {
+                // a tick drained the rest meanwhile
+                Err(StoreError::Rule {
+                    code: Code::Inactive,
+                    ..
+                }) if ended.is_some() => break,
+                result => result?,
+            };
+            let users = f
+                .array("timed_out")?
+                .into_iter()
+                .map(|u| reply::id("meet_end", u))
+                .collect::<Result<Vec<_>, _>>()?;
+            let ended_at = f.int("ended_at")?;
+            let remaining = f.count("remaining")?;
+            let row = ended.get_or_insert_with(|| Ended {
+                instance,
+                ended_at,
+                timed_out: Vec::new(),
+            });
+            row.timed_out.extend(users);
+            if remaining == 0 {
+                break;
+            }
+        }
+        ended.ok_or_else(|| StoreError::Internal("meet_end returned nothing".into()))
+    }
+
+    /// One tick step in one partition at `now`: list what is due (at most
+    /// `tick_batch` instances) and apply it.
+    pub async fn tick_step(&self, partition: u64, now: Millis) -> Result<TickStep, StoreError> {
+        let due_key = Keys::due(partition);
+        let active_key = Keys::active(partition);
+        let batch = self.options.tick_batch.clamp(1, PAGE);
+        let value = self
+            .fcall(
+                "meet_due",
+                &[due_key.clone(), active_key.clone()],
+                &vec![now.to_string(), batch.to_string()],
+            )
+            .await?;
+        let listed = reply::array("meet_due", value)?;
+        if listed.is_empty() {
+            return Ok(TickStep::default());
+        }
+        let mut keys = vec![due_key, active_key];
+        let mut args = vec![
+            now.to_string(),
+            self.options.timeout_budget.clamp(1, PAGE).to_string(),
+        ];
+        for row in &listed {
+            let mut row = reply::array("meet_due", row.clone())?.into_iter();
+            let mut next = || row.next().unwrap_or_default();
+            let meeting = reply::id("meet_due", next())?;
+            let order = reply::id("meet_due", next())?;
+            let plan = reply::text("meet_due", next())?;
+            let instance = InstanceId::new(meeting, order);
+            let other = match plan.parse::<Id>() {
+                Ok(active) => InstanceId::new(meeting, active),
+                Err(_) => instance,
+            };
+            keys.extend([
+                self.keys.schedule(meeting),
+                self.keys.present(instance),
+                self.keys.events(instance),
+                self.keys.present(other),
+                self.keys.events(other),
+            ]);
+            args.extend([meeting.to_string(), order.to_string(), plan]);
+        }
+        let mut f = self.record("meet_tick", &keys, args).await?;
+        Ok(TickStep {
+            listed: listed.len(),
+            activated: f.instances("activated")?,
+            ended: f.instances("ended")?,
+            missed: f.instances("missed")?,
+            timeouts: f.count("timeouts")?,
+            skipped: f.count("skipped")?,
+            more: f.int("more")? != 0,
+        })
+    }
+
+    /// A whole tick at `now`: every partition, step after step, until
+    /// nothing is due, however large the backlog.
+    pub async fn tick(&self, now: Millis) -> Result<TickReport, StoreError> {
+        let mut report = TickReport::default();
+        for partition in 0..self.keys.partitions() {
+            let mut idle_steps = 0;
+            loop {
+                let step = self.tick_step(partition, now).await?;
+                if step.listed == 0 {
+                    break;
+                }
+                report.steps += 1;
+                let progressed = !(step.activated.is_empty()
+                    && step.ended.is_empty()
+                    && step.missed.is_empty()
+                    && step.timeouts == 0)
+                    || step.skipped < step.listed as u64;
+                report.activated.extend(step.activated);
+                report.ended.extend(step.ended);
+                report.missed.extend(step.missed);
+                report.timeouts += step.timeouts;
+                if !step.more {
+                    break;
+                }
+                // Every listed instance skipped: others are at work on this
+                // partition. Give up after a few rounds; the next tick
+                // finishes.
+                idle_steps = if progressed { 0 } else { idle_steps + 1 };
+                if idle_steps >= 3 {
+                    tracing::warn!(
+                        partition,
+                        "tick made no progress in 3 steps; leaving the rest to the next tick"
+                    );
+                    break;
+                }
+            }
+        }
+        if !report.missed.is_empty() {
+            let names: Vec<String> = report.missed.iter().map(ToString::to_string).collect();
+            tracing::warn!(missed = %names.join(","), "instances whose whole window passed while no tick ran: ended without events");
+        }
+        Ok(report)
+    }
+}
+
+fn function_missing(err: &RedisError) -> bool {
+    err.kind() == ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+        && err
+            .detail()
+            .is_some_and(|d| d.starts_with("Function not found"))
+        || err.to_string().contains("Function not found")
+}
+
+fn strings(function: &'static str, values: Vec<Value>) -> Result<Vec<String>, StoreError> {
+    values
+        .into_iter()
+        .map(|v| reply::text(function, v))
+        .collect()
+}
+
+fn decode_user(mut f: Fields) -> Result<User, StoreError> {
+    let age = f.int("age")?;
+    Ok(User {
+        id: f.id("id")?,
+        name: f.string("name")?,
+        age: u8::try_from(age).map_err(|_| StoreError::Internal(format!("age {age}")))?,
+        gender: f.string("gender")?,
+        email: f.string("email")?,
+    })
+}
+
+fn decode_meeting(mut f: Fields) -> Result<Meeting, StoreError> {
+    Ok(Meeting {
+        id: f.id("id")?,
+        title: f.string("title")?,
+        description: f.string("description")?,
+        public: f.flag("public")?,
+    })
+}

@@ -1,0 +1,237 @@
+//! Decoding the library's replies into the store's types.
+//!
+//! Records come back as flat field/value arrays (`{'id', '5', 'name', ...}`)
+//! so they read well in redis-cli; [`Fields`] looks fields up by name. A
+//! reply of the wrong shape is a bug (ours or a foreign library under our
+//! name): it becomes [`StoreError::Internal`], never a panic.
+
+use redis::Value;
+
+use super::StoreError;
+use super::types::{Event, EventKind, Id, InstanceId, MAX_ID, Message, Millis, Page};
+
+fn bad(function: &str, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(format!("unexpected reply from {function}: {what}"))
+}
+
+/// The text of a string-like value.
+pub(super) fn text(function: &str, value: Value) -> Result<String, StoreError> {
+    match value {
+        Value::BulkString(bytes) => {
+            String::from_utf8(bytes).map_err(|_| bad(function, "text is not UTF-8"))
+        }
+        Value::SimpleString(s) => Ok(s),
+        Value::VerbatimString { text, .. } => Ok(text),
+        Value::Int(n) => Ok(n.to_string()),
+        Value::Okay => Ok("OK".into()),
+        other => Err(bad(function, format!("expected text, got {other:?}"))),
+    }
+}
+
+/// An integer given as an integer reply or as digits.
+pub(super) fn int(function: &str, value: Value) -> Result<i64, StoreError> {
+    match value {
+        Value::Int(n) => Ok(n),
+        Value::Double(d) if d.fract() == 0.0 && d.abs() < 9.0e15 => Ok(d as i64),
+        other => {
+            let s = text(function, other)?;
+            s.parse::<i64>()
+                .or_else(|_| {
+                    // scores come back as "1.7e+12" from some paths
+                    s.parse::<f64>()
+                        .ok()
+                        .filter(|d| d.fract() == 0.0 && d.abs() < 9.0e15)
+                        .map(|d| d as i64)
+                        .ok_or(())
+                })
+                .map_err(|_| bad(function, format!("expected an integer, got {s:?}")))
+        }
+    }
+}
+
+/// An id (1..=2^53-1).
+pub(super) fn id(function: &str, value: Value) -> Result<Id, StoreError> {
+    let n = int(function, value)?;
+    u64::try_from(n)
+        .ok()
+        .filter(|id| (1..=MAX_ID).contains(id))
+        .ok_or_else(|| bad(function, format!("{n} is not an id")))
+}
+
+/// An array's elements.
+pub(super) fn array(function: &str, value: Value) -> Result<Vec<Value>, StoreError> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(bad(function, format!("expected an array, got {other:?}"))),
+    }
+}
+
+/// Whether a value is Lua's `false` / nil.
+fn is_none(value: &Value) -> bool {
+    matches!(value, Value::Nil | Value::Boolean(false))
+}
+
+/// A record: a flat field/value array, looked up by field name.
+pub(super) struct Fields {
+    function: &'static str,
+    pairs: Vec<(String, Value)>,
+}
+
+impl Fields {
+    /// Split a flat array into field/value pairs.
+    pub(super) fn new(function: &'static str, value: Value) -> Result<Fields, StoreError> {
+        let items = array(function, value)?;
+        if items.len() % 2 != 0 {
+            return Err(bad(function, "odd number of elements in a record"));
+        }
+        let mut pairs = Vec::with_capacity(items.len() / 2);
+        let mut items = items.into_iter();
+        while let (Some(name), Some(value)) = (items.next(), items.next()) {
+            pairs.push((text(function, name)?, value));
+        }
+        Ok(Fields { function, pairs })
+    }
+
+    /// The value of a field, taken out of the record.
+    pub(super) fn take(&mut self, name: &str) -> Result<Value, StoreError> {
+        self.pairs
+            .iter_mut()
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| std::mem::take(value))
+            .ok_or_else(|| bad(self.function, format!("no field {name:?}")))
+    }
+
+    /// A text field.
+    pub(super) fn string(&mut self, name: &str) -> Result<String, StoreError> {
+        let value = self.take(name)?;
+        text(self.function, value)
+    }
+
+    /// An integer field.
+    pub(super) fn int(&mut self, name: &str) -> Result<i64, StoreError> {
+        let value = self.take(name)?;
+        int(self.function, value)
+    }
+
+    /// A count field.
+    pub(super) fn count(&mut self, name: &str) -> Result<u64, StoreError> {
+        let n = self.int(name)?;
+        u64::try_from(n).map_err(|_| bad(self.function, format!("{name} is negative")))
+    }
+
+    /// An id field.
+    pub(super) fn id(&mut self, name: &str) -> Result<Id, StoreError> {
+        let value = self.take(name)?;
+        id(self.function, value)
+    }
+
+    /// A `true`/`false` field.
+    pub(super) fn flag(&mut self, name: &str) -> Result<bool, StoreError> {
+        match self.string(name)?.as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            other => Err(bad(self.function, format!("{name} is {other:?}"))),
+        }
+    }
+
+    /// A field that may be nil.
+    pub(super) fn optional(&mut self, name: &str) -> Result<Option<Value>, StoreError> {
+        let value = self.take(name)?;
+        Ok((!is_none(&value)).then_some(value))
+    }
+
+    /// An array field.
+    pub(super) fn array(&mut self, name: &str) -> Result<Vec<Value>, StoreError> {
+        let value = self.take(name)?;
+        array(self.function, value)
+    }
+
+    /// An array of `M/O` names.
+    pub(super) fn instances(&mut self, name: &str) -> Result<Vec<InstanceId>, StoreError> {
+        let function = self.function;
+        self.array(name)?
+            .into_iter()
+            .map(|v| {
+                text(function, v)?
+                    .parse::<InstanceId>()
+                    .map_err(|e| bad(function, e))
+            })
+            .collect()
+    }
+}
+
+/// A stream entry: its id and its field/value record.
+fn entry(function: &'static str, value: Value) -> Result<(String, Fields), StoreError> {
+    let mut parts = array(function, value)?.into_iter();
+    match (parts.next(), parts.next()) {
+        (Some(id), Some(fields)) => Ok((text(function, id)?, Fields::new(function, fields)?)),
+        _ => Err(bad(function, "a stream entry without fields")),
+    }
+}
+
+/// `{next, id or nil, <list>, {entries}}` into a page of `T`.
+pub(super) fn page<T>(
+    function: &'static str,
+    list: &str,
+    value: Value,
+    decode: impl Fn(String, Fields) -> Result<T, StoreError>,
+) -> Result<Page<T>, StoreError> {
+    let mut fields = Fields::new(function, value)?;
+    let next = fields
+        .optional("next")?
+        .map(|v| text(function, v))
+        .transpose()?;
+    let items = fields
+        .array(list)?
+        .into_iter()
+        .map(|v| entry(function, v).and_then(|(id, f)| decode(id, f)))
+        .collect::<Result<_, _>>()?;
+    Ok(Page { items, next })
+}
+
+/// A chat message from its stream entry.
+pub(super) fn message(id: String, mut f: Fields) -> Result<Message, StoreError> {
+    Ok(Message {
+        id,
+        user: f.id("u")?,
+        text: f.string("text")?,
+        at: f.int("at")?,
+    })
+}
+
+/// An event from its stream entry.
+pub(super) fn event(id: String, mut f: Fields) -> Result<Event, StoreError> {
+    let code = f.int("t")?;
+    let kind = EventKind::from_code(code).ok_or_else(|| bad("meet_events", code))?;
+    let (scheduled_end, processed_at) = if kind == EventKind::Timeout {
+        (Some(f.int("end")?), Some(f.int("proc")?))
+    } else {
+        (None, None)
+    };
+    Ok(Event {
+        id,
+        user: f.id("u")?,
+        kind,
+        at: f.int("at")?,
+        scheduled_end,
+        processed_at,
+    })
+}
+
+/// `{user, joined_at, ...}` pairs.
+pub(super) fn pairs(function: &'static str, value: Value) -> Result<Vec<(Id, Millis)>, StoreError> {
+    let items = array(function, value)?;
+    if items.len() % 2 != 0 {
+        return Err(bad(
+            function,
+            "odd number of elements in a participant list",
+        ));
+    }
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut items = items.into_iter();
+    while let (Some(user), Some(at)) = (items.next(), items.next()) {
+        out.push((id(function, user)?, int(function, at)?));
+    }
+    Ok(out)
+}

@@ -1,0 +1,221 @@
+//! The shared test harness: a real `redis-server` on a Unix socket in a
+//! temporary directory, stopped when the handle drops; and the ways tests
+//! talk to it (the store, raw FCALL as redis-cli sends it, redis-cli
+//! itself).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meetingd::clock::ManualClock;
+use meetingd::store::{Store, StoreOptions};
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+
+/// A redis-server of the test's own.
+pub struct Redis {
+    child: Child,
+    socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Start a redis-server with no persistence.
+    pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// Start a redis-server with extra configuration (`--name value`...).
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("redis.sock");
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg("0")
+            .arg("--unixsocket")
+            .arg(&socket)
+            .arg("--unixsocketperm")
+            .arg("700")
+            .arg("--dir")
+            .arg(dir.path())
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "yes",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let redis = Redis { child, socket, dir };
+        redis.wait_ready();
+        redis
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(client) = redis::Client::open(self.url()) {
+                if let Ok(mut conn) = client.get_connection() {
+                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                        return;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on {}", self.socket.display());
+    }
+
+    /// `redis+unix://<socket>`.
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket.display())
+    }
+
+    /// The Unix socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The server's directory.
+    #[allow(dead_code)]
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A plain multiplexed connection (RESP2, as redis-cli speaks).
+    pub async fn conn(&self) -> MultiplexedConnection {
+        // no response timeout: tests load data in big pipelines
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        redis::Client::open(self.url())
+            .expect("client")
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .expect("connect to the test redis")
+    }
+
+    /// A store on this Redis with a hand-set clock at `now`.
+    pub async fn store(&self, now: i64) -> (Store, ManualClock) {
+        self.store_with(now, |_| {}).await
+    }
+
+    /// A store with options changed by `adjust`.
+    pub async fn store_with(
+        &self,
+        now: i64,
+        adjust: impl FnOnce(&mut StoreOptions),
+    ) -> (Store, ManualClock) {
+        let clock = ManualClock::new(now);
+        let mut options = StoreOptions::new(self.url());
+        adjust(&mut options);
+        (self.store_on(clock.clone(), options).await, clock)
+    }
+
+    /// A store of its own (its own connection) on a given clock.
+    pub async fn store_on(&self, clock: ManualClock, options: StoreOptions) -> Store {
+        Store::connect_with_clock(options, Arc::new(clock))
+            .await
+            .expect("store connects")
+    }
+
+    /// Default store options for this Redis.
+    #[allow(dead_code)]
+    pub fn options(&self) -> StoreOptions {
+        StoreOptions::new(self.url())
+    }
+
+    /// A digest of the whole dataset: equal before and after means nothing
+    /// was written.
+    pub async fn digest(&self) -> String {
+        let mut conn = self.conn().await;
+        redis::cmd("DEBUG")
+            .arg("DIGEST")
+            .query_async(&mut conn)
+            .await
+            .expect("DEBUG DIGEST")
+    }
+
+    /// Run redis-cli against this server; its standard output.
+    #[allow(dead_code)]
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("redis-cli must be installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// FCALL exactly as redis-cli sends it: every argument a string.
+pub async fn fcall(
+    conn: &mut MultiplexedConnection,
+    function: &str,
+    keys: &[&str],
+    args: &[&str],
+) -> redis::RedisResult<Value> {
+    redis::cmd("FCALL")
+        .arg(function)
+        .arg(keys.len())
+        .arg(keys)
+        .arg(args)
+        .query_async(conn)
+        .await
+}
+
+/// The error code of a failed call (`NOT_FOUND`), panicking on success.
+pub fn code_of(result: redis::RedisResult<Value>) -> String {
+    match result {
+        Ok(value) => panic!("expected an error, got {value:?}"),
+        Err(err) => err.code().unwrap_or("?").to_string(),
+    }
+}
+
+/// A flat field/value reply as (field, value-as-text) pairs.
+pub fn record(value: &Value) -> Vec<(String, Value)> {
+    let Value::Array(items) = value else {
+        panic!("expected an array, got {value:?}")
+    };
+    items
+        .chunks(2)
+        .map(|pair| (text(&pair[0]), pair[1].clone()))
+        .collect()
+}
+
+/// A field of a flat reply.
+pub fn field(value: &Value, name: &str) -> Value {
+    record(value)
+        .into_iter()
+        .find(|(f, _)| f == name)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no field {name} in {value:?}"))
+}
+
+/// A string-ish value as text.
+pub fn text(value: &Value) -> String {
+    match value {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Int(n) => n.to_string(),
+        Value::Okay => "OK".into(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// 2026-11-22T10:00:00Z in ms: the tests' usual "now".
+pub const T0: i64 = 1_795_341_600_000;
+/// One minute in ms.
+pub const MIN: i64 = 60_000;

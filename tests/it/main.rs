@@ -1,0 +1,9 @@
+//! meetingd's integration tests: one binary, a real redis-server per test
+//! (see `harness`), never a mock.
+
+mod harness;
+mod invariant;
+mod lua;
+mod readme;
+mod store;
+mod tick;

@@ -1,0 +1,408 @@
+//! The store's typed methods on a real Redis: the seed documents' scenario,
+//! error codes as typed errors, paging, and library upkeep.
+
+use meetingd::error::Code;
+use meetingd::store::{
+    EventKind, InstanceId, InstanceRef, InstanceState, Meeting, Store, StoreError, User, library,
+};
+
+use crate::harness::{MIN, Redis, T0};
+
+fn user(id: u64, name: &str, email: &str) -> User {
+    User {
+        id,
+        name: name.into(),
+        age: 30,
+        gender: "n/a".into(),
+        email: email.into(),
+    }
+}
+
+fn meeting(id: u64, title: &str, public: bool) -> Meeting {
+    Meeting {
+        id,
+        title: title.into(),
+        description: format!("about {title}"),
+        public,
+    }
+}
+
+fn code<T: std::fmt::Debug>(result: Result<T, StoreError>) -> Code {
+    match result {
+        Ok(value) => panic!("expected an error, got {value:?}"),
+        Err(err) => err.code(),
+    }
+}
+
+/// Three users; a public meeting 1 and private meetings 2 and 3 (Ada and
+/// Bob in 2's audience, nobody in 3's); instances past, current, future.
+async fn seed(store: &Store) {
+    store
+        .user_set(&user(1, "Ada", "ADA@example.com"))
+        .await
+        .expect("user 1");
+    store
+        .user_set(&user(2, "Bob", "bob@example.com"))
+        .await
+        .expect("user 2");
+    store
+        .user_set(&user(3, "Cy", "cy@example.com"))
+        .await
+        .expect("user 3");
+    store
+        .meeting_set(&meeting(1, "Town hall", true))
+        .await
+        .expect("meeting 1");
+    store
+        .meeting_set(&meeting(2, "Board", false))
+        .await
+        .expect("meeting 2");
+    store
+        .meeting_set(&meeting(3, "Secret", false))
+        .await
+        .expect("meeting 3");
+    store
+        .audience_add(2, &["ada@example.com".into(), "BOB@example.com".into()])
+        .await
+        .expect("audience");
+    for m in 1..=3 {
+        let past = InstanceId::new(m, 1);
+        let now = InstanceId::new(m, 2);
+        let future = InstanceId::new(m, 3);
+        store
+            .instance_set(past, T0 - 120 * MIN, T0 - 60 * MIN)
+            .await
+            .expect("past");
+        store
+            .instance_set(now, T0 - 10 * MIN, T0 + 50 * MIN)
+            .await
+            .expect("now");
+        store
+            .instance_set(future, T0 + 60 * MIN, T0 + 120 * MIN)
+            .await
+            .expect("future");
+    }
+}
+
+#[tokio::test]
+async fn the_seed_scenario() {
+    let redis = Redis::start();
+    let (store, clock) = redis.store(T0).await;
+    seed(&store).await;
+    let tick = store.tick(T0).await.expect("tick");
+    let mut activated = tick.activated.clone();
+    activated.sort();
+    assert_eq!(
+        activated,
+        [
+            InstanceId::new(1, 2),
+            InstanceId::new(2, 2),
+            InstanceId::new(3, 2)
+        ]
+    );
+    let mut missed = tick.missed.clone();
+    missed.sort();
+    assert_eq!(
+        missed,
+        [
+            InstanceId::new(1, 1),
+            InstanceId::new(2, 1),
+            InstanceId::new(3, 1)
+        ]
+    );
+
+    // joins allowed and refused
+    let town = InstanceRef::Current(1);
+    let board = InstanceRef::Current(2);
+    let joined = store.join(1, town).await.expect("ada joins the town hall");
+    assert_eq!(joined.instance, InstanceId::new(1, 2));
+    assert_eq!(joined.joined_at, T0);
+    clock.advance(1000);
+    store.join(2, town).await.expect("bob joins the town hall");
+    clock.advance(1000);
+    store.join(3, town).await.expect("cy joins the town hall");
+    store
+        .join(2, board)
+        .await
+        .expect("bob is in the board's audience");
+    store
+        .join(1, board)
+        .await
+        .expect("ada (upper-case e-mail) is in it");
+    assert_eq!(code(store.join(3, board).await), Code::NotAllowed);
+    assert_eq!(
+        code(store.join(1, InstanceRef::Current(3)).await),
+        Code::NotAllowed
+    );
+    assert_eq!(code(store.join(1, town).await), Code::AlreadyJoined);
+    assert_eq!(code(store.join(9, town).await), Code::NotFound);
+    assert_eq!(
+        code(store.join(1, InstanceRef::Current(9)).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(store.join(1, InstanceId::new(1, 3).into()).await),
+        Code::Inactive
+    );
+    assert_eq!(
+        code(store.join(1, InstanceId::new(1, 1).into()).await),
+        Code::Inactive
+    );
+    assert_eq!(
+        code(store.join(1, InstanceId::new(1, 7).into()).await),
+        Code::NotFound
+    );
+
+    // participants in join order, with paging
+    let (_, everybody) = store
+        .participants(town, None, 1000)
+        .await
+        .expect("participants");
+    let order: Vec<u64> = everybody.iter().map(|p| p.user).collect();
+    assert_eq!(order, [1, 2, 3]);
+    let (_, page) = store.participants(town, Some(1), 1).await.expect("page 2");
+    assert_eq!(page.iter().map(|p| p.user).collect::<Vec<_>>(), [2]);
+    let names = store.users_get(&order).await.expect("users");
+    assert_eq!(
+        names[0].as_ref().map(|u| u.email.as_str()),
+        Some("ada@example.com")
+    );
+    assert_eq!(store.users_get(&[1, 42]).await.expect("users")[1], None);
+
+    // chat in order and per user
+    clock.advance(1000);
+    store.post(1, town, "hello").await.expect("post 1");
+    store.post(2, town, "hi ada").await.expect("post 2");
+    store.post(1, town, "how are you?").await.expect("post 3");
+    assert_eq!(
+        code(store.post(1, InstanceRef::Current(3), "x").await),
+        Code::NotJoined
+    );
+    let (_, chat) = store
+        .messages(town, None, None, 1000)
+        .await
+        .expect("messages");
+    let texts: Vec<&str> = chat.items.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["hello", "hi ada", "how are you?"]);
+    assert_eq!(chat.next, None);
+    let (_, ada) = store
+        .messages(town, Some(1), None, 1000)
+        .await
+        .expect("ada's");
+    assert_eq!(
+        ada.items
+            .iter()
+            .map(|m| m.text.as_str())
+            .collect::<Vec<_>>(),
+        ["hello", "how are you?"]
+    );
+    let (_, first) = store.messages(town, None, None, 2).await.expect("page 1");
+    assert_eq!(first.items.len(), 2);
+    let (_, rest) = store
+        .messages(town, None, first.next.as_deref(), 2)
+        .await
+        .expect("page 2");
+    assert_eq!(
+        rest.items
+            .iter()
+            .map(|m| m.text.as_str())
+            .collect::<Vec<_>>(),
+        ["how are you?"]
+    );
+
+    // attendance and active
+    let attendance = store.attendance().await.expect("attendance");
+    let town_row = attendance
+        .iter()
+        .find(|a| a.instance == InstanceId::new(1, 2))
+        .expect("town hall attended");
+    assert_eq!(town_row.title, "Town hall");
+    assert_eq!(
+        town_row
+            .participants
+            .iter()
+            .map(|p| p.user)
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(town_row.participants[1].joined_at, T0 + 1000);
+    let active = store.active().await.expect("active");
+    assert_eq!(active.len(), 3);
+    let row = active
+        .iter()
+        .find(|a| a.instance.id.meeting == 1)
+        .expect("row");
+    assert_eq!((row.participants, row.public), (3, true));
+
+    // leave, then the end with timeouts; history stays readable
+    clock.advance(1000);
+    let left = store.leave(2, town).await.expect("bob leaves");
+    assert_eq!(left.joined_at, T0 + 1000);
+    assert_eq!(code(store.leave(2, town).await), Code::NotJoined);
+    let ended = store.end(town).await.expect("end");
+    assert_eq!(ended.instance, InstanceId::new(1, 2));
+    assert_eq!(ended.timed_out, [1, 3]);
+    assert_eq!(code(store.end(town).await), Code::Inactive);
+    let exact = InstanceRef::Exact(InstanceId::new(1, 2));
+    let (_, nobody) = store
+        .participants(exact, None, 1000)
+        .await
+        .expect("after the end");
+    assert!(nobody.is_empty());
+    let (_, events) = store.events(exact, None, 1000).await.expect("events");
+    let log: Vec<(u64, EventKind)> = events.items.iter().map(|e| (e.user, e.kind)).collect();
+    assert_eq!(
+        log,
+        [
+            (1, EventKind::Join),
+            (2, EventKind::Join),
+            (3, EventKind::Join),
+            (2, EventKind::Leave),
+            (1, EventKind::Timeout),
+            (3, EventKind::Timeout),
+        ]
+    );
+    let timeout = &events.items[4];
+    assert_eq!(timeout.scheduled_end, Some(T0 + 50 * MIN));
+    assert_eq!(timeout.processed_at, Some(clock_now(&store)));
+    let (_, chat) = store
+        .messages(exact, None, None, 1000)
+        .await
+        .expect("chat kept");
+    assert_eq!(chat.items.len(), 3);
+
+    // meeting get shows the states
+    let detail = store.meeting_get(1).await.expect("meeting get");
+    let states: Vec<InstanceState> = detail.instances.iter().map(|i| i.state).collect();
+    assert_eq!(
+        states,
+        [
+            InstanceState::Ended,
+            InstanceState::Ended,
+            InstanceState::Scheduled
+        ]
+    );
+    let board_detail = store.meeting_get(2).await.expect("board");
+    assert_eq!(
+        board_detail.audience,
+        ["ada@example.com", "bob@example.com"]
+    );
+}
+
+fn clock_now(store: &Store) -> i64 {
+    store.now()
+}
+
+#[tokio::test]
+async fn end_drains_a_big_instance_in_bounded_calls() {
+    let redis = Redis::start();
+    let (store, clock) = redis.store_with(T0, |o| o.timeout_budget = 100).await;
+    store
+        .meeting_set(&meeting(5, "Big", true))
+        .await
+        .expect("meeting");
+    let big = InstanceId::new(5, 1);
+    store
+        .instance_set(big, T0, T0 + MIN)
+        .await
+        .expect("instance");
+    store.tick(T0).await.expect("tick");
+    for u in 1..=250 {
+        store
+            .user_set(&user(u, "U", &format!("u{u}@x")))
+            .await
+            .expect("user");
+        store.join(u, big.into()).await.expect("join");
+        clock.advance(1);
+    }
+    let ended = store.end(big.into()).await.expect("end");
+    assert_eq!(ended.timed_out.len(), 250);
+    assert_eq!(ended.timed_out, (1..=250).collect::<Vec<_>>());
+    let (_, events) = store.events(big.into(), None, 1000).await.expect("events");
+    assert_eq!(events.items.len(), 500);
+}
+
+#[tokio::test]
+async fn the_library_is_loaded_again_after_function_flush() {
+    let redis = Redis::start();
+    let (store, _clock) = redis.store(T0).await;
+    store.user_set(&user(1, "Ada", "a@x")).await.expect("user");
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    let got = store.user_get(1).await.expect("the next call succeeds");
+    assert_eq!(got.name, "Ada");
+    let _: () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
+    let many = store
+        .users_get(&[1])
+        .await
+        .expect("a pipelined call succeeds too");
+    assert_eq!(many[0].as_ref().map(|u| u.id), Some(1));
+}
+
+#[tokio::test]
+async fn a_different_loaded_version_is_replaced_at_connect() {
+    let redis = Redis::start();
+    let mut conn = redis.conn().await;
+    let old = library().source.replace(&library().version, "0.0.0+old");
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(&old)
+        .query_async(&mut conn)
+        .await
+        .expect("load old");
+    let (_store, _clock) = redis.store(T0).await;
+    let version: String = redis::cmd("FCALL")
+        .arg("meet_version")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("version");
+    assert_eq!(version, library().version);
+}
+
+#[tokio::test]
+async fn redis_gone_is_unavailable_within_the_timeout() {
+    let redis = Redis::start();
+    let (store, _clock) = redis
+        .store_with(T0, |o| o.timeout = std::time::Duration::from_millis(300))
+        .await;
+    store.user_set(&user(1, "Ada", "a@x")).await.expect("user");
+    drop(redis);
+    let started = std::time::Instant::now();
+    assert_eq!(code(store.user_get(1).await), Code::Unavailable);
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn bad_input_is_a_typed_bad_request() {
+    let redis = Redis::start();
+    let (store, _clock) = redis.store(T0).await;
+    assert_eq!(
+        code(store.user_set(&user(1, "", "a@x")).await),
+        Code::BadRequest
+    );
+    assert_eq!(
+        code(store.user_set(&user(1, "A", "no-at")).await),
+        Code::BadRequest
+    );
+    store
+        .meeting_set(&meeting(1, "M", true))
+        .await
+        .expect("meeting");
+    assert_eq!(
+        code(store.instance_set(InstanceId::new(1, 1), T0, T0).await),
+        Code::BadRequest
+    );
+    assert_eq!(
+        code(store.audience_add(1, &["nope".into()]).await),
+        Code::BadRequest
+    );
+}

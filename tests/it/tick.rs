@@ -1,0 +1,439 @@
+//! The tick step: catch-up, idempotence under concurrency, overlapping
+//! windows, bounded work, drains of big instances.
+
+use std::collections::{BTreeMap, HashSet};
+
+use meetingd::store::{
+    Event, EventKind, InstanceId, InstanceRef, InstanceState, Meeting, Store, User,
+};
+
+use crate::harness::{MIN, Redis, T0};
+
+async fn public_meeting(store: &Store, id: u64) {
+    let meeting = Meeting {
+        id,
+        title: format!("m{id}"),
+        description: String::new(),
+        public: true,
+    };
+    store.meeting_set(&meeting).await.expect("meeting");
+}
+
+async fn users(store: &Store, ids: impl IntoIterator<Item = u64>) {
+    for id in ids {
+        let user = User {
+            id,
+            name: format!("u{id}"),
+            age: 20,
+            gender: "-".into(),
+            email: format!("u{id}@example.com"),
+        };
+        store.user_set(&user).await.expect("user");
+    }
+}
+
+async fn all_events(store: &Store, instance: InstanceId) -> Vec<Event> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (_, page) = store
+            .events(instance.into(), after.as_deref(), 1000)
+            .await
+            .expect("events");
+        all.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return all,
+        }
+    }
+}
+
+async fn state(store: &Store, instance: InstanceId) -> InstanceState {
+    store
+        .instance_info(instance)
+        .await
+        .expect("instance")
+        .instance
+        .state
+}
+
+#[tokio::test]
+async fn catch_up_after_a_long_downtime() {
+    let redis = Redis::start();
+    let (store, clock) = redis.store(T0).await;
+    users(&store, 1..=3).await;
+    // meeting 100: active with three participants before the downtime
+    public_meeting(&store, 100).await;
+    let busy = InstanceId::new(100, 1);
+    store
+        .instance_set(busy, T0, T0 + 30 * MIN)
+        .await
+        .expect("busy");
+    store.tick(T0).await.expect("tick before the downtime");
+    for u in 1..=3 {
+        store.join(u, busy.into()).await.expect("join");
+    }
+    // 50 windows open and close while nothing runs, 5 are still open at
+    // the end of it, 5 lie in the future
+    for m in 1..=60 {
+        public_meeting(&store, m).await;
+        let (from, to) = match m {
+            1..=50 => (T0 + (m as i64) * MIN, T0 + (m as i64 + 1) * MIN),
+            51..=55 => (T0 + 100 * MIN, T0 + 200 * MIN),
+            _ => (T0 + 300 * MIN, T0 + 400 * MIN),
+        };
+        store
+            .instance_set(InstanceId::new(m, 1), from, to)
+            .await
+            .expect("instance");
+    }
+    let back = T0 + 150 * MIN;
+    clock.set(back);
+    let report = store.tick(back).await.expect("catch-up tick");
+    let missed: HashSet<u64> = report.missed.iter().map(|i| i.meeting).collect();
+    assert_eq!(missed, (1..=50).collect());
+    let activated: HashSet<u64> = report.activated.iter().map(|i| i.meeting).collect();
+    assert_eq!(activated, (51..=55).collect());
+    assert_eq!(report.ended, [busy]);
+    assert_eq!(report.timeouts, 3);
+    for m in 1..=50 {
+        let instance = InstanceId::new(m, 1);
+        assert_eq!(state(&store, instance).await, InstanceState::Ended);
+        assert!(
+            all_events(&store, instance).await.is_empty(),
+            "{instance} ended without events"
+        );
+    }
+    for m in 56..=60 {
+        assert_eq!(
+            state(&store, InstanceId::new(m, 1)).await,
+            InstanceState::Scheduled
+        );
+    }
+    let events = all_events(&store, busy).await;
+    let timeouts: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Timeout)
+        .collect();
+    assert_eq!(timeouts.len(), 3);
+    for t in timeouts {
+        assert_eq!(t.at, T0 + 30 * MIN, "stamped with the scheduled end");
+        assert_eq!(t.scheduled_end, Some(T0 + 30 * MIN));
+        assert_eq!(t.processed_at, Some(back), "and when it was processed");
+    }
+    // nothing twice
+    let again = store.tick(back).await.expect("second tick");
+    assert_eq!(again, Default::default());
+}
+
+/// 200 instances, each with participants to time out, another 200 to
+/// activate; 8 ticks at the same instant on 8 connections at once.
+#[tokio::test]
+async fn concurrent_ticks_apply_each_transition_once() {
+    let redis = Redis::start();
+    let (store, clock) = redis.store(T0).await;
+    users(&store, 1..=5).await;
+    for m in 1..=200 {
+        public_meeting(&store, m).await;
+        store
+            .instance_set(InstanceId::new(m, 1), T0, T0 + 10 * MIN)
+            .await
+            .expect("ending");
+        store
+            .instance_set(InstanceId::new(m, 2), T0 + 10 * MIN, T0 + 20 * MIN)
+            .await
+            .expect("starting");
+    }
+    store.tick(T0).await.expect("first tick");
+    for m in 1..=200 {
+        for u in 1..=5 {
+            store.join(u, InstanceRef::Current(m)).await.expect("join");
+        }
+    }
+    let at = T0 + 10 * MIN;
+    clock.set(at);
+    let mut tickers = Vec::new();
+    for _ in 0..8 {
+        let (ticker, _) = redis
+            .store_with(at, |o| {
+                o.tick_batch = 7;
+                o.timeout_budget = 13;
+            })
+            .await;
+        tickers.push(tokio::spawn(
+            async move { ticker.tick(at).await.expect("tick") },
+        ));
+    }
+    let mut activated = Vec::new();
+    let mut ended = Vec::new();
+    let mut timeouts = 0;
+    for ticker in tickers {
+        let report = ticker.await.expect("ticker task");
+        activated.extend(report.activated);
+        ended.extend(report.ended);
+        timeouts += report.timeouts;
+    }
+    let repeat = store.tick(at).await.expect("a ninth tick");
+    activated.extend(repeat.activated);
+    ended.extend(repeat.ended);
+    timeouts += repeat.timeouts;
+    activated.sort();
+    ended.sort();
+    let expected_starts: Vec<InstanceId> = (1..=200).map(|m| InstanceId::new(m, 2)).collect();
+    let expected_ends: Vec<InstanceId> = (1..=200).map(|m| InstanceId::new(m, 1)).collect();
+    assert_eq!(activated, expected_starts, "each activation exactly once");
+    assert_eq!(ended, expected_ends, "each end exactly once");
+    assert_eq!(timeouts, 1000);
+    for m in 1..=200 {
+        let events = all_events(&store, InstanceId::new(m, 1)).await;
+        let mut per_user: BTreeMap<u64, Vec<EventKind>> = BTreeMap::new();
+        for e in events {
+            per_user.entry(e.user).or_default().push(e.kind);
+        }
+        for (user, kinds) in per_user {
+            assert_eq!(
+                kinds,
+                [EventKind::Join, EventKind::Timeout],
+                "meeting {m} user {user}"
+            );
+        }
+        assert_eq!(
+            state(&store, InstanceId::new(m, 2)).await,
+            InstanceState::Active
+        );
+    }
+}
+
+fn active_of(store_active: &[meetingd::store::ActiveInstance], meeting: u64) -> Vec<u64> {
+    store_active
+        .iter()
+        .filter(|a| a.instance.id.meeting == meeting)
+        .map(|a| a.instance.id.order)
+        .collect()
+}
+
+/// Windows of one meeting: O1 [0, 60), O2 [30, 90), O3 [10, 40) minutes.
+async fn overlapping(store: &Store) -> [InstanceId; 3] {
+    public_meeting(store, 7).await;
+    let o = [
+        InstanceId::new(7, 1),
+        InstanceId::new(7, 2),
+        InstanceId::new(7, 3),
+    ];
+    store
+        .instance_set(o[0], T0, T0 + 60 * MIN)
+        .await
+        .expect("o1");
+    store
+        .instance_set(o[1], T0 + 30 * MIN, T0 + 90 * MIN)
+        .await
+        .expect("o2");
+    store
+        .instance_set(o[2], T0 + 10 * MIN, T0 + 40 * MIN)
+        .await
+        .expect("o3");
+    o
+}
+
+#[tokio::test]
+async fn overlapping_windows_tick_by_tick() {
+    let redis = Redis::start();
+    let (store, clock) = redis.store(T0).await;
+    users(&store, 1..=2).await;
+    let [o1, o2, o3] = overlapping(&store).await;
+    store.tick(T0).await.expect("tick 0");
+    assert_eq!(active_of(&store.active().await.expect("active"), 7), [1]);
+    store
+        .join(1, InstanceRef::Current(7))
+        .await
+        .expect("join o1");
+    clock.set(T0 + 10 * MIN);
+    let report = store.tick(T0 + 10 * MIN).await.expect("tick 10");
+    assert_eq!(
+        (report.activated.clone(), report.ended.clone()),
+        (vec![o3], vec![o1])
+    );
+    let events = all_events(&store, o1).await;
+    assert_eq!(
+        events.last().map(|e| (e.kind, e.at)),
+        Some((EventKind::Timeout, T0 + 10 * MIN))
+    );
+    store
+        .join(2, InstanceRef::Current(7))
+        .await
+        .expect("join o3");
+    clock.set(T0 + 30 * MIN);
+    let report = store.tick(T0 + 30 * MIN).await.expect("tick 30");
+    assert!(
+        report.activated.is_empty(),
+        "o2 has a lower order than the running o3"
+    );
+    assert_eq!(active_of(&store.active().await.expect("active"), 7), [3]);
+    clock.set(T0 + 40 * MIN);
+    let report = store.tick(T0 + 40 * MIN).await.expect("tick 40");
+    assert_eq!((report.activated, report.ended), (vec![o2], vec![o3]));
+    assert_eq!(active_of(&store.active().await.expect("active"), 7), [2]);
+    assert_eq!(state(&store, o1).await, InstanceState::Ended);
+    let timeouts = all_events(&store, o3).await;
+    assert_eq!(
+        timeouts.last().map(|e| (e.user, e.kind)),
+        Some((2, EventKind::Timeout))
+    );
+}
+
+#[tokio::test]
+async fn overlapping_windows_caught_up_leave_the_highest_order_active() {
+    for batch in [1, 2, 200] {
+        let redis = Redis::start();
+        let (store, _clock) = redis.store_with(T0, |o| o.tick_batch = batch).await;
+        let [o1, o2, o3] = overlapping(&store).await;
+        store.tick(T0 + 35 * MIN).await.expect("catch-up at 35");
+        assert_eq!(
+            active_of(&store.active().await.expect("active"), 7),
+            [3],
+            "batch {batch}: o3 is the highest order due"
+        );
+        store.tick(T0 + 45 * MIN).await.expect("tick at 45");
+        assert_eq!(
+            active_of(&store.active().await.expect("active"), 7),
+            [2],
+            "batch {batch}"
+        );
+        store.tick(T0 + 65 * MIN).await.expect("tick at 65");
+        assert_eq!(
+            state(&store, o1).await,
+            InstanceState::Ended,
+            "batch {batch}"
+        );
+        assert_eq!(
+            state(&store, o3).await,
+            InstanceState::Ended,
+            "batch {batch}"
+        );
+        assert_eq!(
+            state(&store, o2).await,
+            InstanceState::Active,
+            "batch {batch}"
+        );
+        store.tick(T0 + 95 * MIN).await.expect("tick at 95");
+        assert!(store.active().await.expect("active").is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_big_instance_ends_over_several_bounded_steps() {
+    let redis = Redis::start();
+    let (store, clock) = redis.store_with(T0, |o| o.timeout_budget = 100).await;
+    users(&store, 1..=350).await;
+    public_meeting(&store, 3).await;
+    let big = InstanceId::new(3, 1);
+    store
+        .instance_set(big, T0, T0 + MIN)
+        .await
+        .expect("instance");
+    store.tick(T0).await.expect("activate");
+    for u in 1..=350 {
+        store.join(u, big.into()).await.expect("join");
+        clock.advance(1);
+    }
+    let report = store.tick(T0 + MIN).await.expect("end");
+    assert_eq!(report.ended, [big]);
+    assert_eq!(report.timeouts, 350);
+    assert!(report.steps >= 4, "350 timeouts at 100 a call take 4 calls");
+    let events = all_events(&store, big).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == EventKind::Timeout)
+            .count(),
+        350
+    );
+    let (_, left) = store
+        .participants(big.into(), None, 1000)
+        .await
+        .expect("participants");
+    assert!(left.is_empty());
+}
+
+/// Commands Redis ran, by name, from `INFO commandstats`.
+async fn commandstats(redis: &Redis) -> BTreeMap<String, u64> {
+    let mut conn = redis.conn().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            Some((name.to_string(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Store `stored` instances of which the first 100 are due at T0; tick at
+/// T0; return what the tick activated and the commands it made Redis run.
+async fn tick_among(stored: u64) -> (usize, BTreeMap<String, u64>) {
+    let redis = Redis::start();
+    let (store, _clock) = redis.store(T0).await;
+    let mut conn = redis.conn().await;
+    // bulk load through the library, pipelined
+    let mut pipe = redis::pipe();
+    for m in 1..=stored {
+        let keys = store.keys();
+        let from = if m <= 100 { T0 } else { T0 + 24 * 60 * MIN };
+        pipe.cmd("FCALL")
+            .arg("meet_meeting_set")
+            .arg(1)
+            .arg(keys.meeting(m))
+            .arg(m.to_string())
+            .arg("t")
+            .arg("")
+            .arg("true")
+            .ignore();
+        pipe.cmd("FCALL")
+            .arg("meet_instance_set")
+            .arg(4)
+            .arg(keys.meeting(m))
+            .arg(keys.orders(m))
+            .arg(keys.schedule(m))
+            .arg(meetingd::store::Keys::due(keys.partition(m)))
+            .arg(m.to_string())
+            .arg("1")
+            .arg(from.to_string())
+            .arg((from + MIN).to_string())
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.expect("load");
+    let before = commandstats(&redis).await;
+    let report = store.tick(T0).await.expect("tick");
+    let after = commandstats(&redis).await;
+    let delta = after
+        .into_iter()
+        .filter(|(name, _)| name != "info")
+        .map(|(name, calls)| {
+            let was = before.get(&name).copied().unwrap_or(0);
+            (name, calls - was)
+        })
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    (report.activated.len(), delta)
+}
+
+/// The tick's work grows with what is due, not with what is stored: with
+/// 100 due among 1,000 or among 10,000 instances, it activates exactly the
+/// 100 and Redis runs exactly the same commands.
+#[tokio::test]
+async fn a_tick_reads_only_what_is_due() {
+    let (small_activated, small) = tick_among(1_000).await;
+    let (big_activated, big) = tick_among(10_000).await;
+    assert_eq!(small_activated, 100);
+    assert_eq!(big_activated, 100);
+    assert_eq!(small, big, "the same commands whatever is stored");
+    let total: u64 = big.values().sum();
+    assert!(
+        total < 100 * 12,
+        "a bounded number of commands per due instance: {big:?}"
+    );
+}

@@ -406,3 +406,77 @@ async fn bad_input_is_a_typed_bad_request() {
         Code::BadRequest
     );
 }
+
+#[tokio::test]
+async fn the_library_is_checked_again_after_a_reconnect() {
+    let redis = Redis::start();
+    let (store, _clock) = redis.store(T0).await;
+    store.user_set(&user(1, "Ada", "a@x")).await.expect("user");
+    // Somebody replaces the library with another version while the store
+    // is connected, then the store's connection drops.
+    let mut conn = redis.conn().await;
+    let other = library().source.replace(&library().version, "0.0.0+other");
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(&other)
+        .query_async(&mut conn)
+        .await
+        .expect("load another version");
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut conn)
+        .await
+        .expect("kill the store's connection");
+    // The first call may see the dropped connection; the store reconnects.
+    let mut got = store.user_get(1).await;
+    for _ in 0..20 {
+        if got.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        got = store.user_get(1).await;
+    }
+    assert_eq!(got.expect("served after the reconnect").name, "Ada");
+    let version: String = redis::cmd("FCALL")
+        .arg("meet_version")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("version");
+    assert_eq!(
+        version,
+        library().version,
+        "our version is back after the reconnect"
+    );
+}
+
+#[tokio::test]
+async fn corrupt_data_is_internal() {
+    let redis = Redis::start();
+    let (store, _clock) = redis.store(T0).await;
+    store
+        .meeting_set(&meeting(1, "M", true))
+        .await
+        .expect("meeting");
+    store
+        .instance_set(InstanceId::new(1, 1), T0, T0 + MIN)
+        .await
+        .expect("instance");
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("HSET")
+        .arg(store.keys().schedule(1))
+        .arg("1")
+        .arg("not|a|window")
+        .query_async(&mut conn)
+        .await
+        .expect("corrupt");
+    assert_eq!(
+        code(store.instance_info(InstanceId::new(1, 1)).await),
+        Code::Internal
+    );
+}

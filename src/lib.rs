@@ -23,5 +23,10 @@
 #![deny(missing_docs)]
 
 pub mod clock;
+pub mod cmd;
+pub mod daemon;
 pub mod error;
+pub mod protocol;
+pub mod server;
+pub mod stats;
 pub mod store;

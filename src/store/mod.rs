@@ -185,6 +185,14 @@ impl Store {
         self.clock.now()
     }
 
+    /// One round trip to Redis (PING): how long it took.
+    pub async fn ping(&self) -> Result<Duration, StoreError> {
+        let started = std::time::Instant::now();
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(started.elapsed())
+    }
+
     /// Load the library unless the loaded one has our version.
     pub async fn ensure_library(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();

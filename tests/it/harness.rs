@@ -160,6 +160,209 @@ impl Drop for Redis {
     }
 }
 
+impl Redis {
+    /// Stop the server (SIGKILL), keeping its directory and socket path.
+    #[allow(dead_code)]
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// Start a server again on the same socket (empty: no persistence).
+    #[allow(dead_code)]
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Command::new("redis-server")
+            .arg("--port")
+            .arg("0")
+            .arg("--unixsocket")
+            .arg(&self.socket)
+            .arg("--unixsocketperm")
+            .arg("700")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts again");
+        self.wait_ready();
+    }
+}
+
+/// A `meetingd serve` process of the test's own, on a socket in a temp dir,
+/// killed when the handle drops.
+#[allow(dead_code)]
+pub struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl Daemon {
+    /// Start the daemon on `redis` with extra flags; wait until it answers.
+    pub fn start(redis: &Redis, extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("meetingd.sock");
+        let daemon = Daemon::spawn(redis, &socket, extra, dir);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Start a daemon process without waiting for it.
+    pub fn spawn(redis: &Redis, socket: &Path, extra: &[&str], dir: tempfile::TempDir) -> Daemon {
+        let log = std::fs::File::create(dir.path().join("meetingd.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_meetingd"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(socket)
+            .arg("--redis")
+            .arg(redis.url())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("meetingd starts");
+        Daemon {
+            child,
+            socket: socket.to_path_buf(),
+            dir,
+        }
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(mut client) = Client::connect(&self.socket) {
+                if client.request("PING")["result"] == "PONG" {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "meetingd did not answer on {}: {}",
+            self.socket.display(),
+            self.log()
+        );
+    }
+
+    /// The control socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The daemon's directory (socket and log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What the daemon logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("meetingd.log")).unwrap_or_default()
+    }
+
+    /// A new client connection.
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket).expect("connect to meetingd")
+    }
+
+    /// Wait for the process to end by itself; its exit status.
+    pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking client of the control socket speaking the line protocol.
+#[allow(dead_code)]
+pub struct Client {
+    stream: std::os::unix::net::UnixStream,
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+}
+
+#[allow(dead_code)]
+impl Client {
+    /// Connect (with a 10 s read timeout, so a hung daemon fails the test).
+    pub fn connect(path: &Path) -> std::io::Result<Client> {
+        let stream = std::os::unix::net::UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let reader = std::io::BufReader::new(stream.try_clone()?);
+        Ok(Client { stream, reader })
+    }
+
+    /// A second handle on the connection, for writing from another thread.
+    pub fn try_clone_writer(&self) -> std::os::unix::net::UnixStream {
+        self.stream.try_clone().expect("clone the connection")
+    }
+
+    /// Send raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).expect("send to meetingd");
+    }
+
+    /// Read one reply line as JSON; `None` when the daemon closed the
+    /// connection.
+    pub fn reply(&mut self) -> Option<serde_json::Value> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(
+                serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("reply {line:?} is not JSON: {e}")),
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("reading a reply: {e}"),
+        }
+    }
+
+    /// Send one request line, read its reply.
+    pub fn request(&mut self, line: &str) -> serde_json::Value {
+        self.send(format!("{line}\n").as_bytes());
+        self.reply()
+            .unwrap_or_else(|| panic!("the daemon closed the connection after {line:?}"))
+    }
+
+    /// The error code of a request that must fail.
+    pub fn error_code(&mut self, line: &str) -> String {
+        let reply = self.request(line);
+        assert_eq!(reply["ok"], false, "{line:?} should fail: {reply}");
+        reply["error"]["code"].as_str().unwrap_or("?").to_string()
+    }
+
+    /// The result of a request that must succeed.
+    pub fn ok(&mut self, line: &str) -> serde_json::Value {
+        let reply = self.request(line);
+        assert_eq!(reply["ok"], true, "{line:?} should succeed: {reply}");
+        reply["result"].clone()
+    }
+}
+
 /// FCALL exactly as redis-cli sends it: every argument a string.
 pub async fn fcall(
     conn: &mut MultiplexedConnection,

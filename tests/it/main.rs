@@ -5,5 +5,6 @@ mod harness;
 mod invariant;
 mod lua;
 mod readme;
+mod socket;
 mod store;
 mod tick;

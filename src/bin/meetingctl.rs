@@ -1,0 +1,692 @@
+//! `meetingctl`: the client of meetingd's control socket, for people (tables)
+//! and scripts (`--json`).
+//!
+//! Each subcommand builds one protocol request with the daemon's own quoting
+//! (`protocol::request_line`), sends it, and prints the reply. Exit status:
+//! 0 on success, 1 on an error reply (printed to stderr with its code), 2 on
+//! usage or connection errors. `import FILE` loads users, meetings,
+//! audiences and instances from a JSON file, entry by entry.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use meetingd::protocol::request_line;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Talk to a running meetingd.
+#[derive(Parser)]
+#[command(name = "meetingctl", version, about, disable_help_subcommand = true)]
+struct Cli {
+    /// The daemon's control socket.
+    #[arg(
+        long,
+        global = true,
+        env = "MEETINGD_SOCKET",
+        default_value = "/run/meetingd/meetingd.sock"
+    )]
+    socket: PathBuf,
+    /// Print the daemon's reply as it came (one JSON line) instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check that the daemon answers.
+    Ping,
+    /// The daemon's command list, or one command's syntax.
+    Help {
+        /// A command, e.g. JOIN or "USER SET".
+        command: Vec<String>,
+    },
+    /// Users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Meetings.
+    #[command(subcommand)]
+    Meeting(MeetingCommand),
+    /// A meeting's audience (who may join a private meeting).
+    #[command(subcommand)]
+    Audience(AudienceCommand),
+    /// Instances of a meeting.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+    /// End an active instance now (admin).
+    End {
+        /// M (the meeting's active instance) or M/O.
+        mref: String,
+    },
+    /// Apply every transition due now (admin).
+    Tick,
+    /// A user joins an active instance.
+    Join {
+        /// The user's id.
+        user: String,
+        /// M or M/O.
+        mref: String,
+    },
+    /// A user leaves an instance.
+    Leave {
+        /// The user's id.
+        user: String,
+        /// M or M/O.
+        mref: String,
+    },
+    /// Who is in an instance, in join order.
+    Participants {
+        /// M or M/O.
+        mref: String,
+        /// Start after this user (the last of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<String>,
+    },
+    /// Every active instance.
+    Active,
+    /// For each active instance, when each participant joined.
+    Attendance,
+    /// Post a chat message.
+    Post {
+        /// The user's id.
+        user: String,
+        /// M or M/O.
+        mref: String,
+        /// The message.
+        text: String,
+    },
+    /// An instance's chat, oldest first.
+    Messages {
+        /// M or M/O.
+        mref: String,
+        /// Only this user's messages.
+        #[arg(long)]
+        user: Option<String>,
+        /// Start after this message id (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<String>,
+    },
+    /// An instance's event log.
+    Events {
+        /// M or M/O.
+        mref: String,
+        /// Start after this event id.
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<String>,
+    },
+    /// The daemon's counters.
+    Stats,
+    /// Load users, meetings, audiences and instances from a JSON file.
+    Import {
+        /// The file (the import format of the spec).
+        file: PathBuf,
+    },
+    /// Send one raw protocol line.
+    Raw {
+        /// The request, e.g. "JOIN 7 42/3".
+        line: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create or update a user (admin).
+    Set {
+        /// The user's id.
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Age, 0..150.
+        #[arg(long)]
+        age: String,
+        /// Gender.
+        #[arg(long)]
+        gender: String,
+        /// E-mail.
+        #[arg(long)]
+        email: String,
+    },
+    /// Read a user.
+    Get {
+        /// The user's id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MeetingCommand {
+    /// Create or update a meeting (admin).
+    Set {
+        /// The meeting's id.
+        id: String,
+        /// Title.
+        #[arg(long)]
+        title: String,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Public (true) or private to its audience (false).
+        #[arg(long)]
+        public: String,
+    },
+    /// A meeting, its audience and its instances.
+    Get {
+        /// The meeting's id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AudienceCommand {
+    /// Allow e-mails into a private meeting (admin).
+    Add {
+        /// The meeting's id.
+        meeting: String,
+        /// E-mails.
+        #[arg(required = true)]
+        emails: Vec<String>,
+    },
+    /// Remove e-mails from the audience (admin).
+    Del {
+        /// The meeting's id.
+        meeting: String,
+        /// E-mails.
+        #[arg(required = true)]
+        emails: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum InstanceCommand {
+    /// Schedule an instance or move its window (admin).
+    Set {
+        /// The meeting's id.
+        meeting: String,
+        /// The order id.
+        order: String,
+        /// Start, RFC 3339 (2026-11-22T10:00:00Z).
+        #[arg(long)]
+        from: String,
+        /// End, RFC 3339.
+        #[arg(long)]
+        to: String,
+    },
+}
+
+/// Pages and filters as `KEYWORD value` tokens.
+fn options(pairs: &[(&'static str, &Option<String>)]) -> Vec<String> {
+    pairs
+        .iter()
+        .filter_map(|(keyword, value)| value.as_ref().map(|v| [keyword.to_string(), v.clone()]))
+        .flatten()
+        .collect()
+}
+
+impl Command {
+    /// The request's tokens.
+    fn tokens(&self) -> Vec<String> {
+        let words = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match self {
+            Command::Ping => words(&["PING"]),
+            Command::Help { command } => {
+                let mut t = words(&["HELP"]);
+                t.extend(command.iter().cloned());
+                t
+            }
+            Command::User(UserCommand::Set {
+                id,
+                name,
+                age,
+                gender,
+                email,
+            }) => words(&[
+                "USER", "SET", id, "name", name, "age", age, "gender", gender, "email", email,
+            ]),
+            Command::User(UserCommand::Get { id }) => words(&["USER", "GET", id]),
+            Command::Meeting(MeetingCommand::Set {
+                id,
+                title,
+                description,
+                public,
+            }) => words(&[
+                "MEETING",
+                "SET",
+                id,
+                "title",
+                title,
+                "description",
+                description,
+                "public",
+                public,
+            ]),
+            Command::Meeting(MeetingCommand::Get { id }) => words(&["MEETING", "GET", id]),
+            Command::Audience(AudienceCommand::Add { meeting, emails }) => {
+                let mut t = words(&["AUDIENCE", "ADD", meeting]);
+                t.extend(emails.iter().cloned());
+                t
+            }
+            Command::Audience(AudienceCommand::Del { meeting, emails }) => {
+                let mut t = words(&["AUDIENCE", "DEL", meeting]);
+                t.extend(emails.iter().cloned());
+                t
+            }
+            Command::Instance(InstanceCommand::Set {
+                meeting,
+                order,
+                from,
+                to,
+            }) => words(&["INSTANCE", "SET", meeting, order, "from", from, "to", to]),
+            Command::End { mref } => words(&["END", mref]),
+            Command::Tick => words(&["TICK"]),
+            Command::Join { user, mref } => words(&["JOIN", user, mref]),
+            Command::Leave { user, mref } => words(&["LEAVE", user, mref]),
+            Command::Participants { mref, after, limit } => {
+                let mut t = words(&["PARTICIPANTS", mref]);
+                t.extend(options(&[("AFTER", after), ("LIMIT", limit)]));
+                t
+            }
+            Command::Active => words(&["ACTIVE"]),
+            Command::Attendance => words(&["ATTENDANCE"]),
+            Command::Post { user, mref, text } => words(&["POST", user, mref, text]),
+            Command::Messages {
+                mref,
+                user,
+                after,
+                limit,
+            } => {
+                let mut t = words(&["MESSAGES", mref]);
+                t.extend(options(&[
+                    ("USER", user),
+                    ("AFTER", after),
+                    ("LIMIT", limit),
+                ]));
+                t
+            }
+            Command::Events { mref, after, limit } => {
+                let mut t = words(&["EVENTS", mref]);
+                t.extend(options(&[("AFTER", after), ("LIMIT", limit)]));
+                t
+            }
+            Command::Stats => words(&["STATS"]),
+            Command::Import { .. } | Command::Raw { .. } => Vec::new(),
+        }
+    }
+}
+
+/// A connection to the daemon: send lines, read reply lines.
+struct Client {
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Client {
+    fn connect(socket: &PathBuf) -> Result<Client, String> {
+        let stream = UnixStream::connect(socket).map_err(|e| {
+            format!(
+                "cannot connect to {}: {e} (is meetingd running? --socket sets the path)",
+                socket.display()
+            )
+        })?;
+        let reader = stream.try_clone().map_err(|e| e.to_string())?;
+        Ok(Client {
+            writer: stream,
+            reader: BufReader::new(reader),
+        })
+    }
+
+    fn send(&mut self, line: &str) -> Result<(), String> {
+        self.writer
+            .write_all(line.as_bytes())
+            .map_err(|e| format!("cannot send to the daemon: {e}"))
+    }
+
+    /// One reply line: (the raw line, the parsed reply).
+    fn receive(&mut self) -> Result<(String, Value), String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => Err("the daemon closed the connection".into()),
+            Ok(_) => {
+                let reply = serde_json::from_str(&line)
+                    .map_err(|e| format!("the daemon's reply is not JSON ({e}): {line}"))?;
+                Ok((line.trim_end().to_string(), reply))
+            }
+            Err(e) => Err(format!("cannot read the daemon's reply: {e}")),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match &cli.command {
+        Command::Import { file } => import(&cli, file),
+        Command::Raw { line } => request(&cli, format!("{}\n", line.trim_end())),
+        command => {
+            let tokens = command.tokens();
+            let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+            request(&cli, request_line(&refs))
+        }
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("meetingctl: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Send one request, print its reply; the exit status.
+fn request(cli: &Cli, line: String) -> Result<ExitCode, String> {
+    let mut client = Client::connect(&cli.socket)?;
+    client.send(&line)?;
+    let (raw, reply) = client.receive()?;
+    if reply["ok"] == json!(true) {
+        if cli.json {
+            println!("{raw}");
+        } else {
+            print!("{}", render(&reply["result"]));
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        if cli.json {
+            println!("{raw}");
+        }
+        eprintln!(
+            "{}: {}",
+            reply["error"]["code"].as_str().unwrap_or("error"),
+            reply["error"]["message"].as_str().unwrap_or("")
+        );
+        Ok(ExitCode::from(1))
+    }
+}
+
+// ---- tables ----
+
+/// A result as text for people: a scalar as is, a list of records as a
+/// table, a record as `key: value` lines with its lists as tables.
+fn render(result: &Value) -> String {
+    match result {
+        Value::Array(rows) if rows.iter().all(Value::is_object) && !rows.is_empty() => table(rows),
+        Value::Array(rows) if rows.is_empty() => "(none)\n".into(),
+        Value::Object(fields) => {
+            let mut out = String::new();
+            let mut lists = String::new();
+            for (key, value) in fields {
+                match value {
+                    Value::Array(rows) if rows.iter().any(Value::is_object) => {
+                        lists.push_str(&format!("\n{key}:\n{}", table(rows)));
+                    }
+                    _ => out.push_str(&format!("{key}: {}\n", cell(value))),
+                }
+            }
+            out + &lists
+        }
+        other => format!("{}\n", cell(other)),
+    }
+}
+
+/// A value in one table cell.
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.replace('\n', "\\n"),
+        Value::Array(items) if items.is_empty() => "-".into(),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::Object(fields) => fields.values().map(cell).collect::<Vec<_>>().join(" "),
+                other => cell(other),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Value::Object(fields) => fields
+            .iter()
+            .map(|(k, v)| format!("{k}={}", cell(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    }
+}
+
+/// Records as a table with a header, columns as wide as their widest cell.
+fn table(rows: &[Value]) -> String {
+    let mut columns: Vec<String> = Vec::new();
+    for row in rows {
+        if let Value::Object(fields) = row {
+            for key in fields.keys() {
+                if !columns.contains(key) {
+                    columns.push(key.clone());
+                }
+            }
+        }
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            columns
+                .iter()
+                .map(|c| cell(row.get(c).unwrap_or(&Value::Null)))
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([c.chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: &[String]| {
+        let padded: Vec<String> = values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let header: Vec<String> = columns.iter().map(|c| c.to_uppercase()).collect();
+    let mut out = line(&header);
+    for row in &cells {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+// ---- import ----
+
+/// The import file: `{"users":[...],"meetings":[...]}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportFile {
+    #[serde(default)]
+    users: Vec<Value>,
+    #[serde(default)]
+    meetings: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportUser {
+    id: u64,
+    name: String,
+    age: u64,
+    gender: String,
+    email: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportMeeting {
+    id: u64,
+    title: String,
+    description: String,
+    public: bool,
+    #[serde(default)]
+    audience: Vec<String>,
+    #[serde(default)]
+    instances: Vec<ImportInstance>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportInstance {
+    order: u64,
+    from: String,
+    to: String,
+}
+
+/// One request of the import, and the entry it stands for.
+struct Step {
+    entry: String,
+    tokens: Vec<String>,
+}
+
+/// Load the file through the socket: every request pipelined on one
+/// connection (the daemon applies them in order), then one report line per
+/// entry. Entries that are not even well-formed are refused here.
+fn import(cli: &Cli, file: &PathBuf) -> Result<ExitCode, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let data: ImportFile = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not an import file: {e}", file.display()))?;
+    let mut steps = Vec::new();
+    let mut refused: Vec<(String, String, String)> = Vec::new();
+    for (i, raw) in data.users.into_iter().enumerate() {
+        match serde_json::from_value::<ImportUser>(raw) {
+            Ok(u) => steps.push(Step {
+                entry: format!("user {}", u.id),
+                tokens: [
+                    "USER",
+                    "SET",
+                    &u.id.to_string(),
+                    "name",
+                    &u.name,
+                    "age",
+                    &u.age.to_string(),
+                    "gender",
+                    &u.gender,
+                    "email",
+                    &u.email,
+                ]
+                .map(String::from)
+                .to_vec(),
+            }),
+            Err(e) => refused.push((format!("users[{i}]"), "bad_request".into(), e.to_string())),
+        }
+    }
+    for (i, raw) in data.meetings.into_iter().enumerate() {
+        let m = match serde_json::from_value::<ImportMeeting>(raw) {
+            Ok(m) => m,
+            Err(e) => {
+                refused.push((
+                    format!("meetings[{i}]"),
+                    "bad_request".into(),
+                    e.to_string(),
+                ));
+                continue;
+            }
+        };
+        let id = m.id.to_string();
+        steps.push(Step {
+            entry: format!("meeting {id}"),
+            tokens: [
+                "MEETING",
+                "SET",
+                &id,
+                "title",
+                &m.title,
+                "description",
+                &m.description,
+                "public",
+                &m.public.to_string(),
+            ]
+            .map(String::from)
+            .to_vec(),
+        });
+        if !m.audience.is_empty() {
+            let mut tokens = vec!["AUDIENCE".to_string(), "ADD".into(), id.clone()];
+            tokens.extend(m.audience.iter().cloned());
+            steps.push(Step {
+                entry: format!("meeting {id} audience"),
+                tokens,
+            });
+        }
+        for instance in &m.instances {
+            steps.push(Step {
+                entry: format!("instance {id}/{}", instance.order),
+                tokens: [
+                    "INSTANCE",
+                    "SET",
+                    &id,
+                    &instance.order.to_string(),
+                    "from",
+                    &instance.from,
+                    "to",
+                    &instance.to,
+                ]
+                .map(String::from)
+                .to_vec(),
+            });
+        }
+    }
+    let mut client = Client::connect(&cli.socket)?;
+    let mut batch = String::new();
+    for step in &steps {
+        let refs: Vec<&str> = step.tokens.iter().map(String::as_str).collect();
+        batch.push_str(&request_line(&refs));
+    }
+    client.send(&batch)?;
+    let mut loaded = Vec::new();
+    for step in &steps {
+        let (_, reply) = client.receive()?;
+        if reply["ok"] == json!(true) {
+            loaded.push(step.entry.clone());
+        } else {
+            let code = reply["error"]["code"]
+                .as_str()
+                .unwrap_or("error")
+                .to_string();
+            let message = reply["error"]["message"].as_str().unwrap_or("").to_string();
+            refused.push((step.entry.clone(), code, message));
+        }
+    }
+    if cli.json {
+        let refused_json: Vec<Value> = refused
+            .iter()
+            .map(|(entry, code, message)| json!({"entry": entry, "code": code, "message": message}))
+            .collect();
+        println!("{}", json!({"loaded": loaded, "refused": refused_json}));
+    } else {
+        for entry in &loaded {
+            println!("loaded   {entry}");
+        }
+        for (entry, code, message) in &refused {
+            println!("refused  {entry}: {code}: {message}");
+        }
+        println!("{} loaded, {} refused", loaded.len(), refused.len());
+    }
+    Ok(if refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,70 @@
+//! The session's own commands: PING, HELP, STATS, QUIT.
+
+use serde_json::{Value, json};
+
+use super::{CmdError, CmdResult, Context};
+use crate::error::Code;
+use crate::protocol::{COMMANDS, NOTATION, info};
+
+/// # Format
+/// `PING` -> `"PONG"`
+pub fn ping() -> CmdResult {
+    Ok(json!("PONG"))
+}
+
+/// # Format
+/// `HELP` -> `{"commands":[{"command","syntax","admin","summary"}...],"notation"}`
+/// `HELP <command>` -> `{"command","syntax","admin","summary"}`
+pub fn help(command: Option<&str>) -> CmdResult {
+    let describe = |c: &crate::protocol::CommandInfo| json!({"command": c.name, "syntax": c.syntax, "admin": c.admin, "summary": c.summary});
+    match command {
+        None => Ok(json!({
+            "commands": COMMANDS.iter().map(describe).collect::<Vec<_>>(),
+            "notation": NOTATION,
+        })),
+        Some(name) => {
+            // `HELP USER` lists USER SET and USER GET
+            let family: Vec<Value> = COMMANDS
+                .iter()
+                .filter(|c| {
+                    c.name
+                        .split(' ')
+                        .next()
+                        .is_some_and(|first| first.eq_ignore_ascii_case(name))
+                })
+                .map(describe)
+                .collect();
+            match (info(name), family.len()) {
+                (Some(c), _) => Ok(describe(c)),
+                (None, 0) => Err(CmdError::new(
+                    Code::UnknownCommand,
+                    format!("no command {name:?}; HELP lists the commands"),
+                )),
+                (None, 1) => Ok(family.into_iter().next().unwrap_or_default()),
+                (None, _) => Ok(json!({"commands": family, "notation": NOTATION})),
+            }
+        }
+    }
+}
+
+/// # Format
+/// `STATS` -> `{"connections":{"open","total","refused"},"requests":{<command>:n},
+/// "errors":{<code>:n},"ticks":{"run","failed"},"redis_rtt_ms":x}`
+/// (`redis_rtt_ms` is null when Redis does not answer).
+pub async fn stats(ctx: &Context) -> CmdResult {
+    let mut snapshot = ctx.stats.snapshot();
+    let rtt = ctx
+        .store
+        .ping()
+        .await
+        .ok()
+        .map(|d| d.as_secs_f64() * 1000.0);
+    snapshot["redis_rtt_ms"] = json!(rtt);
+    Ok(snapshot)
+}
+
+/// # Format
+/// `QUIT` -> `"BYE"`, then the daemon closes the connection.
+pub fn quit() -> CmdResult {
+    Ok(json!("BYE"))
+}

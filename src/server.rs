@@ -1,0 +1,416 @@
+//! The control socket: a listener that accepts local clients up to a limit,
+//! and per connection a handler that reads request lines ahead
+//! (pipelining), applies them in order and writes the replies in request
+//! order. Connections run concurrently; their Redis calls share the
+//! store's multiplexed connection, which pipelines them.
+//!
+//! What one client does never stops the listener or slows the others: an
+//! over-long line gets `too_large` and its connection closes, an idle
+//! connection is closed after the idle timeout, a connection over the limit
+//! gets `unavailable` and is closed at once. Admin rights come from the
+//! peer's credentials (SO_PEERCRED), read once per connection. Requests are
+//! parsed by `protocol` and applied by `cmd`; no Redis here.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use std::collections::VecDeque;
+
+use futures_util::future::{BoxFuture, FutureExt, OptionFuture};
+use futures_util::stream::StreamExt;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::codec::{Decoder, FramedRead};
+
+use crate::cmd::{self, Context};
+use crate::error::Code;
+use crate::protocol::{self, Request};
+
+/// How the socket behaves.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the socket lives.
+    pub socket: PathBuf,
+    /// Its permission bits (0660 by default: the owner and the group).
+    pub socket_mode: u32,
+    /// The longest request line, in bytes (without its newline).
+    pub max_line: usize,
+    /// Most clients at once.
+    pub max_connections: usize,
+    /// A connection with nothing in flight and nothing sent for this long
+    /// is closed.
+    pub idle_timeout: Duration,
+    /// Most requests of one connection in flight at once; past it the
+    /// daemon stops reading that connection until replies went out.
+    pub pipeline_depth: usize,
+    /// Peers with these uids may use admin commands (besides root and the
+    /// daemon's own uid).
+    pub admin_uids: Vec<u32>,
+    /// Peers whose primary gid is one of these may use admin commands.
+    pub admin_gids: Vec<u32>,
+}
+
+impl ServerConfig {
+    /// The defaults of the spec, on `socket`.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            socket: socket.into(),
+            socket_mode: 0o660,
+            max_line: 64 * 1024,
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(300),
+            pipeline_depth: 256,
+            admin_uids: Vec::new(),
+            admin_gids: Vec::new(),
+        }
+    }
+}
+
+/// Why the socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// A live daemon answers on the path.
+    #[error("another meetingd is already serving on {0}; stop it first or choose another --socket")]
+    InUse(PathBuf),
+    /// The path exists and is not a socket.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// Anything else.
+    #[error("cannot listen on {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+}
+
+/// Bind the socket: remove a stale socket file first, but only if nothing
+/// answers on it; set its mode.
+pub fn bind(config: &ServerConfig) -> Result<UnixListener, BindError> {
+    let path = &config.socket;
+    let io_err = |source| BindError::Io {
+        path: path.clone(),
+        source,
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(BindError::NotASocket(path.clone()));
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(BindError::InUse(path.clone())),
+            Err(_) => {
+                tracing::info!(path = %path.display(), "removing a stale socket file");
+                std::fs::remove_file(path).map_err(io_err)?;
+            }
+        }
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
+        .map_err(io_err)?;
+    Ok(listener)
+}
+
+/// Accept clients until the process ends.
+pub async fn run(listener: UnixListener, config: Arc<ServerConfig>, ctx: Context) {
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let own_uid = unsafe { libc::geteuid() };
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // Out of file descriptors and the like: back off, go on.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            ctx.stats.connection_refused();
+            tokio::spawn(refuse(stream, config.max_connections));
+            continue;
+        };
+        let admin = is_admin(&stream, own_uid, &config);
+        let ctx = ctx.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            ctx.stats.connection_opened();
+            if let Err(err) = handle(stream, admin, &ctx, &config).await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+            ctx.stats.connection_closed();
+            drop(permit);
+        });
+    }
+}
+
+/// Whether the peer may use admin commands: root, the daemon's own uid, or
+/// a configured uid or gid.
+fn is_admin(stream: &UnixStream, own_uid: u32, config: &ServerConfig) -> bool {
+    match stream.peer_cred() {
+        Ok(cred) => {
+            cred.uid() == 0
+                || cred.uid() == own_uid
+                || config.admin_uids.contains(&cred.uid())
+                || config.admin_gids.contains(&cred.gid())
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the peer's credentials; not an admin");
+            false
+        }
+    }
+}
+
+async fn refuse(mut stream: UnixStream, limit: usize) {
+    let line = protocol::error_line(
+        Code::Unavailable,
+        &format!("too many connections (the limit is {limit}); try again later"),
+    );
+    let _ = stream.write_all(&line).await;
+    let _ = stream.shutdown().await;
+}
+
+/// A reply on its way out.
+struct Reply {
+    line: Vec<u8>,
+    /// Close the connection once this reply is written (QUIT, too_large).
+    close: bool,
+}
+
+/// A request read but not yet run.
+enum Pending {
+    Line(BytesMut),
+    TooLong,
+}
+
+/// Serve one connection. Requests are read ahead (pipelining) up to the
+/// pipeline depth, but applied one after the other, in order: a request
+/// sees the effects of every request sent before it on the connection (a
+/// POST pipelined after its JOIN finds the user in). Replies go out in
+/// request order.
+async fn handle(
+    stream: UnixStream,
+    admin: bool,
+    ctx: &Context,
+    config: &ServerConfig,
+) -> io::Result<()> {
+    let (read, write) = stream.into_split();
+    let mut requests = FramedRead::new(read, LineCodec::new(config.max_line));
+    let mut writer = BufWriter::new(write);
+    let mut queue: VecDeque<Pending> = VecDeque::new();
+    let mut running: Option<BoxFuture<'_, Reply>> = None;
+    let mut reading = true;
+    let mut unflushed = 0;
+    loop {
+        if running.is_none() {
+            running = queue.pop_front().map(|pending| match pending {
+                Pending::Line(line) => answer(line, admin, ctx),
+                Pending::TooLong => {
+                    ctx.stats.request(None);
+                    ctx.stats.error(Code::TooLarge);
+                    let message = format!("request line over {} bytes", config.max_line);
+                    let line = protocol::error_line(Code::TooLarge, &message);
+                    async move { Reply { line, close: true } }.boxed()
+                }
+            });
+        }
+        if !reading && running.is_none() {
+            writer.flush().await?;
+            return Ok(());
+        }
+        tokio::select! {
+            biased;
+            Some(reply) = OptionFuture::from(running.as_mut()), if running.is_some() => {
+                running = None;
+                writer.write_all(&reply.line).await?;
+                unflushed += 1;
+                if reply.close {
+                    writer.flush().await?;
+                    return Ok(());
+                }
+                // batch the replies of a pipeline, but never keep one
+                // waiting behind a request that is not there yet
+                if queue.is_empty() || unflushed >= 64 {
+                    writer.flush().await?;
+                    unflushed = 0;
+                }
+            }
+            frame = requests.next(), if reading && queue.len() < config.pipeline_depth => {
+                match frame {
+                    Some(Ok(Frame::Line(line))) => queue.push_back(Pending::Line(line)),
+                    Some(Ok(Frame::TooLong)) => {
+                        queue.push_back(Pending::TooLong);
+                        reading = false;
+                    }
+                    Some(Err(err)) => return Err(err),
+                    None => reading = false,
+                }
+            }
+            _ = tokio::time::sleep(config.idle_timeout), if running.is_none() && queue.is_empty() => {
+                tracing::debug!("closing an idle connection");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Parse and run one request; its reply line.
+fn answer<'a>(line: BytesMut, admin: bool, ctx: &'a Context) -> BoxFuture<'a, Reply> {
+    let parsed = protocol::parse(&line);
+    async move {
+        let (result, close) = match parsed {
+            Ok(request) => {
+                ctx.stats.request(Some(request.name()));
+                let close = request == Request::Quit;
+                (cmd::execute(request, admin, ctx).await, close)
+            }
+            Err(err) => {
+                ctx.stats.request(None);
+                (Err(cmd::CmdError::new(err.code, err.message)), false)
+            }
+        };
+        match result {
+            Ok(value) => Reply {
+                line: protocol::ok_line(&value),
+                close,
+            },
+            Err(err) => {
+                ctx.stats.error(err.code);
+                Reply {
+                    line: protocol::error_line(err.code, &err.message),
+                    close,
+                }
+            }
+        }
+    }
+    .boxed()
+}
+
+/// What the line codec yields.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    /// A request line, without its `\n`.
+    Line(BytesMut),
+    /// A line over the limit (the connection is closed after the reply).
+    TooLong,
+}
+
+/// Splits the byte stream at `\n`, with a maximum line length. Unlike
+/// tokio-util's `LinesCodec` it hands out bytes, not text, so invalid UTF-8
+/// becomes a `bad_request` reply instead of ending the stream.
+struct LineCodec {
+    max: usize,
+    /// How far the buffer was searched for a newline already.
+    searched: usize,
+}
+
+impl LineCodec {
+    fn new(max: usize) -> Self {
+        LineCodec { max, searched: 0 }
+    }
+}
+
+impl Decoder for LineCodec {
+    type Item = Frame;
+    type Error = io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Option<Frame>> {
+        let end = buf.len().min(self.max + 2);
+        match buf[self.searched..end].iter().position(|b| *b == b'\n') {
+            Some(offset) => {
+                let at = self.searched + offset;
+                self.searched = 0;
+                let mut line = buf.split_to(at + 1);
+                line.truncate(at);
+                if line.ends_with(b"\r") {
+                    line.truncate(at - 1);
+                }
+                if line.len() > self.max {
+                    return Ok(Some(Frame::TooLong));
+                }
+                Ok(Some(Frame::Line(line)))
+            }
+            None if buf.len() > self.max + 1 => Ok(Some(Frame::TooLong)),
+            None => {
+                self.searched = end;
+                Ok(None)
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> io::Result<Option<Frame>> {
+        match self.decode(buf)? {
+            Some(frame) => Ok(Some(frame)),
+            // a last request without its newline
+            None if !buf.is_empty() => {
+                self.searched = 0;
+                Ok(Some(Frame::Line(buf.split())))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(codec: &mut LineCodec, input: &[u8]) -> Vec<Frame> {
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Ok(Some(frame)) = codec.decode(&mut buf) {
+            let too_long = frame == Frame::TooLong;
+            out.push(frame);
+            if too_long {
+                break;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn lines_split_at_newlines_with_crlf_accepted() {
+        let mut codec = LineCodec::new(10);
+        let got = frames(&mut codec, b"PING\r\nJOIN 1 2\npartial");
+        assert_eq!(
+            got,
+            [
+                Frame::Line(BytesMut::from(&b"PING"[..])),
+                Frame::Line(BytesMut::from(&b"JOIN 1 2"[..]))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_too_long() {
+        let mut codec = LineCodec::new(4);
+        assert_eq!(
+            frames(&mut codec, b"ABCD\n"),
+            [Frame::Line(BytesMut::from(&b"ABCD"[..]))]
+        );
+        assert_eq!(frames(&mut codec, b"ABCDE\n"), [Frame::TooLong]);
+        let mut codec = LineCodec::new(4);
+        assert_eq!(frames(&mut codec, b"ABCDEFGH"), [Frame::TooLong]);
+    }
+
+    #[test]
+    fn a_line_arriving_in_pieces_is_found_once() {
+        let mut codec = LineCodec::new(100);
+        let mut buf = BytesMut::from(&b"PI"[..]);
+        assert_eq!(codec.decode(&mut buf).ok().flatten(), None);
+        buf.extend_from_slice(b"NG\n");
+        assert_eq!(
+            codec.decode(&mut buf).ok().flatten(),
+            Some(Frame::Line(BytesMut::from(&b"PING"[..])))
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! The daemon's counters, shown by STATS: connections, requests by
+//! command, errors by code, ticks. Plain atomics: counting never waits.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Map, Value, json};
+
+use crate::error::Code;
+use crate::protocol::COMMANDS;
+
+/// Counters shared by every connection.
+#[derive(Debug)]
+pub struct Stats {
+    connections_open: AtomicU64,
+    connections_total: AtomicU64,
+    /// Connections turned away at the connection limit.
+    connections_refused: AtomicU64,
+    /// One per entry of `protocol::COMMANDS`.
+    requests: Vec<AtomicU64>,
+    /// Requests that did not parse (no command to count them under).
+    unparsed: AtomicU64,
+    /// One per `Code::ALL`.
+    errors: Vec<AtomicU64>,
+    ticks_run: AtomicU64,
+    ticks_failed: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            connections_open: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            requests: COMMANDS.iter().map(|_| AtomicU64::new(0)).collect(),
+            unparsed: AtomicU64::new(0),
+            errors: Code::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            ticks_run: AtomicU64::new(0),
+            ticks_failed: AtomicU64::new(0),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Stats {
+    /// A connection was accepted.
+    pub fn connection_opened(&self) {
+        bump(&self.connections_open);
+        bump(&self.connections_total);
+    }
+
+    /// A connection ended.
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A connection was turned away at the limit.
+    pub fn connection_refused(&self) {
+        bump(&self.connections_refused);
+    }
+
+    /// A request for `command` (a name of `COMMANDS`), or one that did not
+    /// parse (`None`).
+    pub fn request(&self, command: Option<&str>) {
+        match command.and_then(|name| COMMANDS.iter().position(|c| c.name == name)) {
+            Some(i) => bump(&self.requests[i]),
+            None => bump(&self.unparsed),
+        }
+    }
+
+    /// A reply with an error `code`.
+    pub fn error(&self, code: Code) {
+        if let Some(i) = Code::ALL.iter().position(|c| *c == code) {
+            bump(&self.errors[i]);
+        }
+    }
+
+    /// A tick ran (or failed).
+    pub fn tick(&self, ok: bool) {
+        bump(if ok {
+            &self.ticks_run
+        } else {
+            &self.ticks_failed
+        });
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.connections_open.load(Ordering::Relaxed)
+    }
+
+    /// Everything, as STATS shows it (without the Redis round trip, which
+    /// the command measures itself).
+    pub fn snapshot(&self) -> Value {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut requests = Map::new();
+        for (info, counter) in COMMANDS.iter().zip(&self.requests) {
+            requests.insert(info.name.to_string(), json!(load(counter)));
+        }
+        requests.insert("(unparsed)".into(), json!(load(&self.unparsed)));
+        let mut errors = Map::new();
+        for (code, counter) in Code::ALL.iter().zip(&self.errors) {
+            errors.insert(code.as_str().to_string(), json!(load(counter)));
+        }
+        json!({
+            "connections": {
+                "open": load(&self.connections_open),
+                "total": load(&self.connections_total),
+                "refused": load(&self.connections_refused),
+            },
+            "requests": requests,
+            "errors": errors,
+            "ticks": { "run": load(&self.ticks_run), "failed": load(&self.ticks_failed) },
+        })
+    }
+}

@@ -1,10 +1,11 @@
-//! The daemon's life: connect to Redis (waiting for it if need be), bind
-//! the socket, serve.
+//! The daemon's life: connect to Redis (waiting for it if need be), tick
+//! once, start the scheduler, bind the socket, serve.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cmd::{Context, Limits};
+use crate::scheduler::{self, Scheduler, SchedulerError, Trigger};
 use crate::server::{self, ServerConfig};
 use crate::stats::Stats;
 use crate::store::{Store, StoreError, StoreOptions};
@@ -18,6 +19,8 @@ pub struct ServeOptions {
     pub server: ServerConfig,
     /// Page and text limits.
     pub limits: Limits,
+    /// When the scheduler ticks (six fields, with seconds; UTC).
+    pub cron: String,
 }
 
 /// Why the daemon stopped.
@@ -29,6 +32,9 @@ pub enum DaemonError {
     /// Redis said something that is not a matter of waiting.
     #[error("cannot use Redis: {0}")]
     Store(StoreError),
+    /// The cron job could not start.
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
 }
 
 /// Connect to Redis, retrying while it is unreachable.
@@ -47,17 +53,27 @@ pub async fn connect(options: StoreOptions) -> Result<Store, StoreError> {
     }
 }
 
-/// Run the daemon until the process ends.
+/// Run the daemon until the process ends: connect, tick once, start the
+/// cron job, serve.
 pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
+    // a bad cron expression stops start-up before anything else
+    scheduler::cron_interval(&options.cron)?;
     let store = connect(options.store.clone())
         .await
         .map_err(DaemonError::Store)?;
+    let stats = Arc::new(Stats::default());
+    let scheduler = Scheduler::new(Arc::new(store.clone()), stats.clone());
+    // the start-up tick catches up whatever fell due while nothing ran;
+    // if it fails, the cron job's next tick does
+    let _ = scheduler.tick(Trigger::Startup).await;
+    let _cron = scheduler.start(&options.cron).await?;
     let listener = server::bind(&options.server)?;
-    tracing::info!(socket = %options.server.socket.display(), "serving");
+    tracing::info!(socket = %options.server.socket.display(), cron = %options.cron, "ready");
     let ctx = Context {
         store,
         limits: options.limits,
-        stats: Arc::new(Stats::default()),
+        stats,
+        scheduler,
     };
     server::run(listener, Arc::new(options.server), ctx).await;
     Ok(())

@@ -27,6 +27,7 @@ pub mod cmd;
 pub mod daemon;
 pub mod error;
 pub mod protocol;
+pub mod scheduler;
 pub mod server;
 pub mod stats;
 pub mod store;

@@ -63,6 +63,9 @@ struct Serve {
     /// Close a connection idle this long, seconds.
     #[arg(long, default_value_t = 300)]
     idle_timeout_secs: u64,
+    /// When the scheduler ticks: a cron expression with seconds, in UTC.
+    #[arg(long, default_value = "0 * * * * *")]
+    cron: String,
     /// The largest LIMIT of a page (at most 1000).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1000))]
     max_page: u64,
@@ -94,6 +97,7 @@ impl Serve {
                 page: self.max_page,
                 text: self.max_text,
             },
+            cron: self.cron,
         }
     }
 }

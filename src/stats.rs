@@ -1,7 +1,7 @@
 //! The daemon's counters, shown by STATS: connections, requests by
 //! command, errors by code, ticks. Plain atomics: counting never waits.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use serde_json::{Map, Value, json};
 
@@ -23,6 +23,12 @@ pub struct Stats {
     errors: Vec<AtomicU64>,
     ticks_run: AtomicU64,
     ticks_failed: AtomicU64,
+    /// Scheduled ticks skipped because the previous one was still running.
+    ticks_skipped: AtomicU64,
+    /// Times the cron job was found silent and re-created.
+    scheduler_recoveries: AtomicU64,
+    /// When the last tick succeeded (ms since the epoch; 0: never).
+    last_good_tick: AtomicI64,
 }
 
 impl Default for Stats {
@@ -36,6 +42,9 @@ impl Default for Stats {
             errors: Code::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             ticks_run: AtomicU64::new(0),
             ticks_failed: AtomicU64::new(0),
+            ticks_skipped: AtomicU64::new(0),
+            scheduler_recoveries: AtomicU64::new(0),
+            last_good_tick: AtomicI64::new(0),
         }
     }
 }
@@ -77,13 +86,41 @@ impl Stats {
         }
     }
 
-    /// A tick ran (or failed).
-    pub fn tick(&self, ok: bool) {
-        bump(if ok {
-            &self.ticks_run
-        } else {
-            &self.ticks_failed
-        });
+    /// A tick succeeded at `now`.
+    pub fn tick_succeeded(&self, now: i64) {
+        bump(&self.ticks_run);
+        self.last_good_tick.store(now, Ordering::Relaxed);
+    }
+
+    /// A tick failed.
+    pub fn tick_failed(&self) {
+        bump(&self.ticks_failed);
+    }
+
+    /// A scheduled tick was skipped: the previous one still ran.
+    pub fn tick_skipped(&self) {
+        bump(&self.ticks_skipped);
+    }
+
+    /// The cron job was re-created after it fell silent.
+    pub fn scheduler_recovered(&self) {
+        bump(&self.scheduler_recoveries);
+    }
+
+    /// When the last tick succeeded (ms since the epoch), if one did.
+    pub fn last_good_tick(&self) -> Option<i64> {
+        let at = self.last_good_tick.load(Ordering::Relaxed);
+        (at > 0).then_some(at)
+    }
+
+    /// Ticks run, failed and skipped so far.
+    pub fn tick_counts(&self) -> (u64, u64, u64) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        (
+            load(&self.ticks_run),
+            load(&self.ticks_failed),
+            load(&self.ticks_skipped),
+        )
     }
 
     /// Connections open now.
@@ -112,7 +149,13 @@ impl Stats {
             },
             "requests": requests,
             "errors": errors,
-            "ticks": { "run": load(&self.ticks_run), "failed": load(&self.ticks_failed) },
+            "ticks": {
+                "run": load(&self.ticks_run),
+                "failed": load(&self.ticks_failed),
+                "skipped": load(&self.ticks_skipped),
+                "last_good": self.last_good_tick().map(crate::protocol::format_time),
+                "scheduler_recoveries": load(&self.scheduler_recoveries),
+            },
         })
     }
 }

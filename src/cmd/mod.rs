@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::error::Code;
 use crate::protocol::{Mref, Request};
+use crate::scheduler::Scheduler;
 use crate::stats::Stats;
 use crate::store::{InstanceId, InstanceRef, Store, StoreError};
 
@@ -51,6 +52,8 @@ pub struct Context {
     pub limits: Limits,
     /// The daemon's counters (STATS).
     pub stats: Arc<Stats>,
+    /// Runs TICK the way the cron job does.
+    pub scheduler: Arc<Scheduler>,
 }
 
 /// A command's failure: the reply's code and message.

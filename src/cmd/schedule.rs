@@ -2,8 +2,11 @@
 
 use serde_json::json;
 
-use super::{CmdResult, Context, target};
+use super::{CmdError, CmdResult, Context, target};
+use crate::error::Code;
 use crate::protocol::{Mref, format_time};
+use crate::scheduler::{TickError, Trigger};
+use crate::store::InstanceId;
 
 /// # Format
 /// `END <mref>` (admin) -> `{"meeting","order","ended_at","timed_out":[user...]}`
@@ -20,14 +23,20 @@ pub async fn end(ctx: &Context, mref: Mref) -> CmdResult {
 /// # Format
 /// `TICK` (admin) -> `{"activated":["M/O"...],"ended":["M/O"...],
 /// "missed":["M/O"...],"timeouts":n}` (`missed`: instances whose whole
-/// window passed while no tick ran, ended without events)
+/// window passed while no tick ran, ended without events). The same code
+/// path as the scheduler's ticks: it waits for a tick in progress, then
+/// ticks.
 pub async fn tick(ctx: &Context) -> CmdResult {
-    let result = ctx.store.tick(ctx.store.now()).await;
-    ctx.stats.tick(result.is_ok());
-    let report = result?;
-    let names = |list: &[crate::store::InstanceId]| -> Vec<String> {
-        list.iter().map(ToString::to_string).collect()
-    };
+    let report = ctx
+        .scheduler
+        .tick(Trigger::Command)
+        .await
+        .map_err(|err| match err {
+            TickError::Store(err) => CmdError::from(err),
+            other => CmdError::new(Code::Internal, other.to_string()),
+        })?;
+    let names =
+        |list: &[InstanceId]| -> Vec<String> { list.iter().map(ToString::to_string).collect() };
     Ok(json!({
         "activated": names(&report.activated),
         "ended": names(&report.ended),

@@ -18,6 +18,8 @@ pub struct Redis {
     child: Child,
     socket: PathBuf,
     dir: tempfile::TempDir,
+    /// The extra configuration it was started with (kept for restarts).
+    extra: Vec<String>,
 }
 
 impl Redis {
@@ -30,29 +32,14 @@ impl Redis {
     pub fn start_with(extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("redis.sock");
-        let child = Command::new("redis-server")
-            .arg("--port")
-            .arg("0")
-            .arg("--unixsocket")
-            .arg(&socket)
-            .arg("--unixsocketperm")
-            .arg("700")
-            .arg("--dir")
-            .arg(dir.path())
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--enable-debug-command",
-                "yes",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        let redis = Redis { child, socket, dir };
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = spawn_redis(&socket, dir.path(), &extra);
+        let redis = Redis {
+            child,
+            socket,
+            dir,
+            extra,
+        };
         redis.wait_ready();
         redis
     }
@@ -169,33 +156,39 @@ impl Redis {
         let _ = std::fs::remove_file(&self.socket);
     }
 
-    /// Start a server again on the same socket (empty: no persistence).
+    /// Start a server again on the same socket and directory, with the
+    /// same configuration (its data survives when that persists it).
     #[allow(dead_code)]
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Command::new("redis-server")
-            .arg("--port")
-            .arg("0")
-            .arg("--unixsocket")
-            .arg(&self.socket)
-            .arg("--unixsocketperm")
-            .arg("700")
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--enable-debug-command",
-                "yes",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts again");
+        self.child = spawn_redis(&self.socket, self.dir.path(), &self.extra);
         self.wait_ready();
     }
+}
+
+fn spawn_redis(socket: &Path, dir: &Path, extra: &[String]) -> Child {
+    Command::new("redis-server")
+        .arg("--port")
+        .arg("0")
+        .arg("--unixsocket")
+        .arg(socket)
+        .arg("--unixsocketperm")
+        .arg("700")
+        .arg("--dir")
+        .arg(dir)
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--enable-debug-command",
+            "yes",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (apt-get install redis-server)")
 }
 
 /// A `meetingd serve` process of the test's own, on a socket in a temp dir,
@@ -338,6 +331,18 @@ impl Client {
             ),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
             Err(e) => panic!("reading a reply: {e}"),
+        }
+    }
+
+    /// Send one request line and read its reply; `None` if the connection
+    /// fails (for probing a daemon that may close it).
+    pub fn try_request(&mut self, line: &str) -> Option<serde_json::Value> {
+        use std::io::{BufRead, Write};
+        self.stream.write_all(format!("{line}\n").as_bytes()).ok()?;
+        let mut reply = String::new();
+        match self.reader.read_line(&mut reply) {
+            Ok(n) if n > 0 => serde_json::from_str(&reply).ok(),
+            _ => None,
         }
     }
 

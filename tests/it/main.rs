@@ -5,6 +5,7 @@ mod harness;
 mod invariant;
 mod lua;
 mod readme;
+mod scheduler;
 mod socket;
 mod store;
 mod tick;

@@ -1,0 +1,584 @@
+//! The scheduler on a real Redis, with an injected clock: the cron job
+//! fires, catch-up, two schedulers at once, interrupted ticks, failures,
+//! panics, skips, a silent job recovered, and a tick at scale.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use meetingd::clock::{ManualClock, Millis};
+use meetingd::scheduler::{Scheduler, TickError, TickWork, Trigger};
+use meetingd::stats::Stats;
+use meetingd::store::{
+    EventKind, InstanceId, InstanceRef, InstanceState, Keys, Meeting, Store, StoreError,
+    TickReport, User,
+};
+
+use crate::harness::{Daemon, MIN, Redis, T0};
+
+async fn meeting(store: &Store, id: u64) {
+    let meeting = Meeting {
+        id,
+        title: format!("m{id}"),
+        description: String::new(),
+        public: true,
+    };
+    store.meeting_set(&meeting).await.expect("meeting");
+}
+
+async fn user(store: &Store, id: u64) {
+    let user = User {
+        id,
+        name: format!("u{id}"),
+        age: 20,
+        gender: "-".into(),
+        email: format!("u{id}@example.com"),
+    };
+    store.user_set(&user).await.expect("user");
+}
+
+async fn state(store: &Store, instance: InstanceId) -> InstanceState {
+    store
+        .instance_info(instance)
+        .await
+        .expect("instance")
+        .instance
+        .state
+}
+
+fn scheduler(store: &Store) -> (Arc<Scheduler>, Arc<Stats>) {
+    let stats = Arc::new(Stats::default());
+    (
+        Scheduler::new(Arc::new(store.clone()), stats.clone()),
+        stats,
+    )
+}
+
+async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cron_job_really_fires() {
+    let redis = Redis::start();
+    let (store, clock) = redis.store(T0).await;
+    meeting(&store, 1).await;
+    meeting(&store, 2).await;
+    let first = InstanceId::new(1, 1);
+    let second = InstanceId::new(2, 1);
+    store
+        .instance_set(first, T0, T0 + 10 * MIN)
+        .await
+        .expect("first");
+    store
+        .instance_set(second, T0 + MIN, T0 + 10 * MIN)
+        .await
+        .expect("second");
+    let (scheduler, stats) = scheduler(&store);
+    let started = Instant::now();
+    let cron = scheduler.start("* * * * * *").await.expect("cron");
+    wait_for("the first tick", Duration::from_secs(3), async || {
+        state(&store, first).await == InstanceState::Active
+    })
+    .await;
+    clock.set(T0 + MIN);
+    wait_for(
+        "a tick after the clock moved",
+        Duration::from_secs(3),
+        async || state(&store, second).await == InstanceState::Active,
+    )
+    .await;
+    wait_for(
+        "the second tick's count",
+        Duration::from_secs(2),
+        async || stats.last_good_tick() == Some(T0 + MIN),
+    )
+    .await;
+    let (run, failed, _) = stats.tick_counts();
+    assert!(
+        run >= 2,
+        "at least two ticks ran, each applying what was due"
+    );
+    assert_eq!(failed, 0);
+    // every second: two ticks take about two seconds (slack for a busy CI)
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    cron.stop().await;
+}
+
+#[tokio::test]
+async fn the_startup_tick_catches_up_50_windows() {
+    let redis = Redis::start();
+    let (store, clock) = redis.store(T0).await;
+    user(&store, 1).await;
+    for m in 1..=50 {
+        meeting(&store, m).await;
+        let from = T0 + (m as i64) * MIN;
+        store
+            .instance_set(InstanceId::new(m, 1), from, from + MIN)
+            .await
+            .expect("passed");
+        store
+            .instance_set(InstanceId::new(m, 2), from, T0 + 500 * MIN)
+            .await
+            .expect("open");
+    }
+    clock.set(T0 + 100 * MIN);
+    let (scheduler, stats) = scheduler(&store);
+    let report = scheduler.tick(Trigger::Startup).await.expect("tick");
+    assert_eq!(report.missed.len(), 50);
+    assert_eq!(report.activated.len(), 50);
+    for m in 1..=50 {
+        assert_eq!(
+            state(&store, InstanceId::new(m, 1)).await,
+            InstanceState::Ended
+        );
+        assert_eq!(
+            state(&store, InstanceId::new(m, 2)).await,
+            InstanceState::Active
+        );
+        let (_, events) = store
+            .events(InstanceId::new(m, 1).into(), None, 1000)
+            .await
+            .expect("events");
+        assert!(events.items.is_empty());
+    }
+    let again = scheduler.tick(Trigger::Command).await.expect("again");
+    assert_eq!(
+        again.activated.len() + again.ended.len() + again.missed.len(),
+        0,
+        "nothing twice"
+    );
+    assert_eq!(stats.tick_counts().0, 2);
+}
+
+/// Two schedulers on one Redis, each with its own connection, ticking at
+/// the same instants through 200 transitions while users come and go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_schedulers_at_the_same_instants_never_double_or_miss() {
+    let redis = Redis::start();
+    let clock = ManualClock::new(T0);
+    let mut options = redis.options();
+    options.tick_batch = 5;
+    options.timeout_budget = 3;
+    let store = redis.store_on(clock.clone(), options.clone()).await;
+    let other = redis.store_on(clock.clone(), options).await;
+    for u in 1..=6 {
+        user(&store, u).await;
+    }
+    // 100 instances, each opening and closing: 200 transitions
+    for m in 1..=100u64 {
+        meeting(&store, m).await;
+        let from = T0 + (m as i64 % 20) * MIN;
+        store
+            .instance_set(InstanceId::new(m, 1), from, from + 3 * MIN)
+            .await
+            .expect("instance");
+    }
+    let (a, _) = scheduler(&store);
+    let (b, _) = scheduler(&other);
+    let mut activated = Vec::new();
+    let mut ended = Vec::new();
+    for step in 0..=50 {
+        clock.set(T0 + step * 30_000);
+        let (ra, rb) = tokio::join!(a.tick(Trigger::Command), b.tick(Trigger::Command));
+        for report in [ra.expect("tick a"), rb.expect("tick b")] {
+            activated.extend(report.activated);
+            ended.extend(report.ended);
+        }
+        // users join whatever is open, and some leave again
+        for m in (1..=100u64).filter(|m| (*m as i64 + step) % 3 == 0) {
+            let u = 1 + (m + step as u64) % 6;
+            if store.join(u, InstanceRef::Current(m)).await.is_ok() && step % 2 == 0 {
+                let _ = store.leave(u, InstanceRef::Current(m)).await;
+            }
+        }
+    }
+    activated.sort();
+    ended.sort();
+    let all: Vec<InstanceId> = (1..=100).map(|m| InstanceId::new(m, 1)).collect();
+    assert_eq!(activated, all, "each activation once");
+    assert_eq!(ended, all, "each end once");
+    let mut joins = 0;
+    for instance in all {
+        let (_, events) = store
+            .events(instance.into(), None, 1000)
+            .await
+            .expect("events");
+        let mut open: BTreeMap<u64, bool> = BTreeMap::new();
+        for e in events.items {
+            let was_in = open
+                .insert(e.user, e.kind == EventKind::Join)
+                .unwrap_or(false);
+            match e.kind {
+                EventKind::Join => {
+                    joins += 1;
+                    assert!(!was_in, "{instance}: user {} joined twice", e.user);
+                }
+                EventKind::Leave | EventKind::Timeout => {
+                    assert!(
+                        was_in,
+                        "{instance}: user {} has a {:?} without a join",
+                        e.user, e.kind
+                    )
+                }
+            }
+        }
+        assert!(
+            open.values().all(|inside| !inside),
+            "{instance}: every join is matched"
+        );
+    }
+    assert!(joins > 50, "enough joins to mean something: {joins}");
+}
+
+/// The state of every instance of meetings 1..=n, and every event.
+async fn snapshot(
+    store: &Store,
+    n: u64,
+) -> Vec<(InstanceId, InstanceState, Vec<(u64, EventKind)>)> {
+    let mut out = Vec::new();
+    for m in 1..=n {
+        for o in 1..=2 {
+            let instance = InstanceId::new(m, o);
+            let (_, events) = store
+                .events(instance.into(), None, 1000)
+                .await
+                .expect("events");
+            let events = events.items.into_iter().map(|e| (e.user, e.kind)).collect();
+            out.push((instance, state(store, instance).await, events));
+        }
+    }
+    out
+}
+
+async fn interruptible_setup(redis: &Redis) -> (Store, ManualClock) {
+    let (store, clock) = redis
+        .store_with(T0, |o| {
+            o.tick_batch = 1;
+            o.timeout_budget = 1;
+        })
+        .await;
+    for u in 1..=3 {
+        user(&store, u).await;
+    }
+    for m in 1..=8 {
+        meeting(&store, m).await;
+        store
+            .instance_set(InstanceId::new(m, 1), T0, T0 + 10 * MIN)
+            .await
+            .expect("1");
+        store
+            .instance_set(InstanceId::new(m, 2), T0 + 10 * MIN, T0 + 20 * MIN)
+            .await
+            .expect("2");
+    }
+    store.tick(T0).await.expect("first tick");
+    for m in 1..=8 {
+        for u in 1..=3 {
+            store.join(u, InstanceRef::Current(m)).await.expect("join");
+        }
+    }
+    clock.set(T0 + 10 * MIN);
+    (store, clock)
+}
+
+#[tokio::test]
+async fn an_interrupted_tick_then_a_full_one_equals_one_clean_tick() {
+    let clean_redis = Redis::start();
+    let (clean, _) = interruptible_setup(&clean_redis).await;
+    clean.tick(T0 + 10 * MIN).await.expect("clean tick");
+    let expected = snapshot(&clean, 8).await;
+
+    // cut after the first batch
+    let redis = Redis::start();
+    let (store, _) = interruptible_setup(&redis).await;
+    let partition = store.keys().partition(1);
+    let first = store
+        .tick_step(partition, T0 + 10 * MIN)
+        .await
+        .expect("one batch");
+    assert!(first.more, "there was more to do");
+    store.tick(T0 + 10 * MIN).await.expect("full tick");
+    assert_eq!(snapshot(&store, 8).await, expected);
+
+    // a tick task really aborted part way, at several points
+    for delay_us in [200, 1000, 3000] {
+        let redis = Redis::start();
+        let (store, _) = interruptible_setup(&redis).await;
+        let task = {
+            let store = store.clone();
+            tokio::spawn(async move { store.tick(T0 + 10 * MIN).await })
+        };
+        tokio::time::sleep(Duration::from_micros(delay_us)).await;
+        task.abort();
+        let _ = task.await;
+        store.tick(T0 + 10 * MIN).await.expect("full tick");
+        assert_eq!(
+            snapshot(&store, 8).await,
+            expected,
+            "aborted after {delay_us} us"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failing_tick_then_a_good_one_catches_up() {
+    let mut redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let (store, clock) = redis
+        .store_with(T0, |o| o.timeout = Duration::from_millis(300))
+        .await;
+    meeting(&store, 1).await;
+    let instance = InstanceId::new(1, 1);
+    store
+        .instance_set(instance, T0 + MIN, T0 + 2 * MIN)
+        .await
+        .expect("instance");
+    let (scheduler, stats) = scheduler(&store);
+    redis.stop();
+    clock.set(T0 + MIN);
+    match scheduler.tick(Trigger::Cron).await {
+        Err(TickError::Store(err)) => assert_eq!(err.code(), meetingd::error::Code::Unavailable),
+        other => panic!("expected a store failure, got {other:?}"),
+    }
+    assert_eq!(stats.tick_counts().1, 1, "the failure is counted");
+    redis.restart();
+    clock.set(T0 + 90_000);
+    let mut report = scheduler.tick(Trigger::Cron).await;
+    for _ in 0..20 {
+        if report.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        report = scheduler.tick(Trigger::Cron).await;
+    }
+    assert_eq!(
+        report.expect("a good tick").activated,
+        [instance],
+        "caught up"
+    );
+}
+
+/// A tick that panics the first time it runs, then does the real work.
+struct PanicsOnce {
+    store: Store,
+    calls: AtomicU32,
+}
+
+impl TickWork for PanicsOnce {
+    fn now(&self) -> Millis {
+        self.store.now()
+    }
+
+    fn tick(&self, now: Millis) -> BoxFuture<'static, Result<TickReport, StoreError>> {
+        let first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
+        let store = self.store.clone();
+        Box::pin(async move {
+            if first {
+                panic!("injected panic in a tick");
+            }
+            store.tick(now).await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_tick_does_not_stop_the_scheduler() {
+    let redis = Redis::start();
+    let (store, _clock) = redis.store(T0).await;
+    meeting(&store, 1).await;
+    let instance = InstanceId::new(1, 1);
+    store
+        .instance_set(instance, T0, T0 + MIN)
+        .await
+        .expect("instance");
+    let stats = Arc::new(Stats::default());
+    let work = PanicsOnce {
+        store: store.clone(),
+        calls: AtomicU32::new(0),
+    };
+    let scheduler = Scheduler::new(Arc::new(work), stats.clone());
+    let cron = scheduler.start("* * * * * *").await.expect("cron");
+    wait_for(
+        "a good tick after the panic",
+        Duration::from_secs(6),
+        async || stats.tick_counts().0 >= 1,
+    )
+    .await;
+    assert_eq!(state(&store, instance).await, InstanceState::Active);
+    assert_eq!(
+        stats.tick_counts().1,
+        1,
+        "the panic counted as a failed tick"
+    );
+    cron.stop().await;
+}
+
+/// A tick that takes its time.
+struct Slow(Store);
+
+impl TickWork for Slow {
+    fn now(&self) -> Millis {
+        self.0.now()
+    }
+
+    fn tick(&self, now: Millis) -> BoxFuture<'static, Result<TickReport, StoreError>> {
+        let store = self.0.clone();
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            store.tick(now).await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_still_running_makes_the_next_skip() {
+    let redis = Redis::start();
+    let (store, _clock) = redis.store(T0).await;
+    let stats = Arc::new(Stats::default());
+    let scheduler = Scheduler::new(Arc::new(Slow(store.clone())), stats.clone());
+    let cron = scheduler.start("* * * * * *").await.expect("cron");
+    wait_for("a skipped tick", Duration::from_secs(5), async || {
+        stats.tick_counts().2 >= 1
+    })
+    .await;
+    cron.stop().await;
+    // never two at once: a command waits for the running tick instead
+    let started = Instant::now();
+    let (a, b) = tokio::join!(
+        scheduler.tick(Trigger::Command),
+        scheduler.tick(Trigger::Command)
+    );
+    a.expect("first");
+    b.expect("second");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2900),
+        "the two ran one after the other"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_cron_job_is_recreated() {
+    let redis = Redis::start();
+    let (store, clock) = redis.store(T0).await;
+    let (scheduler, stats) = scheduler(&store);
+    let cron = scheduler.start("* * * * * *").await.expect("cron");
+    wait_for("a first tick", Duration::from_secs(3), async || {
+        stats.tick_counts().0 >= 1
+    })
+    .await;
+    cron.drop_job_for_test().await;
+    meeting(&store, 1).await;
+    let instance = InstanceId::new(1, 1);
+    store
+        .instance_set(instance, T0 + MIN, T0 + 2 * MIN)
+        .await
+        .expect("instance");
+    clock.set(T0 + MIN);
+    wait_for(
+        "ticks after the recovery",
+        Duration::from_secs(10),
+        async || state(&store, instance).await == InstanceState::Active,
+    )
+    .await;
+    let snapshot = stats.snapshot();
+    assert!(
+        snapshot["ticks"]["scheduler_recoveries"].as_u64() >= Some(1),
+        "{snapshot}"
+    );
+    cron.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_cron_expression_is_refused_with_a_clear_message() {
+    let err = meetingd::scheduler::cron_interval("every minute").expect_err("refused");
+    assert!(err.to_string().contains("invalid cron expression"), "{err}");
+    assert!(
+        meetingd::scheduler::cron_interval("0 * * * * *")
+            .is_ok_and(|d| d == Duration::from_secs(60))
+    );
+}
+
+/// The daemon ticks once at start-up, before it serves.
+#[tokio::test]
+async fn the_daemon_ticks_before_it_serves() {
+    let redis = Redis::start();
+    let store = redis
+        .store_on(
+            ManualClock::new(chrono::Utc::now().timestamp_millis()),
+            redis.options(),
+        )
+        .await;
+    meeting(&store, 5).await;
+    let now = store.now();
+    store
+        .instance_set(InstanceId::new(5, 1), now - MIN, now + 60 * MIN)
+        .await
+        .expect("instance");
+    let daemon = Daemon::start(&redis, &["--cron", "0 0 0 1 1 *"]);
+    let active = daemon.client().ok("ACTIVE");
+    assert_eq!(active[0]["meeting"], 5, "{active}");
+    let stats = daemon.client().ok("STATS");
+    assert!(stats["ticks"]["last_good"].is_string(), "{stats}");
+}
+
+/// 100,000 instances stored, 10,000 due at one instant: the tick applies
+/// all 10,000 and no Lua call holds Redis 10 ms (SLOWLOG stays empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_of_10000_among_100000_keeps_every_call_short() {
+    let redis = Redis::start_with(&["--slowlog-log-slower-than", "10000"]);
+    let (store, _clock) = redis.store(T0).await;
+    let mut conn = redis.conn().await;
+    let keys = store.keys();
+    for chunk in (1..=100_000u64).collect::<Vec<_>>().chunks(5_000) {
+        let mut pipe = redis::pipe();
+        for &m in chunk {
+            let from = if m % 10 == 0 { T0 } else { T0 + 24 * 60 * MIN };
+            pipe.cmd("FCALL")
+                .arg("meet_meeting_set")
+                .arg(1)
+                .arg(keys.meeting(m))
+                .arg(m.to_string())
+                .arg("t")
+                .arg("")
+                .arg("true")
+                .ignore();
+            pipe.cmd("FCALL")
+                .arg("meet_instance_set")
+                .arg(4)
+                .arg(keys.meeting(m))
+                .arg(keys.orders(m))
+                .arg(keys.schedule(m))
+                .arg(Keys::due(keys.partition(m)))
+                .arg(m.to_string())
+                .arg("1")
+                .arg(from.to_string())
+                .arg((from + MIN).to_string())
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await.expect("load");
+    }
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(&mut conn)
+        .await
+        .expect("reset");
+    let report = store.tick(T0).await.expect("tick");
+    assert_eq!(report.activated.len(), 10_000);
+    let slow: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(10)
+        .query_async(&mut conn)
+        .await
+        .expect("slowlog");
+    assert!(slow.is_empty(), "calls over 10 ms: {slow:?}");
+}

@@ -106,8 +106,8 @@ impl StoreOptions {
             url: url.into(),
             partitions: 16,
             timeout: Duration::from_secs(1),
-            tick_batch: 200,
-            timeout_budget: 1000,
+            tick_batch: 100,
+            timeout_budget: 500,
         }
     }
 }

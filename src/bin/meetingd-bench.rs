@@ -1,0 +1,251 @@
+//! `meetingd-bench`: measurements of meetingd, figures for BENCHMARKS.md.
+//!
+//! `meetingd-bench tick --stored N --due D` fills a Redis with N meetings of
+//! one instance each, D of them due now, and times one whole tick (every
+//! partition, step after step, as the scheduler runs it). It reports the
+//! tick's duration, the Lua calls it made and the longest of them (from
+//! Redis' SLOWLOG). Without `--redis` it starts a redis-server of its own
+//! on a Unix socket in a temporary directory and stops it afterwards.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use meetingd::store::{Keys, Store, StoreOptions};
+
+#[derive(Parser)]
+#[command(name = "meetingd-bench", version, about)]
+struct Cli {
+    /// Redis to use (it is flushed!); default: a redis-server of our own.
+    #[arg(long, global = true)]
+    redis: Option<String>,
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Time one tick with `due` transitions among `stored` instances.
+    Tick {
+        /// Instances stored (one per meeting).
+        #[arg(long, default_value_t = 100_000)]
+        stored: u64,
+        /// How many of them are due at the tick.
+        #[arg(long, default_value_t = 10_000)]
+        due: u64,
+        /// Instances per tick step (the daemon's default: 100).
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+    },
+}
+
+/// A redis-server of the bench's own, stopped on drop.
+struct OwnRedis {
+    child: Child,
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+impl OwnRedis {
+    fn start() -> Result<OwnRedis, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let socket: PathBuf = dir.path().join("redis.sock");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                format!("cannot start redis-server ({e}); apt-get install redis-server")
+            })?;
+        let url = format!("redis+unix://{}", socket.display());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                return Err("redis-server did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(OwnRedis {
+            child,
+            _dir: dir,
+            url,
+        })
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("meetingd-bench: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let own = match cli.redis {
+        Some(_) => None,
+        None => Some(OwnRedis::start()?),
+    };
+    let url = cli
+        .redis
+        .clone()
+        .or_else(|| own.as_ref().map(|r| r.url.clone()))
+        .unwrap_or_default();
+    match cli.command {
+        Bench::Tick { stored, due, batch } => tick(&url, stored, due, batch).await,
+    }
+}
+
+async fn tick(url: &str, stored: u64, due: u64, batch: usize) -> Result<(), String> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut options = StoreOptions::new(url);
+    options.tick_batch = batch;
+    options.timeout = Duration::from_secs(30);
+    let store = Store::connect(options).await.map_err(|e| e.to_string())?;
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    store.ensure_library().await.map_err(|e| e.to_string())?;
+    let loading = Instant::now();
+    let keys = *store.keys();
+    // every step-th meeting is due now, the rest tomorrow
+    let step = (stored / due.max(1)).max(1);
+    let ids: Vec<u64> = (1..=stored).collect();
+    for chunk in ids.chunks(5_000) {
+        let mut pipe = redis::pipe();
+        for &m in chunk {
+            let is_due = due > 0 && m % step == 0 && m / step <= due;
+            let from = if is_due { now - 1000 } else { now + 86_400_000 };
+            pipe.cmd("FCALL")
+                .arg("meet_meeting_set")
+                .arg(1)
+                .arg(keys.meeting(m))
+                .arg(m.to_string())
+                .arg("bench")
+                .arg("")
+                .arg("true")
+                .ignore();
+            pipe.cmd("FCALL")
+                .arg("meet_instance_set")
+                .arg(4)
+                .arg(keys.meeting(m))
+                .arg(keys.orders(m))
+                .arg(keys.schedule(m))
+                .arg(Keys::due(keys.partition(m)))
+                .arg(m.to_string())
+                .arg("1")
+                .arg(from.to_string())
+                .arg((from + 3_600_000).to_string())
+                .ignore();
+        }
+        let _: () = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let loaded_in = loading.elapsed();
+    for (name, value) in [
+        ("slowlog-log-slower-than", "0"),
+        ("slowlog-max-len", "100000"),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let report = store.tick(now).await.map_err(|e| e.to_string())?;
+    let took = started.elapsed();
+    let log: Vec<(i64, Vec<String>)> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query_async::<Vec<redis::Value>>(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter_map(|entry| {
+            let redis::Value::Array(fields) = entry else {
+                return None;
+            };
+            let micros = match fields.get(2) {
+                Some(redis::Value::Int(n)) => *n,
+                _ => return None,
+            };
+            let args = match fields.get(3) {
+                Some(redis::Value::Array(args)) => args
+                    .iter()
+                    .take(2)
+                    .map(|a| match a {
+                        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                        other => format!("{other:?}"),
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Some((micros, args))
+        })
+        .collect();
+    let calls: Vec<&(i64, Vec<String>)> = log
+        .iter()
+        .filter(|(_, args)| {
+            args.first()
+                .is_some_and(|a| a.eq_ignore_ascii_case("fcall"))
+        })
+        .collect();
+    let longest = calls.iter().map(|(us, _)| *us).max().unwrap_or(0);
+    let of = |name: &str| {
+        calls
+            .iter()
+            .filter(|(_, a)| a.get(1).is_some_and(|f| f == name))
+            .count()
+    };
+    println!(
+        "| instances stored | due | activated | tick steps | tick took | Lua calls | longest call | loaded in |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {stored} | {due} | {} | {} | {:.0} ms | {} (meet_due {}, meet_tick {}) | {:.2} ms | {:.1} s |",
+        report.activated.len(),
+        report.steps,
+        took.as_secs_f64() * 1000.0,
+        calls.len(),
+        of("meet_due"),
+        of("meet_tick"),
+        longest as f64 / 1000.0,
+        loaded_in.as_secs_f64(),
+    );
+    Ok(())
+}

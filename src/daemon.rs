@@ -1,29 +1,36 @@
-//! The daemon's life: connect to Redis (waiting for it if need be), tick
-//! once, start the scheduler, bind the socket, serve.
+//! The daemon's life: start (the embedded Redis if no Redis is configured,
+//! the store, the start-up tick, the cron job, the socket), tell systemd
+//! it is ready, feed its watchdog while ticks succeed, reload on SIGHUP,
+//! drain on SIGTERM or SIGINT.
+//!
+//! Draining: stop accepting, answer every request already received, let
+//! the scheduler finish its current tick, stop the embedded Redis, remove
+//! the socket, exit 0, all within the drain deadline. A second signal
+//! exits at once.
 
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use sd_notify::NotifyState;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 use crate::cmd::{Context, Limits};
+use crate::config::{self, Config, Overrides};
+use crate::embedded_redis::{EmbeddedError, EmbeddedRedis};
+use crate::logging::LogHandle;
 use crate::scheduler::{self, Scheduler, SchedulerError, Trigger};
-use crate::server::{self, ServerConfig};
+use crate::server::{self, Live, ServerConfig};
 use crate::stats::Stats;
 use crate::store::{Store, StoreError, StoreOptions};
 
-/// Everything `meetingd serve` needs.
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    /// Redis and the key layout.
-    pub store: StoreOptions,
-    /// The socket.
-    pub server: ServerConfig,
-    /// Page and text limits.
-    pub limits: Limits,
-    /// When the scheduler ticks (six fields, with seconds; UTC).
-    pub cron: String,
-}
-
-/// Why the daemon stopped.
+/// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// The socket could not be set up.
@@ -35,6 +42,72 @@ pub enum DaemonError {
     /// The cron job could not start.
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),
+    /// The embedded Redis could not start.
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    /// Signals or a passed socket could not be set up.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Where the configuration came from, to read it again on SIGHUP.
+pub struct Source {
+    /// `--config`
+    pub file: Option<PathBuf>,
+    /// `--socket`, `--redis`
+    pub overrides: Overrides,
+}
+
+fn store_options(config: &Config, url: String) -> StoreOptions {
+    let mut options = StoreOptions::new(url);
+    options.partitions = config.partitions;
+    options.timeout = config.redis_timeout;
+    options.tick_batch = config.tick_batch;
+    options.timeout_budget = config.timeout_budget;
+    options
+}
+
+fn live(config: &Config) -> Live {
+    let s = &config.socket;
+    let mut server = ServerConfig::new(s.path.clone());
+    server.socket_mode = s.mode;
+    server.max_line = s.max_line;
+    server.max_connections = s.max_connections;
+    server.idle_timeout = s.idle_timeout;
+    server.pipeline_depth = s.pipeline_depth;
+    server.admin_uids = config.admin_uids.clone();
+    server.admin_gids = config.admin_gids.clone();
+    Live {
+        server: Arc::new(server),
+        limits: Limits {
+            page: config.page,
+            text: config.chat_text_bytes,
+        },
+    }
+}
+
+fn notify(states: &[NotifyState]) {
+    if let Err(err) = sd_notify::notify(states) {
+        tracing::debug!(error = %err, "cannot notify systemd");
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP, delivered by signal-hook's thread.
+fn signals() -> Result<mpsc::UnboundedReceiver<i32>, DaemonError> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| DaemonError::Setup(format!("cannot handle signals: {e}")))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if tx.send(signal).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| DaemonError::Setup(format!("cannot start the signal thread: {e}")))?;
+    Ok(rx)
 }
 
 /// Connect to Redis, retrying while it is unreachable.
@@ -44,7 +117,8 @@ pub async fn connect(options: StoreOptions) -> Result<Store, StoreError> {
         match Store::connect(options.clone()).await {
             Ok(store) => return Ok(store),
             Err(StoreError::Unavailable(why)) => {
-                tracing::warn!(url = %options.url, %why, "Redis is not reachable yet; retrying");
+                let url = config::redact_url(&options.url);
+                tracing::warn!(%url, %why, "Redis is not reachable yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -53,28 +127,209 @@ pub async fn connect(options: StoreOptions) -> Result<Store, StoreError> {
     }
 }
 
-/// Run the daemon until the process ends: connect, tick once, start the
-/// cron job, serve.
-pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
-    // a bad cron expression stops start-up before anything else
-    scheduler::cron_interval(&options.cron)?;
-    let store = connect(options.store.clone())
-        .await
-        .map_err(DaemonError::Store)?;
+/// The listening socket: the one systemd passed (socket activation), or
+/// one we bind. `true` when we bound it (and so remove it at the end).
+fn listener(config: &Config) -> Result<(UnixListener, bool), DaemonError> {
+    let passed = sd_notify::listen_fds()
+        .map_err(|e| DaemonError::Setup(format!("bad socket activation: {e}")))?
+        .next();
+    if let Some(fd) = passed {
+        // SAFETY: systemd (or whoever set LISTEN_PID to our pid) handed us
+        // this descriptor, a listening Unix socket, for us alone.
+        let std = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+        let setup = |e: std::io::Error| DaemonError::Setup(format!("the passed socket: {e}"));
+        std.set_nonblocking(true).map_err(setup)?;
+        tracing::info!("serving on the socket passed by systemd");
+        return Ok((UnixListener::from_std(std).map_err(setup)?, false));
+    }
+    let listener = server::bind(&live(config).server)?;
+    if let Some(gid) = config.socket.group {
+        std::os::unix::fs::chown(&config.socket.path, None, Some(gid)).map_err(|e| {
+            DaemonError::Setup(format!(
+                "socket.group: cannot give the socket to group {gid}: {e}"
+            ))
+        })?;
+    }
+    Ok((listener, true))
+}
+
+/// Run the daemon until SIGTERM or SIGINT.
+pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), DaemonError> {
+    let mut signals = signals()?;
+    notify(&[NotifyState::Status("starting")]);
+    let embedded = match &config.redis_url {
+        Some(_) => None,
+        None => {
+            notify(&[NotifyState::Status("starting the embedded redis-server")]);
+            Some(EmbeddedRedis::start(&config.embedded).await?)
+        }
+    };
+    let url = match (&config.redis_url, &embedded) {
+        (Some(url), _) => url.clone(),
+        (None, Some(embedded)) => embedded.url().to_string(),
+        (None, None) => unreachable!("the embedded Redis runs when no URL is configured"),
+    };
+    notify(&[NotifyState::Status("connecting to Redis")]);
+    let store = tokio::select! {
+        store = connect(store_options(&config, url)) => store.map_err(DaemonError::Store)?,
+        Some(_) = signals.recv() => {
+            tracing::info!("stopped before Redis could be reached");
+            if let Some(embedded) = embedded {
+                embedded.stop().await;
+            }
+            return Ok(());
+        }
+    };
     let stats = Arc::new(Stats::default());
     let scheduler = Scheduler::new(Arc::new(store.clone()), stats.clone());
-    // the start-up tick catches up whatever fell due while nothing ran;
-    // if it fails, the cron job's next tick does
+    notify(&[NotifyState::Status("catching up: the start-up tick")]);
+    // whatever fell due while nothing ran; if it fails, the next tick does it
     let _ = scheduler.tick(Trigger::Startup).await;
-    let _cron = scheduler.start(&options.cron).await?;
-    let listener = server::bind(&options.server)?;
-    tracing::info!(socket = %options.server.socket.display(), cron = %options.cron, "ready");
+    let mut cron = scheduler.start(&config.cron).await?;
+    let cron_interval = Arc::new(AtomicU64::new(
+        scheduler::cron_interval(&config.cron)?.as_millis() as u64,
+    ));
+    let (listener, bound) = listener(&config)?;
+    let (live_tx, live_rx) = watch::channel(live(&config));
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
     let ctx = Context {
         store,
-        limits: options.limits,
-        stats,
-        scheduler,
+        limits: live(&config).limits,
+        stats: stats.clone(),
+        scheduler: scheduler.clone(),
     };
-    server::run(listener, Arc::new(options.server), ctx).await;
+    let server = tokio::spawn(server::run(
+        listener,
+        live_rx,
+        ctx,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    let status = format!("serving on {}", config.socket.path.display());
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    tracing::info!(socket = %config.socket.path.display(), cron = %config.cron, "ready");
+    let feeder = sd_notify::watchdog_enabled()
+        .map(|every| tokio::spawn(feed_watchdog(every, stats.clone(), cron_interval.clone())));
+
+    let mut current = config;
+    // SIGHUP reloads; SIGTERM, SIGINT (or the signal thread gone) drain.
+    while let Some(SIGHUP) = signals.recv().await {
+        {
+            let now = sd_notify::NotifyState::monotonic_usec_now().ok();
+            let mut states = vec![NotifyState::Reloading, NotifyState::Status("reloading")];
+            states.extend(now);
+            notify(&states);
+            match config::load(source.file.as_deref(), &source.overrides) {
+                Ok((_, new)) => {
+                    apply_reload(&current, &new, &log, &live_tx);
+                    if new.cron != current.cron {
+                        match scheduler.start(&new.cron).await {
+                            Ok(started) => {
+                                std::mem::replace(&mut cron, started).stop().await;
+                                if let Ok(every) = scheduler::cron_interval(&new.cron) {
+                                    cron_interval.store(every.as_millis() as u64, Ordering::SeqCst);
+                                }
+                                tracing::info!(cron = %new.cron, "new schedule");
+                            }
+                            Err(err) => tracing::error!(error = %err, "keeping the old schedule"),
+                        }
+                    }
+                    current = new;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "reload refused; the running configuration stays")
+                }
+            }
+            notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        }
+    }
+
+    // Drain.
+    notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+    tracing::info!("draining: no new connections; answering what was received");
+    tokio::spawn(async move {
+        if signals.recv().await.is_some() {
+            tracing::warn!("a second signal: exiting at once");
+            std::process::exit(1);
+        }
+    });
+    shutdown.cancel();
+    tracker.close();
+    let deadline = tokio::time::Instant::now() + current.drain_timeout;
+    if tokio::time::timeout_at(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the drain deadline passed; closing the remaining connections");
+    }
+    let _ = server.await;
+    if let Some(feeder) = feeder {
+        feeder.abort();
+    }
+    cron.stop().await;
+    if tokio::time::timeout_at(deadline, scheduler.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the drain deadline passed during a tick");
+    }
+    if bound {
+        let _ = std::fs::remove_file(&current.socket.path);
+    }
+    if let Some(embedded) = embedded {
+        embedded.stop().await;
+    }
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Apply what a reload may change; say what it may not.
+fn apply_reload(old: &Config, new: &Config, log: &LogHandle, live_tx: &watch::Sender<Live>) {
+    if new.log_level != old.log_level {
+        log.set_level(&new.log_level);
+    }
+    let _ = live_tx.send(live(new));
+    let restart_only = [
+        ("socket.path", old.socket.path != new.socket.path),
+        ("socket.mode", old.socket.mode != new.socket.mode),
+        ("socket.group", old.socket.group != new.socket.group),
+        ("redis.url", old.redis_url != new.redis_url),
+        ("redis.timeout_ms", old.redis_timeout != new.redis_timeout),
+        ("redis.partitions", old.partitions != new.partitions),
+        ("scheduler.tick_batch", old.tick_batch != new.tick_batch),
+        (
+            "scheduler.timeout_budget",
+            old.timeout_budget != new.timeout_budget,
+        ),
+        ("log.format", old.log_json != new.log_json),
+        ("embedded", old.embedded != new.embedded),
+    ];
+    for (key, changed) in restart_only {
+        if changed {
+            tracing::warn!(
+                key,
+                "changed in the configuration, but it takes a restart: ignored"
+            );
+        }
+    }
+    tracing::info!("configuration reloaded");
+}
+
+/// Tell systemd we are alive, but only while ticks succeed: a daemon whose
+/// ticks stopped gets restarted.
+async fn feed_watchdog(every: Duration, stats: Arc<Stats>, cron_interval: Arc<AtomicU64>) {
+    let mut ticker = tokio::time::interval(every / 2);
+    loop {
+        ticker.tick().await;
+        let limit = 2 * cron_interval.load(Ordering::SeqCst) as i64;
+        let now = chrono::Utc::now().timestamp_millis();
+        match stats.last_good_tick() {
+            Some(at) if now - at <= limit => notify(&[NotifyState::Watchdog]),
+            last => tracing::warn!(
+                ?last,
+                "no good tick for two intervals; not feeding the watchdog"
+            ),
+        }
+    }
 }

@@ -24,8 +24,11 @@
 
 pub mod clock;
 pub mod cmd;
+pub mod config;
 pub mod daemon;
+pub mod embedded_redis;
 pub mod error;
+pub mod logging;
 pub mod protocol;
 pub mod scheduler;
 pub mod server;

@@ -139,6 +139,11 @@ impl Scheduler {
         result
     }
 
+    /// Wait until no tick is running.
+    pub async fn wait_idle(&self) {
+        let _idle = self.running.lock().await;
+    }
+
     /// Start the cron job (and its watchdog). The handle stops them.
     pub async fn start(self: &Arc<Self>, cron: &str) -> Result<CronHandle, SchedulerError> {
         let interval = cron_interval(cron)?;

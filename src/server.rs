@@ -24,10 +24,12 @@ use futures_util::future::{BoxFuture, FutureExt, OptionFuture};
 use futures_util::stream::StreamExt;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::codec::{Decoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::cmd::{self, Context};
+use crate::cmd::{self, Context, Limits};
 use crate::error::Code;
 use crate::protocol::{self, Request};
 
@@ -119,38 +121,79 @@ pub fn bind(config: &ServerConfig) -> Result<UnixListener, BindError> {
     Ok(listener)
 }
 
-/// Accept clients until the process ends.
-pub async fn run(listener: UnixListener, config: Arc<ServerConfig>, ctx: Context) {
-    let permits = Arc::new(Semaphore::new(config.max_connections));
+/// What may change while the daemon runs (a reload sends a new one):
+/// read at every accept, so a change applies to new connections.
+#[derive(Clone)]
+pub struct Live {
+    /// Per-connection settings.
+    pub server: Arc<ServerConfig>,
+    /// Page and text limits.
+    pub limits: Limits,
+}
+
+/// Accept clients until `shutdown`; each connection is tracked by
+/// `tracker`, so the caller can wait for them to finish their requests.
+pub async fn run(
+    listener: UnixListener,
+    live: watch::Receiver<Live>,
+    ctx: Context,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut capacity = live.borrow().server.max_connections;
+    let permits = Arc::new(Semaphore::new(capacity));
     // SAFETY: geteuid has no preconditions and cannot fail.
     let own_uid = unsafe { libc::geteuid() };
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                // Out of file descriptors and the like: back off, go on.
-                tracing::warn!(error = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off, go on.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
         };
+        let current = live.borrow().clone();
+        resize(&permits, &mut capacity, current.server.max_connections);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             ctx.stats.connection_refused();
-            tokio::spawn(refuse(stream, config.max_connections));
+            tracker.spawn(refuse(stream, capacity));
             continue;
         };
-        let admin = is_admin(&stream, own_uid, &config);
-        let ctx = ctx.clone();
-        let config = config.clone();
-        tokio::spawn(async move {
+        let admin = is_admin(&stream, own_uid, &current.server);
+        let mut ctx = ctx.clone();
+        ctx.limits = current.limits;
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
             ctx.stats.connection_opened();
-            if let Err(err) = handle(stream, admin, &ctx, &config).await {
+            if let Err(err) = handle(stream, admin, &ctx, &current.server, &shutdown).await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
             ctx.stats.connection_closed();
             drop(permit);
         });
     }
+}
+
+/// Follow a changed connection limit: add permits, or take some away for
+/// good (as connections end).
+fn resize(permits: &Arc<Semaphore>, capacity: &mut usize, wanted: usize) {
+    if wanted > *capacity {
+        permits.add_permits(wanted - *capacity);
+    } else if wanted < *capacity {
+        let fewer = (*capacity - wanted) as u32;
+        let permits = permits.clone();
+        tokio::spawn(async move {
+            if let Ok(taken) = permits.acquire_many_owned(fewer).await {
+                taken.forget();
+            }
+        });
+    }
+    *capacity = wanted;
 }
 
 /// Whether the peer may use admin commands: root, the daemon's own uid, or
@@ -202,6 +245,7 @@ async fn handle(
     admin: bool,
     ctx: &Context,
     config: &ServerConfig,
+    shutdown: &CancellationToken,
 ) -> io::Result<()> {
     let (read, write) = stream.into_split();
     let mut requests = FramedRead::new(read, LineCodec::new(config.max_line));
@@ -259,6 +303,20 @@ async fn handle(
                 tracing::debug!("closing an idle connection");
                 return Ok(());
             }
+            _ = shutdown.cancelled(), if reading => {
+                // Draining: answer what the client sent already (whatever
+                // is in the socket now), then close.
+                while let Some(Some(frame)) = requests.next().now_or_never() {
+                    match frame? {
+                        Frame::Line(line) => queue.push_back(Pending::Line(line)),
+                        Frame::TooLong => {
+                            queue.push_back(Pending::TooLong);
+                            break;
+                        }
+                    }
+                }
+                reading = false;
+            }
         }
     }
 }
@@ -267,24 +325,42 @@ async fn handle(
 fn answer<'a>(line: BytesMut, admin: bool, ctx: &'a Context) -> BoxFuture<'a, Reply> {
     let parsed = protocol::parse(&line);
     async move {
-        let (result, close) = match parsed {
+        let started = std::time::Instant::now();
+        let (command, result, close) = match parsed {
             Ok(request) => {
-                ctx.stats.request(Some(request.name()));
+                let command = request.name();
+                ctx.stats.request(Some(command));
                 let close = request == Request::Quit;
-                (cmd::execute(request, admin, ctx).await, close)
+                (command, cmd::execute(request, admin, ctx).await, close)
             }
             Err(err) => {
                 ctx.stats.request(None);
-                (Err(cmd::CmdError::new(err.code, err.message)), false)
+                (
+                    "(unparsed)",
+                    Err(cmd::CmdError::new(err.code, err.message)),
+                    false,
+                )
             }
         };
         match result {
-            Ok(value) => Reply {
-                line: protocol::ok_line(&value),
-                close,
-            },
+            Ok(value) => {
+                let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+                tracing::debug!(command, latency_ms, "request");
+                Reply {
+                    line: protocol::ok_line(&value),
+                    close,
+                }
+            }
             Err(err) => {
                 ctx.stats.error(err.code);
+                let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+                // the code and the command, never the arguments (they may
+                // hold people's data)
+                if matches!(err.code, Code::Unavailable | Code::Internal) {
+                    tracing::warn!(command, code = %err.code, latency_ms, "request failed");
+                } else {
+                    tracing::info!(command, code = %err.code, latency_ms, "request failed");
+                }
                 Reply {
                     line: protocol::error_line(err.code, &err.message),
                     close,

@@ -443,7 +443,7 @@ fn render(result: &Value) -> String {
 fn cell(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
-        Value::String(s) => s.replace('\n', "\\n"),
+        Value::String(s) => s.replace('\n', "\\n").replace('\t', "\\t"),
         Value::Array(items) if items.is_empty() => "-".into(),
         Value::Array(items) => items
             .iter()
@@ -554,6 +554,15 @@ struct ImportInstance {
     to: String,
 }
 
+/// How a malformed entry is named: by its id when it has one, else by its
+/// place in the file.
+fn label(kind: &str, list: &str, index: usize, raw: &Value) -> String {
+    match raw.get("id").and_then(Value::as_u64) {
+        Some(id) => format!("{kind} {id}"),
+        None => format!("{list}[{index}]"),
+    }
+}
+
 /// One request of the import, and the entry it stands for.
 struct Step {
     entry: String,
@@ -571,6 +580,7 @@ fn import(cli: &Cli, file: &PathBuf) -> Result<ExitCode, String> {
     let mut steps = Vec::new();
     let mut refused: Vec<(String, String, String)> = Vec::new();
     for (i, raw) in data.users.into_iter().enumerate() {
+        let e_value = raw.clone();
         match serde_json::from_value::<ImportUser>(raw) {
             Ok(u) => steps.push(Step {
                 entry: format!("user {}", u.id),
@@ -590,7 +600,11 @@ fn import(cli: &Cli, file: &PathBuf) -> Result<ExitCode, String> {
                 .map(String::from)
                 .to_vec(),
             }),
-            Err(e) => refused.push((format!("users[{i}]"), "bad_request".into(), e.to_string())),
+            Err(e) => refused.push((
+                label("user", "users", i, &e_value),
+                "bad_request".into(),
+                e.to_string(),
+            )),
         }
     }
     for (i, raw) in data.meetings.into_iter().enumerate() {
@@ -654,7 +668,13 @@ fn import(cli: &Cli, file: &PathBuf) -> Result<ExitCode, String> {
         let refs: Vec<&str> = step.tokens.iter().map(String::as_str).collect();
         batch.push_str(&request_line(&refs));
     }
-    client.send(&batch)?;
+    // Write from a thread of its own while this one reads the replies: the
+    // daemon reads only so far ahead, and waits for us to take its replies.
+    let mut writer = client
+        .writer
+        .try_clone()
+        .map_err(|e| format!("cannot send to the daemon: {e}"))?;
+    let sender = std::thread::spawn(move || writer.write_all(batch.as_bytes()));
     let mut loaded = Vec::new();
     for step in &steps {
         let (_, reply) = client.receive()?;
@@ -668,6 +688,11 @@ fn import(cli: &Cli, file: &PathBuf) -> Result<ExitCode, String> {
             let message = reply["error"]["message"].as_str().unwrap_or("").to_string();
             refused.push((step.entry.clone(), code, message));
         }
+    }
+    match sender.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("cannot send to the daemon: {e}")),
+        Err(_) => return Err("the sending thread failed".into()),
     }
     if cli.json {
         let refused_json: Vec<Value> = refused

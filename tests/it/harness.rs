@@ -202,26 +202,50 @@ pub struct Daemon {
 
 #[allow(dead_code)]
 impl Daemon {
-    /// Start the daemon on `redis` with extra flags; wait until it answers.
-    pub fn start(redis: &Redis, extra: &[&str]) -> Daemon {
+    /// Start the daemon on `redis` with settings given as environment
+    /// variables (`MEETINGD_SOCKET__MAX_CONNECTIONS`...); wait until it
+    /// answers.
+    pub fn start(redis: &Redis, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("meetingd.sock");
-        let daemon = Daemon::spawn(redis, &socket, extra, dir);
+        let daemon = Daemon::spawn(redis, &socket, env, dir);
         daemon.wait_ready();
         daemon
     }
 
     /// Start a daemon process without waiting for it.
-    pub fn spawn(redis: &Redis, socket: &Path, extra: &[&str], dir: tempfile::TempDir) -> Daemon {
-        let log = std::fs::File::create(dir.path().join("meetingd.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_meetingd"))
+    pub fn spawn(
+        redis: &Redis,
+        socket: &Path,
+        env: &[(&str, &str)],
+        dir: tempfile::TempDir,
+    ) -> Daemon {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_meetingd"));
+        command
             .arg("serve")
             .arg("--socket")
             .arg(socket)
             .arg("--redis")
-            .arg(redis.url())
-            .args(extra)
-            .env("RUST_LOG", "info")
+            .arg(redis.url());
+        Daemon::spawn_command(command, socket, env, dir)
+    }
+
+    /// Start `command` (a `meetingd serve ...`) with a clean environment
+    /// plus `env`, logging into the directory.
+    pub fn spawn_command(
+        mut command: Command,
+        socket: &Path,
+        env: &[(&str, &str)],
+        dir: tempfile::TempDir,
+    ) -> Daemon {
+        let log = std::fs::File::create(dir.path().join("meetingd.log")).expect("log file");
+        for (key, _) in std::env::vars() {
+            if key.starts_with("MEETINGD_") || key == "RUST_LOG" || key == "NOTIFY_SOCKET" {
+                command.env_remove(key);
+            }
+        }
+        let child = command
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -231,6 +255,11 @@ impl Daemon {
             socket: socket.to_path_buf(),
             dir,
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn wait_ready(&self) {

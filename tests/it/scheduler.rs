@@ -524,7 +524,7 @@ async fn the_daemon_ticks_before_it_serves() {
         .instance_set(InstanceId::new(5, 1), now - MIN, now + 60 * MIN)
         .await
         .expect("instance");
-    let daemon = Daemon::start(&redis, &["--cron", "0 0 0 1 1 *"]);
+    let daemon = Daemon::start(&redis, &[("MEETINGD_SCHEDULER__CRON", "0 0 0 1 1 *")]);
     let active = daemon.client().ok("ACTIVE");
     assert_eq!(active[0]["meeting"], 5, "{active}");
     let stats = daemon.client().ok("STATS");

@@ -228,7 +228,13 @@ fn every_command_answers() {
 #[test]
 fn every_error_code() {
     let mut redis = Redis::start();
-    let daemon = Daemon::start(&redis, &["--max-text", "100", "--redis-timeout-ms", "500"]);
+    let daemon = Daemon::start(
+        &redis,
+        &[
+            ("MEETINGD_LIMITS__CHAT_TEXT_BYTES", "100"),
+            ("MEETINGD_REDIS__TIMEOUT_MS", "500"),
+        ],
+    );
     let mut c = daemon.client();
     seed(&mut c);
     c.ok("JOIN 1 1");
@@ -496,7 +502,7 @@ fn a_non_admin_peer_is_denied_admin_commands_only() {
         return;
     }
     let redis = Redis::start();
-    let daemon = Daemon::start(&redis, &["--socket-mode", "666"]);
+    let daemon = Daemon::start(&redis, &[("MEETINGD_SOCKET__MODE", "0666")]);
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(daemon.dir(), std::fs::Permissions::from_mode(0o755))
@@ -550,7 +556,13 @@ fn a_non_admin_peer_is_denied_admin_commands_only() {
     }
     // the same uid listed as an admin is allowed
     drop(daemon);
-    let daemon = Daemon::start(&redis, &["--socket-mode", "666", "--admin-uid", "65534"]);
+    let daemon = Daemon::start(
+        &redis,
+        &[
+            ("MEETINGD_SOCKET__MODE", "0666"),
+            ("MEETINGD_ADMIN__UIDS", "65534"),
+        ],
+    );
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(daemon.dir(), std::fs::Permissions::from_mode(0o755))
@@ -577,7 +589,7 @@ fn a_non_admin_peer_is_denied_admin_commands_only() {
 #[test]
 fn redis_down_then_back_without_restarting_the_daemon() {
     let mut redis = Redis::start();
-    let daemon = Daemon::start(&redis, &["--redis-timeout-ms", "500"]);
+    let daemon = Daemon::start(&redis, &[("MEETINGD_REDIS__TIMEOUT_MS", "500")]);
     let mut c = daemon.client();
     c.ok("USER SET 1 name Ada age 36 gender f email a@x");
     redis.stop();
@@ -609,7 +621,7 @@ fn redis_down_then_back_without_restarting_the_daemon() {
 #[test]
 fn a_slow_redis_is_unavailable_within_the_timeout() {
     let redis = Redis::start();
-    let daemon = Daemon::start(&redis, &["--redis-timeout-ms", "300"]);
+    let daemon = Daemon::start(&redis, &[("MEETINGD_REDIS__TIMEOUT_MS", "300")]);
     let mut c = daemon.client();
     c.ok("USER SET 1 name Ada age 36 gender f email a@x");
     let url = redis.url();
@@ -643,7 +655,7 @@ fn a_slow_redis_is_unavailable_within_the_timeout() {
 #[test]
 fn idle_connections_are_closed() {
     let redis = Redis::start();
-    let daemon = Daemon::start(&redis, &["--idle-timeout-secs", "1"]);
+    let daemon = Daemon::start(&redis, &[("MEETINGD_SOCKET__IDLE_TIMEOUT_SECS", "1")]);
     let mut c = daemon.client();
     assert_eq!(c.ok("PING"), "PONG");
     let started = Instant::now();
@@ -655,7 +667,7 @@ fn idle_connections_are_closed() {
 #[test]
 fn connections_past_the_limit_get_unavailable_and_others_go_on() {
     let redis = Redis::start();
-    let daemon = Daemon::start(&redis, &["--max-connections", "2"]);
+    let daemon = Daemon::start(&redis, &[("MEETINGD_SOCKET__MAX_CONNECTIONS", "2")]);
     let mut a = daemon.client();
     // the start-up probe's connection may still hold its slot for a moment
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -1,0 +1,640 @@
+//! Configuration: settings as read, then validated once.
+//!
+//! Layers, later ones winning: the defaults, a TOML file (`--config`),
+//! environment variables `MEETINGD_<SECTION>__<KEY>` (e.g.
+//! `MEETINGD_REDIS__URL`, lists comma-separated), then the command line
+//! (`--socket`, `--redis`). The raw settings ([`RawConfig`], every key with
+//! its default, unknown keys refused) are checked once into a [`Config`]
+//! whose values are ready to use; a bad value stops start-up with one
+//! sentence naming the key. `config/meetingd.toml` documents every key.
+//!
+//! Nothing here knows the rest of the daemon: the daemon maps a [`Config`]
+//! onto its parts.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused: one sentence naming the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn bad(key: &str, problem: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("{key}: {problem}"))
+}
+
+/// The settings as read: every key with its default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// `[socket]`
+    pub socket: RawSocket,
+    /// `[redis]`
+    pub redis: RawRedis,
+    /// `[limits]`
+    pub limits: RawLimits,
+    /// `[scheduler]`
+    pub scheduler: RawScheduler,
+    /// `[admin]`
+    pub admin: RawAdmin,
+    /// `[log]`
+    pub log: RawLog,
+    /// `[embedded]`
+    pub embedded: RawEmbedded,
+    /// `[shutdown]`
+    pub shutdown: RawShutdown,
+}
+
+/// `[socket]`: the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSocket {
+    /// Where it lives.
+    pub path: String,
+    /// Permission bits, octal.
+    pub mode: String,
+    /// Group owning it (name or gid); empty: the daemon's group.
+    pub group: String,
+    /// Most clients at once.
+    pub max_connections: u64,
+    /// Longest request line, bytes.
+    pub max_line_bytes: u64,
+    /// Close a connection idle this long.
+    pub idle_timeout_secs: u64,
+    /// Most requests of one connection read ahead.
+    pub pipeline_depth: u64,
+}
+
+impl Default for RawSocket {
+    fn default() -> Self {
+        RawSocket {
+            path: "/run/meetingd/meetingd.sock".into(),
+            mode: "0660".into(),
+            group: String::new(),
+            max_connections: 1024,
+            max_line_bytes: 65536,
+            idle_timeout_secs: 300,
+            pipeline_depth: 256,
+        }
+    }
+}
+
+/// `[redis]`: where the data lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRedis {
+    /// `redis://[:password@]host:port/db` or `redis+unix:///path`; empty:
+    /// the embedded redis-server.
+    pub url: String,
+    /// How long a call may take before the request is `unavailable`, ms.
+    pub timeout_ms: u64,
+    /// Partitions meetings are spread over; fixed for the life of the data.
+    pub partitions: u64,
+}
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        RawRedis {
+            url: String::new(),
+            timeout_ms: 1000,
+            partitions: 16,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// Longest chat text, bytes.
+    pub chat_text_bytes: u64,
+    /// Largest LIMIT of a page (and the default), at most 1000.
+    pub page: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            chat_text_bytes: 4096,
+            page: 1000,
+        }
+    }
+}
+
+/// `[scheduler]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawScheduler {
+    /// Cron expression with seconds, UTC.
+    pub cron: String,
+    /// Instances per tick step (one Lua call).
+    pub tick_batch: u64,
+    /// Timeout events per Lua call when instances end.
+    pub timeout_budget: u64,
+}
+
+impl Default for RawScheduler {
+    fn default() -> Self {
+        RawScheduler {
+            cron: "0 * * * * *".into(),
+            tick_batch: 100,
+            timeout_budget: 500,
+        }
+    }
+}
+
+/// `[admin]`: who may use admin commands besides root and the daemon's
+/// own user.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Admin uids.
+    #[serde(deserialize_with = "id_list")]
+    pub uids: Vec<u32>,
+    /// Admin gids (the peer's primary group).
+    #[serde(deserialize_with = "id_list")]
+    pub gids: Vec<u32>,
+}
+
+/// A list of ids as TOML writes it (`[1, 2]`) or as the environment gives
+/// it (`1` or `1,2`).
+fn id_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ids {
+        Numbers(Vec<u32>),
+        Texts(Vec<String>),
+        One(u32),
+        Text(String),
+    }
+    let texts = match Ids::deserialize(deserializer)? {
+        Ids::Numbers(ids) => return Ok(ids),
+        Ids::One(id) => return Ok(vec![id]),
+        Ids::Texts(texts) => texts,
+        Ids::Text(text) => text.split(',').map(str::to_string).collect(),
+    };
+    texts
+        .iter()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| {
+            t.trim()
+                .parse::<u32>()
+                .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a numeric id")))
+        })
+        .collect()
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// A tracing filter: `info`, `debug`, `meetingd=debug,info`...
+    /// `RUST_LOG`, when set, wins.
+    pub level: String,
+    /// `human` or `json` (on stderr; under systemd, logs go to journald).
+    pub format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".into(),
+            format: "human".into(),
+        }
+    }
+}
+
+/// `[embedded]`: the redis-server meetingd runs itself when no Redis is
+/// configured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEmbedded {
+    /// The redis-server binary (searched on PATH when not a path).
+    pub redis_server: String,
+    /// Its data directory (AOF, socket); empty: `$STATE_DIRECTORY`, else
+    /// /var/lib/meetingd for root, else ~/.local/state/meetingd.
+    pub data_dir: String,
+    /// `always`, `everysec` or `no`.
+    pub appendfsync: String,
+}
+
+impl Default for RawEmbedded {
+    fn default() -> Self {
+        RawEmbedded {
+            redis_server: "redis-server".into(),
+            data_dir: String::new(),
+            appendfsync: "everysec".into(),
+        }
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawShutdown {
+    /// How long a drain may take before the daemon exits anyway, seconds.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        RawShutdown {
+            drain_timeout_secs: 10,
+        }
+    }
+}
+
+/// What the command line overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--socket`
+    pub socket: Option<PathBuf>,
+    /// `--redis`
+    pub redis: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The control socket.
+    pub socket: SocketConfig,
+    /// `None`: run the embedded redis-server.
+    pub redis_url: Option<String>,
+    /// A Redis call's time limit.
+    pub redis_timeout: Duration,
+    /// Partitions of the key layout.
+    pub partitions: u64,
+    /// Longest chat text, bytes.
+    pub chat_text_bytes: usize,
+    /// Largest page.
+    pub page: u64,
+    /// The scheduler's cron expression.
+    pub cron: String,
+    /// Instances per tick step.
+    pub tick_batch: usize,
+    /// Timeout events per call.
+    pub timeout_budget: usize,
+    /// Admin uids.
+    pub admin_uids: Vec<u32>,
+    /// Admin gids.
+    pub admin_gids: Vec<u32>,
+    /// The tracing filter.
+    pub log_level: String,
+    /// JSON logs instead of human ones.
+    pub log_json: bool,
+    /// The embedded redis-server.
+    pub embedded: EmbeddedConfig,
+    /// Drain deadline.
+    pub drain_timeout: Duration,
+}
+
+/// The control socket's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketConfig {
+    /// Path.
+    pub path: PathBuf,
+    /// Permission bits.
+    pub mode: u32,
+    /// Group to own it.
+    pub group: Option<u32>,
+    /// Most clients at once.
+    pub max_connections: usize,
+    /// Longest request line.
+    pub max_line: usize,
+    /// Idle time limit.
+    pub idle_timeout: Duration,
+    /// Read-ahead per connection.
+    pub pipeline_depth: usize,
+}
+
+/// The embedded redis-server's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddedConfig {
+    /// The binary.
+    pub redis_server: PathBuf,
+    /// Its directory.
+    pub data_dir: PathBuf,
+    /// Its fsync policy.
+    pub appendfsync: String,
+}
+
+impl RawConfig {
+    /// Read the layers: defaults, the file (if any), the environment, the
+    /// command line.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<RawConfig, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError(format!(
+                    "{}: no such configuration file",
+                    file.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("MEETINGD")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("admin.uids")
+                .with_list_parse_key("admin.gids"),
+        );
+        let built = builder
+            .build()
+            .map_err(|e| ConfigError(one_line(&e.to_string())))?;
+        let mut raw: RawConfig = built
+            .try_deserialize()
+            .map_err(|e| ConfigError(one_line(&e.to_string())))?;
+        if let Some(socket) = &overrides.socket {
+            raw.socket.path = socket.display().to_string();
+        }
+        if let Some(redis) = &overrides.redis {
+            raw.redis.url = redis.clone();
+        }
+        Ok(raw)
+    }
+
+    /// Check every value; the configuration the daemon runs with.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let s = &self.socket;
+        if s.path.is_empty() {
+            return Err(bad("socket.path", "must not be empty"));
+        }
+        let mode = u32::from_str_radix(s.mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                bad(
+                    "socket.mode",
+                    format!("{:?} is not an octal mode like \"0660\"", s.mode),
+                )
+            })?;
+        let group = match s.group.as_str() {
+            "" => None,
+            name => Some(
+                group_id(name).ok_or_else(|| bad("socket.group", format!("no group {name:?}")))?,
+            ),
+        };
+        let positive = |key: &str, value: u64| -> Result<u64, ConfigError> {
+            if value == 0 {
+                Err(bad(key, "must be at least 1"))
+            } else {
+                Ok(value)
+            }
+        };
+        let socket = SocketConfig {
+            path: PathBuf::from(&s.path),
+            mode,
+            group,
+            max_connections: positive("socket.max_connections", s.max_connections)? as usize,
+            max_line: positive("socket.max_line_bytes", s.max_line_bytes)? as usize,
+            idle_timeout: Duration::from_secs(positive(
+                "socket.idle_timeout_secs",
+                s.idle_timeout_secs,
+            )?),
+            pipeline_depth: positive("socket.pipeline_depth", s.pipeline_depth)? as usize,
+        };
+        let redis_url = match self.redis.url.trim() {
+            "" => None,
+            url => {
+                redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| {
+                    bad(
+                        "redis.url",
+                        format!("{} is not a Redis URL ({e})", redact_url(url)),
+                    )
+                })?;
+                Some(url.to_string())
+            }
+        };
+        let page = positive("limits.page", self.limits.page)?;
+        if page > 1000 {
+            return Err(bad(
+                "limits.page",
+                format!("{page} is over 1000, the most one Lua call reads"),
+            ));
+        }
+        let tick_batch = positive("scheduler.tick_batch", self.scheduler.tick_batch)?;
+        if tick_batch > 1000 {
+            return Err(bad("scheduler.tick_batch", "must be 1..1000"));
+        }
+        let timeout_budget = positive("scheduler.timeout_budget", self.scheduler.timeout_budget)?;
+        if timeout_budget > 1000 {
+            return Err(bad("scheduler.timeout_budget", "must be 1..1000"));
+        }
+        crate_cron_check(&self.scheduler.cron).map_err(|why| bad("scheduler.cron", why))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            bad(
+                "log.level",
+                format!("{:?} is not a log filter ({e})", self.log.level),
+            )
+        })?;
+        let log_json = match self.log.format.as_str() {
+            "human" => false,
+            "json" => true,
+            other => {
+                return Err(bad(
+                    "log.format",
+                    format!("{other:?} is neither \"human\" nor \"json\""),
+                ));
+            }
+        };
+        let e = &self.embedded;
+        if !matches!(e.appendfsync.as_str(), "always" | "everysec" | "no") {
+            return Err(bad(
+                "embedded.appendfsync",
+                format!("{:?} is not always, everysec or no", e.appendfsync),
+            ));
+        }
+        if e.redis_server.is_empty() {
+            return Err(bad("embedded.redis_server", "must not be empty"));
+        }
+        Ok(Config {
+            socket,
+            redis_url,
+            redis_timeout: Duration::from_millis(positive(
+                "redis.timeout_ms",
+                self.redis.timeout_ms,
+            )?),
+            partitions: positive("redis.partitions", self.redis.partitions)?,
+            chat_text_bytes: positive("limits.chat_text_bytes", self.limits.chat_text_bytes)?
+                as usize,
+            page,
+            cron: self.scheduler.cron.clone(),
+            tick_batch: tick_batch as usize,
+            timeout_budget: timeout_budget as usize,
+            admin_uids: self.admin.uids.clone(),
+            admin_gids: self.admin.gids.clone(),
+            log_level: self.log.level.clone(),
+            log_json,
+            embedded: EmbeddedConfig {
+                redis_server: PathBuf::from(&e.redis_server),
+                data_dir: match e.data_dir.as_str() {
+                    "" => default_data_dir(),
+                    dir => PathBuf::from(dir),
+                },
+                appendfsync: e.appendfsync.clone(),
+            },
+            drain_timeout: Duration::from_secs(positive(
+                "shutdown.drain_timeout_secs",
+                self.shutdown.drain_timeout_secs,
+            )?),
+        })
+    }
+
+    /// The settings as TOML, with secrets (a Redis password) masked.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.redis.url = redact_url(&shown.redis.url);
+        toml::to_string(&shown)
+            .unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
+    }
+}
+
+/// Load and validate in one go.
+pub fn load(
+    file: Option<&Path>,
+    overrides: &Overrides,
+) -> Result<(RawConfig, Config), ConfigError> {
+    let raw = RawConfig::load(file, overrides)?;
+    let config = raw.validate()?;
+    Ok((raw, config))
+}
+
+/// The cron check, kept here so that config depends on nothing of ours.
+fn crate_cron_check(cron: &str) -> Result<(), String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(cron)
+        .map(drop)
+        .map_err(|_| {
+            format!("{cron:?} is not a cron expression with seconds, like \"0 * * * * *\"")
+        })
+}
+
+/// A Redis URL with its password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Config errors span lines sometimes; the daemon prints one.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getgrnam reads a NUL-terminated name and returns a pointer to
+    // static storage or null; we copy the gid out at once.
+    let entry = unsafe { libc::getgrnam(cname.as_ptr()) };
+    if entry.is_null() {
+        None
+    } else {
+        // SAFETY: non-null pointer from getgrnam, valid until the next call.
+        Some(unsafe { (*entry).gr_gid })
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+        // systemd may list several, colon-separated
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        return PathBuf::from(first);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/meetingd");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/state/meetingd"),
+        None => PathBuf::from("meetingd-data"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError(one_line(&e.to_string())))?;
+        raw.validate()
+    }
+
+    #[test]
+    fn defaults_are_the_spec_s() {
+        let config = RawConfig::default().validate().expect("defaults are valid");
+        assert_eq!(
+            config.socket.path,
+            PathBuf::from("/run/meetingd/meetingd.sock")
+        );
+        assert_eq!(config.socket.mode, 0o660);
+        assert_eq!(config.socket.max_line, 64 * 1024);
+        assert_eq!(config.socket.max_connections, 1024);
+        assert_eq!(config.socket.idle_timeout, Duration::from_secs(300));
+        assert_eq!(config.chat_text_bytes, 4096);
+        assert_eq!(config.page, 1000);
+        assert_eq!(config.redis_timeout, Duration::from_secs(1));
+        assert_eq!(config.cron, "0 * * * * *");
+        assert_eq!(config.redis_url, None);
+        assert_eq!(config.embedded.appendfsync, "everysec");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[socket]\nmode = \"999\"", "socket.mode"),
+            ("[socket]\nmax_connections = 0", "socket.max_connections"),
+            ("[redis]\nurl = \"http://x\"", "redis.url"),
+            ("[limits]\npage = 5000", "limits.page"),
+            ("[scheduler]\ncron = \"every minute\"", "scheduler.cron"),
+            ("[log]\nformat = \"xml\"", "log.format"),
+            (
+                "[embedded]\nappendfsync = \"sometimes\"",
+                "embedded.appendfsync",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = from_toml(text).expect_err(text);
+            assert!(err.0.starts_with(key), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://:s3cret@db:6379/0"),
+            "redis://:***@db:6379/0"
+        );
+        assert_eq!(redact_url("redis://app:s3cret@db"), "redis://app:***@db");
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock"),
+            "redis+unix:///run/redis.sock"
+        );
+        let mut raw = RawConfig::default();
+        raw.redis.url = "redis://:s3cret@db".into();
+        assert!(!raw.redacted_toml().contains("s3cret"));
+    }
+}

@@ -1,0 +1,1183 @@
+//! `meetingctl`, the real binary, as a process: every subcommand against a
+//! real daemon on a real redis-server, in table and `--json` form; its exit
+//! statuses; and `import`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Timelike, Utc};
+use serde_json::{Value, json};
+
+use crate::harness::{Daemon, Redis};
+
+// ---- running meetingctl ----
+
+/// What one run of meetingctl did.
+struct Run {
+    status: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Run meetingctl on `socket` with `args`.
+fn meetingctl(socket: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_meetingctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("MEETINGD_SOCKET")
+        .stdin(Stdio::null())
+        .output()
+        .expect("meetingctl runs");
+    Run {
+        status: out
+            .status
+            .code()
+            .expect("meetingctl exits by itself (no signal)"),
+        stdout: String::from_utf8(out.stdout).expect("meetingctl prints UTF-8"),
+        stderr: String::from_utf8(out.stderr).expect("meetingctl's errors are UTF-8"),
+    }
+}
+
+/// Run a subcommand that must succeed; its standard output (for people).
+fn ctl(daemon: &Daemon, args: &[&str]) -> String {
+    let run = meetingctl(daemon.socket(), args);
+    assert_eq!(
+        run.status, 0,
+        "meetingctl {args:?} should succeed\nstdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    assert_eq!(run.stderr, "", "meetingctl {args:?} wrote to stderr");
+    run.stdout
+}
+
+/// Run a subcommand with `--json` that must succeed: its one line of
+/// output is the reply, with `ok` true; its result.
+fn ctl_json(daemon: &Daemon, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let run = meetingctl(daemon.socket(), &all);
+    assert_eq!(
+        run.status, 0,
+        "meetingctl {all:?} should succeed\nstdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    one_json_line(&run.stdout, &all)
+        .as_object()
+        .map(|reply| {
+            assert_eq!(reply["ok"], true, "{all:?}: {reply:?}");
+            assert_eq!(reply.len(), 2, "a reply is ok and result: {reply:?}");
+            reply["result"].clone()
+        })
+        .unwrap_or_else(|| panic!("{all:?} did not print a JSON object: {}", run.stdout))
+}
+
+/// The one JSON line of an output.
+fn one_json_line(stdout: &str, args: &[&str]) -> Value {
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?} prints one line: {stdout:?}");
+    serde_json::from_str(lines[0])
+        .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {stdout:?}"))
+}
+
+// ---- reading what it prints for people ----
+
+/// The `key: value` lines a record starts with (up to the first empty line).
+fn record(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| line.split_once(": "))
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
+}
+
+/// The table whose header's first column is `first`: the header's columns
+/// (checked to be upper case) and each row as column -> cell, cut at the
+/// columns' positions in the header.
+fn table(text: &str, first: &str) -> (Vec<String>, Vec<BTreeMap<String, String>>) {
+    let mut lines = text.lines();
+    let header = lines
+        .by_ref()
+        .find(|line| line.split_whitespace().next() == Some(first))
+        .unwrap_or_else(|| panic!("no table with a {first} column in:\n{text}"));
+    assert_eq!(
+        header,
+        header.to_uppercase(),
+        "a table's header is upper case"
+    );
+    let chars: Vec<char> = header.chars().collect();
+    let starts: Vec<usize> = (0..chars.len())
+        .filter(|&i| chars[i] != ' ' && (i == 0 || chars[i - 1] == ' '))
+        .collect();
+    let columns: Vec<String> = header.split_whitespace().map(String::from).collect();
+    assert_eq!(starts.len(), columns.len(), "header {header:?}");
+    let rows = lines
+        .take_while(|line| !line.is_empty())
+        .map(|line| {
+            let cells: Vec<char> = line.chars().collect();
+            columns
+                .iter()
+                .enumerate()
+                .map(|(i, column)| {
+                    let from = starts[i].min(cells.len());
+                    let to = starts
+                        .get(i + 1)
+                        .map_or(cells.len(), |&next| next.min(cells.len()));
+                    let cell: String = cells[from..to].iter().collect();
+                    (column.clone(), cell.trim().to_string())
+                })
+                .collect()
+        })
+        .collect();
+    (columns, rows)
+}
+
+/// One column of a table's rows.
+fn column(rows: &[BTreeMap<String, String>], name: &str) -> Vec<String> {
+    rows.iter()
+        .map(|row| {
+            row.get(name)
+                .unwrap_or_else(|| panic!("no column {name} in {row:?}"))
+                .clone()
+        })
+        .collect()
+}
+
+// ---- time ----
+
+/// An instant as the request takes it: RFC 3339, seconds, UTC.
+fn rfc(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The same instant as replies give it (milliseconds).
+fn reply_time(request_time: &str) -> String {
+    let bare = request_time
+        .strip_suffix('Z')
+        .expect("request times end in Z");
+    format!("{bare}.000Z")
+}
+
+/// A window around now: from 10 minutes ago to 50 minutes from now.
+fn window() -> (String, String) {
+    let now = Utc::now();
+    (
+        rfc(now - TimeDelta::minutes(10)),
+        rfc(now + TimeDelta::minutes(50)),
+    )
+}
+
+/// A reply's time: RFC 3339 with milliseconds, UTC, and within a minute of
+/// now.
+fn assert_recent(text: &str) {
+    assert!(
+        text.len() == 24 && text.ends_with('Z'),
+        "{text:?} is not a UTC time with milliseconds"
+    );
+    let at = DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"));
+    let off = (Utc::now() - at.with_timezone(&Utc)).num_seconds().abs();
+    assert!(off < 60, "{text} is not now");
+}
+
+/// The daemon ticks by itself every minute at second 0: keep the few
+/// milliseconds between scheduling an instance and `meetingctl tick` away
+/// from it, so that the tick reported is ours.
+fn clear_of_the_cron_tick() {
+    let second = Utc::now().second();
+    let wait = match second {
+        57.. => 63 - second,
+        0..3 => 3 - second,
+        _ => 0,
+    };
+    std::thread::sleep(Duration::from_secs(u64::from(wait)));
+}
+
+// ---- data ----
+
+/// Users 1 (Ada), 2 (Bob) and 3 (Cy), through the protocol.
+fn people(daemon: &Daemon) {
+    let mut client = daemon.client();
+    for (id, name) in [(1, "Ada"), (2, "Bob"), (3, "Cy")] {
+        let email = format!("{}@example.com", name.to_lowercase());
+        client.ok(&format!(
+            "USER SET {id} name {name} age 30 gender - email {email}"
+        ));
+    }
+}
+
+/// The people, and meeting 1 ("Standup", private to all three of them)
+/// with instance 1/1 active from 10 minutes ago to 50 minutes from now;
+/// the window.
+fn standup(daemon: &Daemon) -> (String, String) {
+    people(daemon);
+    let (from, to) = window();
+    let mut client = daemon.client();
+    client.ok("MEETING SET 1 title Standup description \"every day\" public false");
+    client.ok("AUDIENCE ADD 1 ada@example.com bob@example.com cy@example.com");
+    client.ok(&format!("INSTANCE SET 1 1 from {from} to {to}"));
+    client.ok("TICK");
+    let state = client.ok("MEETING GET 1")["instances"][0]["state"].clone();
+    assert_eq!(state, "active", "the standup is on");
+    (from, to)
+}
+
+/// A fresh redis-server and daemon.
+fn daemon() -> (Redis, Daemon) {
+    let redis = Redis::start();
+    let daemon = Daemon::start(&redis, &[]);
+    (redis, daemon)
+}
+
+// ---- every subcommand ----
+
+#[test]
+fn ping() {
+    let (_redis, daemon) = daemon();
+    assert_eq!(ctl(&daemon, &["ping"]), "PONG\n");
+    assert_eq!(ctl_json(&daemon, &["ping"]), "PONG");
+}
+
+#[test]
+fn help_lists_the_commands_and_one_command_s_syntax() {
+    let (_redis, daemon) = daemon();
+    let every = [
+        "PING",
+        "HELP",
+        "USER SET",
+        "USER GET",
+        "MEETING SET",
+        "MEETING GET",
+        "AUDIENCE ADD",
+        "AUDIENCE DEL",
+        "INSTANCE SET",
+        "END",
+        "TICK",
+        "JOIN",
+        "LEAVE",
+        "PARTICIPANTS",
+        "ACTIVE",
+        "ATTENDANCE",
+        "POST",
+        "MESSAGES",
+        "EVENTS",
+        "STATS",
+        "QUIT",
+    ];
+
+    let out = ctl(&daemon, &["help"]);
+    let (columns, rows) = table(&out, "COMMAND");
+    assert_eq!(columns, ["COMMAND", "SYNTAX", "ADMIN", "SUMMARY"]);
+    let commands = column(&rows, "COMMAND");
+    for command in every {
+        assert!(commands.iter().any(|c| c == command), "{command} in {out}");
+    }
+    let join = rows
+        .iter()
+        .find(|row| row["COMMAND"] == "JOIN")
+        .expect("a JOIN row");
+    assert_eq!(join["SYNTAX"], "JOIN <user> <mref>");
+    assert_eq!(join["ADMIN"], "false");
+    let tick = rows
+        .iter()
+        .find(|row| row["COMMAND"] == "TICK")
+        .expect("a TICK row");
+    assert_eq!(tick["ADMIN"], "true");
+
+    let result = ctl_json(&daemon, &["help"]);
+    let listed: Vec<&str> = result["commands"]
+        .as_array()
+        .expect("a command list")
+        .iter()
+        .map(|c| c["command"].as_str().expect("a command name"))
+        .collect();
+    for command in every {
+        assert!(listed.contains(&command), "{command} in {result}");
+    }
+
+    // a group of commands
+    let (_, rows) = table(&ctl(&daemon, &["help", "user"]), "COMMAND");
+    assert_eq!(column(&rows, "COMMAND"), ["USER SET", "USER GET"]);
+    let result = ctl_json(&daemon, &["help", "user"]);
+    assert_eq!(result["commands"][0]["command"], "USER SET");
+    assert_eq!(result["commands"][1]["command"], "USER GET");
+    assert_eq!(result["commands"].as_array().map(Vec::len), Some(2));
+
+    // one command
+    let join = record(&ctl(&daemon, &["help", "join"]));
+    assert_eq!(join["syntax"], "JOIN <user> <mref>");
+    let result = ctl_json(&daemon, &["help", "USER", "SET"]);
+    assert_eq!(
+        result["syntax"],
+        "USER SET <user> name <s> age <n> gender <s> email <s>"
+    );
+    assert_eq!(result["admin"], true);
+}
+
+#[test]
+fn user_set_and_get() {
+    let (_redis, daemon) = daemon();
+    let set = record(&ctl(
+        &daemon,
+        &[
+            "user",
+            "set",
+            "1",
+            "--name",
+            "Ada Lovelace",
+            "--age",
+            "36",
+            "--gender",
+            "female",
+            "--email",
+            "Ada@Example.COM",
+        ],
+    ));
+    assert_eq!(set["id"], "1");
+    assert_eq!(set["name"], "Ada Lovelace");
+    assert_eq!(set["age"], "36");
+    assert_eq!(set["gender"], "female");
+    assert_eq!(set["email"], "ada@example.com", "e-mails are lower-cased");
+
+    let result = ctl_json(
+        &daemon,
+        &[
+            "user",
+            "set",
+            "2",
+            "--name",
+            "Bob \"the builder\"",
+            "--age",
+            "0",
+            "--gender",
+            "male",
+            "--email",
+            "bob@example.com",
+        ],
+    );
+    let bob = json!({"id": 2, "name": "Bob \"the builder\"", "age": 0, "gender": "male",
+        "email": "bob@example.com"});
+    assert_eq!(result, bob);
+
+    let got = record(&ctl(&daemon, &["user", "get", "1"]));
+    assert_eq!(got, set);
+    assert_eq!(ctl_json(&daemon, &["user", "get", "2"]), bob);
+    assert_eq!(daemon.client().ok("USER GET 2"), bob);
+}
+
+#[test]
+fn meeting_audience_and_instance_admin() {
+    let (_redis, daemon) = daemon();
+    let meeting = record(&ctl(
+        &daemon,
+        &[
+            "meeting",
+            "set",
+            "1",
+            "--title",
+            "Standup",
+            "--description",
+            "every day, 10 minutes",
+            "--public",
+            "false",
+        ],
+    ));
+    assert_eq!(meeting["id"], "1");
+    assert_eq!(meeting["title"], "Standup");
+    assert_eq!(meeting["description"], "every day, 10 minutes");
+    assert_eq!(meeting["public"], "false");
+    let result = ctl_json(
+        &daemon,
+        &[
+            "meeting",
+            "set",
+            "2",
+            "--title",
+            "Town hall",
+            "--public",
+            "true",
+        ],
+    );
+    assert_eq!(
+        result,
+        json!({"id": 2, "title": "Town hall", "description": "", "public": true})
+    );
+
+    let added = record(&ctl(
+        &daemon,
+        &[
+            "audience",
+            "add",
+            "1",
+            "ada@example.com",
+            "Bob@Example.com",
+            "cy@example.com",
+        ],
+    ));
+    assert_eq!(added["meeting"], "1");
+    assert_eq!(added["total"], "3");
+    for email in ["ada@example.com", "bob@example.com", "cy@example.com"] {
+        assert!(added["audience"].contains(email), "{email} in {added:?}");
+    }
+    let result = ctl_json(&daemon, &["audience", "del", "1", "cy@example.com"]);
+    assert_eq!(result["meeting"], 1);
+    assert_eq!(result["total"], 2);
+    let mut audience: Vec<&str> = result["audience"]
+        .as_array()
+        .expect("the audience")
+        .iter()
+        .map(|e| e.as_str().expect("an e-mail"))
+        .collect();
+    audience.sort_unstable();
+    assert_eq!(audience, ["ada@example.com", "bob@example.com"]);
+
+    let (from, to) = window();
+    let instance = record(&ctl(
+        &daemon,
+        &["instance", "set", "1", "1", "--from", &from, "--to", &to],
+    ));
+    assert_eq!(instance["meeting"], "1");
+    assert_eq!(instance["order"], "1");
+    assert_eq!(instance["from"], reply_time(&from));
+    assert_eq!(instance["to"], reply_time(&to));
+    assert_eq!(instance["state"], "scheduled");
+    let later = Utc::now() + TimeDelta::days(1);
+    let (from2, to2) = (rfc(later), rfc(later + TimeDelta::hours(1)));
+    let result = ctl_json(
+        &daemon,
+        &["instance", "set", "1", "2", "--from", &from2, "--to", &to2],
+    );
+    assert_eq!(
+        result,
+        json!({"meeting": 1, "order": 2, "from": reply_time(&from2), "to": reply_time(&to2),
+            "state": "scheduled"})
+    );
+
+    let out = ctl(&daemon, &["meeting", "get", "1"]);
+    let got = record(&out);
+    assert_eq!(got["title"], "Standup");
+    assert_eq!(got["public"], "false");
+    let (columns, rows) = table(&out, "MEETING");
+    assert_eq!(columns, ["MEETING", "ORDER", "FROM", "TO", "STATE"]);
+    assert_eq!(column(&rows, "ORDER"), ["1", "2"]);
+    assert_eq!(
+        column(&rows, "FROM"),
+        [reply_time(&from), reply_time(&from2)]
+    );
+    assert_eq!(column(&rows, "STATE"), ["scheduled", "scheduled"]);
+
+    let result = ctl_json(&daemon, &["meeting", "get", "1"]);
+    assert_eq!(result["id"], 1);
+    assert_eq!(result["title"], "Standup");
+    assert_eq!(result["public"], false);
+    assert_eq!(result["audience"].as_array().map(Vec::len), Some(2));
+    assert_eq!(result["instances"].as_array().map(Vec::len), Some(2));
+    assert_eq!(result["instances"][1]["to"], reply_time(&to2));
+}
+
+#[test]
+fn tick_activates_a_due_instance() {
+    let (_redis, daemon) = daemon();
+    let mut client = daemon.client();
+    client.ok("MEETING SET 1 title One description d public true");
+    client.ok("MEETING SET 2 title Two description d public true");
+    let (from, to) = window();
+
+    clear_of_the_cron_tick();
+    client.ok(&format!("INSTANCE SET 1 1 from {from} to {to}"));
+    let tick = record(&ctl(&daemon, &["tick"]));
+    assert_eq!(tick["activated"], "1/1");
+    assert_eq!(tick["ended"], "-");
+    assert_eq!(
+        client.ok("MEETING GET 1")["instances"][0]["state"],
+        "active"
+    );
+
+    clear_of_the_cron_tick();
+    client.ok(&format!("INSTANCE SET 2 7 from {from} to {to}"));
+    let result = ctl_json(&daemon, &["tick"]);
+    assert_eq!(result["activated"], json!(["2/7"]));
+    assert_eq!(result["ended"], json!([]));
+
+    // nothing left to do
+    let result = ctl_json(&daemon, &["tick"]);
+    assert_eq!(result["activated"], json!([]));
+    assert_eq!(result["ended"], json!([]));
+}
+
+#[test]
+fn join_leave_and_participants() {
+    let (_redis, daemon) = daemon();
+    standup(&daemon);
+
+    let joined = record(&ctl(&daemon, &["join", "1", "1"]));
+    assert_eq!(joined["meeting"], "1");
+    assert_eq!(joined["order"], "1");
+    assert_eq!(joined["user"], "1");
+    assert_recent(&joined["joined_at"]);
+    let result = ctl_json(&daemon, &["join", "2", "1/1"]);
+    assert_eq!(result["meeting"], 1);
+    assert_eq!(result["order"], 1);
+    assert_eq!(result["user"], 2);
+    assert_recent(result["joined_at"].as_str().expect("joined_at"));
+    ctl(&daemon, &["join", "3", "1"]);
+
+    let out = ctl(&daemon, &["participants", "1"]);
+    let (columns, rows) = table(&out, "USER");
+    assert_eq!(columns, ["USER", "NAME", "EMAIL", "JOINED_AT"]);
+    assert_eq!(column(&rows, "USER"), ["1", "2", "3"]);
+    assert_eq!(column(&rows, "NAME"), ["Ada", "Bob", "Cy"]);
+    assert_eq!(rows[0]["EMAIL"], "ada@example.com");
+    assert_eq!(rows[0]["JOINED_AT"], joined["joined_at"]);
+
+    // a page: after user 1, one of them
+    let page = ctl(
+        &daemon,
+        &["participants", "1/1", "--after", "1", "--limit", "1"],
+    );
+    let (_, rows) = table(&page, "USER");
+    assert_eq!(column(&rows, "USER"), ["2"]);
+    let result = ctl_json(
+        &daemon,
+        &["participants", "1", "--after", "2", "--limit", "5"],
+    );
+    assert_eq!(result.as_array().map(Vec::len), Some(1), "{result}");
+    assert_eq!(result[0]["user"], 3);
+    assert_eq!(result[0]["name"], "Cy");
+    assert_eq!(result[0]["email"], "cy@example.com");
+
+    let left = record(&ctl(&daemon, &["leave", "2", "1"]));
+    assert_eq!(left["meeting"], "1");
+    assert_eq!(left["order"], "1");
+    assert_eq!(left["user"], "2");
+    assert_recent(&left["left_at"]);
+    let result = ctl_json(&daemon, &["leave", "3", "1/1"]);
+    assert_eq!(result["user"], 3);
+    assert_recent(result["left_at"].as_str().expect("left_at"));
+
+    let result = ctl_json(&daemon, &["participants", "1"]);
+    let users: Vec<&Value> = result
+        .as_array()
+        .expect("participants")
+        .iter()
+        .map(|p| &p["user"])
+        .collect();
+    assert_eq!(users, [&json!(1)]);
+}
+
+#[test]
+fn active_and_attendance() {
+    let (_redis, daemon) = daemon();
+    let (from, to) = standup(&daemon);
+    let mut client = daemon.client();
+    let ada = client.ok("JOIN 1 1")["joined_at"].clone();
+    let bob = client.ok("JOIN 2 1")["joined_at"].clone();
+
+    let out = ctl(&daemon, &["active"]);
+    let (columns, rows) = table(&out, "MEETING");
+    assert_eq!(
+        columns,
+        [
+            "MEETING",
+            "ORDER",
+            "TITLE",
+            "DESCRIPTION",
+            "PUBLIC",
+            "FROM",
+            "TO",
+            "PARTICIPANTS"
+        ]
+    );
+    assert_eq!(rows.len(), 1, "{out}");
+    let row = &rows[0];
+    assert_eq!(row["MEETING"], "1");
+    assert_eq!(row["ORDER"], "1");
+    assert_eq!(row["TITLE"], "Standup");
+    assert_eq!(row["DESCRIPTION"], "every day");
+    assert_eq!(row["PUBLIC"], "false");
+    assert_eq!(row["FROM"], reply_time(&from));
+    assert_eq!(row["TO"], reply_time(&to));
+    assert_eq!(row["PARTICIPANTS"], "2");
+    let result = ctl_json(&daemon, &["active"]);
+    assert_eq!(
+        result,
+        json!([{"meeting": 1, "order": 1, "title": "Standup", "description": "every day",
+            "public": false, "from": reply_time(&from), "to": reply_time(&to),
+            "participants": 2}])
+    );
+
+    let out = ctl(&daemon, &["attendance"]);
+    let (columns, rows) = table(&out, "MEETING");
+    assert_eq!(columns, ["MEETING", "ORDER", "TITLE", "PARTICIPANTS"]);
+    assert_eq!(rows.len(), 1, "{out}");
+    assert_eq!(rows[0]["TITLE"], "Standup");
+    let who = &rows[0]["PARTICIPANTS"];
+    for (user, at) in [(1, &ada), (2, &bob)] {
+        let at = at.as_str().expect("joined_at");
+        assert!(
+            who.contains(&format!("{user} {at}")),
+            "{user} at {at} in {who}"
+        );
+    }
+    let result = ctl_json(&daemon, &["attendance"]);
+    assert_eq!(
+        result,
+        json!([{"meeting": 1, "order": 1, "title": "Standup",
+            "participants": [{"user": 1, "joined_at": ada}, {"user": 2, "joined_at": bob}]}])
+    );
+}
+
+#[test]
+fn post_and_messages() {
+    let (_redis, daemon) = daemon();
+    standup(&daemon);
+    let mut client = daemon.client();
+    client.ok("JOIN 1 1");
+    client.ok("JOIN 2 1");
+
+    let posted = record(&ctl(&daemon, &["post", "1", "1", "hello, world"]));
+    assert_eq!(posted["meeting"], "1");
+    assert_eq!(posted["order"], "1");
+    assert_eq!(posted["user"], "1");
+    assert!(!posted["id"].is_empty(), "a message id");
+    assert_recent(&posted["at"]);
+    let quoted = "say \"hi\"\tand \\ more";
+    let result = ctl_json(&daemon, &["post", "2", "1/1", quoted]);
+    assert_eq!(result["user"], 2);
+    assert_eq!(result["meeting"], 1);
+    let bob_id = result["id"].as_str().expect("an id").to_string();
+    ctl(&daemon, &["post", "1", "1", "second"]);
+
+    let out = ctl(&daemon, &["messages", "1"]);
+    assert_eq!(record(&out)["next"], "-");
+    let (columns, rows) = table(&out, "ID");
+    assert_eq!(columns, ["ID", "USER", "TEXT", "AT"]);
+    assert_eq!(column(&rows, "USER"), ["1", "2", "1"]);
+    assert_eq!(rows[0]["ID"], posted["id"]);
+    assert_eq!(rows[0]["TEXT"], "hello, world");
+    assert_eq!(rows[2]["TEXT"], "second");
+
+    // one user's, a page at a time
+    let page = ctl_json(&daemon, &["messages", "1", "--user", "1", "--limit", "1"]);
+    assert_eq!(
+        page["messages"],
+        json!([{"id": posted["id"], "user": 1, "text": "hello, world", "at": posted["at"]}])
+    );
+    let next = page["next"].as_str().expect("a next page").to_string();
+    let page = ctl_json(
+        &daemon,
+        &["messages", "1/1", "--user", "1", "--after", &next],
+    );
+    let texts: Vec<&Value> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| &m["text"])
+        .collect();
+    assert_eq!(texts, [&json!("second")]);
+    assert_eq!(page["next"], Value::Null);
+
+    let out = ctl(&daemon, &["messages", "1/1", "--user", "2"]);
+    let (_, rows) = table(&out, "ID");
+    assert_eq!(column(&rows, "ID"), [bob_id]);
+    let page = ctl_json(&daemon, &["messages", "1", "--user", "2"]);
+    assert_eq!(
+        page["messages"][0]["text"], quoted,
+        "the text as it was sent"
+    );
+}
+
+#[test]
+fn events_and_end() {
+    let (_redis, daemon) = daemon();
+    let (_, to) = standup(&daemon);
+    let mut client = daemon.client();
+    client.ok("JOIN 1 1");
+    client.ok("JOIN 2 1");
+    client.ok("LEAVE 2 1");
+
+    let out = ctl(&daemon, &["events", "1"]);
+    assert_eq!(record(&out)["next"], "-");
+    let (columns, rows) = table(&out, "ID");
+    assert_eq!(columns, ["ID", "USER", "TYPE", "CODE", "AT"]);
+    assert_eq!(column(&rows, "USER"), ["1", "2", "2"]);
+    assert_eq!(column(&rows, "TYPE"), ["join", "join", "leave"]);
+    assert_eq!(column(&rows, "CODE"), ["1", "1", "2"]);
+
+    let ended = record(&ctl(&daemon, &["end", "1"]));
+    assert_eq!(ended["meeting"], "1");
+    assert_eq!(ended["order"], "1");
+    assert_eq!(ended["timed_out"], "1");
+    assert_recent(&ended["ended_at"]);
+    assert_eq!(client.ok("MEETING GET 1")["instances"][0]["state"], "ended");
+    assert_eq!(ctl(&daemon, &["participants", "1/1"]), "(none)\n");
+    assert_eq!(ctl_json(&daemon, &["participants", "1/1"]), json!([]));
+
+    // the log is kept after the end, and pages
+    let result = ctl_json(&daemon, &["events", "1/1"]);
+    let events = result["events"].as_array().expect("events");
+    let kinds: Vec<(&Value, &Value, &Value)> = events
+        .iter()
+        .map(|e| (&e["user"], &e["type"], &e["code"]))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (&json!(1), &json!("join"), &json!(1)),
+            (&json!(2), &json!("join"), &json!(1)),
+            (&json!(2), &json!("leave"), &json!(2)),
+            (&json!(1), &json!("timeout"), &json!(3)),
+        ]
+    );
+    assert_eq!(events[3]["scheduled_end"], reply_time(&to));
+    assert_eq!(result["next"], Value::Null);
+    let page = ctl_json(&daemon, &["events", "1/1", "--limit", "2"]);
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(2));
+    let next = page["next"].as_str().expect("a next page").to_string();
+    let page = ctl_json(
+        &daemon,
+        &["events", "1/1", "--after", &next, "--limit", "2"],
+    );
+    assert_eq!(page["events"][0]["type"], "leave");
+    assert_eq!(page["events"][1]["type"], "timeout");
+
+    // END by meeting and order, in JSON
+    let (from, to) = window();
+    client.ok("MEETING SET 2 title Open description d public true");
+    client.ok(&format!("INSTANCE SET 2 1 from {from} to {to}"));
+    client.ok("TICK");
+    client.ok("JOIN 3 2");
+    let result = ctl_json(&daemon, &["end", "2/1"]);
+    assert_eq!(result["meeting"], 2);
+    assert_eq!(result["order"], 1);
+    assert_eq!(result["timed_out"], json!([3]));
+    assert_recent(result["ended_at"].as_str().expect("ended_at"));
+}
+
+#[test]
+fn stats_and_raw() {
+    let (_redis, daemon) = daemon();
+    people(&daemon);
+
+    assert_eq!(ctl(&daemon, &["raw", "PING"]), "PONG\n");
+    let user = record(&ctl(&daemon, &["raw", "user get 1"]));
+    assert_eq!(user["name"], "Ada");
+    let result = ctl_json(&daemon, &["raw", "USER GET 2"]);
+    assert_eq!(result["email"], "bob@example.com");
+    let run = meetingctl(daemon.socket(), &["raw", "JOIN 1"]);
+    assert_eq!(run.status, 1, "{}", run.stderr);
+    assert!(run.stderr.starts_with("bad_request: "), "{}", run.stderr);
+
+    let out = ctl(&daemon, &["stats"]);
+    let stats = record(&out);
+    for key in ["connections", "requests", "errors", "ticks"] {
+        assert!(stats.contains_key(key), "{key} in {out}");
+    }
+    // a request that does not parse is counted as such, not as a JOIN
+    assert!(stats["requests"].contains("USER GET=2"), "{out}");
+    assert!(stats["requests"].contains("(unparsed)=1"), "{out}");
+    assert!(stats["errors"].contains("bad_request=1"), "{out}");
+
+    let result = ctl_json(&daemon, &["stats"]);
+    assert!(
+        result["connections"]["total"].as_u64().unwrap_or(0) >= 5,
+        "{result}"
+    );
+    assert_eq!(result["requests"]["USER SET"], 3);
+    assert_eq!(result["requests"]["USER GET"], 2);
+    assert_eq!(result["requests"]["(unparsed)"], 1);
+    assert_eq!(result["errors"]["bad_request"], 1);
+    assert_eq!(result["errors"]["not_found"], 0);
+}
+
+// ---- exit statuses ----
+
+#[test]
+fn an_error_reply_exits_1_with_its_code_on_stderr() {
+    let (_redis, daemon) = daemon();
+    standup(&daemon);
+    ctl(&daemon, &["join", "1", "1"]);
+
+    let run = meetingctl(daemon.socket(), &["join", "1", "1"]);
+    assert_eq!(run.status, 1);
+    assert_eq!(run.stdout, "");
+    assert!(
+        run.stderr.starts_with("already_joined: "),
+        "stderr: {:?}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("user 1"), "{}", run.stderr);
+
+    // with --json the reply is printed as it came, and the status is still 1
+    let run = meetingctl(daemon.socket(), &["--json", "join", "1", "1/1"]);
+    assert_eq!(run.status, 1);
+    let reply = one_json_line(&run.stdout, &["--json", "join"]);
+    assert_eq!(reply["ok"], false);
+    assert_eq!(reply["error"]["code"], "already_joined");
+    assert!(run.stderr.starts_with("already_joined: "), "{}", run.stderr);
+
+    for (args, code) in [
+        (&["user", "get", "99"][..], "not_found"),
+        (&["leave", "2", "1"][..], "not_joined"),
+        (&["join", "1", "42"][..], "not_found"),
+        (&["participants", "1", "--limit", "0"][..], "bad_request"),
+    ] {
+        let run = meetingctl(daemon.socket(), args);
+        assert_eq!(run.status, 1, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.starts_with(&format!("{code}: ")),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    // the failures wrote nothing
+    let participants = daemon.client().ok("PARTICIPANTS 1");
+    assert_eq!(participants.as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn a_usage_error_exits_2_and_sends_nothing() {
+    let (_redis, daemon) = daemon();
+    for args in [
+        &["join", "1"][..],
+        &["user", "set", "1", "--name", "Ada"][..],
+        &["audience", "add", "1"][..],
+        &["frobnicate"][..],
+        &["participants", "1", "--page", "2"][..],
+        &[][..],
+    ] {
+        let run = meetingctl(daemon.socket(), args);
+        assert_eq!(run.status, 2, "{args:?}: {}", run.stderr);
+        assert_eq!(run.stdout, "", "{args:?}");
+        assert!(run.stderr.contains("Usage"), "{args:?}: {}", run.stderr);
+    }
+    let run = meetingctl(daemon.socket(), &["join", "1"]);
+    assert!(
+        run.stderr.contains("<MREF>"),
+        "names what is missing: {}",
+        run.stderr
+    );
+
+    let stats = daemon.client().ok("STATS");
+    for command in ["JOIN", "USER SET", "AUDIENCE ADD", "PARTICIPANTS"] {
+        assert_eq!(stats["requests"][command], 0, "{command}: {stats}");
+    }
+    assert_eq!(stats["requests"]["(unparsed)"], 0, "{stats}");
+}
+
+#[test]
+fn a_connection_error_exits_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nothing = dir.path().join("nobody-listens.sock");
+    for args in [&["ping"][..], &["--json", "active"][..]] {
+        let run = meetingctl(&nothing, args);
+        assert_eq!(run.status, 2, "{args:?}: {}", run.stderr);
+        assert_eq!(run.stdout, "");
+        assert!(run.stderr.contains("cannot connect"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains(&nothing.display().to_string()),
+            "names the socket: {}",
+            run.stderr
+        );
+    }
+    // a socket file that nobody listens on any more
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("a listener"));
+    assert!(stale.exists(), "the socket file stays");
+    let run = meetingctl(&stale, &["ping"]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("cannot connect"), "{}", run.stderr);
+
+    let file = dir.path().join("import.json");
+    std::fs::write(&file, r#"{"users":[]}"#).expect("write the import file");
+    let run = meetingctl(&nothing, &["import", file.to_str().expect("a UTF-8 path")]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+}
+
+// ---- import ----
+
+/// An import file with good and bad entries, the bad ones first.
+fn mixed_import() -> Value {
+    let soon = Utc::now() + TimeDelta::days(1);
+    let (from, to) = (rfc(soon), rfc(soon + TimeDelta::hours(1)));
+    let (from2, to2) = (
+        rfc(soon + TimeDelta::days(1)),
+        rfc(soon + TimeDelta::days(1) + TimeDelta::hours(1)),
+    );
+    json!({
+        "users": [
+            {"id": 2, "name": "Methuselah", "age": 200, "gender": "male",
+                "email": "old@example.com"},
+            {"id": 3, "name": "Nomail", "age": 20, "gender": "female"},
+            {"id": 1, "name": "Ada", "age": 36, "gender": "female", "email": "ada@example.com"},
+            {"id": 4, "name": "Extra", "age": 20, "gender": "male", "email": "x@example.com",
+                "nickname": "x"},
+            {"id": 5, "name": "Eve", "age": 29, "gender": "female", "email": "Eve@Example.COM"},
+        ],
+        "meetings": [
+            {"id": 10, "title": "Backwards", "description": "d", "public": true,
+                "instances": [{"order": 1, "from": to, "to": from},
+                              {"order": 2, "from": from, "to": to}]},
+            {"id": 11, "title": "Bad audience", "description": "d", "public": false,
+                "audience": ["ada@example.com", "nobody.example.com"]},
+            {"id": 12, "title": "Standup", "description": "daily", "public": false,
+                "audience": ["ada@example.com", "EVE@example.com"],
+                "instances": [{"order": 1, "from": from, "to": to},
+                              {"order": 2, "from": from2, "to": to2}]},
+            {"id": 13, "title": "Town hall", "description": "", "public": true},
+        ],
+    })
+}
+
+/// The loaded entries of the mixed import, in the report's order.
+const MIXED_LOADED: [&str; 10] = [
+    "user 1",
+    "user 5",
+    "meeting 10",
+    "instance 10/2",
+    "meeting 11",
+    "meeting 12",
+    "meeting 12 audience",
+    "instance 12/1",
+    "instance 12/2",
+    "meeting 13",
+];
+
+/// The refused entries of the mixed import: (entry, code, a word of the
+/// message).
+const MIXED_REFUSED: [(&str, &str, &str); 5] = [
+    ("user 2", "bad_request", "age"),
+    ("user 3", "bad_request", "email"),
+    ("user 4", "bad_request", "nickname"),
+    ("instance 10/1", "bad_request", "from"),
+    ("meeting 11 audience", "bad_request", "nobody.example.com"),
+];
+
+/// Write an import file in a temp dir.
+fn import_file(dir: &tempfile::TempDir, data: &Value) -> String {
+    let path = dir.path().join("import.json");
+    let text = serde_json::to_string_pretty(data).expect("import data serializes");
+    std::fs::write(&path, text).expect("write the import file");
+    path.to_str().expect("a UTF-8 path").to_string()
+}
+
+#[test]
+fn import_reports_every_refusal_and_loads_the_rest() {
+    let (_redis, daemon) = daemon();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = import_file(&dir, &mixed_import());
+
+    let run = meetingctl(daemon.socket(), &["import", &file]);
+    assert_eq!(run.status, 1, "something was refused: {}", run.stdout);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let loaded: Vec<&str> = lines
+        .iter()
+        .filter_map(|line| line.strip_prefix("loaded   "))
+        .collect();
+    assert_eq!(loaded, MIXED_LOADED, "{}", run.stdout);
+    let refused: Vec<&str> = lines
+        .iter()
+        .filter(|line| line.starts_with("refused  "))
+        .copied()
+        .collect();
+    assert_eq!(refused.len(), MIXED_REFUSED.len(), "{}", run.stdout);
+    for (entry, code, word) in MIXED_REFUSED {
+        let line = refused
+            .iter()
+            .find(|line| line.starts_with(&format!("refused  {entry}: ")))
+            .unwrap_or_else(|| panic!("{entry} is reported refused:\n{}", run.stdout));
+        assert!(
+            line.starts_with(&format!("refused  {entry}: {code}: ")),
+            "{line}"
+        );
+        assert!(line.contains(word), "{line} says why ({word})");
+    }
+    assert_eq!(
+        lines.last().copied(),
+        Some(
+            format!(
+                "{} loaded, {} refused",
+                MIXED_LOADED.len(),
+                MIXED_REFUSED.len()
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(run.stderr, "");
+
+    // the good data is there, the bad is not
+    let mut client = daemon.client();
+    assert_eq!(
+        client.ok("USER GET 1"),
+        json!({"id": 1, "name": "Ada", "age": 36, "gender": "female",
+            "email": "ada@example.com"})
+    );
+    assert_eq!(client.ok("USER GET 5")["email"], "eve@example.com");
+    for user in [2, 3, 4] {
+        assert_eq!(client.error_code(&format!("USER GET {user}")), "not_found");
+    }
+    let backwards = client.ok("MEETING GET 10");
+    assert_eq!(backwards["title"], "Backwards");
+    let orders: Vec<&Value> = backwards["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| &i["order"])
+        .collect();
+    assert_eq!(orders, [&json!(2)], "only the good instance");
+    let bad_audience = client.ok("MEETING GET 11");
+    assert_eq!(
+        bad_audience["audience"],
+        json!([]),
+        "nothing of the refused AUDIENCE ADD"
+    );
+    let standup = client.ok("MEETING GET 12");
+    assert_eq!(standup["public"], false);
+    let mut audience: Vec<&str> = standup["audience"]
+        .as_array()
+        .expect("audience")
+        .iter()
+        .map(|e| e.as_str().expect("an e-mail"))
+        .collect();
+    audience.sort_unstable();
+    assert_eq!(audience, ["ada@example.com", "eve@example.com"]);
+    assert_eq!(standup["instances"].as_array().map(Vec::len), Some(2));
+    assert_eq!(standup["instances"][0]["state"], "scheduled");
+    assert_eq!(client.ok("MEETING GET 13")["public"], true);
+}
+
+#[test]
+fn import_with_json_prints_a_parsable_report() {
+    let (_redis, daemon) = daemon();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = import_file(&dir, &mixed_import());
+
+    let run = meetingctl(daemon.socket(), &["--json", "import", &file]);
+    assert_eq!(run.status, 1, "{}", run.stderr);
+    let report = one_json_line(&run.stdout, &["--json", "import"]);
+    assert_eq!(report["loaded"], json!(MIXED_LOADED));
+    let refused = report["refused"].as_array().expect("a refused list");
+    assert_eq!(refused.len(), MIXED_REFUSED.len(), "{report}");
+    for (entry, code, word) in MIXED_REFUSED {
+        let item = refused
+            .iter()
+            .find(|r| r["entry"] == entry)
+            .unwrap_or_else(|| panic!("{entry} in {report}"));
+        assert_eq!(item["code"], code, "{item}");
+        let message = item["message"].as_str().expect("a message");
+        assert!(message.contains(word), "{item} says why ({word})");
+    }
+}
+
+#[test]
+fn a_good_import_exits_0_and_its_data_works() {
+    let (_redis, daemon) = daemon();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (from, to) = window();
+    let data = json!({
+        "users": [
+            {"id": 1, "name": "Ada", "age": 36, "gender": "female", "email": "ada@example.com"},
+            {"id": 2, "name": "Bob", "age": 41, "gender": "male", "email": "bob@example.com"},
+        ],
+        "meetings": [
+            {"id": 7, "title": "Review", "description": "weekly", "public": false,
+                "audience": ["ada@example.com"],
+                "instances": [{"order": 3, "from": from, "to": to}]},
+        ],
+    });
+    let file = import_file(&dir, &data);
+
+    let out = ctl(&daemon, &["import", &file]);
+    assert_eq!(
+        out,
+        "loaded   user 1\nloaded   user 2\nloaded   meeting 7\nloaded   meeting 7 audience\n\
+         loaded   instance 7/3\n5 loaded, 0 refused\n"
+    );
+    // again, in JSON: an import is an upsert
+    let run = meetingctl(daemon.socket(), &["--json", "import", &file]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let report = one_json_line(&run.stdout, &["--json", "import"]);
+    assert_eq!(report["loaded"].as_array().map(Vec::len), Some(5));
+    assert_eq!(report["refused"], json!([]));
+
+    // the imported instance runs: the audience may join, the others not
+    ctl(&daemon, &["tick"]);
+    ctl(&daemon, &["join", "1", "7"]);
+    let run = meetingctl(daemon.socket(), &["join", "2", "7"]);
+    assert_eq!(run.status, 1);
+    assert!(run.stderr.starts_with("not_allowed: "), "{}", run.stderr);
+    let (_, rows) = table(&ctl(&daemon, &["participants", "7/3"]), "USER");
+    assert_eq!(column(&rows, "NAME"), ["Ada"]);
+}
+
+#[test]
+fn an_unreadable_import_file_exits_2_and_loads_nothing() {
+    let (redis, daemon) = daemon();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let before = tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(redis.digest());
+    let not_json = dir.path().join("not.json");
+    std::fs::write(&not_json, "users: [ada]").expect("write");
+    let wrong_shape = dir.path().join("shape.json");
+    std::fs::write(&wrong_shape, r#"{"people":[]}"#).expect("write");
+    let missing = dir.path().join("missing.json");
+    for path in [&not_json, &wrong_shape, &missing] {
+        let run = meetingctl(
+            daemon.socket(),
+            &["import", path.to_str().expect("a UTF-8 path")],
+        );
+        assert_eq!(run.status, 2, "{}: {}", path.display(), run.stderr);
+        assert!(
+            run.stderr.contains(&path.display().to_string()),
+            "names the file: {}",
+            run.stderr
+        );
+    }
+    let after = tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(redis.digest());
+    assert_eq!(before, after, "nothing was written");
+}
+
+/// A big import must not deadlock: the daemon reads only so far ahead and
+/// waits for its replies to be taken, so meetingctl reads replies while it
+/// still writes (it once wrote everything first and hung at some thousands
+/// of entries).
+#[test]
+fn a_big_import_finishes() {
+    let (_redis, daemon) = daemon();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let users: Vec<Value> = (1..=20_000)
+        .map(|id| {
+            json!({"id": id, "name": format!("u{id}"), "age": 20, "gender": "-",
+                "email": format!("u{id}@example.com")})
+        })
+        .collect();
+    let file = import_file(&dir, &json!({ "users": users }));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meetingctl"))
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(["import", &file])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("meetingctl runs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("meetingctl's status") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let status = status.expect("meetingctl import of 20000 users ends within 60 s");
+    assert!(status.success());
+    assert_eq!(daemon.client().ok("USER GET 20000")["name"], "u20000");
+}

@@ -239,11 +239,18 @@ pub fn cron_interval(cron: &str) -> Result<Duration, SchedulerError> {
         .build()
         .parse(cron)
         .map_err(|_| bad())?;
-    let mut next = parsed.iter_after(chrono::Utc::now());
-    let (Some(a), Some(b)) = (next.next(), next.next()) else {
-        return Err(bad());
-    };
-    (b - a).to_std().map_err(|_| bad())
+    // the shortest gap between the next few firings
+    let mut at = parsed
+        .find_next_occurrence(&chrono::Utc::now(), false)
+        .map_err(|_| bad())?;
+    let mut shortest: Option<chrono::TimeDelta> = None;
+    for _ in 0..4 {
+        let next = parsed.find_next_occurrence(&at, false).map_err(|_| bad())?;
+        let gap = next - at;
+        shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
+        at = next;
+    }
+    shortest.and_then(|gap| gap.to_std().ok()).ok_or_else(bad)
 }
 
 /// Every half interval: if the job has not fired for two intervals, log it

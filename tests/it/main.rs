@@ -4,6 +4,7 @@
 mod ctl;
 mod harness;
 mod invariant;
+mod lifecycle;
 mod lua;
 mod readme;
 mod scheduler;

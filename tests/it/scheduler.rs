@@ -506,6 +506,14 @@ async fn a_bad_cron_expression_is_refused_with_a_clear_message() {
         meetingd::scheduler::cron_interval("0 * * * * *")
             .is_ok_and(|d| d == Duration::from_secs(60))
     );
+    assert_eq!(
+        meetingd::scheduler::cron_interval("* * * * * *").ok(),
+        Some(Duration::from_secs(1))
+    );
+    assert_eq!(
+        meetingd::scheduler::cron_interval("*/5 * * * * *").ok(),
+        Some(Duration::from_secs(5))
+    );
 }
 
 /// The daemon ticks once at start-up, before it serves.

@@ -2,23 +2,38 @@
 //!
 //! Every domain rule runs inside Redis as one call of a Lua function (the
 //! Functions library in `lua/`), so each operation is atomic and `redis-cli`
-//! can call it too. This crate loads and calls that library.
+//! can call it too. The daemon serves local clients on a Unix socket with a
+//! line protocol, and ticks a scheduler that opens and closes instances.
 //!
 //! # Layout
 //!
+//! - `lua/`: the library: `helpers.lua` first, then one file per operation,
+//!   each opening with its KEYS, ARGV, reply and errors.
 //! - [`store`]: the only module that talks to Redis: the key layout
-//!   (`store/keys.rs`), the assembled Lua library (`store/library.rs`),
-//!   reply decoding (`store/reply.rs`), the typed results
-//!   (`store/types.rs`) and one method per operation (`store/mod.rs`).
-//! - [`error`]: the error codes of the protocol, shared by every layer.
-//! - [`clock`]: where "now" comes from (the system clock, or a hand-set one
-//!   in tests).
-//! - `main.rs`: the `meetingd` binary (its subcommands).
-//! - `lua/`: the library itself: `helpers.lua` first, then one file per
-//!   operation, each opening with its KEYS, ARGV, reply and errors.
+//!   (`store/keys.rs`), the assembled library (`store/library.rs`), reply
+//!   decoding (`store/reply.rs`), typed results (`store/types.rs`) and one
+//!   method per operation (`store/mod.rs`).
+//! - [`protocol`]: a request line into a typed request, a result into a
+//!   reply line. Pure, property-tested.
+//! - [`cmd`]: requests applied to the store, one file per command family.
+//! - [`server`]: the socket: listener, connection limit, per-connection
+//!   handler (pipelining, limits, peer credentials), drain.
+//! - [`scheduler`]: the cron job, the start-up tick and TICK, one tick at a
+//!   time.
+//! - [`daemon`]: the lifecycle: embedded Redis, signals, systemd, reload,
+//!   drain. [`embedded_redis`] supervises the redis-server of the embedded
+//!   default; [`logging`] sets up tracing.
+//! - [`config`]: settings as read (file, environment, flags) into a
+//!   validated configuration.
+//! - [`stats`]: the counters STATS shows. [`error`]: the protocol's error
+//!   codes. [`clock`]: where "now" comes from.
+//! - `src/main.rs`: `meetingd` (serve, check-config, library);
+//!   `src/bin/meetingctl.rs`: the client; `src/bin/meetingd-bench.rs`:
+//!   measurements.
 //!
-//! Arrows run one way: main -> store -> lua; `error` and `clock` depend on
-//! nothing of ours.
+//! Arrows run one way: main -> daemon -> server -> cmd -> store -> lua; the
+//! scheduler calls the store; protocol, config, error and clock depend on
+//! nothing of ours but the error codes.
 
 #![deny(missing_docs)]
 

@@ -25,7 +25,7 @@ struct Cli {
     #[arg(
         long,
         global = true,
-        env = "MEETINGD_SOCKET",
+        env = "MEETINGD_SOCKET__PATH",
         default_value = "/run/meetingd/meetingd.sock"
     )]
     socket: PathBuf,
@@ -133,6 +133,11 @@ enum Command {
     Import {
         /// The file (the import format of the spec).
         file: PathBuf,
+        /// Move every instance's window by (now - this time), so a file
+        /// written around this instant lands around now (the sample data
+        /// uses 2026-01-01T12:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        shift_from: Option<String>,
     },
     /// Send one raw protocol line.
     Raw {
@@ -372,7 +377,7 @@ impl Client {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match &cli.command {
-        Command::Import { file } => import(&cli, file),
+        Command::Import { file, shift_from } => import(&cli, file, shift_from.as_deref()),
         Command::Raw { line } => request(&cli, format!("{}\n", line.trim_end())),
         command => {
             let tokens = command.tokens();
@@ -572,7 +577,22 @@ struct Step {
 /// Load the file through the socket: every request pipelined on one
 /// connection (the daemon applies them in order), then one report line per
 /// entry. Entries that are not even well-formed are refused here.
-fn import(cli: &Cli, file: &PathBuf) -> Result<ExitCode, String> {
+fn import(cli: &Cli, file: &PathBuf, shift_from: Option<&str>) -> Result<ExitCode, String> {
+    let shift = match shift_from {
+        None => chrono::TimeDelta::zero(),
+        Some(anchor) => {
+            let anchor = chrono::DateTime::parse_from_rfc3339(anchor)
+                .map_err(|e| format!("--shift-from {anchor:?} is not an RFC 3339 time: {e}"))?;
+            chrono::Utc::now().signed_duration_since(anchor)
+        }
+    };
+    // an instance time moved by the shift (left alone if it does not parse:
+    // the daemon then refuses it with its own message)
+    let shifted = |time: &str| match chrono::DateTime::parse_from_rfc3339(time) {
+        Ok(t) if !shift.is_zero() => (t.with_timezone(&chrono::Utc) + shift)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        _ => time.to_string(),
+    };
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let data: ImportFile = serde_json::from_str(&text)
@@ -653,9 +673,9 @@ fn import(cli: &Cli, file: &PathBuf) -> Result<ExitCode, String> {
                     &id,
                     &instance.order.to_string(),
                     "from",
-                    &instance.from,
+                    &shifted(&instance.from),
                     "to",
-                    &instance.to,
+                    &shifted(&instance.to),
                 ]
                 .map(String::from)
                 .to_vec(),

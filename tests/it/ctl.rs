@@ -27,7 +27,7 @@ fn meetingctl(socket: &Path, args: &[&str]) -> Run {
         .arg("--socket")
         .arg(socket)
         .args(args)
-        .env_remove("MEETINGD_SOCKET")
+        .env_remove("MEETINGD_SOCKET__PATH")
         .stdin(Stdio::null())
         .output()
         .expect("meetingctl runs");

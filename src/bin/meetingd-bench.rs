@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use meetingd::store::{Keys, Store, StoreOptions};
+use meetingd::store::{InstanceId, Load, Meeting, Store, StoreOptions};
 
 #[derive(Parser)]
 #[command(name = "meetingd-bench", version, about)]
@@ -132,41 +132,28 @@ async fn tick(url: &str, stored: u64, due: u64, batch: usize) -> Result<(), Stri
         .map_err(|e| e.to_string())?;
     store.ensure_library().await.map_err(|e| e.to_string())?;
     let loading = Instant::now();
-    let keys = *store.keys();
     // every step-th meeting is due now, the rest tomorrow
     let step = (stored / due.max(1)).max(1);
-    let ids: Vec<u64> = (1..=stored).collect();
-    for chunk in ids.chunks(5_000) {
-        let mut pipe = redis::pipe();
-        for &m in chunk {
-            let is_due = due > 0 && m % step == 0 && m / step <= due;
-            let from = if is_due { now - 1000 } else { now + 86_400_000 };
-            pipe.cmd("FCALL")
-                .arg("meet_meeting_set")
-                .arg(1)
-                .arg(keys.meeting(m))
-                .arg(m.to_string())
-                .arg("bench")
-                .arg("")
-                .arg("true")
-                .ignore();
-            pipe.cmd("FCALL")
-                .arg("meet_instance_set")
-                .arg(4)
-                .arg(keys.meeting(m))
-                .arg(keys.orders(m))
-                .arg(keys.schedule(m))
-                .arg(Keys::due(keys.partition(m)))
-                .arg(m.to_string())
-                .arg("1")
-                .arg(from.to_string())
-                .arg((from + 3_600_000).to_string())
-                .ignore();
-        }
-        let _: () = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
+    let records = (1..=stored).flat_map(|m| {
+        let is_due = due > 0 && m % step == 0 && m / step <= due;
+        let from = if is_due { now - 1000 } else { now + 86_400_000 };
+        [
+            Load::Meeting(Meeting {
+                id: m,
+                title: "bench".into(),
+                description: String::new(),
+                public: true,
+            }),
+            Load::Instance {
+                id: InstanceId::new(m, 1),
+                from,
+                to: from + 3_600_000,
+            },
+        ]
+    });
+    let loaded = store.load(records).await.map_err(|e| e.to_string())?;
+    if loaded.refused > 0 {
+        return Err(format!("the load was refused: {:?}", loaded.first_refusal));
     }
     let loaded_in = loading.elapsed();
     for (name, value) in [

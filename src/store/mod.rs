@@ -14,6 +14,7 @@
 
 mod keys;
 mod library;
+mod load;
 mod reply;
 mod types;
 
@@ -26,6 +27,7 @@ use redis::{Cmd, ErrorKind, PushKind, RedisError, Value};
 
 pub use keys::Keys;
 pub use library::{Library, library};
+pub use load::{Load, LoadReport};
 pub use types::*;
 
 use crate::clock::{Clock, SystemClock};

@@ -452,6 +452,41 @@ pub fn text(value: &Value) -> String {
     }
 }
 
+/// Public meeting `id`, titled `m<id>`.
+#[allow(dead_code)]
+pub fn meeting_fields(id: u64) -> meetingd::store::Meeting {
+    meetingd::store::Meeting {
+        id,
+        title: format!("m{id}"),
+        description: String::new(),
+        public: true,
+    }
+}
+
+/// Create public meeting `id`.
+#[allow(dead_code)]
+pub async fn public_meeting(store: &Store, id: u64) {
+    store
+        .meeting_set(&meeting_fields(id))
+        .await
+        .expect("meeting");
+}
+
+/// Create users `ids`, named `u<id>`, e-mail `u<id>@example.com`.
+#[allow(dead_code)]
+pub async fn users(store: &Store, ids: impl IntoIterator<Item = u64>) {
+    for id in ids {
+        let user = meetingd::store::User {
+            id,
+            name: format!("u{id}"),
+            age: 20,
+            gender: "-".into(),
+            email: format!("u{id}@example.com"),
+        };
+        store.user_set(&user).await.expect("user");
+    }
+}
+
 /// 2026-11-22T10:00:00Z in ms: the tests' usual "now".
 pub const T0: i64 = 1_795_341_600_000;
 /// One minute in ms.

@@ -12,32 +12,10 @@ use meetingd::clock::{ManualClock, Millis};
 use meetingd::scheduler::{Scheduler, TickError, TickWork, Trigger};
 use meetingd::stats::Stats;
 use meetingd::store::{
-    EventKind, InstanceId, InstanceRef, InstanceState, Keys, Meeting, Store, StoreError,
-    TickReport, User,
+    EventKind, InstanceId, InstanceRef, InstanceState, Load, Store, StoreError, TickReport,
 };
 
-use crate::harness::{Daemon, MIN, Redis, T0};
-
-async fn meeting(store: &Store, id: u64) {
-    let meeting = Meeting {
-        id,
-        title: format!("m{id}"),
-        description: String::new(),
-        public: true,
-    };
-    store.meeting_set(&meeting).await.expect("meeting");
-}
-
-async fn user(store: &Store, id: u64) {
-    let user = User {
-        id,
-        name: format!("u{id}"),
-        age: 20,
-        gender: "-".into(),
-        email: format!("u{id}@example.com"),
-    };
-    store.user_set(&user).await.expect("user");
-}
+use crate::harness::{Daemon, MIN, Redis, T0, meeting_fields, public_meeting, users};
 
 async fn state(store: &Store, instance: InstanceId) -> InstanceState {
     store
@@ -68,8 +46,8 @@ async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> b
 async fn the_cron_job_really_fires() {
     let redis = Redis::start();
     let (store, clock) = redis.store(T0).await;
-    meeting(&store, 1).await;
-    meeting(&store, 2).await;
+    public_meeting(&store, 1).await;
+    public_meeting(&store, 2).await;
     let first = InstanceId::new(1, 1);
     let second = InstanceId::new(2, 1);
     store
@@ -119,9 +97,9 @@ async fn the_cron_job_really_fires() {
 async fn the_startup_tick_catches_up_50_windows() {
     let redis = Redis::start();
     let (store, clock) = redis.store(T0).await;
-    user(&store, 1).await;
+    users(&store, [1]).await;
     for m in 1..=50 {
-        meeting(&store, m).await;
+        public_meeting(&store, m).await;
         let from = T0 + (m as i64) * MIN;
         store
             .instance_set(InstanceId::new(m, 1), from, from + MIN)
@@ -173,11 +151,11 @@ async fn two_schedulers_at_the_same_instants_never_double_or_miss() {
     let store = redis.store_on(clock.clone(), options.clone()).await;
     let other = redis.store_on(clock.clone(), options).await;
     for u in 1..=6 {
-        user(&store, u).await;
+        users(&store, [u]).await;
     }
     // 100 instances, each opening and closing: 200 transitions
     for m in 1..=100u64 {
-        meeting(&store, m).await;
+        public_meeting(&store, m).await;
         let from = T0 + (m as i64 % 20) * MIN;
         store
             .instance_set(InstanceId::new(m, 1), from, from + 3 * MIN)
@@ -269,10 +247,10 @@ async fn interruptible_setup(redis: &Redis) -> (Store, ManualClock) {
         })
         .await;
     for u in 1..=3 {
-        user(&store, u).await;
+        users(&store, [u]).await;
     }
     for m in 1..=8 {
-        meeting(&store, m).await;
+        public_meeting(&store, m).await;
         store
             .instance_set(InstanceId::new(m, 1), T0, T0 + 10 * MIN)
             .await
@@ -337,7 +315,7 @@ async fn a_failing_tick_then_a_good_one_catches_up() {
     let (store, clock) = redis
         .store_with(T0, |o| o.timeout = Duration::from_millis(300))
         .await;
-    meeting(&store, 1).await;
+    public_meeting(&store, 1).await;
     let instance = InstanceId::new(1, 1);
     store
         .instance_set(instance, T0 + MIN, T0 + 2 * MIN)
@@ -395,7 +373,7 @@ impl TickWork for PanicsOnce {
 async fn a_panic_in_a_tick_does_not_stop_the_scheduler() {
     let redis = Redis::start();
     let (store, _clock) = redis.store(T0).await;
-    meeting(&store, 1).await;
+    public_meeting(&store, 1).await;
     let instance = InstanceId::new(1, 1);
     store
         .instance_set(instance, T0, T0 + MIN)
@@ -477,7 +455,7 @@ async fn a_silent_cron_job_is_recreated() {
     })
     .await;
     cron.drop_job_for_test().await;
-    meeting(&store, 1).await;
+    public_meeting(&store, 1).await;
     let instance = InstanceId::new(1, 1);
     store
         .instance_set(instance, T0 + MIN, T0 + 2 * MIN)
@@ -526,7 +504,7 @@ async fn the_daemon_ticks_before_it_serves() {
             redis.options(),
         )
         .await;
-    meeting(&store, 5).await;
+    public_meeting(&store, 5).await;
     let now = store.now();
     store
         .instance_set(InstanceId::new(5, 1), now - MIN, now + 60 * MIN)
@@ -545,36 +523,20 @@ async fn the_daemon_ticks_before_it_serves() {
 async fn a_tick_of_10000_among_100000_keeps_every_call_short() {
     let redis = Redis::start_with(&["--slowlog-log-slower-than", "10000"]);
     let (store, _clock) = redis.store(T0).await;
+    let records = (1..=100_000u64).flat_map(|m| {
+        let from = if m % 10 == 0 { T0 } else { T0 + 24 * 60 * MIN };
+        [
+            Load::Meeting(meeting_fields(m)),
+            Load::Instance {
+                id: InstanceId::new(m, 1),
+                from,
+                to: from + MIN,
+            },
+        ]
+    });
+    let loaded = store.load(records).await.expect("load");
+    assert_eq!(loaded.refused, 0, "{loaded:?}");
     let mut conn = redis.conn().await;
-    let keys = store.keys();
-    for chunk in (1..=100_000u64).collect::<Vec<_>>().chunks(5_000) {
-        let mut pipe = redis::pipe();
-        for &m in chunk {
-            let from = if m % 10 == 0 { T0 } else { T0 + 24 * 60 * MIN };
-            pipe.cmd("FCALL")
-                .arg("meet_meeting_set")
-                .arg(1)
-                .arg(keys.meeting(m))
-                .arg(m.to_string())
-                .arg("t")
-                .arg("")
-                .arg("true")
-                .ignore();
-            pipe.cmd("FCALL")
-                .arg("meet_instance_set")
-                .arg(4)
-                .arg(keys.meeting(m))
-                .arg(keys.orders(m))
-                .arg(keys.schedule(m))
-                .arg(Keys::due(keys.partition(m)))
-                .arg(m.to_string())
-                .arg("1")
-                .arg(from.to_string())
-                .arg((from + MIN).to_string())
-                .ignore();
-        }
-        let _: () = pipe.query_async(&mut conn).await.expect("load");
-    }
     let _: () = redis::cmd("SLOWLOG")
         .arg("RESET")
         .query_async(&mut conn)

@@ -3,34 +3,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use meetingd::store::{
-    Event, EventKind, InstanceId, InstanceRef, InstanceState, Meeting, Store, User,
-};
+use meetingd::store::{Event, EventKind, InstanceId, InstanceRef, InstanceState, Load, Store};
 
-use crate::harness::{MIN, Redis, T0};
-
-async fn public_meeting(store: &Store, id: u64) {
-    let meeting = Meeting {
-        id,
-        title: format!("m{id}"),
-        description: String::new(),
-        public: true,
-    };
-    store.meeting_set(&meeting).await.expect("meeting");
-}
-
-async fn users(store: &Store, ids: impl IntoIterator<Item = u64>) {
-    for id in ids {
-        let user = User {
-            id,
-            name: format!("u{id}"),
-            age: 20,
-            gender: "-".into(),
-            email: format!("u{id}@example.com"),
-        };
-        store.user_set(&user).await.expect("user");
-    }
-}
+use crate::harness::{MIN, Redis, T0, meeting_fields, public_meeting, users};
 
 async fn all_events(store: &Store, instance: InstanceId) -> Vec<Event> {
     let mut all = Vec::new();
@@ -377,35 +352,19 @@ async fn commandstats(redis: &Redis) -> BTreeMap<String, u64> {
 async fn tick_among(stored: u64) -> (usize, BTreeMap<String, u64>) {
     let redis = Redis::start();
     let (store, _clock) = redis.store(T0).await;
-    let mut conn = redis.conn().await;
-    // bulk load through the library, pipelined
-    let mut pipe = redis::pipe();
-    for m in 1..=stored {
-        let keys = store.keys();
+    let records = (1..=stored).flat_map(|m| {
         let from = if m <= 100 { T0 } else { T0 + 24 * 60 * MIN };
-        pipe.cmd("FCALL")
-            .arg("meet_meeting_set")
-            .arg(1)
-            .arg(keys.meeting(m))
-            .arg(m.to_string())
-            .arg("t")
-            .arg("")
-            .arg("true")
-            .ignore();
-        pipe.cmd("FCALL")
-            .arg("meet_instance_set")
-            .arg(4)
-            .arg(keys.meeting(m))
-            .arg(keys.orders(m))
-            .arg(keys.schedule(m))
-            .arg(meetingd::store::Keys::due(keys.partition(m)))
-            .arg(m.to_string())
-            .arg("1")
-            .arg(from.to_string())
-            .arg((from + MIN).to_string())
-            .ignore();
-    }
-    let _: () = pipe.query_async(&mut conn).await.expect("load");
+        [
+            Load::Meeting(meeting_fields(m)),
+            Load::Instance {
+                id: InstanceId::new(m, 1),
+                from,
+                to: from + MIN,
+            },
+        ]
+    });
+    let loaded = store.load(records).await.expect("load");
+    assert_eq!(loaded.refused, 0, "{loaded:?}");
     let before = commandstats(&redis).await;
     let report = store.tick(T0).await.expect("tick");
     let after = commandstats(&redis).await;

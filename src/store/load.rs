@@ -24,6 +24,37 @@ pub enum Load {
         /// Window end.
         to: Millis,
     },
+    /// JOIN of an active instance (the caller gives the user's e-mail).
+    Join {
+        /// Who.
+        user: u64,
+        /// Their e-mail.
+        email: String,
+        /// Where.
+        instance: InstanceId,
+        /// When.
+        at: Millis,
+    },
+    /// LEAVE.
+    Leave {
+        /// Who.
+        user: u64,
+        /// Where.
+        instance: InstanceId,
+        /// When.
+        at: Millis,
+    },
+    /// POST by a participant.
+    Post {
+        /// Who.
+        user: u64,
+        /// Where.
+        instance: InstanceId,
+        /// What.
+        text: String,
+        /// When.
+        at: Millis,
+    },
 }
 
 /// What a load did.
@@ -109,6 +140,58 @@ impl Store {
                     .arg(id.order.to_string())
                     .arg(from.to_string())
                     .arg(to.to_string());
+            }
+            Load::Join {
+                user,
+                email,
+                instance,
+                at,
+            } => {
+                let m = instance.meeting;
+                pipe.cmd("FCALL")
+                    .arg("meet_join")
+                    .arg(5)
+                    .arg(k.meeting(m))
+                    .arg(k.audience(m))
+                    .arg(k.schedule(m))
+                    .arg(k.present(instance))
+                    .arg(k.events(instance))
+                    .arg(m.to_string())
+                    .arg(instance.order.to_string())
+                    .arg(user.to_string())
+                    .arg(email)
+                    .arg(at.to_string());
+            }
+            Load::Leave { user, instance, at } => {
+                pipe.cmd("FCALL")
+                    .arg("meet_leave")
+                    .arg(3)
+                    .arg(k.schedule(instance.meeting))
+                    .arg(k.present(instance))
+                    .arg(k.events(instance))
+                    .arg(instance.meeting.to_string())
+                    .arg(instance.order.to_string())
+                    .arg(user.to_string())
+                    .arg(at.to_string());
+            }
+            Load::Post {
+                user,
+                instance,
+                text,
+                at,
+            } => {
+                pipe.cmd("FCALL")
+                    .arg("meet_post")
+                    .arg(4)
+                    .arg(k.schedule(instance.meeting))
+                    .arg(k.present(instance))
+                    .arg(k.chat(instance))
+                    .arg(k.chat_by(instance, user))
+                    .arg(instance.meeting.to_string())
+                    .arg(instance.order.to_string())
+                    .arg(user.to_string())
+                    .arg(text)
+                    .arg(at.to_string());
             }
         }
     }

@@ -561,41 +561,54 @@ impl Store {
         Ok((instance, list))
     }
 
-    /// Every active instance, by partition and meeting id.
+    /// Every active instance, by partition and meeting id. The partitions
+    /// are read at once (the multiplexed connection pipelines the calls),
+    /// each a page of at most 1000 after the other.
     pub async fn active_instances(&self) -> Result<Vec<InstanceId>, StoreError> {
+        let partitions = (0..self.keys.partitions()).map(|p| self.active_in(p));
         let mut all = Vec::new();
-        for partition in 0..self.keys.partitions() {
-            let mut after = String::new();
-            loop {
-                let value = self
-                    .fcall(
-                        "meet_active",
-                        &[Keys::active(partition)],
-                        &vec![after.clone(), PAGE.to_string()],
-                    )
-                    .await?;
-                let page = reply::array("meet_active", value)?;
-                let full = page.len() == PAGE;
-                for name in page {
-                    let instance: InstanceId = reply::text("meet_active", name)?
-                        .parse()
-                        .map_err(StoreError::Internal)?;
-                    after = instance.meeting.to_string();
-                    all.push(instance);
-                }
-                if !full {
-                    break;
-                }
-            }
+        for listed in futures_util::future::join_all(partitions).await {
+            all.extend(listed?);
         }
         Ok(all)
     }
 
-    /// Every active instance with its meeting's details and head count.
+    async fn active_in(&self, partition: u64) -> Result<Vec<InstanceId>, StoreError> {
+        let mut listed = Vec::new();
+        let mut after = String::new();
+        loop {
+            let value = self
+                .fcall(
+                    "meet_active",
+                    &[Keys::active(partition)],
+                    &vec![after.clone(), PAGE.to_string()],
+                )
+                .await?;
+            let page = reply::array("meet_active", value)?;
+            let full = page.len() == PAGE;
+            for name in page {
+                let instance: InstanceId = reply::text("meet_active", name)?
+                    .parse()
+                    .map_err(StoreError::Internal)?;
+                after = instance.meeting.to_string();
+                listed.push(instance);
+            }
+            if !full {
+                return Ok(listed);
+            }
+        }
+    }
+
+    /// Every active instance with its meeting's details and head count (the
+    /// instances read at once).
     pub async fn active(&self) -> Result<Vec<ActiveInstance>, StoreError> {
+        let instances = self.active_instances().await?;
+        let infos =
+            futures_util::future::join_all(instances.into_iter().map(|i| self.instance_info(i)))
+                .await;
         let mut rows = Vec::new();
-        for instance in self.active_instances().await? {
-            match self.instance_info(instance).await {
+        for info in infos {
+            match info {
                 Ok(row) if row.instance.state == InstanceState::Active => rows.push(row),
                 // ended between the two calls
                 Ok(_) | Err(StoreError::Rule { .. }) => {}
@@ -629,56 +642,64 @@ impl Store {
         })
     }
 
-    /// For each active instance, when each current participant joined. Big
-    /// instances are read 1000 participants per call.
+    /// For each active instance, when each current participant joined. The
+    /// instances are read at once; a big one 1000 participants per call.
     pub async fn attendance(&self) -> Result<Vec<Attendance>, StoreError> {
-        let mut rows = Vec::new();
-        'instances: for instance in self.active_instances().await? {
-            let m = instance.meeting;
-            let keys = [
-                self.keys.meeting(m),
-                self.keys.schedule(m),
-                self.keys.present(instance),
-            ];
-            let mut row: Option<Attendance> = None;
-            let mut after = String::new();
-            loop {
-                let args = vec![
-                    m.to_string(),
-                    instance.order.to_string(),
-                    after.clone(),
-                    PAGE.to_string(),
-                ];
-                let mut f = match self.record("meet_attendance", &keys, args).await {
-                    Ok(f) => f,
-                    // ended, or the page's last user left, meanwhile
-                    Err(StoreError::Rule { .. }) => continue 'instances,
-                    Err(err) => return Err(err),
-                };
-                let page = reply::pairs("meet_attendance", f.take("participants")?)?;
-                let row = match &mut row {
-                    Some(row) => row,
-                    None => row.insert(Attendance {
-                        instance,
-                        title: f.string("title")?,
-                        participants: Vec::new(),
-                    }),
-                };
-                let full = page.len() == PAGE;
-                if let Some((last, _)) = page.last() {
-                    after = last.to_string();
-                }
-                row.participants.extend(
-                    page.into_iter()
-                        .map(|(user, joined_at)| Participant { user, joined_at }),
-                );
-                if !full {
-                    break;
-                }
-            }
-            rows.extend(row);
+        let instances = self.active_instances().await?;
+        let rows =
+            futures_util::future::join_all(instances.into_iter().map(|i| self.attendance_of(i)))
+                .await;
+        let mut out = Vec::new();
+        for row in rows {
+            out.extend(row?);
         }
-        Ok(rows)
+        Ok(out)
+    }
+
+    /// One instance's attendance; `None` when it ended meanwhile.
+    async fn attendance_of(&self, instance: InstanceId) -> Result<Option<Attendance>, StoreError> {
+        let m = instance.meeting;
+        let keys = [
+            self.keys.meeting(m),
+            self.keys.schedule(m),
+            self.keys.present(instance),
+        ];
+        let mut row: Option<Attendance> = None;
+        let mut after = String::new();
+        loop {
+            let args = vec![
+                m.to_string(),
+                instance.order.to_string(),
+                after.clone(),
+                PAGE.to_string(),
+            ];
+            let mut f = match self.record("meet_attendance", &keys, args).await {
+                Ok(f) => f,
+                // ended, or the page's last user left, meanwhile
+                Err(StoreError::Rule { .. }) => return Ok(None),
+                Err(err) => return Err(err),
+            };
+            let page = reply::pairs("meet_attendance", f.take("participants")?)?;
+            let current = match &mut row {
+                Some(current) => current,
+                None => row.insert(Attendance {
+                    instance,
+                    title: f.string("title")?,
+                    participants: Vec::new(),
+                }),
+            };
+            let full = page.len() == PAGE;
+            if let Some((last, _)) = page.last() {
+                after = last.to_string();
+            }
+            current.participants.extend(
+                page.into_iter()
+                    .map(|(user, joined_at)| Participant { user, joined_at }),
+            );
+            if !full {
+                return Ok(row);
+            }
+        }
     }
 
     // ---- chat ----

@@ -1,119 +1,12 @@
-//! `meetingd-bench`: measurements of meetingd, figures for BENCHMARKS.md.
-//!
-//! `meetingd-bench tick --stored N --due D` fills a Redis with N meetings of
-//! one instance each, D of them due now, and times one whole tick (every
-//! partition, step after step, as the scheduler runs it). It reports the
-//! tick's duration, the Lua calls it made and the longest of them (from
-//! Redis' SLOWLOG). Without `--redis` it starts a redis-server of its own
-//! on a Unix socket in a temporary directory and stops it afterwards.
+//! `tick`: one whole tick (every partition, step after step, as the
+//! scheduler runs it) with `due` transitions among `stored` instances; its
+//! duration, its Lua calls and the longest of them (from Redis' SLOWLOG).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
 use meetingd::store::{InstanceId, Load, Meeting, Store, StoreOptions};
 
-#[derive(Parser)]
-#[command(name = "meetingd-bench", version, about)]
-struct Cli {
-    /// Redis to use (it is flushed!); default: a redis-server of our own.
-    #[arg(long, global = true)]
-    redis: Option<String>,
-    #[command(subcommand)]
-    command: Bench,
-}
-
-#[derive(Subcommand)]
-enum Bench {
-    /// Time one tick with `due` transitions among `stored` instances.
-    Tick {
-        /// Instances stored (one per meeting).
-        #[arg(long, default_value_t = 100_000)]
-        stored: u64,
-        /// How many of them are due at the tick.
-        #[arg(long, default_value_t = 10_000)]
-        due: u64,
-        /// Instances per tick step (the daemon's default: 100).
-        #[arg(long, default_value_t = 100)]
-        batch: usize,
-    },
-}
-
-/// A redis-server of the bench's own, stopped on drop.
-struct OwnRedis {
-    child: Child,
-    _dir: tempfile::TempDir,
-    url: String,
-}
-
-impl OwnRedis {
-    fn start() -> Result<OwnRedis, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-        let socket: PathBuf = dir.path().join("redis.sock");
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--save", "", "--appendonly", "no"])
-            .arg("--unixsocket")
-            .arg(&socket)
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                format!("cannot start redis-server ({e}); apt-get install redis-server")
-            })?;
-        let url = format!("redis+unix://{}", socket.display());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            if Instant::now() > deadline {
-                return Err("redis-server did not start".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(OwnRedis {
-            child,
-            _dir: dir,
-            url,
-        })
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    match run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("meetingd-bench: {err}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run(cli: Cli) -> Result<(), String> {
-    let own = match cli.redis {
-        Some(_) => None,
-        None => Some(OwnRedis::start()?),
-    };
-    let url = cli
-        .redis
-        .clone()
-        .or_else(|| own.as_ref().map(|r| r.url.clone()))
-        .unwrap_or_default();
-    match cli.command {
-        Bench::Tick { stored, due, batch } => tick(&url, stored, due, batch).await,
-    }
-}
-
-async fn tick(url: &str, stored: u64, due: u64, batch: usize) -> Result<(), String> {
+pub async fn tick(url: &str, stored: u64, due: u64, batch: usize) -> Result<(), String> {
     let now = chrono::Utc::now().timestamp_millis();
     let mut options = StoreOptions::new(url);
     options.tick_batch = batch;

@@ -202,6 +202,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut join_leave_max: f64 = 0.0;
+    let mut errors = 0;
     for mix in &args.mix {
         for &connections in &args.connections {
             let daemon =
@@ -233,6 +234,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 daemon.rate() / direct.rate().max(1e-9),
                 daemon.errors + direct.errors,
             );
+            errors += daemon.errors + direct.errors;
             for failure in [&daemon.first_error, &direct.first_error]
                 .into_iter()
                 .flatten()
@@ -274,6 +276,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
     }
     drop(own_daemon);
     drop(own_redis);
+    if errors > 0 {
+        return Err(format!("{errors} operations failed"));
+    }
     Ok(())
 }
 

@@ -438,7 +438,8 @@ pub async fn direct(
 }
 
 /// Drive the daemon at a fixed rate (operations per second over all
-/// connections, one at a time per connection): the latency at that rate.
+/// connections, one at a time per connection): the latency of each request
+/// at that rate (a join+leave counts its JOIN and its LEAVE apart).
 pub async fn at_rate(
     socket: PathBuf,
     world: World,
@@ -473,12 +474,13 @@ pub async fn at_rate(
                     let op = mix.pick(&mut rng);
                     batch.clear();
                     world.lines(op, c, 0, &mut batch);
-                    let sent = Instant::now();
-                    if write.write_all(batch.as_bytes()).await.is_err() {
-                        measure.fail("send".into());
-                        break;
-                    }
-                    for _ in 0..World::replies(op) {
+                    // one request at a time: each request's own latency
+                    for request in batch.split_inclusive('\n') {
+                        let sent = Instant::now();
+                        if write.write_all(request.as_bytes()).await.is_err() {
+                            measure.fail("send".into());
+                            return measure;
+                        }
                         line.clear();
                         if !matches!(read.read_line(&mut line).await, Ok(n) if n > 0) {
                             measure.fail("closed".into());
@@ -487,8 +489,8 @@ pub async fn at_rate(
                         if !line.starts_with("{\"ok\":true") {
                             measure.fail(line.trim_end().to_string());
                         }
+                        measure.record(op, sent.elapsed());
                     }
-                    measure.record(op, sent.elapsed());
                 }
                 measure
             })

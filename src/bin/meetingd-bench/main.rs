@@ -257,7 +257,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .await;
         println!();
         println!(
-            "| at half the join+leave maximum | conns | target ops/s | achieved ops/s | p50 ms | p99 ms | p99.9 ms | errors |"
+            "| at half the join+leave maximum | conns | target pairs/s | achieved requests/s | p50 ms | p99 ms | p99.9 ms | errors |"
         );
         println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         println!(

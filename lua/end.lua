@@ -17,12 +17,13 @@ ARGV[2]  order id
 ARGV[3]  now (ms; optional, '' for Redis TIME)
 ARGV[4]  budget: most participants to time out in this call, 1..1000
          (optional, default 1000)
+ARGV[5]  retention (ms; optional; see meet_join)
 Returns: {meeting, order, ended_at, timed_out, {user...}, remaining, n}.
 Errors: BAD_REQUEST, NOT_FOUND (instance), INACTIVE (not active, and
   nobody left to time out).
 ]]
 local function end_by_hand(keys, args)
-  check_arity(args, 2, 4, 'meeting, order[, now[, budget]]')
+  check_arity(args, 2, 5, 'meeting, order[, now[, budget[, retention]]]')
   local tag = partition_tag(keys)
   local meeting = check_id(args[1], 'meeting')
   local order = check_id(args[2], 'order')
@@ -33,13 +34,15 @@ local function end_by_hand(keys, args)
   })
   local now = clock(args[3])
   local budget = check_limit(args[4])
+  local retention = check_retention(args[5])
   local inst = find_instance(keys[1], meeting, order)
   local users, remaining
   if inst.state == 'active' then
     users, remaining = end_instance(keys[1], keys[2], keys[3], keys[4], keys[5], inst,
-      math.min(now, inst.to), now, budget)
+      math.min(now, inst.to), now, budget, retention)
   elseif inst.state == 'ended' and redis.call('ZCARD', keys[2]) > 0 then
-    users, remaining = time_out(keys[1], keys[2], keys[3], inst, ended_at(keys[1], inst), now, budget)
+    users, remaining = time_out(keys[1], keys[2], keys[3], inst, ended_at(keys[1], inst), now, budget,
+      retention)
     if remaining == 0 then
       redis.call('ZREM', keys[4], name)
     end

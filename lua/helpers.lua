@@ -101,6 +101,23 @@ local function clock(value)
   return now
 end
 
+-- How long an instance's history (events, chat) is kept after its
+-- scheduled end, ms; 0 (or left out): for ever.
+local function check_retention(value)
+  if value == nil or value == '' then
+    return 0
+  end
+  return check_time(value, 'retention')
+end
+
+-- Let a history key expire `retention` ms after the instance's scheduled
+-- end (refreshed at every write, so a moved end moves it too).
+local function keep_until(key, inst, retention)
+  if retention > 0 then
+    redis.call('PEXPIREAT', key, inst.to + retention)
+  end
+end
+
 -- A page size: 1..PAGE_MAX, PAGE_MAX when left out.
 local function check_limit(value)
   if value == nil or value == '' then
@@ -263,7 +280,7 @@ end
 --[[ End an instance's participation: up to `budget` participants leave with
 a timeout event (at = `at`, scheduled end = inst.to, processed = now), in
 join order. Returns the users timed out and how many are still in. ]]
-local function time_out(schedule, present, events, inst, at, now, budget)
+local function time_out(schedule, present, events, inst, at, now, budget, retention)
   local users = {}
   if budget > 0 then
     users = redis.call('ZRANGE', present, 0, budget - 1)
@@ -274,6 +291,7 @@ local function time_out(schedule, present, events, inst, at, now, budget)
       redis.call('XADD', events, ids[i], 'u', user, 't', 3, 'at', at, 'end', inst.to, 'proc', now)
     end
     redis.call('ZREM', present, unpack(users))
+    keep_until(events, inst, retention)
   end
   return users, redis.call('ZCARD', present)
 end
@@ -286,13 +304,14 @@ end
 --[[ Mark an active instance ended at `at` and time out up to `budget`
 participants. What remains is drained by later calls (END again, or the
 tick: the instance stays due). Returns timed-out users and the rest. ]]
-local function end_instance(schedule, present, events, due_index, active_index, inst, at, now, budget)
+local function end_instance(schedule, present, events, due_index, active_index, inst, at, now, budget,
+                            retention)
   local name = instance_name(inst.meeting, inst.order)
   inst.state = 'ended'
   write_instance(schedule, inst)
   redis.call('HSET', schedule, inst.order .. '#end', at)
   redis.call('ZREM', active_index, name)
-  local users, remaining = time_out(schedule, present, events, inst, at, now, budget)
+  local users, remaining = time_out(schedule, present, events, inst, at, now, budget, retention)
   if remaining > 0 then
     redis.call('ZADD', due_index, now, name)
   else

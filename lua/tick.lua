@@ -31,6 +31,7 @@ then for each listed instance M/O with active order A (A = O when none):
   meetingd:{p<P>}:events:M/A
 ARGV[1]  now (ms; '' for Redis TIME)
 ARGV[2]  budget: most timeouts in this call, 1..1000 ('' for 1000)
+ARGV[3]  retention (ms; '' or 0: history kept for ever; see meet_join)
 then for each listed instance: meeting, order, active order or ''
   (at most 1000 instances)
 Returns: {activated, {"M/O"...}, ended, {"M/O"...}, missed, {"M/O"...},
@@ -38,19 +39,20 @@ Returns: {activated, {"M/O"...}, ended, {"M/O"...}, missed, {"M/O"...},
 Errors: BAD_REQUEST.
 ]]
 local function tick(keys, args)
-  if #args < 2 or (#args - 2) % 3 ~= 0 or (#args - 2) / 3 > PAGE_MAX then
-    fail('BAD_REQUEST', 'expected now, budget, then meeting, order, active order for up to '
+  if #args < 3 or (#args - 3) % 3 ~= 0 or (#args - 3) / 3 > PAGE_MAX then
+    fail('BAD_REQUEST', 'expected now, budget, retention, then meeting, order, active order for up to '
       .. PAGE_MAX .. ' instances')
   end
   local tag = partition_tag(keys)
   local now = clock(args[1])
   local budget = check_limit(args[2])
+  local retention = check_retention(args[3])
   local names = { key(tag, 'due'), key(tag, 'active') }
   local listed = {}
-  for i = 0, (#args - 2) / 3 - 1 do
-    local meeting = check_id(args[3 + 3 * i], 'meeting')
-    local order = check_id(args[4 + 3 * i], 'order')
-    local plan = args[5 + 3 * i]
+  for i = 0, (#args - 3) / 3 - 1 do
+    local meeting = check_id(args[4 + 3 * i], 'meeting')
+    local order = check_id(args[5 + 3 * i], 'order')
+    local plan = args[6 + 3 * i]
     if plan ~= '' then
       check_id(plan, 'active order')
     else
@@ -82,7 +84,7 @@ local function tick(keys, args)
     elseif inst.state == 'active' then
       if inst.to <= now then
         local users = end_instance(schedule, present, events, due_index, active_index, inst,
-          inst.to, now, budget)
+          inst.to, now, budget, retention)
         budget, timeouts = budget - #users, timeouts + #users
         ended[#ended + 1] = c.name
       else
@@ -90,7 +92,7 @@ local function tick(keys, args)
       end
     elseif inst.state == 'ended' then
       local users, remaining = time_out(schedule, present, events, inst, ended_at(schedule, inst),
-        now, budget)
+        now, budget, retention)
       budget, timeouts = budget - #users, timeouts + #users
       if remaining == 0 then
         redis.call('ZREM', due_index, c.name)
@@ -133,7 +135,7 @@ local function tick(keys, args)
       local running = read_instance(schedule, meeting, current)
       if running.to <= now or tonumber(current) < tonumber(best.order) then
         local users = end_instance(schedule, keys[best.base + 4], keys[best.base + 5], due_index,
-          active_index, running, math.min(running.to, now), now, budget)
+          active_index, running, math.min(running.to, now), now, budget, retention)
         budget, timeouts = budget - #users, timeouts + #users
         ended[#ended + 1] = instance_name(meeting, current)
       else

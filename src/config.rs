@@ -45,6 +45,8 @@ pub struct RawConfig {
     pub embedded: RawEmbedded,
     /// `[shutdown]`
     pub shutdown: RawShutdown,
+    /// `[retention]`
+    pub retention: RawRetention,
 }
 
 /// `[socket]`: the control socket.
@@ -246,6 +248,15 @@ impl Default for RawShutdown {
     }
 }
 
+/// `[retention]`: how long history is kept.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetention {
+    /// Days after an instance's scheduled end when its event log and chat
+    /// are deleted; 0 keeps them for ever.
+    pub days: u64,
+}
+
 /// What the command line overrides.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -288,6 +299,8 @@ pub struct Config {
     pub embedded: EmbeddedConfig,
     /// Drain deadline.
     pub drain_timeout: Duration,
+    /// How long history is kept after an instance's end (zero: for ever).
+    pub retention: Duration,
 }
 
 /// The control socket's settings.
@@ -482,6 +495,16 @@ impl RawConfig {
                 "shutdown.drain_timeout_secs",
                 self.shutdown.drain_timeout_secs,
             )?),
+            retention: {
+                let days = self.retention.days;
+                if days > 36_500 {
+                    return Err(bad(
+                        "retention.days",
+                        format!("{days} is over 100 years; 0 keeps history for ever"),
+                    ));
+                }
+                Duration::from_secs(days * 86_400)
+            },
         })
     }
 
@@ -615,6 +638,7 @@ mod tests {
                 "[embedded]\nappendfsync = \"sometimes\"",
                 "embedded.appendfsync",
             ),
+            ("[retention]\ndays = 99999", "retention.days"),
         ];
         for (text, key) in cases {
             let err = from_toml(text).expect_err(text);

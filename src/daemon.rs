@@ -64,6 +64,7 @@ fn store_options(config: &Config, url: String) -> StoreOptions {
     options.timeout = config.redis_timeout;
     options.tick_batch = config.tick_batch;
     options.timeout_budget = config.timeout_budget;
+    options.retention = config.retention;
     options
 }
 

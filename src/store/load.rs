@@ -160,7 +160,8 @@ impl Store {
                     .arg(instance.order.to_string())
                     .arg(user.to_string())
                     .arg(email)
-                    .arg(at.to_string());
+                    .arg(at.to_string())
+                    .arg(self.retention());
             }
             Load::Leave { user, instance, at } => {
                 pipe.cmd("FCALL")
@@ -172,7 +173,8 @@ impl Store {
                     .arg(instance.meeting.to_string())
                     .arg(instance.order.to_string())
                     .arg(user.to_string())
-                    .arg(at.to_string());
+                    .arg(at.to_string())
+                    .arg(self.retention());
             }
             Load::Post {
                 user,
@@ -191,7 +193,8 @@ impl Store {
                     .arg(instance.order.to_string())
                     .arg(user.to_string())
                     .arg(text)
-                    .arg(at.to_string());
+                    .arg(at.to_string())
+                    .arg(self.retention());
             }
         }
     }

@@ -99,6 +99,9 @@ pub struct StoreOptions {
     pub tick_batch: usize,
     /// Timeout events per call (END and tick steps).
     pub timeout_budget: usize,
+    /// How long an instance's events and chat are kept after its scheduled
+    /// end; zero keeps them for ever.
+    pub retention: Duration,
 }
 
 impl StoreOptions {
@@ -110,6 +113,7 @@ impl StoreOptions {
             timeout: Duration::from_secs(1),
             tick_batch: 100,
             timeout_budget: 500,
+            retention: Duration::ZERO,
         }
     }
 }
@@ -185,6 +189,11 @@ impl Store {
     /// Now, by the store's clock.
     pub fn now(&self) -> Millis {
         self.clock.now()
+    }
+
+    /// The retention argument of the library's writes, ms ("0": for ever).
+    fn retention(&self) -> String {
+        self.options.retention.as_millis().to_string()
     }
 
     /// One round trip to Redis (PING): how long it took.
@@ -499,6 +508,7 @@ impl Store {
             user.to_string(),
             email,
             self.now().to_string(),
+            self.retention(),
         ];
         let mut f = self.record("meet_join", &keys, args).await?;
         Ok(Joined {
@@ -523,6 +533,7 @@ impl Store {
             instance.order.to_string(),
             user.to_string(),
             self.now().to_string(),
+            self.retention(),
         ];
         let mut f = self.record("meet_leave", &keys, args).await?;
         Ok(Left {
@@ -725,6 +736,7 @@ impl Store {
             user.to_string(),
             text.to_string(),
             self.now().to_string(),
+            self.retention(),
         ];
         let mut f = self.record("meet_post", &keys, args).await?;
         Ok(Posted {
@@ -811,6 +823,7 @@ impl Store {
                 instance.order.to_string(),
                 now.clone(),
                 self.options.timeout_budget.clamp(1, PAGE).to_string(),
+                self.retention(),
             ];
             let mut f = match self.record("meet_end", &keys, args).await {
                 // a tick drained the rest meanwhile
@@ -861,6 +874,7 @@ impl Store {
         let mut args = vec![
             now.to_string(),
             self.options.timeout_budget.clamp(1, PAGE).to_string(),
+            self.retention(),
         ];
         for row in &listed {
             let mut row = reply::array("meet_due", row.clone())?.into_iter();

@@ -450,3 +450,27 @@ fn systemd_hears_ready_watchdog_and_stopping() {
     );
     assert!(has(&heard, "STOPPING=1"), "{heard:?}");
 }
+
+#[test]
+fn the_retention_setting_reaches_the_data() {
+    let redis = Redis::start();
+    let daemon = Daemon::start(&redis, &[("MEETINGD_RETENTION__DAYS", "2")]);
+    let mut c = daemon.client();
+    c.ok("USER SET 1 name Ada age 36 gender f email a@x");
+    c.ok("MEETING SET 1 title T description d public true");
+    c.ok("INSTANCE SET 1 1 from 2026-01-01T00:00:00Z to 2099-01-01T00:00:00Z");
+    c.ok("TICK");
+    c.ok("JOIN 1 1");
+    let mut conn = redis::Client::open(redis.url())
+        .expect("client")
+        .get_connection()
+        .expect("connect");
+    let at: i64 = redis::cmd("PEXPIRETIME")
+        .arg("meetingd:{p1}:events:1/1")
+        .query(&mut conn)
+        .expect("PEXPIRETIME");
+    let end = chrono::DateTime::parse_from_rfc3339("2099-01-01T00:00:00Z")
+        .expect("time")
+        .timestamp_millis();
+    assert_eq!(at, end + 2 * 86_400_000);
+}

@@ -81,7 +81,7 @@ async fn seed(conn: &mut MultiplexedConnection) {
         conn,
         "meet_tick",
         &[DUE, ACTIVE, SCHEDULE, PRESENT, EVENTS, PRESENT, EVENTS],
-        &[&t0, "", "1", "1", ""],
+        &[&t0, "", "", "1", "1", ""],
     )
     .await
     .expect("tick");
@@ -553,7 +553,7 @@ async fn every_error_code_and_nothing_written() {
         (
             "meet_tick",
             vec![DUE, ACTIVE],
-            vec![&t, "", "1", "1"],
+            vec![&t, "", "", "1", "1"],
             "BAD_REQUEST",
         ),
         (
@@ -764,7 +764,7 @@ async fn now_defaults_to_redis_time() {
         &mut conn,
         "meet_tick",
         &[DUE, ACTIVE, SCHEDULE, PRESENT, EVENTS, PRESENT, EVENTS],
-        &["", "", "1", "1", ""],
+        &["", "", "", "1", "1", ""],
     )
     .await
     .expect("tick with Redis TIME");
@@ -833,4 +833,58 @@ async fn a_lua_runtime_error_is_internal_not_err() {
         .expect("hset");
     let code = code_of(join(&mut conn, "1", "ada@example.com", T0 + 1000).await);
     assert_eq!(code, "INTERNAL");
+}
+
+async fn pexpiretime(conn: &mut MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PEXPIRETIME")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("PEXPIRETIME")
+}
+
+/// With a retention, every history key expires that long after the
+/// instance's scheduled end; without one, nothing expires.
+#[tokio::test]
+async fn retention_makes_history_expire_after_the_scheduled_end() {
+    let redis = Redis::start();
+    let mut conn = load(&redis).await;
+    seed(&mut conn).await;
+    let end = T0 + 60 * MIN;
+    join(&mut conn, "1", "ada@example.com", T0 + 1000)
+        .await
+        .expect("join without retention");
+    assert_eq!(pexpiretime(&mut conn, EVENTS).await, -1, "kept for ever");
+    let day = "86400000";
+    fcall(
+        &mut conn,
+        "meet_post",
+        &[SCHEDULE, PRESENT, CHAT, CHAT_BY_1],
+        &["1", "1", "1", "hi", &ms(T0 + 2000), day],
+    )
+    .await
+    .expect("post");
+    assert_eq!(pexpiretime(&mut conn, CHAT).await, end + 86_400_000);
+    assert_eq!(pexpiretime(&mut conn, CHAT_BY_1).await, end + 86_400_000);
+    fcall(
+        &mut conn,
+        "meet_leave",
+        &[SCHEDULE, PRESENT, EVENTS],
+        &["1", "1", "1", &ms(T0 + 3000), day],
+    )
+    .await
+    .expect("leave");
+    assert_eq!(pexpiretime(&mut conn, EVENTS).await, end + 86_400_000);
+    assert_eq!(
+        code_of(
+            fcall(
+                &mut conn,
+                "meet_leave",
+                &[SCHEDULE, PRESENT, EVENTS],
+                &["1", "1", "1", &ms(T0 + 3000), "a day"],
+            )
+            .await
+        ),
+        "BAD_REQUEST"
+    );
 }

@@ -480,3 +480,40 @@ async fn corrupt_data_is_internal() {
         Code::Internal
     );
 }
+
+#[tokio::test]
+async fn with_a_retention_an_ended_instance_s_history_expires() {
+    let redis = Redis::start();
+    let (store, clock) = redis
+        .store_with(T0, |o| o.retention = std::time::Duration::from_secs(3600))
+        .await;
+    store.user_set(&user(1, "Ada", "a@x")).await.expect("user");
+    store
+        .meeting_set(&meeting(1, "M", true))
+        .await
+        .expect("meeting");
+    let instance = InstanceId::new(1, 1);
+    store
+        .instance_set(instance, T0, T0 + MIN)
+        .await
+        .expect("instance");
+    store.tick(T0).await.expect("activate");
+    store.join(1, instance.into()).await.expect("join");
+    store.post(1, instance.into(), "hi").await.expect("post");
+    clock.set(T0 + 2 * MIN);
+    let report = store.tick(T0 + 2 * MIN).await.expect("end");
+    assert_eq!(report.timeouts, 1);
+    let mut conn = redis.conn().await;
+    for key in [
+        store.keys().events(instance),
+        store.keys().chat(instance),
+        store.keys().chat_by(instance, 1),
+    ] {
+        let at: i64 = redis::cmd("PEXPIRETIME")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("PEXPIRETIME");
+        assert_eq!(at, T0 + MIN + 3_600_000, "{key}");
+    }
+}

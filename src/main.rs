@@ -23,6 +23,9 @@ enum Command {
     /// Validate the configuration and print it as it would run (secrets
     /// masked).
     CheckConfig(Settings),
+    /// Check everything stored for consistency (read-only; exit 0 clean,
+    /// 1 with one line per problem).
+    Check(Settings),
     /// Print the assembled Lua library, for
     /// `meetingd library | redis-cli -x FUNCTION LOAD REPLACE`.
     Library,
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
             print!("{}", meetingd::store::library().source);
             ExitCode::SUCCESS
         }
+        Command::Check(settings) => check(settings.source()),
         Command::CheckConfig(settings) => {
             let source = settings.source();
             match config::RawConfig::load(source.file.as_deref(), &source.overrides)
@@ -100,6 +104,57 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `meetingd check`: connect to the configured Redis (the embedded one's
+/// socket when none is configured: the daemon must be running) and check.
+fn check(source: Source) -> ExitCode {
+    let config = match config::load(source.file.as_deref(), &source.overrides) {
+        Ok((_, config)) => config,
+        Err(err) => {
+            eprintln!("meetingd: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let url = config.redis_url.clone().unwrap_or_else(|| {
+        format!(
+            "redis+unix://{}",
+            config.embedded.data_dir.join("redis.sock").display()
+        )
+    });
+    let mut options = meetingd::store::StoreOptions::new(url);
+    options.partitions = config.partitions;
+    options.timeout = std::time::Duration::from_secs(10);
+    // read-only: never load (or replace) the library
+    options.load_library = false;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("meetingd: cannot start the runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        let store = meetingd::store::Store::connect(options).await?;
+        store.check().await
+    });
+    match result {
+        Ok(problems) if problems.is_empty() => {
+            println!("clean");
+            ExitCode::SUCCESS
+        }
+        Ok(problems) => {
+            for problem in &problems {
+                println!("{problem}");
+            }
+            eprintln!("meetingd: {} problems", problems.len());
+            ExitCode::from(1)
+        }
+        Err(err) => {
+            eprintln!("meetingd: {err}");
+            ExitCode::from(2)
         }
     }
 }

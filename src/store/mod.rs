@@ -12,6 +12,7 @@
 //! (Redis restarted without persistence, a failover, `FUNCTION FLUSH`)
 //! loads it and is retried once, which is safe because nothing ran.
 
+mod check;
 mod keys;
 mod library;
 mod load;
@@ -102,6 +103,9 @@ pub struct StoreOptions {
     /// How long an instance's events and chat are kept after its scheduled
     /// end; zero keeps them for ever.
     pub retention: Duration,
+    /// Load the library at connect when it is missing or another version
+    /// (off for read-only tools such as `meetingd check`).
+    pub load_library: bool,
 }
 
 impl StoreOptions {
@@ -114,6 +118,7 @@ impl StoreOptions {
             tick_batch: 100,
             timeout_budget: 500,
             retention: Duration::ZERO,
+            load_library: true,
         }
     }
 }
@@ -177,7 +182,11 @@ impl Store {
             library_checked,
             options: Arc::new(options),
         };
-        store.ensure_library().await?;
+        if store.options.load_library {
+            store.ensure_library().await?;
+        } else {
+            store.library_checked.store(true, Ordering::SeqCst);
+        }
         Ok(store)
     }
 

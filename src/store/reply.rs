@@ -62,6 +62,7 @@ pub(super) fn id(function: &str, value: Value) -> Result<Id, StoreError> {
 pub(super) fn array(function: &str, value: Value) -> Result<Vec<Value>, StoreError> {
     match value {
         Value::Array(items) | Value::Set(items) => Ok(items),
+        Value::Map(pairs) => Ok(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()),
         Value::Nil => Ok(Vec::new()),
         other => Err(bad(function, format!("expected an array, got {other:?}"))),
     }

@@ -185,6 +185,11 @@ async fn participants_match_the_event_log_after_10000_concurrent_operations() {
         }
     }
     assert_eq!(
+        store.check().await.expect("meetingd check"),
+        Vec::<String>::new(),
+        "the consistency check agrees"
+    );
+    assert_eq!(
         joins,
         ok("join"),
         "one join event per successful join, none lost"

@@ -1,0 +1,384 @@
+//! `meetingd check`: a read-only consistency check over everything stored.
+//!
+//! An operator tool, not a request path: it walks the keyspace with SCAN
+//! and reads every structure in small steps (pages of at most 1000), so
+//! Redis is never held long. It verifies, for every instance, that its
+//! participants are exactly the users whose last event is a join, that no
+//! user has two joins or two leaves in a row, that the active and due
+//! indexes agree with its state; and that no key belongs to nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use redis::Value;
+
+use super::reply;
+use super::types::{InstanceId, InstanceState};
+use super::{Keys, Store, StoreError};
+
+/// What a key of the layout is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    User(u64),
+    Due(u64),
+    Active(u64),
+    Meeting(u64),
+    Audience(u64),
+    Orders(u64),
+    Schedule(u64),
+    Present(InstanceId),
+    Events(InstanceId),
+    Chat(InstanceId),
+    ChatBy(InstanceId, u64),
+    Unknown,
+}
+
+fn kind(key: &str) -> Kind {
+    let Some(rest) = key.strip_prefix("meetingd:{") else {
+        return Kind::Unknown;
+    };
+    let Some((tag, rest)) = rest.split_once("}:") else {
+        return Kind::Unknown;
+    };
+    let parts: Vec<&str> = rest.split(':').collect();
+    let id = |s: &str| s.parse::<u64>().ok();
+    let instance = |s: &str| s.parse::<InstanceId>().ok();
+    let tagged = |prefix: char| tag.strip_prefix(prefix).and_then(id);
+    match (parts.as_slice(), tag.chars().next()) {
+        (["user"], Some('u')) => tagged('u').map_or(Kind::Unknown, Kind::User),
+        (["due"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Due),
+        (["active"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Active),
+        (["meeting", m], _) => id(m).map_or(Kind::Unknown, Kind::Meeting),
+        (["audience", m], _) => id(m).map_or(Kind::Unknown, Kind::Audience),
+        (["orders", m], _) => id(m).map_or(Kind::Unknown, Kind::Orders),
+        (["schedule", m], _) => id(m).map_or(Kind::Unknown, Kind::Schedule),
+        (["present", i], _) => instance(i).map_or(Kind::Unknown, Kind::Present),
+        (["events", i], _) => instance(i).map_or(Kind::Unknown, Kind::Events),
+        (["chat", i], _) => instance(i).map_or(Kind::Unknown, Kind::Chat),
+        (["chat", i, "by", u], _) => match (instance(i), id(u)) {
+            (Some(i), Some(u)) => Kind::ChatBy(i, u),
+            _ => Kind::Unknown,
+        },
+        _ => Kind::Unknown,
+    }
+}
+
+/// An instance as its schedule entry says.
+struct Entry {
+    from: i64,
+    to: i64,
+    state: InstanceState,
+}
+
+impl Store {
+    async fn raw(&self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(cmd.query_async(&mut conn).await?)
+    }
+
+    /// Every key of the layout, by SCAN in steps of `count`.
+    async fn all_keys(&self) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        let mut cursor = "0".to_string();
+        loop {
+            let value = self
+                .raw(
+                    redis::cmd("SCAN")
+                        .arg(&cursor)
+                        .arg("MATCH")
+                        .arg("meetingd:*")
+                        .arg("COUNT")
+                        .arg(500),
+                )
+                .await?;
+            let mut parts = reply::array("SCAN", value)?.into_iter();
+            cursor = reply::text("SCAN", parts.next().unwrap_or_default())?;
+            for key in reply::array("SCAN", parts.next().unwrap_or_default())? {
+                keys.push(reply::text("SCAN", key)?);
+            }
+            if cursor == "0" {
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// A hash's fields, by HSCAN.
+    async fn hash(&self, key: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        let mut out = BTreeMap::new();
+        let mut cursor = "0".to_string();
+        loop {
+            let value = self
+                .raw(
+                    redis::cmd("HSCAN")
+                        .arg(key)
+                        .arg(&cursor)
+                        .arg("COUNT")
+                        .arg(500),
+                )
+                .await?;
+            let mut parts = reply::array("HSCAN", value)?.into_iter();
+            cursor = reply::text("HSCAN", parts.next().unwrap_or_default())?;
+            let items = reply::array("HSCAN", parts.next().unwrap_or_default())?;
+            let mut items = items.into_iter();
+            while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                out.insert(reply::text("HSCAN", k)?, reply::text("HSCAN", v)?);
+            }
+            if cursor == "0" {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// A sorted set's members and scores, 1000 at a time.
+    async fn zset(&self, key: &str) -> Result<Vec<(String, f64)>, StoreError> {
+        let mut out = Vec::new();
+        let mut start = 0usize;
+        loop {
+            let value = self
+                .raw(
+                    redis::cmd("ZRANGE")
+                        .arg(key)
+                        .arg(start)
+                        .arg(start + 999)
+                        .arg("WITHSCORES"),
+                )
+                .await?;
+            // RESP3 gives [member, score] pairs, RESP2 a flat list
+            let items = reply::array("ZRANGE", value)?;
+            let flat: Vec<Value> = items
+                .into_iter()
+                .flat_map(|item| match item {
+                    Value::Array(pair) => pair,
+                    other => vec![other],
+                })
+                .collect();
+            let before = out.len();
+            let mut items = flat.into_iter();
+            while let (Some(member), Some(score)) = (items.next(), items.next()) {
+                let score = match score {
+                    Value::Double(d) => d,
+                    other => reply::text("ZRANGE", other)?.parse().unwrap_or(f64::NAN),
+                };
+                out.push((reply::text("ZRANGE", member)?, score));
+            }
+            if out.len() - before < 1000 {
+                return Ok(out);
+            }
+            start += 1000;
+        }
+    }
+
+    /// An event stream's (user, type) in order, 1000 entries at a time.
+    async fn event_log(&self, key: &str) -> Result<Vec<(u64, i64)>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = "-".to_string();
+        loop {
+            let value = self
+                .raw(
+                    redis::cmd("XRANGE")
+                        .arg(key)
+                        .arg(&from)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            let entries = reply::array("XRANGE", value)?;
+            let n = entries.len();
+            for entry in entries {
+                let mut parts = reply::array("XRANGE", entry)?.into_iter();
+                let id = reply::text("XRANGE", parts.next().unwrap_or_default())?;
+                let mut fields = reply::Fields::new("XRANGE", parts.next().unwrap_or_default())?;
+                out.push((fields.id("u")?, fields.int("t")?));
+                from = format!("({id}");
+            }
+            if n < 1000 {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Check everything stored; one line per problem found (none: clean).
+    pub async fn check(&self) -> Result<Vec<String>, StoreError> {
+        let mut problems = Vec::new();
+        let mut kinds: BTreeSet<Kind> = BTreeSet::new();
+        for key in self.all_keys().await? {
+            match kind(&key) {
+                Kind::Unknown => problems.push(format!("{key}: not a key of meetingd's layout")),
+                k => {
+                    kinds.insert(k);
+                }
+            }
+        }
+        let mut instances: BTreeMap<InstanceId, Entry> = BTreeMap::new();
+        for k in &kinds {
+            let Kind::Schedule(m) = k else { continue };
+            if !kinds.contains(&Kind::Meeting(*m)) {
+                problems.push(format!(
+                    "schedule of meeting {m}: the meeting does not exist"
+                ));
+            }
+            let orders: BTreeSet<String> = self
+                .zset(&self.keys.orders(*m))
+                .await?
+                .into_iter()
+                .map(|(o, _)| o)
+                .collect();
+            for (field, packed) in self.hash(&self.keys.schedule(*m)).await? {
+                if field.contains('#') {
+                    continue;
+                }
+                let Ok(order) = field.parse::<u64>() else {
+                    problems.push(format!(
+                        "schedule of meeting {m}: a field {field:?} that is not an order"
+                    ));
+                    continue;
+                };
+                let mut parts = packed.split('|');
+                let parsed = (
+                    parts.next().and_then(|v| v.parse().ok()),
+                    parts.next().and_then(|v| v.parse().ok()),
+                    parts.next().and_then(|v| v.parse::<InstanceState>().ok()),
+                );
+                let (Some(from), Some(to), Some(state)) = parsed else {
+                    problems.push(format!(
+                        "instance {m}/{order}: a corrupt schedule entry {packed:?}"
+                    ));
+                    continue;
+                };
+                if !orders.contains(&field) {
+                    problems.push(format!(
+                        "instance {m}/{order}: missing from the meeting's orders"
+                    ));
+                }
+                instances.insert(InstanceId::new(*m, order), Entry { from, to, state });
+            }
+        }
+        // the indexes, per partition
+        let mut active: BTreeMap<InstanceId, f64> = BTreeMap::new();
+        let mut due: BTreeMap<InstanceId, f64> = BTreeMap::new();
+        for p in 0..self.keys.partitions() {
+            for (index, into) in [(Keys::active(p), &mut active), (Keys::due(p), &mut due)] {
+                for (member, score) in self.zset(&index).await? {
+                    match member.parse::<InstanceId>() {
+                        Ok(i) if self.keys.partition(i.meeting) == p => {
+                            into.insert(i, score);
+                        }
+                        _ => problems.push(format!(
+                            "{index}: a member {member:?} of another partition or none"
+                        )),
+                    }
+                }
+            }
+        }
+        for (i, _) in active.iter().chain(due.iter()) {
+            if !instances.contains_key(i) {
+                problems.push(format!(
+                    "instance {i}: in an index but not in its meeting's schedule"
+                ));
+            }
+        }
+        let mut active_per_meeting: BTreeMap<u64, u32> = BTreeMap::new();
+        for (i, entry) in &instances {
+            let present: Vec<(String, f64)> = self.zset(&self.keys.present(*i)).await?;
+            let present: BTreeSet<u64> =
+                present.iter().filter_map(|(u, _)| u.parse().ok()).collect();
+            let log = self.event_log(&self.keys.events(*i)).await?;
+            let mut last: BTreeMap<u64, i64> = BTreeMap::new();
+            for (user, t) in log {
+                let previous = last.insert(user, t);
+                let inside = previous == Some(1);
+                if (t == 1 && inside) || (t != 1 && !inside) {
+                    problems.push(format!(
+                        "instance {i}: user {user} has a {} right after a {}",
+                        name(t),
+                        previous.map_or("nothing", name)
+                    ));
+                }
+            }
+            let joined: BTreeSet<u64> = last
+                .iter()
+                .filter(|(_, t)| **t == 1)
+                .map(|(u, _)| *u)
+                .collect();
+            if joined != present {
+                let extra: Vec<_> = present.difference(&joined).collect();
+                let missing: Vec<_> = joined.difference(&present).collect();
+                problems.push(format!(
+                    "instance {i}: participants differ from the event log (in without a join: {extra:?}; joined but not in: {missing:?})"
+                ));
+            }
+            let in_active = active.get(i);
+            let in_due = due.get(i);
+            match entry.state {
+                InstanceState::Active => {
+                    *active_per_meeting.entry(i.meeting).or_default() += 1;
+                    if in_active != Some(&(i.meeting as f64)) {
+                        problems.push(format!("instance {i}: active but not in the active index"));
+                    }
+                    if in_due.is_none_or(|d| *d > entry.to as f64) {
+                        problems.push(format!("instance {i}: active but not due at its end"));
+                    }
+                }
+                InstanceState::Scheduled => {
+                    if in_active.is_some() {
+                        problems.push(format!("instance {i}: scheduled but in the active index"));
+                    }
+                    if in_due.is_none_or(|d| *d < entry.from as f64 || *d > entry.to as f64) {
+                        problems.push(format!(
+                            "instance {i}: scheduled but not due within its window"
+                        ));
+                    }
+                    if !present.is_empty() {
+                        problems.push(format!("instance {i}: scheduled with participants"));
+                    }
+                }
+                InstanceState::Ended => {
+                    if in_active.is_some() {
+                        problems.push(format!("instance {i}: ended but in the active index"));
+                    }
+                    if in_due.is_some() && present.is_empty() {
+                        problems.push(format!("instance {i}: ended, nobody left, and still due"));
+                    }
+                    if in_due.is_none() && !present.is_empty() {
+                        problems.push(format!(
+                            "instance {i}: ended with participants left and not due"
+                        ));
+                    }
+                }
+            }
+        }
+        for (m, n) in active_per_meeting {
+            if n > 1 {
+                problems.push(format!("meeting {m}: {n} active instances"));
+            }
+        }
+        // orphans
+        for k in &kinds {
+            let orphan = match k {
+                Kind::Audience(m) | Kind::Orders(m) => {
+                    (!kinds.contains(&Kind::Meeting(*m))).then(|| format!("meeting {m}"))
+                }
+                Kind::Present(i) | Kind::Events(i) | Kind::Chat(i) => {
+                    (!instances.contains_key(i)).then(|| format!("instance {i}"))
+                }
+                Kind::ChatBy(i, u) => (!instances.contains_key(i)
+                    || !kinds.contains(&Kind::Chat(*i)))
+                .then(|| format!("instance {i}'s chat (user {u})")),
+                _ => None,
+            };
+            if let Some(owner) = orphan {
+                problems.push(format!("{k:?}: an orphan key: {owner} does not exist"));
+            }
+        }
+        Ok(problems)
+    }
+}
+
+fn name(t: i64) -> &'static str {
+    match t {
+        1 => "join",
+        2 => "leave",
+        3 => "timeout",
+        _ => "unknown event",
+    }
+}

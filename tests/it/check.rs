@@ -1,0 +1,140 @@
+//! `meetingd check`: clean data passes, every kind of damage is reported.
+
+use std::process::Command;
+
+use meetingd::store::{InstanceId, InstanceRef, Meeting, Store, User};
+
+use crate::harness::{MIN, Redis, T0};
+
+async fn scenario(store: &Store) {
+    for id in 1..=5 {
+        let user = User {
+            id,
+            name: format!("u{id}"),
+            age: 30,
+            gender: "-".into(),
+            email: format!("u{id}@example.com"),
+        };
+        store.user_set(&user).await.expect("user");
+    }
+    for m in 1..=4 {
+        let meeting = Meeting {
+            id: m,
+            title: format!("m{m}"),
+            description: String::new(),
+            public: m != 4,
+        };
+        store.meeting_set(&meeting).await.expect("meeting");
+        store
+            .instance_set(InstanceId::new(m, 1), T0, T0 + 10 * MIN)
+            .await
+            .expect("1");
+        store
+            .instance_set(InstanceId::new(m, 2), T0 + 20 * MIN, T0 + 30 * MIN)
+            .await
+            .expect("2");
+    }
+    store
+        .audience_add(4, &["u1@example.com".into()])
+        .await
+        .expect("audience");
+    store.tick(T0).await.expect("tick");
+    for m in 1..=4 {
+        for u in 1..=5 {
+            let _ = store.join(u, InstanceRef::Current(m)).await;
+        }
+        store.leave(2, InstanceRef::Current(m)).await.ok();
+        store
+            .post(1, InstanceRef::Current(m), "hi")
+            .await
+            .expect("post");
+    }
+    store.end(InstanceRef::Current(3)).await.expect("end");
+}
+
+fn check_cli(redis: &Redis) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_meetingd"))
+        .arg("check")
+        .arg("--redis")
+        .arg(redis.url())
+        .output()
+        .expect("meetingd check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn clean_data_passes_and_damage_is_reported() {
+    let redis = Redis::start();
+    let (store, _clock) = redis.store(T0).await;
+    scenario(&store).await;
+    assert_eq!(store.check().await.expect("check"), Vec::<String>::new());
+    let (code, out) = check_cli(&redis);
+    assert_eq!((code, out.trim()), (0, "clean"));
+
+    let mut conn = redis.conn().await;
+    let keys = store.keys();
+    let damage: Vec<redis::Cmd> = vec![
+        // a participant without a join event
+        redis::cmd("ZADD")
+            .arg(keys.present(InstanceId::new(1, 1)))
+            .arg(T0)
+            .arg("9")
+            .clone(),
+        // a second join in a row
+        redis::cmd("XADD")
+            .arg(keys.events(InstanceId::new(2, 1)))
+            .arg("*")
+            .arg("u")
+            .arg("1")
+            .arg("t")
+            .arg("1")
+            .arg("at")
+            .arg(T0)
+            .clone(),
+        // an active instance out of the active index
+        redis::cmd("ZREM")
+            .arg(meetingd::store::Keys::active(keys.partition(4)))
+            .arg("4/1")
+            .clone(),
+        // an orphan: the events of an instance nobody scheduled
+        redis::cmd("XADD")
+            .arg(keys.events(InstanceId::new(99, 1)))
+            .arg("*")
+            .arg("u")
+            .arg("1")
+            .arg("t")
+            .arg("1")
+            .arg("at")
+            .arg(T0)
+            .clone(),
+        // a key that is not of the layout
+        redis::cmd("SET")
+            .arg("meetingd:{p1}:weird")
+            .arg("x")
+            .clone(),
+    ];
+    for cmd in &damage {
+        let _: redis::Value = cmd.query_async(&mut conn).await.expect("damage");
+    }
+    let problems = store.check().await.expect("check");
+    let expected = [
+        "instance 1/1: participants differ from the event log",
+        "instance 2/1: user 1 has a join right after a join",
+        "instance 4/1: active but not in the active index",
+        "an orphan key: instance 99/1 does not exist",
+        "meetingd:{p1}:weird: not a key of meetingd's layout",
+    ];
+    for needle in expected {
+        assert!(
+            problems.iter().any(|p| p.contains(needle)),
+            "{needle:?} in {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+    let (code, out) = check_cli(&redis);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(out.lines().count(), expected.len(), "{out}");
+}

@@ -3,6 +3,7 @@
 
 mod check;
 mod ctl;
+mod fuzz;
 mod harness;
 mod invariant;
 mod lifecycle;

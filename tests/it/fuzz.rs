@@ -1,0 +1,148 @@
+//! Generated input against the whole daemon: thousands of command-like
+//! lines, well-formed or not, over a real socket to a real daemon on a
+//! real Redis. Every line gets exactly one reply, in order, with a code of
+//! the spec and never `internal`; the daemon keeps serving, and the data
+//! stays consistent (`meetingd check`).
+
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::TestRunner;
+
+use crate::harness::{Daemon, Redis};
+
+/// Arguments that are sometimes right and mostly a little wrong.
+fn token() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (1u64..6).prop_map(|n| n.to_string()),
+        (1u64..4, 1u64..4).prop_map(|(m, o)| format!("{m}/{o}")),
+        Just("0".to_string()),
+        Just("-1".to_string()),
+        Just("9007199254740992".to_string()),
+        Just("3/x".to_string()),
+        Just("a@b.c".to_string()),
+        Just("no-at".to_string()),
+        Just("2026-11-22T10:00:00Z".to_string()),
+        Just("\"quoted \\\"text\\\"\"".to_string()),
+        Just("\"unterminated".to_string()),
+        Just("true".to_string()),
+        prop::sample::select(vec![
+            "name",
+            "age",
+            "gender",
+            "email",
+            "title",
+            "description",
+            "public",
+            "from",
+            "to",
+            "AFTER",
+            "LIMIT",
+            "USER"
+        ])
+        .prop_map(String::from),
+        "[ -~]{0,8}",
+        any::<u32>().prop_map(|n| n.to_string()),
+    ]
+}
+
+fn line() -> impl Strategy<Value = String> {
+    let command = prop::sample::select(vec![
+        "PING",
+        "HELP",
+        "USER SET",
+        "USER GET",
+        "MEETING SET",
+        "MEETING GET",
+        "AUDIENCE ADD",
+        "AUDIENCE DEL",
+        "INSTANCE SET",
+        "END",
+        "TICK",
+        "JOIN",
+        "LEAVE",
+        "PARTICIPANTS",
+        "ACTIVE",
+        "ATTENDANCE",
+        "POST",
+        "MESSAGES",
+        "EVENTS",
+        "STATS",
+        "FROB",
+        "user get",
+        "join",
+    ]);
+    (command, prop::collection::vec(token(), 0..7))
+        .prop_map(|(c, args)| format!("{c} {}", args.join(" ")))
+}
+
+const CODES: [&str; 10] = [
+    "bad_request",
+    "unknown_command",
+    "not_found",
+    "inactive",
+    "not_allowed",
+    "already_joined",
+    "not_joined",
+    "permission_denied",
+    "too_large",
+    "unavailable",
+];
+
+#[test]
+fn thousands_of_generated_lines_each_get_one_reply() {
+    let redis = Redis::start();
+    let daemon = Daemon::start(&redis, &[]);
+    let mut c = daemon.client();
+    // some data for the generated commands to hit
+    for u in 1..=5 {
+        c.ok(&format!(
+            "USER SET {u} name U{u} age 30 gender x email u{u}@b.c"
+        ));
+    }
+    for m in 1..=3 {
+        c.ok(&format!(
+            "MEETING SET {m} title M{m} description d public {}",
+            m != 3
+        ));
+        c.ok(&format!(
+            "INSTANCE SET {m} 1 from 2026-01-01T00:00:00Z to 2099-01-01T00:00:00Z"
+        ));
+    }
+    c.ok("TICK");
+    let mut runner = TestRunner::deterministic();
+    let strategy = line();
+    let mut sent = 0;
+    for _round in 0..10 {
+        let lines: Vec<String> = (0..300)
+            .map(|_| strategy.new_tree(&mut runner).expect("a line").current())
+            .filter(|l| !l.trim_start().to_ascii_uppercase().starts_with("QUIT"))
+            .collect();
+        let batch: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        c.send(batch.as_bytes());
+        for line in &lines {
+            let reply = c.reply().unwrap_or_else(|| panic!("no reply to {line:?}"));
+            match reply["ok"].as_bool() {
+                Some(true) => {}
+                Some(false) => {
+                    let code = reply["error"]["code"].as_str().unwrap_or("?");
+                    assert!(CODES.contains(&code), "{line:?} got {reply}");
+                }
+                None => panic!("{line:?} got {reply}"),
+            }
+        }
+        sent += lines.len();
+        assert_eq!(c.ok("PING"), "PONG", "the same connection goes on");
+    }
+    assert!(sent >= 2900, "{sent} lines");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meetingd"))
+        .arg("check")
+        .arg("--redis")
+        .arg(redis.url())
+        .output()
+        .expect("meetingd check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -3,6 +3,7 @@
 
 mod check;
 mod ctl;
+mod faults;
 mod fuzz;
 mod harness;
 mod invariant;

@@ -1,7 +1,5 @@
 //! `meetingd check`: clean data passes, every kind of damage is reported.
 
-use std::process::Command;
-
 use meetingd::store::{InstanceId, InstanceRef, Meeting, Store, User};
 
 use crate::harness::{MIN, Redis, T0};
@@ -52,26 +50,13 @@ async fn scenario(store: &Store) {
     store.end(InstanceRef::Current(3)).await.expect("end");
 }
 
-fn check_cli(redis: &Redis) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_meetingd"))
-        .arg("check")
-        .arg("--redis")
-        .arg(redis.url())
-        .output()
-        .expect("meetingd check");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn clean_data_passes_and_damage_is_reported() {
     let redis = Redis::start();
     let (store, _clock) = redis.store(T0).await;
     scenario(&store).await;
     assert_eq!(store.check().await.expect("check"), Vec::<String>::new());
-    let (code, out) = check_cli(&redis);
+    let (code, out) = redis.check();
     assert_eq!((code, out.trim()), (0, "clean"));
 
     let mut conn = redis.conn().await;
@@ -134,7 +119,9 @@ async fn clean_data_passes_and_damage_is_reported() {
         );
     }
     assert_eq!(problems.len(), expected.len(), "{problems:#?}");
-    let (code, out) = check_cli(&redis);
+    let (code, out) = redis.check();
     assert_eq!(code, 1, "{out}");
-    assert_eq!(out.lines().count(), expected.len(), "{out}");
+    let lines = out.lines().filter(|l| !l.starts_with("meetingd: ")).count();
+    assert_eq!(lines, expected.len(), "one line per problem: {out}");
+    assert!(out.contains("meetingd: 5 problems"), "{out}");
 }

@@ -10,21 +10,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Client, Daemon, Redis};
 
-fn check_clean(redis: &Redis) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meetingd"))
-        .arg("check")
-        .arg("--redis")
-        .arg(redis.url())
-        .output()
-        .expect("meetingd check");
-    assert!(
-        out.status.success(),
-        "meetingd check: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Every entry of a paged list (`MESSAGES`, `EVENTS`).
 fn all_pages(c: &mut Client, command: &str, list: &str) -> Vec<serde_json::Value> {
     let mut all = Vec::new();
@@ -129,7 +114,7 @@ fn kill_9_of_the_daemon_under_load_then_restart() {
     assert!(acknowledged > 50, "the load ran: {acknowledged}");
     let mut c = Client::connect(&socket).expect("the restarted daemon serves");
     assert_eq!(c.ok("PING"), "PONG");
-    check_clean(&redis);
+    redis.assert_consistent();
 }
 
 #[test]
@@ -179,7 +164,7 @@ fn kill_9_of_redis_loses_nothing_acknowledged() {
         joins_stored >= joins_acked,
         "{joins_stored} joins stored, {joins_acked} acknowledged"
     );
-    check_clean(&redis);
+    redis.assert_consistent();
 }
 
 #[test]
@@ -234,7 +219,7 @@ fn function_flush_under_load_fails_no_request() {
         assert!(failures.is_empty(), "{failures:?}");
     }
     assert!(rounds > 20, "the load ran: {rounds}");
-    check_clean(&redis);
+    redis.assert_consistent();
 }
 
 #[test]
@@ -290,7 +275,7 @@ fn redis_gone_for_ten_seconds_then_everything_catches_up() {
     }
     assert_eq!(c.ok("PARTICIPANTS 1/1")[0]["user"], 1, "the data survived");
     c.ok("JOIN 2 2");
-    check_clean(&redis);
+    redis.assert_consistent();
 }
 
 #[test]
@@ -368,5 +353,5 @@ fn two_daemons_ticking_one_redis_under_load() {
         );
     }
     assert!(joins > 12, "users got in: {joins}");
-    check_clean(&redis);
+    redis.assert_consistent();
 }

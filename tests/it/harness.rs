@@ -140,6 +140,29 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// `meetingd check` on this Redis: its exit status and output.
+    #[allow(dead_code)]
+    pub fn check(&self) -> (i32, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_meetingd"))
+            .arg("check")
+            .arg("--redis")
+            .arg(self.url())
+            .output()
+            .expect("meetingd check runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// Assert that `meetingd check` finds nothing wrong.
+    #[allow(dead_code)]
+    pub fn assert_consistent(&self) {
+        let (code, out) = self.check();
+        assert_eq!(code, 0, "meetingd check: {out}");
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -42,6 +42,16 @@ enum Bench {
         #[arg(long, default_value_t = 100_000)]
         count: u64,
     },
+    /// A realistic mix at half the maximum rate for a while: errors, p99
+    /// and the daemon's memory, minute by minute (its own Redis and daemon).
+    Soak {
+        /// How long, in minutes.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Client connections.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+    },
     /// Time one tick with `due` transitions among `stored` instances.
     Tick {
         /// Redis to use (flushed!); default: a redis-server of our own.
@@ -121,6 +131,10 @@ async fn main() -> std::process::ExitCode {
         Bench::Run(args) => run(args).await,
         Bench::Fill(args) => fill_command(args).await,
         Bench::Memory { count } => memory(count).await,
+        Bench::Soak {
+            minutes,
+            connections,
+        } => soak(minutes, connections).await,
         Bench::Tick {
             redis,
             stored,
@@ -424,4 +438,73 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+}
+
+/// The soak: a realistic mix at half its maximum rate, a row a minute.
+async fn soak(minutes: u64, connections: usize) -> Result<(), String> {
+    let redis = OwnRedis::start(true)?;
+    let daemon = OwnDaemon::start(&redis.url)?;
+    let store = Store::connect(store_options(&redis.url))
+        .await
+        .map_err(|e| e.to_string())?;
+    let world = World {
+        meetings: 64,
+        sitting: 20,
+        now: store.now(),
+    };
+    world.create(&store, connections, 1).await?;
+    fill(&store, &world, 10_000, 10_000).await?;
+    let span = Span {
+        duration: Duration::from_secs(5),
+        count: None,
+    };
+    let max = drive::through_daemon(
+        daemon.socket.clone(),
+        world,
+        Mix::Realistic,
+        connections,
+        1,
+        span,
+    )
+    .await;
+    let rate = max.rate() / 2.0;
+    let rss_start = rss_kib(daemon.pid()).unwrap_or(0);
+    println!(
+        "realistic mix, {connections} connections: maximum {:.0} ops/s; soaking at {rate:.0} ops/s for {minutes} min",
+        max.rate()
+    );
+    println!("| minute | requests/s | p50 ms | p99 ms | p99.9 ms | errors | daemon RSS MiB |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let mut errors = 0;
+    for minute in 1..=minutes {
+        let m = drive::at_rate(
+            daemon.socket.clone(),
+            world,
+            Mix::Realistic,
+            connections,
+            rate,
+            Duration::from_secs(60),
+        )
+        .await;
+        errors += m.errors;
+        println!(
+            "| {minute} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.1} |",
+            m.rate(),
+            m.quantile_ms(0.5),
+            m.quantile_ms(0.99),
+            m.quantile_ms(0.999),
+            m.errors,
+            rss_kib(daemon.pid()).unwrap_or(0) as f64 / 1024.0
+        );
+    }
+    let rss_end = rss_kib(daemon.pid()).unwrap_or(0);
+    println!(
+        "daemon RSS: {:.1} MiB at the start, {:.1} MiB at the end; {errors} errors",
+        rss_start as f64 / 1024.0,
+        rss_end as f64 / 1024.0
+    );
+    if errors > 0 {
+        return Err(format!("{errors} operations failed"));
+    }
+    Ok(())
 }

@@ -11,8 +11,10 @@
 //!   each opening with its KEYS, ARGV, reply and errors.
 //! - [`store`]: the only module that talks to Redis: the key layout
 //!   (`store/keys.rs`), the assembled library (`store/library.rs`), reply
-//!   decoding (`store/reply.rs`), typed results (`store/types.rs`) and one
-//!   method per operation (`store/mod.rs`).
+//!   decoding (`store/reply.rs`), typed results (`store/types.rs`), one
+//!   method per operation (`store/mod.rs`), bulk loading
+//!   (`store/load.rs`) and the consistency check of `meetingd check`
+//!   (`store/check.rs`).
 //! - [`protocol`]: a request line into a typed request, a result into a
 //!   reply line. Pure, property-tested.
 //! - [`cmd`]: requests applied to the store, one file per command family.
@@ -27,7 +29,7 @@
 //!   validated configuration.
 //! - [`stats`]: the counters STATS shows. [`error`]: the protocol's error
 //!   codes. [`clock`]: where "now" comes from.
-//! - `src/main.rs`: `meetingd` (serve, check-config, library);
+//! - `src/main.rs`: `meetingd` (serve, check, check-config, library);
 //!   `src/bin/meetingctl.rs`: the client; `src/bin/meetingd-bench.rs`:
 //!   measurements.
 //!

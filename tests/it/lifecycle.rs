@@ -147,7 +147,7 @@ fn sighup_changes_the_log_level_and_the_admins_while_serving() {
 
     std::fs::write(
         &config,
-        "[log]\nlevel = \"debug\"\n[socket]\nmode = \"0666\"\n[admin]\nuids = [65534]\n",
+        "[log]\nlevel = \"debug\"\n[socket]\nmode = \"0666\"\n[admin]\nuids = [65534]\n[redis]\ntimeout_ms = 999\n",
     )
     .expect("new config");
     signal(&daemon, libc::SIGHUP);
@@ -160,6 +160,11 @@ fn sighup_changes_the_log_level_and_the_admins_while_serving() {
         "the open connection is served throughout"
     );
     assert_eq!(daemon.client().ok("PING"), "PONG");
+    assert!(
+        daemon.log().contains("redis.timeout_ms") && daemon.log().contains("ignored"),
+        "what needs a restart is logged as ignored: {}",
+        daemon.log()
+    );
     wait_until("a debug line", Duration::from_secs(5), || {
         daemon.log().contains("latency_ms")
     });
@@ -473,4 +478,23 @@ fn the_retention_setting_reaches_the_data() {
         .expect("time")
         .timestamp_millis();
     assert_eq!(at, end + 2 * 86_400_000);
+}
+
+#[test]
+fn without_redis_server_the_error_says_how_to_install_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_meetingd"))
+        .arg("serve")
+        .arg("--socket")
+        .arg(dir.path().join("meetingd.sock"))
+        .env(
+            "MEETINGD_EMBEDDED__REDIS_SERVER",
+            "/nonexistent/redis-server",
+        )
+        .env("MEETINGD_EMBEDDED__DATA_DIR", dir.path().join("data"))
+        .output()
+        .expect("meetingd runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("apt-get install redis-server"), "{stderr}");
 }

@@ -510,6 +510,35 @@ pub async fn users(store: &Store, ids: impl IntoIterator<Item = u64>) {
     }
 }
 
+/// Public meetings 1..=meetings, each with instance 1 over [T0, T0+10min)
+/// and instance 2 over [T0+10min, T0+20min); a tick at T0; users
+/// 1..=people (already created) join each meeting's first instance.
+#[allow(dead_code)]
+pub async fn back_to_back(store: &Store, meetings: u64, people: u64) {
+    for m in 1..=meetings {
+        public_meeting(store, m).await;
+        let first = meetingd::store::InstanceId::new(m, 1);
+        let second = meetingd::store::InstanceId::new(m, 2);
+        store
+            .instance_set(first, T0, T0 + 10 * MIN)
+            .await
+            .expect("first instance");
+        store
+            .instance_set(second, T0 + 10 * MIN, T0 + 20 * MIN)
+            .await
+            .expect("second instance");
+    }
+    store.tick(T0).await.expect("first tick");
+    for m in 1..=meetings {
+        for u in 1..=people {
+            store
+                .join(u, meetingd::store::InstanceRef::Current(m))
+                .await
+                .expect("join");
+        }
+    }
+}
+
 /// 2026-11-22T10:00:00Z in ms: the tests' usual "now".
 pub const T0: i64 = 1_795_341_600_000;
 /// One minute in ms.

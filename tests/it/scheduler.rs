@@ -15,7 +15,7 @@ use meetingd::store::{
     EventKind, InstanceId, InstanceRef, InstanceState, Load, Store, StoreError, TickReport,
 };
 
-use crate::harness::{Daemon, MIN, Redis, T0, meeting_fields, public_meeting, users};
+use crate::harness::{Daemon, MIN, Redis, T0, back_to_back, meeting_fields, public_meeting, users};
 
 async fn state(store: &Store, instance: InstanceId) -> InstanceState {
     store
@@ -249,23 +249,7 @@ async fn interruptible_setup(redis: &Redis) -> (Store, ManualClock) {
     for u in 1..=3 {
         users(&store, [u]).await;
     }
-    for m in 1..=8 {
-        public_meeting(&store, m).await;
-        store
-            .instance_set(InstanceId::new(m, 1), T0, T0 + 10 * MIN)
-            .await
-            .expect("1");
-        store
-            .instance_set(InstanceId::new(m, 2), T0 + 10 * MIN, T0 + 20 * MIN)
-            .await
-            .expect("2");
-    }
-    store.tick(T0).await.expect("first tick");
-    for m in 1..=8 {
-        for u in 1..=3 {
-            store.join(u, InstanceRef::Current(m)).await.expect("join");
-        }
-    }
+    back_to_back(&store, 8, 3).await;
     clock.set(T0 + 10 * MIN);
     (store, clock)
 }

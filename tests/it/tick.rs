@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use meetingd::store::{Event, EventKind, InstanceId, InstanceRef, InstanceState, Load, Store};
 
-use crate::harness::{MIN, Redis, T0, meeting_fields, public_meeting, users};
+use crate::harness::{MIN, Redis, T0, back_to_back, meeting_fields, public_meeting, users};
 
 async fn all_events(store: &Store, instance: InstanceId) -> Vec<Event> {
     let mut all = Vec::new();
@@ -108,23 +108,7 @@ async fn concurrent_ticks_apply_each_transition_once() {
     let redis = Redis::start();
     let (store, clock) = redis.store(T0).await;
     users(&store, 1..=5).await;
-    for m in 1..=200 {
-        public_meeting(&store, m).await;
-        store
-            .instance_set(InstanceId::new(m, 1), T0, T0 + 10 * MIN)
-            .await
-            .expect("ending");
-        store
-            .instance_set(InstanceId::new(m, 2), T0 + 10 * MIN, T0 + 20 * MIN)
-            .await
-            .expect("starting");
-    }
-    store.tick(T0).await.expect("first tick");
-    for m in 1..=200 {
-        for u in 1..=5 {
-            store.join(u, InstanceRef::Current(m)).await.expect("join");
-        }
-    }
+    back_to_back(&store, 200, 5).await;
     let at = T0 + 10 * MIN;
     clock.set(at);
     let mut tickers = Vec::new();

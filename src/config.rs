@@ -90,6 +90,9 @@ pub struct RawRedis {
     /// `redis://[:password@]host:port/db` or `redis+unix:///path`; empty:
     /// the embedded redis-server.
     pub url: String,
+    /// A Redis Cluster's nodes (`redis://host:port`, a few are enough to
+    /// find the rest); when given, `url` must be empty.
+    pub cluster: Vec<String>,
     /// How long a call may take before the request is `unavailable`, ms.
     pub timeout_ms: u64,
     /// Partitions meetings are spread over; fixed for the life of the data.
@@ -100,6 +103,7 @@ impl Default for RawRedis {
     fn default() -> Self {
         RawRedis {
             url: String::new(),
+            cluster: Vec::new(),
             timeout_ms: 1000,
             partitions: 16,
         }
@@ -264,6 +268,8 @@ pub struct Overrides {
     pub socket: Option<PathBuf>,
     /// `--redis`
     pub redis: Option<String>,
+    /// `--redis-cluster`
+    pub redis_cluster: Option<Vec<String>>,
 }
 
 /// The validated configuration.
@@ -271,8 +277,10 @@ pub struct Overrides {
 pub struct Config {
     /// The control socket.
     pub socket: SocketConfig,
-    /// `None`: run the embedded redis-server.
+    /// `None` (and no cluster): run the embedded redis-server.
     pub redis_url: Option<String>,
+    /// A Redis Cluster's nodes; empty: not a cluster.
+    pub redis_cluster: Vec<String>,
     /// A Redis call's time limit.
     pub redis_timeout: Duration,
     /// Partitions of the key layout.
@@ -354,7 +362,8 @@ impl RawConfig {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("admin.uids")
-                .with_list_parse_key("admin.gids"),
+                .with_list_parse_key("admin.gids")
+                .with_list_parse_key("redis.cluster"),
         );
         let built = builder
             .build()
@@ -367,6 +376,11 @@ impl RawConfig {
         }
         if let Some(redis) = &overrides.redis {
             raw.redis.url = redis.clone();
+            raw.redis.cluster.clear();
+        }
+        if let Some(cluster) = &overrides.redis_cluster {
+            raw.redis.cluster = cluster.clone();
+            raw.redis.url.clear();
         }
         Ok(raw)
     }
@@ -423,6 +437,27 @@ impl RawConfig {
                 Some(url.to_string())
             }
         };
+        let redis_cluster: Vec<String> = self
+            .redis
+            .cluster
+            .iter()
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        for url in &redis_cluster {
+            redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(|e| {
+                bad(
+                    "redis.cluster",
+                    format!("{} is not a Redis URL ({e})", redact_url(url)),
+                )
+            })?;
+        }
+        if redis_url.is_some() && !redis_cluster.is_empty() {
+            return Err(bad(
+                "redis.cluster",
+                "set either redis.url or redis.cluster, not both",
+            ));
+        }
         let page = positive("limits.page", self.limits.page)?;
         if page > 1000 {
             return Err(bad(
@@ -468,6 +503,7 @@ impl RawConfig {
         Ok(Config {
             socket,
             redis_url,
+            redis_cluster,
             redis_timeout: Duration::from_millis(positive(
                 "redis.timeout_ms",
                 self.redis.timeout_ms,
@@ -512,6 +548,7 @@ impl RawConfig {
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.redis.url = redact_url(&shown.redis.url);
+        shown.redis.cluster = shown.redis.cluster.iter().map(|u| redact_url(u)).collect();
         toml::to_string(&shown)
             .unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
     }

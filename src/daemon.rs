@@ -60,6 +60,7 @@ pub struct Source {
 
 fn store_options(config: &Config, url: String) -> StoreOptions {
     let mut options = StoreOptions::new(url);
+    options.cluster = config.redis_cluster.clone();
     options.partitions = config.partitions;
     options.timeout = config.redis_timeout;
     options.tick_batch = config.tick_batch;
@@ -158,9 +159,9 @@ fn listener(config: &Config) -> Result<(UnixListener, bool), DaemonError> {
 pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), DaemonError> {
     let mut signals = signals()?;
     notify(&[NotifyState::Status("starting")]);
-    let embedded = match &config.redis_url {
-        Some(_) => None,
-        None => {
+    let embedded = match (&config.redis_url, config.redis_cluster.is_empty()) {
+        (Some(_), _) | (None, false) => None,
+        (None, true) => {
             notify(&[NotifyState::Status("starting the embedded redis-server")]);
             Some(EmbeddedRedis::start(&config.embedded).await?)
         }
@@ -168,7 +169,8 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
     let url = match (&config.redis_url, &embedded) {
         (Some(url), _) => url.clone(),
         (None, Some(embedded)) => embedded.url().to_string(),
-        (None, None) => unreachable!("the embedded Redis runs when no URL is configured"),
+        // a cluster: the store connects to config.redis_cluster
+        (None, None) => String::new(),
     };
     notify(&[NotifyState::Status("connecting to Redis")]);
     let store = tokio::select! {
@@ -296,6 +298,7 @@ fn apply_reload(old: &Config, new: &Config, log: &LogHandle, live_tx: &watch::Se
         ("socket.mode", old.socket.mode != new.socket.mode),
         ("socket.group", old.socket.group != new.socket.group),
         ("redis.url", old.redis_url != new.redis_url),
+        ("redis.cluster", old.redis_cluster != new.redis_cluster),
         ("redis.timeout_ms", old.redis_timeout != new.redis_timeout),
         ("redis.partitions", old.partitions != new.partitions),
         ("scheduler.tick_batch", old.tick_batch != new.tick_batch),

@@ -41,8 +41,12 @@ struct Settings {
     socket: Option<PathBuf>,
     /// Redis: redis://host:port/db or redis+unix:///path/to/redis.sock
     /// (overrides redis.url; without any, meetingd runs its own Redis).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "redis_cluster")]
     redis: Option<String>,
+    /// A Redis Cluster: some of its nodes, comma-separated
+    /// (redis://127.0.0.1:7000,redis://127.0.0.1:7001); overrides redis.cluster.
+    #[arg(long, value_delimiter = ',')]
+    redis_cluster: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -52,6 +56,7 @@ impl Settings {
             overrides: Overrides {
                 socket: self.socket,
                 redis: self.redis,
+                redis_cluster: self.redis_cluster,
             },
         }
     }
@@ -125,6 +130,7 @@ fn check(source: Source) -> ExitCode {
         )
     });
     let mut options = meetingd::store::StoreOptions::new(url);
+    options.cluster = config.redis_cluster.clone();
     options.partitions = config.partitions;
     options.timeout = std::time::Duration::from_secs(10);
     // read-only: never load (or replace) the library

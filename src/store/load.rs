@@ -2,8 +2,6 @@
 //! operators filling a Redis. The same library functions as one at a time
 //! (every rule still applies), pipelined: a round trip carries a chunk.
 
-use redis::Value;
-
 use super::types::{InstanceId, Meeting, Millis, User};
 use super::{Keys, Store, StoreError};
 
@@ -72,7 +70,8 @@ pub struct LoadReport {
 const CHUNK: usize = 1000;
 
 impl Store {
-    /// Write `records` in pipelined chunks, in order.
+    /// Write `records` in pipelined chunks, in order (on a cluster one call
+    /// after the other: slower, but records may depend on earlier ones).
     pub async fn load(
         &self,
         records: impl IntoIterator<Item = Load>,
@@ -82,21 +81,17 @@ impl Store {
         let mut records = records.into_iter().peekable();
         while records.peek().is_some() {
             let mut pipe = redis::pipe();
-            pipe.ignore_errors();
             for record in records.by_ref().take(CHUNK) {
                 self.add_to(&mut pipe, record);
             }
-            let mut conn = self.conn.clone();
-            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
-            for reply in replies {
+            for reply in self.run_all(&pipe, true).await? {
                 match reply {
-                    Value::ServerError(err) => {
+                    Err(err) if err.code().is_some() => {
                         report.refused += 1;
-                        report.first_refusal.get_or_insert_with(|| {
-                            format!("{} {}", err.code(), err.details().unwrap_or_default())
-                        });
+                        report.first_refusal.get_or_insert_with(|| err.to_string());
                     }
-                    _ => report.written += 1,
+                    Err(err) => return Err(err.into()),
+                    Ok(_) => report.written += 1,
                 }
             }
         }

@@ -13,6 +13,7 @@
 //! loads it and is retried once, which is safe because nothing ran.
 
 mod check;
+mod conn;
 mod keys;
 mod library;
 mod load;
@@ -23,8 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ErrorKind, PushKind, RedisError, Value};
+use redis::{Cmd, ErrorKind, RedisError, Value};
 
 pub use keys::Keys;
 pub use library::{Library, library};
@@ -92,6 +92,9 @@ impl From<RedisError> for StoreError {
 pub struct StoreOptions {
     /// `redis://host:port/db` or `redis+unix:///path/to/socket`.
     pub url: String,
+    /// A Redis Cluster's nodes (`redis://host:port`); when given, `url` is
+    /// not used.
+    pub cluster: Vec<String>,
     /// P: meetings are spread over this many partitions (hash tags).
     pub partitions: u64,
     /// How long a Redis call may take before it fails as unavailable.
@@ -113,6 +116,7 @@ impl StoreOptions {
     pub fn new(url: impl Into<String>) -> Self {
         StoreOptions {
             url: url.into(),
+            cluster: Vec::new(),
             partitions: 16,
             timeout: Duration::from_secs(1),
             tick_batch: 100,
@@ -127,7 +131,7 @@ impl StoreOptions {
 /// multiplexed connection, which reconnects by itself.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: conn::Conn,
     keys: Keys,
     clock: Arc<dyn Clock>,
     /// False after a disconnection: the library is checked before the next
@@ -154,27 +158,8 @@ impl Store {
         options: StoreOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Store, StoreError> {
-        let info = redis::IntoConnectionInfo::into_connection_info(options.url.as_str())
-            .map_err(|e| StoreError::Internal(format!("bad Redis URL: {e}")))?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
         let library_checked = Arc::new(AtomicBool::new(false));
-        let flag = library_checked.clone();
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(options.timeout))
-            .set_connection_timeout(Some(options.timeout))
-            .set_max_delay(Duration::from_millis(500))
-            .set_number_of_retries(2)
-            .set_push_sender(move |info: redis::PushInfo| {
-                if info.kind == PushKind::Disconnection {
-                    flag.store(false, Ordering::SeqCst);
-                }
-                Ok::<(), ()>(())
-            });
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let conn = conn::Conn::open(&options, library_checked.clone()).await?;
         let store = Store {
             conn,
             keys: Keys::new(options.partitions),
@@ -213,8 +198,15 @@ impl Store {
         Ok(started.elapsed())
     }
 
-    /// Load the library unless the loaded one has our version.
+    /// Load the library unless the loaded one has our version. On a
+    /// cluster, load it on every master (FUNCTION LOAD goes to all of them):
+    /// a version read from one node says nothing of the others.
     pub async fn ensure_library(&self) -> Result<(), StoreError> {
+        if self.conn.is_cluster() {
+            self.load_library().await?;
+            self.library_checked.store(true, Ordering::SeqCst);
+            return Ok(());
+        }
         let mut conn = self.conn.clone();
         let loaded: Result<String, RedisError> = redis::cmd("FCALL")
             .arg("meet_version")
@@ -319,7 +311,6 @@ impl Store {
             self.ensure_library().await?;
         }
         let mut pipe = redis::pipe();
-        pipe.ignore_errors();
         for &user in users {
             pipe.cmd("FCALL")
                 .arg("meet_user_get")
@@ -327,28 +318,63 @@ impl Store {
                 .arg(Keys::user(user))
                 .arg(user.to_string());
         }
-        let mut conn = self.conn.clone();
-        let mut replies: Vec<Value> = pipe.query_async(&mut conn).await?;
-        if replies.iter().any(|r| matches!(r, Value::ServerError(e) if e.details().is_some_and(|d| d.starts_with("Function not found")))) {
+        let mut replies = self.run_all(&pipe, false).await?;
+        if replies
+            .iter()
+            .any(|r| r.as_ref().is_err_and(function_missing))
+        {
             self.load_library().await?;
-            replies = pipe.query_async(&mut conn).await?;
+            replies = self.run_all(&pipe, false).await?;
         }
         replies
             .into_iter()
             .map(|reply| match reply {
-                Value::ServerError(err) => {
-                    let err: RedisError = err.into();
-                    match StoreError::from(err) {
-                        StoreError::Rule {
-                            code: Code::NotFound,
-                            ..
-                        } => Ok(None),
-                        other => Err(other),
-                    }
-                }
-                value => decode_user(Fields::new("meet_user_get", value)?).map(Some),
+                Err(err) => match StoreError::from(err) {
+                    StoreError::Rule {
+                        code: Code::NotFound,
+                        ..
+                    } => Ok(None),
+                    other => Err(other),
+                },
+                Ok(value) => decode_user(Fields::new("meet_user_get", value)?).map(Some),
             })
             .collect()
+    }
+
+    /// Run many commands in one go, each with its own outcome: one pipeline
+    /// on a single Redis (in order); on a cluster (whose pipelines must not
+    /// span slots) concurrent calls, which the cluster connection pipelines
+    /// per node, or one after the other when `ordered`.
+    async fn run_all(
+        &self,
+        pipe: &redis::Pipeline,
+        ordered: bool,
+    ) -> Result<Vec<Result<Value, RedisError>>, StoreError> {
+        let mut conn = self.conn.clone();
+        if self.conn.is_cluster() && ordered {
+            let mut out = Vec::new();
+            for cmd in pipe.cmd_iter() {
+                out.push(cmd.query_async::<Value>(&mut conn).await);
+            }
+            return Ok(out);
+        }
+        if self.conn.is_cluster() {
+            let calls = pipe.cmd_iter().map(|cmd| {
+                let mut conn = conn.clone();
+                async move { cmd.query_async::<Value>(&mut conn).await }
+            });
+            return Ok(futures_util::future::join_all(calls).await);
+        }
+        let mut pipe = pipe.clone();
+        pipe.ignore_errors();
+        let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+        Ok(replies
+            .into_iter()
+            .map(|reply| match reply {
+                Value::ServerError(err) => Err(err.into()),
+                value => Ok(value),
+            })
+            .collect())
     }
 
     // ---- meetings ----

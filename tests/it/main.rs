@@ -2,6 +2,7 @@
 //! (see `harness`), never a mock.
 
 mod check;
+mod cluster;
 mod ctl;
 mod faults;
 mod fuzz;

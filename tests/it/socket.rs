@@ -64,8 +64,13 @@ fn seed(c: &mut Client) {
 fn the_seed_scenario_end_to_end() {
     let redis = Redis::start();
     let daemon = Daemon::start(&redis, &[]);
-    let mut c = daemon.client();
-    seed(&mut c);
+    seed_scenario(&mut daemon.client());
+}
+
+/// The seed documents' scenario over a connection to a fresh daemon: also
+/// run against a Redis Cluster (see `cluster`).
+pub fn seed_scenario(c: &mut Client) {
+    seed(c);
 
     // joins allowed and refused
     let joined = c.ok("JOIN 1 1");

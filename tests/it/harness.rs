@@ -163,6 +163,26 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// Keep the server busy (DEBUG SLEEP) for `seconds` from another
+    /// thread: requests queue up or time out meanwhile.
+    #[allow(dead_code)]
+    pub fn sleep_in_background(&self, seconds: f64) -> std::thread::JoinHandle<()> {
+        let url = self.url();
+        std::thread::spawn(move || {
+            let mut conn = redis::Client::open(url)
+                .expect("client")
+                .get_connection()
+                .expect("connect");
+            let _: () = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(seconds)
+                .query(&mut conn)
+                .expect("DEBUG SLEEP");
+        })
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -537,6 +557,25 @@ pub async fn back_to_back(store: &Store, meetings: u64, people: u64) {
                 .expect("join");
         }
     }
+}
+
+/// Load meetings 1..=count through the store, each with one instance a
+/// minute long: at T0 when `due(meeting)`, else a day later.
+#[allow(dead_code)]
+pub async fn one_instance_meetings(store: &Store, count: u64, due: impl Fn(u64) -> bool) {
+    let records = (1..=count).flat_map(|m| {
+        let from = if due(m) { T0 } else { T0 + 24 * 60 * MIN };
+        [
+            meetingd::store::Load::Meeting(meeting_fields(m)),
+            meetingd::store::Load::Instance {
+                id: meetingd::store::InstanceId::new(m, 1),
+                from,
+                to: from + MIN,
+            },
+        ]
+    });
+    let loaded = store.load(records).await.expect("load");
+    assert_eq!(loaded.refused, 0, "{loaded:?}");
 }
 
 /// 2026-11-22T10:00:00Z in ms: the tests' usual "now".

@@ -41,18 +41,7 @@ fn sigterm_answers_every_request_in_flight_then_exits_0() {
     }
     drop(setup);
     // Redis busy for a while: the requests below queue up in the daemon
-    let url = redis.url();
-    let sleeper = std::thread::spawn(move || {
-        let mut conn = redis::Client::open(url)
-            .expect("client")
-            .get_connection()
-            .expect("connect");
-        let _: () = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg("0.4")
-            .query(&mut conn)
-            .expect("sleep");
-    });
+    let sleeper = redis.sleep_in_background(0.4);
     std::thread::sleep(Duration::from_millis(50));
     let mut clients: Vec<Client> = (0..10).map(|_| daemon.client()).collect();
     for (i, client) in clients.iter_mut().enumerate() {

@@ -12,10 +12,12 @@ use meetingd::clock::{ManualClock, Millis};
 use meetingd::scheduler::{Scheduler, TickError, TickWork, Trigger};
 use meetingd::stats::Stats;
 use meetingd::store::{
-    EventKind, InstanceId, InstanceRef, InstanceState, Load, Store, StoreError, TickReport,
+    EventKind, InstanceId, InstanceRef, InstanceState, Store, StoreError, TickReport,
 };
 
-use crate::harness::{Daemon, MIN, Redis, T0, back_to_back, meeting_fields, public_meeting, users};
+use crate::harness::{
+    Daemon, MIN, Redis, T0, back_to_back, one_instance_meetings, public_meeting, users,
+};
 
 async fn state(store: &Store, instance: InstanceId) -> InstanceState {
     store
@@ -507,19 +509,7 @@ async fn the_daemon_ticks_before_it_serves() {
 async fn a_tick_of_10000_among_100000_keeps_every_call_short() {
     let redis = Redis::start_with(&["--slowlog-log-slower-than", "10000"]);
     let (store, _clock) = redis.store(T0).await;
-    let records = (1..=100_000u64).flat_map(|m| {
-        let from = if m % 10 == 0 { T0 } else { T0 + 24 * 60 * MIN };
-        [
-            Load::Meeting(meeting_fields(m)),
-            Load::Instance {
-                id: InstanceId::new(m, 1),
-                from,
-                to: from + MIN,
-            },
-        ]
-    });
-    let loaded = store.load(records).await.expect("load");
-    assert_eq!(loaded.refused, 0, "{loaded:?}");
+    one_instance_meetings(&store, 100_000, |m| m % 10 == 0).await;
     let mut conn = redis.conn().await;
     let _: () = redis::cmd("SLOWLOG")
         .arg("RESET")

@@ -629,18 +629,7 @@ fn a_slow_redis_is_unavailable_within_the_timeout() {
     let daemon = Daemon::start(&redis, &[("MEETINGD_REDIS__TIMEOUT_MS", "300")]);
     let mut c = daemon.client();
     c.ok("USER SET 1 name Ada age 36 gender f email a@x");
-    let url = redis.url();
-    let sleeper = std::thread::spawn(move || {
-        let mut conn = redis::Client::open(url)
-            .expect("client")
-            .get_connection()
-            .expect("connect");
-        let _: () = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg("1.5")
-            .query(&mut conn)
-            .expect("sleep");
-    });
+    let sleeper = redis.sleep_in_background(1.5);
     std::thread::sleep(Duration::from_millis(100));
     let started = Instant::now();
     assert_eq!(c.error_code("USER GET 1"), "unavailable");

@@ -3,9 +3,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use meetingd::store::{Event, EventKind, InstanceId, InstanceRef, InstanceState, Load, Store};
+use meetingd::store::{Event, EventKind, InstanceId, InstanceRef, InstanceState, Store};
 
-use crate::harness::{MIN, Redis, T0, back_to_back, meeting_fields, public_meeting, users};
+use crate::harness::{MIN, Redis, T0, back_to_back, one_instance_meetings, public_meeting, users};
 
 async fn all_events(store: &Store, instance: InstanceId) -> Vec<Event> {
     let mut all = Vec::new();
@@ -336,19 +336,7 @@ async fn commandstats(redis: &Redis) -> BTreeMap<String, u64> {
 async fn tick_among(stored: u64) -> (usize, BTreeMap<String, u64>) {
     let redis = Redis::start();
     let (store, _clock) = redis.store(T0).await;
-    let records = (1..=stored).flat_map(|m| {
-        let from = if m <= 100 { T0 } else { T0 + 24 * 60 * MIN };
-        [
-            Load::Meeting(meeting_fields(m)),
-            Load::Instance {
-                id: InstanceId::new(m, 1),
-                from,
-                to: from + MIN,
-            },
-        ]
-    });
-    let loaded = store.load(records).await.expect("load");
-    assert_eq!(loaded.refused, 0, "{loaded:?}");
+    one_instance_meetings(&store, stored, |m| m <= 100).await;
     let before = commandstats(&redis).await;
     let report = store.tick(T0).await.expect("tick");
     let after = commandstats(&redis).await;

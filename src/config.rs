@@ -47,6 +47,10 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     /// `[retention]`
     pub retention: RawRetention,
+    /// `[watch]`
+    pub watch: RawWatch,
+    /// `[stats]`
+    pub stats: RawStats,
 }
 
 /// `[socket]`: the control socket.
@@ -261,6 +265,36 @@ pub struct RawRetention {
     pub days: u64,
 }
 
+/// `[watch]`: WATCH's fan-out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWatch {
+    /// Entries a watcher may fall behind its instance before it is
+    /// dropped (the size of each watched instance's ring).
+    pub buffer: u64,
+    /// The kernel send buffer of a watching connection, bytes; 0 keeps the
+    /// system's default.
+    pub send_buffer_bytes: u64,
+}
+
+impl Default for RawWatch {
+    fn default() -> Self {
+        RawWatch {
+            buffer: 1024,
+            send_buffer_bytes: 65_536,
+        }
+    }
+}
+
+/// `[stats]`: the counters outside the socket.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStats {
+    /// `127.0.0.1:PORT` serves the counters as Prometheus text on
+    /// `/metrics`; empty (the default) serves nothing.
+    pub prometheus: String,
+}
+
 /// What the command line overrides.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -309,6 +343,12 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// How long history is kept after an instance's end (zero: for ever).
     pub retention: Duration,
+    /// Entries a watcher may fall behind before it is dropped.
+    pub watch_buffer: usize,
+    /// A watching connection's kernel send buffer (0: the default).
+    pub watch_send_buffer: usize,
+    /// Where to serve Prometheus text, if anywhere (a loopback address).
+    pub prometheus: Option<std::net::SocketAddr>,
 }
 
 /// The control socket's settings.
@@ -540,6 +580,40 @@ impl RawConfig {
                     ));
                 }
                 Duration::from_secs(days * 86_400)
+            },
+            watch_buffer: {
+                let buffer = self.watch.buffer;
+                if !(16..=1_000_000).contains(&buffer) {
+                    return Err(bad(
+                        "watch.buffer",
+                        format!("{buffer} is not in 16..1000000"),
+                    ));
+                }
+                buffer as usize
+            },
+            watch_send_buffer: usize::try_from(self.watch.send_buffer_bytes)
+                .ok()
+                .filter(|b| *b <= 64 << 20)
+                .ok_or_else(|| bad("watch.send_buffer_bytes", "must be at most 64 MiB"))?,
+            prometheus: match self.stats.prometheus.trim() {
+                "" => None,
+                address => {
+                    let parsed: std::net::SocketAddr = address.parse().map_err(|_| {
+                        bad(
+                            "stats.prometheus",
+                            format!("{address:?} is not an address like 127.0.0.1:9464"),
+                        )
+                    })?;
+                    if !parsed.ip().is_loopback() {
+                        return Err(bad(
+                            "stats.prometheus",
+                            format!(
+                                "{address:?} is not a loopback address; the counters are served to this machine only"
+                            ),
+                        ));
+                    }
+                    Some(parsed)
+                }
             },
         })
     }

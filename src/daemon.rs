@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cmd::{Context, Limits};
+use crate::cmd::{self, Context, Limits};
 use crate::config::{self, Config, Overrides};
 use crate::embedded_redis::{EmbeddedError, EmbeddedRedis};
 use crate::logging::LogHandle;
@@ -29,6 +29,7 @@ use crate::scheduler::{self, Scheduler, SchedulerError, Trigger};
 use crate::server::{self, Live, ServerConfig};
 use crate::stats::Stats;
 use crate::store::{Store, StoreError, StoreOptions};
+use crate::watch::Hub;
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,7 @@ fn live(config: &Config) -> Live {
     server.pipeline_depth = s.pipeline_depth;
     server.admin_uids = config.admin_uids.clone();
     server.admin_gids = config.admin_gids.clone();
+    server.watch_send_buffer = config.watch_send_buffer;
     Live {
         server: Arc::new(server),
         limits: Limits {
@@ -155,8 +157,44 @@ fn listener(config: &Config) -> Result<(UnixListener, bool), DaemonError> {
     Ok((listener, true))
 }
 
+/// Raise the soft limit on open files towards the hard one, so that
+/// `socket.max_connections` clients (and each watched instance's Redis
+/// connection) fit: a soft limit of 1024 is common outside systemd.
+fn raise_file_limit(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let wanted = wanted as libc::rlim_t;
+    if limit.rlim_cur >= wanted {
+        return;
+    }
+    let before = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max.min(wanted);
+    // SAFETY: setrlimit reads the struct we own; lowering nothing.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot raise the open-file limit"
+        );
+    } else if limit.rlim_cur < wanted {
+        tracing::warn!(
+            limit = limit.rlim_cur,
+            wanted,
+            "the open-file limit is lower than the connections allowed need"
+        );
+    } else {
+        tracing::debug!(before, now = limit.rlim_cur, "raised the open-file limit");
+    }
+}
+
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), DaemonError> {
+    raise_file_limit(2 * config.socket.max_connections as u64 + 256);
     let mut signals = signals()?;
     notify(&[NotifyState::Status("starting")]);
     let embedded = match (&config.redis_url, config.redis_cluster.is_empty()) {
@@ -196,11 +234,18 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
     let (live_tx, live_rx) = watch::channel(live(&config));
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let hub = Hub::new(
+        store.clone(),
+        stats.clone(),
+        config.watch_buffer,
+        cmd::watch_line,
+    );
     let ctx = Context {
         store,
         limits: live(&config).limits,
         stats: stats.clone(),
         scheduler: scheduler.clone(),
+        hub,
     };
     let server = tokio::spawn(server::run(
         listener,
@@ -308,6 +353,8 @@ fn apply_reload(old: &Config, new: &Config, log: &LogHandle, live_tx: &watch::Se
         ),
         ("log.format", old.log_json != new.log_json),
         ("embedded", old.embedded != new.embedded),
+        ("watch.buffer", old.watch_buffer != new.watch_buffer),
+        ("stats.prometheus", old.prometheus != new.prometheus),
     ];
     for (key, changed) in restart_only {
         if changed {

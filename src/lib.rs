@@ -51,3 +51,4 @@ pub mod scheduler;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub mod watch;

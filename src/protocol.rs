@@ -129,6 +129,15 @@ pub enum Request {
         /// Page size.
         limit: Option<u64>,
     },
+    /// `WATCH <mref> [AFTER <id>]`
+    Watch {
+        /// Which instance.
+        mref: Mref,
+        /// Replay what came after this id first.
+        after: Option<String>,
+    },
+    /// `UNWATCH`
+    Unwatch,
     /// `STATS`
     Stats,
     /// `QUIT`
@@ -265,6 +274,18 @@ pub const COMMANDS: &[CommandInfo] = &[
         summary: "an instance's event log, a page at a time",
     },
     CommandInfo {
+        name: "WATCH",
+        syntax: "WATCH <mref> [AFTER <id>]",
+        admin: false,
+        summary: "stream an instance's events and chat as they happen (from after <id> first)",
+    },
+    CommandInfo {
+        name: "UNWATCH",
+        syntax: "UNWATCH",
+        admin: false,
+        summary: "stop watching; back to requests",
+    },
+    CommandInfo {
         name: "STATS",
         syntax: "STATS",
         admin: false,
@@ -324,6 +345,8 @@ impl Request {
             Request::Post(..) => "POST",
             Request::Messages { .. } => "MESSAGES",
             Request::Events { .. } => "EVENTS",
+            Request::Watch { .. } => "WATCH",
+            Request::Unwatch => "UNWATCH",
             Request::Stats => "STATS",
             Request::Quit => "QUIT",
         }
@@ -609,6 +632,13 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
             let limit = options.take("LIMIT").map(|v| args.limit(&v)).transpose()?;
             Request::Events { mref, after, limit }
         }
+        "WATCH" => {
+            let mref = args.mref()?;
+            let mut options = args.options(&["AFTER"])?;
+            let after = options.take("AFTER").map(|v| args.cursor(v)).transpose()?;
+            Request::Watch { mref, after }
+        }
+        "UNWATCH" => Request::Unwatch,
         "STATS" => Request::Stats,
         "QUIT" => Request::Quit,
         _ => {
@@ -940,6 +970,17 @@ mod tests {
             })
         );
         assert_eq!(
+            parse(b"watch 42/3 after 1795341600000-3"),
+            Ok(Request::Watch {
+                mref: Mref {
+                    meeting: 42,
+                    order: Some(3)
+                },
+                after: Some("1795341600000-3".into()),
+            })
+        );
+        assert_eq!(parse(b"UNWATCH"), Ok(Request::Unwatch));
+        assert_eq!(
             parse(br#"POST 1 2/3 "say \"hi\"\n""#),
             Ok(Request::Post(
                 1,
@@ -1003,6 +1044,9 @@ mod tests {
             ),
             ("MESSAGES 1 LIMIT 0", "LIMIT must be a positive integer"),
             ("MESSAGES 1 AFTER x", "AFTER must be an id"),
+            ("WATCH 1 AFTER 1-x", "AFTER must be an id"),
+            ("WATCH 1 LIMIT 5", "LIMIT"),
+            ("UNWATCH 1", "unexpected extra argument"),
             ("USER FROB 1", "expected SET or GET"),
             ("", "empty request"),
         ];

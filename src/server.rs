@@ -29,9 +29,10 @@ use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cmd::{self, Context, Limits};
+use crate::cmd::{self, Context, Limits, Outcome};
 use crate::error::Code;
 use crate::protocol::{self, Request};
+use crate::watch::{Next, Watcher};
 
 /// How the socket behaves.
 #[derive(Debug, Clone)]
@@ -55,6 +56,10 @@ pub struct ServerConfig {
     pub admin_uids: Vec<u32>,
     /// Peers whose primary gid is one of these may use admin commands.
     pub admin_gids: Vec<u32>,
+    /// The kernel send buffer of a watching connection, in bytes (0: the
+    /// system's default). With the watch ring it bounds what a watcher
+    /// that stopped reading holds, and how soon it is dropped.
+    pub watch_send_buffer: usize,
 }
 
 impl ServerConfig {
@@ -69,6 +74,7 @@ impl ServerConfig {
             pipeline_depth: 256,
             admin_uids: Vec::new(),
             admin_gids: Vec::new(),
+            watch_send_buffer: 64 * 1024,
         }
     }
 }
@@ -227,7 +233,23 @@ struct Reply {
     line: Vec<u8>,
     /// Close the connection once this reply is written (QUIT, too_large).
     close: bool,
+    /// WATCH: once this reply is out, the connection streams the watcher's
+    /// entries.
+    watch: Option<Watcher>,
 }
+
+impl Reply {
+    fn line(line: Vec<u8>) -> Reply {
+        Reply {
+            line,
+            close: false,
+            watch: None,
+        }
+    }
+}
+
+/// Entries a watching connection writes per batch (then it flushes).
+const WATCH_BATCH: usize = 256;
 
 /// A request read but not yet run.
 enum Pending {
@@ -252,18 +274,31 @@ async fn handle(
     let mut writer = BufWriter::new(write);
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut running: Option<BoxFuture<'_, Reply>> = None;
+    let mut watching: Option<Watcher> = None;
     let mut reading = true;
     let mut unflushed = 0;
     loop {
         if running.is_none() {
             running = queue.pop_front().map(|pending| match pending {
+                // while watching, the connection answers the few requests
+                // it reads itself, at once
+                Pending::Line(line) if watching.is_some() => {
+                    let reply = answer_watching(&line, &mut watching, ctx);
+                    async move { reply }.boxed()
+                }
                 Pending::Line(line) => answer(line, admin, ctx),
                 Pending::TooLong => {
                     ctx.stats.request(None);
                     ctx.stats.error(Code::TooLarge);
                     let message = format!("request line over {} bytes", config.max_line);
                     let line = protocol::error_line(Code::TooLarge, &message);
-                    async move { Reply { line, close: true } }.boxed()
+                    async move {
+                        Reply {
+                            close: true,
+                            ..Reply::line(line)
+                        }
+                    }
+                    .boxed()
                 }
             });
         }
@@ -281,12 +316,35 @@ async fn handle(
                     writer.flush().await?;
                     return Ok(());
                 }
+                if let Some(watcher) = reply.watch {
+                    set_send_buffer(writer.get_ref().as_ref(), config.watch_send_buffer);
+                    watching = Some(watcher);
+                }
                 // batch the replies of a pipeline, but never keep one
                 // waiting behind a request that is not there yet
                 if queue.is_empty() || unflushed >= 64 {
                     writer.flush().await?;
                     unflushed = 0;
                 }
+            }
+            next = next_entries(&mut watching), if watching.is_some() => {
+                match next {
+                    Next::Items(items) => {
+                        for item in &items {
+                            writer.write_all(&item.line).await?;
+                        }
+                    }
+                    Next::Dropped { .. } => {
+                        // back to request mode: the client resumes with
+                        // WATCH ... AFTER <resume>
+                        if let Some(line) = cmd::dropped_line(&next) {
+                            writer.write_all(&line).await?;
+                        }
+                        watching = None;
+                    }
+                }
+                writer.flush().await?;
+                unflushed = 0;
             }
             frame = requests.next(), if reading && queue.len() < config.pipeline_depth => {
                 match frame {
@@ -299,7 +357,7 @@ async fn handle(
                     None => reading = false,
                 }
             }
-            _ = tokio::time::sleep(config.idle_timeout), if running.is_none() && queue.is_empty() => {
+            _ = tokio::time::sleep(config.idle_timeout), if running.is_none() && queue.is_empty() && watching.is_none() => {
                 tracing::debug!("closing an idle connection");
                 return Ok(());
             }
@@ -321,54 +379,139 @@ async fn handle(
     }
 }
 
+/// The watcher's next lines (never ready without a watcher).
+async fn next_entries(watching: &mut Option<Watcher>) -> Next {
+    match watching {
+        Some(watcher) => watcher.next(WATCH_BATCH).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Give a watching connection a smaller kernel send buffer (`bytes`; 0
+/// leaves it alone).
+fn set_send_buffer(stream: &UnixStream, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    if bytes == 0 {
+        return;
+    }
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is the stream's own and open; the option value
+    // is a c_int whose size is passed along.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "cannot set a watcher's send buffer");
+    }
+}
+
+/// A request read while watching: UNWATCH, PING and QUIT are answered;
+/// anything else is a `bad_request` that changes nothing.
+fn answer_watching(line: &[u8], watching: &mut Option<Watcher>, ctx: &Context) -> Reply {
+    let started = std::time::Instant::now();
+    let (command, result) = match protocol::parse(line) {
+        Ok(Request::Unwatch) => {
+            let instance = watching.take().map(|w| w.instance());
+            ("UNWATCH", Ok(cmd::unwatch(instance)))
+        }
+        Ok(Request::Ping) => ("PING", Ok(serde_json::json!("PONG"))),
+        Ok(Request::Quit) => ("QUIT", Ok(serde_json::json!("BYE"))),
+        Ok(other) => {
+            let instance = watching.as_ref().map(|w| w.instance().to_string());
+            let message = format!(
+                "{} while watching {}: only UNWATCH, PING and QUIT are read until UNWATCH",
+                other.name(),
+                instance.unwrap_or_default()
+            );
+            (
+                other.name(),
+                Err(cmd::CmdError::new(Code::BadRequest, message)),
+            )
+        }
+        Err(err) => ("(unparsed)", Err(cmd::CmdError::new(err.code, err.message))),
+    };
+    let close = command == "QUIT" && result.is_ok();
+    finish(command, result, started, ctx, close, None)
+}
+
 /// Parse and run one request; its reply line.
 fn answer<'a>(line: BytesMut, admin: bool, ctx: &'a Context) -> BoxFuture<'a, Reply> {
     let parsed = protocol::parse(&line);
     async move {
         let started = std::time::Instant::now();
-        let (command, result, close) = match parsed {
+        match parsed {
             Ok(request) => {
                 let command = request.name();
-                ctx.stats.request(Some(command));
                 let close = request == Request::Quit;
-                (command, cmd::execute(request, admin, ctx).await, close)
-            }
-            Err(err) => {
-                ctx.stats.request(None);
-                (
-                    "(unparsed)",
-                    Err(cmd::CmdError::new(err.code, err.message)),
-                    false,
-                )
-            }
-        };
-        match result {
-            Ok(value) => {
-                let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-                tracing::debug!(command, latency_ms, "request");
-                Reply {
-                    line: protocol::ok_line(&value),
-                    close,
+                match cmd::execute(request, admin, ctx).await {
+                    Ok(Outcome::Reply(value)) => {
+                        finish(command, Ok(value), started, ctx, close, None)
+                    }
+                    Ok(Outcome::Watch(value, watcher)) => {
+                        finish(command, Ok(value), started, ctx, close, Some(watcher))
+                    }
+                    Err(err) => finish(command, Err(err), started, ctx, close, None),
                 }
             }
-            Err(err) => {
-                ctx.stats.error(err.code);
-                let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-                // the code and the command, never the arguments (they may
-                // hold people's data)
-                if matches!(err.code, Code::Unavailable | Code::Internal) {
-                    tracing::warn!(command, code = %err.code, latency_ms, "request failed");
-                } else {
-                    tracing::info!(command, code = %err.code, latency_ms, "request failed");
-                }
-                Reply {
-                    line: protocol::error_line(err.code, &err.message),
-                    close,
-                }
-            }
+            Err(err) => finish(
+                "(unparsed)",
+                Err(cmd::CmdError::new(err.code, err.message)),
+                started,
+                ctx,
+                false,
+                None,
+            ),
         }
     }
     .boxed()
+}
+
+/// Count, time and log a request's result; its reply.
+fn finish(
+    command: &'static str,
+    result: cmd::CmdResult,
+    started: std::time::Instant,
+    ctx: &Context,
+    close: bool,
+    watch: Option<Watcher>,
+) -> Reply {
+    let took = started.elapsed();
+    let known = command != "(unparsed)";
+    ctx.stats.request(known.then_some(command));
+    if known {
+        ctx.stats.latency(command, took);
+    }
+    let latency_ms = took.as_secs_f64() * 1000.0;
+    match result {
+        Ok(value) => {
+            tracing::debug!(command, latency_ms, "request");
+            Reply {
+                line: protocol::ok_line(&value),
+                close,
+                watch,
+            }
+        }
+        Err(err) => {
+            ctx.stats.error(err.code);
+            // the code and the command, never the arguments (they may
+            // hold people's data)
+            if matches!(err.code, Code::Unavailable | Code::Internal) {
+                tracing::warn!(command, code = %err.code, latency_ms, "request failed");
+            } else {
+                tracing::info!(command, code = %err.code, latency_ms, "request failed");
+            }
+            Reply {
+                close,
+                ..Reply::line(protocol::error_line(err.code, &err.message))
+            }
+        }
+    }
 }
 
 /// What the line codec yields.

@@ -1,7 +1,13 @@
 //! The daemon's counters, shown by STATS: connections, requests by
-//! command, errors by code, ticks. Plain atomics: counting never waits.
+//! command, errors by code, latency by command, ticks, watchers. Counters
+//! are plain atomics; each command's latency histogram has a lock of its
+//! own, held only to record one value.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
 
 use serde_json::{Map, Value, json};
 
@@ -29,6 +35,20 @@ pub struct Stats {
     scheduler_recoveries: AtomicU64,
     /// When the last tick succeeded (ms since the epoch; 0: never).
     last_good_tick: AtomicI64,
+    /// Per entry of `protocol::COMMANDS`: request latency in microseconds.
+    latency: Vec<Mutex<Histogram<u64>>>,
+    /// Connections watching an instance now.
+    watchers: AtomicU64,
+    /// Instances with a reader now.
+    watch_readers: AtomicU64,
+    /// Watchers dropped for falling behind, and the entries they missed.
+    watchers_dropped: AtomicU64,
+    dropped_events: AtomicU64,
+}
+
+/// A latency histogram: 1 µs to 60 s, 3 significant digits.
+fn histogram() -> Mutex<Histogram<u64>> {
+    Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant, valid bounds"))
 }
 
 impl Default for Stats {
@@ -45,6 +65,11 @@ impl Default for Stats {
             ticks_skipped: AtomicU64::new(0),
             scheduler_recoveries: AtomicU64::new(0),
             last_good_tick: AtomicI64::new(0),
+            latency: COMMANDS.iter().map(|_| histogram()).collect(),
+            watchers: AtomicU64::new(0),
+            watch_readers: AtomicU64::new(0),
+            watchers_dropped: AtomicU64::new(0),
+            dropped_events: AtomicU64::new(0),
         }
     }
 }
@@ -77,6 +102,51 @@ impl Stats {
             Some(i) => bump(&self.requests[i]),
             None => bump(&self.unparsed),
         }
+    }
+
+    /// How long a request for `command` took, from parse to reply.
+    pub fn latency(&self, command: &str, took: Duration) {
+        if let Some(i) = COMMANDS.iter().position(|c| c.name == command) {
+            let micros = (took.as_micros() as u64).clamp(1, 60_000_000);
+            let mut histogram = self.latency[i]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            histogram.saturating_record(micros);
+        }
+    }
+
+    /// A connection started watching.
+    pub fn watcher_added(&self) {
+        bump(&self.watchers);
+    }
+
+    /// A connection stopped watching.
+    pub fn watcher_removed(&self) {
+        self.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A watcher fell behind and missed `count` entries.
+    pub fn watcher_dropped(&self, count: u64) {
+        bump(&self.watchers_dropped);
+        self.dropped_events.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// An instance got a reader.
+    pub fn reader_started(&self) {
+        bump(&self.watch_readers);
+    }
+
+    /// An instance's reader stopped (its last watcher went).
+    pub fn reader_stopped(&self) {
+        self.watch_readers.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Watchers now, and instances with a reader now.
+    pub fn watching(&self) -> (u64, u64) {
+        (
+            self.watchers.load(Ordering::Relaxed),
+            self.watch_readers.load(Ordering::Relaxed),
+        )
     }
 
     /// A reply with an error `code`.
@@ -137,6 +207,27 @@ impl Stats {
             requests.insert(info.name.to_string(), json!(load(counter)));
         }
         requests.insert("(unparsed)".into(), json!(load(&self.unparsed)));
+        let mut latency = Map::new();
+        for (info, histogram) in COMMANDS.iter().zip(&self.latency) {
+            let histogram = histogram
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if histogram.is_empty() {
+                continue;
+            }
+            let ms = |micros: u64| micros as f64 / 1000.0;
+            latency.insert(
+                info.name.to_string(),
+                json!({
+                    "count": histogram.len(),
+                    "p50_ms": ms(histogram.value_at_quantile(0.50)),
+                    "p90_ms": ms(histogram.value_at_quantile(0.90)),
+                    "p99_ms": ms(histogram.value_at_quantile(0.99)),
+                    "p999_ms": ms(histogram.value_at_quantile(0.999)),
+                    "max_ms": ms(histogram.max()),
+                }),
+            );
+        }
         let mut errors = Map::new();
         for (code, counter) in Code::ALL.iter().zip(&self.errors) {
             errors.insert(code.as_str().to_string(), json!(load(counter)));
@@ -149,12 +240,19 @@ impl Stats {
             },
             "requests": requests,
             "errors": errors,
+            "latency": latency,
             "ticks": {
                 "run": load(&self.ticks_run),
                 "failed": load(&self.ticks_failed),
                 "skipped": load(&self.ticks_skipped),
                 "last_good": self.last_good_tick().map(crate::protocol::format_time),
                 "scheduler_recoveries": load(&self.scheduler_recoveries),
+            },
+            "watch": {
+                "watchers": load(&self.watchers),
+                "instances": load(&self.watch_readers),
+                "watchers_dropped": load(&self.watchers_dropped),
+                "dropped_events": load(&self.dropped_events),
             },
         })
     }

@@ -14,6 +14,7 @@ mod presence;
 mod schedule;
 mod session;
 mod users;
+mod watch;
 
 use std::sync::Arc;
 
@@ -24,6 +25,9 @@ use crate::protocol::{Mref, Request};
 use crate::scheduler::Scheduler;
 use crate::stats::Stats;
 use crate::store::{InstanceId, InstanceRef, Store, StoreError};
+use crate::watch::{Hub, Watcher};
+
+pub use watch::{dropped_line, render as watch_line, unwatch};
 
 /// Limits a command enforces (spec section 7).
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +58,8 @@ pub struct Context {
     pub stats: Arc<Stats>,
     /// Runs TICK the way the cron job does.
     pub scheduler: Arc<Scheduler>,
+    /// WATCH's readers and their watchers.
+    pub hub: Arc<Hub>,
 }
 
 /// A command's failure: the reply's code and message.
@@ -95,15 +101,25 @@ impl From<StoreError> for CmdError {
 /// The result of a command.
 pub type CmdResult = Result<Value, CmdError>;
 
-/// Apply a request. `admin` says whether the peer may use admin commands.
-pub async fn execute(request: Request, admin: bool, ctx: &Context) -> CmdResult {
+/// What a request leads to.
+pub enum Outcome {
+    /// A reply.
+    Reply(Value),
+    /// A reply, then the connection streams this watcher's entries.
+    Watch(Value, Watcher),
+}
+
+/// Apply a request on a connection that is not watching (the connection
+/// itself handles what it may do while watching). `admin` says whether the
+/// peer may use admin commands.
+pub async fn execute(request: Request, admin: bool, ctx: &Context) -> Result<Outcome, CmdError> {
     if request.is_admin() && !admin {
         return Err(CmdError::new(
             Code::PermissionDenied,
             format!("{} is an admin command", request.name()),
         ));
     }
-    match request {
+    let value = match request {
         Request::Ping => session::ping(),
         Request::Help(command) => session::help(command.as_deref()),
         Request::Stats => session::stats(ctx).await,
@@ -154,7 +170,10 @@ pub async fn execute(request: Request, admin: bool, ctx: &Context) -> CmdResult 
         Request::Events { mref, after, limit } => {
             events::events(ctx, mref, after.as_deref(), limit).await
         }
-    }
+        Request::Watch { mref, after } => return watch::watch(ctx, mref, after).await,
+        Request::Unwatch => Ok(watch::unwatch(None)),
+    }?;
+    Ok(Outcome::Reply(value))
 }
 
 /// The store's name for an `<mref>`.

@@ -30,6 +30,7 @@ const BODY: &str = concat!(
     include_str!("../../lua/attendance.lua"),
     include_str!("../../lua/messages.lua"),
     include_str!("../../lua/events.lua"),
+    include_str!("../../lua/feed.lua"),
     include_str!("../../lua/end.lua"),
     include_str!("../../lua/due.lua"),
     include_str!("../../lua/tick.lua"),

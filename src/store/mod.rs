@@ -19,6 +19,7 @@ mod library;
 mod load;
 mod reply;
 mod types;
+mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +31,7 @@ pub use keys::Keys;
 pub use library::{Library, library};
 pub use load::{Load, LoadReport};
 pub use types::*;
+pub use watch::{Feed, FeedItem, Listener, StreamId};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::Code;

@@ -103,6 +103,11 @@ impl Fields {
             .ok_or_else(|| bad(self.function, format!("no field {name:?}")))
     }
 
+    /// Whether the record has a field.
+    pub(super) fn has(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(field, _)| field == name)
+    }
+
     /// A text field.
     pub(super) fn string(&mut self, name: &str) -> Result<String, StoreError> {
         let value = self.take(name)?;
@@ -163,7 +168,7 @@ impl Fields {
 }
 
 /// A stream entry: its id and its field/value record.
-fn entry(function: &'static str, value: Value) -> Result<(String, Fields), StoreError> {
+pub(super) fn entry(function: &'static str, value: Value) -> Result<(String, Fields), StoreError> {
     let mut parts = array(function, value)?.into_iter();
     match (parts.next(), parts.next()) {
         (Some(id), Some(fields)) => Ok((text(function, id)?, Fields::new(function, fields)?)),

@@ -15,3 +15,4 @@ mod scheduler;
 mod socket;
 mod store;
 mod tick;
+mod watch;

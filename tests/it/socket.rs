@@ -208,7 +208,7 @@ fn every_command_answers() {
     assert_eq!(c.ok("PING"), "PONG");
     assert_eq!(c.ok("ping"), "PONG", "command names are case-insensitive");
     let help = c.ok("HELP");
-    assert_eq!(help["commands"].as_array().map(Vec::len), Some(21));
+    assert_eq!(help["commands"].as_array().map(Vec::len), Some(23));
     assert_eq!(c.ok("HELP join")["syntax"], "JOIN <user> <mref>");
     assert_eq!(
         c.ok("HELP USER")["commands"].as_array().map(Vec::len),

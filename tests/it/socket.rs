@@ -246,7 +246,7 @@ fn every_error_code() {
     let cases = [
         ("JOIN x 1", "bad_request"),
         ("FROB", "unknown_command"),
-        ("WATCH 1", "unknown_command"),
+        ("SUBSCRIBE 1", "unknown_command"),
         ("USER GET 99", "not_found"),
         ("MEETING GET 99", "not_found"),
         ("JOIN 1 99", "not_found"),

@@ -328,20 +328,35 @@ async fn handle(
                 }
             }
             next = next_entries(&mut watching), if watching.is_some() => {
-                match next {
+                let notice = match next {
                     Next::Items(items) => {
-                        for item in &items {
-                            writer.write_all(&item.line).await?;
+                        // while the client does not read, keep taking entries
+                        // off the ring: falling a ring behind drops it
+                        let write = write_items(&mut writer, &items);
+                        tokio::pin!(write);
+                        let mut notice = None;
+                        loop {
+                            tokio::select! {
+                                biased;
+                                written = &mut write => {
+                                    written?;
+                                    break;
+                                }
+                                dropped = absorb(&mut watching), if notice.is_none() => {
+                                    notice = Some(dropped);
+                                }
+                                _ = shutdown.cancelled() => return Ok(()),
+                            }
                         }
+                        notice
                     }
-                    Next::Dropped { .. } => {
-                        // back to request mode: the client resumes with
-                        // WATCH ... AFTER <resume>
-                        if let Some(line) = cmd::dropped_line(&next) {
-                            writer.write_all(&line).await?;
-                        }
-                        watching = None;
-                    }
+                    dropped => Some(dropped),
+                };
+                if let Some(line) = notice.as_ref().and_then(cmd::dropped_line) {
+                    // back to request mode: the client resumes with
+                    // WATCH ... AFTER <resume>
+                    writer.write_all(&line).await?;
+                    watching = None;
                 }
                 writer.flush().await?;
                 unflushed = 0;
@@ -385,6 +400,25 @@ async fn next_entries(watching: &mut Option<Watcher>) -> Next {
         Some(watcher) => watcher.next(WATCH_BATCH).await,
         None => std::future::pending().await,
     }
+}
+
+/// See [`Watcher::absorb`] (never ready without a watcher).
+async fn absorb(watching: &mut Option<Watcher>) -> Next {
+    match watching {
+        Some(watcher) => watcher.absorb().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Write a watcher's lines and flush them.
+async fn write_items(
+    writer: &mut BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    items: &[std::sync::Arc<crate::watch::Item>],
+) -> io::Result<()> {
+    for item in items {
+        writer.write_all(&item.line).await?;
+    }
+    writer.flush().await
 }
 
 /// Give a watching connection a smaller kernel send buffer (`bytes`; 0

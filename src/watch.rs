@@ -13,7 +13,7 @@
 //! the live entries after that: no gap and no duplicate at the seam. The
 //! last watcher to go stops the reader and closes its connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -123,6 +123,7 @@ impl Hub {
             hub: self.clone(),
             instance,
             receiver: Some(receiver),
+            backlog: VecDeque::new(),
             position: start,
             replay_until: (cursor > start).then_some(cursor),
         })
@@ -231,6 +232,9 @@ pub struct Watcher {
     hub: Arc<Hub>,
     instance: InstanceId,
     receiver: Option<broadcast::Receiver<Arc<Item>>>,
+    /// Entries taken off the ring while the client's socket was full
+    /// (see [`Watcher::absorb`]); at most the hub's buffer.
+    backlog: VecDeque<Arc<Item>>,
     /// The last id given to the client (or where it started).
     position: StreamId,
     /// While set, entries up to this id come from Redis, not the ring.
@@ -258,36 +262,79 @@ impl Watcher {
                     }
                 }
             }
+            // entries up to the position came from the replay already
+            let mut items = Vec::new();
+            while items.len() < max {
+                let Some(item) = self.backlog.pop_front() else {
+                    break;
+                };
+                self.hand_out(item, &mut items);
+            }
+            if !items.is_empty() {
+                return Next::Items(items);
+            }
             let Some(receiver) = self.receiver.as_mut() else {
                 return std::future::pending().await;
             };
             let first = match receiver.recv().await {
                 Ok(item) => item,
-                Err(broadcast::error::RecvError::Lagged(count)) => {
-                    self.hub.stats.watcher_dropped(count);
-                    return Next::Dropped {
-                        count,
-                        resume: self.position,
-                    };
-                }
+                Err(broadcast::error::RecvError::Lagged(count)) => return self.drop_out(count),
                 Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
             };
-            // entries up to the position came from the replay already
-            let mut items = Vec::new();
             let mut next = Some(first);
             while let Some(item) = next {
-                if item.id > self.position {
-                    self.position = item.id;
-                    items.push(item);
-                }
+                self.hand_out(item, &mut items);
                 // a lag shows up at the next call
                 next = (items.len() < max)
-                    .then(|| receiver.try_recv().ok())
+                    .then(|| self.receiver.as_mut().and_then(|r| r.try_recv().ok()))
                     .flatten();
             }
             if !items.is_empty() {
                 return Next::Items(items);
             }
+        }
+    }
+
+    /// While the client's socket is full and a write waits: take what
+    /// arrives off the ring into the backlog, so that falling behind is
+    /// seen even though nothing is read. Returns only when the watcher is
+    /// too far behind: then it is [`Next::Dropped`] and receives no more.
+    pub async fn absorb(&mut self) -> Next {
+        loop {
+            let Some(receiver) = self.receiver.as_mut() else {
+                return std::future::pending().await;
+            };
+            match receiver.recv().await {
+                Ok(item) => {
+                    self.backlog.push_back(item);
+                    if self.backlog.len() > self.hub.buffer {
+                        return self.drop_out(0);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(count)) => return self.drop_out(count),
+                Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+            }
+        }
+    }
+
+    /// Add `item` to what goes out, unless the client had it already.
+    fn hand_out(&mut self, item: Arc<Item>, items: &mut Vec<Arc<Item>>) {
+        if item.id > self.position {
+            self.position = item.id;
+            items.push(item);
+        }
+    }
+
+    /// Stop receiving: the watcher missed `lagged` entries on the ring
+    /// besides its backlog.
+    fn drop_out(&mut self, lagged: u64) -> Next {
+        let count = lagged + self.backlog.len() as u64;
+        self.backlog.clear();
+        self.receiver = None;
+        self.hub.stats.watcher_dropped(count);
+        Next::Dropped {
+            count,
+            resume: self.position,
         }
     }
 

@@ -266,3 +266,237 @@ fn readers_in_redis(redis: &Redis) -> usize {
         .filter(|l| l.contains("cmd=xread"))
         .count()
 }
+
+/// Raise this process's soft limit on open files (a thousand watchers need
+/// a thousand sockets; 1024 is a common default).
+fn raise_file_limit(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain calls on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < wanted {
+            limit.rlim_cur = limit.rlim_max.min(wanted);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// The id of an event line, without parsing the whole line.
+fn line_id(line: &str) -> Option<&str> {
+    let start = line.find(r#""id":""#)? + 6;
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
+}
+
+/// An order-sensitive digest of ids (FNV-1a over them, separated).
+fn digest<'a>(ids: impl IntoIterator<Item = &'a str>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for id in ids {
+        for byte in id.bytes().chain([b'|']) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// What one watcher saw: events counted, their digest, whether ids only
+/// went up, and any line that was not an event.
+#[derive(Debug, Default)]
+struct Seen {
+    count: u64,
+    ids: Vec<String>,
+    ordered: bool,
+    other: Vec<String>,
+}
+
+/// Post `count` messages on one pipelined burst; their ids.
+fn burst(c: &mut Client, prefix: &str, count: usize) -> Vec<String> {
+    let lines: String = (0..count)
+        .map(|i| format!("POST 1 1/1 \"{prefix}-{i}\"\n"))
+        .collect();
+    c.send(lines.as_bytes());
+    (0..count)
+        .map(|_| {
+            let reply = c.reply().expect("a reply");
+            assert_eq!(reply["ok"], true, "{reply}");
+            reply["result"]["id"].as_str().expect("an id").to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_watchers_get_a_burst_and_a_stalled_one_is_dropped() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    const WATCHERS: usize = 1000;
+    raise_file_limit(4096);
+    let redis = Redis::start();
+    let daemon = Daemon::start(
+        &redis,
+        &[
+            ("MEETINGD_SOCKET__MAX_CONNECTIONS", "2048"),
+            ("MEETINGD_WATCH__SEND_BUFFER_BYTES", "8192"),
+        ],
+    );
+    let mut admin = daemon.client();
+    active_meetings(&mut admin, 1);
+    admin.ok("JOIN 1 1");
+
+    let received: Arc<Vec<AtomicU64>> =
+        Arc::new((0..WATCHERS).map(|_| AtomicU64::new(0)).collect());
+    let ready = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..WATCHERS {
+        let path = daemon.socket().to_path_buf();
+        let received = received.clone();
+        let ready = ready.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::UnixStream::connect(&path)
+                .await
+                .expect("connect");
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            write.write_all(b"WATCH 1/1\n").await.expect("send WATCH");
+            let first = lines.next_line().await.expect("read").expect("a reply");
+            assert!(first.contains(r#""watching":"1/1""#), "{first}");
+            ready.fetch_add(1, Ordering::SeqCst);
+            let mut seen = Seen {
+                ordered: true,
+                ..Seen::default()
+            };
+            while let Ok(Some(line)) = lines.next_line().await {
+                match line_id(&line).filter(|_| line.starts_with(r#"{"event":"#)) {
+                    Some(id) => {
+                        if seen
+                            .ids
+                            .last()
+                            .is_some_and(|last| id_key(last) >= id_key(id))
+                        {
+                            seen.ordered = false;
+                        }
+                        seen.ids.push(id.to_string());
+                        seen.count += 1;
+                        received[w].store(seen.count, Ordering::SeqCst);
+                        if line.contains(r#""text":"the end""#) {
+                            break;
+                        }
+                    }
+                    None => {
+                        seen.other.push(line);
+                        break;
+                    }
+                }
+            }
+            seen
+        }));
+    }
+    // the stalled watcher: asks, then never reads again
+    let mut stalled = daemon.client();
+    stalled.ok("WATCH 1/1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready.load(Ordering::SeqCst) < WATCHERS as u64 {
+        assert!(Instant::now() < deadline, "watchers did not all start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stats(&mut admin)["watch"]["watchers"], WATCHERS as u64 + 1);
+    assert_eq!(stats(&mut admin)["watch"]["instances"], 1);
+
+    let wait_for_all = |total: u64| {
+        let received = received.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let behind = received
+                    .iter()
+                    .filter(|r| r.load(Ordering::SeqCst) < total)
+                    .count();
+                if behind == 0 {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{behind} watchers never got all {total} events"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // a burst of 1,000 events: every reading watcher gets all of them
+    let mut poster = daemon.client();
+    let mut posted = burst(&mut poster, "burst", 1000);
+    wait_for_all(posted.len() as u64).await;
+
+    // go on, in rounds every reader keeps up with, until the stalled
+    // watcher is a ring behind and dropped
+    let mut rounds = 0;
+    while stats(&mut admin)["watch"]["watchers_dropped"] == 0 {
+        rounds += 1;
+        assert!(rounds <= 30, "the stalled watcher was never dropped");
+        posted.extend(burst(&mut poster, &format!("round{rounds}"), 200));
+        wait_for_all(posted.len() as u64).await;
+    }
+    let after_drop = stats(&mut admin);
+    assert_eq!(after_drop["watch"]["watchers_dropped"], 1, "{after_drop}");
+    assert!(after_drop["watch"]["dropped_events"].as_u64() > Some(0));
+    posted.push(
+        poster.ok(r#"POST 1 1/1 "the end""#)["id"]
+            .as_str()
+            .expect("an id")
+            .to_string(),
+    );
+
+    let expected = digest(posted.iter().map(String::as_str));
+    for task in tasks {
+        let seen = task.await.expect("a watcher task");
+        assert!(seen.other.is_empty(), "a reader got {:?}", seen.other);
+        assert!(seen.ordered, "ids went back");
+        assert_eq!(seen.count, posted.len() as u64);
+        assert_eq!(digest(seen.ids.iter().map(String::as_str)), expected);
+    }
+
+    // the stalled watcher finds what it was sent, then the drop notice
+    let mut got = Vec::new();
+    let notice = loop {
+        let line = stalled.reply().expect("the stalled connection is open");
+        match line["event"]["id"].as_str() {
+            Some(id) => got.push(id.to_string()),
+            None => break line,
+        }
+    };
+    assert_eq!(
+        got[..],
+        posted[..got.len()],
+        "what it got is a prefix, in order"
+    );
+    assert!(notice["dropped"].as_u64() > Some(0), "{notice}");
+    assert_eq!(
+        notice["resume"].as_str(),
+        got.last().map(String::as_str),
+        "{notice}"
+    );
+    // it is back in request mode and resumes where it was
+    let resume = format!("WATCH 1/1 AFTER {}", got.last().expect("got some"));
+    assert_eq!(stalled.ok(&resume)["watching"], "1/1");
+    let mut rest = Vec::new();
+    while rest.len() + got.len() < posted.len() {
+        rest.push(
+            event(&mut stalled)["id"]
+                .as_str()
+                .expect("an id")
+                .to_string(),
+        );
+    }
+    assert_eq!(rest[..], posted[got.len()..], "the rest, from where it was");
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats(&mut admin)["watch"]["watchers"] != 0 {
+        assert!(Instant::now() < deadline, "watchers left behind");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

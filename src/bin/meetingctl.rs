@@ -127,6 +127,19 @@ enum Command {
         #[arg(long)]
         limit: Option<String>,
     },
+    /// Print an instance's events and chat as they happen, until
+    /// interrupted (or `--count` of them). A watch that falls behind is
+    /// resumed where it was, so nothing is lost.
+    Watch {
+        /// M or M/O.
+        mref: String,
+        /// First what came after this id.
+        #[arg(long)]
+        after: Option<String>,
+        /// Stop after this many entries.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// The daemon's counters.
     Stats,
     /// Load users, meetings, audiences and instances from a JSON file.
@@ -327,6 +340,11 @@ impl Command {
                 t
             }
             Command::Stats => words(&["STATS"]),
+            Command::Watch { mref, after, .. } => {
+                let mut t = words(&["WATCH", mref]);
+                t.extend(options(&[("AFTER", after)]));
+                t
+            }
             Command::Import { .. } | Command::Raw { .. } => Vec::new(),
         }
     }
@@ -379,6 +397,7 @@ fn main() -> ExitCode {
     let outcome = match &cli.command {
         Command::Import { file, shift_from } => import(&cli, file, shift_from.as_deref()),
         Command::Raw { line } => request(&cli, format!("{}\n", line.trim_end())),
+        Command::Watch { mref, after, count } => watch(&cli, mref, after.clone(), *count),
         command => {
             let tokens = command.tokens();
             let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
@@ -416,6 +435,90 @@ fn request(cli: &Cli, line: String) -> Result<ExitCode, String> {
             reply["error"]["message"].as_str().unwrap_or("")
         );
         Ok(ExitCode::from(1))
+    }
+}
+
+/// Follow an instance: print each entry as it comes; after a `dropped`
+/// notice, watch again from where it was.
+fn watch(
+    cli: &Cli,
+    mref: &str,
+    after: Option<String>,
+    count: Option<u64>,
+) -> Result<ExitCode, String> {
+    let mut client = Client::connect(&cli.socket)?;
+    let mut after = after;
+    let mut printed = 0;
+    let stdout = std::io::stdout();
+    loop {
+        let mut tokens = vec!["WATCH", mref];
+        if let Some(id) = &after {
+            tokens.extend(["AFTER", id.as_str()]);
+        }
+        client.send(&request_line(&tokens))?;
+        let (raw, reply) = client.receive()?;
+        if reply["ok"] != json!(true) {
+            if cli.json {
+                println!("{raw}");
+            }
+            eprintln!(
+                "{}: {}",
+                reply["error"]["code"].as_str().unwrap_or("error"),
+                reply["error"]["message"].as_str().unwrap_or("")
+            );
+            return Ok(ExitCode::from(1));
+        }
+        if !cli.json {
+            eprintln!(
+                "watching {} (Ctrl-C stops)",
+                reply["result"]["watching"].as_str().unwrap_or(mref)
+            );
+        }
+        loop {
+            if count.is_some_and(|n| printed >= n) {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (raw, line) = client.receive()?;
+            if let Some(resume) = line["resume"].as_str() {
+                eprintln!(
+                    "fell behind: {} entries dropped; watching again after {resume}",
+                    line["dropped"]
+                );
+                after = Some(resume.to_string());
+                break;
+            }
+            let event = &line["event"];
+            let mut out = stdout.lock();
+            let shown = if cli.json {
+                writeln!(out, "{raw}")
+            } else {
+                writeln!(out, "{}", describe(event))
+            };
+            shown
+                .and_then(|_| out.flush())
+                .map_err(|e| format!("cannot print: {e}"))?;
+            printed += 1;
+            after = event["id"].as_str().map(str::to_string).or(after);
+        }
+    }
+}
+
+/// One watched entry for people: `time  M/O  type  user [text]`.
+fn describe(event: &Value) -> String {
+    let at = event["at"].as_str().unwrap_or("-");
+    let place = format!("{}/{}", event["meeting"], event["order"]);
+    let kind = event["type"].as_str().unwrap_or("?");
+    let user = &event["user"];
+    match kind {
+        "message" => format!(
+            "{at}  {place}  message  user {user}: {}",
+            cell(&event["text"])
+        ),
+        "timeout" => format!(
+            "{at}  {place}  timeout  user {user} (scheduled end {})",
+            event["scheduled_end"].as_str().unwrap_or("-")
+        ),
+        _ => format!("{at}  {place}  {kind:<7}  user {user}"),
     }
 }
 

@@ -1181,3 +1181,64 @@ fn a_big_import_finishes() {
     assert!(status.success());
     assert_eq!(daemon.client().ok("USER GET 20000")["name"], "u20000");
 }
+
+#[test]
+fn watch_prints_entries_as_they_come() {
+    let (_redis, daemon) = daemon();
+    standup(&daemon);
+    let mut client = daemon.client();
+    client.ok("JOIN 1 1");
+    client.ok(r#"POST 1 1 "hi there""#);
+    client.ok("LEAVE 1 1");
+
+    // the history, for people
+    let run = meetingctl(
+        daemon.socket(),
+        &["watch", "1/1", "--after", "0", "--count", "3"],
+    );
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(run.stderr, "watching 1/1 (Ctrl-C stops)\n");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    assert!(lines[0].ends_with("  1/1  join     user 1"), "{}", lines[0]);
+    assert!(
+        lines[1].ends_with("  1/1  message  user 1: hi there"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].ends_with("  1/1  leave    user 1"), "{}", lines[2]);
+    assert_recent(lines[0].split("  ").next().unwrap_or_default());
+
+    // live, for scripts: started first, then the entries happen
+    let watcher = Command::new(env!("CARGO_BIN_EXE_meetingctl"))
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(["--json", "watch", "1", "--count", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("meetingctl runs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.ok("STATS")["watch"]["watchers"] != 1 {
+        assert!(Instant::now() < deadline, "meetingctl never watched");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let joined = client.ok("JOIN 2 1");
+    let posted = client.ok(r#"POST 2 1 "live""#);
+    let out = watcher.wait_with_output().expect("meetingctl ends");
+    assert_eq!(out.status.code(), Some(0));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["event"]["id"], joined["id"]);
+    assert_eq!(lines[0]["event"]["type"], "join");
+    assert_eq!(lines[1]["event"]["id"], posted["id"]);
+    assert_eq!(lines[1]["event"]["text"], "live");
+
+    // an unknown instance: exit 1 with the code
+    let run = meetingctl(daemon.socket(), &["watch", "1/7"]);
+    assert_eq!(run.status, 1);
+    assert!(run.stderr.starts_with("not_found: "), "{}", run.stderr);
+}

@@ -743,6 +743,9 @@ mod tests {
             ("[socket]\nmax_connections = 0", "socket.max_connections"),
             ("[redis]\nurl = \"http://x\"", "redis.url"),
             ("[limits]\npage = 5000", "limits.page"),
+            ("[watch]\nbuffer = 3", "watch.buffer"),
+            ("[stats]\nprometheus = \"0.0.0.0:9464\"", "stats.prometheus"),
+            ("[stats]\nprometheus = \"localhost\"", "stats.prometheus"),
             ("[scheduler]\ncron = \"every minute\"", "scheduler.cron"),
             ("[log]\nformat = \"xml\"", "log.format"),
             (

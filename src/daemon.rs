@@ -25,6 +25,7 @@ use crate::cmd::{self, Context, Limits};
 use crate::config::{self, Config, Overrides};
 use crate::embedded_redis::{EmbeddedError, EmbeddedRedis};
 use crate::logging::LogHandle;
+use crate::metrics;
 use crate::scheduler::{self, Scheduler, SchedulerError, Trigger};
 use crate::server::{self, Live, ServerConfig};
 use crate::stats::Stats;
@@ -247,6 +248,17 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
         scheduler: scheduler.clone(),
         hub,
     };
+    if let Some(address) = config.prometheus {
+        let listener = metrics::bind(address).await.map_err(|e| {
+            DaemonError::Setup(format!("stats.prometheus: cannot listen on {address}: {e}"))
+        })?;
+        tokio::spawn(metrics::serve(
+            listener,
+            stats.clone(),
+            ctx.store.clone(),
+            shutdown.clone(),
+        ));
+    }
     let server = tokio::spawn(server::run(
         listener,
         live_rx,

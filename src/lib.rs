@@ -46,6 +46,7 @@ pub mod daemon;
 pub mod embedded_redis;
 pub mod error;
 pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod scheduler;
 pub mod server;

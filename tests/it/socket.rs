@@ -224,6 +224,17 @@ fn every_command_answers() {
     assert_eq!(stats["connections"]["open"], 1);
     assert!(stats["requests"]["TICK"].as_u64() >= Some(1));
     assert!(stats["redis_rtt_ms"].as_f64().is_some());
+    // latency percentiles per command that ran, in order
+    let instance_set = &stats["latency"]["INSTANCE SET"];
+    assert_eq!(instance_set["count"], 9, "{stats}");
+    let p = |q: &str| instance_set[q].as_f64().unwrap_or(-1.0);
+    assert!(p("p50_ms") > 0.0, "{instance_set}");
+    assert!(p("p50_ms") <= p("p90_ms") && p("p90_ms") <= p("p99_ms"));
+    assert!(p("p99_ms") <= p("p999_ms") && p("p999_ms") <= p("max_ms"));
+    assert!(stats["latency"]["JOIN"].is_null(), "no JOIN ran: {stats}");
+    assert_eq!(stats["errors"]["not_found"], 0);
+    c.error_code("USER GET 77");
+    assert_eq!(c.ok("STATS")["errors"]["not_found"], 1);
     assert_eq!(c.ok("QUIT"), "BYE");
     assert!(c.reply().is_none(), "QUIT closes the connection");
 }
@@ -754,4 +765,52 @@ fn a_stale_socket_file_is_replaced() {
         std::fs::read_to_string(&file).expect("still there"),
         "keep me"
     );
+}
+
+#[test]
+fn stats_are_served_as_prometheus_text_when_configured() {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let redis = Redis::start();
+    let daemon = Daemon::start(&redis, &[("MEETINGD_STATS__PROMETHEUS", &address)]);
+    let mut c = daemon.client();
+    c.ok("PING");
+    c.error_code("USER GET 5");
+    let get = |path: &str| {
+        let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        response
+    };
+    let response = get("/metrics");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    for line in [
+        "meetingd_connections_open 1",
+        r#"meetingd_requests_total{command="PING"} 2"#,
+        r#"meetingd_requests_total{command="USER GET"} 1"#,
+        r#"meetingd_errors_total{code="not_found"} 1"#,
+        r#"meetingd_request_latency_count{command="USER GET"} 1"#,
+        "# TYPE meetingd_watchers gauge",
+        "meetingd_watchers 0",
+    ] {
+        assert!(
+            response.lines().any(|l| l == line),
+            "no {line:?} in\n{response}"
+        );
+    }
+    assert!(
+        response.lines().any(|l| l
+            .starts_with(r#"meetingd_request_latency_seconds{command="PING",quantile="0.99"} "#)),
+        "{response}"
+    );
+    assert!(
+        response.contains("\nmeetingd_redis_rtt_seconds "),
+        "{response}"
+    );
+    assert!(get("/").starts_with("HTTP/1.1 404 "));
 }

@@ -1,0 +1,237 @@
+//! The counters of STATS as Prometheus text on `http://127.0.0.1:PORT/metrics`
+//! (`stats.prometheus`; off by default). A deliberately small HTTP/1.1
+//! responder: it reads one request head, answers `GET /metrics` and closes;
+//! anything else is 404. Only loopback addresses are accepted by the
+//! configuration, so nothing leaves the machine.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::Stats;
+use crate::store::Store;
+
+/// The longest request head read.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Listen on `address` (before the daemon says it is ready, so a port in
+/// use fails the start).
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(address).await?;
+    tracing::info!(%address, "serving Prometheus metrics on /metrics");
+    Ok(listener)
+}
+
+/// Answer scrapes until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    stats: Arc<Stats>,
+    store: Store,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::warn!(error = %err, "metrics: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let stats = stats.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            let answered =
+                tokio::time::timeout(Duration::from_secs(5), answer(stream, &stats, &store));
+            if let Ok(Err(err)) = answered.await {
+                tracing::debug!(error = %err, "metrics: a scrape failed");
+            }
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, stats: &Stats, store: &Store) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let (status, body) = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?")
+    {
+        let mut snapshot = stats.snapshot();
+        snapshot["redis_rtt_ms"] =
+            serde_json::json!(store.ping().await.ok().map(|d| d.as_secs_f64() * 1000.0));
+        ("200 OK", render(&snapshot))
+    } else {
+        (
+            "404 Not Found",
+            "only /metrics is served here\n".to_string(),
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// A label value, escaped as the text format wants.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
+}
+
+/// STATS' snapshot (see `Stats::snapshot`) as Prometheus text.
+pub fn render(s: &Value) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP meetingd_{name} {help}");
+        let _ = writeln!(out, "# TYPE meetingd_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "meetingd_{name}{labels} {value}");
+        }
+    };
+    let number = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let plain = |v: &Value| vec![(String::new(), number(v))];
+    let labelled = |key: &str, map: &Value| -> Vec<(String, f64)> {
+        map.as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (format!("{{{key}=\"{}\"}}", label(k)), number(v)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let c = &s["connections"];
+    metric(
+        "connections_open",
+        "gauge",
+        "Client connections open now.",
+        plain(&c["open"]),
+    );
+    metric(
+        "connections_total",
+        "counter",
+        "Client connections accepted.",
+        plain(&c["total"]),
+    );
+    metric(
+        "connections_refused_total",
+        "counter",
+        "Connections turned away at the connection limit.",
+        plain(&c["refused"]),
+    );
+    metric(
+        "requests_total",
+        "counter",
+        "Requests by command.",
+        labelled("command", &s["requests"]),
+    );
+    metric(
+        "errors_total",
+        "counter",
+        "Error replies by code.",
+        labelled("code", &s["errors"]),
+    );
+    let mut quantiles = Vec::new();
+    let mut counts = Vec::new();
+    if let Some(latency) = s["latency"].as_object() {
+        for (command, h) in latency {
+            let command = label(command);
+            for (q, field) in [
+                ("0.5", "p50_ms"),
+                ("0.9", "p90_ms"),
+                ("0.99", "p99_ms"),
+                ("0.999", "p999_ms"),
+            ] {
+                quantiles.push((
+                    format!("{{command=\"{command}\",quantile=\"{q}\"}}"),
+                    number(&h[field]) / 1000.0,
+                ));
+            }
+            counts.push((format!("{{command=\"{command}\"}}"), number(&h["count"])));
+        }
+    }
+    metric(
+        "request_latency_seconds",
+        "gauge",
+        "Request latency quantiles by command since start.",
+        quantiles,
+    );
+    metric(
+        "request_latency_count",
+        "counter",
+        "Requests timed, by command.",
+        counts,
+    );
+    let t = &s["ticks"];
+    metric(
+        "ticks_total",
+        "counter",
+        "Scheduler ticks by result.",
+        ["run", "failed", "skipped"]
+            .iter()
+            .map(|r| (format!("{{result=\"{r}\"}}"), number(&t[*r])))
+            .collect(),
+    );
+    let last_good = t["last_good"]
+        .as_str()
+        .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+        .map_or(0.0, |at| at.timestamp_millis() as f64 / 1000.0);
+    metric(
+        "last_good_tick_timestamp_seconds",
+        "gauge",
+        "When the last tick succeeded (0: never).",
+        vec![(String::new(), last_good)],
+    );
+    let w = &s["watch"];
+    metric(
+        "watchers",
+        "gauge",
+        "Connections watching an instance.",
+        plain(&w["watchers"]),
+    );
+    metric(
+        "watched_instances",
+        "gauge",
+        "Instances with a reader.",
+        plain(&w["instances"]),
+    );
+    metric(
+        "watchers_dropped_total",
+        "counter",
+        "Watchers dropped for falling behind.",
+        plain(&w["watchers_dropped"]),
+    );
+    metric(
+        "watch_dropped_events_total",
+        "counter",
+        "Entries dropped watchers missed.",
+        plain(&w["dropped_events"]),
+    );
+    if let Some(rtt) = s["redis_rtt_ms"].as_f64() {
+        metric(
+            "redis_rtt_seconds",
+            "gauge",
+            "One PING to Redis, at this scrape.",
+            vec![(String::new(), rtt / 1000.0)],
+        );
+    }
+    out
+}

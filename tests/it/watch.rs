@@ -500,3 +500,34 @@ async fn a_thousand_watchers_get_a_burst_and_a_stalled_one_is_dropped() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[test]
+fn a_watch_outlives_a_redis_restart_without_a_gap() {
+    let mut redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let daemon = Daemon::start(&redis, &[("MEETINGD_REDIS__TIMEOUT_MS", "500")]);
+    let mut actor = daemon.client();
+    active_meetings(&mut actor, 1);
+    actor.ok("JOIN 1 1");
+    let mut watcher = daemon.client();
+    watcher.ok("WATCH 1/1");
+    let before = actor.ok(r#"POST 1 1 "before""#);
+    assert_eq!(event(&mut watcher)["id"], before["id"]);
+
+    redis.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    redis.restart();
+    // the daemon reconnects by itself; the first requests may still fail
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let reply = actor.request(r#"POST 1 1 "after""#);
+        if reply["ok"] == true {
+            break reply["result"].clone();
+        }
+        assert_eq!(reply["error"]["code"], "unavailable", "{reply}");
+        assert!(Instant::now() < deadline, "the daemon did not recover");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let seen = event(&mut watcher);
+    assert_eq!(seen["id"], after["id"], "the next entry, once: {seen}");
+    assert_eq!(seen["text"], "after");
+}

@@ -19,7 +19,9 @@
 //!   reply line. Pure, property-tested.
 //! - [`cmd`]: requests applied to the store, one file per command family.
 //! - [`server`]: the socket: listener, connection limit, per-connection
-//!   handler (pipelining, limits, peer credentials), drain.
+//!   handler (pipelining, limits, peer credentials, watching), drain.
+//! - [`watch`]: WATCH's fan-out: one reader per watched instance, a ring
+//!   to its watchers, replay after an id (`store/watch.rs` reads the feed).
 //! - [`scheduler`]: the cron job, the start-up tick and TICK, one tick at a
 //!   time.
 //! - [`daemon`]: the lifecycle: embedded Redis, signals, systemd, reload,
@@ -27,15 +29,16 @@
 //!   default; [`logging`] sets up tracing.
 //! - [`config`]: settings as read (file, environment, flags) into a
 //!   validated configuration.
-//! - [`stats`]: the counters STATS shows. [`error`]: the protocol's error
-//!   codes. [`clock`]: where "now" comes from.
+//! - [`stats`]: the counters STATS shows; [`metrics`] serves them as
+//!   Prometheus text. [`error`]: the protocol's error codes. [`clock`]:
+//!   where "now" comes from.
 //! - `src/main.rs`: `meetingd` (serve, check, check-config, library);
 //!   `src/bin/meetingctl.rs`: the client; `src/bin/meetingd-bench.rs`:
 //!   measurements.
 //!
-//! Arrows run one way: main -> daemon -> server -> cmd -> store -> lua; the
-//! scheduler calls the store; protocol, config, error and clock depend on
-//! nothing of ours but the error codes.
+//! Arrows run one way: main -> daemon -> server -> cmd -> (watch ->) store
+//! -> lua; the scheduler calls the store; protocol, config, error and clock
+//! depend on nothing of ours but the error codes.
 
 #![deny(missing_docs)]
 

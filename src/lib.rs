@@ -33,7 +33,7 @@
 //!   Prometheus text. [`error`]: the protocol's error codes. [`clock`]:
 //!   where "now" comes from.
 //! - `src/main.rs`: `meetingd` (serve, check, check-config, library);
-//!   `src/bin/meetingctl.rs`: the client; `src/bin/meetingd-bench.rs`:
+//!   `src/bin/meetingctl.rs`: the client; `src/bin/meetingd-bench/`:
 //!   measurements.
 //!
 //! Arrows run one way: main -> daemon -> server -> cmd -> (watch ->) store

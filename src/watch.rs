@@ -181,7 +181,7 @@ async fn read(
     loop {
         let cursor = *lock(&channel.cursor);
         let failed = match store.feed(instance, Some(cursor), page).await {
-            Ok(feed) if !feed.items.is_empty() => {
+            Ok(feed) => {
                 let items: Vec<Arc<Item>> = feed
                     .items
                     .iter()
@@ -199,12 +199,17 @@ async fn read(
                     // leaving
                     let _ = channel.sender.send(item);
                 }
-                pause = Duration::from_millis(100);
-                continue;
+                drop(cursor);
+                if feed.next.is_some() {
+                    // more is there already
+                    continue;
+                }
+                None
             }
-            Ok(_) => None,
             Err(err) => Some(err),
         };
+        // caught up: block until something comes after the cursor
+        let cursor = *lock(&channel.cursor);
         let failed = match (failed, listener.as_mut()) {
             (Some(err), _) => Some(err),
             (None, Some(open)) => open.wait(&store, instance, cursor, BLOCK).await.err(),

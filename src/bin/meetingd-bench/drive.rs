@@ -122,7 +122,8 @@ impl World {
         MOVER_BASE + (connection * 1000 + slot) as u64
     }
 
-    fn sitter(meeting: u64, i: u64) -> u64 {
+    /// The i-th user sitting in meeting `meeting`'s instance.
+    pub fn sitter(meeting: u64, i: u64) -> u64 {
         SITTING_BASE + meeting * 1000 + i
     }
 

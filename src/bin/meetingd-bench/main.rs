@@ -10,10 +10,13 @@
 //!   messages, to a given size.
 //! - `memory`: Redis memory per stored message, event and participant.
 //! - `tick`: one tick with many transitions due among many instances.
+//! - `soak`: a realistic mix at half its maximum rate for minutes.
+//! - `watch`: WATCH fan-out: delivery latency to many watchers.
 
 mod drive;
 mod spawn;
 mod tick;
+mod watch;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -51,6 +54,23 @@ enum Bench {
         /// Client connections.
         #[arg(long, default_value_t = 16)]
         connections: usize,
+    },
+    /// WATCH fan-out: watchers spread over instances, a poster per
+    /// instance at a steady rate; delivery latency (its own Redis and
+    /// daemon).
+    Watch {
+        /// Watching connections.
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        /// Instances they watch (spread evenly).
+        #[arg(long, default_value_t = 1)]
+        instances: u64,
+        /// Messages posted into each instance.
+        #[arg(long, default_value_t = 2000)]
+        messages: u64,
+        /// Messages per second into each instance.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
     },
     /// Time one tick with `due` transitions among `stored` instances.
     Tick {
@@ -135,6 +155,20 @@ async fn main() -> std::process::ExitCode {
             minutes,
             connections,
         } => soak(minutes, connections).await,
+        Bench::Watch {
+            watchers,
+            instances,
+            messages,
+            rate,
+        } => {
+            watch::watch(watch::Plan {
+                watchers,
+                instances: instances.max(1),
+                messages,
+                rate: rate.max(1.0),
+            })
+            .await
+        }
         Bench::Tick {
             redis,
             stored,

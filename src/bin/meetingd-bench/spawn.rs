@@ -66,6 +66,11 @@ pub struct OwnDaemon {
 impl OwnDaemon {
     /// Start it on `redis_url`.
     pub fn start(redis_url: &str) -> Result<OwnDaemon, String> {
+        OwnDaemon::start_with(redis_url, &[])
+    }
+
+    /// Start it on `redis_url` with settings as environment variables.
+    pub fn start_with(redis_url: &str, env: &[(&str, &str)]) -> Result<OwnDaemon, String> {
         let here = std::env::current_exe().map_err(|e| e.to_string())?;
         let binary = here.with_file_name("meetingd");
         if !binary.exists() {
@@ -85,6 +90,7 @@ impl OwnDaemon {
             // no cron tick in the middle of a measurement
             .env("MEETINGD_SCHEDULER__CRON", "0 0 0 1 1 *")
             .env("MEETINGD_LOG__LEVEL", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

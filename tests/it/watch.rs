@@ -531,3 +531,22 @@ fn a_watch_outlives_a_redis_restart_without_a_gap() {
     assert_eq!(seen["id"], after["id"], "the next entry, once: {seen}");
     assert_eq!(seen["text"], "after");
 }
+
+#[test]
+fn a_drain_closes_watching_connections_and_exits_0() {
+    let redis = Redis::start();
+    let mut daemon = Daemon::start(&redis, &[]);
+    let mut actor = daemon.client();
+    active_meetings(&mut actor, 1);
+    let mut watcher = daemon.client();
+    watcher.ok("WATCH 1/1");
+    // SAFETY: signalling the daemon this test started, by its pid.
+    unsafe {
+        libc::kill(daemon.pid() as libc::pid_t, libc::SIGTERM);
+    }
+    let status = daemon
+        .wait(Duration::from_secs(10))
+        .expect("the daemon exits when drained");
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert!(watcher.reply().is_none(), "the watch connection was closed");
+}

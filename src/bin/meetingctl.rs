@@ -426,16 +426,21 @@ fn request(cli: &Cli, line: String) -> Result<ExitCode, String> {
         }
         Ok(ExitCode::SUCCESS)
     } else {
-        if cli.json {
-            println!("{raw}");
-        }
-        eprintln!(
-            "{}: {}",
-            reply["error"]["code"].as_str().unwrap_or("error"),
-            reply["error"]["message"].as_str().unwrap_or("")
-        );
-        Ok(ExitCode::from(1))
+        Ok(refused(cli, &raw, &reply))
     }
+}
+
+/// Show an error reply (the raw line too with `--json`); exit status 1.
+fn refused(cli: &Cli, raw: &str, reply: &Value) -> ExitCode {
+    if cli.json {
+        println!("{raw}");
+    }
+    eprintln!(
+        "{}: {}",
+        reply["error"]["code"].as_str().unwrap_or("error"),
+        reply["error"]["message"].as_str().unwrap_or("")
+    );
+    ExitCode::from(1)
 }
 
 /// Follow an instance: print each entry as it comes; after a `dropped`
@@ -458,15 +463,7 @@ fn watch(
         client.send(&request_line(&tokens))?;
         let (raw, reply) = client.receive()?;
         if reply["ok"] != json!(true) {
-            if cli.json {
-                println!("{raw}");
-            }
-            eprintln!(
-                "{}: {}",
-                reply["error"]["code"].as_str().unwrap_or("error"),
-                reply["error"]["message"].as_str().unwrap_or("")
-            );
-            return Ok(ExitCode::from(1));
+            return Ok(refused(cli, &raw, &reply));
         }
         if !cli.json {
             eprintln!(

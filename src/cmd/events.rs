@@ -15,13 +15,18 @@ fn event_json(event: &Event) -> Value {
         "code": event.kind.code(),
         "at": format_time(event.at),
     });
+    timeout_fields(&mut row, event);
+    row
+}
+
+/// A timeout's `scheduled_end` and `processed_at`, added to its row.
+pub(super) fn timeout_fields(row: &mut Value, event: &Event) {
     if let Some(end) = event.scheduled_end {
         row["scheduled_end"] = json!(format_time(end));
     }
     if let Some(processed) = event.processed_at {
         row["processed_at"] = json!(format_time(processed));
     }
-    row
 }
 
 /// # Format

@@ -50,12 +50,7 @@ pub fn render(instance: InstanceId, item: &FeedItem) -> Vec<u8> {
                 "user": e.user,
                 "at": format_time(e.at),
             });
-            if let Some(end) = e.scheduled_end {
-                row["scheduled_end"] = json!(format_time(end));
-            }
-            if let Some(processed) = e.processed_at {
-                row["processed_at"] = json!(format_time(processed));
-            }
+            super::events::timeout_fields(&mut row, e);
             row
         }
         FeedItem::Message(m) => json!({

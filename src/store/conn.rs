@@ -7,6 +7,11 @@
 //! master that owns no slot yet too, unlike the client's slot map) and
 //! opens plain connections to one of them, for what must reach every
 //! master: the SCAN of `meetingd check`.
+//!
+//! Retries on a cluster: redis-rs waits at least `min_retry_wait` before
+//! retrying a TRYAGAIN (1.28 s by default), longer than a whole call may
+//! take, so a call that met a slot in migration always timed out. The waits
+//! here are short and the retries many: the call's timeout bounds them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +62,14 @@ impl std::fmt::Display for Master {
     }
 }
 
+/// Retries of a cluster call (MOVED, ASK, TRYAGAIN, CLUSTERDOWN,
+/// reconnection): the call's timeout ends them first.
+const CLUSTER_RETRIES: u32 = 64;
+/// The shortest wait before a retry, ms.
+const CLUSTER_MIN_RETRY_WAIT: u64 = 5;
+/// The longest wait before a retry, ms (the wait doubles from 10 ms).
+const CLUSTER_MAX_RETRY_WAIT: u64 = 100;
+
 impl Conn {
     /// Connect as `options` say. `checked` is cleared when a single Redis
     /// connection drops, so the library is checked again.
@@ -69,7 +82,11 @@ impl Conn {
                 .use_protocol(redis::ProtocolVersion::RESP3)
                 .connection_timeout(options.timeout)
                 .response_timeout(options.timeout)
-                .retries(6)
+                .overall_response_timeout(Some(options.timeout))
+                .retries(CLUSTER_RETRIES)
+                .min_retry_wait(CLUSTER_MIN_RETRY_WAIT)
+                .max_retry_wait(CLUSTER_MAX_RETRY_WAIT)
+                .retry_wait_formula(10, 2)
                 .build()?;
             let first = options.cluster.first().map_or("", String::as_str);
             let info = redis::IntoConnectionInfo::into_connection_info(first)

@@ -41,49 +41,13 @@ fn redis_cli(args: &[&str]) -> String {
 impl Cluster {
     /// Start `masters` nodes and join them into one cluster.
     pub fn start(masters: usize) -> Cluster {
-        let dir = tempfile::tempdir().expect("dir");
-        let mut nodes = Vec::new();
-        let mut ports = Vec::new();
-        for _ in 0..masters {
-            let port = free_port();
-            let node_dir: PathBuf = dir.path().join(port.to_string());
-            std::fs::create_dir_all(&node_dir).expect("node dir");
-            let child = Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                ])
-                .args([
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--enable-debug-command",
-                    "yes",
-                ])
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server starts");
-            nodes.push(child);
-            ports.push(port);
-        }
-        let cluster = Cluster {
-            nodes,
-            ports,
-            _dir: dir,
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            ports: Vec::new(),
+            _dir: tempfile::tempdir().expect("dir"),
         };
-        for port in &cluster.ports {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while redis_cli(&["-p", &port.to_string(), "PING"]).trim() != "PONG" {
-                assert!(Instant::now() < deadline, "node {port} starts");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        for _ in 0..masters {
+            cluster.spawn_node();
         }
         let addresses: Vec<String> = cluster
             .ports
@@ -95,15 +59,139 @@ impl Cluster {
         create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
         redis_cli(&create);
         for port in &cluster.ports {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !redis_cli(&["-p", &port.to_string(), "CLUSTER", "INFO"])
-                .contains("cluster_state:ok")
-            {
-                assert!(Instant::now() < deadline, "the cluster forms");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            cluster.wait_state_ok(*port);
         }
         cluster
+    }
+
+    /// Start one more cluster-enabled redis-server, not yet in the
+    /// cluster; wait until it answers. Its port.
+    fn spawn_node(&mut self) -> u16 {
+        let port = free_port();
+        let node_dir: PathBuf = self._dir.path().join(port.to_string());
+        std::fs::create_dir_all(&node_dir).expect("node dir");
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(&node_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.nodes.push(child);
+        self.ports.push(port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis_cli(&["-p", &port.to_string(), "PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "node {port} starts");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        port
+    }
+
+    fn wait_state_ok(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self
+            .cli(port, &["CLUSTER", "INFO"])
+            .contains("cluster_state:ok")
+        {
+            assert!(Instant::now() < deadline, "the cluster forms at {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A node's id.
+    pub fn node_id(&self, port: u16) -> String {
+        self.cli(port, &["CLUSTER", "MYID"]).trim().to_string()
+    }
+
+    /// Begin moving `slot` from one master to another: IMPORTING on the
+    /// target, then MIGRATING on the source (the order redis-cli uses).
+    pub fn begin_migration(&self, slot: u16, from: u16, to: u16) {
+        let slot = slot.to_string();
+        let importing = self.cli(
+            to,
+            &[
+                "CLUSTER",
+                "SETSLOT",
+                &slot,
+                "IMPORTING",
+                &self.node_id(from),
+            ],
+        );
+        assert_eq!(importing.trim(), "OK", "IMPORTING: {importing}");
+        let migrating = self.cli(
+            from,
+            &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &self.node_id(to)],
+        );
+        assert_eq!(migrating.trim(), "OK", "MIGRATING: {migrating}");
+    }
+
+    /// The members of a sorted set on the node at `port`, read under
+    /// ASKING (a node serves a slot it is importing only so).
+    pub fn members_asking(&self, port: u16, key: &str) -> Vec<String> {
+        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .expect("client")
+            .get_connection()
+            .expect("connect to the node");
+        let _: () = redis::cmd("ASKING").query(&mut conn).expect("ASKING");
+        redis::cmd("ZRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query(&mut conn)
+            .expect("ZRANGE")
+    }
+
+    /// The keys of `slot` held by the node at `port`.
+    pub fn keys_in_slot(&self, port: u16, slot: u16) -> Vec<String> {
+        self.cli(
+            port,
+            &["CLUSTER", "GETKEYSINSLOT", &slot.to_string(), "10000"],
+        )
+        .lines()
+        .map(str::to_string)
+        .filter(|k| !k.is_empty())
+        .collect()
+    }
+
+    /// MIGRATE every key of `slot` that is still on `from` to `to`.
+    pub fn migrate_keys(&self, slot: u16, from: u16, to: u16) {
+        let keys = self.keys_in_slot(from, slot);
+        if keys.is_empty() {
+            return;
+        }
+        let to = to.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &to, "", "0", "5000", "KEYS"];
+        args.extend(keys.iter().map(String::as_str));
+        let out = self.cli(from, &args);
+        assert_eq!(out.trim(), "OK", "MIGRATE: {out}");
+    }
+
+    /// End the migration of `slot`: the target owns it (told to the target
+    /// first, then to every other node).
+    pub fn finish_migration(&self, slot: u16, to: u16) {
+        let id = self.node_id(to);
+        let slot = slot.to_string();
+        let mut order = vec![to];
+        order.extend(self.ports.iter().copied().filter(|p| *p != to));
+        for port in order {
+            let out = self.cli(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &id]);
+            assert_eq!(out.trim(), "OK", "SETSLOT NODE at {port}: {out}");
+        }
     }
 
     /// The nodes' URLs.
@@ -399,4 +487,135 @@ fn the_daemon_serves_on_a_cluster() {
         std::thread::sleep(Duration::from_millis(50));
     }
     crate::socket::seed_scenario(&mut Client::connect(&socket).expect("connect"));
+}
+
+/// Calls on a meeting whose slot moves from its master to `to` while they
+/// run: a JOIN and a LEAVE whose keys have all moved (the source answers
+/// ASK, the target serves them under ASKING), then a POST that creates a
+/// key, which the target refuses with TRYAGAIN until the slot is its own,
+/// made while the migration is still open and finished 300 ms later. All
+/// succeed, the data ends on the target, and `meetingd check` is clean.
+async fn calls_during_a_migration(cluster: &Cluster, store: &Store, to: u16) {
+    users(store, 1..=3).await;
+    let meeting = meetingd::store::Meeting {
+        id: 1,
+        title: "moving".into(),
+        description: String::new(),
+        public: false,
+    };
+    store.meeting_set(&meeting).await.expect("meeting");
+    let audience: Vec<String> = (1..=3).map(|u| format!("u{u}@example.com")).collect();
+    store.audience_add(1, &audience).await.expect("audience");
+    let instance = InstanceId::new(1, 1);
+    store
+        .instance_set(instance, T0, T0 + 10 * MIN)
+        .await
+        .expect("instance");
+    store.tick(T0).await.expect("tick");
+    store
+        .join(1, InstanceRef::Current(1))
+        .await
+        .expect("join 1");
+    store
+        .post(1, InstanceRef::Current(1), "before")
+        .await
+        .expect("post before");
+
+    let keys = store.keys();
+    let slot = cluster.slot(&keys.schedule(1));
+    let from = cluster.owner(&keys.schedule(1));
+    assert_ne!(from, to, "the slot moves to another master");
+    let moving = cluster.keys_in_slot(from, slot);
+    assert!(moving.contains(&keys.present(instance)), "{moving:?}");
+    cluster.begin_migration(slot, from, to);
+    cluster.migrate_keys(slot, from, to);
+    assert!(cluster.keys_in_slot(from, slot).is_empty());
+    let in_migration = || {
+        cluster
+            .cli(to, &["CLUSTER", "NODES"])
+            .contains(&format!("[{slot}-<-"))
+    };
+    assert!(in_migration(), "slot {slot} is importing at {to}");
+
+    // every key already moved: ASK, then served by the target
+    store
+        .join(2, InstanceRef::Current(1))
+        .await
+        .expect("a JOIN during the migration");
+    store
+        .leave(1, InstanceRef::Current(1))
+        .await
+        .expect("a LEAVE during the migration");
+    assert!(in_migration(), "the calls ran while slot {slot} was moving");
+    assert_eq!(
+        cluster.members_asking(to, &keys.present(instance)),
+        ["2"],
+        "the participants on the target"
+    );
+
+    // a key that does not exist yet: TRYAGAIN until the slot is the target's
+    let post = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let posted = store.post(2, InstanceRef::Current(1), "during").await;
+            (posted, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!post.is_finished(), "the POST waits while the slot moves");
+    cluster.finish_migration(slot, to);
+    let (posted, took) = post.await.expect("the POST task");
+    posted.expect("a POST made during the migration succeeds after it");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+
+    assert_eq!(cluster.owner(&keys.schedule(1)), to);
+    assert!(cluster.keys_in_slot(from, slot).is_empty());
+    let on_target = cluster.keys_in_slot(to, slot);
+    for key in moving.iter().chain([&keys.chat_by(instance, 2)]) {
+        assert!(
+            on_target.contains(key),
+            "{key} on the target: {on_target:?}"
+        );
+    }
+    let (_, people) = store
+        .participants(InstanceRef::Current(1), None, 100)
+        .await
+        .expect("participants");
+    assert_eq!(people.iter().map(|p| p.user).collect::<Vec<_>>(), [2]);
+    let (_, chat) = store
+        .messages(instance.into(), None, None, 100)
+        .await
+        .expect("messages");
+    let texts: Vec<&str> = chat.items.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["before", "during"]);
+    let (_, events) = store
+        .events(instance.into(), None, 100)
+        .await
+        .expect("events");
+    let log: Vec<(u64, EventKind)> = events.items.iter().map(|e| (e.user, e.kind)).collect();
+    assert_eq!(
+        log,
+        [
+            (1, EventKind::Join),
+            (2, EventKind::Join),
+            (1, EventKind::Leave)
+        ]
+    );
+    assert_eq!(store.check().await.expect("check"), Vec::<String>::new());
+    let (code, out) = cluster.check();
+    assert_eq!((code, out.trim()), (0, "clean"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_during_a_slot_migration_between_masters() {
+    let cluster = Cluster::start(3);
+    let store = cluster.store(ManualClock::new(T0)).await;
+    let from = cluster.owner(&store.keys().schedule(1));
+    let to = *cluster
+        .ports()
+        .iter()
+        .find(|p| **p != from)
+        .expect("another master");
+    calls_during_a_migration(&cluster, &store, to).await;
 }

@@ -6,7 +6,7 @@
 //! On a cluster it also knows the masters (CLUSTER NODES, which lists a
 //! master that owns no slot yet too, unlike the client's slot map) and
 //! opens plain connections to one of them, for what must reach every
-//! master: the SCAN of `meetingd check`.
+//! master: the library's upkeep and the SCAN of `meetingd check`.
 //!
 //! Retries on a cluster: redis-rs waits at least `min_retry_wait` before
 //! retrying a TRYAGAIN (1.28 s by default), longer than a whole call may

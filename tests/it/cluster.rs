@@ -113,6 +113,28 @@ impl Cluster {
         }
     }
 
+    /// A master joined by a bare `CLUSTER MEET` (no slots, and none of the
+    /// functions: unlike `redis-cli --cluster add-node`, nothing copies
+    /// them); returns once every node knows it and it sees the cluster ok.
+    pub fn add_bare_master(&mut self) -> u16 {
+        let port = self.spawn_node();
+        let seed = self.ports[0];
+        let meet = self.cli(seed, &["CLUSTER", "MEET", "127.0.0.1", &port.to_string()]);
+        assert_eq!(meet.trim(), "OK", "CLUSTER MEET: {meet}");
+        let id = self.node_id(port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.ports.iter().all(|p| {
+            self.cli(*p, &["CLUSTER", "NODES"])
+                .lines()
+                .any(|l| l.starts_with(&id) && !l.contains("handshake"))
+        }) {
+            assert!(Instant::now() < deadline, "every node meets {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_state_ok(port);
+        port
+    }
+
     /// A node's id.
     pub fn node_id(&self, port: u16) -> String {
         self.cli(port, &["CLUSTER", "MYID"]).trim().to_string()
@@ -618,4 +640,28 @@ async fn calls_during_a_slot_migration_between_masters() {
         .find(|p| **p != from)
         .expect("another master");
     calls_during_a_migration(&cluster, &store, to).await;
+}
+
+/// The same calls while the slot moves to a master that joined by a bare
+/// CLUSTER MEET after the store connected: a node the store's cluster
+/// client has never heard of, and without the library until the store,
+/// told `Function not found` by it, loads it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_during_a_slot_migration_to_a_master_joined_by_cluster_meet() {
+    let mut cluster = Cluster::start(3);
+    let store = cluster.store(ManualClock::new(T0)).await;
+    let to = cluster.add_bare_master();
+    assert!(
+        !cluster
+            .cli(to, &["FUNCTION", "LIST", "LIBRARYNAME", "meetingd"])
+            .contains("meetingd"),
+        "a bare CLUSTER MEET copies no functions"
+    );
+    calls_during_a_migration(&cluster, &store, to).await;
+    assert!(
+        cluster
+            .cli(to, &["FUNCTION", "LIST", "LIBRARYNAME", "meetingd"])
+            .contains("meetingd"),
+        "the store loaded the library on the new master"
+    );
 }

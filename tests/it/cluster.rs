@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use meetingd::clock::ManualClock;
 use meetingd::store::{EventKind, InstanceId, InstanceRef, Store, StoreOptions};
 
-use crate::harness::{Client, Daemon, MIN, T0, public_meeting, users};
+use crate::harness::{MIN, T0, public_meeting, users};
 
 /// A Redis Cluster of the test's own.
 pub struct Cluster {
@@ -251,6 +251,42 @@ impl Cluster {
         redis_cli(&all)
     }
 
+    /// redis-cli in cluster mode from the seed: follows MOVED and ASK.
+    pub fn cli_cluster(&self, args: &[&str]) -> String {
+        let port = self.ports[0].to_string();
+        let mut all = vec!["-c", "-p", &port];
+        all.extend_from_slice(args);
+        redis_cli(&all)
+    }
+
+    /// Keep every node busy (DEBUG SLEEP) for `seconds` from other
+    /// threads; the handle ends when all are awake.
+    pub fn sleep_in_background(&self, seconds: f64) -> std::thread::JoinHandle<()> {
+        let sleepers: Vec<_> = self
+            .ports
+            .iter()
+            .map(|port| {
+                let port = port.to_string();
+                std::thread::spawn(move || {
+                    redis_cli(&["-p", &port, "DEBUG", "SLEEP", &seconds.to_string()]);
+                })
+            })
+            .collect();
+        std::thread::spawn(move || {
+            for sleeper in sleepers {
+                sleeper.join().expect("sleeper");
+            }
+        })
+    }
+
+    /// Forget all data on every node (FUNCTION FLUSH is not part of
+    /// FLUSHALL: the library stays).
+    pub fn flush(&self) {
+        for listing in self.on_each(&["FLUSHALL"]) {
+            assert_eq!(listing.trim(), "OK", "FLUSHALL: {listing}");
+        }
+    }
+
     /// The slot of a key.
     pub fn slot(&self, key: &str) -> u16 {
         self.cli(self.ports[0], &["CLUSTER", "KEYSLOT", key])
@@ -486,29 +522,18 @@ async fn spread_of_10000_meetings_over_3_masters() {
     );
 }
 
+/// The protocol scenarios of `socket` on one cluster, one after the
+/// other, each on a fresh daemon and flushed data (a cluster takes seconds
+/// to start; a daemon and a FLUSHALL do not).
 #[test]
-fn the_daemon_serves_on_a_cluster() {
-    let cluster = Cluster::start(3);
-    let dir = tempfile::tempdir().expect("dir");
-    let socket = dir.path().join("meetingd.sock");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_meetingd"));
-    command
-        .arg("serve")
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--redis-cluster")
-        .arg(cluster.urls().join(","));
-    let daemon = Daemon::spawn_command(command, &socket, &[], tempfile::tempdir().expect("dir"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Client::connect(&socket).map_or(true, |mut c| c.try_request("PING").is_none()) {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon serves: {}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+fn the_protocol_suite_on_a_cluster() {
+    let backend = crate::socket::Backend::Cluster(Cluster::start(3));
+    for (name, scenario) in crate::socket::SCENARIOS {
+        backend.flush();
+        let started = Instant::now();
+        scenario(&backend);
+        eprintln!("on a cluster: {name}: ok in {:?}", started.elapsed());
     }
-    crate::socket::seed_scenario(&mut Client::connect(&socket).expect("connect"));
 }
 
 /// Calls on a meeting whose slot moves from its master to `to` while they

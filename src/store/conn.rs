@@ -13,8 +13,8 @@
 //! take, so a call that met a slot in migration always timed out. The waits
 //! here are short and the retries many: the call's timeout bounds them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use redis::aio::{
@@ -22,7 +22,9 @@ use redis::aio::{
 };
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, ConnectionAddr, ConnectionInfo, Pipeline, PushKind, RedisFuture, Value};
+use redis::{
+    Cmd, ConnectionAddr, ConnectionInfo, Pipeline, PushKind, RedisError, RedisFuture, Value,
+};
 
 use super::{StoreError, StoreOptions, reply};
 
@@ -30,14 +32,85 @@ use super::{StoreError, StoreOptions, reply};
 #[derive(Clone)]
 pub(super) enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection, Arc<Seeds>),
+    Cluster(Arc<Cluster>),
 }
 
-/// What a plain connection to one node of the cluster needs: the first
-/// node's settings (user, password, protocol) and the call timeout.
-pub(super) struct Seeds {
+/// The cluster client's connection, and what it takes to replace it.
+///
+/// redis-rs 1.2's cluster connection can wedge for good: with many calls
+/// bouncing between the two masters of a slot in migration (ASK, then
+/// MOVED when another call's ASKING took the flag), its task starts a slot
+/// refresh that waits for a lock an in-flight call holds, and that call is
+/// not polled until the refresh ends. Every later call times out, the
+/// migration long over. So a call that times out (or finds the task gone)
+/// has the connection probed with a PING; if that times out too, a new
+/// connection is made from the seeds and takes its place.
+pub(super) struct Cluster {
+    client: redis::cluster::ClusterClient,
+    current: RwLock<ClusterConnection>,
+    /// A probe is running: one at a time.
+    probing: AtomicBool,
+    /// The first node's settings (user, password, protocol), for plain
+    /// connections to one node.
     info: ConnectionInfo,
     timeout: Duration,
+}
+
+impl Cluster {
+    /// The connection in use now.
+    fn connection(&self) -> ClusterConnection {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// After `err` from a call: when it looks like the connection is stuck
+    /// (a timeout) or gone (its task ended), probe it in the background and
+    /// replace it if it does not answer.
+    fn after_error(self: &Arc<Self>, err: &RedisError) {
+        if !(err.is_timeout() || err.is_io_error() || err.is_connection_dropped()) {
+            return;
+        }
+        if self.probing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            cluster.probe().await;
+            cluster.probing.store(false, Ordering::SeqCst);
+        });
+    }
+
+    async fn probe(&self) {
+        let mut stale = self.connection();
+        let ping_cmd = redis::cmd("PING");
+        let ping = ping_cmd.query_async::<Value>(&mut stale);
+        if matches!(
+            tokio::time::timeout(self.timeout, ping).await,
+            Ok(Ok(Value::SimpleString(_)
+                | Value::BulkString(_)
+                | Value::Okay))
+        ) {
+            return;
+        }
+        match tokio::time::timeout(self.timeout, self.client.get_async_connection()).await {
+            Ok(Ok(fresh)) => {
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+                tracing::warn!(
+                    "the Redis Cluster connection did not answer a PING: replaced by a new one"
+                );
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "the Redis Cluster connection does not answer, and a new one cannot be made");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "the Redis Cluster connection does not answer, and a new one timed out"
+                );
+            }
+        }
+    }
 }
 
 /// A master of the cluster as CLUSTER NODES lists it.
@@ -63,8 +136,10 @@ impl std::fmt::Display for Master {
 }
 
 /// Retries of a cluster call (MOVED, ASK, TRYAGAIN, CLUSTERDOWN,
-/// reconnection): the call's timeout ends them first.
-const CLUSTER_RETRIES: u32 = 64;
+/// reconnection): the call's timeout usually ends them first. Not above
+/// 60: redis-rs computes 2^retry * 10 ms in a u64, which overflows there
+/// (a panic that ends the connection's task, in a debug build).
+const CLUSTER_RETRIES: u32 = 30;
 /// The shortest wait before a retry, ms.
 const CLUSTER_MIN_RETRY_WAIT: u64 = 5;
 /// The longest wait before a retry, ms (the wait doubles from 10 ms).
@@ -91,14 +166,14 @@ impl Conn {
             let first = options.cluster.first().map_or("", String::as_str);
             let info = redis::IntoConnectionInfo::into_connection_info(first)
                 .map_err(|e| StoreError::Internal(format!("bad Redis Cluster URL: {e}")))?;
-            let seeds = Seeds {
+            let current = RwLock::new(client.get_async_connection().await?);
+            return Ok(Conn::Cluster(Arc::new(Cluster {
+                client,
+                current,
+                probing: AtomicBool::new(false),
                 info,
                 timeout: options.timeout,
-            };
-            return Ok(Conn::Cluster(
-                client.get_async_connection().await?,
-                Arc::new(seeds),
-            ));
+            })));
         }
         let info = redis::IntoConnectionInfo::into_connection_info(options.url.as_str())
             .map_err(|e| StoreError::Internal(format!("bad Redis URL: {e}")))?;
@@ -132,16 +207,17 @@ impl Conn {
     /// The cluster's masters, as a node of it says (none on a single
     /// Redis). Asked of a random master through the cluster connection.
     pub(super) async fn masters(&self) -> Result<Vec<Master>, StoreError> {
-        let Conn::Cluster(cluster, _) = self else {
+        let Conn::Cluster(cluster) = self else {
             return Ok(Vec::new());
         };
-        let mut cluster = cluster.clone();
         let value = cluster
+            .connection()
             .route_command(
                 redis::cmd("CLUSTER").arg("NODES").clone(),
                 RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
             )
-            .await?;
+            .await
+            .inspect_err(|err| cluster.after_error(err))?;
         Ok(parse_masters(&reply::text("CLUSTER NODES", value)?))
     }
 
@@ -151,7 +227,7 @@ impl Conn {
         &self,
         master: &Master,
     ) -> Result<MultiplexedConnection, StoreError> {
-        let Conn::Cluster(_, seeds) = self else {
+        let Conn::Cluster(seeds) = self else {
             return Err(StoreError::Internal("not a Redis Cluster".into()));
         };
         let info = seeds
@@ -206,7 +282,15 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c, _) => c.req_packed_command(cmd),
+            Conn::Cluster(cluster) => {
+                let cluster = cluster.clone();
+                Box::pin(async move {
+                    let mut conn = cluster.connection();
+                    conn.req_packed_command(cmd)
+                        .await
+                        .inspect_err(|err| cluster.after_error(err))
+                })
+            }
         }
     }
 
@@ -218,14 +302,22 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Cluster(c, _) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(cluster) => {
+                let cluster = cluster.clone();
+                Box::pin(async move {
+                    let mut conn = cluster.connection();
+                    conn.req_packed_commands(cmd, offset, count)
+                        .await
+                        .inspect_err(|err| cluster.after_error(err))
+                })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c, _) => c.get_db(),
+            Conn::Cluster(_) => 0,
         }
     }
 }

@@ -79,7 +79,15 @@ impl From<RedisError> for StoreError {
             || err.is_connection_refusal()
             || matches!(
                 err.code(),
-                Some("LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "BUSY")
+                Some(
+                    "LOADING"
+                        | "TRYAGAIN"
+                        | "ASK"
+                        | "MOVED"
+                        | "CLUSTERDOWN"
+                        | "MASTERDOWN"
+                        | "BUSY"
+                )
             );
         if unreachable {
             StoreError::Unavailable(err.to_string())

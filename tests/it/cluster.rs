@@ -665,6 +665,68 @@ async fn calls_during_a_slot_migration_between_masters() {
         .find(|p| **p != from)
         .expect("another master");
     calls_during_a_migration(&cluster, &store, to).await;
+    many_calls_during_a_migration(&cluster, &store).await;
+}
+
+/// 40 LEAVEs at once on a meeting whose slot is in migration, every key
+/// already moved. Under redis-rs 1.2 they bounce between the masters (an
+/// ASKING sent alone on the shared connection is taken by another call,
+/// whose target answers MOVED) and the cluster connection wedges: every
+/// later call timed out, long after the migration. Now a call may fail
+/// `unavailable` meanwhile, never otherwise; the store replaces the stuck
+/// connection, serves again within seconds of the migration's end, and the
+/// participants still agree with the event log.
+async fn many_calls_during_a_migration(cluster: &Cluster, store: &Store) {
+    let meeting = 2;
+    users(store, 11..=50).await;
+    public_meeting(store, meeting).await;
+    let instance = InstanceId::new(meeting, 1);
+    store
+        .instance_set(instance, T0, T0 + 10 * MIN)
+        .await
+        .expect("instance");
+    store.tick(T0).await.expect("tick");
+    for u in 11..=50 {
+        store
+            .join(u, InstanceRef::Current(meeting))
+            .await
+            .expect("join");
+    }
+    let keys = store.keys();
+    let slot = cluster.slot(&keys.schedule(meeting));
+    let from = cluster.owner(&keys.schedule(meeting));
+    let to = *cluster
+        .ports()
+        .iter()
+        .find(|p| **p != from)
+        .expect("another master");
+    cluster.begin_migration(slot, from, to);
+    cluster.migrate_keys(slot, from, to);
+    let calls: Vec<_> = (11..=50)
+        .map(|u| {
+            let store = store.clone();
+            tokio::spawn(async move { store.leave(u, InstanceRef::Current(meeting)).await })
+        })
+        .collect();
+    let mut failed = 0;
+    for call in calls {
+        if let Err(err) = call.await.expect("a LEAVE task") {
+            assert_eq!(err.code(), meetingd::error::Code::Unavailable, "{err}");
+            failed += 1;
+        }
+    }
+    eprintln!("40 LEAVEs during a migration: {failed} unavailable");
+    cluster.finish_migration(slot, to);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.user_get(11).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the store serves again after the migration"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cluster.owner(&keys.schedule(meeting)), to);
+    assert_eq!(store.check().await.expect("check"), Vec::<String>::new());
 }
 
 /// The same calls while the slot moves to a master that joined by a bare

@@ -11,7 +11,8 @@
 //! Retries on a cluster: redis-rs waits at least `min_retry_wait` before
 //! retrying a TRYAGAIN (1.28 s by default), longer than a whole call may
 //! take, so a call that met a slot in migration always timed out. The waits
-//! here are short and the retries many: the call's timeout bounds them.
+//! here are short (5-100 ms) and the call's timeout bounds them all. A
+//! cluster connection that stops answering is replaced (see [`Cluster`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -39,12 +40,14 @@ pub(super) enum Conn {
 ///
 /// redis-rs 1.2's cluster connection can wedge for good: with many calls
 /// bouncing between the two masters of a slot in migration (ASK, then
-/// MOVED when another call's ASKING took the flag), its task starts a slot
-/// refresh that waits for a lock an in-flight call holds, and that call is
-/// not polled until the refresh ends. Every later call times out, the
-/// migration long over. So a call that times out (or finds the task gone)
-/// has the connection probed with a PING; if that times out too, a new
-/// connection is made from the seeds and takes its place.
+/// MOVED when another call's ASKING, sent on its own on the shared
+/// connection, took the flag), its task starts a slot refresh that never
+/// ends (most likely waiting for the connection map's lock, granted to an
+/// in-flight call that is not polled until the refresh ends). Every later
+/// call times out, the migration long over. So a call that times out (or
+/// finds the task gone) has the connection probed with a PING; if that
+/// times out too, a new connection is made from the seeds and takes its
+/// place.
 pub(super) struct Cluster {
     client: redis::cluster::ClusterClient,
     current: RwLock<ClusterConnection>,
@@ -201,7 +204,7 @@ impl Conn {
     /// Whether this is a cluster (pipelines of several slots are then sent
     /// as concurrent calls instead).
     pub(super) fn is_cluster(&self) -> bool {
-        matches!(self, Conn::Cluster(..))
+        matches!(self, Conn::Cluster(_))
     }
 
     /// The cluster's masters, as a node of it says (none on a single

@@ -50,14 +50,22 @@ impl Backend {
     /// A digest of all data (every node's): equal before and after means
     /// nothing was written.
     pub fn digest(&self) -> String {
-        match self {
-            Backend::Single(redis) => redis.cli(&["DEBUG", "DIGEST"]),
+        let digests = match self {
+            Backend::Single(redis) => vec![redis.cli(&["DEBUG", "DIGEST"])],
             Backend::Cluster(cluster) => cluster
                 .ports()
                 .iter()
                 .map(|p| cluster.cli(*p, &["DEBUG", "DIGEST"]))
                 .collect(),
+        };
+        for digest in &digests {
+            let digest = digest.trim();
+            assert!(
+                digest.len() == 40 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+                "DEBUG DIGEST: {digest:?}"
+            );
         }
+        digests.concat()
     }
 
     /// Forget all data (the library stays).

@@ -13,8 +13,9 @@
 //!   (`store/keys.rs`), the assembled library (`store/library.rs`), reply
 //!   decoding (`store/reply.rs`), typed results (`store/types.rs`), one
 //!   method per operation (`store/mod.rs`), bulk loading
-//!   (`store/load.rs`) and the consistency check of `meetingd check`
-//!   (`store/check.rs`).
+//!   (`store/load.rs`), the consistency check of `meetingd check`
+//!   (`store/check.rs`), the connection (`store/conn.rs`) and, on a Redis
+//!   Cluster, the library on every master (`store/cluster.rs`).
 //! - [`protocol`]: a request line into a typed request, a result into a
 //!   reply line. Pure, property-tested.
 //! - [`cmd`]: requests applied to the store, one file per command family.

@@ -1,6 +1,7 @@
 //! `meetingd check`: a read-only consistency check over everything stored.
 //!
 //! An operator tool, not a request path: it walks the keyspace with SCAN
+//! (on a Redis Cluster, every master's, each over a plain connection to it)
 //! and reads every structure in small steps (pages of at most 1000), so
 //! Redis is never held long. It verifies, for every instance, that its
 //! participants are exactly the users whose last event is a join, that no
@@ -10,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use redis::Value;
+use redis::aio::ConnectionLike;
 
 use super::reply;
 use super::types::{InstanceId, InstanceState};
@@ -75,30 +77,29 @@ impl Store {
         Ok(cmd.query_async(&mut conn).await?)
     }
 
-    /// Every key of the layout, by SCAN in steps of `count`.
-    async fn all_keys(&self) -> Result<Vec<String>, StoreError> {
-        let mut keys = Vec::new();
-        let mut cursor = "0".to_string();
-        loop {
-            let value = self
-                .raw(
-                    redis::cmd("SCAN")
-                        .arg(&cursor)
-                        .arg("MATCH")
-                        .arg("meetingd:*")
-                        .arg("COUNT")
-                        .arg(500),
-                )
-                .await?;
-            let mut parts = reply::array("SCAN", value)?.into_iter();
-            cursor = reply::text("SCAN", parts.next().unwrap_or_default())?;
-            for key in reply::array("SCAN", parts.next().unwrap_or_default())? {
-                keys.push(reply::text("SCAN", key)?);
-            }
-            if cursor == "0" {
-                return Ok(keys);
-            }
+    /// Every key of the layout, by SCAN in small steps: of the one Redis,
+    /// or of every master of a cluster, each over a plain connection (a
+    /// SCAN sees the keys of the node it is sent to only).
+    async fn all_keys(&self) -> Result<BTreeSet<String>, StoreError> {
+        if !self.conn.is_cluster() {
+            let mut conn = self.conn.clone();
+            return scan(&mut conn).await;
         }
+        let mut keys = BTreeSet::new();
+        for master in self.conn.masters().await? {
+            if master.failed {
+                if master.owns_slots {
+                    return Err(StoreError::Unavailable(format!(
+                        "master {master} ({}) is failing: its keys cannot be checked",
+                        master.id
+                    )));
+                }
+                continue;
+            }
+            let mut conn = self.conn.direct(&master).await?;
+            keys.extend(scan(&mut conn).await?);
+        }
+        Ok(keys)
     }
 
     /// A hash's fields, by HSCAN.
@@ -198,12 +199,9 @@ impl Store {
     }
 
     /// Check everything stored; one line per problem found (none: clean).
+    /// On a cluster every master is scanned; the structures are read through
+    /// the cluster connection (each read has one key).
     pub async fn check(&self) -> Result<Vec<String>, StoreError> {
-        if self.conn.is_cluster() {
-            return Err(StoreError::Internal(
-                "meetingd check does not walk a Redis Cluster yet: run it against each master's data".into(),
-            ));
-        }
         let mut problems = Vec::new();
         let mut kinds: BTreeSet<Kind> = BTreeSet::new();
         for key in self.all_keys().await? {
@@ -376,6 +374,31 @@ impl Store {
             }
         }
         Ok(problems)
+    }
+}
+
+/// The keys of the layout in one Redis (one node of a cluster), by SCAN in
+/// steps of 500.
+async fn scan(conn: &mut impl ConnectionLike) -> Result<BTreeSet<String>, StoreError> {
+    let mut keys = BTreeSet::new();
+    let mut cursor = "0".to_string();
+    loop {
+        let value: Value = redis::cmd("SCAN")
+            .arg(&cursor)
+            .arg("MATCH")
+            .arg("meetingd:*")
+            .arg("COUNT")
+            .arg(500)
+            .query_async(conn)
+            .await?;
+        let mut parts = reply::array("SCAN", value)?.into_iter();
+        cursor = reply::text("SCAN", parts.next().unwrap_or_default())?;
+        for key in reply::array("SCAN", parts.next().unwrap_or_default())? {
+            keys.insert(reply::text("SCAN", key)?);
+        }
+        if cursor == "0" {
+            return Ok(keys);
+        }
     }
 }
 

@@ -10,9 +10,11 @@
 //! `meet_version` with its own and loads the library when they differ or the
 //! library is missing; a call that fails because the function is gone
 //! (Redis restarted without persistence, a failover, `FUNCTION FLUSH`)
-//! loads it and is retried once, which is safe because nothing ran.
+//! loads it and is retried once, which is safe because nothing ran. On a
+//! Redis Cluster both happen master by master (`cluster.rs`).
 
 mod check;
+mod cluster;
 mod conn;
 mod keys;
 mod library;
@@ -79,7 +81,15 @@ impl From<RedisError> for StoreError {
             || err.is_connection_refusal()
             || matches!(
                 err.code(),
-                Some("LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "BUSY")
+                Some(
+                    "LOADING"
+                        | "TRYAGAIN"
+                        | "ASK"
+                        | "MOVED"
+                        | "CLUSTERDOWN"
+                        | "MASTERDOWN"
+                        | "BUSY"
+                )
             );
         if unreachable {
             StoreError::Unavailable(err.to_string())
@@ -201,11 +211,12 @@ impl Store {
     }
 
     /// Load the library unless the loaded one has our version. On a
-    /// cluster, load it on every master (FUNCTION LOAD goes to all of them):
-    /// a version read from one node says nothing of the others.
+    /// cluster, on every master, each compared on its own (see
+    /// `cluster.rs`): a version read from one node says nothing of the
+    /// others.
     pub async fn ensure_library(&self) -> Result<(), StoreError> {
         if self.conn.is_cluster() {
-            self.load_library().await?;
+            self.library_on_every_master().await?;
             self.library_checked.store(true, Ordering::SeqCst);
             return Ok(());
         }
@@ -226,6 +237,9 @@ impl Store {
     }
 
     async fn load_library(&self) -> Result<(), StoreError> {
+        if self.conn.is_cluster() {
+            return self.library_on_every_master().await;
+        }
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("FUNCTION")
             .arg("LOAD")

@@ -4,7 +4,9 @@ use meetingd::store::{InstanceId, InstanceRef, Meeting, Store, User};
 
 use crate::harness::{MIN, Redis, T0};
 
-async fn scenario(store: &Store) {
+/// Users 1-5, meetings 1-4 (4 private) with two instances each, joins,
+/// a leave, posts, and meeting 3 ended by hand: data of every kind.
+pub async fn scenario(store: &Store) {
     for id in 1..=5 {
         let user = User {
             id,

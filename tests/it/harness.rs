@@ -256,6 +256,23 @@ impl Daemon {
         daemon
     }
 
+    /// Start the daemon on a Redis Cluster (`--redis-cluster`, every node
+    /// given); wait until it answers.
+    pub fn start_on_cluster(urls: &[String], env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("meetingd.sock");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_meetingd"));
+        command
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--redis-cluster")
+            .arg(urls.join(","));
+        let daemon = Daemon::spawn_command(command, &socket, env, dir);
+        daemon.wait_ready();
+        daemon
+    }
+
     /// Start a daemon process without waiting for it.
     pub fn spawn(
         redis: &Redis,

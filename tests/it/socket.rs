@@ -2,12 +2,110 @@
 //! on a real redis-server: every command and every error code, the seed
 //! scenario, pipelining, concurrency, malformed input, admin rights, limits
 //! and Redis trouble.
+//!
+//! The scenarios of the protocol itself ([`SCENARIOS`]) take a [`Backend`]:
+//! each runs here as a test of its own on a single Redis, and all of them in
+//! `cluster::the_protocol_suite_on_a_cluster` on one Redis Cluster.
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::cluster::Cluster;
 use crate::harness::{Client, Daemon, Redis};
+
+/// Where the daemon of a scenario keeps its data.
+pub enum Backend {
+    /// A redis-server of the test's own.
+    Single(Redis),
+    /// A Redis Cluster, shared by the scenarios run on it one after the
+    /// other (flushed in between).
+    Cluster(Cluster),
+}
+
+impl Backend {
+    /// A single redis-server of the test's own.
+    pub fn single() -> Backend {
+        Backend::Single(Redis::start())
+    }
+
+    /// A daemon on this backend, with settings given as environment
+    /// variables; ready to answer.
+    pub fn daemon(&self, env: &[(&str, &str)]) -> Daemon {
+        match self {
+            Backend::Single(redis) => Daemon::start(redis, env),
+            Backend::Cluster(cluster) => Daemon::start_on_cluster(&cluster.urls(), env),
+        }
+    }
+
+    /// redis-cli on the data (in cluster mode on a cluster: redirections
+    /// followed); its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        match self {
+            Backend::Single(redis) => redis.cli(args),
+            Backend::Cluster(cluster) => cluster.cli_cluster(args),
+        }
+    }
+
+    /// A digest of all data (every node's): equal before and after means
+    /// nothing was written.
+    pub fn digest(&self) -> String {
+        let digests = match self {
+            Backend::Single(redis) => vec![redis.cli(&["DEBUG", "DIGEST"])],
+            Backend::Cluster(cluster) => cluster
+                .ports()
+                .iter()
+                .map(|p| cluster.cli(*p, &["DEBUG", "DIGEST"]))
+                .collect(),
+        };
+        for digest in &digests {
+            let digest = digest.trim();
+            assert!(
+                digest.len() == 40 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+                "DEBUG DIGEST: {digest:?}"
+            );
+        }
+        digests.concat()
+    }
+
+    /// Forget all data (the library stays).
+    pub fn flush(&self) {
+        match self {
+            Backend::Single(redis) => assert_eq!(redis.cli(&["FLUSHALL"]).trim(), "OK"),
+            Backend::Cluster(cluster) => cluster.flush(),
+        }
+    }
+
+    /// Keep every server busy (DEBUG SLEEP) for `seconds`, from other
+    /// threads.
+    pub fn sleep_in_background(&self, seconds: f64) -> std::thread::JoinHandle<()> {
+        match self {
+            Backend::Single(redis) => redis.sleep_in_background(seconds),
+            Backend::Cluster(cluster) => cluster.sleep_in_background(seconds),
+        }
+    }
+}
+
+/// A scenario: it starts its own daemon on the backend it is given.
+pub type Scenario = fn(&Backend);
+
+/// The scenarios of the protocol, run on a single Redis and on a cluster.
+/// The error codes come last: they keep the servers busy for a while.
+pub const SCENARIOS: [(&str, Scenario); 7] = [
+    ("the seed scenario", seed_scenario_on),
+    ("every command answers", every_command_answers_on),
+    ("pipelining 10,000 requests", pipelining_10000_requests_on),
+    (
+        "pipelined requests apply in order",
+        pipelined_requests_apply_in_order_on,
+    ),
+    ("concurrent connections", concurrent_connections_on),
+    (
+        "malformed input changes nothing",
+        malformed_input_changes_nothing_on,
+    ),
+    ("every error code", every_error_code_on),
+];
 
 /// An RFC 3339 time `minutes` from now.
 fn at(minutes: i64) -> String {
@@ -62,14 +160,16 @@ fn seed(c: &mut Client) {
 
 #[test]
 fn the_seed_scenario_end_to_end() {
-    let redis = Redis::start();
-    let daemon = Daemon::start(&redis, &[]);
+    seed_scenario_on(&Backend::single());
+}
+
+fn seed_scenario_on(backend: &Backend) {
+    let daemon = backend.daemon(&[]);
     seed_scenario(&mut daemon.client());
 }
 
-/// The seed documents' scenario over a connection to a fresh daemon: also
-/// run against a Redis Cluster (see `cluster`).
-pub fn seed_scenario(c: &mut Client) {
+/// The seed documents' scenario over a connection to a fresh daemon.
+fn seed_scenario(c: &mut Client) {
     seed(c);
 
     // joins allowed and refused
@@ -202,8 +302,11 @@ pub fn seed_scenario(c: &mut Client) {
 
 #[test]
 fn every_command_answers() {
-    let redis = Redis::start();
-    let daemon = Daemon::start(&redis, &[]);
+    every_command_answers_on(&Backend::single());
+}
+
+fn every_command_answers_on(backend: &Backend) {
+    let daemon = backend.daemon(&[]);
     let mut c = daemon.client();
     assert_eq!(c.ok("PING"), "PONG");
     assert_eq!(c.ok("ping"), "PONG", "command names are case-insensitive");
@@ -243,14 +346,14 @@ fn every_command_answers() {
 /// unavailable have tests of their own, too_large as well).
 #[test]
 fn every_error_code() {
-    let mut redis = Redis::start();
-    let daemon = Daemon::start(
-        &redis,
-        &[
-            ("MEETINGD_LIMITS__CHAT_TEXT_BYTES", "100"),
-            ("MEETINGD_REDIS__TIMEOUT_MS", "500"),
-        ],
-    );
+    every_error_code_on(&Backend::single());
+}
+
+fn every_error_code_on(backend: &Backend) {
+    let daemon = backend.daemon(&[
+        ("MEETINGD_LIMITS__CHAT_TEXT_BYTES", "100"),
+        ("MEETINGD_REDIS__TIMEOUT_MS", "500"),
+    ]);
     let mut c = daemon.client();
     seed(&mut c);
     c.ok("JOIN 1 1");
@@ -280,26 +383,27 @@ fn every_error_code() {
         "a long text does not close the connection"
     );
     // internal: a corrupt schedule entry in Redis
-    let mut conn = redis::Client::open(redis.url())
-        .expect("client")
-        .get_connection()
-        .expect("connect");
-    let _: () = redis::cmd("HSET")
-        .arg("meetingd:{p1}:schedule:1")
-        .arg("2")
-        .arg("garbage")
-        .query(&mut conn)
-        .expect("corrupt");
+    let corrupt = backend.cli(&["HSET", "meetingd:{p1}:schedule:1", "2", "garbage"]);
+    assert_eq!(
+        corrupt.trim(),
+        "0",
+        "the entry of 1/2 overwritten: {corrupt}"
+    );
     assert_eq!(c.error_code("JOIN 2 1/2"), "internal");
-    // unavailable: Redis gone
-    redis.stop();
+    // unavailable: Redis too slow for the timeout (Redis gone: below)
+    let sleeper = backend.sleep_in_background(1.5);
+    std::thread::sleep(Duration::from_millis(100));
     assert_eq!(c.error_code("USER GET 1"), "unavailable");
+    sleeper.join().expect("sleeper");
 }
 
 #[test]
 fn pipelining_10000_requests_in_one_write() {
-    let redis = Redis::start();
-    let daemon = Daemon::start(&redis, &[]);
+    pipelining_10000_requests_on(&Backend::single());
+}
+
+fn pipelining_10000_requests_on(backend: &Backend) {
+    let daemon = backend.daemon(&[]);
     let mut c = daemon.client();
     for u in 1..=50 {
         c.ok(&format!(
@@ -334,8 +438,11 @@ fn pipelining_10000_requests_in_one_write() {
 
 #[test]
 fn pipelined_requests_apply_in_order() {
-    let redis = Redis::start();
-    let daemon = Daemon::start(&redis, &[]);
+    pipelined_requests_apply_in_order_on(&Backend::single());
+}
+
+fn pipelined_requests_apply_in_order_on(backend: &Backend) {
+    let daemon = backend.daemon(&[]);
     let mut c = daemon.client();
     seed(&mut c);
     c.send(b"JOIN 2 1\nPOST 2 1 first\nLEAVE 2 1\nJOIN 2 1\nPARTICIPANTS 1\n");
@@ -348,8 +455,11 @@ fn pipelined_requests_apply_in_order() {
 
 #[test]
 fn concurrent_connections_and_one_user_joining_from_50() {
-    let redis = Redis::start();
-    let daemon = Daemon::start(&redis, &[]);
+    concurrent_connections_on(&Backend::single());
+}
+
+fn concurrent_connections_on(backend: &Backend) {
+    let daemon = backend.daemon(&[]);
     let mut c = daemon.client();
     seed(&mut c);
     // 100 connections at once, each doing a little
@@ -412,21 +522,15 @@ fn concurrent_connections_and_one_user_joining_from_50() {
 /// the same connection answers PING afterwards.
 #[test]
 fn malformed_input_changes_nothing() {
-    let redis = Redis::start();
-    let daemon = Daemon::start(&redis, &[]);
+    malformed_input_changes_nothing_on(&Backend::single());
+}
+
+fn malformed_input_changes_nothing_on(backend: &Backend) {
+    let daemon = backend.daemon(&[]);
     let mut c = daemon.client();
     seed(&mut c);
     c.ok("JOIN 1 1");
-    let digest = || {
-        let mut conn = redis::Client::open(redis.url())
-            .expect("client")
-            .get_connection()
-            .expect("connect");
-        redis::cmd("DEBUG")
-            .arg("DIGEST")
-            .query::<String>(&mut conn)
-            .expect("digest")
-    };
+    let digest = || backend.digest();
     let before = digest();
     let corpus: Vec<(&[u8], &str)> = vec![
         (b"JOIN 2 1 \xff\xfe\n", "bad_request"),

@@ -522,13 +522,16 @@ async fn spread_of_10000_meetings_over_3_masters() {
     );
 }
 
-/// The protocol scenarios of `socket` on one cluster, one after the
+/// The protocol scenarios of `socket` and `watch` on one cluster, one after the
 /// other, each on a fresh daemon and flushed data (a cluster takes seconds
 /// to start; a daemon and a FLUSHALL do not).
 #[test]
 fn the_protocol_suite_on_a_cluster() {
     let backend = crate::socket::Backend::Cluster(Cluster::start(3));
-    for (name, scenario) in crate::socket::SCENARIOS {
+    let scenarios = crate::socket::SCENARIOS
+        .iter()
+        .chain(crate::watch::SCENARIOS.iter());
+    for (name, scenario) in scenarios {
         backend.flush();
         let started = Instant::now();
         scenario(&backend);

@@ -1,12 +1,24 @@
 //! WATCH over a real socket to a real daemon: live delivery in order, the
 //! resume seam, fan-out to a thousand watchers with one stalled watcher
-//! dropped, and watchers released when their clients go.
+//! dropped, watchers released when their clients go, a Redis restart and a
+//! drain. The first two ([`SCENARIOS`]) run on a Redis Cluster as well
+//! (`cluster::the_protocol_suite_on_a_cluster`).
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::harness::{Client, Daemon, Redis};
+use crate::socket::{Backend, Scenario};
+
+/// The WATCH scenarios that run on any backend.
+pub const SCENARIOS: [(&str, Scenario); 2] = [
+    (
+        "a watcher sees its instance live, in order",
+        a_watcher_sees_its_instance_live_in_order_on,
+    ),
+    ("resume after a disconnect", resume_after_a_disconnect_on),
+];
 
 /// An RFC 3339 time `minutes` from now.
 fn at(minutes: i64) -> String {
@@ -53,8 +65,11 @@ fn stats(c: &mut Client) -> Value {
 
 #[test]
 fn a_watcher_sees_its_instance_live_in_order_and_nothing_else() {
-    let redis = Redis::start();
-    let daemon = Daemon::start(&redis, &[]);
+    a_watcher_sees_its_instance_live_in_order_on(&Backend::single());
+}
+
+fn a_watcher_sees_its_instance_live_in_order_on(backend: &Backend) {
+    let daemon = backend.daemon(&[]);
     let mut actor = daemon.client();
     active_meetings(&mut actor, 2);
     let mut watcher = daemon.client();
@@ -159,8 +174,11 @@ fn id_key(id: &str) -> (u64, u64) {
 
 #[test]
 fn resume_after_a_disconnect_replays_exactly_what_was_missed_then_goes_live() {
-    let redis = Redis::start();
-    let daemon = Daemon::start(&redis, &[]);
+    resume_after_a_disconnect_on(&Backend::single());
+}
+
+fn resume_after_a_disconnect_on(backend: &Backend) {
+    let daemon = backend.daemon(&[]);
     let mut actor = daemon.client();
     active_meetings(&mut actor, 1);
     actor.ok("JOIN 1 1");

@@ -149,6 +149,12 @@ pub fn render(s: &Value) -> String {
         "Error replies by code.",
         labelled("code", &s["errors"]),
     );
+    metric(
+        "command_errors_total",
+        "counter",
+        "Error replies by command.",
+        labelled("command", &s["errors_by_command"]),
+    );
     let mut quantiles = Vec::new();
     let mut counts = Vec::new();
     if let Some(latency) = s["latency"].as_object() {

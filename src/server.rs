@@ -289,7 +289,7 @@ async fn handle(
                 Pending::Line(line) => answer(line, admin, ctx),
                 Pending::TooLong => {
                     ctx.stats.request(None);
-                    ctx.stats.error(Code::TooLarge);
+                    ctx.stats.error(None, Code::TooLarge);
                     let message = format!("request line over {} bytes", config.max_line);
                     let line = protocol::error_line(Code::TooLarge, &message);
                     async move {
@@ -532,7 +532,7 @@ fn finish(
             }
         }
         Err(err) => {
-            ctx.stats.error(err.code);
+            ctx.stats.error(known.then_some(command), err.code);
             // the code and the command, never the arguments (they may
             // hold people's data)
             if matches!(err.code, Code::Unavailable | Code::Internal) {

@@ -27,6 +27,8 @@ pub struct Stats {
     unparsed: AtomicU64,
     /// One per `Code::ALL`.
     errors: Vec<AtomicU64>,
+    /// Error replies, one per entry of `protocol::COMMANDS`.
+    failed: Vec<AtomicU64>,
     ticks_run: AtomicU64,
     ticks_failed: AtomicU64,
     /// Scheduled ticks skipped because the previous one was still running.
@@ -60,6 +62,7 @@ impl Default for Stats {
             requests: COMMANDS.iter().map(|_| AtomicU64::new(0)).collect(),
             unparsed: AtomicU64::new(0),
             errors: Code::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            failed: COMMANDS.iter().map(|_| AtomicU64::new(0)).collect(),
             ticks_run: AtomicU64::new(0),
             ticks_failed: AtomicU64::new(0),
             ticks_skipped: AtomicU64::new(0),
@@ -149,10 +152,14 @@ impl Stats {
         )
     }
 
-    /// A reply with an error `code`.
-    pub fn error(&self, code: Code) {
+    /// An error reply with `code` to a request for `command` (`None`: one
+    /// that did not parse).
+    pub fn error(&self, command: Option<&str>, code: Code) {
         if let Some(i) = Code::ALL.iter().position(|c| *c == code) {
             bump(&self.errors[i]);
+        }
+        if let Some(i) = command.and_then(|name| COMMANDS.iter().position(|c| c.name == name)) {
+            bump(&self.failed[i]);
         }
     }
 
@@ -232,6 +239,10 @@ impl Stats {
         for (code, counter) in Code::ALL.iter().zip(&self.errors) {
             errors.insert(code.as_str().to_string(), json!(load(counter)));
         }
+        let mut failed = Map::new();
+        for (info, counter) in COMMANDS.iter().zip(&self.failed) {
+            failed.insert(info.name.to_string(), json!(load(counter)));
+        }
         json!({
             "connections": {
                 "open": load(&self.connections_open),
@@ -240,6 +251,7 @@ impl Stats {
             },
             "requests": requests,
             "errors": errors,
+            "errors_by_command": failed,
             "latency": latency,
             "ticks": {
                 "run": load(&self.ticks_run),

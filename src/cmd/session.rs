@@ -49,8 +49,12 @@ pub fn help(command: Option<&str>) -> CmdResult {
 
 /// # Format
 /// `STATS` -> `{"connections":{"open","total","refused"},"requests":{<command>:n},
-/// "errors":{<code>:n},"ticks":{"run","failed"},"redis_rtt_ms":x}`
-/// (`redis_rtt_ms` is null when Redis does not answer).
+/// "errors":{<code>:n},"errors_by_command":{<command>:n},
+/// "latency":{<command>:{"count","p50_ms","p90_ms","p99_ms","p999_ms","max_ms"}},
+/// "ticks":{"run","failed","skipped","last_good","scheduler_recoveries"},
+/// "watch":{"watchers","instances","watchers_dropped","dropped_events"},
+/// "redis_rtt_ms":x}` (`latency` lists the commands that ran;
+/// `redis_rtt_ms` is null when Redis does not answer).
 pub async fn stats(ctx: &Context) -> CmdResult {
     let mut snapshot = ctx.stats.snapshot();
     let rtt = ctx

@@ -337,7 +337,10 @@ fn every_command_answers_on(backend: &Backend) {
     assert!(stats["latency"]["JOIN"].is_null(), "no JOIN ran: {stats}");
     assert_eq!(stats["errors"]["not_found"], 0);
     c.error_code("USER GET 77");
-    assert_eq!(c.ok("STATS")["errors"]["not_found"], 1);
+    let stats = c.ok("STATS");
+    assert_eq!(stats["errors"]["not_found"], 1);
+    assert_eq!(stats["errors_by_command"]["USER GET"], 1);
+    assert_eq!(stats["errors_by_command"]["USER SET"], 0);
     assert_eq!(c.ok("QUIT"), "BYE");
     assert!(c.reply().is_none(), "QUIT closes the connection");
 }
@@ -898,6 +901,7 @@ fn stats_are_served_as_prometheus_text_when_configured() {
         r#"meetingd_requests_total{command="PING"} 2"#,
         r#"meetingd_requests_total{command="USER GET"} 1"#,
         r#"meetingd_errors_total{code="not_found"} 1"#,
+        r#"meetingd_command_errors_total{command="USER GET"} 1"#,
         r#"meetingd_request_latency_count{command="USER GET"} 1"#,
         "# TYPE meetingd_watchers gauge",
         "meetingd_watchers 0",

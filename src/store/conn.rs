@@ -148,6 +148,26 @@ const CLUSTER_MIN_RETRY_WAIT: u64 = 5;
 /// The longest wait before a retry, ms (the wait doubles from 10 ms).
 const CLUSTER_MAX_RETRY_WAIT: u64 = 100;
 
+/// A client of the cluster of `options` whose calls may take `timeout`,
+/// retried as above.
+pub(super) fn cluster_client(
+    options: &StoreOptions,
+    timeout: Duration,
+) -> Result<redis::cluster::ClusterClient, StoreError> {
+    Ok(
+        redis::cluster::ClusterClientBuilder::new(options.cluster.clone())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .connection_timeout(options.timeout)
+            .response_timeout(timeout)
+            .overall_response_timeout(Some(timeout))
+            .retries(CLUSTER_RETRIES)
+            .min_retry_wait(CLUSTER_MIN_RETRY_WAIT)
+            .max_retry_wait(CLUSTER_MAX_RETRY_WAIT)
+            .retry_wait_formula(10, 2)
+            .build()?,
+    )
+}
+
 impl Conn {
     /// Connect as `options` say. `checked` is cleared when a single Redis
     /// connection drops, so the library is checked again.
@@ -156,16 +176,7 @@ impl Conn {
         checked: Arc<AtomicBool>,
     ) -> Result<Conn, StoreError> {
         if !options.cluster.is_empty() {
-            let client = redis::cluster::ClusterClientBuilder::new(options.cluster.clone())
-                .use_protocol(redis::ProtocolVersion::RESP3)
-                .connection_timeout(options.timeout)
-                .response_timeout(options.timeout)
-                .overall_response_timeout(Some(options.timeout))
-                .retries(CLUSTER_RETRIES)
-                .min_retry_wait(CLUSTER_MIN_RETRY_WAIT)
-                .max_retry_wait(CLUSTER_MAX_RETRY_WAIT)
-                .retry_wait_formula(10, 2)
-                .build()?;
+            let client = cluster_client(options, options.timeout)?;
             let first = options.cluster.first().map_or("", String::as_str);
             let info = redis::IntoConnectionInfo::into_connection_info(first)
                 .map_err(|e| StoreError::Internal(format!("bad Redis Cluster URL: {e}")))?;

@@ -129,10 +129,7 @@ impl Store {
                     .await?,
             )
         } else {
-            let client = redis::cluster::ClusterClientBuilder::new(self.options.cluster.clone())
-                .connection_timeout(self.options.timeout)
-                .response_timeout(timeout)
-                .build()?;
+            let client = super::conn::cluster_client(&self.options, timeout)?;
             ListenerConn::Cluster(client.get_async_connection().await?)
         };
         Ok(Listener { conn })

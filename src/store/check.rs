@@ -31,6 +31,8 @@ enum Kind {
     Events(InstanceId),
     Chat(InstanceId),
     ChatBy(InstanceId, u64),
+    /// The number of partitions the data was laid out with.
+    Layout,
     Unknown,
 }
 
@@ -46,6 +48,7 @@ fn kind(key: &str) -> Kind {
     let instance = |s: &str| s.parse::<InstanceId>().ok();
     let tagged = |prefix: char| tag.strip_prefix(prefix).and_then(id);
     match (parts.as_slice(), tag.chars().next()) {
+        (["partitions"], _) if tag == "layout" => Kind::Layout,
         (["user"], Some('u')) => tagged('u').map_or(Kind::Unknown, Kind::User),
         (["due"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Due),
         (["active"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Active),
@@ -210,6 +213,19 @@ impl Store {
                 k => {
                     kinds.insert(k);
                 }
+            }
+        }
+        if kinds.contains(&Kind::Layout) {
+            let recorded = self.raw(redis::cmd("GET").arg(Keys::layout())).await?;
+            let recorded = reply::int("GET", recorded).ok();
+            if recorded != Some(self.keys.partitions() as i64) {
+                problems.push(format!(
+                    "{}: the data was laid out with {} partitions, the check ran with {} \
+                     (set redis.partitions to match)",
+                    Keys::layout(),
+                    recorded.map_or("an unreadable number of".into(), |n| n.to_string()),
+                    self.keys.partitions()
+                ));
             }
         }
         let mut instances: BTreeMap<InstanceId, Entry> = BTreeMap::new();

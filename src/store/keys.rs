@@ -39,6 +39,11 @@ impl Keys {
         format!("meetingd:{{p{}}}", self.partition(meeting))
     }
 
+    /// The number of partitions the data was laid out with (a string).
+    pub fn layout() -> String {
+        "meetingd:{layout}:partitions".to_string()
+    }
+
     /// The user's hash: name, age, gender, email.
     pub fn user(user: Id) -> String {
         format!("meetingd:{{u{user}}}:user")

@@ -13,6 +13,7 @@ use std::sync::LazyLock;
 const BODY: &str = concat!(
     include_str!("../../lua/helpers.lua"),
     include_str!("../../lua/version.lua"),
+    include_str!("../../lua/layout.lua"),
     include_str!("../../lua/user_set.lua"),
     include_str!("../../lua/user_get.lua"),
     include_str!("../../lua/meeting_set.lua"),

@@ -181,6 +181,7 @@ impl Store {
         };
         if store.options.load_library {
             store.ensure_library().await?;
+            store.ensure_layout().await?;
         } else {
             store.library_checked.store(true, Ordering::SeqCst);
         }
@@ -195,6 +196,25 @@ impl Store {
     /// Now, by the store's clock.
     pub fn now(&self) -> Millis {
         self.clock.now()
+    }
+
+    /// Record our number of partitions if none is, and refuse to go on
+    /// when the data was laid out with another: every meeting key is named
+    /// after its partition, so another P would not find them.
+    async fn ensure_layout(&self) -> Result<(), StoreError> {
+        let ours = self.keys.partitions();
+        let value = self
+            .fcall("meet_layout", &[Keys::layout()], &vec![ours.to_string()])
+            .await?;
+        let recorded = reply::int("meet_layout", value)?;
+        if recorded != ours as i64 {
+            return Err(StoreError::Internal(format!(
+                "redis.partitions is {ours}, but the data in this Redis was laid out with \
+                 {recorded} partitions: set redis.partitions = {recorded} (changing it \
+                 needs every meeting's keys renamed)"
+            )));
+        }
+        Ok(())
     }
 
     /// The retention argument of the library's writes, ms ("0": for ever).

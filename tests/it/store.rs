@@ -517,3 +517,56 @@ async fn with_a_retention_an_ended_instance_s_history_expires() {
         assert_eq!(at, T0 + MIN + 3_600_000, "{key}");
     }
 }
+
+#[tokio::test]
+async fn the_partitions_are_recorded_and_a_store_with_others_is_refused() {
+    let redis = Redis::start();
+    let (store, _) = redis.store(T0).await;
+    assert_eq!(
+        redis.cli(&["GET", "meetingd:{layout}:partitions"]).trim(),
+        "16"
+    );
+    assert_eq!(store.check().await.expect("check"), Vec::<String>::new());
+
+    let mut other = redis.options();
+    other.partitions = 8;
+    let refused = Store::connect(other.clone()).await.err();
+    match refused {
+        Some(StoreError::Internal(message)) => assert!(
+            message.contains("redis.partitions is 8")
+                && message.contains("set redis.partitions = 16"),
+            "{message}"
+        ),
+        other => panic!("expected a refusal, got {:?}", other.map(|e| e.to_string())),
+    }
+    assert_eq!(
+        redis.cli(&["GET", "meetingd:{layout}:partitions"]).trim(),
+        "16",
+        "the record is not changed by the refused store"
+    );
+    // a read-only check with the wrong number says so
+    other.load_library = false;
+    let checker = Store::connect(other).await.expect("a read-only store");
+    let problems = checker.check().await.expect("check");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("laid out with 16 partitions, the check ran with 8")),
+        "{problems:?}"
+    );
+
+    // the daemon stops at start-up, saying why
+    let dir = tempfile::tempdir().expect("dir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meetingd"))
+        .arg("serve")
+        .arg("--socket")
+        .arg(dir.path().join("meetingd.sock"))
+        .arg("--redis")
+        .arg(redis.url())
+        .env("MEETINGD_REDIS__PARTITIONS", "8")
+        .output()
+        .expect("meetingd runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("set redis.partitions = 16"), "{stderr}");
+}

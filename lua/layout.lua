@@ -1,0 +1,28 @@
+--[[
+meet_layout: the number of partitions the data was laid out with. The first
+daemon to connect records its own; every later one compares, because a
+meeting's keys are named after its partition (meeting mod P), and a daemon
+with another P would look for them under other names.
+
+KEYS[1]  meetingd:{layout}:partitions
+ARGV[1]  the daemon's number of partitions, 1..1000000
+Returns: the number recorded (the one given, when none was).
+Errors: BAD_REQUEST.
+]]
+local function layout(keys, args)
+  check_arity(args, 1, 1, 'partitions')
+  if keys[1] ~= 'meetingd:{layout}:partitions' or #keys ~= 1 then
+    fail('BAD_REQUEST', 'expected the one key meetingd:{layout}:partitions')
+  end
+  local partitions = tonumber(args[1])
+  if not partitions or partitions ~= math.floor(partitions) or partitions < 1 or partitions > 1000000 then
+    fail('BAD_REQUEST', 'partitions must be an integer in 1..1000000, got ' .. show(args[1]))
+  end
+  redis.call('SET', keys[1], string.format('%d', partitions), 'NX')
+  return tonumber(redis.call('GET', keys[1]))
+end
+
+redis.register_function {
+  function_name = 'meet_layout',
+  callback = guard(layout),
+}

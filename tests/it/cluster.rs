@@ -562,8 +562,8 @@ async fn spread_of_10000_meetings_over_3_masters() {
     );
     assert_eq!(
         sizes.iter().sum::<u64>(),
-        10_000 * 3 + 16,
-        "meeting, orders, schedule per meeting, and 16 due indexes"
+        10_000 * 3 + 16 + 1,
+        "meeting, orders, schedule per meeting, 16 due indexes and the layout"
     );
 }
 

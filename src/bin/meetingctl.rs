@@ -422,12 +422,37 @@ fn request(cli: &Cli, line: String) -> Result<ExitCode, String> {
         if cli.json {
             println!("{raw}");
         } else {
-            print!("{}", render(&reply["result"]));
+            print!("{}", render(&by_row(&reply["result"])));
         }
         Ok(ExitCode::SUCCESS)
     } else {
         Ok(refused(cli, &raw, &reply))
     }
+}
+
+/// A result with its maps of records (STATS' latency by command) turned
+/// into lists, so that they print as tables: `{"JOIN":{"count":3,..}}`
+/// becomes `[{"command":"JOIN","count":3,..}]`.
+fn by_row(result: &Value) -> Value {
+    let Value::Object(fields) = result else {
+        return result.clone();
+    };
+    let mut shown = fields.clone();
+    if let Some(Value::Object(latency)) = fields.get("latency") {
+        let rows: Vec<Value> = latency
+            .iter()
+            .map(|(command, record)| {
+                let mut row = serde_json::Map::new();
+                row.insert("command".into(), json!(command));
+                if let Value::Object(values) = record {
+                    row.extend(values.clone());
+                }
+                Value::Object(row)
+            })
+            .collect();
+        shown.insert("latency".into(), Value::Array(rows));
+    }
+    Value::Object(shown)
 }
 
 /// Show an error reply (the raw line too with `--json`); exit status 1.

@@ -779,6 +779,19 @@ fn stats_and_raw() {
     assert!(stats["requests"].contains("USER GET=2"), "{out}");
     assert!(stats["requests"].contains("(unparsed)=1"), "{out}");
     assert!(stats["errors"].contains("bad_request=1"), "{out}");
+    // latency by command is a table
+    let (columns, rows) = table(&out, "COMMAND");
+    assert_eq!(
+        columns,
+        [
+            "COMMAND", "COUNT", "P50_MS", "P90_MS", "P99_MS", "P999_MS", "MAX_MS"
+        ]
+    );
+    let user_set = rows
+        .iter()
+        .find(|row| row["COMMAND"] == "USER SET")
+        .expect("a USER SET row");
+    assert_eq!(user_set["COUNT"], "3", "{out}");
 
     let result = ctl_json(&daemon, &["stats"]);
     assert!(

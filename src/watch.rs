@@ -27,6 +27,9 @@ use crate::store::{FeedItem, InstanceId, Store, StoreError, StreamId};
 /// How long one blocking read waits before the reader looks again.
 const BLOCK: Duration = Duration::from_secs(5);
 
+/// The first pause after a failed Redis call (it doubles, up to 5 s).
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+
 /// Entries per history read.
 const HISTORY_PAGE: usize = 500;
 
@@ -177,7 +180,7 @@ async fn read(
     page: usize,
 ) {
     let mut listener: Option<crate::store::Listener> = None;
-    let mut pause = Duration::from_millis(100);
+    let mut pause = FIRST_PAUSE;
     loop {
         let cursor = *lock(&channel.cursor);
         let failed = match store.feed(instance, Some(cursor), page).await {
@@ -222,12 +225,20 @@ async fn read(
             },
         };
         if let Some(err) = failed {
-            tracing::warn!(%instance, error = %err, "watch reader: Redis call failed; retrying");
+            // one warning per outage, not one per retry
+            if pause == FIRST_PAUSE {
+                tracing::warn!(%instance, error = %err, "watch reader: Redis call failed; retrying");
+            } else {
+                tracing::debug!(%instance, error = %err, "watch reader: still failing");
+            }
             listener = None;
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
         } else {
-            pause = Duration::from_millis(100);
+            if pause != FIRST_PAUSE {
+                tracing::info!(%instance, "watch reader: reading again");
+            }
+            pause = FIRST_PAUSE;
         }
     }
 }

@@ -7,9 +7,10 @@
 //! `Function not found`. So the library is looked after master by master:
 //! the masters as CLUSTER NODES lists them now, each over a plain
 //! connection, its `meet_version` compared with ours, the library loaded
-//! where it is missing or another version. The store does this at connect
-//! and whenever any node answers `Function not found`, which is how a
-//! change of topology shows. It never writes data.
+//! where it is missing or another version. The store does this at connect,
+//! at every tick (so a master that joined is found within a tick) and
+//! whenever any node answers `Function not found`, which is how a change of
+//! topology shows between ticks. It never writes data.
 
 use redis::RedisError;
 

@@ -982,6 +982,13 @@ impl Store {
     /// A whole tick at `now`: every partition, step after step, until
     /// nothing is due, however large the backlog.
     pub async fn tick(&self, now: Millis) -> Result<TickReport, StoreError> {
+        if self.conn.is_cluster() {
+            // a master that joined since is found here, before a slot (and
+            // a call) reaches it: every tick looks at the masters again
+            if let Err(err) = self.library_on_every_master().await {
+                tracing::warn!(error = %err, "cannot check the library on every master");
+            }
+        }
         let mut report = TickReport::default();
         for partition in 0..self.keys.partitions() {
             let mut idle_steps = 0;

@@ -835,6 +835,22 @@ async fn many_calls_during_a_migration(cluster: &Cluster, store: &Store) {
 /// CLUSTER MEET after the store connected: a node the store's cluster
 /// client has never heard of, and without the library until the store,
 /// told `Function not found` by it, loads it there.
+/// A master that joins by a bare CLUSTER MEET gets the library at the
+/// next tick, before any slot or call reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_loads_the_library_on_a_master_that_joined() {
+    let mut cluster = Cluster::start(3);
+    let store = cluster.store(ManualClock::new(T0)).await;
+    let joined = cluster.add_bare_master();
+    let listed = || cluster.cli(joined, &["FUNCTION", "LIST", "LIBRARYNAME", "meetingd"]);
+    assert!(
+        !listed().contains("meetingd"),
+        "none copied by CLUSTER MEET"
+    );
+    store.tick(T0).await.expect("tick");
+    assert!(listed().contains("meetingd"), "loaded at the tick");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_during_a_slot_migration_to_a_master_joined_by_cluster_meet() {
     let mut cluster = Cluster::start(3);

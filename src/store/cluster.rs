@@ -12,10 +12,8 @@
 //! whenever any node answers `Function not found`, which is how a change of
 //! topology shows between ticks. It never writes data.
 
-use redis::RedisError;
-
 use super::conn::Master;
-use super::{Store, StoreError, function_missing, library};
+use super::{Store, StoreError, library, library_outdated};
 
 impl Store {
     /// Make sure every live master holds our library (a failed master is
@@ -35,16 +33,8 @@ impl Store {
     /// differs or is missing.
     async fn library_on(&self, master: &Master) -> Result<(), StoreError> {
         let mut conn = self.conn.direct(master).await?;
-        let loaded: Result<String, RedisError> = redis::cmd("FCALL")
-            .arg("meet_version")
-            .arg(0)
-            .query_async(&mut conn)
-            .await;
-        match loaded {
-            Ok(version) if version == library().version => return Ok(()),
-            Ok(_) => {}
-            Err(err) if function_missing(&err) => {}
-            Err(err) => return Err(err.into()),
+        if !library_outdated(&mut conn).await? {
+            return Ok(());
         }
         let _: String = redis::cmd("FUNCTION")
             .arg("LOAD")

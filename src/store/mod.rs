@@ -241,16 +241,8 @@ impl Store {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        let loaded: Result<String, RedisError> = redis::cmd("FCALL")
-            .arg("meet_version")
-            .arg(0)
-            .query_async(&mut conn)
-            .await;
-        match loaded {
-            Ok(version) if version == library().version => {}
-            Ok(_) => self.load_library().await?,
-            Err(err) if function_missing(&err) => self.load_library().await?,
-            Err(err) => return Err(err.into()),
+        if library_outdated(&mut conn).await? {
+            self.load_library().await?;
         }
         self.library_checked.store(true, Ordering::SeqCst);
         Ok(())
@@ -1028,6 +1020,21 @@ impl Store {
             tracing::warn!(missed = %names.join(","), "instances whose whole window passed while no tick ran: ended without events");
         }
         Ok(report)
+    }
+}
+
+/// Whether the Redis behind `conn` lacks our library or holds another
+/// version of it (`meet_version`).
+async fn library_outdated(conn: &mut impl redis::aio::ConnectionLike) -> Result<bool, StoreError> {
+    let loaded: Result<String, RedisError> = redis::cmd("FCALL")
+        .arg("meet_version")
+        .arg(0)
+        .query_async(conn)
+        .await;
+    match loaded {
+        Ok(version) => Ok(version != library().version),
+        Err(err) if function_missing(&err) => Ok(true),
+        Err(err) => Err(err.into()),
     }
 }
 

@@ -365,15 +365,7 @@ impl Cluster {
     /// `meetingd check --redis-cluster <the seed only>`: exit status and
     /// output.
     pub fn check(&self) -> (i32, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_meetingd"))
-            .arg("check")
-            .arg("--redis-cluster")
-            .arg(self.seed_url())
-            .output()
-            .expect("meetingd check runs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code().unwrap_or(-1), text)
+        crate::harness::meetingd_check(&["--redis-cluster", &self.seed_url()])
     }
 
     fn on_each(&self, args: &[&str]) -> Vec<String> {
@@ -584,17 +576,13 @@ fn the_protocol_suite_on_a_cluster() {
     }
 }
 
-/// Calls on a meeting whose slot moves from its master to `to` while they
-/// run: a JOIN and a LEAVE whose keys have all moved (the source answers
-/// ASK, the target serves them under ASKING), then a POST that creates a
-/// key, which the target refuses with TRYAGAIN until the slot is its own,
-/// made while the migration is still open and finished 300 ms later. All
-/// succeed, the data ends on the target, and `meetingd check` is clean.
-async fn calls_during_a_migration(cluster: &Cluster, store: &Store, to: u16) {
+/// Users 1..=3 and meeting 1, private to the three of them, with instance
+/// 1/1 active at T0 and user 1 in it.
+async fn meeting_in_progress(store: &Store) -> InstanceId {
     users(store, 1..=3).await;
     let meeting = meetingd::store::Meeting {
         id: 1,
-        title: "moving".into(),
+        title: "in progress".into(),
         description: String::new(),
         public: false,
     };
@@ -611,6 +599,17 @@ async fn calls_during_a_migration(cluster: &Cluster, store: &Store, to: u16) {
         .join(1, InstanceRef::Current(1))
         .await
         .expect("join 1");
+    instance
+}
+
+/// Calls on a meeting whose slot moves from its master to `to` while they
+/// run: a JOIN and a LEAVE whose keys have all moved (the source answers
+/// ASK, the target serves them under ASKING), then a POST that creates a
+/// key, which the target refuses with TRYAGAIN until the slot is its own,
+/// made while the migration is still open and finished 300 ms later. All
+/// succeed, the data ends on the target, and `meetingd check` is clean.
+async fn calls_during_a_migration(cluster: &Cluster, store: &Store, to: u16) {
+    let instance = meeting_in_progress(store).await;
     store
         .post(1, InstanceRef::Current(1), "before")
         .await
@@ -710,18 +709,7 @@ async fn calls_during_a_migration(cluster: &Cluster, store: &Store, to: u16) {
 async fn calls_go_on_after_a_failover() {
     let mut cluster = Cluster::start(3);
     let store = cluster.store(ManualClock::new(T0)).await;
-    users(&store, 1..=3).await;
-    public_meeting(&store, 1).await;
-    let instance = InstanceId::new(1, 1);
-    store
-        .instance_set(instance, T0, T0 + 10 * MIN)
-        .await
-        .expect("instance");
-    store.tick(T0).await.expect("tick");
-    store
-        .join(1, InstanceRef::Current(1))
-        .await
-        .expect("join 1");
+    let instance = meeting_in_progress(&store).await;
     let master = cluster.owner(&store.keys().schedule(1));
     let replica = cluster.add_replica(master);
     let listed = cluster.cli(replica, &["FUNCTION", "LIST"]);

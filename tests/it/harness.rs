@@ -140,19 +140,24 @@ impl Redis {
     }
 }
 
+/// `meetingd check` with `args`: its exit status and output (stdout, then
+/// stderr).
+pub fn meetingd_check(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_meetingd"))
+        .arg("check")
+        .args(args)
+        .output()
+        .expect("meetingd check runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
 impl Redis {
     /// `meetingd check` on this Redis: its exit status and output.
     #[allow(dead_code)]
     pub fn check(&self) -> (i32, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_meetingd"))
-            .arg("check")
-            .arg("--redis")
-            .arg(self.url())
-            .output()
-            .expect("meetingd check runs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code().unwrap_or(-1), text)
+        meetingd_check(&["--redis", &self.url()])
     }
 
     /// Assert that `meetingd check` finds nothing wrong.

@@ -13,7 +13,7 @@
 //! topology shows between ticks. It never writes data.
 
 use super::conn::Master;
-use super::{Store, StoreError, library, library_outdated};
+use super::{Store, StoreError, library, library_outdated, load_library_into};
 
 impl Store {
     /// Make sure every live master holds our library (a failed master is
@@ -36,12 +36,7 @@ impl Store {
         if !library_outdated(&mut conn).await? {
             return Ok(());
         }
-        let _: String = redis::cmd("FUNCTION")
-            .arg("LOAD")
-            .arg("REPLACE")
-            .arg(&library().source)
-            .query_async(&mut conn)
-            .await?;
+        load_library_into(&mut conn).await?;
         tracing::info!(
             version = %library().version,
             master = %master,

@@ -253,12 +253,7 @@ impl Store {
             return self.library_on_every_master().await;
         }
         let mut conn = self.conn.clone();
-        let _: String = redis::cmd("FUNCTION")
-            .arg("LOAD")
-            .arg("REPLACE")
-            .arg(&library().source)
-            .query_async(&mut conn)
-            .await?;
+        load_library_into(&mut conn).await?;
         tracing::info!(version = %library().version, "loaded the Lua library into Redis");
         Ok(())
     }
@@ -1021,6 +1016,17 @@ impl Store {
         }
         Ok(report)
     }
+}
+
+/// `FUNCTION LOAD REPLACE` of our library into the Redis behind `conn`.
+async fn load_library_into(conn: &mut impl redis::aio::ConnectionLike) -> Result<(), StoreError> {
+    let _: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(&library().source)
+        .query_async(conn)
+        .await?;
+    Ok(())
 }
 
 /// Whether the Redis behind `conn` lacks our library or holds another

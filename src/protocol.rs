@@ -757,23 +757,7 @@ impl<'a> Args<'a> {
 
     /// `keyword value` pairs in any order, every keyword exactly once.
     fn fields(&mut self, names: &[&str]) -> Result<Pairs, ParseError> {
-        let mut pairs: Vec<(String, String)> = Vec::new();
-        while let Some(keyword) = self.next() {
-            let key = keyword.to_ascii_lowercase();
-            if !names.contains(&key.as_str()) {
-                return Err(self.bad(format!(
-                    "unexpected {} (argument {}); expected {}",
-                    shown(keyword),
-                    self.pos - 1,
-                    names.join(", ")
-                )));
-            }
-            if pairs.iter().any(|(k, _)| *k == key) {
-                return Err(self.bad(format!("{key} given twice (argument {})", self.pos - 1)));
-            }
-            let value = self.required(&format!("a value after {key}"))?;
-            pairs.push((key, value.to_string()));
-        }
+        let pairs = self.keyword_pairs(names, str::to_ascii_lowercase)?;
         for name in names {
             if !pairs.iter().any(|(k, _)| k == name) {
                 return Err(self.bad(format!("missing {name}")));
@@ -784,9 +768,19 @@ impl<'a> Args<'a> {
 
     /// Optional `KEYWORD value` pairs in any order, each at most once.
     fn options(&mut self, names: &[&str]) -> Result<Options, ParseError> {
+        Ok(Options(self.keyword_pairs(names, str::to_ascii_uppercase)?))
+    }
+
+    /// The rest of the request as `keyword value` pairs, keywords among
+    /// `names` (compared after `case`), none twice.
+    fn keyword_pairs(
+        &mut self,
+        names: &[&str],
+        case: fn(&str) -> String,
+    ) -> Result<Vec<(String, String)>, ParseError> {
         let mut pairs: Vec<(String, String)> = Vec::new();
         while let Some(keyword) = self.next() {
-            let key = keyword.to_ascii_uppercase();
+            let key = case(keyword);
             if !names.contains(&key.as_str()) {
                 return Err(self.bad(format!(
                     "unexpected {} (argument {}); expected {}",
@@ -801,7 +795,7 @@ impl<'a> Args<'a> {
             let value = self.required(&format!("a value after {key}"))?;
             pairs.push((key, value.to_string()));
         }
-        Ok(Options(pairs))
+        Ok(pairs)
     }
 
     fn name_value(&self, what: &str, value: String) -> Result<String, ParseError> {

@@ -158,10 +158,12 @@ fn listener(config: &Config) -> Result<(UnixListener, bool), DaemonError> {
     Ok((listener, true))
 }
 
-/// Raise the soft limit on open files towards the hard one, so that
-/// `socket.max_connections` clients (and each watched instance's Redis
-/// connection) fit: a soft limit of 1024 is common outside systemd.
-fn raise_file_limit(wanted: u64) {
+/// Raise this process's soft limit on open files to `wanted` (at most the
+/// hard limit), so that `socket.max_connections` clients (and each watched
+/// instance's Redis connection) fit: a soft limit of 1024 is common
+/// outside systemd. The bench and the tests use it for their many sockets
+/// too.
+pub fn raise_file_limit(wanted: u64) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

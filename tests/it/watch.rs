@@ -285,22 +285,6 @@ fn readers_in_redis(redis: &Redis) -> usize {
         .count()
 }
 
-/// Raise this process's soft limit on open files (a thousand watchers need
-/// a thousand sockets; 1024 is a common default).
-fn raise_file_limit(wanted: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain calls on a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < wanted {
-            limit.rlim_cur = limit.rlim_max.min(wanted);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 /// The id of an event line, without parsing the whole line.
 fn line_id(line: &str) -> Option<&str> {
     let start = line.find(r#""id":""#)? + 6;
@@ -352,7 +336,7 @@ async fn a_thousand_watchers_get_a_burst_and_a_stalled_one_is_dropped() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
     const WATCHERS: usize = 1000;
-    raise_file_limit(4096);
+    meetingd::daemon::raise_file_limit(4096);
     let redis = Redis::start();
     let daemon = Daemon::start(
         &redis,

@@ -207,6 +207,13 @@ fn store_options(url: &str) -> StoreOptions {
     options
 }
 
+/// A store on `url` with the bench's options.
+async fn connect(url: &str) -> Result<Store, String> {
+    Store::connect(store_options(url))
+        .await
+        .map_err(|e| e.to_string())
+}
+
 async fn run(args: RunArgs) -> Result<(), String> {
     let (own_redis, own_daemon, socket, url) = match (&args.socket, &args.redis, args.spawn) {
         (Some(socket), Some(url), false) => (None, None, socket.clone(), url.clone()),
@@ -217,9 +224,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             (Some(redis), Some(daemon), socket, url)
         }
     };
-    let store = Store::connect(store_options(&url))
-        .await
-        .map_err(|e| e.to_string())?;
+    let store = connect(&url).await?;
     let world = World {
         meetings: args.meetings,
         sitting: 20,
@@ -382,9 +387,7 @@ async fn fill(
 }
 
 async fn fill_command(args: FillArgs) -> Result<(), String> {
-    let store = Store::connect(store_options(&args.redis))
-        .await
-        .map_err(|e| e.to_string())?;
+    let store = connect(&args.redis).await?;
     let world = World {
         meetings: args.meetings,
         sitting: 20,
@@ -423,9 +426,7 @@ async fn used_memory(url: &str) -> Result<i64, String> {
 /// deltas on a Redis of our own.
 async fn memory(count: u64) -> Result<(), String> {
     let redis = OwnRedis::start(false)?;
-    let store = Store::connect(store_options(&redis.url))
-        .await
-        .map_err(|e| e.to_string())?;
+    let store = connect(&redis.url).await?;
     let world = World {
         meetings: 1,
         sitting: 1,
@@ -478,9 +479,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 async fn soak(minutes: u64, connections: usize) -> Result<(), String> {
     let redis = OwnRedis::start(true)?;
     let daemon = OwnDaemon::start(&redis.url)?;
-    let store = Store::connect(store_options(&redis.url))
-        .await
-        .map_err(|e| e.to_string())?;
+    let store = connect(&redis.url).await?;
     let world = World {
         meetings: 64,
         sitting: 20,

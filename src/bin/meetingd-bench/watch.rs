@@ -13,7 +13,6 @@ use tokio::net::UnixStream;
 
 use crate::drive::World;
 use crate::spawn::{OwnDaemon, OwnRedis};
-use meetingd::store::Store;
 
 /// What the bench was asked.
 pub struct Plan {
@@ -21,21 +20,6 @@ pub struct Plan {
     pub instances: u64,
     pub messages: u64,
     pub rate: f64,
-}
-
-/// Raise the open-file soft limit to the hard one (watchers are sockets).
-fn raise_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain calls on a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }
 
 /// CPU seconds (user + system) a process used so far.
@@ -156,7 +140,7 @@ async fn daemon_stats(socket: &std::path::Path) -> Result<serde_json::Value, Str
 
 /// The bench.
 pub async fn watch(plan: Plan) -> Result<(), String> {
-    raise_file_limit();
+    meetingd::daemon::raise_file_limit(u64::MAX);
     let redis = OwnRedis::start(true)?;
     let daemon = OwnDaemon::start_with(
         &redis.url,
@@ -165,9 +149,7 @@ pub async fn watch(plan: Plan) -> Result<(), String> {
             &(plan.watchers + plan.instances as usize + 64).to_string(),
         )],
     )?;
-    let store = Store::connect(crate::store_options(&redis.url))
-        .await
-        .map_err(|e| e.to_string())?;
+    let store = crate::connect(&redis.url).await?;
     let world = World {
         meetings: plan.instances,
         sitting: 1,

@@ -189,9 +189,7 @@ impl Store {
             let entries = reply::array("XRANGE", value)?;
             let n = entries.len();
             for entry in entries {
-                let mut parts = reply::array("XRANGE", entry)?.into_iter();
-                let id = reply::text("XRANGE", parts.next().unwrap_or_default())?;
-                let mut fields = reply::Fields::new("XRANGE", parts.next().unwrap_or_default())?;
+                let (id, mut fields) = reply::entry("XRANGE", entry)?;
                 out.push((fields.id("u")?, fields.int("t")?));
                 from = format!("({id}");
             }

@@ -909,6 +909,26 @@ pub fn error_line(code: Code, message: &str) -> Vec<u8> {
     line
 }
 
+/// A watched entry's line: `{"event":...}` and a newline.
+pub fn event_line(event: &Value) -> Vec<u8> {
+    let mut line = Vec::with_capacity(192);
+    line.extend_from_slice(b"{\"event\":");
+    // Writing a Value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut line, event);
+    line.extend_from_slice(b"}\n");
+    line
+}
+
+/// The line that tells a watcher it fell behind: `{"dropped":N,"resume":id}`
+/// and a newline.
+pub fn dropped_line(count: u64, resume: &str) -> Vec<u8> {
+    let mut line = format!("{{\"dropped\":{count},\"resume\":").into_bytes();
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut line, resume);
+    line.extend_from_slice(b"}\n");
+    line
+}
+
 /// A time as replies show it: UTC with milliseconds.
 pub fn format_time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -1090,6 +1110,10 @@ mod tests {
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
         let back: Value = serde_json::from_slice(&line).expect("JSON");
         assert_eq!(back["error"]["code"], "not_found");
+        let line = event_line(&serde_json::json!({"id": "1-0", "text": "x\ny"}));
+        assert_eq!(line, b"{\"event\":{\"id\":\"1-0\",\"text\":\"x\\ny\"}}\n");
+        let line = dropped_line(3, "1795341600000-2");
+        assert_eq!(line, b"{\"dropped\":3,\"resume\":\"1795341600000-2\"}\n");
     }
 
     proptest! {

@@ -352,13 +352,15 @@ async fn handle(
                     }
                     dropped => Some(dropped),
                 };
-                if let Some(line) = notice.as_ref().and_then(cmd::dropped_line) {
+                if let Some(Next::Dropped { count, resume }) = notice {
+                    let line = protocol::dropped_line(count, &resume.to_string());
                     // back to request mode: the client resumes with
                     // WATCH ... AFTER <resume>
                     writer.write_all(&line).await?;
+                    writer.flush().await?;
                     watching = None;
                 }
-                writer.flush().await?;
+                // write_items flushed (everything written before too)
                 unflushed = 0;
             }
             frame = requests.next(), if reading && queue.len() < config.pipeline_depth => {

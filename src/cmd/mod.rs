@@ -27,7 +27,7 @@ use crate::stats::Stats;
 use crate::store::{InstanceId, InstanceRef, Store, StoreError};
 use crate::watch::{Hub, Watcher};
 
-pub use watch::{dropped_line, render as watch_line, unwatch};
+pub use watch::{render as watch_line, unwatch};
 
 /// Limits a command enforces (spec section 7).
 #[derive(Debug, Clone, Copy)]

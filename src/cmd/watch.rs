@@ -4,9 +4,8 @@ use serde_json::{Value, json};
 
 use super::{CmdError, Context, Outcome};
 use crate::error::Code;
-use crate::protocol::{Mref, format_time};
+use crate::protocol::{self, Mref, format_time};
 use crate::store::{FeedItem, InstanceId, StreamId};
-use crate::watch::Next;
 
 /// # Format
 /// `WATCH <mref> [AFTER <id>]` -> `{"watching":"M/O"}`, then one line per
@@ -63,21 +62,5 @@ pub fn render(instance: InstanceId, item: &FeedItem) -> Vec<u8> {
             "text": m.text,
         }),
     };
-    let mut line = serde_json::to_vec(&json!({ "event": event })).unwrap_or_default();
-    line.push(b'\n');
-    line
-}
-
-/// The line that tells a watcher it was dropped.
-pub fn dropped_line(next: &Next) -> Option<Vec<u8>> {
-    match next {
-        Next::Dropped { count, resume } => {
-            let mut line =
-                serde_json::to_vec(&json!({"dropped": count, "resume": resume.to_string()}))
-                    .unwrap_or_default();
-            line.push(b'\n');
-            Some(line)
-        }
-        Next::Items(_) => None,
-    }
+    protocol::event_line(&event)
 }

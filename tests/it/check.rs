@@ -1,22 +1,13 @@
 //! `meetingd check`: clean data passes, every kind of damage is reported.
 
-use meetingd::store::{InstanceId, InstanceRef, Meeting, Store, User};
+use meetingd::store::{InstanceId, InstanceRef, Meeting, Store};
 
-use crate::harness::{MIN, Redis, T0};
+use crate::harness::{MIN, Redis, T0, users};
 
 /// Users 1-5, meetings 1-4 (4 private) with two instances each, joins,
 /// a leave, posts, and meeting 3 ended by hand: data of every kind.
 pub async fn scenario(store: &Store) {
-    for id in 1..=5 {
-        let user = User {
-            id,
-            name: format!("u{id}"),
-            age: 30,
-            gender: "-".into(),
-            email: format!("u{id}@example.com"),
-        };
-        store.user_set(&user).await.expect("user");
-    }
+    users(store, 1..=5).await;
     for m in 1..=4 {
         let meeting = Meeting {
             id: m,

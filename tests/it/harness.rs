@@ -537,6 +537,20 @@ pub async fn public_meeting(store: &Store, id: u64) {
         .expect("meeting");
 }
 
+/// An instance's state.
+#[allow(dead_code)]
+pub async fn state(
+    store: &Store,
+    instance: meetingd::store::InstanceId,
+) -> meetingd::store::InstanceState {
+    store
+        .instance_info(instance)
+        .await
+        .expect("instance")
+        .instance
+        .state
+}
+
 /// Create users `ids`, named `u<id>`, e-mail `u<id>@example.com`.
 #[allow(dead_code)]
 pub async fn users(store: &Store, ids: impl IntoIterator<Item = u64>) {

@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use meetingd::clock::ManualClock;
 use meetingd::error::Code;
-use meetingd::store::{EventKind, InstanceId, InstanceRef, Meeting, Store, StoreError, User};
+use meetingd::store::{EventKind, InstanceId, InstanceRef, Meeting, Store, StoreError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::harness::{MIN, Redis, T0};
+use crate::harness::{MIN, Redis, T0, users};
 
 const MEETINGS: u64 = 4;
 const ORDERS: u64 = 6;
@@ -20,16 +20,7 @@ const TASKS: u64 = 8;
 const OPS_PER_TASK: u64 = 1250;
 
 async fn setup(store: &Store) {
-    for id in 1..=USERS {
-        let user = User {
-            id,
-            name: format!("u{id}"),
-            age: 30,
-            gender: "-".into(),
-            email: format!("u{id}@example.com"),
-        };
-        store.user_set(&user).await.expect("user");
-    }
+    users(store, 1..=USERS).await;
     for m in 1..=MEETINGS {
         let meeting = Meeting {
             id: m,

@@ -16,17 +16,8 @@ use meetingd::store::{
 };
 
 use crate::harness::{
-    Daemon, MIN, Redis, T0, back_to_back, one_instance_meetings, public_meeting, users,
+    Daemon, MIN, Redis, T0, back_to_back, one_instance_meetings, public_meeting, state, users,
 };
-
-async fn state(store: &Store, instance: InstanceId) -> InstanceState {
-    store
-        .instance_info(instance)
-        .await
-        .expect("instance")
-        .instance
-        .state
-}
 
 fn scheduler(store: &Store) -> (Arc<Scheduler>, Arc<Stats>) {
     let stats = Arc::new(Stats::default());

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use meetingd::store::{Event, EventKind, InstanceId, InstanceRef, InstanceState, Store};
 
-use crate::harness::{MIN, Redis, T0, back_to_back, one_instance_meetings, public_meeting, users};
+use crate::harness::{
+    MIN, Redis, T0, back_to_back, one_instance_meetings, public_meeting, state, users,
+};
 
 async fn all_events(store: &Store, instance: InstanceId) -> Vec<Event> {
     let mut all = Vec::new();
@@ -21,15 +23,6 @@ async fn all_events(store: &Store, instance: InstanceId) -> Vec<Event> {
             None => return all,
         }
     }
-}
-
-async fn state(store: &Store, instance: InstanceId) -> InstanceState {
-    store
-        .instance_info(instance)
-        .await
-        .expect("instance")
-        .instance
-        .state
 }
 
 #[tokio::test]

@@ -78,14 +78,7 @@ impl Cluster {
                 "--cluster-config-file",
                 "nodes.conf",
             ])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--enable-debug-command",
-                "yes",
-            ])
+            .args(crate::harness::TEST_REDIS_ARGS)
             .arg("--dir")
             .arg(&node_dir)
             .stdout(Stdio::null())

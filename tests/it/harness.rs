@@ -214,6 +214,17 @@ impl Redis {
     }
 }
 
+/// What every test redis-server runs with: no persistence unless a test
+/// asks for it, and DEBUG allowed (DEBUG SLEEP, DEBUG DIGEST).
+pub const TEST_REDIS_ARGS: [&str; 6] = [
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--enable-debug-command",
+    "yes",
+];
+
 fn spawn_redis(socket: &Path, dir: &Path, extra: &[String]) -> Child {
     Command::new("redis-server")
         .arg("--port")
@@ -224,14 +235,7 @@ fn spawn_redis(socket: &Path, dir: &Path, extra: &[String]) -> Child {
         .arg("700")
         .arg("--dir")
         .arg(dir)
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--enable-debug-command",
-            "yes",
-        ])
+        .args(TEST_REDIS_ARGS)
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

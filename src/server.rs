@@ -288,8 +288,8 @@ async fn handle(
                 }
                 Pending::Line(line) => answer(line, admin, ctx),
                 Pending::TooLong => {
-                    ctx.stats.request(None);
-                    ctx.stats.error(None, Code::TooLarge);
+                    ctx.stats
+                        .answered(None, Duration::ZERO, Some(Code::TooLarge));
                     let message = format!("request line over {} bytes", config.max_line);
                     let line = protocol::error_line(Code::TooLarge, &message);
                     async move {
@@ -518,11 +518,9 @@ fn finish(
     watch: Option<Watcher>,
 ) -> Reply {
     let took = started.elapsed();
-    let known = command != "(unparsed)";
-    ctx.stats.request(known.then_some(command));
-    if known {
-        ctx.stats.latency(command, took);
-    }
+    // "(unparsed)" is no command of COMMANDS: counted as unparsed
+    let code = result.as_ref().err().map(|err| err.code);
+    ctx.stats.answered(Some(command), took, code);
     let latency_ms = took.as_secs_f64() * 1000.0;
     match result {
         Ok(value) => {
@@ -534,7 +532,6 @@ fn finish(
             }
         }
         Err(err) => {
-            ctx.stats.error(known.then_some(command), err.code);
             // the code and the command, never the arguments (they may
             // hold people's data)
             if matches!(err.code, Code::Unavailable | Code::Internal) {

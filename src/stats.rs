@@ -98,23 +98,29 @@ impl Stats {
         bump(&self.connections_refused);
     }
 
-    /// A request for `command` (a name of `COMMANDS`), or one that did not
-    /// parse (`None`).
-    pub fn request(&self, command: Option<&str>) {
-        match command.and_then(|name| COMMANDS.iter().position(|c| c.name == name)) {
-            Some(i) => bump(&self.requests[i]),
+    /// A request answered: for `command` (a name of `COMMANDS`; `None`
+    /// for one that did not parse), after `took`, with the error `code` if
+    /// it failed. The command is looked up once for all its counters.
+    pub fn answered(&self, command: Option<&str>, took: Duration, error: Option<Code>) {
+        let index = command.and_then(|name| COMMANDS.iter().position(|c| c.name == name));
+        match index {
+            Some(i) => {
+                bump(&self.requests[i]);
+                let micros = (took.as_micros() as u64).clamp(1, 60_000_000);
+                self.latency[i]
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .saturating_record(micros);
+            }
             None => bump(&self.unparsed),
         }
-    }
-
-    /// How long a request for `command` took, from parse to reply.
-    pub fn latency(&self, command: &str, took: Duration) {
-        if let Some(i) = COMMANDS.iter().position(|c| c.name == command) {
-            let micros = (took.as_micros() as u64).clamp(1, 60_000_000);
-            let mut histogram = self.latency[i]
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            histogram.saturating_record(micros);
+        if let Some(code) = error {
+            if let Some(c) = Code::ALL.iter().position(|c| *c == code) {
+                bump(&self.errors[c]);
+            }
+            if let Some(i) = index {
+                bump(&self.failed[i]);
+            }
         }
     }
 
@@ -150,17 +156,6 @@ impl Stats {
             self.watchers.load(Ordering::Relaxed),
             self.watch_readers.load(Ordering::Relaxed),
         )
-    }
-
-    /// An error reply with `code` to a request for `command` (`None`: one
-    /// that did not parse).
-    pub fn error(&self, command: Option<&str>, code: Code) {
-        if let Some(i) = Code::ALL.iter().position(|c| *c == code) {
-            bump(&self.errors[i]);
-        }
-        if let Some(i) = command.and_then(|name| COMMANDS.iter().position(|c| c.name == name)) {
-            bump(&self.failed[i]);
-        }
     }
 
     /// A tick succeeded at `now`.

@@ -150,14 +150,6 @@ impl Stats {
         self.watch_readers.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Watchers now, and instances with a reader now.
-    pub fn watching(&self) -> (u64, u64) {
-        (
-            self.watchers.load(Ordering::Relaxed),
-            self.watch_readers.load(Ordering::Relaxed),
-        )
-    }
-
     /// A tick succeeded at `now`.
     pub fn tick_succeeded(&self, now: i64) {
         bump(&self.ticks_run);
@@ -193,11 +185,6 @@ impl Stats {
             load(&self.ticks_failed),
             load(&self.ticks_skipped),
         )
-    }
-
-    /// Connections open now.
-    pub fn open_connections(&self) -> u64 {
-        self.connections_open.load(Ordering::Relaxed)
     }
 
     /// Everything, as STATS shows it (without the Redis round trip, which

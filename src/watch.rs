@@ -99,11 +99,6 @@ impl Hub {
         })
     }
 
-    /// How many instances have a reader now.
-    pub fn readers(&self) -> usize {
-        lock(&self.channels).len()
-    }
-
     /// Watch `instance`, from after `after` (from now without it).
     /// `not_found` when the instance does not exist.
     pub async fn subscribe(

@@ -74,7 +74,7 @@ async fn answer(mut stream: TcpStream, stats: &Stats, store: &Store) -> std::io:
         let mut snapshot = stats.snapshot();
         snapshot["redis_rtt_ms"] =
             serde_json::json!(store.ping().await.ok().map(|d| d.as_secs_f64() * 1000.0));
-        ("200 OK", render(&snapshot))
+        ("200 OK", render(&snapshot, stats.last_good_tick()))
     } else {
         (
             "404 Not Found",
@@ -97,8 +97,9 @@ fn label(value: &str) -> String {
         .replace('\n', r"\n")
 }
 
-/// STATS' snapshot (see `Stats::snapshot`) as Prometheus text.
-pub fn render(s: &Value) -> String {
+/// STATS' snapshot (see `Stats::snapshot`) as Prometheus text, with when
+/// the last tick succeeded (ms since the epoch).
+pub fn render(s: &Value, last_good_tick: Option<i64>) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
         let _ = writeln!(out, "# HELP meetingd_{name} {help}");
@@ -196,10 +197,7 @@ pub fn render(s: &Value) -> String {
             .map(|r| (format!("{{result=\"{r}\"}}"), number(&t[*r])))
             .collect(),
     );
-    let last_good = t["last_good"]
-        .as_str()
-        .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
-        .map_or(0.0, |at| at.timestamp_millis() as f64 / 1000.0);
+    let last_good = last_good_tick.map_or(0.0, |ms| ms as f64 / 1000.0);
     metric(
         "last_good_tick_timestamp_seconds",
         "gauge",

@@ -2,7 +2,7 @@
 
 use meetingd::store::{InstanceId, InstanceRef, Meeting, Store};
 
-use crate::harness::{MIN, Redis, T0, users};
+use crate::harness::{MIN, Redis, t0, users};
 
 /// Users 1-5, meetings 1-4 (4 private) with two instances each, joins,
 /// a leave, posts, and meeting 3 ended by hand: data of every kind.
@@ -17,11 +17,11 @@ pub async fn scenario(store: &Store) {
         };
         store.meeting_set(&meeting).await.expect("meeting");
         store
-            .instance_set(InstanceId::new(m, 1), T0, T0 + 10 * MIN)
+            .instance_set(InstanceId::new(m, 1), t0(), t0() + 10 * MIN)
             .await
             .expect("1");
         store
-            .instance_set(InstanceId::new(m, 2), T0 + 20 * MIN, T0 + 30 * MIN)
+            .instance_set(InstanceId::new(m, 2), t0() + 20 * MIN, t0() + 30 * MIN)
             .await
             .expect("2");
     }
@@ -29,7 +29,7 @@ pub async fn scenario(store: &Store) {
         .audience_add(4, &["u1@example.com".into()])
         .await
         .expect("audience");
-    store.tick(T0).await.expect("tick");
+    store.tick(t0()).await.expect("tick");
     for m in 1..=4 {
         for u in 1..=5 {
             let _ = store.join(u, InstanceRef::Current(m)).await;
@@ -46,7 +46,7 @@ pub async fn scenario(store: &Store) {
 #[tokio::test]
 async fn clean_data_passes_and_damage_is_reported() {
     let redis = Redis::start();
-    let (store, _clock) = redis.store(T0).await;
+    let (store, _clock) = redis.store(t0()).await;
     scenario(&store).await;
     assert_eq!(store.check().await.expect("check"), Vec::<String>::new());
     let (code, out) = redis.check();
@@ -58,7 +58,7 @@ async fn clean_data_passes_and_damage_is_reported() {
         // a participant without a join event
         redis::cmd("ZADD")
             .arg(keys.present(InstanceId::new(1, 1)))
-            .arg(T0)
+            .arg(t0())
             .arg("9")
             .clone(),
         // a second join in a row
@@ -70,7 +70,7 @@ async fn clean_data_passes_and_damage_is_reported() {
             .arg("t")
             .arg("1")
             .arg("at")
-            .arg(T0)
+            .arg(t0())
             .clone(),
         // an active instance out of the active index
         redis::cmd("ZREM")
@@ -86,7 +86,7 @@ async fn clean_data_passes_and_damage_is_reported() {
             .arg("t")
             .arg("1")
             .arg("at")
-            .arg(T0)
+            .arg(t0())
             .clone(),
         // a key that is not of the layout
         redis::cmd("SET")

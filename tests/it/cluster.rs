@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use meetingd::clock::ManualClock;
 use meetingd::store::{EventKind, InstanceId, InstanceRef, Store, StoreOptions};
 
-use crate::harness::{MIN, T0, public_meeting, users};
+use crate::harness::{MIN, public_meeting, t0, users};
 
 /// A Redis Cluster of the test's own.
 pub struct Cluster {
@@ -386,7 +386,7 @@ impl Drop for Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_runs_on_a_cluster_and_reloads_a_lost_library() {
     let cluster = Cluster::start(3);
-    let clock = ManualClock::new(T0);
+    let clock = ManualClock::new(t0());
     let store = cluster.store(clock.clone()).await;
     for listing in cluster.on_each(&["FUNCTION", "LIST", "LIBRARYNAME", "meetingd"]) {
         assert!(
@@ -398,11 +398,11 @@ async fn the_store_runs_on_a_cluster_and_reloads_a_lost_library() {
     for m in 1..=32 {
         public_meeting(&store, m).await;
         store
-            .instance_set(InstanceId::new(m, 1), T0, T0 + 10 * MIN)
+            .instance_set(InstanceId::new(m, 1), t0(), t0() + 10 * MIN)
             .await
             .expect("instance");
     }
-    let report = store.tick(T0).await.expect("tick over every partition");
+    let report = store.tick(t0()).await.expect("tick over every partition");
     assert_eq!(report.activated.len(), 32);
     for m in 1..=32 {
         for u in 1..=4 {
@@ -440,8 +440,8 @@ async fn the_store_runs_on_a_cluster_and_reloads_a_lost_library() {
             .await
             .expect("leave after a flush");
     }
-    clock.set(T0 + 10 * MIN);
-    let report = store.tick(T0 + 10 * MIN).await.expect("the end");
+    clock.set(t0() + 10 * MIN);
+    let report = store.tick(t0() + 10 * MIN).await.expect("the end");
     assert_eq!(report.ended.len(), 32);
     assert_eq!(report.timeouts, 32 * 3);
     let (_, events) = store
@@ -463,7 +463,7 @@ async fn the_store_runs_on_a_cluster_and_reloads_a_lost_library() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_walks_every_master() {
     let cluster = Cluster::start(3);
-    let store = cluster.store(ManualClock::new(T0)).await;
+    let store = cluster.store(ManualClock::new(t0())).await;
     crate::check::scenario(&store).await;
     assert_eq!(store.check().await.expect("check"), Vec::<String>::new());
     let (code, out) = cluster.check();
@@ -484,7 +484,7 @@ async fn check_walks_every_master() {
     let present = keys.present(active);
     let audience = keys.audience(orphan);
     let damage: [&[&str]; 2] = [
-        &["ZADD", &present, &T0.to_string(), "9"],
+        &["ZADD", &present, &t0().to_string(), "9"],
         &["ZADD", &audience, "0", "ghost@example.com"],
     ];
     for args in damage {
@@ -519,14 +519,14 @@ async fn check_walks_every_master() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spread_of_10000_meetings_over_3_masters() {
     let cluster = Cluster::start(3);
-    let store = cluster.store(ManualClock::new(T0)).await;
+    let store = cluster.store(ManualClock::new(t0())).await;
     let records = (1..=10_000u64).flat_map(|m| {
         [
             meetingd::store::Load::Meeting(crate::harness::meeting_fields(m)),
             meetingd::store::Load::Instance {
                 id: InstanceId::new(m, 1),
-                from: T0 + MIN,
-                to: T0 + 2 * MIN,
+                from: t0() + MIN,
+                to: t0() + 2 * MIN,
             },
         ]
     });
@@ -570,7 +570,7 @@ fn the_protocol_suite_on_a_cluster() {
 }
 
 /// Users 1..=3 and meeting 1, private to the three of them, with instance
-/// 1/1 active at T0 and user 1 in it.
+/// 1/1 active at t0 and user 1 in it.
 async fn meeting_in_progress(store: &Store) -> InstanceId {
     users(store, 1..=3).await;
     let meeting = meetingd::store::Meeting {
@@ -584,10 +584,10 @@ async fn meeting_in_progress(store: &Store) -> InstanceId {
     store.audience_add(1, &audience).await.expect("audience");
     let instance = InstanceId::new(1, 1);
     store
-        .instance_set(instance, T0, T0 + 10 * MIN)
+        .instance_set(instance, t0(), t0() + 10 * MIN)
         .await
         .expect("instance");
-    store.tick(T0).await.expect("tick");
+    store.tick(t0()).await.expect("tick");
     store
         .join(1, InstanceRef::Current(1))
         .await
@@ -701,7 +701,7 @@ async fn calls_during_a_migration(cluster: &Cluster, store: &Store, to: u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_go_on_after_a_failover() {
     let mut cluster = Cluster::start(3);
-    let store = cluster.store(ManualClock::new(T0)).await;
+    let store = cluster.store(ManualClock::new(t0())).await;
     let instance = meeting_in_progress(&store).await;
     let master = cluster.owner(&store.keys().schedule(1));
     let replica = cluster.add_replica(master);
@@ -740,7 +740,7 @@ async fn calls_go_on_after_a_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_during_a_slot_migration_between_masters() {
     let cluster = Cluster::start(3);
-    let store = cluster.store(ManualClock::new(T0)).await;
+    let store = cluster.store(ManualClock::new(t0())).await;
     let from = cluster.owner(&store.keys().schedule(1));
     let to = *cluster
         .ports()
@@ -765,10 +765,10 @@ async fn many_calls_during_a_migration(cluster: &Cluster, store: &Store) {
     public_meeting(store, meeting).await;
     let instance = InstanceId::new(meeting, 1);
     store
-        .instance_set(instance, T0, T0 + 10 * MIN)
+        .instance_set(instance, t0(), t0() + 10 * MIN)
         .await
         .expect("instance");
-    store.tick(T0).await.expect("tick");
+    store.tick(t0()).await.expect("tick");
     for u in 11..=50 {
         store
             .join(u, InstanceRef::Current(meeting))
@@ -821,21 +821,21 @@ async fn many_calls_during_a_migration(cluster: &Cluster, store: &Store) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tick_loads_the_library_on_a_master_that_joined() {
     let mut cluster = Cluster::start(3);
-    let store = cluster.store(ManualClock::new(T0)).await;
+    let store = cluster.store(ManualClock::new(t0())).await;
     let joined = cluster.add_bare_master();
     let listed = || cluster.cli(joined, &["FUNCTION", "LIST", "LIBRARYNAME", "meetingd"]);
     assert!(
         !listed().contains("meetingd"),
         "none copied by CLUSTER MEET"
     );
-    store.tick(T0).await.expect("tick");
+    store.tick(t0()).await.expect("tick");
     assert!(listed().contains("meetingd"), "loaded at the tick");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_during_a_slot_migration_to_a_master_joined_by_cluster_meet() {
     let mut cluster = Cluster::start(3);
-    let store = cluster.store(ManualClock::new(T0)).await;
+    let store = cluster.store(ManualClock::new(t0())).await;
     let to = cluster.add_bare_master();
     assert!(
         !cluster

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use meetingd::clock::ManualClock;
@@ -570,8 +570,8 @@ pub async fn users(store: &Store, ids: impl IntoIterator<Item = u64>) {
     }
 }
 
-/// Public meetings 1..=meetings, each with instance 1 over [T0, T0+10min)
-/// and instance 2 over [T0+10min, T0+20min); a tick at T0; users
+/// Public meetings 1..=meetings, each with instance 1 over [t0, t0+10min)
+/// and instance 2 over [t0+10min, t0+20min); a tick at t0; users
 /// 1..=people (already created) join each meeting's first instance.
 #[allow(dead_code)]
 pub async fn back_to_back(store: &Store, meetings: u64, people: u64) {
@@ -580,15 +580,15 @@ pub async fn back_to_back(store: &Store, meetings: u64, people: u64) {
         let first = meetingd::store::InstanceId::new(m, 1);
         let second = meetingd::store::InstanceId::new(m, 2);
         store
-            .instance_set(first, T0, T0 + 10 * MIN)
+            .instance_set(first, t0(), t0() + 10 * MIN)
             .await
             .expect("first instance");
         store
-            .instance_set(second, T0 + 10 * MIN, T0 + 20 * MIN)
+            .instance_set(second, t0() + 10 * MIN, t0() + 20 * MIN)
             .await
             .expect("second instance");
     }
-    store.tick(T0).await.expect("first tick");
+    store.tick(t0()).await.expect("first tick");
     for m in 1..=meetings {
         for u in 1..=people {
             store
@@ -600,11 +600,11 @@ pub async fn back_to_back(store: &Store, meetings: u64, people: u64) {
 }
 
 /// Load meetings 1..=count through the store, each with one instance a
-/// minute long: at T0 when `due(meeting)`, else a day later.
+/// minute long: at t0 when `due(meeting)`, else a day later.
 #[allow(dead_code)]
 pub async fn one_instance_meetings(store: &Store, count: u64, due: impl Fn(u64) -> bool) {
     let records = (1..=count).flat_map(|m| {
-        let from = if due(m) { T0 } else { T0 + 24 * 60 * MIN };
+        let from = if due(m) { t0() } else { t0() + 24 * 60 * MIN };
         [
             meetingd::store::Load::Meeting(meeting_fields(m)),
             meetingd::store::Load::Instance {
@@ -618,7 +618,31 @@ pub async fn one_instance_meetings(store: &Store, count: u64, due: impl Fn(u64) 
     assert_eq!(loaded.refused, 0, "{loaded:?}");
 }
 
-/// 2026-11-22T10:00:00Z in ms: the tests' usual "now".
-pub const T0: i64 = 1_795_341_600_000;
+/// The tests' usual "now", in ms: the start of the hour (UTC) in which the
+/// test process started, by the system clock. Read once, so every test of
+/// a run sees the same instant; whole hours, hence whole minutes.
+///
+/// It follows the real clock because Redis does: a retention becomes a
+/// PEXPIREAT, which Redis measures against its own clock, so a fixed date
+/// would make keys expire (or never expire) depending on the day the
+/// suite runs.
+pub fn t0() -> i64 {
+    static T0: LazyLock<i64> = LazyLock::new(|| {
+        let now = chrono::Utc::now().timestamp_millis();
+        now - now.rem_euclid(HOUR)
+    });
+    *T0
+}
+
 /// One minute in ms.
 pub const MIN: i64 = 60_000;
+/// One hour in ms.
+pub const HOUR: i64 = 60 * MIN;
+
+/// An RFC 3339 time (UTC, whole seconds) `minutes` from now by the system
+/// clock, as requests take it: for tests that talk to a daemon, whose
+/// clock is the system's.
+pub fn at(minutes: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::minutes(minutes))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

@@ -11,7 +11,7 @@ use meetingd::store::{EventKind, InstanceId, InstanceRef, Meeting, Store, StoreE
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::harness::{MIN, Redis, T0, users};
+use crate::harness::{MIN, Redis, t0, users};
 
 const MEETINGS: u64 = 4;
 const ORDERS: u64 = 6;
@@ -37,7 +37,7 @@ async fn setup(store: &Store) {
         store.audience_add(m, &audience).await.expect("audience");
         // windows of 10 minutes, overlapping by 5
         for o in 1..=ORDERS {
-            let from = T0 + (o as i64 - 1) * 5 * MIN;
+            let from = t0() + (o as i64 - 1) * 5 * MIN;
             store
                 .instance_set(InstanceId::new(m, o), from, from + 10 * MIN)
                 .await
@@ -100,10 +100,10 @@ impl NowMs for ManualClock {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn participants_match_the_event_log_after_10000_concurrent_operations() {
     let redis = Redis::start();
-    let clock = ManualClock::new(T0);
+    let clock = ManualClock::new(t0());
     let store = redis.store_on(clock.clone(), redis.options()).await;
     setup(&store).await;
-    store.tick(T0).await.expect("first tick");
+    store.tick(t0()).await.expect("first tick");
     let mut tasks = Vec::new();
     for seed in 0..TASKS {
         let mut options = redis.options();

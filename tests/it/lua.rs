@@ -7,7 +7,7 @@ use meetingd::store::library;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
-use crate::harness::{MIN, Redis, T0, code_of, fcall, field, text};
+use crate::harness::{MIN, Redis, code_of, fcall, field, t0, text};
 
 const U1: &str = "meetingd:{u1}:user";
 const U2: &str = "meetingd:{u2}:user";
@@ -40,9 +40,9 @@ async fn load(redis: &Redis) -> MultiplexedConnection {
 }
 
 /// Users 1 (in the audience) and 2 (not), private meeting 1 with instance
-/// 1/1 from T0 to T0+60min, activated by a tick at T0.
+/// 1/1 from t0 to t0+60min, activated by a tick at t0.
 async fn seed(conn: &mut MultiplexedConnection) {
-    let t0 = ms(T0);
+    let start = ms(t0());
     for (key, id, email) in [(U1, "1", "Ada@Example.com"), (U2, "2", "bob@example.com")] {
         fcall(
             conn,
@@ -73,7 +73,7 @@ async fn seed(conn: &mut MultiplexedConnection) {
         conn,
         "meet_instance_set",
         &[MEETING, ORDERS, SCHEDULE, DUE],
-        &["1", "1", &t0, &ms(T0 + 60 * MIN)],
+        &["1", "1", &start, &ms(t0() + 60 * MIN)],
     )
     .await
     .expect("instance set");
@@ -81,7 +81,7 @@ async fn seed(conn: &mut MultiplexedConnection) {
         conn,
         "meet_tick",
         &[DUE, ACTIVE, SCHEDULE, PRESENT, EVENTS, PRESENT, EVENTS],
-        &[&t0, "", "", "1", "1", ""],
+        &[&start, "", "", "1", "1", ""],
     )
     .await
     .expect("tick");
@@ -219,7 +219,7 @@ async fn meetings_audiences_and_instances() {
         &mut conn,
         "meet_instance_set",
         &[MEETING, ORDERS, SCHEDULE, DUE],
-        &["1", "2", &ms(T0 + 120 * MIN), &ms(T0 + 180 * MIN)],
+        &["1", "2", &ms(t0() + 120 * MIN), &ms(t0() + 180 * MIN)],
     )
     .await
     .expect("second instance");
@@ -273,21 +273,21 @@ async fn join_post_read_leave_end() {
     let redis = Redis::start();
     let mut conn = load(&redis).await;
     seed(&mut conn).await;
-    let joined = join(&mut conn, "1", "ada@example.com", T0 + 1000)
+    let joined = join(&mut conn, "1", "ada@example.com", t0() + 1000)
         .await
         .expect("join");
-    assert_eq!(text(&field(&joined, "id")), format!("{}-0", T0 + 1000));
-    assert_eq!(field(&joined, "joined_at"), Value::Int(T0 + 1000));
+    assert_eq!(text(&field(&joined, "id")), format!("{}-0", t0() + 1000));
+    assert_eq!(field(&joined, "joined_at"), Value::Int(t0() + 1000));
     let posted = fcall(
         &mut conn,
         "meet_post",
         &[SCHEDULE, PRESENT, CHAT, CHAT_BY_1],
-        &["1", "1", "1", "hello \"all\"\n", &ms(T0 + 1000)],
+        &["1", "1", "1", "hello \"all\"\n", &ms(t0() + 1000)],
     )
     .await
     .expect("post");
     // same millisecond as the join: the shared sequence goes on
-    assert_eq!(text(&field(&posted, "id")), format!("{}-1", T0 + 1000));
+    assert_eq!(text(&field(&posted, "id")), format!("{}-1", t0() + 1000));
     let page = fcall(
         &mut conn,
         "meet_participants",
@@ -300,7 +300,7 @@ async fn join_post_read_leave_end() {
         page,
         Value::Array(vec![
             Value::BulkString(b"1".to_vec()),
-            Value::BulkString(ms(T0 + 1000).into_bytes())
+            Value::BulkString(ms(t0() + 1000).into_bytes())
         ])
     );
     let attendance = fcall(
@@ -328,23 +328,23 @@ async fn join_post_read_leave_end() {
         &mut conn,
         "meet_leave",
         &[SCHEDULE, PRESENT, EVENTS],
-        &["1", "1", "1", &ms(T0 + 2000)],
+        &["1", "1", "1", &ms(t0() + 2000)],
     )
     .await
     .expect("leave");
-    assert_eq!(field(&left, "joined_at"), Value::Int(T0 + 1000));
-    join(&mut conn, "1", "ada@example.com", T0 + 3000)
+    assert_eq!(field(&left, "joined_at"), Value::Int(t0() + 1000));
+    join(&mut conn, "1", "ada@example.com", t0() + 3000)
         .await
         .expect("join again");
     let ended = fcall(
         &mut conn,
         "meet_end",
         &[SCHEDULE, PRESENT, EVENTS, DUE, ACTIVE],
-        &["1", "1", &ms(T0 + 4000)],
+        &["1", "1", &ms(t0() + 4000)],
     )
     .await
     .expect("end");
-    assert_eq!(field(&ended, "ended_at"), Value::Int(T0 + 4000));
+    assert_eq!(field(&ended, "ended_at"), Value::Int(t0() + 4000));
     assert_eq!(
         field(&ended, "timed_out"),
         Value::Array(vec![Value::BulkString(b"1".to_vec())])
@@ -367,7 +367,7 @@ async fn join_post_read_leave_end() {
         &mut conn,
         "meet_due",
         &[DUE, ACTIVE],
-        &[&ms(T0 + 10 * 60 * MIN)],
+        &[&ms(t0() + 10 * 60 * MIN)],
     )
     .await
     .expect("due");
@@ -385,11 +385,11 @@ async fn every_error_code_and_nothing_written() {
     let redis = Redis::start();
     let mut conn = load(&redis).await;
     seed(&mut conn).await;
-    join(&mut conn, "1", "ada@example.com", T0 + 1000)
+    join(&mut conn, "1", "ada@example.com", t0() + 1000)
         .await
         .expect("join");
     let before = redis.digest().await;
-    let t = ms(T0 + 2000);
+    let t = ms(t0() + 2000);
     let join_keys = [MEETING, AUDIENCE, SCHEDULE, PRESENT, EVENTS];
     let present_2: &str = "meetingd:{p1}:present:1/2";
     let events_2: &str = "meetingd:{p1}:events:1/2";
@@ -661,9 +661,9 @@ async fn every_error_code_and_nothing_written() {
         assert_eq!(&got, code, "{function} {keys:?} {args:?}");
     }
     // INACTIVE: after the window (the tick has not run yet) and after END
-    let late = ms(T0 + 61 * MIN);
+    let late = ms(t0() + 61 * MIN);
     assert_eq!(
-        code_of(join(&mut conn, "1", "ada@example.com", T0 + 61 * MIN).await),
+        code_of(join(&mut conn, "1", "ada@example.com", t0() + 61 * MIN).await),
         "INACTIVE"
     );
     assert_eq!(
@@ -805,7 +805,7 @@ async fn a_failed_redis_call_keeps_its_code() {
         .query_async(&mut conn)
         .await
         .expect("set");
-    let code = code_of(join(&mut conn, "1", "ada@example.com", T0 + 1000).await);
+    let code = code_of(join(&mut conn, "1", "ada@example.com", t0() + 1000).await);
     assert_eq!(code, "WRONGTYPE");
 }
 
@@ -822,7 +822,7 @@ async fn a_lua_runtime_error_is_internal_not_err() {
         .query_async(&mut conn)
         .await
         .expect("hset");
-    let code = code_of(join(&mut conn, "1", "ada@example.com", T0 + 1000).await);
+    let code = code_of(join(&mut conn, "1", "ada@example.com", t0() + 1000).await);
     assert_eq!(code, "INTERNAL");
     // A corrupt schedule entry is reported as such.
     let _: () = redis::cmd("HSET")
@@ -832,7 +832,7 @@ async fn a_lua_runtime_error_is_internal_not_err() {
         .query_async(&mut conn)
         .await
         .expect("hset");
-    let code = code_of(join(&mut conn, "1", "ada@example.com", T0 + 1000).await);
+    let code = code_of(join(&mut conn, "1", "ada@example.com", t0() + 1000).await);
     assert_eq!(code, "INTERNAL");
 }
 
@@ -851,8 +851,8 @@ async fn retention_makes_history_expire_after_the_scheduled_end() {
     let redis = Redis::start();
     let mut conn = load(&redis).await;
     seed(&mut conn).await;
-    let end = T0 + 60 * MIN;
-    join(&mut conn, "1", "ada@example.com", T0 + 1000)
+    let end = t0() + 60 * MIN;
+    join(&mut conn, "1", "ada@example.com", t0() + 1000)
         .await
         .expect("join without retention");
     assert_eq!(pexpiretime(&mut conn, EVENTS).await, -1, "kept for ever");
@@ -861,7 +861,7 @@ async fn retention_makes_history_expire_after_the_scheduled_end() {
         &mut conn,
         "meet_post",
         &[SCHEDULE, PRESENT, CHAT, CHAT_BY_1],
-        &["1", "1", "1", "hi", &ms(T0 + 2000), day],
+        &["1", "1", "1", "hi", &ms(t0() + 2000), day],
     )
     .await
     .expect("post");
@@ -871,7 +871,7 @@ async fn retention_makes_history_expire_after_the_scheduled_end() {
         &mut conn,
         "meet_leave",
         &[SCHEDULE, PRESENT, EVENTS],
-        &["1", "1", "1", &ms(T0 + 3000), day],
+        &["1", "1", "1", &ms(t0() + 3000), day],
     )
     .await
     .expect("leave");
@@ -882,7 +882,7 @@ async fn retention_makes_history_expire_after_the_scheduled_end() {
                 &mut conn,
                 "meet_leave",
                 &[SCHEDULE, PRESENT, EVENTS],
-                &["1", "1", "1", &ms(T0 + 3000), "a day"],
+                &["1", "1", "1", &ms(t0() + 3000), "a day"],
             )
             .await
         ),

@@ -16,7 +16,7 @@ use meetingd::store::{
 };
 
 use crate::harness::{
-    Daemon, MIN, Redis, T0, back_to_back, one_instance_meetings, public_meeting, state, users,
+    Daemon, MIN, Redis, back_to_back, one_instance_meetings, public_meeting, state, t0, users,
 };
 
 fn scheduler(store: &Store) -> (Arc<Scheduler>, Arc<Stats>) {
@@ -38,17 +38,17 @@ async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cron_job_really_fires() {
     let redis = Redis::start();
-    let (store, clock) = redis.store(T0).await;
+    let (store, clock) = redis.store(t0()).await;
     public_meeting(&store, 1).await;
     public_meeting(&store, 2).await;
     let first = InstanceId::new(1, 1);
     let second = InstanceId::new(2, 1);
     store
-        .instance_set(first, T0, T0 + 10 * MIN)
+        .instance_set(first, t0(), t0() + 10 * MIN)
         .await
         .expect("first");
     store
-        .instance_set(second, T0 + MIN, T0 + 10 * MIN)
+        .instance_set(second, t0() + MIN, t0() + 10 * MIN)
         .await
         .expect("second");
     let (scheduler, stats) = scheduler(&store);
@@ -58,7 +58,7 @@ async fn the_cron_job_really_fires() {
         state(&store, first).await == InstanceState::Active
     })
     .await;
-    clock.set(T0 + MIN);
+    clock.set(t0() + MIN);
     wait_for(
         "a tick after the clock moved",
         Duration::from_secs(3),
@@ -68,7 +68,7 @@ async fn the_cron_job_really_fires() {
     wait_for(
         "the second tick's count",
         Duration::from_secs(2),
-        async || stats.last_good_tick() == Some(T0 + MIN),
+        async || stats.last_good_tick() == Some(t0() + MIN),
     )
     .await;
     let (run, failed, _) = stats.tick_counts();
@@ -89,21 +89,21 @@ async fn the_cron_job_really_fires() {
 #[tokio::test]
 async fn the_startup_tick_catches_up_50_windows() {
     let redis = Redis::start();
-    let (store, clock) = redis.store(T0).await;
+    let (store, clock) = redis.store(t0()).await;
     users(&store, [1]).await;
     for m in 1..=50 {
         public_meeting(&store, m).await;
-        let from = T0 + (m as i64) * MIN;
+        let from = t0() + (m as i64) * MIN;
         store
             .instance_set(InstanceId::new(m, 1), from, from + MIN)
             .await
             .expect("passed");
         store
-            .instance_set(InstanceId::new(m, 2), from, T0 + 500 * MIN)
+            .instance_set(InstanceId::new(m, 2), from, t0() + 500 * MIN)
             .await
             .expect("open");
     }
-    clock.set(T0 + 100 * MIN);
+    clock.set(t0() + 100 * MIN);
     let (scheduler, stats) = scheduler(&store);
     let report = scheduler.tick(Trigger::Startup).await.expect("tick");
     assert_eq!(report.missed.len(), 50);
@@ -137,7 +137,7 @@ async fn the_startup_tick_catches_up_50_windows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_schedulers_at_the_same_instants_never_double_or_miss() {
     let redis = Redis::start();
-    let clock = ManualClock::new(T0);
+    let clock = ManualClock::new(t0());
     let mut options = redis.options();
     options.tick_batch = 5;
     options.timeout_budget = 3;
@@ -149,7 +149,7 @@ async fn two_schedulers_at_the_same_instants_never_double_or_miss() {
     // 100 instances, each opening and closing: 200 transitions
     for m in 1..=100u64 {
         public_meeting(&store, m).await;
-        let from = T0 + (m as i64 % 20) * MIN;
+        let from = t0() + (m as i64 % 20) * MIN;
         store
             .instance_set(InstanceId::new(m, 1), from, from + 3 * MIN)
             .await
@@ -160,7 +160,7 @@ async fn two_schedulers_at_the_same_instants_never_double_or_miss() {
     let mut activated = Vec::new();
     let mut ended = Vec::new();
     for step in 0..=50 {
-        clock.set(T0 + step * 30_000);
+        clock.set(t0() + step * 30_000);
         let (ra, rb) = tokio::join!(a.tick(Trigger::Command), b.tick(Trigger::Command));
         for report in [ra.expect("tick a"), rb.expect("tick b")] {
             activated.extend(report.activated);
@@ -234,7 +234,7 @@ async fn snapshot(
 
 async fn interruptible_setup(redis: &Redis) -> (Store, ManualClock) {
     let (store, clock) = redis
-        .store_with(T0, |o| {
+        .store_with(t0(), |o| {
             o.tick_batch = 1;
             o.timeout_budget = 1;
         })
@@ -243,7 +243,7 @@ async fn interruptible_setup(redis: &Redis) -> (Store, ManualClock) {
         users(&store, [u]).await;
     }
     back_to_back(&store, 8, 3).await;
-    clock.set(T0 + 10 * MIN);
+    clock.set(t0() + 10 * MIN);
     (store, clock)
 }
 
@@ -251,7 +251,7 @@ async fn interruptible_setup(redis: &Redis) -> (Store, ManualClock) {
 async fn an_interrupted_tick_then_a_full_one_equals_one_clean_tick() {
     let clean_redis = Redis::start();
     let (clean, _) = interruptible_setup(&clean_redis).await;
-    clean.tick(T0 + 10 * MIN).await.expect("clean tick");
+    clean.tick(t0() + 10 * MIN).await.expect("clean tick");
     let expected = snapshot(&clean, 8).await;
 
     // cut after the first batch
@@ -259,11 +259,11 @@ async fn an_interrupted_tick_then_a_full_one_equals_one_clean_tick() {
     let (store, _) = interruptible_setup(&redis).await;
     let partition = store.keys().partition(1);
     let first = store
-        .tick_step(partition, T0 + 10 * MIN)
+        .tick_step(partition, t0() + 10 * MIN)
         .await
         .expect("one batch");
     assert!(first.more, "there was more to do");
-    store.tick(T0 + 10 * MIN).await.expect("full tick");
+    store.tick(t0() + 10 * MIN).await.expect("full tick");
     assert_eq!(snapshot(&store, 8).await, expected);
 
     // a tick task really aborted part way, at several points
@@ -272,12 +272,12 @@ async fn an_interrupted_tick_then_a_full_one_equals_one_clean_tick() {
         let (store, _) = interruptible_setup(&redis).await;
         let task = {
             let store = store.clone();
-            tokio::spawn(async move { store.tick(T0 + 10 * MIN).await })
+            tokio::spawn(async move { store.tick(t0() + 10 * MIN).await })
         };
         tokio::time::sleep(Duration::from_micros(delay_us)).await;
         task.abort();
         let _ = task.await;
-        store.tick(T0 + 10 * MIN).await.expect("full tick");
+        store.tick(t0() + 10 * MIN).await.expect("full tick");
         assert_eq!(
             snapshot(&store, 8).await,
             expected,
@@ -290,24 +290,24 @@ async fn an_interrupted_tick_then_a_full_one_equals_one_clean_tick() {
 async fn a_failing_tick_then_a_good_one_catches_up() {
     let mut redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let (store, clock) = redis
-        .store_with(T0, |o| o.timeout = Duration::from_millis(300))
+        .store_with(t0(), |o| o.timeout = Duration::from_millis(300))
         .await;
     public_meeting(&store, 1).await;
     let instance = InstanceId::new(1, 1);
     store
-        .instance_set(instance, T0 + MIN, T0 + 2 * MIN)
+        .instance_set(instance, t0() + MIN, t0() + 2 * MIN)
         .await
         .expect("instance");
     let (scheduler, stats) = scheduler(&store);
     redis.stop();
-    clock.set(T0 + MIN);
+    clock.set(t0() + MIN);
     match scheduler.tick(Trigger::Cron).await {
         Err(TickError::Store(err)) => assert_eq!(err.code(), meetingd::error::Code::Unavailable),
         other => panic!("expected a store failure, got {other:?}"),
     }
     assert_eq!(stats.tick_counts().1, 1, "the failure is counted");
     redis.restart();
-    clock.set(T0 + 90_000);
+    clock.set(t0() + 90_000);
     let mut report = scheduler.tick(Trigger::Cron).await;
     for _ in 0..20 {
         if report.is_ok() {
@@ -349,11 +349,11 @@ impl TickWork for PanicsOnce {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_a_tick_does_not_stop_the_scheduler() {
     let redis = Redis::start();
-    let (store, _clock) = redis.store(T0).await;
+    let (store, _clock) = redis.store(t0()).await;
     public_meeting(&store, 1).await;
     let instance = InstanceId::new(1, 1);
     store
-        .instance_set(instance, T0, T0 + MIN)
+        .instance_set(instance, t0(), t0() + MIN)
         .await
         .expect("instance");
     let stats = Arc::new(Stats::default());
@@ -398,7 +398,7 @@ impl TickWork for Slow {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tick_still_running_makes_the_next_skip() {
     let redis = Redis::start();
-    let (store, _clock) = redis.store(T0).await;
+    let (store, _clock) = redis.store(t0()).await;
     let stats = Arc::new(Stats::default());
     let scheduler = Scheduler::new(Arc::new(Slow(store.clone())), stats.clone());
     let cron = scheduler.start("* * * * * *").await.expect("cron");
@@ -424,7 +424,7 @@ async fn a_tick_still_running_makes_the_next_skip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_cron_job_is_recreated() {
     let redis = Redis::start();
-    let (store, clock) = redis.store(T0).await;
+    let (store, clock) = redis.store(t0()).await;
     let (scheduler, stats) = scheduler(&store);
     let cron = scheduler.start("* * * * * *").await.expect("cron");
     wait_for("a first tick", Duration::from_secs(3), async || {
@@ -435,10 +435,10 @@ async fn a_silent_cron_job_is_recreated() {
     public_meeting(&store, 1).await;
     let instance = InstanceId::new(1, 1);
     store
-        .instance_set(instance, T0 + MIN, T0 + 2 * MIN)
+        .instance_set(instance, t0() + MIN, t0() + 2 * MIN)
         .await
         .expect("instance");
-    clock.set(T0 + MIN);
+    clock.set(t0() + MIN);
     wait_for(
         "ticks after the recovery",
         Duration::from_secs(10),
@@ -499,7 +499,7 @@ async fn the_daemon_ticks_before_it_serves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tick_of_10000_among_100000_keeps_every_call_short() {
     let redis = Redis::start_with(&["--slowlog-log-slower-than", "10000"]);
-    let (store, _clock) = redis.store(T0).await;
+    let (store, _clock) = redis.store(t0()).await;
     one_instance_meetings(&store, 100_000, |m| m % 10 == 0).await;
     let mut conn = redis.conn().await;
     let _: () = redis::cmd("SLOWLOG")
@@ -507,7 +507,7 @@ async fn a_tick_of_10000_among_100000_keeps_every_call_short() {
         .query_async(&mut conn)
         .await
         .expect("reset");
-    let report = store.tick(T0).await.expect("tick");
+    let report = store.tick(t0()).await.expect("tick");
     assert_eq!(report.activated.len(), 10_000);
     let slow: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")

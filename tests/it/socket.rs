@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::cluster::Cluster;
-use crate::harness::{Client, Daemon, Redis};
+use crate::harness::{Client, Daemon, Redis, at};
 
 /// Where the daemon of a scenario keeps its data.
 pub enum Backend {
@@ -106,12 +106,6 @@ pub const SCENARIOS: [(&str, Scenario); 7] = [
     ),
     ("every error code", every_error_code_on),
 ];
-
-/// An RFC 3339 time `minutes` from now.
-fn at(minutes: i64) -> String {
-    (chrono::Utc::now() + chrono::Duration::minutes(minutes))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
 
 fn users(result: &Value) -> Vec<u64> {
     result

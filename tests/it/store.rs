@@ -6,7 +6,7 @@ use meetingd::store::{
     EventKind, InstanceId, InstanceRef, InstanceState, Meeting, Store, StoreError, User, library,
 };
 
-use crate::harness::{MIN, Redis, T0};
+use crate::harness::{MIN, Redis, t0};
 
 fn user(id: u64, name: &str, email: &str) -> User {
     User {
@@ -70,15 +70,15 @@ async fn seed(store: &Store) {
         let now = InstanceId::new(m, 2);
         let future = InstanceId::new(m, 3);
         store
-            .instance_set(past, T0 - 120 * MIN, T0 - 60 * MIN)
+            .instance_set(past, t0() - 120 * MIN, t0() - 60 * MIN)
             .await
             .expect("past");
         store
-            .instance_set(now, T0 - 10 * MIN, T0 + 50 * MIN)
+            .instance_set(now, t0() - 10 * MIN, t0() + 50 * MIN)
             .await
             .expect("now");
         store
-            .instance_set(future, T0 + 60 * MIN, T0 + 120 * MIN)
+            .instance_set(future, t0() + 60 * MIN, t0() + 120 * MIN)
             .await
             .expect("future");
     }
@@ -87,9 +87,9 @@ async fn seed(store: &Store) {
 #[tokio::test]
 async fn the_seed_scenario() {
     let redis = Redis::start();
-    let (store, clock) = redis.store(T0).await;
+    let (store, clock) = redis.store(t0()).await;
     seed(&store).await;
-    let tick = store.tick(T0).await.expect("tick");
+    let tick = store.tick(t0()).await.expect("tick");
     let mut activated = tick.activated.clone();
     activated.sort();
     assert_eq!(
@@ -116,7 +116,7 @@ async fn the_seed_scenario() {
     let board = InstanceRef::Current(2);
     let joined = store.join(1, town).await.expect("ada joins the town hall");
     assert_eq!(joined.instance, InstanceId::new(1, 2));
-    assert_eq!(joined.joined_at, T0);
+    assert_eq!(joined.joined_at, t0());
     clock.advance(1000);
     store.join(2, town).await.expect("bob joins the town hall");
     clock.advance(1000);
@@ -225,7 +225,7 @@ async fn the_seed_scenario() {
             .collect::<Vec<_>>(),
         [1, 2, 3]
     );
-    assert_eq!(town_row.participants[1].joined_at, T0 + 1000);
+    assert_eq!(town_row.participants[1].joined_at, t0() + 1000);
     let active = store.active().await.expect("active");
     assert_eq!(active.len(), 3);
     let row = active
@@ -237,7 +237,7 @@ async fn the_seed_scenario() {
     // leave, then the end with timeouts; history stays readable
     clock.advance(1000);
     let left = store.leave(2, town).await.expect("bob leaves");
-    assert_eq!(left.joined_at, T0 + 1000);
+    assert_eq!(left.joined_at, t0() + 1000);
     assert_eq!(code(store.leave(2, town).await), Code::NotJoined);
     let ended = store.end(town).await.expect("end");
     assert_eq!(ended.instance, InstanceId::new(1, 2));
@@ -263,7 +263,7 @@ async fn the_seed_scenario() {
         ]
     );
     let timeout = &events.items[4];
-    assert_eq!(timeout.scheduled_end, Some(T0 + 50 * MIN));
+    assert_eq!(timeout.scheduled_end, Some(t0() + 50 * MIN));
     assert_eq!(timeout.processed_at, Some(clock_now(&store)));
     let (_, chat) = store
         .messages(exact, None, None, 1000)
@@ -296,17 +296,17 @@ fn clock_now(store: &Store) -> i64 {
 #[tokio::test]
 async fn end_drains_a_big_instance_in_bounded_calls() {
     let redis = Redis::start();
-    let (store, clock) = redis.store_with(T0, |o| o.timeout_budget = 100).await;
+    let (store, clock) = redis.store_with(t0(), |o| o.timeout_budget = 100).await;
     store
         .meeting_set(&meeting(5, "Big", true))
         .await
         .expect("meeting");
     let big = InstanceId::new(5, 1);
     store
-        .instance_set(big, T0, T0 + MIN)
+        .instance_set(big, t0(), t0() + MIN)
         .await
         .expect("instance");
-    store.tick(T0).await.expect("tick");
+    store.tick(t0()).await.expect("tick");
     for u in 1..=250 {
         store
             .user_set(&user(u, "U", &format!("u{u}@x")))
@@ -325,7 +325,7 @@ async fn end_drains_a_big_instance_in_bounded_calls() {
 #[tokio::test]
 async fn the_library_is_loaded_again_after_function_flush() {
     let redis = Redis::start();
-    let (store, _clock) = redis.store(T0).await;
+    let (store, _clock) = redis.store(t0()).await;
     store.user_set(&user(1, "Ada", "a@x")).await.expect("user");
     let mut conn = redis.conn().await;
     let _: () = redis::cmd("FUNCTION")
@@ -358,7 +358,7 @@ async fn a_different_loaded_version_is_replaced_at_connect() {
         .query_async(&mut conn)
         .await
         .expect("load old");
-    let (_store, _clock) = redis.store(T0).await;
+    let (_store, _clock) = redis.store(t0()).await;
     let version: String = redis::cmd("FCALL")
         .arg("meet_version")
         .arg(0)
@@ -372,7 +372,7 @@ async fn a_different_loaded_version_is_replaced_at_connect() {
 async fn redis_gone_is_unavailable_within_the_timeout() {
     let redis = Redis::start();
     let (store, _clock) = redis
-        .store_with(T0, |o| o.timeout = std::time::Duration::from_millis(300))
+        .store_with(t0(), |o| o.timeout = std::time::Duration::from_millis(300))
         .await;
     store.user_set(&user(1, "Ada", "a@x")).await.expect("user");
     drop(redis);
@@ -384,7 +384,7 @@ async fn redis_gone_is_unavailable_within_the_timeout() {
 #[tokio::test]
 async fn bad_input_is_a_typed_bad_request() {
     let redis = Redis::start();
-    let (store, _clock) = redis.store(T0).await;
+    let (store, _clock) = redis.store(t0()).await;
     assert_eq!(
         code(store.user_set(&user(1, "", "a@x")).await),
         Code::BadRequest
@@ -398,7 +398,7 @@ async fn bad_input_is_a_typed_bad_request() {
         .await
         .expect("meeting");
     assert_eq!(
-        code(store.instance_set(InstanceId::new(1, 1), T0, T0).await),
+        code(store.instance_set(InstanceId::new(1, 1), t0(), t0()).await),
         Code::BadRequest
     );
     assert_eq!(
@@ -410,7 +410,7 @@ async fn bad_input_is_a_typed_bad_request() {
 #[tokio::test]
 async fn the_library_is_checked_again_after_a_reconnect() {
     let redis = Redis::start();
-    let (store, _clock) = redis.store(T0).await;
+    let (store, _clock) = redis.store(t0()).await;
     store.user_set(&user(1, "Ada", "a@x")).await.expect("user");
     // Somebody replaces the library with another version while the store
     // is connected, then the store's connection drops.
@@ -458,13 +458,13 @@ async fn the_library_is_checked_again_after_a_reconnect() {
 #[tokio::test]
 async fn corrupt_data_is_internal() {
     let redis = Redis::start();
-    let (store, _clock) = redis.store(T0).await;
+    let (store, _clock) = redis.store(t0()).await;
     store
         .meeting_set(&meeting(1, "M", true))
         .await
         .expect("meeting");
     store
-        .instance_set(InstanceId::new(1, 1), T0, T0 + MIN)
+        .instance_set(InstanceId::new(1, 1), t0(), t0() + MIN)
         .await
         .expect("instance");
     let mut conn = redis.conn().await;
@@ -485,7 +485,7 @@ async fn corrupt_data_is_internal() {
 async fn with_a_retention_an_ended_instance_s_history_expires() {
     let redis = Redis::start();
     let (store, clock) = redis
-        .store_with(T0, |o| o.retention = std::time::Duration::from_secs(3600))
+        .store_with(t0(), |o| o.retention = std::time::Duration::from_secs(3600))
         .await;
     store.user_set(&user(1, "Ada", "a@x")).await.expect("user");
     store
@@ -494,14 +494,14 @@ async fn with_a_retention_an_ended_instance_s_history_expires() {
         .expect("meeting");
     let instance = InstanceId::new(1, 1);
     store
-        .instance_set(instance, T0, T0 + MIN)
+        .instance_set(instance, t0(), t0() + MIN)
         .await
         .expect("instance");
-    store.tick(T0).await.expect("activate");
+    store.tick(t0()).await.expect("activate");
     store.join(1, instance.into()).await.expect("join");
     store.post(1, instance.into(), "hi").await.expect("post");
-    clock.set(T0 + 2 * MIN);
-    let report = store.tick(T0 + 2 * MIN).await.expect("end");
+    clock.set(t0() + 2 * MIN);
+    let report = store.tick(t0() + 2 * MIN).await.expect("end");
     assert_eq!(report.timeouts, 1);
     let mut conn = redis.conn().await;
     for key in [
@@ -514,14 +514,14 @@ async fn with_a_retention_an_ended_instance_s_history_expires() {
             .query_async(&mut conn)
             .await
             .expect("PEXPIRETIME");
-        assert_eq!(at, T0 + MIN + 3_600_000, "{key}");
+        assert_eq!(at, t0() + MIN + 3_600_000, "{key}");
     }
 }
 
 #[tokio::test]
 async fn the_partitions_are_recorded_and_a_store_with_others_is_refused() {
     let redis = Redis::start();
-    let (store, _) = redis.store(T0).await;
+    let (store, _) = redis.store(t0()).await;
     assert_eq!(
         redis.cli(&["GET", "meetingd:{layout}:partitions"]).trim(),
         "16"

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use meetingd::store::{Event, EventKind, InstanceId, InstanceRef, InstanceState, Store};
 
 use crate::harness::{
-    MIN, Redis, T0, back_to_back, one_instance_meetings, public_meeting, state, users,
+    MIN, Redis, back_to_back, one_instance_meetings, public_meeting, state, t0, users,
 };
 
 async fn all_events(store: &Store, instance: InstanceId) -> Vec<Event> {
@@ -28,16 +28,16 @@ async fn all_events(store: &Store, instance: InstanceId) -> Vec<Event> {
 #[tokio::test]
 async fn catch_up_after_a_long_downtime() {
     let redis = Redis::start();
-    let (store, clock) = redis.store(T0).await;
+    let (store, clock) = redis.store(t0()).await;
     users(&store, 1..=3).await;
     // meeting 100: active with three participants before the downtime
     public_meeting(&store, 100).await;
     let busy = InstanceId::new(100, 1);
     store
-        .instance_set(busy, T0, T0 + 30 * MIN)
+        .instance_set(busy, t0(), t0() + 30 * MIN)
         .await
         .expect("busy");
-    store.tick(T0).await.expect("tick before the downtime");
+    store.tick(t0()).await.expect("tick before the downtime");
     for u in 1..=3 {
         store.join(u, busy.into()).await.expect("join");
     }
@@ -46,16 +46,16 @@ async fn catch_up_after_a_long_downtime() {
     for m in 1..=60 {
         public_meeting(&store, m).await;
         let (from, to) = match m {
-            1..=50 => (T0 + (m as i64) * MIN, T0 + (m as i64 + 1) * MIN),
-            51..=55 => (T0 + 100 * MIN, T0 + 200 * MIN),
-            _ => (T0 + 300 * MIN, T0 + 400 * MIN),
+            1..=50 => (t0() + (m as i64) * MIN, t0() + (m as i64 + 1) * MIN),
+            51..=55 => (t0() + 100 * MIN, t0() + 200 * MIN),
+            _ => (t0() + 300 * MIN, t0() + 400 * MIN),
         };
         store
             .instance_set(InstanceId::new(m, 1), from, to)
             .await
             .expect("instance");
     }
-    let back = T0 + 150 * MIN;
+    let back = t0() + 150 * MIN;
     clock.set(back);
     let report = store.tick(back).await.expect("catch-up tick");
     let missed: HashSet<u64> = report.missed.iter().map(|i| i.meeting).collect();
@@ -85,8 +85,8 @@ async fn catch_up_after_a_long_downtime() {
         .collect();
     assert_eq!(timeouts.len(), 3);
     for t in timeouts {
-        assert_eq!(t.at, T0 + 30 * MIN, "stamped with the scheduled end");
-        assert_eq!(t.scheduled_end, Some(T0 + 30 * MIN));
+        assert_eq!(t.at, t0() + 30 * MIN, "stamped with the scheduled end");
+        assert_eq!(t.scheduled_end, Some(t0() + 30 * MIN));
         assert_eq!(t.processed_at, Some(back), "and when it was processed");
     }
     // nothing twice
@@ -99,10 +99,10 @@ async fn catch_up_after_a_long_downtime() {
 #[tokio::test]
 async fn concurrent_ticks_apply_each_transition_once() {
     let redis = Redis::start();
-    let (store, clock) = redis.store(T0).await;
+    let (store, clock) = redis.store(t0()).await;
     users(&store, 1..=5).await;
     back_to_back(&store, 200, 5).await;
-    let at = T0 + 10 * MIN;
+    let at = t0() + 10 * MIN;
     clock.set(at);
     let mut tickers = Vec::new();
     for _ in 0..8 {
@@ -173,15 +173,15 @@ async fn overlapping(store: &Store) -> [InstanceId; 3] {
         InstanceId::new(7, 3),
     ];
     store
-        .instance_set(o[0], T0, T0 + 60 * MIN)
+        .instance_set(o[0], t0(), t0() + 60 * MIN)
         .await
         .expect("o1");
     store
-        .instance_set(o[1], T0 + 30 * MIN, T0 + 90 * MIN)
+        .instance_set(o[1], t0() + 30 * MIN, t0() + 90 * MIN)
         .await
         .expect("o2");
     store
-        .instance_set(o[2], T0 + 10 * MIN, T0 + 40 * MIN)
+        .instance_set(o[2], t0() + 10 * MIN, t0() + 40 * MIN)
         .await
         .expect("o3");
     o
@@ -190,17 +190,17 @@ async fn overlapping(store: &Store) -> [InstanceId; 3] {
 #[tokio::test]
 async fn overlapping_windows_tick_by_tick() {
     let redis = Redis::start();
-    let (store, clock) = redis.store(T0).await;
+    let (store, clock) = redis.store(t0()).await;
     users(&store, 1..=2).await;
     let [o1, o2, o3] = overlapping(&store).await;
-    store.tick(T0).await.expect("tick 0");
+    store.tick(t0()).await.expect("tick 0");
     assert_eq!(active_of(&store.active().await.expect("active"), 7), [1]);
     store
         .join(1, InstanceRef::Current(7))
         .await
         .expect("join o1");
-    clock.set(T0 + 10 * MIN);
-    let report = store.tick(T0 + 10 * MIN).await.expect("tick 10");
+    clock.set(t0() + 10 * MIN);
+    let report = store.tick(t0() + 10 * MIN).await.expect("tick 10");
     assert_eq!(
         (report.activated.clone(), report.ended.clone()),
         (vec![o3], vec![o1])
@@ -208,21 +208,21 @@ async fn overlapping_windows_tick_by_tick() {
     let events = all_events(&store, o1).await;
     assert_eq!(
         events.last().map(|e| (e.kind, e.at)),
-        Some((EventKind::Timeout, T0 + 10 * MIN))
+        Some((EventKind::Timeout, t0() + 10 * MIN))
     );
     store
         .join(2, InstanceRef::Current(7))
         .await
         .expect("join o3");
-    clock.set(T0 + 30 * MIN);
-    let report = store.tick(T0 + 30 * MIN).await.expect("tick 30");
+    clock.set(t0() + 30 * MIN);
+    let report = store.tick(t0() + 30 * MIN).await.expect("tick 30");
     assert!(
         report.activated.is_empty(),
         "o2 has a lower order than the running o3"
     );
     assert_eq!(active_of(&store.active().await.expect("active"), 7), [3]);
-    clock.set(T0 + 40 * MIN);
-    let report = store.tick(T0 + 40 * MIN).await.expect("tick 40");
+    clock.set(t0() + 40 * MIN);
+    let report = store.tick(t0() + 40 * MIN).await.expect("tick 40");
     assert_eq!((report.activated, report.ended), (vec![o2], vec![o3]));
     assert_eq!(active_of(&store.active().await.expect("active"), 7), [2]);
     assert_eq!(state(&store, o1).await, InstanceState::Ended);
@@ -237,21 +237,21 @@ async fn overlapping_windows_tick_by_tick() {
 async fn overlapping_windows_caught_up_leave_the_highest_order_active() {
     for batch in [1, 2, 200] {
         let redis = Redis::start();
-        let (store, _clock) = redis.store_with(T0, |o| o.tick_batch = batch).await;
+        let (store, _clock) = redis.store_with(t0(), |o| o.tick_batch = batch).await;
         let [o1, o2, o3] = overlapping(&store).await;
-        store.tick(T0 + 35 * MIN).await.expect("catch-up at 35");
+        store.tick(t0() + 35 * MIN).await.expect("catch-up at 35");
         assert_eq!(
             active_of(&store.active().await.expect("active"), 7),
             [3],
             "batch {batch}: o3 is the highest order due"
         );
-        store.tick(T0 + 45 * MIN).await.expect("tick at 45");
+        store.tick(t0() + 45 * MIN).await.expect("tick at 45");
         assert_eq!(
             active_of(&store.active().await.expect("active"), 7),
             [2],
             "batch {batch}"
         );
-        store.tick(T0 + 65 * MIN).await.expect("tick at 65");
+        store.tick(t0() + 65 * MIN).await.expect("tick at 65");
         assert_eq!(
             state(&store, o1).await,
             InstanceState::Ended,
@@ -267,7 +267,7 @@ async fn overlapping_windows_caught_up_leave_the_highest_order_active() {
             InstanceState::Active,
             "batch {batch}"
         );
-        store.tick(T0 + 95 * MIN).await.expect("tick at 95");
+        store.tick(t0() + 95 * MIN).await.expect("tick at 95");
         assert!(store.active().await.expect("active").is_empty());
     }
 }
@@ -275,20 +275,20 @@ async fn overlapping_windows_caught_up_leave_the_highest_order_active() {
 #[tokio::test]
 async fn a_big_instance_ends_over_several_bounded_steps() {
     let redis = Redis::start();
-    let (store, clock) = redis.store_with(T0, |o| o.timeout_budget = 100).await;
+    let (store, clock) = redis.store_with(t0(), |o| o.timeout_budget = 100).await;
     users(&store, 1..=350).await;
     public_meeting(&store, 3).await;
     let big = InstanceId::new(3, 1);
     store
-        .instance_set(big, T0, T0 + MIN)
+        .instance_set(big, t0(), t0() + MIN)
         .await
         .expect("instance");
-    store.tick(T0).await.expect("activate");
+    store.tick(t0()).await.expect("activate");
     for u in 1..=350 {
         store.join(u, big.into()).await.expect("join");
         clock.advance(1);
     }
-    let report = store.tick(T0 + MIN).await.expect("end");
+    let report = store.tick(t0() + MIN).await.expect("end");
     assert_eq!(report.ended, [big]);
     assert_eq!(report.timeouts, 350);
     assert!(report.steps >= 4, "350 timeouts at 100 a call take 4 calls");
@@ -324,14 +324,14 @@ async fn commandstats(redis: &Redis) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Store `stored` instances of which the first 100 are due at T0; tick at
-/// T0; return what the tick activated and the commands it made Redis run.
+/// Store `stored` instances of which the first 100 are due at t0; tick at
+/// t0; return what the tick activated and the commands it made Redis run.
 async fn tick_among(stored: u64) -> (usize, BTreeMap<String, u64>) {
     let redis = Redis::start();
-    let (store, _clock) = redis.store(T0).await;
+    let (store, _clock) = redis.store(t0()).await;
     one_instance_meetings(&store, stored, |m| m <= 100).await;
     let before = commandstats(&redis).await;
-    let report = store.tick(T0).await.expect("tick");
+    let report = store.tick(t0()).await.expect("tick");
     let after = commandstats(&redis).await;
     let delta = after
         .into_iter()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Client, Daemon, Redis};
+use crate::harness::{Client, Daemon, Redis, at};
 use crate::socket::{Backend, Scenario};
 
 /// The WATCH scenarios that run on any backend.
@@ -19,12 +19,6 @@ pub const SCENARIOS: [(&str, Scenario); 2] = [
     ),
     ("resume after a disconnect", resume_after_a_disconnect_on),
 ];
-
-/// An RFC 3339 time `minutes` from now.
-fn at(minutes: i64) -> String {
-    (chrono::Utc::now() + chrono::Duration::minutes(minutes))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
 
 /// Users 1..=3 and public meetings 1..=meetings, each with instance 1
 /// active now (until 50 minutes from now).

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Client, Daemon, Redis};
+use crate::harness::{Client, Daemon, Redis, at};
 
 fn signal(daemon: &Daemon, signal: i32) {
     // SAFETY: sending a signal to a child process of the test by its pid.
@@ -452,21 +452,22 @@ fn the_retention_setting_reaches_the_data() {
     let mut c = daemon.client();
     c.ok("USER SET 1 name Ada age 36 gender f email a@x");
     c.ok("MEETING SET 1 title T description d public true");
-    c.ok("INSTANCE SET 1 1 from 2026-01-01T00:00:00Z to 2099-01-01T00:00:00Z");
+    let (from, to) = (at(-60), at(60));
+    c.ok(&format!("INSTANCE SET 1 1 from {from} to {to}"));
     c.ok("TICK");
     c.ok("JOIN 1 1");
     let mut conn = redis::Client::open(redis.url())
         .expect("client")
         .get_connection()
         .expect("connect");
-    let at: i64 = redis::cmd("PEXPIRETIME")
+    let expires: i64 = redis::cmd("PEXPIRETIME")
         .arg("meetingd:{p1}:events:1/1")
         .query(&mut conn)
         .expect("PEXPIRETIME");
-    let end = chrono::DateTime::parse_from_rfc3339("2099-01-01T00:00:00Z")
+    let end = chrono::DateTime::parse_from_rfc3339(&to)
         .expect("time")
         .timestamp_millis();
-    assert_eq!(at, end + 2 * 86_400_000);
+    assert_eq!(expires, end + 2 * 86_400_000);
 }
 
 #[test]

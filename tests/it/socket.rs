@@ -529,6 +529,9 @@ fn malformed_input_changes_nothing_on(backend: &Backend) {
     c.ok("JOIN 1 1");
     let digest = || backend.digest();
     let before = digest();
+    let backwards = format!("INSTANCE SET 1 9 from {} to {}\n", at(60), at(0));
+    let vague_start = format!("INSTANCE SET 1 9 from yesterday to {}\n", at(60));
+    let over_u64 = format!("JOIN {} 1\n", u128::from(u64::MAX) + 1);
     let corpus: Vec<(&[u8], &str)> = vec![
         (b"JOIN 2 1 \xff\xfe\n", "bad_request"),
         (
@@ -542,7 +545,7 @@ fn malformed_input_changes_nothing_on(backend: &Backend) {
         (b"POST 1 1 \"bad \\u12 escape\"\n", "bad_request"),
         (b"JOIN 0 1\n", "bad_request"),
         (b"JOIN -1 1\n", "bad_request"),
-        (b"JOIN 18446744073709551616 1\n", "bad_request"),
+        (over_u64.as_bytes(), "bad_request"),
         (b"JOIN 9007199254740992 1\n", "bad_request"),
         (b"JOIN 2 3/x\n", "bad_request"),
         (b"JOIN 2 1/2 extra\n", "bad_request"),
@@ -559,14 +562,8 @@ fn malformed_input_changes_nothing_on(backend: &Backend) {
             b"USER SET 4 name \"Dee\\u0001\" age 15 gender x email d@x\n",
             "bad_request",
         ),
-        (
-            b"INSTANCE SET 1 9 from 2026-11-22T11:00:00Z to 2026-11-22T10:00:00Z\n",
-            "bad_request",
-        ),
-        (
-            b"INSTANCE SET 1 9 from yesterday to 2026-11-22T10:00:00Z\n",
-            "bad_request",
-        ),
+        (backwards.as_bytes(), "bad_request"),
+        (vague_start.as_bytes(), "bad_request"),
         (
             b"MEETING SET 9 title T description d public maybe\n",
             "bad_request",
@@ -652,7 +649,7 @@ fn a_non_admin_peer_is_denied_admin_commands_only() {
         "MEETING SET 9 title T description d public true",
         "AUDIENCE ADD 1 a@b",
         "AUDIENCE DEL 1 a@b",
-        "INSTANCE SET 1 9 from 2026-11-22T10:00:00Z to 2026-11-22T11:00:00Z",
+        &format!("INSTANCE SET 1 9 from {} to {}", at(0), at(60)),
         "END 1",
         "TICK",
     ] {

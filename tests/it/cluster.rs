@@ -643,18 +643,13 @@ async fn calls_during_a_migration(cluster: &Cluster, store: &Store, to: u16) {
     // a key that does not exist yet: TRYAGAIN until the slot is the target's
     let post = {
         let store = store.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let posted = store.post(2, InstanceRef::Current(1), "during").await;
-            (posted, started.elapsed())
-        })
+        tokio::spawn(async move { store.post(2, InstanceRef::Current(1), "during").await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!post.is_finished(), "the POST waits while the slot moves");
     cluster.finish_migration(slot, to);
-    let (posted, took) = post.await.expect("the POST task");
+    let posted = post.await.expect("the POST task");
     posted.expect("a POST made during the migration succeeds after it");
-    assert!(took >= Duration::from_millis(300), "{took:?}");
 
     assert_eq!(cluster.owner(&keys.schedule(1)), to);
     assert!(cluster.keys_in_slot(from, slot).is_empty());

@@ -707,13 +707,10 @@ fn redis_down_then_back_without_restarting_the_daemon() {
     let mut c = daemon.client();
     c.ok("USER SET 1 name Ada age 36 gender f email a@x");
     redis.stop();
-    let started = Instant::now();
+    // an answer, not a hang (the client's read timeout fails the test if
+    // none comes)
     assert_eq!(c.error_code("USER GET 1"), "unavailable");
     assert_eq!(c.error_code("PARTICIPANTS 1/1"), "unavailable");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "unavailable within the timeout"
-    );
     assert_eq!(c.ok("PING"), "PONG", "the daemon keeps serving");
     redis.restart();
     // an empty Redis: the library is loaded again, requests succeed
@@ -732,21 +729,18 @@ fn redis_down_then_back_without_restarting_the_daemon() {
     assert_eq!(c.ok("USER GET 1")["name"], "Ada");
 }
 
+/// A request that Redis would answer only after the daemon's Redis timeout
+/// fails as unavailable: had the daemon waited for Redis, it would have got
+/// the user.
 #[test]
-fn a_slow_redis_is_unavailable_within_the_timeout() {
+fn a_slow_redis_makes_requests_unavailable_instead_of_waiting() {
     let redis = Redis::start();
     let daemon = Daemon::start(&redis, &[("MEETINGD_REDIS__TIMEOUT_MS", "300")]);
     let mut c = daemon.client();
     c.ok("USER SET 1 name Ada age 36 gender f email a@x");
     let sleeper = redis.sleep_in_background(1.5);
     std::thread::sleep(Duration::from_millis(100));
-    let started = Instant::now();
     assert_eq!(c.error_code("USER GET 1"), "unavailable");
-    assert!(
-        started.elapsed() < Duration::from_millis(1200),
-        "{:?}",
-        started.elapsed()
-    );
     sleeper.join().expect("sleeper");
     let deadline = Instant::now() + Duration::from_secs(5);
     while c.request("USER GET 1")["ok"] != true {
@@ -758,12 +752,17 @@ fn a_slow_redis_is_unavailable_within_the_timeout() {
 #[test]
 fn idle_connections_are_closed() {
     let redis = Redis::start();
-    let daemon = Daemon::start(&redis, &[("MEETINGD_SOCKET__IDLE_TIMEOUT_SECS", "1")]);
+    let daemon = Daemon::start(&redis, &[("MEETINGD_SOCKET__IDLE_TIMEOUT_SECS", "2")]);
     let mut c = daemon.client();
-    assert_eq!(c.ok("PING"), "PONG");
-    let started = Instant::now();
+    // a request every half second for three idle timeouts: a connection
+    // in use stays open
+    for _ in 0..12 {
+        assert_eq!(c.ok("PING"), "PONG", "closed while in use");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // then silence: the daemon closes it (the client's 10 s read timeout
+    // fails the test if it never does)
     assert!(c.reply().is_none(), "closed when idle");
-    assert!(started.elapsed() >= Duration::from_millis(900));
     assert_eq!(daemon.client().ok("PING"), "PONG");
 }
 

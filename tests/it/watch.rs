@@ -85,14 +85,8 @@ fn a_watcher_sees_its_instance_live_in_order_on(backend: &Backend) {
     for (request, kind, user, text) in steps {
         actor.ok("JOIN 3 2");
         actor.ok("LEAVE 3 2");
-        let sent = Instant::now();
         let reply = actor.ok(request);
         let seen = event(&mut watcher);
-        let latency = sent.elapsed();
-        assert!(
-            latency < Duration::from_millis(100),
-            "{request}: the event came after {latency:?}"
-        );
         assert_eq!(seen["type"], kind, "{request}: {seen}");
         assert_eq!(seen["user"], user, "{request}: {seen}");
         assert_eq!(

@@ -6,6 +6,11 @@ use std::time::{Duration, Instant};
 
 use meetingd::store::{InstanceId, Load, Meeting, Store, StoreOptions};
 
+/// SLOWLOG's length for the run. With a threshold of 0 it keeps every
+/// command, those Lua runs included (about seven per due instance), so it
+/// must hold them all for the count of Lua calls to be whole.
+const LOG_LEN: usize = 1_000_000;
+
 pub async fn tick(url: &str, stored: u64, due: u64, batch: usize) -> Result<(), String> {
     let now = chrono::Utc::now().timestamp_millis();
     let mut options = StoreOptions::new(url);
@@ -49,10 +54,7 @@ pub async fn tick(url: &str, stored: u64, due: u64, batch: usize) -> Result<(), 
         return Err(format!("the load was refused: {:?}", loaded.first_refusal));
     }
     let loaded_in = loading.elapsed();
-    for (name, value) in [
-        ("slowlog-log-slower-than", "0"),
-        ("slowlog-max-len", "100000"),
-    ] {
+    for (name, value) in [("slowlog-log-slower-than", 0), ("slowlog-max-len", LOG_LEN)] {
         let _: () = redis::cmd("CONFIG")
             .arg("SET")
             .arg(name)
@@ -69,12 +71,18 @@ pub async fn tick(url: &str, stored: u64, due: u64, batch: usize) -> Result<(), 
     let started = Instant::now();
     let report = store.tick(now).await.map_err(|e| e.to_string())?;
     let took = started.elapsed();
-    let log: Vec<(i64, Vec<String>)> = redis::cmd("SLOWLOG")
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(-1)
-        .query_async::<Vec<redis::Value>>(&mut conn)
+        .query_async(&mut conn)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    if entries.len() >= LOG_LEN {
+        return Err(format!(
+            "SLOWLOG filled up ({LOG_LEN} commands): the oldest calls are missing; use a smaller --due"
+        ));
+    }
+    let log: Vec<(i64, Vec<String>)> = entries
         .into_iter()
         .filter_map(|entry| {
             let redis::Value::Array(fields) = entry else {

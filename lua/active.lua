@@ -1,28 +1,48 @@
 --[[
-meet_active: the active instances of one partition, by meeting id, a page
-at a time. ACTIVE asks every partition, then each instance (meet_instance).
+meet_active: the running instances of one partition, by meeting id, with
+their meetings' details and head counts, a page at a time. ACTIVE asks
+every partition.
 
 KEYS[1]  meetingd:{p<P>}:active
-ARGV[1]  after: a meeting id, the last of the previous page (optional)
-ARGV[2]  limit: 1..1000 (optional, default 1000)
-Returns: {"M/O", ...}.
+ARGV[1]  after: a meeting id, the `next` of the previous page (optional)
+ARGV[2]  limit: instances, 1..1000 (optional, default 1000)
+Returns: {next, <meeting id or nil>, rows, {{meeting, order, title,
+  description, public, from, to, participants}...}}.
 Errors: BAD_REQUEST.
 Flags: no-writes.
 ]]
 local function active(keys, args)
   check_arity(args, 0, 2, '[after[, limit]]')
-  local tag = partition_tag(keys)
-  expect_keys(keys, { key(tag, 'active') })
-  local min = '-inf'
-  if args[1] and args[1] ~= '' then
-    min = '(' .. check_id(args[1], 'after')
-  end
+  local base = partition_key(keys[1], 'active')
+  local after = optional_id(args[1], 'after')
   local limit = check_limit(args[2])
-  return redis.call('ZRANGE', keys[1], min, '+inf', 'BYSCORE', 'LIMIT', 0, limit)
+  local min = '-inf'
+  if after then
+    min = '(' .. after
+  end
+  local names = redis.call('ZRANGE', keys[1], min, '+inf', 'BYSCORE', 'LIMIT', 0, limit + 1)
+  local next_meeting = false
+  if #names > limit then
+    names[#names] = nil
+    next_meeting = string.match(names[#names], '^(%d+)/')
+  end
+  local rows = {}
+  for _, name in ipairs(names) do
+    local meeting, order = string.match(name, '^(%d+)/(%d+)$')
+    local inst = meeting and load_instance(base, meeting, order)
+    if inst then
+      local m = redis.call('HMGET', inst.key, 'title', 'description', 'public')
+      rows[#rows + 1] = {
+        meeting, order, m[1] or '', m[2] or '', m[3] or 'false', inst.from, inst.to,
+        redis.call('ZCARD', inst.present),
+      }
+    end
+  end
+  return { 'next', next_meeting, 'rows', rows }
 end
 
 redis.register_function {
   function_name = 'meet_active',
-  callback = guard(active),
+  callback = active,
   flags = { 'no-writes' },
 }

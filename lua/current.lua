@@ -1,29 +1,20 @@
 --[[
-meet_current: which instance of a meeting is active (how `M` alone is
-resolved to `M/O`).
+meet_current: which instance of a meeting is running (how `M` alone is
+resolved to `M/O`, for WATCH).
 
-KEYS[1]  meetingd:{p<P>}:active
-KEYS[2]  meetingd:{p<P>}:meeting:<meeting>
-ARGV[1]  meeting id
-Returns: the active order id.
-Errors: BAD_REQUEST, NOT_FOUND (no such meeting), INACTIVE (none active).
+KEYS[1]  meetingd:{p<P>}:meeting:<meeting>
+Returns: the running instance's order id.
+Errors: BAD_REQUEST, NOT_FOUND (no such meeting), INACTIVE (none runs).
 Flags: no-writes.
 ]]
 local function current(keys, args)
-  check_arity(args, 1, 1, 'meeting')
-  local tag = partition_tag(keys)
-  local meeting = check_id(args[1], 'meeting')
-  expect_keys(keys, { key(tag, 'active'), key(tag, 'meeting', meeting) })
-  meeting_record(keys[2], meeting)
-  local order = active_order(keys[1], meeting)
-  if not order then
-    fail('INACTIVE', 'meeting ' .. meeting .. ' has no active instance')
-  end
-  return order
+  check_arity(args, 0, 0, 'nothing')
+  local base, meeting = meeting_key(keys[1])
+  return find_instance(base, meeting, '').order
 end
 
 redis.register_function {
   function_name = 'meet_current',
-  callback = guard(current),
+  callback = current,
   flags = { 'no-writes' },
 }

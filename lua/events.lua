@@ -1,35 +1,38 @@
 --[[
 meet_events: an instance's event log in order, a page at a time.
 
-Each event is a stream entry whose fields are u (user), t (1 join, 2 leave,
-3 timeout) and at (ms); a timeout also has end (the scheduled end) and proc
-(when it was processed).
+Each event is a stream entry with fields u (user) and t (1 join, 2 leave,
+3 timeout); its time is its id's first part. A timeout also has at (its
+time: the scheduled end, or when the instance was ended by hand) and end
+(the scheduled end); its id's first part is when it was processed.
+(Entries written before version 0.2 carry `at` on every event, and `proc`
+on timeouts.)
 
-KEYS[1]  meetingd:{p<P>}:schedule:<meeting>
-KEYS[2]  meetingd:{p<P>}:events:<meeting>/<order>
-ARGV[1]  meeting id
-ARGV[2]  order id
-ARGV[3]  after: an event id, the `next` of the previous page (optional)
-ARGV[4]  limit: 1..1000 (optional, default 1000)
-Returns: {next, id or nil, events, {{id, {u, user, t, type, at, ms...}}...}}.
-Errors: BAD_REQUEST, NOT_FOUND (instance).
+KEYS[1]  meetingd:{p<P>}:meeting:<meeting>
+ARGV[1]  order id, or '' for the meeting's running instance
+ARGV[2]  after: an event id, the `next` of the previous page (optional)
+ARGV[3]  limit: 1..1000 (optional, default 1000)
+Returns: {order, <order>, next, <id or nil>, events,
+  {{id, {u, <user>, t, <type>...}}...}}.
+Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE (no order
+  and nothing runs).
 Flags: no-writes.
 ]]
 local function events(keys, args)
-  check_arity(args, 2, 4, 'meeting, order[, after[, limit]]')
-  local tag = partition_tag(keys)
-  local meeting = check_id(args[1], 'meeting')
-  local order = check_id(args[2], 'order')
-  expect_keys(keys, { key(tag, 'schedule', meeting), key(tag, 'events', instance_name(meeting, order)) })
-  local after = check_cursor(args[3])
-  local limit = check_limit(args[4])
-  find_instance(keys[1], meeting, order)
-  local next_id, entries = stream_page(keys[2], after, limit)
-  return { 'next', next_id, 'events', entries }
+  check_arity(args, 1, 3, 'order[, after[, limit]]')
+  local base, meeting = meeting_key(keys[1])
+  if args[1] ~= '' then
+    check_id(args[1], 'order')
+  end
+  local after = check_cursor(args[2])
+  local limit = check_limit(args[3])
+  local inst = find_instance(base, meeting, args[1])
+  local next_id, entries = stream_page(inst.events, after, limit)
+  return { 'order', inst.order, 'next', next_id, 'events', entries }
 end
 
 redis.register_function {
   function_name = 'meet_events',
-  callback = guard(events),
+  callback = events,
   flags = { 'no-writes' },
 }

@@ -4,50 +4,41 @@ order, a page at a time: what WATCH streams. Both streams take their ids
 from the instance's one sequence, so the merge is the order in which things
 happened.
 
-KEYS[1]  meetingd:{p<P>}:schedule:<meeting>
-KEYS[2]  meetingd:{p<P>}:events:<meeting>/<order>
-KEYS[3]  meetingd:{p<P>}:chat:<meeting>/<order>
-ARGV[1]  meeting id
-ARGV[2]  order id
-ARGV[3]  after: an id; only entries after it (optional, default: from the
+KEYS[1]  meetingd:{p<P>}:meeting:<meeting>
+ARGV[1]  order id
+ARGV[2]  after: an id; only entries after it (optional, default: from the
          start)
-ARGV[4]  limit: 1..1000 (optional, default 1000)
-Returns: {last, id, next, id or nil, entries, {{id, {field, value...}}...}}
+ARGV[3]  limit: 1..1000 (optional, default 1000)
+Returns: {last, <id>, next, <id or nil>, entries, {{id, {field, value...}}...}}
   `last` is the last id the instance handed out ("0-0" when none): a
   watcher starting now wants what comes after it. An entry with a field `t`
-  is an event (u, t, at[, end, proc]); one with `text` is a message
-  (u, text, at). `next` is the id to pass as `after` for the following
-  page, nil at the end.
-Errors: BAD_REQUEST, NOT_FOUND (instance).
+  is an event (see meet_events); one with `text` is a message. `next` is
+  the id to pass as `after` for the following page, nil at the end.
+Errors: BAD_REQUEST, NOT_FOUND (meeting or instance).
 Flags: no-writes.
 ]]
 
--- The two numbers of an id "ms-seq" (a bare "ms" is "ms-0").
-local function id_parts(id)
-  local ms, seq = string.match(id, '^(%d+)%-?(%d*)$')
-  return tonumber(ms), tonumber(seq) or 0
-end
-
+-- Whether stream id a ("ms-seq") comes before b. The parts go up to 2^64-1,
+-- beyond a Lua number's exact range: they compare as digit strings.
 local function id_before(a, b)
-  local a_ms, a_seq = id_parts(a)
-  local b_ms, b_seq = id_parts(b)
-  return a_ms < b_ms or (a_ms == b_ms and a_seq < b_seq)
+  local a_ms, a_seq = string.match(a, '^(%d+)%-(%d+)$')
+  local b_ms, b_seq = string.match(b, '^(%d+)%-(%d+)$')
+  if a_ms ~= b_ms then
+    return later(b_ms, a_ms)
+  end
+  return later(b_seq, a_seq)
 end
 
 local function feed(keys, args)
-  check_arity(args, 2, 4, 'meeting, order[, after[, limit]]')
-  local tag = partition_tag(keys)
-  local meeting = check_id(args[1], 'meeting')
-  local order = check_id(args[2], 'order')
-  local name = instance_name(meeting, order)
-  expect_keys(keys, { key(tag, 'schedule', meeting), key(tag, 'events', name), key(tag, 'chat', name) })
-  local after = check_cursor(args[3])
-  local limit = check_limit(args[4])
-  find_instance(keys[1], meeting, order)
-  local last = redis.call('HGET', keys[1], order .. '#id') or '0-0'
+  check_arity(args, 1, 3, 'order[, after[, limit]]')
+  local base, meeting = meeting_key(keys[1])
+  local order = check_id(args[1], 'order')
+  local after = check_cursor(args[2])
+  local limit = check_limit(args[3])
+  local inst = find_instance(base, meeting, order)
   -- a page of each is enough to fill the merged page
-  local events_more, events = stream_page(keys[2], after, limit)
-  local chat_more, chat = stream_page(keys[3], after, limit)
+  local events_more, events = stream_page(inst.events, after, limit)
+  local chat_more, chat = stream_page(base .. 'chat:' .. inst.name, after, limit)
   local more = events_more or chat_more
   local entries = {}
   local e, c = 1, 1
@@ -64,11 +55,11 @@ local function feed(keys, args)
   if #entries == limit and (more or events[e] or chat[c]) then
     next_id = entries[#entries][1]
   end
-  return { 'last', last, 'next', next_id, 'entries', entries }
+  return { 'last', last_cursor(inst), 'next', next_id, 'entries', entries }
 end
 
 redis.register_function {
   function_name = 'meet_feed',
-  callback = guard(feed),
+  callback = feed,
   flags = { 'no-writes' },
 }

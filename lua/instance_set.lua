@@ -2,51 +2,58 @@
 meet_instance_set: create an instance of a meeting, or move its window.
 
 A new or scheduled instance is (re)scheduled: the due index gets it at
-`from`, and the scheduler activates it then. An active instance keeps
-running with its new window (due again at its new `to`). An ended instance
-cannot change.
+`from`, and the scheduler starts it then. A running instance keeps running
+with its new window, due again at its new `to`; a `to` moved to `now` or
+before ends it now (its participants time out, stamped now), so no event
+is ever stamped before the one it follows. An ended instance cannot change.
 
 KEYS[1]  meetingd:{p<P>}:meeting:<meeting>
-KEYS[2]  meetingd:{p<P>}:orders:<meeting>
-KEYS[3]  meetingd:{p<P>}:schedule:<meeting>
-KEYS[4]  meetingd:{p<P>}:due
-ARGV[1]  meeting id
-ARGV[2]  order id
-ARGV[3]  from (ms since the epoch)
-ARGV[4]  to   (ms since the epoch, after from)
-Returns: {meeting, order, from, to, state}.
+ARGV[1]  order id
+ARGV[2]  from (ms since the epoch)
+ARGV[3]  to   (ms since the epoch, after from)
+ARGV[4]  now (ms; optional, '' for Redis TIME)
+ARGV[5]  budget: most participants to time out when it ends now, 1..1000
+         (optional, default 1000; the tick times out the rest)
+ARGV[6]  retention (ms; optional; see meet_join)
+Returns: {meeting, <id>, order, <id>, from, <ms>, to, <ms>, state, <state>}.
 Errors: BAD_REQUEST (to <= from, an ended instance), NOT_FOUND (no such
   meeting).
 ]]
 local function instance_set(keys, args)
-  check_arity(args, 4, 4, 'meeting, order, from, to')
-  local tag = partition_tag(keys)
-  local meeting = check_id(args[1], 'meeting')
-  local order = check_id(args[2], 'order')
-  expect_keys(keys, {
-    key(tag, 'meeting', meeting), key(tag, 'orders', meeting),
-    key(tag, 'schedule', meeting), key(tag, 'due'),
-  })
-  local from = check_time(args[3], 'from')
-  local to = check_time(args[4], 'to')
-  if to <= from then
+  check_arity(args, 3, 6, 'order, from, to[, now[, budget[, retention]]]')
+  local base, meeting = meeting_key(keys[1])
+  local order = check_id(args[1], 'order')
+  local from = check_time(args[2], 'from')
+  local to = check_time(args[3], 'to')
+  if not later(to, from) then
     fail('BAD_REQUEST', 'to must be after from')
   end
-  meeting_record(keys[1], meeting)
-  local inst = read_instance(keys[3], meeting, order)
-  if inst and inst.state == 'ended' then
-    fail('BAD_REQUEST', 'instance ' .. instance_name(meeting, order) .. ' has ended and cannot change')
+  local now = clock(args[4])
+  local budget = check_limit(args[5])
+  local retention = check_retention(args[6])
+  if redis.call('EXISTS', keys[1]) == 0 then
+    fail('NOT_FOUND', 'meeting ' .. meeting .. ' does not exist')
   end
-  inst = inst or { meeting = meeting, order = order, state = 'scheduled' }
+  local inst = load_instance(base, meeting, order)
+  if inst and inst.state == 'ended' then
+    fail('BAD_REQUEST', 'instance ' .. inst.name .. ' has ended and cannot change')
+  end
+  inst = inst or new_instance(base, meeting, order)
+  inst.state = inst.state or 'scheduled'
   inst.from, inst.to = from, to
-  write_instance(keys[3], inst)
-  redis.call('ZADD', keys[2], order, order)
-  if inst.state == 'active' then
-    redis.call('ZADD', keys[4], to, instance_name(meeting, order))
+  write_instance(inst)
+  redis.call('ZADD', base .. 'orders:' .. meeting, order, order)
+  local due_index = base .. 'due'
+  if inst.state ~= 'active' then
+    redis.call('ZADD', due_index, from, inst.name)
+  elseif later(to, now) then
+    local _, _, ms, seq = parse_live(redis.call('HGET', keys[1], 'live'))
+    redis.call('HSET', keys[1], 'live', format_live(order, to, ms, seq))
+    redis.call('ZADD', due_index, to, inst.name)
   else
-    redis.call('ZADD', keys[4], from, instance_name(meeting, order))
+    end_instance(inst, now, now, budget, retention, due_index, base .. 'active')
   end
   return { 'meeting', meeting, 'order', order, 'from', from, 'to', to, 'state', inst.state }
 end
 
-redis.register_function { function_name = 'meet_instance_set', callback = guard(instance_set) }
+redis.register_function('meet_instance_set', instance_set)

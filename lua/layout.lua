@@ -14,15 +14,12 @@ local function layout(keys, args)
   if keys[1] ~= 'meetingd:{layout}:partitions' or #keys ~= 1 then
     fail('BAD_REQUEST', 'expected the one key meetingd:{layout}:partitions')
   end
-  local partitions = tonumber(args[1])
-  if not partitions or partitions ~= math.floor(partitions) or partitions < 1 or partitions > 1000000 then
-    fail('BAD_REQUEST', 'partitions must be an integer in 1..1000000, got ' .. show(args[1]))
+  local partitions = check_count(args[1], 'partitions', 1000000, nil)
+  if not partitions then
+    fail('BAD_REQUEST', 'partitions must be given')
   end
-  redis.call('SET', keys[1], string.format('%d', partitions), 'NX')
+  redis.call('SET', keys[1], tostring(partitions), 'NX')
   return tonumber(redis.call('GET', keys[1]))
 end
 
-redis.register_function {
-  function_name = 'meet_layout',
-  callback = guard(layout),
-}
+redis.register_function('meet_layout', layout)

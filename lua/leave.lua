@@ -1,43 +1,33 @@
 --[[
-meet_leave: a user leaves an active instance.
+meet_leave: a user leaves a running instance.
 
-KEYS[1]  meetingd:{p<P>}:schedule:<meeting>
-KEYS[2]  meetingd:{p<P>}:present:<meeting>/<order>
-KEYS[3]  meetingd:{p<P>}:events:<meeting>/<order>
-ARGV[1]  meeting id
-ARGV[2]  order id
-ARGV[3]  user id
-ARGV[4]  now (ms; optional)
-ARGV[5]  retention (ms; optional; see meet_join)
-Returns: {meeting, order, user, left_at, joined_at, id}.
-Errors: BAD_REQUEST, NOT_FOUND (instance), INACTIVE, NOT_JOINED.
+KEYS[1]  meetingd:{p<P>}:meeting:<meeting>
+ARGV[1]  order id, or '' for the meeting's running instance
+ARGV[2]  user id
+ARGV[3]  now (ms; optional)
+ARGV[4]  retention (ms; optional; see meet_join)
+Returns: "<order> <id>": the leave event's id, whose first part is the
+  time the user left (ms).
+Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE, NOT_JOINED.
 ]]
 local function leave(keys, args)
-  check_arity(args, 3, 5, 'meeting, order, user[, now[, retention]]')
-  local tag = partition_tag(keys)
-  local meeting = check_id(args[1], 'meeting')
-  local order = check_id(args[2], 'order')
+  check_arity(args, 2, 4, 'order, user[, now[, retention]]')
+  local key = keys[1]
+  local base, meeting = meeting_key(key)
+  local user = check_id(args[2], 'user')
+  local now = clock(args[3])
+  local retention = check_retention(args[4])
+  local order, to, ms, seq = running(key, base, meeting, args[1], redis.call('HGET', key, 'live'), now)
   local name = instance_name(meeting, order)
-  expect_keys(keys, {
-    key(tag, 'schedule', meeting), key(tag, 'present', name), key(tag, 'events', name),
-  })
-  local user = check_id(args[3], 'user')
-  local now = clock(args[4])
-  local retention = check_retention(args[5])
-  local inst = find_instance(keys[1], meeting, order)
-  require_active(inst, now)
-  local joined_at = redis.call('ZSCORE', keys[2], user)
-  if not joined_at then
+  if redis.call('ZREM', base .. 'present:' .. name, user) == 0 then
     fail('NOT_JOINED', 'user ' .. user .. ' is not in ' .. name)
   end
-  local id = take_ids(keys[1], order, now, 1)[1]
-  redis.call('XADD', keys[3], id, 'u', user, 't', 2, 'at', now)
-  redis.call('ZREM', keys[2], user)
-  keep_until(keys[3], inst, retention)
-  return {
-    'meeting', meeting, 'order', order, 'user', user, 'left_at', now,
-    'joined_at', tonumber(joined_at), 'id', id,
-  }
+  ms, seq = next_id(now, ms, seq)
+  redis.call('HSET', key, 'live', format_live(order, to, ms, seq))
+  local events = base .. 'events:' .. name
+  local id = redis.call('XADD', events, ms .. '-' .. seq, 'u', user, 't', '2')
+  keep_until(events, to, retention)
+  return order .. ' ' .. id
 end
 
-redis.register_function { function_name = 'meet_leave', callback = guard(leave) }
+redis.register_function('meet_leave', leave)

@@ -1,53 +1,62 @@
 --[[
-meet_post: a participant of an active instance posts a chat message. The
+meet_post: a participant of a running instance posts a chat message. The
 message goes to the instance's chat and, by id only, to the poster's own
 index, so one user's messages are read without touching anybody else's.
 
-KEYS[1]  meetingd:{p<P>}:schedule:<meeting>
-KEYS[2]  meetingd:{p<P>}:present:<meeting>/<order>
-KEYS[3]  meetingd:{p<P>}:chat:<meeting>/<order>
-KEYS[4]  meetingd:{p<P>}:chat:<meeting>/<order>:by:<user>
-ARGV[1]  meeting id
-ARGV[2]  order id
-ARGV[3]  user id
-ARGV[4]  text (not empty, at most 64 KiB; the daemon's limit is lower)
-ARGV[5]  now (ms; optional)
-ARGV[6]  retention (ms; optional): the chat and the poster's index expire
-         this long after the instance's scheduled end; 0: kept for ever
-Returns: {id, meeting, order, user, at}.
-Errors: BAD_REQUEST, NOT_FOUND (instance), INACTIVE, NOT_JOINED.
+With a key (ARGV[6]), the post is made at most once: the same user's key
+in the same instance stores nothing again and answers the first message's
+id, marked "duplicate", for as long as the instance's history is kept. A
+client that did not hear back retries with the same key safely.
+
+KEYS[1]  meetingd:{p<P>}:meeting:<meeting>
+ARGV[1]  order id, or '' for the meeting's running instance
+ARGV[2]  user id
+ARGV[3]  text (not empty, at most 64 KiB; the daemon's limit is lower; no
+         control characters but tab and newline)
+ARGV[4]  now (ms; optional)
+ARGV[5]  retention (ms; optional): the chat, the poster's index and the
+         keys expire this long after the instance's scheduled end
+ARGV[6]  key (optional): 1-64 bytes of A-Za-z0-9._:-
+Returns: "<order> <id>", or "<order> <id> duplicate" for a repeated key;
+  the id's first part is the message's time (ms).
+Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE, NOT_JOINED.
 ]]
 local function post(keys, args)
-  check_arity(args, 4, 6, 'meeting, order, user, text[, now[, retention]]')
-  local tag = partition_tag(keys)
-  local meeting = check_id(args[1], 'meeting')
-  local order = check_id(args[2], 'order')
-  local user = check_id(args[3], 'user')
+  check_arity(args, 3, 6, 'order, user, text[, now[, retention[, key]]]')
+  local key = keys[1]
+  local base, meeting = meeting_key(key)
+  local user = check_id(args[2], 'user')
+  local text = check_chat(args[3])
+  local now = clock(args[4])
+  local retention = check_retention(args[5])
+  local post_key = check_post_key(args[6])
+  local order, to, ms, seq = running(key, base, meeting, args[1], redis.call('HGET', key, 'live'), now)
   local name = instance_name(meeting, order)
-  expect_keys(keys, {
-    key(tag, 'schedule', meeting), key(tag, 'present', name),
-    key(tag, 'chat', name), key(tag, 'chat', name, 'by', user),
-  })
-  local text = args[4]
-  if text == '' then
-    fail('BAD_REQUEST', 'text must not be empty')
-  end
-  if #text > TEXT_MAX then
-    fail('BAD_REQUEST', 'text is longer than ' .. TEXT_MAX .. ' bytes')
-  end
-  local now = clock(args[5])
-  local retention = check_retention(args[6])
-  local inst = find_instance(keys[1], meeting, order)
-  require_active(inst, now)
-  if not redis.call('ZSCORE', keys[2], user) then
+  if not redis.call('ZSCORE', base .. 'present:' .. name, user) then
     fail('NOT_JOINED', 'user ' .. user .. ' is not in ' .. name)
   end
-  local id = take_ids(keys[1], order, now, 1)[1]
-  redis.call('XADD', keys[3], id, 'u', user, 'text', text, 'at', now)
-  redis.call('XADD', keys[4], id, 'at', now)
-  keep_until(keys[3], inst, retention)
-  keep_until(keys[4], inst, retention)
-  return { 'id', id, 'meeting', meeting, 'order', order, 'user', user, 'at', now }
+  local posted
+  if post_key then
+    posted = base .. 'posted:' .. name
+    local first = redis.call('HGET', posted, user .. ':' .. post_key)
+    if first then
+      return order .. ' ' .. first .. ' duplicate'
+    end
+  end
+  ms, seq = next_id(now, ms, seq)
+  local id = ms .. '-' .. seq
+  redis.call('HSET', key, 'live', format_live(order, to, ms, seq))
+  local chat = base .. 'chat:' .. name
+  local by = chat .. ':by:' .. user
+  redis.call('XADD', chat, id, 'u', user, 'text', text)
+  redis.call('XADD', by, id, 'u', user)
+  keep_until(chat, to, retention)
+  keep_until(by, to, retention)
+  if posted then
+    redis.call('HSET', posted, user .. ':' .. post_key, id)
+    keep_until(posted, to, retention)
+  end
+  return order .. ' ' .. id
 end
 
-redis.register_function { function_name = 'meet_post', callback = guard(post) }
+redis.register_function('meet_post', post)

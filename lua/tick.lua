@@ -1,159 +1,122 @@
 --[[
-meet_tick: the second step of a tick: apply the transitions due at `now`
-for the instances meet_due listed (a bounded batch), and say whether more
-are due.
+meet_tick: one step of a tick in one partition: apply the transitions due
+at `now` of at most `batch` instances, the earliest due first, and say
+whether more are due. The daemon calls it until nothing is.
 
-Every transition is re-checked here, inside the atomic call: an instance
-that another tick handled already, or whose meeting's active instance is
-no longer the one listed, is skipped (it stays due and the next meet_due
-lists it again). So two ticks at once never apply a transition twice.
+Everything is read and written inside this one atomic call, so two ticks
+at once (two daemons, or a TICK during the cron's) never apply a
+transition twice: the second finds it done.
 
-For each listed instance, by its state:
+For each instance due, by its state:
   * active and to <= now: ended; participants time out (at = to).
   * scheduled and to <= now: its whole window passed while nothing ran:
     ended without events (reported as missed).
-  * scheduled and from <= now < to: activated, unless its meeting has an
-    active instance of a higher order that is still running, or a higher
-    order of the same meeting in this batch wins; the loser is due again
-    when the winner ends (or at its own end, if sooner). Activating ends
-    the meeting's other active instance (timeouts at now).
+  * scheduled and from <= now < to: starts running, unless its meeting
+    has a running instance of a higher order that is not over, or a
+    higher order of the same meeting is due too; a loser is due again when
+    the winner ends (or at its own end, if sooner). Starting ends the
+    meeting's other running instance (timeouts at now).
   * ended with participants left (a drain cut short by the budget): more
     of them time out.
 At most `budget` participants time out per call; the rest stay due.
 
 KEYS[1]  meetingd:{p<P>}:due
-KEYS[2]  meetingd:{p<P>}:active
-then for each listed instance M/O with active order A (A = O when none):
-  meetingd:{p<P>}:schedule:M
-  meetingd:{p<P>}:present:M/O
-  meetingd:{p<P>}:events:M/O
-  meetingd:{p<P>}:present:M/A
-  meetingd:{p<P>}:events:M/A
 ARGV[1]  now (ms; '' for Redis TIME)
 ARGV[2]  budget: most timeouts in this call, 1..1000 ('' for 1000)
-ARGV[3]  retention (ms; '' or 0: history kept for ever; see meet_join)
-then for each listed instance: meeting, order, active order or ''
-  (at most 1000 instances)
+ARGV[3]  batch: most instances in this call, 1..1000 ('' for 100)
+ARGV[4]  retention (ms; '' or 0: history kept for ever; see meet_join)
 Returns: {activated, {"M/O"...}, ended, {"M/O"...}, missed, {"M/O"...},
-  timeouts, n, skipped, n, more, 0 or 1}.
+  timeouts, <n>, handled, <n>, more, <0 or 1>}: `handled` due entries were
+  looked at, each now done, due later, or (a drain cut short) still due.
 Errors: BAD_REQUEST.
 ]]
 local function tick(keys, args)
-  if #args < 3 or (#args - 3) % 3 ~= 0 or (#args - 3) / 3 > PAGE_MAX then
-    fail('BAD_REQUEST', 'expected now, budget, retention, then meeting, order, active order for up to '
-      .. PAGE_MAX .. ' instances')
-  end
-  local tag = partition_tag(keys)
+  check_arity(args, 0, 4, '[now[, budget[, batch[, retention]]]]')
+  local base = partition_key(keys[1], 'due')
   local now = clock(args[1])
   local budget = check_limit(args[2])
-  local retention = check_retention(args[3])
-  local names = { key(tag, 'due'), key(tag, 'active') }
-  local listed = {}
-  for i = 0, (#args - 3) / 3 - 1 do
-    local meeting = check_id(args[4 + 3 * i], 'meeting')
-    local order = check_id(args[5 + 3 * i], 'order')
-    local plan = args[6 + 3 * i]
-    if plan ~= '' then
-      check_id(plan, 'active order')
-    else
-      plan = nil
-    end
-    local name = instance_name(meeting, order)
-    local other = instance_name(meeting, plan or order)
-    local base = #names
-    names[base + 1] = key(tag, 'schedule', meeting)
-    names[base + 2] = key(tag, 'present', name)
-    names[base + 3] = key(tag, 'events', name)
-    names[base + 4] = key(tag, 'present', other)
-    names[base + 5] = key(tag, 'events', other)
-    listed[#listed + 1] = { meeting = meeting, order = order, name = name, plan = plan, base = base }
-  end
-  expect_keys(keys, names)
-  local due_index, active_index = keys[1], keys[2]
+  local batch = check_count(args[3], 'batch', PAGE_MAX, 100)
+  local retention = check_retention(args[4])
+  local due_index, active_index = keys[1], base .. 'active'
   local activated, ended, missed = {}, {}, {}
-  local timeouts, skipped = 0, 0
+  local timeouts = 0
   local starting, meetings = {}, {}
 
-  -- Ends, drains and missed windows first; collect activations per meeting.
-  for _, c in ipairs(listed) do
-    local schedule, present, events = keys[c.base + 1], keys[c.base + 2], keys[c.base + 3]
-    local score = redis.call('ZSCORE', due_index, c.name)
-    local inst = read_instance(schedule, c.meeting, c.order)
-    if not score or tonumber(score) > now or not inst then
-      skipped = skipped + 1
+  -- Ends, drains and missed windows first; gather who may start, by meeting.
+  local names = redis.call('ZRANGE', due_index, '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
+  for _, name in ipairs(names) do
+    local meeting, order = string.match(name, '^(%d+)/(%d+)$')
+    local inst = meeting and load_instance(base, meeting, order)
+    if not inst then
+      -- an entry for no instance: nothing is due
+      redis.call('ZREM', due_index, name)
     elseif inst.state == 'active' then
-      if inst.to <= now then
-        local users = end_instance(schedule, present, events, due_index, active_index, inst,
-          inst.to, now, budget, retention)
-        budget, timeouts = budget - #users, timeouts + #users
-        ended[#ended + 1] = c.name
+      if later(inst.to, now) then
+        redis.call('ZADD', due_index, inst.to, name)
       else
-        redis.call('ZADD', due_index, inst.to, c.name)
+        local users = end_instance(inst, inst.to, now, budget, retention, due_index, active_index)
+        budget, timeouts = budget - #users, timeouts + #users
+        ended[#ended + 1] = name
       end
     elseif inst.state == 'ended' then
-      local users, remaining = time_out(schedule, present, events, inst, ended_at(schedule, inst),
-        now, budget, retention)
+      local users, remaining = time_out(inst, ended_at(inst), now, budget, retention)
       budget, timeouts = budget - #users, timeouts + #users
       if remaining == 0 then
-        redis.call('ZREM', due_index, c.name)
+        redis.call('ZREM', due_index, name)
       end
-    elseif inst.to <= now then
+    elseif not later(inst.to, now) then
       inst.state = 'ended'
-      write_instance(schedule, inst)
-      redis.call('HSET', schedule, c.order .. '#end', inst.to)
-      redis.call('ZREM', due_index, c.name)
-      missed[#missed + 1] = c.name
-    elseif inst.from > now then
-      redis.call('ZADD', due_index, inst.from, c.name)
+      write_instance(inst)
+      redis.call('HSET', inst.schedule, order .. '#end', inst.to)
+      redis.call('ZREM', due_index, name)
+      missed[#missed + 1] = name
+    elseif later(inst.from, now) then
+      redis.call('ZADD', due_index, inst.from, name)
     else
-      c.inst = inst
-      if not starting[c.meeting] then
-        starting[c.meeting] = {}
-        meetings[#meetings + 1] = c.meeting
+      if not starting[meeting] then
+        starting[meeting] = {}
+        meetings[#meetings + 1] = meeting
       end
-      table.insert(starting[c.meeting], c)
+      table.insert(starting[meeting], inst)
     end
   end
 
-  -- Activations: per meeting, the highest order due wins.
+  -- Starts: per meeting, the highest order due wins.
   for _, meeting in ipairs(meetings) do
     local candidates = starting[meeting]
     local best = candidates[1]
-    for _, c in ipairs(candidates) do
-      if tonumber(c.order) > tonumber(best.order) then
-        best = c
+    for _, inst in ipairs(candidates) do
+      if tonumber(inst.order) > tonumber(best.order) then
+        best = inst
       end
     end
-    local schedule = keys[best.base + 1]
-    local current = active_order(active_index, meeting)
-    local winner = best.inst
-    if current and (current ~= best.plan or current == best.order) then
-      -- the active instance is not the one listed: its keys are not declared
-      skipped = skipped + #candidates
-      winner = nil
-    elseif current then
-      local running = read_instance(schedule, meeting, current)
-      if running.to <= now or tonumber(current) < tonumber(best.order) then
-        local users = end_instance(schedule, keys[best.base + 4], keys[best.base + 5], due_index,
-          active_index, running, math.min(running.to, now), now, budget, retention)
-        budget, timeouts = budget - #users, timeouts + #users
-        ended[#ended + 1] = instance_name(meeting, current)
-      else
-        winner = running
-      end
-    end
-    if winner then
-      if winner == best.inst then
-        winner.state = 'active'
-        write_instance(schedule, winner)
-        redis.call('ZADD', active_index, meeting, best.name)
-        redis.call('ZADD', due_index, winner.to, best.name)
-        activated[#activated + 1] = best.name
-      end
-      for _, c in ipairs(candidates) do
-        if c.inst ~= winner then
-          redis.call('ZADD', due_index, math.min(c.inst.to, winner.to), c.name)
+    local winner = best
+    local live_order = parse_live(redis.call('HGET', best.key, 'live'))
+    local current = live_order and load_instance(base, meeting, live_order)
+    if current then
+      if not later(current.to, now) or tonumber(current.order) < tonumber(best.order) then
+        local at = now
+        if later(at, current.to) then
+          at = current.to
         end
+        local users = end_instance(current, at, now, budget, retention, due_index, active_index)
+        budget, timeouts = budget - #users, timeouts + #users
+        ended[#ended + 1] = current.name
+      else
+        winner = current
+      end
+    end
+    if winner == best then
+      activate(best, due_index, active_index)
+      activated[#activated + 1] = best.name
+    end
+    for _, inst in ipairs(candidates) do
+      if inst ~= winner then
+        local again = inst.to
+        if later(again, winner.to) then
+          again = winner.to
+        end
+        redis.call('ZADD', due_index, again, inst.name)
       end
     end
   end
@@ -161,8 +124,8 @@ local function tick(keys, args)
   local more = redis.call('ZRANGE', due_index, '-inf', now, 'BYSCORE', 'LIMIT', 0, 1)
   return {
     'activated', activated, 'ended', ended, 'missed', missed,
-    'timeouts', timeouts, 'skipped', skipped, 'more', #more,
+    'timeouts', timeouts, 'handled', #names, 'more', #more,
   }
 end
 
-redis.register_function { function_name = 'meet_tick', callback = guard(tick) }
+redis.register_function('meet_tick', tick)

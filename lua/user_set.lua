@@ -2,28 +2,25 @@
 meet_user_set: create or update a user.
 
 KEYS[1]  meetingd:{u<user>}:user      the user's hash
-ARGV[1]  user id
-ARGV[2]  name    (not empty, no control characters)
-ARGV[3]  age     (0..150)
-ARGV[4]  gender  (not empty, no control characters)
-ARGV[5]  email   (name@domain; stored lower-cased)
-Returns: the user, {id, name, age, gender, email} as field/value pairs.
+ARGV[1]  name    (not empty, no control characters)
+ARGV[2]  age     (0..150)
+ARGV[3]  gender  (not empty, no control characters)
+ARGV[4]  email   (name@domain; stored lower-cased)
+Returns: the user, {id, <id>, name, <s>, age, <n>, gender, <s>, email, <s>}.
 Errors: BAD_REQUEST.
 ]]
 local function user_set(keys, args)
-  check_arity(args, 5, 5, 'user, name, age, gender, email')
-  local user = check_id(args[1], 'user')
-  local tag = '{u' .. user .. '}'
-  expect_keys(keys, { key(tag, 'user') })
-  local name = check_text(args[2], 'name')
-  if not string.match(args[3], '^%d+$') or #args[3] > 3 or tonumber(args[3]) > 150 then
-    fail('BAD_REQUEST', 'age must be 0..150, got ' .. show(args[3]))
+  check_arity(args, 4, 4, 'name, age, gender, email')
+  local user = user_key(keys[1])
+  local name = check_text(args[1], 'name')
+  if not string.find(args[2], '^%d+$') or #args[2] > 3 or tonumber(args[2]) > 150 then
+    fail('BAD_REQUEST', 'age must be 0..150, got ' .. show(args[2]))
   end
-  local age = tostring(tonumber(args[3]))
-  local gender = check_text(args[4], 'gender')
-  local email = check_email(args[5])
+  local age = tostring(tonumber(args[2]))
+  local gender = check_text(args[3], 'gender')
+  local email = check_email(args[4])
   redis.call('HSET', keys[1], 'name', name, 'age', age, 'gender', gender, 'email', email)
   return { 'id', user, 'name', name, 'age', age, 'gender', gender, 'email', email }
 end
 
-redis.register_function { function_name = 'meet_user_set', callback = guard(user_set) }
+redis.register_function('meet_user_set', user_set)

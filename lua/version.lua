@@ -4,14 +4,14 @@ to decide whether to load the library again.
 
 KEYS: none
 ARGV: none
-Returns: the version string, "<crate version>+<digest of the library>".
+Returns: "<crate version>+<digest of the library>/p<PARTITIONS>".
 Errors: none.
 Flags: no-writes.
 ]]
 redis.register_function {
   function_name = 'meet_version',
-  callback = guard(function(keys, args)
+  callback = function()
     return VERSION
-  end),
+  end,
   flags = { 'no-writes' },
 }

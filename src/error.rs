@@ -27,15 +27,20 @@ pub enum Code {
     PermissionDenied,
     /// A request line over the limit.
     TooLarge,
-    /// Redis is unreachable or too slow.
+    /// Redis could not be reached: the request was not applied, and
+    /// sending it again is safe.
     Unavailable,
+    /// The request was sent to Redis and no reply came in time: it may or
+    /// may not have been applied (a POST sent again with its `ID` is
+    /// applied at most once).
+    InDoubt,
     /// A bug or an unexpected reply: never the client's fault.
     Internal,
 }
 
 impl Code {
     /// Every code, in the order of the spec.
-    pub const ALL: [Code; 11] = [
+    pub const ALL: [Code; 12] = [
         Code::BadRequest,
         Code::UnknownCommand,
         Code::NotFound,
@@ -46,6 +51,7 @@ impl Code {
         Code::PermissionDenied,
         Code::TooLarge,
         Code::Unavailable,
+        Code::InDoubt,
         Code::Internal,
     ];
 
@@ -62,6 +68,7 @@ impl Code {
             Code::PermissionDenied => "permission_denied",
             Code::TooLarge => "too_large",
             Code::Unavailable => "unavailable",
+            Code::InDoubt => "in_doubt",
             Code::Internal => "internal",
         }
     }

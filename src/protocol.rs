@@ -107,8 +107,17 @@ pub enum Request {
     Active,
     /// `ATTENDANCE`
     Attendance,
-    /// `POST <user> <mref> <text>`
-    Post(u64, Mref, String),
+    /// `POST <user> <mref> <text> [ID <key>]`
+    Post {
+        /// Who posts.
+        user: u64,
+        /// Where.
+        mref: Mref,
+        /// What (tabs and newlines allowed, no other control character).
+        text: String,
+        /// The client's key for the message: a repeat stores nothing.
+        key: Option<String>,
+    },
     /// `MESSAGES <mref> [USER <user>] [AFTER <id>] [LIMIT <n>]`
     Messages {
         /// Which instance.
@@ -257,9 +266,9 @@ pub const COMMANDS: &[CommandInfo] = &[
     },
     CommandInfo {
         name: "POST",
-        syntax: "POST <user> <mref> <text>",
+        syntax: "POST <user> <mref> <text> [ID <key>]",
         admin: false,
-        summary: "post a chat message",
+        summary: "post a chat message (with ID, a repeat of the key stores nothing)",
     },
     CommandInfo {
         name: "MESSAGES",
@@ -342,7 +351,7 @@ impl Request {
             Request::Participants { .. } => "PARTICIPANTS",
             Request::Active => "ACTIVE",
             Request::Attendance => "ATTENDANCE",
-            Request::Post(..) => "POST",
+            Request::Post { .. } => "POST",
             Request::Messages { .. } => "MESSAGES",
             Request::Events { .. } => "EVENTS",
             Request::Watch { .. } => "WATCH",
@@ -607,7 +616,21 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
             if text.is_empty() {
                 return Err(args.bad("<text> must not be empty"));
             }
-            Request::Post(user, mref, text)
+            if text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t')
+            {
+                return Err(args
+                    .bad("<text> must not contain control characters other than tab and newline"));
+            }
+            let mut options = args.options(&["ID"])?;
+            let key = options.take("ID").map(|v| args.post_key(v)).transpose()?;
+            Request::Post {
+                user,
+                mref,
+                text,
+                key,
+            }
         }
         "MESSAGES" => {
             let mref = args.mref()?;
@@ -852,14 +875,33 @@ impl<'a> Args<'a> {
             })
     }
 
+    /// A stream id: `ms-seq` or `ms`, each part at most 2^64-1 (as Redis
+    /// takes them).
     fn cursor(&self, value: String) -> Result<String, ParseError> {
+        let part = |s: &str| is_digits(s, 20) && s.parse::<u64>().is_ok();
         let valid = match value.split_once('-') {
-            Some((ms, seq)) => is_digits(ms, 15) && is_digits(seq, 20),
-            None => is_digits(&value, 15),
+            Some((ms, seq)) => part(ms) && part(seq),
+            None => part(&value),
         };
         if !valid {
             return Err(self.bad(format!(
-                "AFTER must be an id like 1795341600000-0, got {}",
+                "AFTER must be an id like 1795341600000-0 (each part at most 2^64-1), got {}",
+                shown(&value)
+            )));
+        }
+        Ok(value)
+    }
+
+    /// A POST's key: 1-64 bytes of `A-Za-z0-9._:-`.
+    fn post_key(&self, value: String) -> Result<String, ParseError> {
+        let valid = !value.is_empty()
+            && value.len() <= 64
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+        if !valid {
+            return Err(self.bad(format!(
+                "ID must be 1-64 bytes of A-Za-z0-9._:-, got {}",
                 shown(&value)
             )));
         }
@@ -887,12 +929,12 @@ fn is_digits(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// `{"ok":true,"result":...}` and a newline.
-pub fn ok_line(result: &Value) -> Vec<u8> {
-    let mut line = Vec::with_capacity(64);
+/// `{"ok":true,"result":<json>}` and a newline, around a result already
+/// written as JSON text.
+pub fn ok_line(json: &[u8]) -> Vec<u8> {
+    let mut line = Vec::with_capacity(json.len() + 24);
     line.extend_from_slice(b"{\"ok\":true,\"result\":");
-    // Writing a Value into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut line, result);
+    line.extend_from_slice(json);
     line.extend_from_slice(b"}\n");
     line
 }
@@ -909,12 +951,12 @@ pub fn error_line(code: Code, message: &str) -> Vec<u8> {
     line
 }
 
-/// A watched entry's line: `{"event":...}` and a newline.
-pub fn event_line(event: &Value) -> Vec<u8> {
-    let mut line = Vec::with_capacity(192);
+/// A watched entry's line: `{"event":<json>}` and a newline, around the
+/// entry already written as JSON text.
+pub fn event_line(json: &[u8]) -> Vec<u8> {
+    let mut line = Vec::with_capacity(json.len() + 11);
     line.extend_from_slice(b"{\"event\":");
-    // Writing a Value into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut line, event);
+    line.extend_from_slice(json);
     line.extend_from_slice(b"}\n");
     line
 }
@@ -931,9 +973,70 @@ pub fn dropped_line(count: u64, resume: &str) -> Vec<u8> {
 
 /// A time as replies show it: UTC with milliseconds.
 pub fn format_time(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_else(|| ms.to_string())
+    Time(ms).to_string()
+}
+
+/// A time (ms since the epoch) as replies show it, RFC 3339 in UTC with
+/// milliseconds (`2026-11-22T10:00:00.000Z`), written without allocating:
+/// replies carry many of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Time(pub i64);
+
+impl Time {
+    /// The 24 bytes of a time of years 0000-9999 (`None` outside them).
+    fn text(self) -> Option<[u8; 24]> {
+        let ms = u64::try_from(self.0).ok()?;
+        let days = ms / 86_400_000;
+        let in_day = ms % 86_400_000;
+        // the civil date of a day count (Howard Hinnant's days_from_civil,
+        // inverted), for days since 1970-01-01 >= 0
+        let z = days + 719_468;
+        let era = z / 146_097;
+        let doe = z % 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + u64::from(month <= 2);
+        if year > 9999 {
+            return None;
+        }
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut n: u64| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, in_day / 3_600_000);
+        put(14, 2, in_day / 60_000 % 60);
+        put(17, 2, in_day / 1000 % 60);
+        put(20, 3, in_day % 1000);
+        Some(out)
+    }
+}
+
+impl std::fmt::Display for Time {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.text() {
+            // the 24 bytes are ASCII digits and separators
+            Some(text) => f.write_str(std::str::from_utf8(&text).unwrap_or_default()),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl serde::Serialize for Time {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.text() {
+            Some(text) => serializer.serialize_str(std::str::from_utf8(&text).unwrap_or_default()),
+            None => serializer.serialize_i64(self.0),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -996,14 +1099,27 @@ mod tests {
         assert_eq!(parse(b"UNWATCH"), Ok(Request::Unwatch));
         assert_eq!(
             parse(br#"POST 1 2/3 "say \"hi\"\n""#),
-            Ok(Request::Post(
-                1,
-                Mref {
+            Ok(Request::Post {
+                user: 1,
+                mref: Mref {
                     meeting: 2,
                     order: Some(3)
                 },
-                "say \"hi\"\n".into()
-            ))
+                text: "say \"hi\"\n".into(),
+                key: None,
+            })
+        );
+        assert_eq!(
+            parse(b"POST 1 2 hello id k-1:a.b"),
+            Ok(Request::Post {
+                user: 1,
+                mref: Mref {
+                    meeting: 2,
+                    order: None
+                },
+                text: "hello".into(),
+                key: Some("k-1:a.b".into()),
+            })
         );
     }
 
@@ -1104,13 +1220,13 @@ mod tests {
 
     #[test]
     fn replies_are_one_line() {
-        let line = ok_line(&Value::String("a\nb".into()));
+        let line = ok_line(br#""a\nb""#);
         assert_eq!(line, b"{\"ok\":true,\"result\":\"a\\nb\"}\n");
         let line = error_line(Code::NotFound, "no \"user\"\n");
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
         let back: Value = serde_json::from_slice(&line).expect("JSON");
         assert_eq!(back["error"]["code"], "not_found");
-        let line = event_line(&serde_json::json!({"id": "1-0", "text": "x\ny"}));
+        let line = event_line(br#"{"id":"1-0","text":"x\ny"}"#);
         assert_eq!(line, b"{\"event\":{\"id\":\"1-0\",\"text\":\"x\\ny\"}}\n");
         let line = dropped_line(3, "1795341600000-2");
         assert_eq!(line, b"{\"dropped\":3,\"resume\":\"1795341600000-2\"}\n");
@@ -1118,6 +1234,13 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn times_read_as_chrono_writes_them(ms in 0i64..253_402_300_800_000) {
+            let chrono = chrono::DateTime::from_timestamp_millis(ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            prop_assert_eq!(Some(format_time(ms)), chrono);
+        }
 
         #[test]
         fn never_panics_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {

@@ -29,9 +29,10 @@ use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cmd::{self, Context, Limits, Outcome};
+use crate::cmd::{self, Context, Limits, Outcome, Plan};
 use crate::error::Code;
 use crate::protocol::{self, Request};
+use crate::store::Call;
 use crate::watch::{Next, Watcher};
 
 /// How the socket behaves.
@@ -257,11 +258,39 @@ enum Pending {
     TooLong,
 }
 
+/// What a connection does next: the replies of a batch of requests sent
+/// together, or of one request run alone.
+type Step = BoxFuture<'static, Vec<Reply>>;
+
+/// A request of a batch.
+enum Item {
+    /// Answered without Redis.
+    Done {
+        command: &'static str,
+        result: Result<Outcome, cmd::CmdError>,
+        close: bool,
+    },
+    /// Its result comes from the batch's next call.
+    Call { command: &'static str },
+}
+
+/// A request that must run alone, planned while a batch was being made:
+/// it is the next step.
+struct Held {
+    command: &'static str,
+    close: bool,
+    work: BoxFuture<'static, Result<Outcome, cmd::CmdError>>,
+}
+
 /// Serve one connection. Requests are read ahead (pipelining) up to the
-/// pipeline depth, but applied one after the other, in order: a request
-/// sees the effects of every request sent before it on the connection (a
-/// POST pipelined after its JOIN finds the user in). Replies go out in
-/// request order.
+/// pipeline depth. Those read together go to Redis together: every request
+/// that is one library call (JOIN, LEAVE, POST, MESSAGES, ...) is sent in
+/// one pipeline with its neighbours, in order, and Redis applies them in
+/// that order, so a request sees the effects of every request sent before
+/// it on the connection (a POST pipelined after its JOIN finds the user
+/// in). A request that needs more (a first JOIN of a user the daemon does
+/// not know yet, ACTIVE, a tick...) runs alone, in its turn. Replies go out
+/// in request order.
 async fn handle(
     stream: UnixStream,
     admin: bool,
@@ -273,34 +302,31 @@ async fn handle(
     let mut requests = FramedRead::new(read, LineCodec::new(config.max_line));
     let mut writer = BufWriter::new(write);
     let mut queue: VecDeque<Pending> = VecDeque::new();
-    let mut running: Option<BoxFuture<'_, Reply>> = None;
+    let mut held: Option<Held> = None;
+    let mut running: Option<Step> = None;
     let mut watching: Option<Watcher> = None;
     let mut reading = true;
-    let mut unflushed = 0;
     loop {
         if running.is_none() {
-            running = queue.pop_front().map(|pending| match pending {
+            running = if watching.is_some() {
                 // while watching, the connection answers the few requests
                 // it reads itself, at once
-                Pending::Line(line) if watching.is_some() => {
-                    let reply = answer_watching(&line, &mut watching, ctx);
-                    async move { reply }.boxed()
-                }
-                Pending::Line(line) => answer(line, admin, ctx),
-                Pending::TooLong => {
-                    ctx.stats
-                        .answered(None, Duration::ZERO, Some(Code::TooLarge));
-                    let message = format!("request line over {} bytes", config.max_line);
-                    let line = protocol::error_line(Code::TooLarge, &message);
-                    async move {
-                        Reply {
-                            close: true,
-                            ..Reply::line(line)
-                        }
-                    }
-                    .boxed()
-                }
-            });
+                queue.pop_front().map(|pending| {
+                    let reply = match pending {
+                        Pending::Line(line) => answer_watching(&line, &mut watching, ctx),
+                        Pending::TooLong => finish(
+                            "(unparsed)",
+                            Err(too_long_error(config)),
+                            std::time::Instant::now(),
+                            ctx,
+                            true,
+                        ),
+                    };
+                    async move { vec![reply] }.boxed()
+                })
+            } else {
+                next_step(&mut queue, &mut held, admin, ctx, config)
+            };
         }
         if !reading && running.is_none() {
             writer.flush().await?;
@@ -308,24 +334,20 @@ async fn handle(
         }
         tokio::select! {
             biased;
-            Some(reply) = OptionFuture::from(running.as_mut()), if running.is_some() => {
+            Some(replies) = OptionFuture::from(running.as_mut()), if running.is_some() => {
                 running = None;
-                writer.write_all(&reply.line).await?;
-                unflushed += 1;
-                if reply.close {
-                    writer.flush().await?;
-                    return Ok(());
+                for reply in replies {
+                    writer.write_all(&reply.line).await?;
+                    if reply.close {
+                        writer.flush().await?;
+                        return Ok(());
+                    }
+                    if let Some(watcher) = reply.watch {
+                        set_send_buffer(writer.get_ref().as_ref(), config.watch_send_buffer);
+                        watching = Some(watcher);
+                    }
                 }
-                if let Some(watcher) = reply.watch {
-                    set_send_buffer(writer.get_ref().as_ref(), config.watch_send_buffer);
-                    watching = Some(watcher);
-                }
-                // batch the replies of a pipeline, but never keep one
-                // waiting behind a request that is not there yet
-                if queue.is_empty() || unflushed >= 64 {
-                    writer.flush().await?;
-                    unflushed = 0;
-                }
+                writer.flush().await?;
             }
             next = next_entries(&mut watching), if watching.is_some() => {
                 let notice = match next {
@@ -360,8 +382,6 @@ async fn handle(
                     writer.flush().await?;
                     watching = None;
                 }
-                // write_items flushed (everything written before too)
-                unflushed = 0;
             }
             frame = requests.next(), if reading && queue.len() < config.pipeline_depth => {
                 match frame {
@@ -394,6 +414,135 @@ async fn handle(
             }
         }
     }
+}
+
+/// The error of a line over the limit (the connection closes after it).
+fn too_long_error(config: &ServerConfig) -> cmd::CmdError {
+    cmd::CmdError::new(
+        Code::TooLarge,
+        format!("request line over {} bytes", config.max_line),
+    )
+}
+
+/// The next step off the queue: a request held from the last batch, or
+/// the queued requests up to the first that must run alone, sent together
+/// (that one is held for the step after), or that one alone.
+fn next_step(
+    queue: &mut VecDeque<Pending>,
+    held: &mut Option<Held>,
+    admin: bool,
+    ctx: &Context,
+    config: &ServerConfig,
+) -> Option<Step> {
+    if let Some(alone) = held.take() {
+        return Some(run_alone(alone, ctx));
+    }
+    let mut items: Vec<Item> = Vec::new();
+    let mut calls = Vec::new();
+    while let Some(pending) = queue.pop_front() {
+        let line = match pending {
+            Pending::Line(line) => line,
+            Pending::TooLong => {
+                items.push(Item::Done {
+                    command: "(unparsed)",
+                    result: Err(too_long_error(config)),
+                    close: true,
+                });
+                break;
+            }
+        };
+        let request = match protocol::parse(&line) {
+            Ok(request) => request,
+            Err(err) => {
+                items.push(Item::Done {
+                    command: "(unparsed)",
+                    result: Err(cmd::CmdError::new(err.code, err.message)),
+                    close: false,
+                });
+                continue;
+            }
+        };
+        let command = request.name();
+        let quit = request == Request::Quit;
+        match cmd::plan(request, admin, ctx) {
+            Plan::Done(result) => {
+                let close = quit && result.is_ok();
+                items.push(Item::Done {
+                    command,
+                    result,
+                    close,
+                });
+                if close {
+                    break;
+                }
+            }
+            Plan::Call(call) => {
+                items.push(Item::Call { command });
+                calls.push(call);
+            }
+            Plan::Alone(work) => {
+                let alone = Held {
+                    command,
+                    close: quit,
+                    work,
+                };
+                if items.is_empty() {
+                    return Some(run_alone(alone, ctx));
+                }
+                *held = Some(alone);
+                break;
+            }
+        }
+    }
+    if items.is_empty() {
+        return None;
+    }
+    Some(finish_batch(items, calls, ctx))
+}
+
+/// Send a batch's calls in one pipeline; its replies in request order.
+fn finish_batch(items: Vec<Item>, calls: Vec<Call<cmd::Finish>>, ctx: &Context) -> Step {
+    let ctx = ctx.clone();
+    async move {
+        let started = std::time::Instant::now();
+        let mut results = ctx.store.run_all(calls).await.into_iter();
+        let mut replies = Vec::with_capacity(items.len());
+        for item in items {
+            let reply = match item {
+                Item::Done {
+                    command,
+                    result,
+                    close,
+                } => finish(command, result, started, &ctx, close),
+                Item::Call { command } => {
+                    let result = match results.next() {
+                        Some(Ok(finish)) => finish.result().await.map(Outcome::Reply),
+                        Some(Err(err)) => Err(err.into()),
+                        None => Err(cmd::CmdError::new(
+                            Code::Internal,
+                            "a batch lost a reply (logged)",
+                        )),
+                    };
+                    finish(command, result, started, &ctx, false)
+                }
+            };
+            replies.push(reply);
+        }
+        replies
+    }
+    .boxed()
+}
+
+/// Run a request that must run alone.
+fn run_alone(alone: Held, ctx: &Context) -> Step {
+    let ctx = ctx.clone();
+    async move {
+        let started = std::time::Instant::now();
+        let result = alone.work.await;
+        let close = alone.close && result.is_ok();
+        vec![finish(alone.command, result, started, &ctx, close)]
+    }
+    .boxed()
 }
 
 /// The watcher's next lines (never ready without a watcher).
@@ -454,10 +603,10 @@ fn answer_watching(line: &[u8], watching: &mut Option<Watcher>, ctx: &Context) -
     let (command, result) = match protocol::parse(line) {
         Ok(Request::Unwatch) => {
             let instance = watching.take().map(|w| w.instance());
-            ("UNWATCH", Ok(cmd::unwatch(instance)))
+            ("UNWATCH", Ok(cmd::Json::of(&cmd::unwatch(instance))))
         }
-        Ok(Request::Ping) => ("PING", Ok(serde_json::json!("PONG"))),
-        Ok(Request::Quit) => ("QUIT", Ok(serde_json::json!("BYE"))),
+        Ok(Request::Ping) => ("PING", Ok(cmd::Json::of("PONG"))),
+        Ok(Request::Quit) => ("QUIT", Ok(cmd::Json::of("BYE"))),
         Ok(other) => {
             let instance = watching.as_ref().map(|w| w.instance().to_string());
             let message = format!(
@@ -473,50 +622,22 @@ fn answer_watching(line: &[u8], watching: &mut Option<Watcher>, ctx: &Context) -
         Err(err) => ("(unparsed)", Err(cmd::CmdError::new(err.code, err.message))),
     };
     let close = command == "QUIT" && result.is_ok();
-    finish(command, result, started, ctx, close, None)
-}
-
-/// Parse and run one request; its reply line.
-fn answer<'a>(line: BytesMut, admin: bool, ctx: &'a Context) -> BoxFuture<'a, Reply> {
-    let parsed = protocol::parse(&line);
-    async move {
-        let started = std::time::Instant::now();
-        match parsed {
-            Ok(request) => {
-                let command = request.name();
-                let close = request == Request::Quit;
-                match cmd::execute(request, admin, ctx).await {
-                    Ok(Outcome::Reply(value)) => {
-                        finish(command, Ok(value), started, ctx, close, None)
-                    }
-                    Ok(Outcome::Watch(value, watcher)) => {
-                        finish(command, Ok(value), started, ctx, close, Some(watcher))
-                    }
-                    Err(err) => finish(command, Err(err), started, ctx, close, None),
-                }
-            }
-            Err(err) => finish(
-                "(unparsed)",
-                Err(cmd::CmdError::new(err.code, err.message)),
-                started,
-                ctx,
-                false,
-                None,
-            ),
-        }
-    }
-    .boxed()
+    finish(command, result.map(Outcome::Reply), started, ctx, close)
 }
 
 /// Count, time and log a request's result; its reply.
 fn finish(
     command: &'static str,
-    result: cmd::CmdResult,
+    result: Result<Outcome, cmd::CmdError>,
     started: std::time::Instant,
     ctx: &Context,
     close: bool,
-    watch: Option<Watcher>,
 ) -> Reply {
+    let (result, watch) = match result {
+        Ok(Outcome::Reply(value)) => (Ok(value), None),
+        Ok(Outcome::Watch(value, watcher)) => (Ok(value), Some(watcher)),
+        Err(err) => (Err(err), None),
+    };
     let took = started.elapsed();
     // "(unparsed)" is no command of COMMANDS: counted as unparsed
     let code = result.as_ref().err().map(|err| err.code);
@@ -526,7 +647,7 @@ fn finish(
         Ok(value) => {
             tracing::debug!(command, latency_ms, "request");
             Reply {
-                line: protocol::ok_line(&value),
+                line: protocol::ok_line(value.as_bytes()),
                 close,
                 watch,
             }
@@ -534,7 +655,7 @@ fn finish(
         Err(err) => {
             // the code and the command, never the arguments (they may
             // hold people's data)
-            if matches!(err.code, Code::Unavailable | Code::Internal) {
+            if matches!(err.code, Code::Unavailable | Code::InDoubt | Code::Internal) {
                 tracing::warn!(command, code = %err.code, latency_ms, "request failed");
             } else {
                 tracing::info!(command, code = %err.code, latency_ms, "request failed");

@@ -1,46 +1,62 @@
 //! The event log: EVENTS.
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use super::{CmdResult, Context, page_size, target};
-use crate::protocol::{Mref, format_time};
+use super::{Context, Plan, call, ok, page_size, target};
+use crate::protocol::{Mref, Time};
 use crate::store::Event;
 
-/// An event as replies show it.
-fn event_json(event: &Event) -> Value {
-    let mut row = json!({
-        "id": event.id,
-        "user": event.user,
-        "type": event.kind.as_str(),
-        "code": event.kind.code(),
-        "at": format_time(event.at),
-    });
-    timeout_fields(&mut row, event);
-    row
+/// An event as replies show it; a timeout also has `scheduled_end` and
+/// `processed_at`.
+#[derive(Serialize)]
+pub(super) struct EventRow<'a> {
+    id: &'a str,
+    user: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: u8,
+    at: Time,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduled_end: Option<Time>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    processed_at: Option<Time>,
 }
 
-/// A timeout's `scheduled_end` and `processed_at`, added to its row.
-pub(super) fn timeout_fields(row: &mut Value, event: &Event) {
-    if let Some(end) = event.scheduled_end {
-        row["scheduled_end"] = json!(format_time(end));
+impl<'a> EventRow<'a> {
+    pub(super) fn of(event: &'a Event) -> EventRow<'a> {
+        EventRow {
+            id: &event.id,
+            user: event.user,
+            kind: event.kind.as_str(),
+            code: event.kind.code(),
+            at: Time(event.at),
+            scheduled_end: event.scheduled_end.map(Time),
+            processed_at: event.processed_at.map(Time),
+        }
     }
-    if let Some(processed) = event.processed_at {
-        row["processed_at"] = json!(format_time(processed));
-    }
+}
+
+/// EVENTS' reply.
+#[derive(Serialize)]
+struct EventsReply<'a> {
+    events: Vec<EventRow<'a>>,
+    next: Option<&'a str>,
 }
 
 /// # Format
 /// `EVENTS <mref> [AFTER <id>] [LIMIT <n>]` ->
 /// `{"events":[{"id","user","type","code","at"}...],"next":<id or null>}`;
 /// a timeout also has `scheduled_end` and `processed_at`.
-pub async fn events(
-    ctx: &Context,
-    mref: Mref,
-    after: Option<&str>,
-    limit: Option<u64>,
-) -> CmdResult {
-    let limit = page_size(ctx, limit)?;
-    let (_, page) = ctx.store.events(target(mref), after, limit).await?;
-    let events: Vec<Value> = page.items.iter().map(event_json).collect();
-    Ok(json!({"events": events, "next": page.next}))
+pub fn events(ctx: &Context, mref: Mref, after: Option<String>, limit: Option<u64>) -> Plan {
+    let limit = match page_size(ctx, limit) {
+        Ok(limit) => limit,
+        Err(err) => return Plan::Done(Err(err)),
+    };
+    let page = ctx.store.events_call(target(mref), after.as_deref(), limit);
+    call(page, |(_, page)| {
+        ok(EventsReply {
+            events: page.items.iter().map(EventRow::of).collect(),
+            next: page.next.as_deref(),
+        })
+    })
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{CmdResult, Context};
+use super::{CmdResult, Context, ok};
 use crate::protocol::format_time;
 use crate::store::{Audience, Instance, InstanceId, Meeting};
 
@@ -43,7 +43,7 @@ pub async fn set(
         description,
         public,
     };
-    Ok(meeting_json(&ctx.store.meeting_set(&meeting).await?))
+    ok(meeting_json(&ctx.store.meeting_set(&meeting).await?))
 }
 
 /// # Format
@@ -57,7 +57,7 @@ pub async fn get(ctx: &Context, id: u64) -> CmdResult {
     reply["audience_total"] = json!(detail.audience_total);
     reply["instances"] = Value::Array(detail.instances.iter().map(instance_json).collect());
     reply["instances_total"] = json!(detail.instances_total);
-    Ok(reply)
+    ok(reply)
 }
 
 fn audience_json(meeting: u64, audience: &Audience) -> Value {
@@ -78,14 +78,14 @@ fn lower(emails: &[String]) -> Vec<String> {
 /// "audience":[email...],"total"}`
 pub async fn audience_add(ctx: &Context, meeting: u64, emails: &[String]) -> CmdResult {
     let audience = ctx.store.audience_add(meeting, &lower(emails)).await?;
-    Ok(audience_json(meeting, &audience))
+    ok(audience_json(meeting, &audience))
 }
 
 /// # Format
 /// `AUDIENCE DEL <meeting> <email>...` (admin) -> as AUDIENCE ADD
 pub async fn audience_del(ctx: &Context, meeting: u64, emails: &[String]) -> CmdResult {
     let audience = ctx.store.audience_del(meeting, &lower(emails)).await?;
-    Ok(audience_json(meeting, &audience))
+    ok(audience_json(meeting, &audience))
 }
 
 /// # Format
@@ -102,5 +102,5 @@ pub async fn instance_set(
         .store
         .instance_set(InstanceId::new(meeting, order), from, to)
         .await?;
-    Ok(instance_json(&instance))
+    ok(instance_json(&instance))
 }

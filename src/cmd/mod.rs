@@ -4,8 +4,13 @@
 //! One file per command family, each the same shape: for every command a
 //! function with a `# Format` doc block (the wire syntax and the reply) that
 //! calls the store's typed method and shapes its result. Adding a command
-//! touches its family's file and one arm of [`execute`]. Nothing here reads
+//! touches its family's file and one arm of [`plan`]. Nothing here reads
 //! sockets or speaks to Redis but through the store.
+//!
+//! [`plan`] says how a request is carried out, so that the connection can
+//! send the requests it has read together: most requests are one library
+//! call ([`Plan::Call`]), sent in one pipeline with their neighbours; the
+//! rest ([`Plan::Alone`]) run on their own, in their turn.
 
 mod chat;
 mod events;
@@ -18,13 +23,14 @@ mod watch;
 
 use std::sync::Arc;
 
-use serde_json::Value;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 
 use crate::error::Code;
 use crate::protocol::{Mref, Request};
 use crate::scheduler::Scheduler;
 use crate::stats::Stats;
-use crate::store::{InstanceId, InstanceRef, Store, StoreError};
+use crate::store::{Call, InstanceId, InstanceRef, Store, StoreError};
 use crate::watch::{Hub, Watcher};
 
 pub use watch::{render as watch_line, unwatch};
@@ -85,7 +91,12 @@ impl From<StoreError> for CmdError {
     fn from(err: StoreError) -> Self {
         let message = match &err {
             StoreError::Rule { message, .. } => message.clone(),
-            StoreError::Unavailable(_) => "Redis is unavailable; try again".to_string(),
+            StoreError::Unavailable(_) => {
+                "Redis could not be reached; nothing was done: try again".to_string()
+            }
+            StoreError::InDoubt(_) => "no reply from Redis in time: the request may or may not \
+                                        have been applied (send a POST again with the same ID)"
+                .to_string(),
             StoreError::Internal(_) => "internal error (logged)".to_string(),
         };
         if !matches!(err, StoreError::Rule { .. }) {
@@ -98,82 +109,181 @@ impl From<StoreError> for CmdError {
     }
 }
 
+/// A command's result, written as the JSON text of the reply's `result`
+/// (once, straight from the typed values: no tree of JSON values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Json(Vec<u8>);
+
+impl Json {
+    /// `value` as JSON.
+    pub fn of<T: serde::Serialize + ?Sized>(value: &T) -> Json {
+        let mut text = Vec::with_capacity(128);
+        // Writing into a Vec cannot fail, and our types always serialize.
+        let _ = serde_json::to_writer(&mut text, value);
+        Json(text)
+    }
+
+    /// The JSON text.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A successful result of `value`.
+fn ok<T: serde::Serialize>(value: T) -> CmdResult {
+    Ok(Json::of(&value))
+}
+
 /// The result of a command.
-pub type CmdResult = Result<Value, CmdError>;
+pub type CmdResult = Result<Json, CmdError>;
 
 /// What a request leads to.
 pub enum Outcome {
     /// A reply.
-    Reply(Value),
+    Reply(Json),
     /// A reply, then the connection streams this watcher's entries.
-    Watch(Value, Watcher),
+    Watch(Json, Watcher),
 }
 
-/// Apply a request on a connection that is not watching (the connection
-/// itself handles what it may do while watching). `admin` says whether the
-/// peer may use admin commands.
-pub async fn execute(request: Request, admin: bool, ctx: &Context) -> Result<Outcome, CmdError> {
-    if request.is_admin() && !admin {
-        return Err(CmdError::new(
-            Code::PermissionDenied,
-            format!("{} is an admin command", request.name()),
-        ));
+/// How a request is carried out.
+pub enum Plan {
+    /// Answered already: without Redis, or refused before it.
+    Done(Result<Outcome, CmdError>),
+    /// One library call, which may be sent in one pipeline with the
+    /// requests around it (in order); its reply makes the result.
+    Call(Call<Finish>),
+    /// Work of its own (several calls, a WATCH, a tick...): run alone,
+    /// after the requests before it and before those after it.
+    Alone(BoxFuture<'static, Result<Outcome, CmdError>>),
+}
+
+/// What a call's reply still needs to become the request's result.
+pub enum Finish {
+    /// Nothing: this is the result.
+    Done(CmdResult),
+    /// More reading (users the cache did not hold).
+    More(BoxFuture<'static, CmdResult>),
+}
+
+impl Finish {
+    /// The result, after the more reading if any.
+    pub async fn result(self) -> CmdResult {
+        match self {
+            Finish::Done(result) => result,
+            Finish::More(more) => more.await,
+        }
     }
-    let value = match request {
-        Request::Ping => session::ping(),
-        Request::Help(command) => session::help(command.as_deref()),
-        Request::Stats => session::stats(ctx).await,
-        Request::Quit => session::quit(),
+}
+
+/// A plan that is one call whose reply makes the result at once.
+fn call<T: 'static>(call: Call<T>, result: impl FnOnce(T) -> CmdResult + Send + 'static) -> Plan {
+    Plan::Call(call.map(|value| Finish::Done(result(value))))
+}
+
+/// A plan of work of its own.
+fn alone<F>(ctx: &Context, work: impl FnOnce(Context) -> F) -> Plan
+where
+    F: std::future::Future<Output = CmdResult> + Send + 'static,
+{
+    Plan::Alone(work(ctx.clone()).map(|r| r.map(Outcome::Reply)).boxed())
+}
+
+/// How to carry out a request on a connection that is not watching (the
+/// connection itself handles what it may do while watching). `admin` says
+/// whether the peer may use admin commands.
+pub fn plan(request: Request, admin: bool, ctx: &Context) -> Plan {
+    if request.is_admin() && !admin {
+        return Plan::Done(Err(CmdError::new(
+            Code::PermissionDenied,
+            format!(
+                "{} is an admin command: only root, the daemon's own user and the \
+                 uids and gids of the configuration's admin list may send it",
+                request.name()
+            ),
+        )));
+    }
+    let done = |result: CmdResult| Plan::Done(result.map(Outcome::Reply));
+    match request {
+        Request::Ping => done(session::ping()),
+        Request::Help(command) => done(session::help(command.as_deref())),
+        Request::Quit => done(session::quit()),
+        Request::Unwatch => done(ok(watch::unwatch(None))),
+        Request::Stats => alone(ctx, |ctx| async move { session::stats(&ctx).await }),
         Request::UserSet {
             id,
             name,
             age,
             gender,
             email,
-        } => users::set(ctx, id, name, age, gender, email).await,
-        Request::UserGet(id) => users::get(ctx, id).await,
+        } => alone(ctx, |ctx| async move {
+            users::set(&ctx, id, name, age, gender, email).await
+        }),
+        Request::UserGet(id) => alone(ctx, |ctx| async move { users::get(&ctx, id).await }),
         Request::MeetingSet {
             id,
             title,
             description,
             public,
-        } => meetings::set(ctx, id, title, description, public).await,
-        Request::MeetingGet(id) => meetings::get(ctx, id).await,
-        Request::AudienceAdd(meeting, emails) => {
-            meetings::audience_add(ctx, meeting, &emails).await
-        }
-        Request::AudienceDel(meeting, emails) => {
-            meetings::audience_del(ctx, meeting, &emails).await
-        }
+        } => alone(ctx, |ctx| async move {
+            meetings::set(&ctx, id, title, description, public).await
+        }),
+        Request::MeetingGet(id) => alone(ctx, |ctx| async move { meetings::get(&ctx, id).await }),
+        Request::AudienceAdd(meeting, emails) => alone(ctx, |ctx| async move {
+            meetings::audience_add(&ctx, meeting, &emails).await
+        }),
+        Request::AudienceDel(meeting, emails) => alone(ctx, |ctx| async move {
+            meetings::audience_del(&ctx, meeting, &emails).await
+        }),
         Request::InstanceSet {
             meeting,
             order,
             from,
             to,
-        } => meetings::instance_set(ctx, meeting, order, from, to).await,
-        Request::End(mref) => schedule::end(ctx, mref).await,
-        Request::Tick => schedule::tick(ctx).await,
-        Request::Join(user, mref) => presence::join(ctx, user, mref).await,
-        Request::Leave(user, mref) => presence::leave(ctx, user, mref).await,
+        } => alone(ctx, |ctx| async move {
+            meetings::instance_set(&ctx, meeting, order, from, to).await
+        }),
+        Request::End(mref) => alone(ctx, |ctx| async move { schedule::end(&ctx, mref).await }),
+        Request::Tick => alone(ctx, |ctx| async move { schedule::tick(&ctx).await }),
+        Request::Join(user, mref) => presence::join(ctx, user, mref),
+        Request::Leave(user, mref) => presence::leave(ctx, user, mref),
         Request::Participants { mref, after, limit } => {
-            presence::participants(ctx, mref, after, limit).await
+            presence::participants(ctx, mref, after, limit)
         }
-        Request::Active => presence::active(ctx).await,
-        Request::Attendance => presence::attendance(ctx).await,
-        Request::Post(user, mref, text) => chat::post(ctx, user, mref, &text).await,
+        Request::Active => alone(ctx, |ctx| async move { presence::active(&ctx).await }),
+        Request::Attendance => alone(ctx, |ctx| async move { presence::attendance(&ctx).await }),
+        Request::Post {
+            user,
+            mref,
+            text,
+            key,
+        } => chat::post(ctx, user, mref, text, key),
         Request::Messages {
             mref,
             user,
             after,
             limit,
-        } => chat::messages(ctx, mref, user, after.as_deref(), limit).await,
-        Request::Events { mref, after, limit } => {
-            events::events(ctx, mref, after.as_deref(), limit).await
+        } => chat::messages(ctx, mref, user, after, limit),
+        Request::Events { mref, after, limit } => events::events(ctx, mref, after, limit),
+        Request::Watch { mref, after } => {
+            let ctx = ctx.clone();
+            Plan::Alone(async move { watch::watch(&ctx, mref, after).await }.boxed())
         }
-        Request::Watch { mref, after } => return watch::watch(ctx, mref, after).await,
-        Request::Unwatch => Ok(watch::unwatch(None)),
-    }?;
-    Ok(Outcome::Reply(value))
+    }
+}
+
+/// Carry out one request on its own (see [`plan`]).
+pub async fn execute(request: Request, admin: bool, ctx: &Context) -> Result<Outcome, CmdError> {
+    match plan(request, admin, ctx) {
+        Plan::Done(result) => result,
+        Plan::Call(call) => ctx
+            .store
+            .run(call)
+            .await?
+            .result()
+            .await
+            .map(Outcome::Reply),
+        Plan::Alone(work) => work.await,
+    }
 }
 
 /// The store's name for an `<mref>`.

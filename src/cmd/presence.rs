@@ -1,115 +1,194 @@
 //! Who is where: JOIN, LEAVE, PARTICIPANTS, ACTIVE, ATTENDANCE.
 
-use serde_json::{Value, json};
+use std::sync::Arc;
 
-use super::{CmdResult, Context, page_size, target};
-use crate::protocol::{Mref, format_time};
+use futures_util::FutureExt;
+use serde::Serialize;
 
-/// # Format
-/// `JOIN <user> <mref>` -> `{"meeting","order","user","joined_at","id"}`
-/// (`id`: the join event's)
-pub async fn join(ctx: &Context, user: u64, mref: Mref) -> CmdResult {
-    let joined = ctx.store.join(user, target(mref)).await?;
-    Ok(json!({
-        "meeting": joined.instance.meeting,
-        "order": joined.instance.order,
-        "user": joined.user,
-        "joined_at": format_time(joined.joined_at),
-        "id": joined.event_id,
-    }))
+use super::{CmdResult, Context, Finish, Plan, alone, call, ok, page_size, target};
+use crate::protocol::{Mref, Time};
+use crate::store::{Joined, Known, Participant};
+
+/// JOIN's reply.
+#[derive(Serialize)]
+struct JoinedReply<'a> {
+    meeting: u64,
+    order: u64,
+    user: u64,
+    joined_at: Time,
+    id: &'a str,
 }
 
 /// # Format
-/// `LEAVE <user> <mref>` -> `{"meeting","order","user","left_at","joined_at","id"}`
-pub async fn leave(ctx: &Context, user: u64, mref: Mref) -> CmdResult {
-    let left = ctx.store.leave(user, target(mref)).await?;
-    Ok(json!({
-        "meeting": left.instance.meeting,
-        "order": left.instance.order,
-        "user": left.user,
-        "left_at": format_time(left.left_at),
-        "joined_at": format_time(left.joined_at),
-        "id": left.event_id,
-    }))
+/// `JOIN <user> <mref>` -> `{"meeting","order","user","joined_at","id"}`
+/// (`id`: the join event's). One call when the daemon knows the user
+/// already (see the store's user cache); the user is read first otherwise.
+pub fn join(ctx: &Context, user: u64, mref: Mref) -> Plan {
+    let to = target(mref);
+    match ctx.store.user_cached(user) {
+        Some(known) => call(ctx.store.join_call(user, to, &known), |j| joined(&j)),
+        None => alone(ctx, |ctx| async move {
+            joined(&ctx.store.join(user, to).await?)
+        }),
+    }
+}
+
+fn joined(joined: &Joined) -> CmdResult {
+    ok(JoinedReply {
+        meeting: joined.instance.meeting,
+        order: joined.instance.order,
+        user: joined.user,
+        joined_at: Time(joined.joined_at),
+        id: &joined.event_id,
+    })
+}
+
+/// LEAVE's reply.
+#[derive(Serialize)]
+struct LeftReply<'a> {
+    meeting: u64,
+    order: u64,
+    user: u64,
+    left_at: Time,
+    id: &'a str,
+}
+
+/// # Format
+/// `LEAVE <user> <mref>` -> `{"meeting","order","user","left_at","id"}`
+pub fn leave(ctx: &Context, user: u64, mref: Mref) -> Plan {
+    call(ctx.store.leave_call(user, target(mref)), |left| {
+        ok(LeftReply {
+            meeting: left.instance.meeting,
+            order: left.instance.order,
+            user: left.user,
+            left_at: Time(left.left_at),
+            id: &left.event_id,
+        })
+    })
+}
+
+/// A row of PARTICIPANTS.
+#[derive(Serialize)]
+struct ParticipantRow<'a> {
+    user: u64,
+    name: Option<&'a str>,
+    email: Option<&'a str>,
+    joined_at: Time,
 }
 
 /// # Format
 /// `PARTICIPANTS <mref> [AFTER <user>] [LIMIT <n>]` ->
 /// `[{"user","name","email","joined_at"}...]` in join order, at most `n`
 /// (default and most: the page limit), after that user. Names and e-mails
-/// are read in one pipelined round trip.
-pub async fn participants(
-    ctx: &Context,
-    mref: Mref,
-    after: Option<u64>,
-    limit: Option<u64>,
-) -> CmdResult {
-    let limit = page_size(ctx, limit)?;
-    let (_, list) = ctx.store.participants(target(mref), after, limit).await?;
-    let ids: Vec<u64> = list.iter().map(|p| p.user).collect();
-    let users = ctx.store.users_get(&ids).await?;
-    let rows = list
+/// come from the user cache; those it does not hold are read in one more
+/// round trip.
+pub fn participants(ctx: &Context, mref: Mref, after: Option<u64>, limit: Option<u64>) -> Plan {
+    let limit = match page_size(ctx, limit) {
+        Ok(limit) => limit,
+        Err(err) => return Plan::Done(Err(err)),
+    };
+    let store = ctx.store.clone();
+    let page = ctx.store.participants_call(target(mref), after, limit);
+    Plan::Call(page.map(move |(_, list)| {
+        let ids: Vec<u64> = list.iter().map(|p| p.user).collect();
+        let cached = store.users_cached(&ids);
+        if cached.iter().all(Option::is_some) {
+            return Finish::Done(rows(&list, &cached));
+        }
+        Finish::More(
+            async move {
+                let users = store.users_known(&ids).await?;
+                rows(&list, &users)
+            }
+            .boxed(),
+        )
+    }))
+}
+
+fn rows(list: &[Participant], users: &[Option<Arc<Known>>]) -> CmdResult {
+    let rows: Vec<ParticipantRow<'_>> = list
         .iter()
         .zip(users)
-        .map(|(p, user)| {
-            json!({
-                "user": p.user,
-                "name": user.as_ref().map(|u| u.name.as_str()),
-                "email": user.as_ref().map(|u| u.email.as_str()),
-                "joined_at": format_time(p.joined_at),
-            })
+        .map(|(p, user)| ParticipantRow {
+            user: p.user,
+            name: user.as_ref().map(|u| u.name.as_str()),
+            email: user.as_ref().map(|u| u.email.as_str()),
+            joined_at: Time(p.joined_at),
         })
         .collect();
-    Ok(Value::Array(rows))
+    ok(rows)
+}
+
+/// A row of ACTIVE.
+#[derive(Serialize)]
+struct ActiveRow<'a> {
+    meeting: u64,
+    order: u64,
+    title: &'a str,
+    description: &'a str,
+    public: bool,
+    from: Time,
+    to: Time,
+    participants: u64,
 }
 
 /// # Format
 /// `ACTIVE` -> `[{"meeting","order","title","description","public","from",
 /// "to","participants"}...]`
 pub async fn active(ctx: &Context) -> CmdResult {
-    let rows = ctx
-        .store
-        .active()
-        .await?
-        .into_iter()
-        .map(|a| {
-            json!({
-                "meeting": a.instance.id.meeting,
-                "order": a.instance.id.order,
-                "title": a.title,
-                "description": a.description,
-                "public": a.public,
-                "from": format_time(a.instance.from),
-                "to": format_time(a.instance.to),
-                "participants": a.participants,
-            })
+    let active = ctx.store.active().await?;
+    let rows: Vec<ActiveRow<'_>> = active
+        .iter()
+        .map(|a| ActiveRow {
+            meeting: a.instance.id.meeting,
+            order: a.instance.id.order,
+            title: &a.title,
+            description: &a.description,
+            public: a.public,
+            from: Time(a.instance.from),
+            to: Time(a.instance.to),
+            participants: a.participants,
         })
         .collect();
-    Ok(Value::Array(rows))
+    ok(rows)
+}
+
+/// A row of ATTENDANCE.
+#[derive(Serialize)]
+struct AttendanceRow<'a> {
+    meeting: u64,
+    order: u64,
+    title: &'a str,
+    participants: Vec<Attendee>,
+}
+
+/// Who joined when, in a row of ATTENDANCE.
+#[derive(Serialize)]
+struct Attendee {
+    user: u64,
+    joined_at: Time,
 }
 
 /// # Format
 /// `ATTENDANCE` -> `[{"meeting","order","title","participants":[{"user",
 /// "joined_at"}...]}...]`, big instances read 1000 participants a call
 pub async fn attendance(ctx: &Context) -> CmdResult {
-    let rows = ctx
-        .store
-        .attendance()
-        .await?
-        .into_iter()
-        .map(|a| {
-            let participants: Vec<Value> = a
+    let attendance = ctx.store.attendance().await?;
+    let rows: Vec<AttendanceRow<'_>> = attendance
+        .iter()
+        .map(|a| AttendanceRow {
+            meeting: a.instance.meeting,
+            order: a.instance.order,
+            title: &a.title,
+            participants: a
                 .participants
                 .iter()
-                .map(|p| json!({"user": p.user, "joined_at": format_time(p.joined_at)}))
-                .collect();
-            json!({
-                "meeting": a.instance.meeting,
-                "order": a.instance.order,
-                "title": a.title,
-                "participants": participants,
-            })
+                .map(|p| Attendee {
+                    user: p.user,
+                    joined_at: Time(p.joined_at),
+                })
+                .collect(),
         })
         .collect();
-    Ok(Value::Array(rows))
+    ok(rows)
 }

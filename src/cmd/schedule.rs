@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::{CmdError, CmdResult, Context, target};
+use super::{CmdError, CmdResult, Context, ok, target};
 use crate::error::Code;
 use crate::protocol::{Mref, format_time};
 use crate::scheduler::{TickError, Trigger};
@@ -12,7 +12,7 @@ use crate::store::InstanceId;
 /// `END <mref>` (admin) -> `{"meeting","order","ended_at","timed_out":[user...]}`
 pub async fn end(ctx: &Context, mref: Mref) -> CmdResult {
     let ended = ctx.store.end(target(mref)).await?;
-    Ok(json!({
+    ok(json!({
         "meeting": ended.instance.meeting,
         "order": ended.instance.order,
         "ended_at": format_time(ended.ended_at),
@@ -37,7 +37,7 @@ pub async fn tick(ctx: &Context) -> CmdResult {
         })?;
     let names =
         |list: &[InstanceId]| -> Vec<String> { list.iter().map(ToString::to_string).collect() };
-    Ok(json!({
+    ok(json!({
         "activated": names(&report.activated),
         "ended": names(&report.ended),
         "missed": names(&report.missed),

@@ -2,14 +2,14 @@
 
 use serde_json::{Value, json};
 
-use super::{CmdError, CmdResult, Context};
+use super::{CmdError, CmdResult, Context, ok};
 use crate::error::Code;
 use crate::protocol::{COMMANDS, NOTATION, info};
 
 /// # Format
 /// `PING` -> `"PONG"`
 pub fn ping() -> CmdResult {
-    Ok(json!("PONG"))
+    ok("PONG")
 }
 
 /// # Format
@@ -18,7 +18,7 @@ pub fn ping() -> CmdResult {
 pub fn help(command: Option<&str>) -> CmdResult {
     let describe = |c: &crate::protocol::CommandInfo| json!({"command": c.name, "syntax": c.syntax, "admin": c.admin, "summary": c.summary});
     match command {
-        None => Ok(json!({
+        None => ok(json!({
             "commands": COMMANDS.iter().map(describe).collect::<Vec<_>>(),
             "notation": NOTATION,
         })),
@@ -35,13 +35,13 @@ pub fn help(command: Option<&str>) -> CmdResult {
                 .map(describe)
                 .collect();
             match (info(name), family.len()) {
-                (Some(c), _) => Ok(describe(c)),
+                (Some(c), _) => ok(describe(c)),
                 (None, 0) => Err(CmdError::new(
                     Code::UnknownCommand,
                     format!("no command {name:?}; HELP lists the commands"),
                 )),
-                (None, 1) => Ok(family.into_iter().next().unwrap_or_default()),
-                (None, _) => Ok(json!({"commands": family, "notation": NOTATION})),
+                (None, 1) => ok(family.into_iter().next().unwrap_or_default()),
+                (None, _) => ok(json!({"commands": family, "notation": NOTATION})),
             }
         }
     }
@@ -64,11 +64,11 @@ pub async fn stats(ctx: &Context) -> CmdResult {
         .ok()
         .map(|d| d.as_secs_f64() * 1000.0);
     snapshot["redis_rtt_ms"] = json!(rtt);
-    Ok(snapshot)
+    ok(snapshot)
 }
 
 /// # Format
 /// `QUIT` -> `"BYE"`, then the daemon closes the connection.
 pub fn quit() -> CmdResult {
-    Ok(json!("BYE"))
+    ok("BYE")
 }

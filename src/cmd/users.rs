@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::{CmdResult, Context};
+use super::{CmdResult, Context, ok};
 use crate::store::User;
 
 fn user_json(user: &User) -> serde_json::Value {
@@ -34,11 +34,11 @@ pub async fn set(
         gender,
         email: email.to_ascii_lowercase(),
     };
-    Ok(user_json(&ctx.store.user_set(&user).await?))
+    ok(user_json(&ctx.store.user_set(&user).await?))
 }
 
 /// # Format
 /// `USER GET <user>` -> `{"id","name","age","gender","email"}`
 pub async fn get(ctx: &Context, id: u64) -> CmdResult {
-    Ok(user_json(&ctx.store.user_get(id).await?))
+    ok(user_json(&ctx.store.user_get(id).await?))
 }

@@ -2,9 +2,9 @@
 
 use serde_json::{Value, json};
 
-use super::{CmdError, Context, Outcome};
+use super::{CmdError, Context, Json, Outcome};
 use crate::error::Code;
-use crate::protocol::{self, Mref, format_time};
+use crate::protocol::{self, Mref, Time};
 use crate::store::{FeedItem, InstanceId, StreamId};
 
 /// # Format
@@ -25,7 +25,7 @@ pub async fn watch(ctx: &Context, mref: Mref, after: Option<String>) -> Result<O
     let instance = ctx.store.resolve(super::target(mref)).await?;
     let watcher = ctx.hub.subscribe(instance, after).await?;
     Ok(Outcome::Watch(
-        json!({"watching": instance.to_string()}),
+        Json::of(&json!({"watching": instance.to_string()})),
         watcher,
     ))
 }
@@ -37,30 +37,45 @@ pub fn unwatch(instance: Option<InstanceId>) -> Value {
     json!({"unwatched": instance.map(|i| i.to_string())})
 }
 
+/// A message as a watcher receives it.
+#[derive(serde::Serialize)]
+struct WatchedMessage<'a> {
+    id: &'a str,
+    meeting: u64,
+    order: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    user: u64,
+    at: Time,
+    text: &'a str,
+}
+
+/// An event as a watcher receives it: the event's row with its instance.
+#[derive(serde::Serialize)]
+struct WatchedEvent<'a> {
+    meeting: u64,
+    order: u64,
+    #[serde(flatten)]
+    event: super::events::EventRow<'a>,
+}
+
 /// The line of one entry: `{"event":{...}}` and a newline.
 pub fn render(instance: InstanceId, item: &FeedItem) -> Vec<u8> {
-    let event = match item {
-        FeedItem::Event(e) => {
-            let mut row = json!({
-                "id": e.id,
-                "meeting": instance.meeting,
-                "order": instance.order,
-                "type": e.kind.as_str(),
-                "user": e.user,
-                "at": format_time(e.at),
-            });
-            super::events::timeout_fields(&mut row, e);
-            row
-        }
-        FeedItem::Message(m) => json!({
-            "id": m.id,
-            "meeting": instance.meeting,
-            "order": instance.order,
-            "type": "message",
-            "user": m.user,
-            "at": format_time(m.at),
-            "text": m.text,
+    let body = match item {
+        FeedItem::Event(e) => Json::of(&WatchedEvent {
+            meeting: instance.meeting,
+            order: instance.order,
+            event: super::events::EventRow::of(e),
+        }),
+        FeedItem::Message(m) => Json::of(&WatchedMessage {
+            id: &m.id,
+            meeting: instance.meeting,
+            order: instance.order,
+            kind: "message",
+            user: m.user,
+            at: Time(m.at),
+            text: &m.text,
         }),
     };
-    protocol::event_line(&event)
+    protocol::event_line(body.as_bytes())
 }

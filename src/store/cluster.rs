@@ -13,7 +13,7 @@
 //! topology shows between ticks. It never writes data.
 
 use super::conn::Master;
-use super::{Store, StoreError, library, library_outdated, load_library_into};
+use super::{Store, StoreError, library_outdated, load_library_into};
 
 impl Store {
     /// Make sure every live master holds our library (a failed master is
@@ -33,12 +33,12 @@ impl Store {
     /// differs or is missing.
     async fn library_on(&self, master: &Master) -> Result<(), StoreError> {
         let mut conn = self.conn.direct(master).await?;
-        if !library_outdated(&mut conn).await? {
+        if !library_outdated(&mut conn, &self.library).await? {
             return Ok(());
         }
-        load_library_into(&mut conn).await?;
+        load_library_into(&mut conn, &self.library).await?;
         tracing::info!(
-            version = %library().version,
+            version = %self.library.version,
             master = %master,
             "loaded the Lua library into a master of the cluster"
         );

@@ -169,11 +169,13 @@ pub(super) fn cluster_client(
 }
 
 impl Conn {
-    /// Connect as `options` say. `checked` is cleared when a single Redis
-    /// connection drops, so the library is checked again.
+    /// Connect as `options` say. When a single Redis connection drops,
+    /// `checked` is cleared, so the library is checked again, and so is
+    /// `connected`, until a call gets a reply again.
     pub(super) async fn open(
         options: &StoreOptions,
         checked: Arc<AtomicBool>,
+        connected: Arc<AtomicBool>,
     ) -> Result<Conn, StoreError> {
         if !options.cluster.is_empty() {
             let client = cluster_client(options, options.timeout)?;
@@ -204,6 +206,7 @@ impl Conn {
             .set_push_sender(move |info: redis::PushInfo| {
                 if info.kind == PushKind::Disconnection {
                     checked.store(false, Ordering::SeqCst);
+                    connected.store(false, Ordering::SeqCst);
                 }
                 Ok::<(), ()>(())
             });

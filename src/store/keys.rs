@@ -49,6 +49,14 @@ impl Keys {
         format!("meetingd:{{u{user}}}:user")
     }
 
+    /// The user a user key belongs to (`None` for any other key).
+    pub fn user_of(key: &str) -> Option<Id> {
+        key.strip_prefix("meetingd:{u")?
+            .strip_suffix("}:user")?
+            .parse()
+            .ok()
+    }
+
     /// The partition's sorted set of instances by due time.
     pub fn due(partition: u64) -> String {
         format!("meetingd:{{p{partition}}}:due")
@@ -59,7 +67,9 @@ impl Keys {
         format!("meetingd:{{p{partition}}}:active")
     }
 
-    /// The meeting's hash: title, description, public.
+    /// The meeting's hash: title, description, public, and `live` while
+    /// one of its instances runs. The one key every meeting function of
+    /// the library gets: it builds the others from its tag.
     pub fn meeting(&self, meeting: Id) -> String {
         format!("{}:meeting:{meeting}", self.tag(meeting))
     }
@@ -92,6 +102,12 @@ impl Keys {
     /// The instance's chat (a stream).
     pub fn chat(&self, instance: InstanceId) -> String {
         format!("{}:chat:{instance}", self.tag(instance.meeting))
+    }
+
+    /// The ids of the instance's messages posted with a key (`POST ... ID`),
+    /// by `<user>:<key>` (a hash).
+    pub fn posted(&self, instance: InstanceId) -> String {
+        format!("{}:posted:{instance}", self.tag(instance.meeting))
     }
 
     /// One user's messages in the instance's chat, by id (a stream).

@@ -3,7 +3,7 @@
 //! (every rule still applies), pipelined: a round trip carries a chunk.
 
 use super::types::{InstanceId, Meeting, Millis, User};
-use super::{Keys, Store, StoreError};
+use super::{Call, Keys, Store, StoreError};
 
 /// One record to write.
 #[derive(Debug, Clone)]
@@ -72,6 +72,7 @@ const CHUNK: usize = 1000;
 impl Store {
     /// Write `records` in pipelined chunks, in order (on a cluster one call
     /// after the other: slower, but records may depend on earlier ones).
+    /// Users written so are forgotten by the cache as Redis tells it.
     pub async fn load(
         &self,
         records: impl IntoIterator<Item = Load>,
@@ -80,117 +81,90 @@ impl Store {
         let mut report = LoadReport::default();
         let mut records = records.into_iter().peekable();
         while records.peek().is_some() {
-            let mut pipe = redis::pipe();
-            for record in records.by_ref().take(CHUNK) {
-                self.add_to(&mut pipe, record);
-            }
-            for reply in self.run_all(&pipe, true).await? {
+            let calls = records
+                .by_ref()
+                .take(CHUNK)
+                .map(|record| self.load_call(record))
+                .collect();
+            for reply in self.run_all(calls).await {
                 match reply {
-                    Err(err) if err.code().is_some() => {
+                    Err(err @ StoreError::Rule { .. }) => {
                         report.refused += 1;
                         report.first_refusal.get_or_insert_with(|| err.to_string());
                     }
-                    Err(err) => return Err(err.into()),
-                    Ok(_) => report.written += 1,
+                    Err(err) => return Err(err),
+                    Ok(()) => report.written += 1,
                 }
             }
         }
         Ok(report)
     }
 
-    fn add_to(&self, pipe: &mut redis::Pipeline, record: Load) {
+    /// The library call that writes a record.
+    fn load_call(&self, record: Load) -> Call<()> {
         let k = &self.keys;
+        let retention = self.retention();
+        let call = |function: &str, key: String, args: &[&str]| {
+            Call::new(function, &key, args, true, |_| Ok(()))
+        };
         match record {
-            Load::User(u) => {
-                pipe.cmd("FCALL")
-                    .arg("meet_user_set")
-                    .arg(1)
-                    .arg(Keys::user(u.id))
-                    .arg(u.id.to_string())
-                    .arg(u.name)
-                    .arg(u.age.to_string())
-                    .arg(u.gender)
-                    .arg(u.email);
-            }
-            Load::Meeting(m) => {
-                pipe.cmd("FCALL")
-                    .arg("meet_meeting_set")
-                    .arg(1)
-                    .arg(k.meeting(m.id))
-                    .arg(m.id.to_string())
-                    .arg(m.title)
-                    .arg(m.description)
-                    .arg(m.public.to_string());
-            }
-            Load::Instance { id, from, to } => {
-                let m = id.meeting;
-                pipe.cmd("FCALL")
-                    .arg("meet_instance_set")
-                    .arg(4)
-                    .arg(k.meeting(m))
-                    .arg(k.orders(m))
-                    .arg(k.schedule(m))
-                    .arg(Keys::due(k.partition(m)))
-                    .arg(m.to_string())
-                    .arg(id.order.to_string())
-                    .arg(from.to_string())
-                    .arg(to.to_string());
-            }
+            Load::User(u) => call(
+                "meet_user_set",
+                Keys::user(u.id),
+                &[&u.name, &u.age.to_string(), &u.gender, &u.email],
+            ),
+            Load::Meeting(m) => call(
+                "meet_meeting_set",
+                k.meeting(m.id),
+                &[&m.title, &m.description, &m.public.to_string()],
+            ),
+            Load::Instance { id, from, to } => call(
+                "meet_instance_set",
+                k.meeting(id.meeting),
+                &[&id.order.to_string(), &from.to_string(), &to.to_string()],
+            ),
             Load::Join {
                 user,
                 email,
                 instance,
                 at,
-            } => {
-                let m = instance.meeting;
-                pipe.cmd("FCALL")
-                    .arg("meet_join")
-                    .arg(5)
-                    .arg(k.meeting(m))
-                    .arg(k.audience(m))
-                    .arg(k.schedule(m))
-                    .arg(k.present(instance))
-                    .arg(k.events(instance))
-                    .arg(m.to_string())
-                    .arg(instance.order.to_string())
-                    .arg(user.to_string())
-                    .arg(email)
-                    .arg(at.to_string())
-                    .arg(self.retention());
-            }
-            Load::Leave { user, instance, at } => {
-                pipe.cmd("FCALL")
-                    .arg("meet_leave")
-                    .arg(3)
-                    .arg(k.schedule(instance.meeting))
-                    .arg(k.present(instance))
-                    .arg(k.events(instance))
-                    .arg(instance.meeting.to_string())
-                    .arg(instance.order.to_string())
-                    .arg(user.to_string())
-                    .arg(at.to_string())
-                    .arg(self.retention());
-            }
+            } => call(
+                "meet_join",
+                k.meeting(instance.meeting),
+                &[
+                    &instance.order.to_string(),
+                    &user.to_string(),
+                    &email,
+                    &at.to_string(),
+                    &retention,
+                ],
+            ),
+            Load::Leave { user, instance, at } => call(
+                "meet_leave",
+                k.meeting(instance.meeting),
+                &[
+                    &instance.order.to_string(),
+                    &user.to_string(),
+                    &at.to_string(),
+                    &retention,
+                ],
+            ),
             Load::Post {
                 user,
                 instance,
                 text,
                 at,
-            } => {
-                pipe.cmd("FCALL")
-                    .arg("meet_post")
-                    .arg(4)
-                    .arg(k.schedule(instance.meeting))
-                    .arg(k.present(instance))
-                    .arg(k.chat(instance))
-                    .arg(k.chat_by(instance, user))
-                    .arg(instance.meeting.to_string())
-                    .arg(instance.order.to_string())
-                    .arg(user.to_string())
-                    .arg(text)
-                    .arg(at.to_string())
-                    .arg(self.retention());
-            }
+            } => call(
+                "meet_post",
+                k.meeting(instance.meeting),
+                &[
+                    &instance.order.to_string(),
+                    &user.to_string(),
+                    &text,
+                    &at.to_string(),
+                    &retention,
+                ],
+            ),
         }
     }
 }

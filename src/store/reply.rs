@@ -28,25 +28,48 @@ pub(super) fn text(function: &str, value: Value) -> Result<String, StoreError> {
     }
 }
 
+/// The integer that decimal digits (an optional `-`, then at most 18
+/// digits) spell, read straight from the reply's bytes.
+fn digits(bytes: &[u8]) -> Option<i64> {
+    let (negative, digits) = match bytes.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, bytes),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + i64::from(b - b'0');
+    }
+    Some(if negative { -n } else { n })
+}
+
 /// An integer given as an integer reply or as digits.
 pub(super) fn int(function: &str, value: Value) -> Result<i64, StoreError> {
-    match value {
-        Value::Int(n) => Ok(n),
-        Value::Double(d) if d.fract() == 0.0 && d.abs() < 9.0e15 => Ok(d as i64),
-        other => {
-            let s = text(function, other)?;
-            s.parse::<i64>()
-                .or_else(|_| {
-                    // scores come back as "1.7e+12" from some paths
-                    s.parse::<f64>()
-                        .ok()
-                        .filter(|d| d.fract() == 0.0 && d.abs() < 9.0e15)
-                        .map(|d| d as i64)
-                        .ok_or(())
-                })
-                .map_err(|_| bad(function, format!("expected an integer, got {s:?}")))
-        }
-    }
+    let value = match value {
+        Value::Int(n) => return Ok(n),
+        Value::Double(d) if d.fract() == 0.0 && d.abs() < 9.0e15 => return Ok(d as i64),
+        Value::BulkString(bytes) => match digits(&bytes) {
+            Some(n) => return Ok(n),
+            None => Value::BulkString(bytes),
+        },
+        other => other,
+    };
+    let s = text(function, value)?;
+    s.parse::<i64>()
+        .or_else(|_| {
+            // scores come back as "1.7e+12" from some paths
+            s.parse::<f64>()
+                .ok()
+                .filter(|d| d.fract() == 0.0 && d.abs() < 9.0e15)
+                .map(|d| d as i64)
+                .ok_or(())
+        })
+        .map_err(|_| bad(function, format!("expected an integer, got {s:?}")))
 }
 
 /// An id (1..=2^53-1).
@@ -75,7 +98,7 @@ fn is_none(value: &Value) -> bool {
 
 /// A record: a flat field/value array, looked up by field name.
 pub(super) struct Fields {
-    function: &'static str,
+    pub(super) function: &'static str,
     pairs: Vec<(String, Value)>,
 }
 
@@ -176,14 +199,13 @@ pub(super) fn entry(function: &'static str, value: Value) -> Result<(String, Fie
     }
 }
 
-/// `{next, id or nil, <list>, {entries}}` into a page of `T`.
+/// A record's `next, id or nil, <list>, {entries}` into a page of `T`.
 pub(super) fn page<T>(
-    function: &'static str,
+    mut fields: Fields,
     list: &str,
-    value: Value,
     decode: impl Fn(String, Fields) -> Result<T, StoreError>,
 ) -> Result<Page<T>, StoreError> {
-    let mut fields = Fields::new(function, value)?;
+    let function = fields.function;
     let next = fields
         .optional("next")?
         .map(|v| text(function, v))
@@ -196,13 +218,31 @@ pub(super) fn page<T>(
     Ok(Page { items, next })
 }
 
+/// The milliseconds of a stream id (`ms-seq`): when its entry happened.
+pub(super) fn id_ms(function: &str, id: &str) -> Result<Millis, StoreError> {
+    id.split_once('-')
+        .map_or(id, |(ms, _)| ms)
+        .parse()
+        .map_err(|_| bad(function, format!("{id:?} is not a stream id")))
+}
+
+/// A time field, or (left out, as the library writes it since 0.2) the
+/// id's milliseconds.
+fn time_or_id(f: &mut Fields, name: &str, id: &str) -> Result<Millis, StoreError> {
+    if f.has(name) {
+        f.int(name)
+    } else {
+        id_ms(f.function, id)
+    }
+}
+
 /// A chat message from its stream entry.
 pub(super) fn message(id: String, mut f: Fields) -> Result<Message, StoreError> {
     Ok(Message {
-        id,
         user: f.id("u")?,
         text: f.string("text")?,
-        at: f.int("at")?,
+        at: time_or_id(&mut f, "at", &id)?,
+        id,
     })
 }
 
@@ -211,17 +251,55 @@ pub(super) fn event(id: String, mut f: Fields) -> Result<Event, StoreError> {
     let code = f.int("t")?;
     let kind = EventKind::from_code(code).ok_or_else(|| bad("meet_events", code))?;
     let (scheduled_end, processed_at) = if kind == EventKind::Timeout {
-        (Some(f.int("end")?), Some(f.int("proc")?))
+        (Some(f.int("end")?), Some(time_or_id(&mut f, "proc", &id)?))
     } else {
         (None, None)
     };
     Ok(Event {
-        id,
         user: f.id("u")?,
         kind,
-        at: f.int("at")?,
+        at: time_or_id(&mut f, "at", &id)?,
         scheduled_end,
         processed_at,
+        id,
+    })
+}
+
+/// Where a JOIN, LEAVE or POST happened, as the library answers it:
+/// `"<order> <id>"`, or `"<order> <id> duplicate"` (a POST whose key was
+/// used before).
+pub(super) struct Placed {
+    /// The instance's order.
+    pub(super) order: Id,
+    /// The event's or message's id.
+    pub(super) id: String,
+    /// Its time: the id's milliseconds.
+    pub(super) at: Millis,
+    /// A repeated POST: nothing was stored.
+    pub(super) duplicate: bool,
+}
+
+pub(super) fn placed(function: &'static str, value: Value) -> Result<Placed, StoreError> {
+    let text = text(function, value)?;
+    let mut parts = text.split(' ');
+    let order = parts
+        .next()
+        .and_then(|o| o.parse::<Id>().ok())
+        .ok_or_else(|| bad(function, format!("{text:?}")))?;
+    let id = parts
+        .next()
+        .ok_or_else(|| bad(function, format!("{text:?}")))?
+        .to_string();
+    let duplicate = match parts.next() {
+        None => false,
+        Some("duplicate") => true,
+        Some(_) => return Err(bad(function, format!("{text:?}"))),
+    };
+    Ok(Placed {
+        order,
+        at: id_ms(function, &id)?,
+        id,
+        duplicate,
     })
 }
 

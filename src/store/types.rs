@@ -62,6 +62,16 @@ pub enum InstanceRef {
     Exact(InstanceId),
 }
 
+impl InstanceRef {
+    /// The meeting it is an instance of.
+    pub fn meeting(self) -> Id {
+        match self {
+            InstanceRef::Current(meeting) => meeting,
+            InstanceRef::Exact(instance) => instance.meeting,
+        }
+    }
+}
+
 impl From<InstanceId> for InstanceRef {
     fn from(instance: InstanceId) -> Self {
         InstanceRef::Exact(instance)
@@ -193,8 +203,6 @@ pub struct Left {
     pub user: Id,
     /// When the user left.
     pub left_at: Millis,
-    /// When the user had joined.
-    pub joined_at: Millis,
     /// The leave event's id.
     pub event_id: String,
 }
@@ -210,6 +218,9 @@ pub struct Posted {
     pub user: Id,
     /// When.
     pub at: Millis,
+    /// A repeat of a key posted before: nothing was stored, and this is
+    /// the first message.
+    pub duplicate: bool,
 }
 
 /// A current participant.
@@ -341,8 +352,6 @@ pub struct Ended {
 /// What one tick step (one meet_tick call) did in one partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TickStep {
-    /// How many instances meet_due listed.
-    pub listed: usize,
     /// Instances that became active.
     pub activated: Vec<InstanceId>,
     /// Instances that ended (at their scheduled end or pre-empted).
@@ -352,9 +361,8 @@ pub struct TickStep {
     pub missed: Vec<InstanceId>,
     /// Timeout events written.
     pub timeouts: u64,
-    /// Listed instances left alone (another tick was first, or the plan was
-    /// stale); they are listed again if still due.
-    pub skipped: u64,
+    /// Due instances looked at.
+    pub handled: u64,
     /// Whether transitions are still due in the partition.
     pub more: bool,
 }

@@ -99,18 +99,21 @@ impl Store {
         after: Option<StreamId>,
         limit: usize,
     ) -> Result<Feed, StoreError> {
-        let keys = [
-            self.keys.schedule(instance.meeting),
-            self.keys.events(instance),
-            self.keys.chat(instance),
-        ];
-        let args = vec![
-            instance.meeting.to_string(),
+        let args = [
             instance.order.to_string(),
             after.map(|id| id.to_string()).unwrap_or_default(),
             limit.clamp(1, super::PAGE).to_string(),
         ];
-        let value = self.fcall("meet_feed", &keys, &args).await?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let value = self
+            .value(super::Call::new(
+                "meet_feed",
+                &self.keys.meeting(instance.meeting),
+                &args,
+                false,
+                Ok,
+            ))
+            .await?;
         decode_feed(value)
     }
 

@@ -36,7 +36,7 @@ pub async fn scenario(store: &Store) {
         }
         store.leave(2, InstanceRef::Current(m)).await.ok();
         store
-            .post(1, InstanceRef::Current(m), "hi")
+            .post(1, InstanceRef::Current(m), "hi", None)
             .await
             .expect("post");
     }

@@ -547,12 +547,7 @@ pub async fn state(
     store: &Store,
     instance: meetingd::store::InstanceId,
 ) -> meetingd::store::InstanceState {
-    store
-        .instance_info(instance)
-        .await
-        .expect("instance")
-        .instance
-        .state
+    store.instance(instance).await.expect("instance").state
 }
 
 /// Create users `ids`, named `u<id>`, e-mail `u<id>@example.com`.

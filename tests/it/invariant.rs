@@ -63,7 +63,7 @@ async fn random_ops(store: Store, clock: ManualClock, seed: u64) -> Outcomes {
         let (op, result): (&str, Result<(), StoreError>) = match roll {
             0..=399 => ("join", store.join(user, target).await.map(drop)),
             400..=749 => ("leave", store.leave(user, target).await.map(drop)),
-            750..=949 => ("post", store.post(user, target, "hi").await.map(drop)),
+            750..=949 => ("post", store.post(user, target, "hi", None).await.map(drop)),
             950..=954 => ("end", store.end(target).await.map(drop)),
             955..=994 => ("tick", store.tick(clock.now_ms()).await.map(drop)),
             _ => {

@@ -96,17 +96,27 @@ fn mask_versions(line: &str) -> String {
     out
 }
 
-/// Whether the output matches: exactly, except that a line of the README
-/// showing the library version (`0.1.0+<digest>`) accepts any version.
+/// Whether the output matches: exactly, except that a library version
+/// (`0.2.0+<digest>`) may be any, and so may the line of the Lua an error
+/// was raised at (`on @user_function:<line>`).
 fn matches(expected: &[String], actual: &[String]) -> bool {
     expected.len() == actual.len()
-        && expected.iter().zip(actual).all(|(want, got)| {
-            if want.contains("0.1.0+") {
-                mask_versions(want) == mask_versions(got)
-            } else {
-                want == got
-            }
-        })
+        && expected
+            .iter()
+            .zip(actual)
+            .all(|(want, got)| loosened(want) == loosened(got))
+}
+
+fn loosened(line: &str) -> String {
+    let line = mask_versions(line);
+    let marker = "@user_function:";
+    match line.split_once(marker) {
+        Some((before, after)) => {
+            let rest = after.trim_start_matches(|c: char| c.is_ascii_digit());
+            format!("{before}{marker}<line>{rest}")
+        }
+        None => line,
+    }
 }
 
 /// The real redis-cli: the first on PATH, else /usr/bin/redis-cli.
@@ -138,15 +148,20 @@ fn write_shim(dir: &Path, socket: &Path) {
         .expect("make the redis-cli shim executable");
 }
 
-/// The functions the library registers (`meet_...`).
+/// The functions the library registers (`meet_...`), in either form of
+/// `redis.register_function`.
 fn registered_functions() -> Vec<String> {
-    let marker = "function_name = '";
-    meetingd::store::library()
-        .source
-        .split(marker)
-        .skip(1)
-        .filter_map(|rest| rest.split('\'').next())
-        .map(str::to_string)
+    let source = meetingd::store::Library::new(16).source;
+    ["function_name = '", "redis.register_function('"]
+        .iter()
+        .flat_map(|marker| {
+            source
+                .split(marker)
+                .skip(1)
+                .filter_map(|rest| rest.split('\'').next())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -225,4 +240,8 @@ fn versions_are_masked() {
         "1) \"<version>\" and 1+2"
     );
     assert_eq!(mask_versions("no version here +"), "no version here +");
+    assert_eq!(
+        loosened("(error) INACTIVE no script: meet_current, on @user_function:21."),
+        "(error) INACTIVE no script: meet_current, on @user_function:<line>."
+    );
 }

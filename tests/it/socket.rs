@@ -386,7 +386,7 @@ fn every_error_code_on(backend: &Backend) {
         "0",
         "the entry of 1/2 overwritten: {corrupt}"
     );
-    assert_eq!(c.error_code("JOIN 2 1/2"), "internal");
+    assert_eq!(c.error_code("EVENTS 1/2"), "internal");
     // unavailable: Redis too slow for the timeout (Redis gone: below)
     let sleeper = backend.sleep_in_background(1.5);
     std::thread::sleep(Duration::from_millis(100));

@@ -1,12 +1,13 @@
 //! Load generators: the same operations driven through the daemon's socket
-//! and directly through the store (the same Lua functions, no daemon in
-//! between), with the same concurrency, so the two can be compared.
+//! and directly through the store (the same library calls, no daemon in
+//! between), with the same concurrency, so the two can be compared (the
+//! floor, `floor.rs`, is the third).
 //!
 //! C connections each keep D operations in flight: over the socket, D
 //! operations' request lines go out in one write and their replies are read
-//! back; directly, D operations run at once on the connection's store (its
-//! multiplexed connection pipelines them). An operation's latency runs from
-//! the moment its batch was sent to the moment its (last) reply came.
+//! back; directly, D operations' calls go out in one pipeline on the
+//! connection's store. An operation's latency runs from the moment its
+//! batch was sent to the moment its (last) reply came.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use hdrhistogram::Histogram;
 use meetingd::store::{
-    InstanceId, InstanceRef, Load, Meeting, Store, StoreError, StoreOptions, User,
+    Call, InstanceId, InstanceRef, Keys, Load, Meeting, Store, StoreError, StoreOptions, User,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -59,7 +60,28 @@ pub enum Op {
     Attendance,
 }
 
+/// The operations of a mix, one after the other, for one connection.
+pub struct Picker {
+    mix: Mix,
+    rng: StdRng,
+}
+
+impl Picker {
+    /// The next operation.
+    pub fn pick(&mut self) -> Op {
+        self.mix.pick(&mut self.rng)
+    }
+}
+
 impl Mix {
+    /// Connection `c`'s operations (the same for every driver).
+    pub fn picker(self, c: usize) -> Picker {
+        Picker {
+            mix: self,
+            rng: StdRng::seed_from_u64(c as u64),
+        }
+    }
+
     /// The next operation of this mix.
     fn pick(self, rng: &mut StdRng) -> Op {
         match self {
@@ -97,29 +119,60 @@ impl Mix {
 /// The data the operations act on.
 #[derive(Debug, Clone, Copy)]
 pub struct World {
-    /// Meetings 1..=meetings, each with an active instance M/1.
+    /// Meetings 1..=meetings, private, each with an active instance M/1;
+    /// every user of the bench is in every audience.
     pub meetings: u64,
     /// Users sitting in every instance (they post and are listed).
     pub sitting: u64,
     /// When the instances' windows are centred.
     pub now: i64,
+    /// The key layout (16 partitions, the default).
+    pub keys: Keys,
 }
 
 /// Users who join and leave: one per (connection, slot).
 const MOVER_BASE: u64 = 1;
 /// Users who sit in the instances: meeting m's are SITTING_BASE + m*1000 + i.
 const SITTING_BASE: u64 = 1_000_000;
+/// Users who passed through the instances before a run (the stored
+/// events): PASSER_BASE + i for i < PASSERS.
+pub const PASSER_BASE: u64 = 5_000_000;
+/// How many passed through.
+pub const PASSERS: u64 = 1000;
 /// A chat message of 60 bytes.
 pub const TEXT: &str = "a sixty byte chat message, about what the meeting is about..";
 
 impl World {
+    /// A world of `meetings` meetings with `sitting` users in each, now.
+    pub fn new(meetings: u64, sitting: u64, now: i64) -> World {
+        World {
+            meetings,
+            sitting,
+            now,
+            keys: Keys::new(16),
+        }
+    }
+
     /// The instance a connection works in.
     pub fn instance(&self, connection: usize) -> InstanceId {
         InstanceId::new(1 + connection as u64 % self.meetings, 1)
     }
 
-    fn mover(connection: usize, slot: usize) -> u64 {
+    /// The user who joins and leaves in a connection's slot.
+    pub fn mover(connection: usize, slot: usize) -> u64 {
         MOVER_BASE + (connection * 1000 + slot) as u64
+    }
+
+    /// The user who posts in a connection's slot (one sitting in its
+    /// instance).
+    pub fn poster(&self, connection: usize, slot: usize) -> u64 {
+        let meeting = self.instance(connection).meeting;
+        World::sitter(meeting, slot as u64 % self.sitting.max(1))
+    }
+
+    /// A user's e-mail.
+    pub fn email(user: u64) -> String {
+        format!("u{user}@example.com")
     }
 
     /// The i-th user sitting in meeting `meeting`'s instance.
@@ -136,17 +189,26 @@ impl World {
         slots: usize,
     ) -> Result<(), String> {
         let mut records = Vec::new();
+        let mut emails = Vec::new();
         for c in 0..connections {
             for s in 0..slots {
-                records.push(Load::User(user(World::mover(c, s))));
+                let mover = World::mover(c, s);
+                records.push(Load::User(user(mover)));
+                emails.push(World::email(mover));
             }
         }
+        for m in 1..=self.meetings {
+            for i in 0..self.sitting {
+                emails.push(World::email(World::sitter(m, i)));
+            }
+        }
+        emails.extend((0..PASSERS).map(|i| World::email(PASSER_BASE + i)));
         for m in 1..=self.meetings {
             records.push(Load::Meeting(Meeting {
                 id: m,
                 title: format!("bench {m}"),
                 description: "a meeting of the benchmark".into(),
-                public: true,
+                public: false,
             }));
             records.push(Load::Instance {
                 id: InstanceId::new(m, 1),
@@ -161,6 +223,14 @@ impl World {
         if loaded.refused > 0 {
             return Err(format!("setup refused: {:?}", loaded.first_refusal));
         }
+        for m in 1..=self.meetings {
+            for chunk in emails.chunks(1000) {
+                store
+                    .audience_add(m, chunk)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         store.tick(store.now()).await.map_err(|e| e.to_string())?;
         for m in 1..=self.meetings {
             for i in 0..self.sitting {
@@ -174,16 +244,17 @@ impl World {
         Ok(())
     }
 
-    /// The request lines of an operation on the socket.
+    /// The request lines of an operation on the socket (by meeting id:
+    /// the daemon resolves the running instance).
     fn lines(&self, op: Op, connection: usize, slot: usize, out: &mut String) {
-        let at = self.instance(connection);
+        let at = self.instance(connection).meeting;
         match op {
             Op::JoinLeave => {
                 let u = World::mover(connection, slot);
                 out.push_str(&format!("JOIN {u} {at}\nLEAVE {u} {at}\n"));
             }
             Op::Post => {
-                let u = World::sitter(at.meeting, slot as u64 % self.sitting.max(1));
+                let u = self.poster(connection, slot);
                 out.push_str(&format!("POST {u} {at} \"{TEXT}\"\n"));
             }
             Op::Messages => out.push_str(&format!("MESSAGES {at} LIMIT 50\n")),
@@ -193,12 +264,44 @@ impl World {
         }
     }
 
-    /// How many reply lines an operation has.
+    /// How many requests (reply lines) an operation has.
     fn replies(op: Op) -> usize {
         if op == Op::JoinLeave { 2 } else { 1 }
     }
 
-    /// The operation done directly: the store calls the daemon would make.
+    /// The library calls of an operation done directly, as the daemon
+    /// makes them (the daemon's users cached: the store's cache holds them
+    /// after the set-up); `None` for an operation of several steps.
+    fn direct_calls(
+        &self,
+        store: &Store,
+        op: Op,
+        connection: usize,
+        slot: usize,
+        calls: &mut Vec<Call<()>>,
+    ) -> bool {
+        let at = InstanceRef::Current(self.instance(connection).meeting);
+        match op {
+            Op::JoinLeave => {
+                let u = World::mover(connection, slot);
+                let Some(known) = store.user_cached(u) else {
+                    return false;
+                };
+                calls.push(store.join_call(u, at, &known).map(drop));
+                calls.push(store.leave_call(u, at).map(drop));
+            }
+            Op::Post => {
+                let u = self.poster(connection, slot);
+                calls.push(store.post_call(u, at, TEXT, None).map(drop));
+            }
+            Op::Messages => calls.push(store.messages_call(at, None, None, 50).map(drop)),
+            Op::Participants => calls.push(store.participants_call(at, None, 100).map(drop)),
+            Op::Active | Op::Attendance => return false,
+        }
+        true
+    }
+
+    /// The operation done directly, when it is more than calls.
     async fn direct(
         &self,
         store: &Store,
@@ -206,7 +309,7 @@ impl World {
         connection: usize,
         slot: usize,
     ) -> Result<(), StoreError> {
-        let at = InstanceRef::Exact(self.instance(connection));
+        let at = InstanceRef::Current(self.instance(connection).meeting);
         match op {
             Op::JoinLeave => {
                 let u = World::mover(connection, slot);
@@ -214,15 +317,14 @@ impl World {
                 store.leave(u, at).await.map(drop)
             }
             Op::Post => {
-                let meeting = self.instance(connection).meeting;
-                let u = World::sitter(meeting, slot as u64 % self.sitting.max(1));
-                store.post(u, at, TEXT).await.map(drop)
+                let u = self.poster(connection, slot);
+                store.post(u, at, TEXT, None).await.map(drop)
             }
             Op::Messages => store.messages(at, None, None, 50).await.map(drop),
             Op::Participants => {
                 let (_, list) = store.participants(at, None, 100).await?;
                 let ids: Vec<u64> = list.iter().map(|p| p.user).collect();
-                store.users_get(&ids).await.map(drop)
+                store.users_known(&ids).await.map(drop)
             }
             Op::Active => store.active().await.map(drop),
             Op::Attendance => store.attendance().await.map(drop),
@@ -236,13 +338,15 @@ fn user(id: u64) -> User {
         name: format!("user {id}"),
         age: 30,
         gender: "-".into(),
-        email: format!("u{id}@example.com"),
+        email: World::email(id),
     }
 }
 
 /// What a run measured.
 #[derive(Default)]
 pub struct Measure {
+    /// Requests done (a join+leave is two).
+    requests: u64,
     /// Latency per operation, µs.
     pub latency: BTreeMap<Op, Histogram<u64>>,
     /// Operations that failed.
@@ -254,14 +358,23 @@ pub struct Measure {
 }
 
 impl Measure {
-    fn record(&mut self, op: Op, took: Duration) {
+    /// One operation done, in `took`.
+    pub fn record(&mut self, op: Op, took: Duration) {
+        self.requests += World::replies(op) as u64 - 1;
+        self.record_request(op, took);
+    }
+
+    /// One request of an operation done, in `took`.
+    fn record_request(&mut self, op: Op, took: Duration) {
+        self.requests += 1;
         let histogram = self.latency.entry(op).or_insert_with(|| {
             Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant, valid bounds")
         });
         let _ = histogram.record((took.as_micros() as u64).max(1));
     }
 
-    fn fail(&mut self, why: String) {
+    /// One operation failed.
+    pub fn fail(&mut self, why: String) {
         self.errors += 1;
         self.first_error.get_or_insert(why);
     }
@@ -278,19 +391,26 @@ impl Measure {
             }
         }
         self.errors += other.errors;
+        self.requests += other.requests;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
     }
 
-    /// Operations measured.
-    pub fn count(&self) -> u64 {
-        self.latency.values().map(Histogram::len).sum()
+    /// Requests done (a join+leave is two).
+    pub fn requests(&self) -> u64 {
+        self.requests
     }
 
-    /// Operations per second.
+    /// Operations per second (a join+leave is one).
+    pub fn operation_rate(&self) -> f64 {
+        let operations: u64 = self.latency.values().map(Histogram::len).sum();
+        operations as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Requests per second.
     pub fn rate(&self) -> f64 {
-        self.count() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// A quantile of every operation's latency, ms.
@@ -341,14 +461,14 @@ pub async fn through_daemon(
                 };
                 let (read, mut write) = stream.into_split();
                 let mut read = BufReader::new(read);
-                let mut rng = StdRng::seed_from_u64(c as u64);
+                let mut picker = mix.picker(c);
                 let mut done = 0u64;
                 let mut batch = String::new();
                 let mut line = String::new();
                 let deadline = Instant::now() + span.duration;
                 while Instant::now() < deadline && span.count.is_none_or(|n| done < n) {
                     batch.clear();
-                    let ops: Vec<Op> = (0..depth).map(|_| mix.pick(&mut rng)).collect();
+                    let ops: Vec<Op> = (0..depth).map(|_| picker.pick()).collect();
                     for (slot, op) in ops.iter().enumerate() {
                         world.lines(*op, c, slot, &mut batch);
                     }
@@ -384,7 +504,9 @@ pub async fn through_daemon(
 }
 
 /// Drive Redis directly, through the store: one store (one connection) per
-/// connection, `depth` operations at once on each.
+/// connection, `depth` operations' calls in one pipeline at a time (an
+/// operation of several steps, ACTIVE or ATTENDANCE, runs its steps with
+/// the others at once).
 pub async fn direct(
     options: StoreOptions,
     world: World,
@@ -394,12 +516,17 @@ pub async fn direct(
     span: Span,
 ) -> Result<Measure, String> {
     let mut stores = Vec::new();
-    for _ in 0..connections {
-        stores.push(
-            Store::connect(options.clone())
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+    for c in 0..connections {
+        let store = Store::connect(options.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        // the users this connection moves, known as the daemon knows them
+        let movers: Vec<u64> = (0..depth).map(|s| World::mover(c, s)).collect();
+        store
+            .users_known(&movers)
+            .await
+            .map_err(|e| e.to_string())?;
+        stores.push(store);
     }
     let started = Instant::now();
     let tasks: Vec<_> = stores
@@ -409,25 +536,34 @@ pub async fn direct(
             tokio::spawn(async move {
                 let store = Arc::new(store);
                 let mut measure = Measure::default();
-                let mut rng = StdRng::seed_from_u64(c as u64);
+                let mut picker = mix.picker(c);
                 let mut done = 0u64;
                 let deadline = Instant::now() + span.duration;
                 while Instant::now() < deadline && span.count.is_none_or(|n| done < n) {
-                    let ops: Vec<Op> = (0..depth).map(|_| mix.pick(&mut rng)).collect();
+                    let ops: Vec<Op> = (0..depth).map(|_| picker.pick()).collect();
                     let sent = Instant::now();
-                    let results = join_all(ops.iter().enumerate().map(|(slot, op)| {
-                        let store = store.clone();
-                        async move {
-                            let result = world.direct(&store, *op, c, slot).await;
-                            (*op, result, sent.elapsed())
+                    let mut calls = Vec::new();
+                    let mut steps = Vec::new();
+                    for (slot, op) in ops.iter().enumerate() {
+                        if !world.direct_calls(&store, *op, c, slot, &mut calls) {
+                            steps.push((slot, *op));
                         }
-                    }))
+                    }
+                    let (results, stepped) = futures_util::future::join(
+                        store.run_all(calls),
+                        join_all(steps.iter().map(|(slot, op)| {
+                            let store = store.clone();
+                            async move { world.direct(&store, *op, c, *slot).await }
+                        })),
+                    )
                     .await;
-                    for (op, result, took) in results {
+                    for result in results.into_iter().chain(stepped) {
                         if let Err(err) = result {
                             measure.fail(err.to_string());
                         }
-                        measure.record(op, took);
+                    }
+                    for op in &ops {
+                        measure.record(*op, sent.elapsed());
                     }
                     done += depth as u64;
                 }
@@ -438,9 +574,10 @@ pub async fn direct(
     Ok(gather(tasks, started).await)
 }
 
-/// Drive the daemon at a fixed rate (operations per second over all
+/// Drive the daemon at a fixed rate (`rate` operations per second over all
 /// connections, one at a time per connection): the latency of each request
-/// at that rate (a join+leave counts its JOIN and its LEAVE apart).
+/// at that rate (a join+leave is one operation of two requests, each timed
+/// on its own).
 pub async fn at_rate(
     socket: PathBuf,
     world: World,
@@ -462,7 +599,7 @@ pub async fn at_rate(
                 };
                 let (read, mut write) = stream.into_split();
                 let mut read = BufReader::new(read);
-                let mut rng = StdRng::seed_from_u64(c as u64);
+                let mut picker = mix.picker(c);
                 // spread the connections over the interval
                 tokio::time::sleep(every.mul_f64(c as f64 / connections as f64)).await;
                 let mut ticker = tokio::time::interval(every);
@@ -472,7 +609,7 @@ pub async fn at_rate(
                 let mut line = String::new();
                 while Instant::now() < deadline {
                     ticker.tick().await;
-                    let op = mix.pick(&mut rng);
+                    let op = picker.pick();
                     batch.clear();
                     world.lines(op, c, 0, &mut batch);
                     // one request at a time: each request's own latency
@@ -490,7 +627,7 @@ pub async fn at_rate(
                         if !line.starts_with("{\"ok\":true") {
                             measure.fail(line.trim_end().to_string());
                         }
-                        measure.record(op, sent.elapsed());
+                        measure.record_request(op, sent.elapsed());
                     }
                 }
                 measure
@@ -501,7 +638,7 @@ pub async fn at_rate(
 }
 
 /// The drivers' measures, merged; a driver that failed counts as an error.
-async fn gather(tasks: Vec<tokio::task::JoinHandle<Measure>>, started: Instant) -> Measure {
+pub async fn gather(tasks: Vec<tokio::task::JoinHandle<Measure>>, started: Instant) -> Measure {
     let mut total = Measure::default();
     for task in join_all(tasks).await {
         match task {

@@ -2,9 +2,12 @@
 //!
 //! - `run`: drive a daemon's socket with C connections, D operations in
 //!   flight each, through a mix of operations; in the same run drive Redis
-//!   directly through the store (the same Lua functions, no daemon) with
-//!   the same concurrency; print ops/s, latency percentiles and the ratio
-//!   daemon/direct. `--spawn` starts a redis-server and a meetingd of its
+//!   directly through the store (the same library calls, no daemon), and
+//!   the floor (`floor.rs`: a minimal Lua doing the same Redis work
+//!   without validation), with the same concurrency; print ops/s, latency
+//!   percentiles, the ratios, the CPU per operation of the daemon and of
+//!   Redis (from /proc) and the Redis calls per operation (from INFO
+//!   commandstats). `--spawn` starts a redis-server and a meetingd of its
 //!   own; `--quick` reproduces the main table in a few minutes.
 //! - `fill`: load a Redis fast (pipelined) with meetings, users, events and
 //!   messages, to a given size.
@@ -14,6 +17,7 @@
 //! - `watch`: WATCH fan-out: delivery latency to many watchers.
 
 mod drive;
+mod floor;
 mod spawn;
 mod tick;
 mod watch;
@@ -25,6 +29,11 @@ use clap::{Args, Parser, Subcommand};
 use drive::{Mix, Span, World};
 use meetingd::store::{InstanceId, Load, Store, StoreOptions};
 use spawn::{OwnDaemon, OwnRedis};
+
+/// mimalloc: the daemon allocates and frees small buffers for every
+/// request, and glibc's malloc showed as a fifth of its CPU in profiles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "meetingd-bench", version, about)]
@@ -207,6 +216,128 @@ fn store_options(url: &str) -> StoreOptions {
     options
 }
 
+/// A plain connection to `url`, for the floor and INFO.
+pub async fn connect_raw(url: &str) -> Result<redis::aio::MultiplexedConnection, String> {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    redis::Client::open(url)
+        .map_err(|e| e.to_string())?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// What the processes had used at a moment: CPU (clock ticks, from
+/// /proc/<pid>/stat) and Redis' calls.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    daemon_ticks: u64,
+    redis_ticks: u64,
+    /// Calls from clients: FCALL and FCALL_RO, and the daemon's reads of
+    /// users (each a CLIENT CACHING YES and an HMGET: counted once).
+    calls: u64,
+}
+
+/// A process' CPU time so far (user + system, all threads), clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // the fields after the command name (which may hold spaces)
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime: fields 14 and 15 of the line, 12 and 13 here
+    field(11) + field(12)
+}
+
+/// Microseconds per clock tick.
+fn tick_micros() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    1e6 / (if ticks > 0 { ticks as f64 } else { 100.0 })
+}
+
+/// The daemon's and Redis' usage now.
+async fn usage(
+    conn: &mut redis::aio::MultiplexedConnection,
+    redis_pid: u32,
+    daemon_pid: Option<u32>,
+) -> Result<Usage, String> {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let calls_of = |name: &str| {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(Usage {
+        daemon_ticks: daemon_pid.map_or(0, cpu_ticks),
+        redis_ticks: cpu_ticks(redis_pid),
+        calls: calls_of("fcall") + calls_of("fcall_ro") + calls_of("client|caching"),
+    })
+}
+
+/// Per operation between two usages: (daemon µs, Redis µs, Redis calls).
+fn per_op(before: Usage, after: Usage, ops: u64) -> (f64, f64, f64) {
+    let ops = ops.max(1) as f64;
+    let micros = tick_micros();
+    (
+        after.daemon_ticks.saturating_sub(before.daemon_ticks) as f64 * micros / ops,
+        after.redis_ticks.saturating_sub(before.redis_ticks) as f64 * micros / ops,
+        after.calls.saturating_sub(before.calls) as f64 / ops,
+    )
+}
+
+/// The pid of the Redis at `conn` (INFO server).
+async fn redis_pid(conn: &mut redis::aio::MultiplexedConnection) -> Result<u32, String> {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| "no process_id in INFO server".to_string())
+}
+
+/// The pid of the daemon serving `socket` (its peer credentials).
+fn daemon_pid(socket: &std::path::Path) -> Option<u32> {
+    let stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: fd is an open socket; cred and len are valid for writing.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
+}
+
 /// A store on `url` with the bench's options.
 async fn connect(url: &str) -> Result<Store, String> {
     Store::connect(store_options(url))
@@ -225,11 +356,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         }
     };
     let store = connect(&url).await?;
-    let world = World {
-        meetings: args.meetings,
-        sitting: 20,
-        now: store.now(),
-    };
+    let world = World::new(args.meetings, 20, store.now());
     let most = args.connections.iter().copied().max().unwrap_or(1);
     eprintln!(
         "setting up {} meetings, {} users...",
@@ -245,22 +372,32 @@ async fn run(args: RunArgs) -> Result<(), String> {
         let took = fill(&store, &world, args.stored, args.stored).await?;
         eprintln!("stored in {:.1} s", took.as_secs_f64());
     }
+    let mut info = connect_raw(&url).await?;
+    floor::load(&mut info).await?;
+    let redis = redis_pid(&mut info).await?;
+    let daemon = daemon_pid(&socket);
     let seconds = if args.quick { 2.0 } else { args.duration };
     let span = Span {
         duration: Duration::from_secs_f64(seconds),
         count: args.count,
     };
     println!(
-        "| mix | conns | depth | daemon ops/s | p50 ms | p99 ms | p99.9 ms | direct ops/s | direct p99 ms | daemon/direct | errors |"
+        "| mix | conns | depth | daemon ops/s | direct ops/s | floor ops/s | daemon/direct | daemon/floor | daemon p50 ms | daemon p99 ms | daemon CPU µs/op | Redis CPU µs/op via daemon | direct | floor | Redis calls/op via daemon | direct | floor | errors |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     let mut join_leave_max: f64 = 0.0;
     let mut errors = 0;
     for mix in &args.mix {
         for &connections in &args.connections {
-            let daemon =
+            let before = usage(&mut info, redis, daemon).await?;
+            let through =
                 drive::through_daemon(socket.clone(), world, *mix, connections, args.depth, span)
                     .await;
+            let after = usage(&mut info, redis, daemon).await?;
+            let (daemon_cpu, redis_via_daemon, calls_via_daemon) =
+                per_op(before, after, through.requests());
             let direct = drive::direct(
                 store_options(&url),
                 world,
@@ -268,29 +405,47 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 connections,
                 args.depth,
                 span,
-            )
-            .await?;
+            );
+            let before = usage(&mut info, redis, daemon).await?;
+            let direct = direct.await?;
+            let after = usage(&mut info, redis, daemon).await?;
+            let (_, redis_direct, calls_direct) = per_op(before, after, direct.requests());
+            let before = usage(&mut info, redis, daemon).await?;
+            let floor = floor::drive(&url, world, *mix, connections, args.depth, span).await?;
+            let after = usage(&mut info, redis, daemon).await?;
+            let (_, redis_floor, calls_floor) = per_op(before, after, floor.requests());
             if *mix == Mix::JoinLeave {
-                join_leave_max = join_leave_max.max(daemon.rate());
+                join_leave_max = join_leave_max.max(through.operation_rate());
             }
             println!(
-                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {} |",
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {} |",
                 mix.name(),
                 connections,
                 args.depth,
-                daemon.rate(),
-                daemon.quantile_ms(0.5),
-                daemon.quantile_ms(0.99),
-                daemon.quantile_ms(0.999),
+                through.rate(),
                 direct.rate(),
-                direct.quantile_ms(0.99),
-                daemon.rate() / direct.rate().max(1e-9),
-                daemon.errors + direct.errors,
+                floor.rate(),
+                through.rate() / direct.rate().max(1e-9),
+                through.rate() / floor.rate().max(1e-9),
+                through.quantile_ms(0.5),
+                through.quantile_ms(0.99),
+                daemon_cpu,
+                redis_via_daemon,
+                redis_direct,
+                redis_floor,
+                calls_via_daemon,
+                calls_direct,
+                calls_floor,
+                through.errors + direct.errors + floor.errors,
             );
-            errors += daemon.errors + direct.errors;
-            for failure in [&daemon.first_error, &direct.first_error]
-                .into_iter()
-                .flatten()
+            errors += through.errors + direct.errors + floor.errors;
+            for failure in [
+                &through.first_error,
+                &direct.first_error,
+                &floor.first_error,
+            ]
+            .into_iter()
+            .flatten()
             {
                 eprintln!("  first error: {failure}");
             }
@@ -310,7 +465,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .await;
         println!();
         println!(
-            "| at half the join+leave maximum | conns | target pairs/s | achieved requests/s | p50 ms | p99 ms | p99.9 ms | errors |"
+            "| at half the join+leave maximum | conns | target pairs/s | achieved requests/s | request p50 ms | p99 ms | p99.9 ms | errors |"
         );
         println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         println!(
@@ -348,12 +503,12 @@ async fn fill(
     let now = world.now;
     let meetings = world.meetings.max(1);
     let pairs = (0..events / 2).flat_map(move |i| {
-        let user = 5_000_000 + i % 1000;
+        let user = drive::PASSER_BASE + i % drive::PASSERS;
         let instance = InstanceId::new(1 + (i / 1000) % meetings, 1);
         [
             Load::Join {
                 user,
-                email: format!("p{user}@example.com"),
+                email: World::email(user),
                 instance,
                 at: now,
             },
@@ -388,11 +543,7 @@ async fn fill(
 
 async fn fill_command(args: FillArgs) -> Result<(), String> {
     let store = connect(&args.redis).await?;
-    let world = World {
-        meetings: args.meetings,
-        sitting: 20,
-        now: store.now(),
-    };
+    let world = World::new(args.meetings, 20, store.now());
     world.create(&store, 1, 1).await?;
     let took = fill(&store, &world, args.events, args.messages).await?;
     println!(
@@ -427,11 +578,7 @@ async fn used_memory(url: &str) -> Result<i64, String> {
 async fn memory(count: u64) -> Result<(), String> {
     let redis = OwnRedis::start(false)?;
     let store = connect(&redis.url).await?;
-    let world = World {
-        meetings: 1,
-        sitting: 1,
-        now: store.now(),
-    };
+    let world = World::new(1, 1, store.now());
     world.create(&store, 1, 1).await?;
     let at = world.now;
     let instance = InstanceId::new(1, 1);
@@ -480,11 +627,7 @@ async fn soak(minutes: u64, connections: usize) -> Result<(), String> {
     let redis = OwnRedis::start(true)?;
     let daemon = OwnDaemon::start(&redis.url)?;
     let store = connect(&redis.url).await?;
-    let world = World {
-        meetings: 64,
-        sitting: 20,
-        now: store.now(),
-    };
+    let world = World::new(64, 20, store.now());
     world.create(&store, connections, 1).await?;
     fill(&store, &world, 10_000, 10_000).await?;
     let span = Span {
@@ -500,11 +643,11 @@ async fn soak(minutes: u64, connections: usize) -> Result<(), String> {
         span,
     )
     .await;
-    let rate = max.rate() / 2.0;
+    let rate = max.operation_rate() / 2.0;
     let rss_start = rss_kib(daemon.pid()).unwrap_or(0);
     println!(
         "realistic mix, {connections} connections: maximum {:.0} ops/s; soaking at {rate:.0} ops/s for {minutes} min",
-        max.rate()
+        max.operation_rate()
     );
     println!("| minute | requests/s | p50 ms | p99 ms | p99.9 ms | errors | daemon RSS MiB |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");

@@ -150,11 +150,7 @@ pub async fn watch(plan: Plan) -> Result<(), String> {
         )],
     )?;
     let store = crate::connect(&redis.url).await?;
-    let world = World {
-        meetings: plan.instances,
-        sitting: 1,
-        now: store.now(),
-    };
+    let world = World::new(plan.instances, 1, store.now());
     world.create(&store, 1, 1).await?;
     let origin = Instant::now();
     let rss_before = crate::rss_kib(daemon.pid()).unwrap_or(0);

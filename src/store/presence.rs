@@ -1,0 +1,301 @@
+//! Who is where: JOIN, LEAVE, PARTICIPANTS, ACTIVE, ATTENDANCE.
+
+use std::sync::Arc;
+
+use super::reply::{self, Fields};
+use super::types::{
+    ActiveInstance, Attendance, Id, Instance, InstanceId, InstanceRef, Joined, Left, Participant,
+};
+use super::users::Known;
+use super::{Call, Keys, PAGE, Store, StoreError};
+
+/// Instances per ACTIVE call (each costs Redis a few reads).
+const ACTIVE_PAGE: &str = "250";
+
+impl Store {
+    /// The order argument of a meeting call: the instance's, or '' for the
+    /// meeting's running one.
+    pub(super) fn order_arg(target: InstanceRef) -> String {
+        match target {
+            InstanceRef::Exact(instance) => instance.order.to_string(),
+            InstanceRef::Current(_) => String::new(),
+        }
+    }
+
+    /// The now and retention arguments of a write: retention is left out
+    /// when history is kept for ever.
+    fn write_args(&self, args: &mut Vec<String>) {
+        args.push(self.now().to_string());
+        if !self.options.retention.is_zero() {
+            args.push(self.retention());
+        }
+    }
+
+    /// A user as the cache holds them, read (and from then on tracked)
+    /// when it does not; `not_found` when there is no such user.
+    pub async fn user_known(&self, user: Id) -> Result<Arc<Known>, StoreError> {
+        self.users
+            .get(&[user])
+            .await?
+            .pop()
+            .flatten()
+            .ok_or_else(|| StoreError::Rule {
+                code: crate::error::Code::NotFound,
+                message: format!("user {user} does not exist"),
+            })
+    }
+
+    /// A user if the cache holds them (no Redis).
+    pub fn user_cached(&self, user: Id) -> Option<Arc<Known>> {
+        self.users.cached(user)
+    }
+
+    /// Users the cache holds (no Redis; `None` where it does not).
+    pub fn users_cached(&self, users: &[Id]) -> Vec<Option<Arc<Known>>> {
+        self.users.cached_many(users)
+    }
+
+    /// Users by id, from the cache or read in one round trip; `None` where
+    /// a user does not exist.
+    pub async fn users_known(&self, users: &[Id]) -> Result<Vec<Option<Arc<Known>>>, StoreError> {
+        self.users.get(users).await
+    }
+
+    /// The call of a JOIN by a user the daemon knows.
+    pub fn join_call(&self, user: Id, target: InstanceRef, known: &Known) -> Call<Joined> {
+        let meeting = target.meeting();
+        let mut args = vec![
+            Store::order_arg(target),
+            user.to_string(),
+            known.email.clone(),
+        ];
+        self.write_args(&mut args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Call::new(
+            "meet_join",
+            &self.keys.meeting(meeting),
+            &args,
+            true,
+            move |value| {
+                let placed = reply::placed("meet_join", value)?;
+                Ok(Joined {
+                    instance: InstanceId::new(meeting, placed.order),
+                    user,
+                    joined_at: placed.at,
+                    event_id: placed.id,
+                })
+            },
+        )
+    }
+
+    /// A user joins a running instance.
+    pub async fn join(&self, user: Id, target: InstanceRef) -> Result<Joined, StoreError> {
+        let known = self.user_known(user).await?;
+        self.run(self.join_call(user, target, &known)).await
+    }
+
+    /// The call of a LEAVE.
+    pub fn leave_call(&self, user: Id, target: InstanceRef) -> Call<Left> {
+        let meeting = target.meeting();
+        let mut args = vec![Store::order_arg(target), user.to_string()];
+        self.write_args(&mut args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Call::new(
+            "meet_leave",
+            &self.keys.meeting(meeting),
+            &args,
+            true,
+            move |value| {
+                let placed = reply::placed("meet_leave", value)?;
+                Ok(Left {
+                    instance: InstanceId::new(meeting, placed.order),
+                    user,
+                    left_at: placed.at,
+                    event_id: placed.id,
+                })
+            },
+        )
+    }
+
+    /// A user leaves a running instance.
+    pub async fn leave(&self, user: Id, target: InstanceRef) -> Result<Left, StoreError> {
+        self.run(self.leave_call(user, target)).await
+    }
+
+    /// The call of a page of an instance's current participants, in join
+    /// order, after the user `after`; `limit` at most 1000.
+    pub fn participants_call(
+        &self,
+        target: InstanceRef,
+        after: Option<Id>,
+        limit: usize,
+    ) -> Call<(InstanceId, Vec<Participant>)> {
+        let meeting = target.meeting();
+        let args = [
+            Store::order_arg(target),
+            after.map(|u| u.to_string()).unwrap_or_default(),
+            limit.clamp(1, PAGE).to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Call::new(
+            "meet_participants",
+            &self.keys.meeting(meeting),
+            &args,
+            false,
+            move |value| {
+                let mut f = Fields::new("meet_participants", value)?;
+                let order = f.id("order")?;
+                let list = reply::pairs("meet_participants", f.take("participants")?)?
+                    .into_iter()
+                    .map(|(user, joined_at)| Participant { user, joined_at })
+                    .collect();
+                Ok((InstanceId::new(meeting, order), list))
+            },
+        )
+    }
+
+    /// A page of an instance's current participants (see
+    /// [`Store::participants_call`]).
+    pub async fn participants(
+        &self,
+        target: InstanceRef,
+        after: Option<Id>,
+        limit: usize,
+    ) -> Result<(InstanceId, Vec<Participant>), StoreError> {
+        self.run(self.participants_call(target, after, limit)).await
+    }
+
+    /// Every running instance with its meeting's details and head count, by
+    /// partition and meeting id: every partition asked at once (one
+    /// pipeline), then again those with more.
+    pub async fn active(&self) -> Result<Vec<ActiveInstance>, StoreError> {
+        let mut rows: Vec<Vec<ActiveInstance>> = vec![Vec::new(); self.keys.partitions() as usize];
+        let mut pending: Vec<(u64, String)> = (0..self.keys.partitions())
+            .map(|p| (p, String::new()))
+            .collect();
+        while !pending.is_empty() {
+            let calls = pending
+                .iter()
+                .map(|(p, after)| {
+                    Store::record_call(
+                        "meet_active",
+                        &Keys::active(*p),
+                        &[after, ACTIVE_PAGE],
+                        false,
+                    )
+                })
+                .collect();
+            let replies = self.run_all(calls).await;
+            let mut next = Vec::new();
+            for ((p, _), reply) in pending.iter().zip(replies) {
+                let mut f = reply?;
+                for row in f.array("rows")? {
+                    rows[*p as usize].push(active_row(row)?);
+                }
+                if let Some(after) = f.optional("next")? {
+                    next.push((*p, reply::text("meet_active", after)?));
+                }
+            }
+            pending = next;
+        }
+        Ok(rows.into_iter().flatten().collect())
+    }
+
+    /// For each running instance, when each current participant joined:
+    /// every partition asked at once, then again those with more (at most
+    /// 1000 participants a call).
+    pub async fn attendance(&self) -> Result<Vec<Attendance>, StoreError> {
+        let mut rows: Vec<Vec<Attendance>> = vec![Vec::new(); self.keys.partitions() as usize];
+        let mut pending: Vec<(u64, [String; 3])> = (0..self.keys.partitions())
+            .map(|p| (p, Default::default()))
+            .collect();
+        let budget = PAGE.to_string();
+        while !pending.is_empty() {
+            let calls = pending
+                .iter()
+                .map(|(p, [meeting, user, at])| {
+                    Store::record_call(
+                        "meet_attendance",
+                        &Keys::active(*p),
+                        &[meeting, user, at, &budget],
+                        false,
+                    )
+                })
+                .collect();
+            let replies = self.run_all(calls).await;
+            let mut next = Vec::new();
+            for ((p, _), reply) in pending.iter().zip(replies) {
+                let mut f = reply?;
+                let partition = &mut rows[*p as usize];
+                for row in f.array("rows")? {
+                    let row = attendance_row(row)?;
+                    // an instance split over two calls: the second goes on
+                    match partition.last_mut() {
+                        Some(last) if last.instance == row.instance => {
+                            last.participants.extend(row.participants);
+                        }
+                        _ => partition.push(row),
+                    }
+                }
+                if let Some(cursor) = f.optional("next")? {
+                    let mut parts = reply::array("meet_attendance", cursor)?.into_iter();
+                    let mut part = || {
+                        parts
+                            .next()
+                            .map_or(Ok(String::new()), |v| reply::text("meet_attendance", v))
+                    };
+                    next.push((*p, [part()?, part()?, part()?]));
+                }
+            }
+            pending = next;
+        }
+        Ok(rows.into_iter().flatten().collect())
+    }
+}
+
+/// A row of meet_active: `{meeting, order, title, description, public,
+/// from, to, participants}`.
+fn active_row(row: redis::Value) -> Result<ActiveInstance, StoreError> {
+    const F: &str = "meet_active";
+    let mut row = reply::array(F, row)?.into_iter();
+    let mut next = || row.next().unwrap_or_default();
+    let meeting = reply::id(F, next())?;
+    let order = reply::id(F, next())?;
+    let title = reply::text(F, next())?;
+    let description = reply::text(F, next())?;
+    let public = reply::text(F, next())? == "true";
+    let from = reply::int(F, next())?;
+    let to = reply::int(F, next())?;
+    let participants = u64::try_from(reply::int(F, next())?).unwrap_or(0);
+    Ok(ActiveInstance {
+        instance: Instance {
+            id: InstanceId::new(meeting, order),
+            from,
+            to,
+            state: super::InstanceState::Active,
+        },
+        title,
+        description,
+        public,
+        participants,
+    })
+}
+
+/// A row of meet_attendance: `{meeting, order, title, {user, joined_at...}}`.
+fn attendance_row(row: redis::Value) -> Result<Attendance, StoreError> {
+    const F: &str = "meet_attendance";
+    let mut row = reply::array(F, row)?.into_iter();
+    let mut next = || row.next().unwrap_or_default();
+    let meeting = reply::id(F, next())?;
+    let order = reply::id(F, next())?;
+    let title = reply::text(F, next())?;
+    let participants = reply::pairs(F, next())?
+        .into_iter()
+        .map(|(user, joined_at)| Participant { user, joined_at })
+        .collect();
+    Ok(Attendance {
+        instance: InstanceId::new(meeting, order),
+        title,
+        participants,
+    })
+}

@@ -1,6 +1,7 @@
 //! meetingd's integration tests: one binary, a real redis-server per test
 //! (see `harness`), never a mock.
 
+mod calls;
 mod check;
 mod cluster;
 mod ctl;

@@ -12,6 +12,8 @@ KEYS[1]  meetingd:{p<P>}:meeting:<meeting>
 ARGV[1]  order id, or '' for the meeting's running instance
 ARGV[2]  after: an event id, the `next` of the previous page (optional)
 ARGV[3]  limit: 1..1000 (optional, default 1000)
+ARGV[4]  budget: the most bytes the page may take in a reply (optional;
+         at least one event is returned): a page cut short has `next`
 Returns: {order, <order>, next, <id or nil>, events,
   {{id, {u, <user>, t, <type>...}}...}}.
 Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE (no order
@@ -19,15 +21,16 @@ Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE (no order
 Flags: no-writes.
 ]]
 local function events(keys, args)
-  check_arity(args, 1, 3, 'order[, after[, limit]]')
+  check_arity(args, 1, 4, 'order[, after[, limit[, budget]]]')
   local base, meeting = meeting_key(keys[1])
   if args[1] ~= '' then
     check_id(args[1], 'order')
   end
   local after = check_cursor(args[2])
   local limit = check_limit(args[3])
+  local budget = check_budget(args[4])
   local inst = find_instance(base, meeting, args[1])
-  local next_id, entries = stream_page(inst.events, after, limit)
+  local next_id, entries = stream_page(inst.events, after, limit, budget)
   return { 'order', inst.order, 'next', next_id, 'events', entries }
 end
 

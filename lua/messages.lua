@@ -9,6 +9,8 @@ ARGV[1]  order id, or '' for the meeting's running instance
 ARGV[2]  user id, or '' for everybody's (optional)
 ARGV[3]  after: a message id, the `next` of the previous page (optional)
 ARGV[4]  limit: 1..1000 (optional, default 1000)
+ARGV[5]  budget: the most bytes the page may take in a reply (optional;
+         at least one message is returned): a page cut short has `next`
 Returns: {order, <order>, next, <id or nil>, messages,
   {{id, {u, <user>, text, <text>}}...}}; `next` is the id to pass as
   `after` for the following page, nil at the end.
@@ -17,7 +19,7 @@ Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE (no order
 Flags: no-writes.
 ]]
 local function messages(keys, args)
-  check_arity(args, 1, 4, 'order[, user[, after[, limit]]]')
+  check_arity(args, 1, 5, 'order[, user[, after[, limit[, budget]]]]')
   local base, meeting = meeting_key(keys[1])
   if args[1] ~= '' then
     check_id(args[1], 'order')
@@ -25,10 +27,11 @@ local function messages(keys, args)
   local user = optional_id(args[2], 'user')
   local after = check_cursor(args[3])
   local limit = check_limit(args[4])
+  local budget = check_budget(args[5])
   local inst = find_instance(base, meeting, args[1])
   local chat = base .. 'chat:' .. inst.name
   if not user then
-    local next_id, entries = stream_page(chat, after, limit)
+    local next_id, entries = stream_page(chat, after, limit, budget)
     return { 'order', inst.order, 'next', next_id, 'messages', entries }
   end
   local next_id, index = stream_page(chat .. ':by:' .. user, after, limit)
@@ -38,6 +41,11 @@ local function messages(keys, args)
     if found[1] then
       entries[#entries + 1] = found[1]
     end
+  end
+  local cut
+  entries, cut = within(entries, budget)
+  if cut then
+    next_id = entries[#entries][1]
   end
   return { 'order', inst.order, 'next', next_id, 'messages', entries }
 end

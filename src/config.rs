@@ -122,6 +122,9 @@ pub struct RawLimits {
     pub chat_text_bytes: u64,
     /// Largest LIMIT of a page (and the default), at most 1000.
     pub page: u64,
+    /// The most a page reply (PARTICIPANTS, MESSAGES, EVENTS) may take,
+    /// bytes: a page stops before it (at least one entry), `next` set.
+    pub reply_bytes: u64,
 }
 
 impl Default for RawLimits {
@@ -129,6 +132,7 @@ impl Default for RawLimits {
         RawLimits {
             chat_text_bytes: 4096,
             page: 1000,
+            reply_bytes: 1024 * 1024,
         }
     }
 }
@@ -323,6 +327,8 @@ pub struct Config {
     pub chat_text_bytes: usize,
     /// Largest page.
     pub page: u64,
+    /// The most a page reply may take, bytes.
+    pub reply_bytes: usize,
     /// The scheduler's cron expression.
     pub cron: String,
     /// Instances per tick step.
@@ -552,6 +558,7 @@ impl RawConfig {
             chat_text_bytes: positive("limits.chat_text_bytes", self.limits.chat_text_bytes)?
                 as usize,
             page,
+            reply_bytes: positive("limits.reply_bytes", self.limits.reply_bytes)? as usize,
             cron: self.scheduler.cron.clone(),
             tick_batch: tick_batch as usize,
             timeout_budget: timeout_budget as usize,

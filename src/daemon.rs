@@ -87,6 +87,7 @@ fn live(config: &Config) -> Live {
         limits: Limits {
             page: config.page,
             text: config.chat_text_bytes,
+            reply_bytes: config.reply_bytes,
         },
     }
 }

@@ -365,6 +365,20 @@ impl Request {
     pub fn is_admin(&self) -> bool {
         info(self.name()).is_some_and(|c| c.admin)
     }
+
+    /// Whether its reply may be big (a page, or a list of every running
+    /// instance): the daemon holds one such reply per connection at a time.
+    pub fn is_big(&self) -> bool {
+        matches!(
+            self,
+            Request::Participants { .. }
+                | Request::Messages { .. }
+                | Request::Events { .. }
+                | Request::Active
+                | Request::Attendance
+                | Request::MeetingGet(_)
+        )
+    }
 }
 
 /// The entry of [`COMMANDS`] named `name` (case-insensitive).

@@ -252,10 +252,25 @@ impl Reply {
 /// Entries a watching connection writes per batch (then it flushes).
 const WATCH_BATCH: usize = 256;
 
+/// How many bytes of requests a connection reads ahead of its replies (a
+/// line of the longest length always fits): with the pipeline depth, what
+/// a client that sends without reading can make the daemon hold.
+const READ_AHEAD_BYTES: usize = 256 * 1024;
+
 /// A request read but not yet run.
 enum Pending {
     Line(BytesMut),
     TooLong,
+}
+
+impl Pending {
+    /// The bytes it holds.
+    fn len(&self) -> usize {
+        match self {
+            Pending::Line(line) => line.len(),
+            Pending::TooLong => 0,
+        }
+    }
 }
 
 /// What a connection does next: the replies of a batch of requests sent
@@ -283,7 +298,8 @@ struct Held {
 }
 
 /// Serve one connection. Requests are read ahead (pipelining) up to the
-/// pipeline depth. Those read together go to Redis together: every request
+/// pipeline depth and a few hundred KiB. Those read together go to Redis
+/// together (up to one request whose reply may be big): every request
 /// that is one library call (JOIN, LEAVE, POST, MESSAGES, ...) is sent in
 /// one pipeline with its neighbours, in order, and Redis applies them in
 /// that order, so a request sees the effects of every request sent before
@@ -302,6 +318,8 @@ async fn handle(
     let mut requests = FramedRead::new(read, LineCodec::new(config.max_line));
     let mut writer = BufWriter::new(write);
     let mut queue: VecDeque<Pending> = VecDeque::new();
+    let mut queued_bytes = 0usize;
+    let read_ahead = READ_AHEAD_BYTES.max(config.max_line + 2);
     let mut held: Option<Held> = None;
     let mut running: Option<Step> = None;
     let mut watching: Option<Watcher> = None;
@@ -312,6 +330,7 @@ async fn handle(
                 // while watching, the connection answers the few requests
                 // it reads itself, at once
                 queue.pop_front().map(|pending| {
+                    queued_bytes = queued_bytes.saturating_sub(pending.len());
                     let reply = match pending {
                         Pending::Line(line) => answer_watching(&line, &mut watching, ctx),
                         Pending::TooLong => finish(
@@ -325,7 +344,12 @@ async fn handle(
                     async move { vec![reply] }.boxed()
                 })
             } else {
-                next_step(&mut queue, &mut held, admin, ctx, config)
+                let before = queue.len();
+                let step = next_step(&mut queue, &mut held, admin, ctx, config);
+                if queue.len() < before {
+                    queued_bytes = queue.iter().map(Pending::len).sum();
+                }
+                step
             };
         }
         if !reading && running.is_none() {
@@ -336,18 +360,23 @@ async fn handle(
             biased;
             Some(replies) = OptionFuture::from(running.as_mut()), if running.is_some() => {
                 running = None;
-                for reply in replies {
-                    writer.write_all(&reply.line).await?;
-                    if reply.close {
-                        writer.flush().await?;
+                // a client that stops reading its replies holds them, its
+                // connection and its slot: not for longer than the idle
+                // timeout
+                let written = tokio::time::timeout(
+                    config.idle_timeout,
+                    write_replies(&mut writer, replies, &mut watching, config),
+                )
+                .await;
+                match written {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => return Ok(()),
+                    Ok(Err(err)) => return Err(err),
+                    Err(_) => {
+                        tracing::debug!("closing a connection whose replies do not drain");
                         return Ok(());
                     }
-                    if let Some(watcher) = reply.watch {
-                        set_send_buffer(writer.get_ref().as_ref(), config.watch_send_buffer);
-                        watching = Some(watcher);
-                    }
                 }
-                writer.flush().await?;
             }
             next = next_entries(&mut watching), if watching.is_some() => {
                 let notice = match next {
@@ -356,6 +385,8 @@ async fn handle(
                         // off the ring: falling a ring behind drops it
                         let write = write_items(&mut writer, &items);
                         tokio::pin!(write);
+                        let stalled = tokio::time::sleep(config.idle_timeout);
+                        tokio::pin!(stalled);
                         let mut notice = None;
                         loop {
                             tokio::select! {
@@ -366,6 +397,10 @@ async fn handle(
                                 }
                                 dropped = absorb(&mut watching), if notice.is_none() => {
                                     notice = Some(dropped);
+                                }
+                                _ = &mut stalled => {
+                                    tracing::debug!("closing a watching connection that does not read");
+                                    return Ok(());
                                 }
                                 _ = shutdown.cancelled() => return Ok(()),
                             }
@@ -383,9 +418,12 @@ async fn handle(
                     watching = None;
                 }
             }
-            frame = requests.next(), if reading && queue.len() < config.pipeline_depth => {
+            frame = requests.next(), if reading && queue.len() < config.pipeline_depth && queued_bytes < read_ahead => {
                 match frame {
-                    Some(Ok(Frame::Line(line))) => queue.push_back(Pending::Line(line)),
+                    Some(Ok(Frame::Line(line))) => {
+                        queued_bytes += line.len();
+                        queue.push_back(Pending::Line(line));
+                    }
                     Some(Ok(Frame::TooLong)) => {
                         queue.push_back(Pending::TooLong);
                         reading = false;
@@ -403,7 +441,10 @@ async fn handle(
                 // is in the socket now), then close.
                 while let Some(Some(frame)) = requests.next().now_or_never() {
                     match frame? {
-                        Frame::Line(line) => queue.push_back(Pending::Line(line)),
+                        Frame::Line(line) => {
+                            queued_bytes += line.len();
+                            queue.push_back(Pending::Line(line));
+                        }
                         Frame::TooLong => {
                             queue.push_back(Pending::TooLong);
                             break;
@@ -414,6 +455,30 @@ async fn handle(
             }
         }
     }
+}
+
+/// Write a step's replies and flush them; false when the connection is to
+/// close (QUIT, too_large). A WATCH's reply turns the connection to
+/// watching.
+async fn write_replies(
+    writer: &mut BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    replies: Vec<Reply>,
+    watching: &mut Option<Watcher>,
+    config: &ServerConfig,
+) -> io::Result<bool> {
+    for reply in replies {
+        writer.write_all(&reply.line).await?;
+        if reply.close {
+            writer.flush().await?;
+            return Ok(false);
+        }
+        if let Some(watcher) = reply.watch {
+            set_send_buffer(writer.get_ref().as_ref(), config.watch_send_buffer);
+            *watching = Some(watcher);
+        }
+    }
+    writer.flush().await?;
+    Ok(true)
 }
 
 /// The error of a line over the limit (the connection closes after it).
@@ -464,6 +529,7 @@ fn next_step(
         };
         let command = request.name();
         let quit = request == Request::Quit;
+        let big = request.is_big();
         match cmd::plan(request, admin, ctx) {
             Plan::Done(result) => {
                 let close = quit && result.is_ok();
@@ -479,6 +545,11 @@ fn next_step(
             Plan::Call(call) => {
                 items.push(Item::Call { command });
                 calls.push(call);
+                // one reply that may be big per step: what a connection
+                // holds stays within the reply limit
+                if big {
+                    break;
+                }
             }
             Plan::Alone(work) => {
                 let alone = Held {

@@ -2,9 +2,48 @@
 pages: reading a list a page at a time, after a cursor.
 ]]
 
--- A page of a stream after a cursor ("ms-seq", checked): next (the id to
+-- A reply budget in bytes (optional: none when left out or '').
+local function check_budget(value)
+  if value == nil or value == '' then
+    return nil
+  end
+  return check_count(value, 'budget', 1073741824, nil)
+end
+
+-- At most what a stream entry takes in a reply line: its id, its fields,
+-- every value escaped at worst to twice its length, and the JSON around.
+local function entry_size(entry)
+  local size = 64 + #entry[1]
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    size = size + #fields[i] + 2 * #fields[i + 1] + 6
+  end
+  return size
+end
+
+-- Keep the first entries of a page that fit in `budget` bytes (at least
+-- one): the page, and whether it was cut.
+local function within(entries, budget)
+  if not budget then
+    return entries, false
+  end
+  local used = 0
+  for i, entry in ipairs(entries) do
+    used = used + entry_size(entry)
+    if used > budget and i > 1 then
+      for j = #entries, i, -1 do
+        entries[j] = nil
+      end
+      return entries, true
+    end
+  end
+  return entries, false
+end
+
+-- A page of a stream after a cursor ("ms-seq", checked), of at most
+-- `limit` entries that fit in `budget` bytes (optional): next (the id to
 -- pass as `after` for the following page, false at the end) and entries.
-local function stream_page(stream, after, limit)
+local function stream_page(stream, after, limit, budget)
   local from = '-'
   if after then
     if after == MAX_U64 .. '-' .. MAX_U64 then
@@ -13,9 +52,14 @@ local function stream_page(stream, after, limit)
     from = '(' .. after
   end
   local entries = redis.call('XRANGE', stream, from, '+', 'COUNT', limit + 1)
-  local next_id = false
-  if #entries > limit then
+  local more = #entries > limit
+  if more then
     entries[#entries] = nil
+  end
+  local cut
+  entries, cut = within(entries, budget)
+  local next_id = false
+  if more or cut then
     next_id = entries[#entries][1]
   end
   return next_id, entries

@@ -67,7 +67,8 @@ struct MessageRow<'a> {
 /// # Format
 /// `MESSAGES <mref> [USER <user>] [AFTER <id>] [LIMIT <n>]` ->
 /// `{"messages":[{"id","user","text","at"}...],"next":<id or null>}`,
-/// oldest first; pass `next` as `AFTER` for the following page.
+/// oldest first; pass `next` as `AFTER` for the following page. A page
+/// stops before it would pass the reply limit (`next` set).
 pub fn messages(
     ctx: &Context,
     mref: Mref,
@@ -79,9 +80,13 @@ pub fn messages(
         Ok(limit) => limit,
         Err(err) => return Plan::Done(Err(err)),
     };
-    let page = ctx
-        .store
-        .messages_call(target(mref), user, after.as_deref(), limit);
+    let page = ctx.store.messages_call(
+        target(mref),
+        user,
+        after.as_deref(),
+        limit,
+        Some(ctx.limits.reply_bytes),
+    );
     call(page, |(_, page)| {
         ok(MessagesReply {
             messages: page

@@ -46,13 +46,19 @@ struct EventsReply<'a> {
 /// # Format
 /// `EVENTS <mref> [AFTER <id>] [LIMIT <n>]` ->
 /// `{"events":[{"id","user","type","code","at"}...],"next":<id or null>}`;
-/// a timeout also has `scheduled_end` and `processed_at`.
+/// a timeout also has `scheduled_end` and `processed_at`. A page stops
+/// before it would pass the reply limit (`next` set).
 pub fn events(ctx: &Context, mref: Mref, after: Option<String>, limit: Option<u64>) -> Plan {
     let limit = match page_size(ctx, limit) {
         Ok(limit) => limit,
         Err(err) => return Plan::Done(Err(err)),
     };
-    let page = ctx.store.events_call(target(mref), after.as_deref(), limit);
+    let page = ctx.store.events_call(
+        target(mref),
+        after.as_deref(),
+        limit,
+        Some(ctx.limits.reply_bytes),
+    );
     call(page, |(_, page)| {
         ok(EventsReply {
             events: page.items.iter().map(EventRow::of).collect(),

@@ -42,6 +42,8 @@ pub struct Limits {
     pub page: u64,
     /// The longest chat text, in bytes.
     pub text: usize,
+    /// The most a page reply may take, in bytes.
+    pub reply_bytes: usize,
 }
 
 impl Default for Limits {
@@ -49,6 +51,7 @@ impl Default for Limits {
         Limits {
             page: 1000,
             text: 4096,
+            reply_bytes: 1024 * 1024,
         }
     }
 }
@@ -132,6 +135,27 @@ impl Json {
 /// A successful result of `value`.
 fn ok<T: serde::Serialize>(value: T) -> CmdResult {
     Ok(Json::of(&value))
+}
+
+/// A JSON array of `items`, as many as fit in `budget` bytes (at least
+/// one): a page that must not pass the reply limit.
+fn capped_array<T: serde::Serialize>(items: impl IntoIterator<Item = T>, budget: usize) -> Json {
+    let mut text = Vec::with_capacity(256);
+    text.push(b'[');
+    for item in items {
+        let before = text.len();
+        if before > 1 {
+            text.push(b',');
+        }
+        // Writing into a Vec cannot fail, and our types always serialize.
+        let _ = serde_json::to_writer(&mut text, &item);
+        if text.len() + 1 > budget && before > 1 {
+            text.truncate(before);
+            break;
+        }
+    }
+    text.push(b']');
+    Json(text)
 }
 
 /// The result of a command.

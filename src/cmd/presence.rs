@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use serde::Serialize;
 
-use super::{CmdResult, Context, Finish, Plan, alone, call, ok, page_size, target};
+use super::{CmdResult, Context, Finish, Plan, alone, call, capped_array, ok, page_size, target};
 use crate::protocol::{Mref, Time};
 use crate::store::{Joined, Known, Participant};
 
@@ -79,44 +79,42 @@ struct ParticipantRow<'a> {
 /// # Format
 /// `PARTICIPANTS <mref> [AFTER <user>] [LIMIT <n>]` ->
 /// `[{"user","name","email","joined_at"}...]` in join order, at most `n`
-/// (default and most: the page limit), after that user. Names and e-mails
-/// come from the user cache; those it does not hold are read in one more
-/// round trip.
+/// (default and most: the page limit), after that user; fewer when more
+/// would pass the reply limit (page on after the last user until a page is
+/// empty). Names and e-mails come from the user cache; those it does not
+/// hold are read in one more round trip.
 pub fn participants(ctx: &Context, mref: Mref, after: Option<u64>, limit: Option<u64>) -> Plan {
     let limit = match page_size(ctx, limit) {
         Ok(limit) => limit,
         Err(err) => return Plan::Done(Err(err)),
     };
     let store = ctx.store.clone();
+    let budget = ctx.limits.reply_bytes;
     let page = ctx.store.participants_call(target(mref), after, limit);
     Plan::Call(page.map(move |(_, list)| {
         let ids: Vec<u64> = list.iter().map(|p| p.user).collect();
         let cached = store.users_cached(&ids);
         if cached.iter().all(Option::is_some) {
-            return Finish::Done(rows(&list, &cached));
+            return Finish::Done(rows(&list, &cached, budget));
         }
         Finish::More(
             async move {
                 let users = store.users_known(&ids).await?;
-                rows(&list, &users)
+                rows(&list, &users, budget)
             }
             .boxed(),
         )
     }))
 }
 
-fn rows(list: &[Participant], users: &[Option<Arc<Known>>]) -> CmdResult {
-    let rows: Vec<ParticipantRow<'_>> = list
-        .iter()
-        .zip(users)
-        .map(|(p, user)| ParticipantRow {
-            user: p.user,
-            name: user.as_ref().map(|u| u.name.as_str()),
-            email: user.as_ref().map(|u| u.email.as_str()),
-            joined_at: Time(p.joined_at),
-        })
-        .collect();
-    ok(rows)
+fn rows(list: &[Participant], users: &[Option<Arc<Known>>], budget: usize) -> CmdResult {
+    let rows = list.iter().zip(users).map(|(p, user)| ParticipantRow {
+        user: p.user,
+        name: user.as_ref().map(|u| u.name.as_str()),
+        email: user.as_ref().map(|u| u.email.as_str()),
+        joined_at: Time(p.joined_at),
+    });
+    Ok(capped_array(rows, budget))
 }
 
 /// A row of ACTIVE.

@@ -56,13 +56,15 @@ impl Store {
     }
 
     /// The call of a page of an instance's chat (one user's only, with
-    /// `user`), oldest first, after the message id `after`.
+    /// `user`), oldest first, after the message id `after`: at most `limit`
+    /// messages that fit in `budget` bytes of a reply (at least one).
     pub fn messages_call(
         &self,
         target: InstanceRef,
         user: Option<Id>,
         after: Option<&str>,
         limit: usize,
+        budget: Option<usize>,
     ) -> Call<(InstanceId, Page<Message>)> {
         let meeting = target.meeting();
         let args = [
@@ -70,6 +72,7 @@ impl Store {
             user.map(|u| u.to_string()).unwrap_or_default(),
             after.unwrap_or_default().to_string(),
             limit.clamp(1, PAGE).to_string(),
+            budget.map(|b| b.to_string()).unwrap_or_default(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Call::new(
@@ -93,23 +96,26 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(InstanceId, Page<Message>), StoreError> {
-        self.run(self.messages_call(target, user, after, limit))
+        self.run(self.messages_call(target, user, after, limit, None))
             .await
     }
 
     /// The call of a page of an instance's event log, oldest first, after
-    /// the event id `after`.
+    /// the event id `after`: at most `limit` events that fit in `budget`
+    /// bytes of a reply (at least one).
     pub fn events_call(
         &self,
         target: InstanceRef,
         after: Option<&str>,
         limit: usize,
+        budget: Option<usize>,
     ) -> Call<(InstanceId, Page<Event>)> {
         let meeting = target.meeting();
         let args = [
             Store::order_arg(target),
             after.unwrap_or_default().to_string(),
             limit.clamp(1, PAGE).to_string(),
+            budget.map(|b| b.to_string()).unwrap_or_default(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Call::new(
@@ -132,6 +138,6 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(InstanceId, Page<Event>), StoreError> {
-        self.run(self.events_call(target, after, limit)).await
+        self.run(self.events_call(target, after, limit, None)).await
     }
 }

@@ -192,7 +192,7 @@ pub fn render(s: &Value, last_good_tick: Option<i64>) -> String {
         "ticks_total",
         "counter",
         "Scheduler ticks by result.",
-        ["run", "failed", "skipped"]
+        ["run", "failed", "skipped", "retried"]
             .iter()
             .map(|r| (format!("{{result=\"{r}\"}}"), number(&t[*r])))
             .collect(),

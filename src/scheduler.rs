@@ -10,12 +10,17 @@
 //! is the store's tick: bounded Lua steps until nothing is due, each
 //! transition idempotent, so several daemons on one Redis need no leader.
 //!
+//! A scheduled tick that fails (Redis unreachable...) is tried again a
+//! second later, then after 2, 4... up to 30 s, until one succeeds: a
+//! window that opened, or an end that passed, during an outage is applied
+//! within seconds of Redis coming back, not at the next cron firing.
+//!
 //! tokio-cron-scheduler has known cases of a repeated job that silently
 //! stops firing; a watchdog re-creates the job when it has not fired for
 //! two intervals.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -56,7 +61,15 @@ pub enum Trigger {
     Startup,
     /// The TICK command: waits for a running tick, then ticks.
     Command,
+    /// A retry after a failed scheduled tick: skipped, like the cron's,
+    /// when a tick is running.
+    Retry,
 }
+
+/// The first wait before a failed tick is tried again.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two tries.
+const RETRY_LONGEST: Duration = Duration::from_secs(30);
 
 /// Why a tick did not happen or did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +93,8 @@ pub struct Scheduler {
     running: Mutex<()>,
     /// When the cron job last fired (ms by the system clock; 0: not yet).
     last_fired: AtomicI64,
+    /// A retry loop runs (one at a time).
+    retrying: AtomicBool,
 }
 
 impl Scheduler {
@@ -90,13 +105,14 @@ impl Scheduler {
             stats,
             running: Mutex::new(()),
             last_fired: AtomicI64::new(0),
+            retrying: AtomicBool::new(false),
         })
     }
 
     /// The one code path of every tick.
     pub async fn tick(&self, trigger: Trigger) -> Result<TickReport, TickError> {
         let _running = match trigger {
-            Trigger::Cron => match self.running.try_lock() {
+            Trigger::Cron | Trigger::Retry => match self.running.try_lock() {
                 Ok(guard) => guard,
                 Err(_) => {
                     self.stats.tick_skipped();
@@ -133,10 +149,37 @@ impl Scheduler {
             }
             Err(err) => {
                 self.stats.tick_failed();
-                tracing::error!(?trigger, error = %err, "tick failed; the next one catches up");
+                tracing::error!(?trigger, error = %err, "tick failed; tried again within seconds");
             }
         }
         result
+    }
+
+    /// After a failed tick: try again after a short wait, doubling it up
+    /// to 30 s, until a tick succeeds (a cron tick that succeeds meanwhile
+    /// ends the retries too). One loop at a time; each try is counted.
+    pub fn retry_until_good(self: &Arc<Self>) {
+        if self.retrying.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let scheduler = self.clone();
+        tokio::spawn(async move {
+            let failed_at = scheduler.stats.last_good_tick();
+            let mut wait = RETRY_FIRST;
+            loop {
+                tokio::time::sleep(wait).await;
+                if scheduler.stats.last_good_tick() != failed_at {
+                    break;
+                }
+                scheduler.stats.tick_retried();
+                match scheduler.tick(Trigger::Retry).await {
+                    Ok(_) => break,
+                    Err(TickError::Skipped) => {}
+                    Err(_) => wait = (wait * 2).min(RETRY_LONGEST),
+                }
+            }
+            scheduler.retrying.store(false, Ordering::SeqCst);
+        });
     }
 
     /// Wait until no tick is running.
@@ -176,7 +219,11 @@ impl Scheduler {
             let scheduler = scheduler.clone();
             Box::pin(async move {
                 scheduler.last_fired.store(system_now(), Ordering::SeqCst);
-                let _ = scheduler.tick(Trigger::Cron).await;
+                if let Err(TickError::Store(_) | TickError::Panicked(_)) =
+                    scheduler.tick(Trigger::Cron).await
+                {
+                    scheduler.retry_until_good();
+                }
             })
         })
         .map_err(|_| SchedulerError::BadCron(cron.to_string()))?;

@@ -33,6 +33,8 @@ pub struct Stats {
     ticks_failed: AtomicU64,
     /// Scheduled ticks skipped because the previous one was still running.
     ticks_skipped: AtomicU64,
+    /// Ticks tried again after a failed one.
+    ticks_retried: AtomicU64,
     /// Times the cron job was found silent and re-created.
     scheduler_recoveries: AtomicU64,
     /// When the last tick succeeded (ms since the epoch; 0: never).
@@ -66,6 +68,7 @@ impl Default for Stats {
             ticks_run: AtomicU64::new(0),
             ticks_failed: AtomicU64::new(0),
             ticks_skipped: AtomicU64::new(0),
+            ticks_retried: AtomicU64::new(0),
             scheduler_recoveries: AtomicU64::new(0),
             last_good_tick: AtomicI64::new(0),
             latency: COMMANDS.iter().map(|_| histogram()).collect(),
@@ -161,6 +164,16 @@ impl Stats {
         bump(&self.ticks_failed);
     }
 
+    /// A failed tick is tried again.
+    pub fn tick_retried(&self) {
+        bump(&self.ticks_retried);
+    }
+
+    /// Ticks tried again after a failure, so far.
+    pub fn tick_retries(&self) -> u64 {
+        self.ticks_retried.load(Ordering::Relaxed)
+    }
+
     /// A scheduled tick was skipped: the previous one still ran.
     pub fn tick_skipped(&self) {
         bump(&self.ticks_skipped);
@@ -239,6 +252,7 @@ impl Stats {
                 "run": load(&self.ticks_run),
                 "failed": load(&self.ticks_failed),
                 "skipped": load(&self.ticks_skipped),
+                "retried": load(&self.ticks_retried),
                 "last_good": self.last_good_tick().map(crate::protocol::format_time),
                 "scheduler_recoveries": load(&self.scheduler_recoveries),
             },

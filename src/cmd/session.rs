@@ -51,7 +51,7 @@ pub fn help(command: Option<&str>) -> CmdResult {
 /// `STATS` -> `{"connections":{"open","total","refused"},"requests":{<command>:n},
 /// "errors":{<code>:n},"errors_by_command":{<command>:n},
 /// "latency":{<command>:{"count","p50_ms","p90_ms","p99_ms","p999_ms","max_ms"}},
-/// "ticks":{"run","failed","skipped","last_good","scheduler_recoveries"},
+/// "ticks":{"run","failed","skipped","retried","last_good","scheduler_recoveries"},
 /// "watch":{"watchers","instances","watchers_dropped","dropped_events"},
 /// "redis_rtt_ms":x}` (`latency` lists the commands that ran;
 /// `redis_rtt_ms` is null when Redis does not answer).

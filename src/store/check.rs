@@ -6,7 +6,9 @@
 //! Redis is never held long. It verifies, for every instance, that its
 //! participants are exactly the users whose last event is a join, that no
 //! user has two joins or two leaves in a row, that the active and due
-//! indexes agree with its state; and that no key belongs to nothing.
+//! indexes and its meeting's `live` field agree with its state; that every
+//! key is under the tag of its partition (meeting mod P); and that no key
+//! belongs to nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,6 +33,7 @@ enum Kind {
     Events(InstanceId),
     Chat(InstanceId),
     ChatBy(InstanceId, u64),
+    Posted(InstanceId),
     /// The number of partitions the data was laid out with.
     Layout,
     Unknown,
@@ -63,8 +66,35 @@ fn kind(key: &str) -> Kind {
             (Some(i), Some(u)) => Kind::ChatBy(i, u),
             _ => Kind::Unknown,
         },
+        (["posted", i], _) => instance(i).map_or(Kind::Unknown, Kind::Posted),
         _ => Kind::Unknown,
     }
+}
+
+impl Kind {
+    /// The meeting whose partition the key must be in, if it is one of a
+    /// meeting's keys.
+    fn meeting(&self) -> Option<u64> {
+        match self {
+            Kind::Meeting(m) | Kind::Audience(m) | Kind::Orders(m) | Kind::Schedule(m) => Some(*m),
+            Kind::Present(i)
+            | Kind::Events(i)
+            | Kind::Chat(i)
+            | Kind::ChatBy(i, _)
+            | Kind::Posted(i) => Some(i.meeting),
+            _ => None,
+        }
+    }
+}
+
+/// The partition a `{p<n>}` key's tag names (`None`: not such a tag, or
+/// `{p01}`-like digits that name none).
+fn tag_partition(key: &str) -> Option<u64> {
+    let digits = key.strip_prefix("meetingd:{p")?.split_once('}')?.0;
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    canonical.then(|| digits.parse().ok()).flatten()
 }
 
 /// An instance as its schedule entry says.
@@ -189,8 +219,9 @@ impl Store {
             let entries = reply::array("XRANGE", value)?;
             let n = entries.len();
             for entry in entries {
-                let (id, mut fields) = reply::entry("XRANGE", entry)?;
-                out.push((fields.id("u")?, fields.int("t")?));
+                let (id, fields) = reply::entry("XRANGE", entry)?;
+                let event = reply::event(id.clone(), fields)?;
+                out.push((event.user, i64::from(event.kind.code())));
                 from = format!("({id}");
             }
             if n < 1000 {
@@ -205,13 +236,34 @@ impl Store {
     pub async fn check(&self) -> Result<Vec<String>, StoreError> {
         let mut problems = Vec::new();
         let mut kinds: BTreeSet<Kind> = BTreeSet::new();
+        let partitions = self.keys.partitions();
         for key in self.all_keys().await? {
-            match kind(&key) {
-                Kind::Unknown => problems.push(format!("{key}: not a key of meetingd's layout")),
-                k => {
-                    kinds.insert(k);
-                }
+            let k = kind(&key);
+            if k == Kind::Unknown {
+                problems.push(format!("{key}: not a key of meetingd's layout"));
+                continue;
             }
+            // a key under a tag that is no partition's, or another
+            // partition's than its meeting's: the daemon never looks there
+            let tagged = tag_partition(&key);
+            let expected = k.meeting().map(|m| m % partitions);
+            let misplaced = match (&k, tagged, expected) {
+                (_, Some(p), Some(e)) => p != e,
+                (Kind::Due(_) | Kind::Active(_), Some(p), None) => p >= partitions,
+                (Kind::User(_) | Kind::Layout, _, _) => false,
+                _ => true,
+            };
+            if misplaced {
+                let wanted = expected.map_or_else(
+                    || format!("a partition below {partitions}"),
+                    |e| format!("{{p{e}}}"),
+                );
+                problems.push(format!(
+                    "{key}: under the wrong tag (the layout puts it under {wanted})"
+                ));
+                continue;
+            }
+            kinds.insert(k);
         }
         if kinds.contains(&Kind::Layout) {
             let recorded = self.raw(redis::cmd("GET").arg(Keys::layout())).await?;
@@ -292,6 +344,44 @@ impl Store {
                 problems.push(format!(
                     "instance {i}: in an index but not in its meeting's schedule"
                 ));
+            }
+        }
+        // the live field: the running instance of its meeting, and its end
+        for k in &kinds {
+            let Kind::Meeting(m) = k else { continue };
+            let live = self
+                .raw(redis::cmd("HGET").arg(self.keys.meeting(*m)).arg("live"))
+                .await?;
+            let live = match live {
+                Value::Nil => None,
+                other => Some(reply::text("HGET", other)?),
+            };
+            let running: Vec<(&InstanceId, &Entry)> = instances
+                .iter()
+                .filter(|(i, e)| i.meeting == *m && e.state == InstanceState::Active)
+                .collect();
+            match (live.as_deref().map(|l| l.split('|').collect::<Vec<_>>()), running.as_slice()) {
+                (None, []) => {}
+                (None, [(i, _), ..]) => problems.push(format!(
+                    "instance {i}: active but its meeting has no live field (data of 0.1 not upgraded: a daemon upgrades it at start-up)"
+                )),
+                (Some(parts), [(i, e)]) => {
+                    let fits = parts.len() == 4
+                        && parts[0] == i.order.to_string()
+                        && parts[1] == e.to.to_string();
+                    if !fits {
+                        problems.push(format!(
+                            "meeting {m}: live field {:?} does not say instance {i} runs until {}",
+                            live.unwrap_or_default(),
+                            e.to
+                        ));
+                    }
+                }
+                (Some(_), []) => problems.push(format!(
+                    "meeting {m}: a live field {:?}, and no active instance",
+                    live.unwrap_or_default()
+                )),
+                (Some(_), _) => {}
             }
         }
         let mut active_per_meeting: BTreeMap<u64, u32> = BTreeMap::new();
@@ -375,7 +465,7 @@ impl Store {
                 Kind::Audience(m) | Kind::Orders(m) => {
                     (!kinds.contains(&Kind::Meeting(*m))).then(|| format!("meeting {m}"))
                 }
-                Kind::Present(i) | Kind::Events(i) | Kind::Chat(i) => {
+                Kind::Present(i) | Kind::Events(i) | Kind::Chat(i) | Kind::Posted(i) => {
                     (!instances.contains_key(i)).then(|| format!("instance {i}"))
                 }
                 Kind::ChatBy(i, u) => (!instances.contains_key(i)

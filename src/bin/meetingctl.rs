@@ -93,7 +93,9 @@ enum Command {
     Active,
     /// For each active instance, when each participant joined.
     Attendance,
-    /// Post a chat message.
+    /// Post a chat message. It goes with a key of meetingctl's making, so
+    /// that when the daemon answers `in_doubt` (no reply from Redis in
+    /// time) it is sent once more without risk of posting it twice.
     Post {
         /// The user's id.
         user: String,
@@ -101,6 +103,9 @@ enum Command {
         mref: String,
         /// The message.
         text: String,
+        /// The key to post it with (default: one made up for this post).
+        #[arg(long)]
+        id: Option<String>,
     },
     /// An instance's chat, oldest first.
     Messages {
@@ -319,7 +324,15 @@ impl Command {
             }
             Command::Active => words(&["ACTIVE"]),
             Command::Attendance => words(&["ATTENDANCE"]),
-            Command::Post { user, mref, text } => words(&["POST", user, mref, text]),
+            Command::Post {
+                user,
+                mref,
+                text,
+                id,
+            } => {
+                let key = id.clone().unwrap_or_else(post_key);
+                words(&["POST", user, mref, text, "ID", &key])
+            }
             Command::Messages {
                 mref,
                 user,
@@ -398,6 +411,12 @@ fn main() -> ExitCode {
         Command::Import { file, shift_from } => import(&cli, file, shift_from.as_deref()),
         Command::Raw { line } => request(&cli, format!("{}\n", line.trim_end())),
         Command::Watch { mref, after, count } => watch(&cli, mref, after.clone(), *count),
+        command @ Command::Post { .. } => {
+            // the key makes a second try safe: the daemon stores it once
+            let tokens = command.tokens();
+            let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+            request_again_in_doubt(&cli, request_line(&refs))
+        }
         command => {
             let tokens = command.tokens();
             let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
@@ -413,11 +432,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// A key for a POST: unique enough for one user in one instance
+/// (meetingctl's pid and the time in nanoseconds).
+fn post_key() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("ctl-{}-{nanos}", std::process::id())
+}
+
 /// Send one request, print its reply; the exit status.
 fn request(cli: &Cli, line: String) -> Result<ExitCode, String> {
     let mut client = Client::connect(&cli.socket)?;
     client.send(&line)?;
     let (raw, reply) = client.receive()?;
+    answer(cli, &raw, &reply)
+}
+
+/// Send a request that is safe to repeat, and once more when its first
+/// answer is `in_doubt`; print the last reply.
+fn request_again_in_doubt(cli: &Cli, line: String) -> Result<ExitCode, String> {
+    let mut client = Client::connect(&cli.socket)?;
+    client.send(&line)?;
+    let (mut raw, mut reply) = client.receive()?;
+    if reply["error"]["code"] == "in_doubt" {
+        eprintln!("meetingctl: no reply from Redis in time; sending it again (same ID)");
+        client.send(&line)?;
+        (raw, reply) = client.receive()?;
+    }
+    answer(cli, &raw, &reply)
+}
+
+/// Print a reply: its result for people (or raw with `--json`), or its
+/// error; the exit status.
+fn answer(cli: &Cli, raw: &str, reply: &Value) -> Result<ExitCode, String> {
     if reply["ok"] == json!(true) {
         if cli.json {
             println!("{raw}");
@@ -426,7 +474,7 @@ fn request(cli: &Cli, line: String) -> Result<ExitCode, String> {
         }
         Ok(ExitCode::SUCCESS)
     } else {
-        Ok(refused(cli, &raw, &reply))
+        Ok(refused(cli, raw, reply))
     }
 }
 
@@ -462,8 +510,8 @@ fn refused(cli: &Cli, raw: &str, reply: &Value) -> ExitCode {
     }
     eprintln!(
         "{}: {}",
-        reply["error"]["code"].as_str().unwrap_or("error"),
-        reply["error"]["message"].as_str().unwrap_or("")
+        escaped(reply["error"]["code"].as_str().unwrap_or("error")),
+        escaped(reply["error"]["message"].as_str().unwrap_or(""))
     );
     ExitCode::from(1)
 }
@@ -569,11 +617,27 @@ fn render(result: &Value) -> String {
     }
 }
 
+/// Text as it may reach a terminal: control characters escaped (`\n`,
+/// `\t`, `\u001b`...), so that what users wrote (chat, names) can neither
+/// move the cursor, ring the bell, nor rewrite the screen.
+fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A value in one table cell.
 fn cell(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
-        Value::String(s) => s.replace('\n', "\\n").replace('\t', "\\t"),
+        Value::String(s) => escaped(s),
         Value::Array(items) if items.is_empty() => "-".into(),
         Value::Array(items) => items
             .iter()

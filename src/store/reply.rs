@@ -126,11 +126,6 @@ impl Fields {
             .ok_or_else(|| bad(self.function, format!("no field {name:?}")))
     }
 
-    /// Whether the record has a field.
-    pub(super) fn has(&self, name: &str) -> bool {
-        self.pairs.iter().any(|(field, _)| field == name)
-    }
-
     /// A text field.
     pub(super) fn string(&mut self, name: &str) -> Result<String, StoreError> {
         let value = self.take(name)?;
@@ -190,11 +185,66 @@ impl Fields {
     }
 }
 
-/// A stream entry: its id and its field/value record.
-pub(super) fn entry(function: &'static str, value: Value) -> Result<(String, Fields), StoreError> {
+/// A stream entry's fields: a flat field/value array, looked up by name
+/// without copying the names (the hot read paths decode thousands).
+pub(super) struct EntryFields {
+    function: &'static str,
+    items: Vec<Value>,
+}
+
+impl EntryFields {
+    /// The value of field `name`, taken out of the entry.
+    fn take(&mut self, name: &str) -> Option<Value> {
+        let at = self.items.chunks(2).position(|pair| match &pair[0] {
+            Value::BulkString(field) => field == name.as_bytes(),
+            Value::SimpleString(field) => field == name,
+            _ => false,
+        })?;
+        self.items.get_mut(2 * at + 1).map(std::mem::take)
+    }
+
+    /// Whether the entry has field `name`.
+    pub(super) fn has(&self, name: &str) -> bool {
+        self.items.chunks(2).any(|pair| match &pair[0] {
+            Value::BulkString(field) => field == name.as_bytes(),
+            Value::SimpleString(field) => field == name,
+            _ => false,
+        })
+    }
+
+    fn required(&mut self, name: &str) -> Result<Value, StoreError> {
+        self.take(name).ok_or_else(|| {
+            bad(
+                self.function,
+                format!("no field {name:?} in a stream entry"),
+            )
+        })
+    }
+
+    /// A time field, or (left out, as the library writes it since 0.2) the
+    /// id's milliseconds.
+    fn time_or_id(&mut self, name: &str, id: &str) -> Result<Millis, StoreError> {
+        match self.take(name) {
+            Some(value) => int(self.function, value),
+            None => id_ms(self.function, id),
+        }
+    }
+}
+
+/// A stream entry: its id and its fields.
+pub(super) fn entry(
+    function: &'static str,
+    value: Value,
+) -> Result<(String, EntryFields), StoreError> {
     let mut parts = array(function, value)?.into_iter();
     match (parts.next(), parts.next()) {
-        (Some(id), Some(fields)) => Ok((text(function, id)?, Fields::new(function, fields)?)),
+        (Some(id), Some(fields)) => Ok((
+            text(function, id)?,
+            EntryFields {
+                function,
+                items: array(function, fields)?,
+            },
+        )),
         _ => Err(bad(function, "a stream entry without fields")),
     }
 }
@@ -203,7 +253,7 @@ pub(super) fn entry(function: &'static str, value: Value) -> Result<(String, Fie
 pub(super) fn page<T>(
     mut fields: Fields,
     list: &str,
-    decode: impl Fn(String, Fields) -> Result<T, StoreError>,
+    decode: impl Fn(String, EntryFields) -> Result<T, StoreError>,
 ) -> Result<Page<T>, StoreError> {
     let function = fields.function;
     let next = fields
@@ -226,39 +276,32 @@ pub(super) fn id_ms(function: &str, id: &str) -> Result<Millis, StoreError> {
         .map_err(|_| bad(function, format!("{id:?} is not a stream id")))
 }
 
-/// A time field, or (left out, as the library writes it since 0.2) the
-/// id's milliseconds.
-fn time_or_id(f: &mut Fields, name: &str, id: &str) -> Result<Millis, StoreError> {
-    if f.has(name) {
-        f.int(name)
-    } else {
-        id_ms(f.function, id)
-    }
-}
-
 /// A chat message from its stream entry.
-pub(super) fn message(id: String, mut f: Fields) -> Result<Message, StoreError> {
+pub(super) fn message(id: String, mut f: EntryFields) -> Result<Message, StoreError> {
     Ok(Message {
-        user: f.id("u")?,
-        text: f.string("text")?,
-        at: time_or_id(&mut f, "at", &id)?,
+        user: self::id(f.function, f.required("u")?)?,
+        text: text(f.function, f.required("text")?)?,
+        at: f.time_or_id("at", &id)?,
         id,
     })
 }
 
 /// An event from its stream entry.
-pub(super) fn event(id: String, mut f: Fields) -> Result<Event, StoreError> {
-    let code = f.int("t")?;
-    let kind = EventKind::from_code(code).ok_or_else(|| bad("meet_events", code))?;
+pub(super) fn event(id: String, mut f: EntryFields) -> Result<Event, StoreError> {
+    let code = int(f.function, f.required("t")?)?;
+    let kind = EventKind::from_code(code).ok_or_else(|| bad(f.function, code))?;
     let (scheduled_end, processed_at) = if kind == EventKind::Timeout {
-        (Some(f.int("end")?), Some(time_or_id(&mut f, "proc", &id)?))
+        (
+            Some(int(f.function, f.required("end")?)?),
+            Some(f.time_or_id("proc", &id)?),
+        )
     } else {
         (None, None)
     };
     Ok(Event {
-        user: f.id("u")?,
+        user: self::id(f.function, f.required("u")?)?,
         kind,
-        at: time_or_id(&mut f, "at", &id)?,
+        at: f.time_or_id("at", &id)?,
         scheduled_end,
         processed_at,
         id,

@@ -192,10 +192,8 @@ fn requests_sent_together_apply_in_order() {
     ];
     let batch: String = lines.iter().map(|l| format!("{l}\n")).collect();
     c.send(batch.as_bytes());
-    let replies: Vec<serde_json::Value> = lines
-        .iter()
-        .map(|_| c.reply().expect("a reply"))
-        .collect();
+    let replies: Vec<serde_json::Value> =
+        lines.iter().map(|_| c.reply().expect("a reply")).collect();
     let outcome: Vec<String> = replies
         .iter()
         .map(|r| match r["ok"].as_bool() {

@@ -43,7 +43,36 @@ fn token() -> impl Strategy<Value = String> {
         .prop_map(String::from),
         "[ -~]{0,8}",
         any::<u32>().prop_map(|n| n.to_string()),
+        // stream ids at and past what Redis takes (each part 2^64-1 at most)
+        prop::sample::select(vec![
+            "999999999999999-99999999999999999999",
+            "0-18446744073709551616",
+            "18446744073709551615-18446744073709551615",
+            "18446744073709551615",
+            "18446744073709551616-0",
+            "1-2-3",
+            "-5",
+        ])
+        .prop_map(String::from),
+        any::<u64>().prop_map(|n| n.to_string()),
+        (any::<u64>(), any::<u64>()).prop_map(|(ms, seq)| format!("{ms}-{seq}")),
+        // POST keys, fit and unfit
+        prop::sample::select(vec!["ID", "k-1.a:b", "bad key!", ""]).prop_map(String::from),
     ]
+}
+
+/// A long list of e-mails for AUDIENCE ADD or DEL (up to ~60 KB, just
+/// under the line limit): the library takes them in chunks.
+fn long_audience_line() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(vec!["AUDIENCE ADD", "AUDIENCE DEL"]),
+        1u64..4,
+        0usize..2600,
+    )
+        .prop_map(|(command, meeting, n)| {
+            let emails: Vec<String> = (0..n).map(|i| format!("p{i}@example.com")).collect();
+            format!("{command} {meeting} {}", emails.join(" "))
+        })
 }
 
 fn line() -> impl Strategy<Value = String> {
@@ -55,8 +84,9 @@ fn line() -> impl Strategy<Value = String> {
     names.retain(|n| *n != "QUIT");
     names.extend(["FROB", "user get", "join"]);
     let command = prop::sample::select(names);
-    (command, prop::collection::vec(token(), 0..7))
-        .prop_map(|(c, args)| format!("{c} {}", args.join(" ")))
+    let short = (command, prop::collection::vec(token(), 0..7))
+        .prop_map(|(c, args)| format!("{c} {}", args.join(" ")));
+    prop_oneof![30 => short, 1 => long_audience_line()]
 }
 
 const CODES: [&str; 10] = [

@@ -128,6 +128,8 @@ pub struct World {
     pub now: i64,
     /// The key layout (16 partitions, the default).
     pub keys: Keys,
+    /// Make the meetings public (anybody joins) instead of private.
+    pub public: bool,
 }
 
 /// Users who join and leave: one per (connection, slot).
@@ -150,6 +152,7 @@ impl World {
             sitting,
             now,
             keys: Keys::new(16),
+            public: false,
         }
     }
 
@@ -208,7 +211,7 @@ impl World {
                 id: m,
                 title: format!("bench {m}"),
                 description: "a meeting of the benchmark".into(),
-                public: false,
+                public: self.public,
             }));
             records.push(Load::Instance {
                 id: InstanceId::new(m, 1),
@@ -294,7 +297,11 @@ impl World {
                 let u = self.poster(connection, slot);
                 calls.push(store.post_call(u, at, TEXT, None).map(drop));
             }
-            Op::Messages => calls.push(store.messages_call(at, None, None, 50).map(drop)),
+            Op::Messages => calls.push(
+                store
+                    .messages_call(at, None, None, 50, Some(1 << 20))
+                    .map(drop),
+            ),
             Op::Participants => calls.push(store.participants_call(at, None, 100).map(drop)),
             Op::Active | Op::Attendance => return false,
         }

@@ -578,7 +578,10 @@ async fn used_memory(url: &str) -> Result<i64, String> {
 async fn memory(count: u64) -> Result<(), String> {
     let redis = OwnRedis::start(false)?;
     let store = connect(&redis.url).await?;
-    let world = World::new(1, 1, store.now());
+    let world = World {
+        public: true,
+        ..World::new(1, 1, store.now())
+    };
     world.create(&store, 1, 1).await?;
     let at = world.now;
     let instance = InstanceId::new(1, 1);
@@ -598,7 +601,10 @@ async fn memory(count: u64) -> Result<(), String> {
         instance,
         at,
     });
-    store.load(joins).await.map_err(|e| e.to_string())?;
+    let loaded = store.load(joins).await.map_err(|e| e.to_string())?;
+    if loaded.refused > 0 {
+        return Err(format!("joins refused: {:?}", loaded.first_refusal));
+    }
     let per_join = (used_memory(&redis.url).await? - before) as f64 / count as f64;
     println!("| stored | count | bytes each |");
     println!("|---|---:|---:|");

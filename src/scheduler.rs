@@ -155,6 +155,19 @@ impl Scheduler {
         result
     }
 
+    /// A tick, and after a failure (not a skip) the retries of
+    /// [`Scheduler::retry_until_good`]: how the cron job ticks.
+    pub async fn tick_or_retry(
+        self: &Arc<Self>,
+        trigger: Trigger,
+    ) -> Result<TickReport, TickError> {
+        let result = self.tick(trigger).await;
+        if let Err(TickError::Store(_) | TickError::Panicked(_)) = &result {
+            self.retry_until_good();
+        }
+        result
+    }
+
     /// After a failed tick: try again after a short wait, doubling it up
     /// to 30 s, until a tick succeeds (a cron tick that succeeds meanwhile
     /// ends the retries too). One loop at a time; each try is counted.
@@ -219,11 +232,7 @@ impl Scheduler {
             let scheduler = scheduler.clone();
             Box::pin(async move {
                 scheduler.last_fired.store(system_now(), Ordering::SeqCst);
-                if let Err(TickError::Store(_) | TickError::Panicked(_)) =
-                    scheduler.tick(Trigger::Cron).await
-                {
-                    scheduler.retry_until_good();
-                }
+                let _ = scheduler.tick_or_retry(Trigger::Cron).await;
             })
         })
         .map_err(|_| SchedulerError::BadCron(cron.to_string()))?;

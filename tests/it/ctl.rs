@@ -629,6 +629,98 @@ fn active_and_attendance() {
     );
 }
 
+/// Control characters never reach the terminal raw: chat text and names
+/// written behind the daemon's back (the protocol and the library refuse
+/// them) are printed escaped by `messages`, `participants` and `watch`,
+/// here through a pipe.
+#[test]
+fn control_characters_are_printed_escaped() {
+    let (redis, daemon) = daemon();
+    standup(&daemon);
+    let mut client = daemon.client();
+    client.ok("JOIN 1 1");
+    let nasty = "esc\u{1b}[31m bell\u{7} cr\r nul\u{0} end";
+    assert_eq!(
+        client.error_code(&format!(
+            "POST 1 1 {}",
+            serde_json::to_string(nasty).unwrap_or_default()
+        )),
+        "bad_request",
+        "the protocol refuses them"
+    );
+    // as older data may hold them: straight into the chat and a name
+    let mut conn = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("a connection to the test redis");
+    let _: String = redis::cmd("XADD")
+        .arg("meetingd:{p1}:chat:1/1")
+        .arg("*")
+        .arg("u")
+        .arg("1")
+        .arg("text")
+        .arg(nasty)
+        .query(&mut conn)
+        .expect("XADD");
+    let _: i64 = redis::cmd("HSET")
+        .arg("meetingd:{u1}:user")
+        .arg("name")
+        .arg("Ada\u{1b}]0;pwned\u{7}")
+        .query(&mut conn)
+        .expect("HSET");
+    // the daemon reads the user again once Redis has told it of the change
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ctl(&daemon, &["participants", "1"]).contains("pwned") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new name never showed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let watch = meetingctl(
+        daemon.socket(),
+        &["watch", "1", "--after", "0-0", "--count", "2"],
+    );
+    assert_eq!(watch.status, 0, "{}", watch.stderr);
+    let watched = watch.stdout;
+    for out in [
+        ctl(&daemon, &["messages", "1"]),
+        ctl(&daemon, &["participants", "1"]),
+        watched,
+    ] {
+        assert!(
+            !out.chars().any(|c| c.is_control() && c != '\n'),
+            "a raw control character in {out:?}"
+        );
+    }
+    let out = ctl(&daemon, &["messages", "1"]);
+    assert!(
+        out.contains("esc\\u001b[31m bell\\u0007 cr\\r nul\\u0000 end"),
+        "{out}"
+    );
+    assert!(ctl(&daemon, &["participants", "1"]).contains("Ada\\u001b]0;pwned\\u0007"));
+    // --json keeps the text as stored (JSON escapes it)
+    let page = ctl_json(&daemon, &["messages", "1"]);
+    assert_eq!(page["messages"][0]["text"], nasty);
+}
+
+/// `meetingctl post` sends a key of its own: the message is stored once,
+/// and a key given with --id makes a repeat a duplicate.
+#[test]
+fn post_goes_with_a_key() {
+    let (_redis, daemon) = daemon();
+    standup(&daemon);
+    daemon.client().ok("JOIN 1 1");
+    let first = ctl_json(&daemon, &["post", "1", "1", "once", "--id", "mine-1"]);
+    let again = ctl_json(&daemon, &["post", "1", "1", "once", "--id", "mine-1"]);
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(first.get("duplicate"), None);
+    ctl(&daemon, &["post", "1", "1", "twice"]);
+    let page = ctl_json(&daemon, &["messages", "1"]);
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(2));
+}
+
 #[test]
 fn post_and_messages() {
     let (_redis, daemon) = daemon();

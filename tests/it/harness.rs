@@ -69,6 +69,12 @@ impl Redis {
         &self.socket
     }
 
+    /// The redis-server's process id.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's directory.
     #[allow(dead_code)]
     pub fn dir(&self) -> &Path {

@@ -7,6 +7,7 @@ mod cluster;
 mod ctl;
 mod faults;
 mod fuzz;
+mod hardening;
 mod harness;
 mod invariant;
 mod lifecycle;

@@ -52,6 +52,19 @@ pub enum DaemonError {
     Setup(String),
 }
 
+impl DaemonError {
+    /// The exit status: 2 when this daemon cannot serve the data as it is
+    /// (another partition count, a library of a newer API level): starting
+    /// again cannot help, and the unit's RestartPreventExitStatus=2 stops
+    /// systemd from trying; 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Store(StoreError::Incompatible(_)) => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// Where the configuration came from, to read it again on SIGHUP.
 pub struct Source {
     /// `--config`

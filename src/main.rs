@@ -134,7 +134,7 @@ fn main() -> ExitCode {
                 Err(err) => {
                     tracing::error!(error = %err, "meetingd stopped");
                     eprintln!("meetingd: {err}");
-                    ExitCode::FAILURE
+                    ExitCode::from(err.exit_code())
                 }
             }
         }

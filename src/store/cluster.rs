@@ -13,7 +13,7 @@
 //! topology shows between ticks. It never writes data.
 
 use super::conn::Master;
-use super::{Store, StoreError, library_outdated, load_library_into};
+use super::{Store, StoreError, load_library_into, loaded_library};
 
 impl Store {
     /// Make sure every live master holds our library (a failed master is
@@ -33,7 +33,8 @@ impl Store {
     /// differs or is missing.
     async fn library_on(&self, master: &Master) -> Result<(), StoreError> {
         let mut conn = self.conn.direct(master).await?;
-        if !library_outdated(&mut conn, &self.library).await? {
+        let loaded = loaded_library(&mut conn).await?;
+        if !self.act_on(loaded, &format!("master {master}"))? {
             return Ok(());
         }
         load_library_into(&mut conn, &self.library).await?;

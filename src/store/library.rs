@@ -4,9 +4,15 @@
 //! one file per operation) into one `#!lua name=meetingd` chunk, behind a
 //! header the daemon writes: the version and the number of partitions,
 //! which the library checks every meeting key against. The version that
-//! `meet_version` returns is the crate version, a digest of the Lua and the
-//! partition count, so a daemon whose library differs in any of them from
-//! the loaded one replaces it.
+//! `meet_version` returns is the crate version, a digest of the Lua, the
+//! partition count and the API level: `0.2.0+<digest>/p16/api2`.
+//!
+//! The API level names what the daemon may call: the functions, their
+//! arguments, their replies and the data layout. It changes when any of
+//! them changes in a way an older daemon could not use; a release that only
+//! fixes or speeds up the Lua keeps it. So during a rolling upgrade a
+//! daemon finding a newer library of its own API level serves with it, and
+//! only loads its own over an older one (see [`Loaded::verdict`]).
 
 /// The shared helpers, then the operations, in load order.
 const BODY: &str = concat!(
@@ -38,6 +44,11 @@ const BODY: &str = concat!(
     include_str!("../../lua/upgrade.lua"),
 );
 
+/// What the daemon may call, in the library's terms: changed when a
+/// function, its arguments or replies, or the data layout change in a way
+/// an older daemon could not use.
+pub const API_LEVEL: u32 = 2;
+
 /// The assembled library for one partition count, and its version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Library {
@@ -51,7 +62,7 @@ impl Library {
     /// The library for data laid out over `partitions` partitions.
     pub fn new(partitions: u64) -> Library {
         let version = format!(
-            "{}+{:016x}/p{partitions}",
+            "{}+{:016x}/p{partitions}/api{API_LEVEL}",
             env!("CARGO_PKG_VERSION"),
             fnv1a(BODY.as_bytes())
         );
@@ -62,9 +73,95 @@ impl Library {
     }
 }
 
+/// A library version as `meet_version` answers it, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The whole version string.
+    pub version: String,
+    /// The crate version (`0.2.0`) as numbers.
+    release: Vec<u64>,
+    /// The API level (1 for versions before levels were named).
+    api: u32,
+}
+
+/// What a daemon does about the library it finds loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Ours: nothing to do.
+    Same,
+    /// Older, or the same release built otherwise: load ours over it.
+    Replace,
+    /// Newer, of our API level: serve with it.
+    Newer,
+    /// Newer, of another API level: this daemon cannot serve this data.
+    Incompatible,
+}
+
+impl Loaded {
+    /// A version string as `meet_version` answers it (any form).
+    pub fn parse(version: &str) -> Loaded {
+        let (release, rest) = version.split_once('+').unwrap_or((version, ""));
+        let api = rest
+            .rsplit('/')
+            .find_map(|part| part.strip_prefix("api"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        Loaded {
+            version: version.to_string(),
+            release: release.split('.').map(|n| n.parse().unwrap_or(0)).collect(),
+            api,
+        }
+    }
+
+    /// What a daemon carrying `ours` does about this loaded library.
+    pub fn verdict(&self, ours: &Library) -> Verdict {
+        if self.version == ours.version {
+            return Verdict::Same;
+        }
+        let ours = Loaded::parse(&ours.version);
+        if self.release <= ours.release {
+            return Verdict::Replace;
+        }
+        if self.api == ours.api {
+            Verdict::Newer
+        } else {
+            Verdict::Incompatible
+        }
+    }
+}
+
 /// FNV-1a, 64 bits: a stable digest of the Lua (not a security measure).
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_daemon_loads_only_over_an_older_library() {
+        let ours = Library::new(16);
+        let verdict = |version: &str| Loaded::parse(version).verdict(&ours);
+        assert_eq!(verdict(&ours.version), Verdict::Same);
+        // 0.1 named no API level; an older release, or ours built otherwise
+        assert_eq!(verdict("0.1.0+8df38f33de95be1b"), Verdict::Replace);
+        assert_eq!(verdict("0.1.9+00/p16/api2"), Verdict::Replace);
+        let same_release = format!(
+            "{}+0000000000000000/p16/api{API_LEVEL}",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(verdict(&same_release), Verdict::Replace);
+        // newer: served with when it speaks our API level
+        assert_eq!(
+            verdict(&format!("99.0.0+ab/p16/api{API_LEVEL}")),
+            Verdict::Newer
+        );
+        assert_eq!(
+            verdict(&format!("0.3.0+ab/p16/api{}", API_LEVEL + 1)),
+            Verdict::Incompatible
+        );
+    }
 }

@@ -49,7 +49,7 @@ use std::time::Duration;
 use redis::{Cmd, ErrorKind, RedisError, Value};
 
 pub use keys::Keys;
-pub use library::Library;
+pub use library::{API_LEVEL, Library, Loaded, Verdict};
 pub use load::{Load, LoadReport};
 pub use types::*;
 pub use users::Known;
@@ -76,6 +76,10 @@ pub enum StoreError {
     /// A write was sent and no reply came: it may or may not have run.
     #[error("no reply from redis: {0}")]
     InDoubt(String),
+    /// The data or the library in Redis is of a kind this daemon cannot
+    /// serve (another partition count, a newer API level).
+    #[error("{0}")]
+    Incompatible(String),
     /// Anything else: a bug, or a reply of the wrong shape.
     #[error("internal error: {0}")]
     Internal(String),
@@ -88,7 +92,7 @@ impl StoreError {
             StoreError::Rule { code, .. } => *code,
             StoreError::Unavailable(_) => Code::Unavailable,
             StoreError::InDoubt(_) => Code::InDoubt,
-            StoreError::Internal(_) => Code::Internal,
+            StoreError::Incompatible(_) | StoreError::Internal(_) => Code::Internal,
         }
     }
 
@@ -333,7 +337,7 @@ impl Store {
             .await?;
         let recorded = reply::int("meet_layout", value)?;
         if recorded != ours as i64 {
-            return Err(StoreError::Internal(format!(
+            return Err(StoreError::Incompatible(format!(
                 "redis.partitions is {ours}, but the data in this Redis was laid out with \
                  {recorded} partitions: set redis.partitions = {recorded} (changing it \
                  needs every meeting's keys renamed)"
@@ -395,12 +399,41 @@ impl Store {
             self.library_on_every_master().await?;
         } else {
             let mut conn = self.conn.clone();
-            if library_outdated(&mut conn, &self.library).await? {
+            let verdict = loaded_library(&mut conn).await?;
+            if self.act_on(verdict, "Redis")? {
                 self.load_library().await?;
             }
         }
         self.library_checked.store(true, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// What to do about the library found loaded (on `place`): whether to
+    /// load ours. A newer one of our API level is served with; one of
+    /// another level stops us.
+    fn act_on(&self, loaded: Option<Loaded>, place: &str) -> Result<bool, StoreError> {
+        let Some(loaded) = loaded else {
+            return Ok(true);
+        };
+        match loaded.verdict(&self.library) {
+            Verdict::Same => Ok(false),
+            Verdict::Replace => Ok(true),
+            Verdict::Newer => {
+                tracing::info!(
+                    loaded = %loaded.version,
+                    ours = %self.library.version,
+                    %place,
+                    "a newer library of our API level is loaded: serving with it"
+                );
+                Ok(false)
+            }
+            Verdict::Incompatible => Err(StoreError::Incompatible(format!(
+                "{place} holds the meetingd library {}, newer than this daemon's {} and of \
+                 another API level: this daemon cannot serve that data; run the newer \
+                 meetingd (or load this one's library by hand to go back)",
+                loaded.version, self.library.version
+            ))),
+        }
     }
 
     async fn load_library(&self) -> Result<(), StoreError> {
@@ -555,20 +588,18 @@ async fn load_library_into(
     Ok(())
 }
 
-/// Whether the Redis behind `conn` lacks `library` or holds another
-/// version of it (`meet_version`).
-async fn library_outdated(
+/// The library loaded in the Redis behind `conn` (`meet_version`), if any.
+async fn loaded_library(
     conn: &mut impl redis::aio::ConnectionLike,
-    library: &Library,
-) -> Result<bool, StoreError> {
+) -> Result<Option<Loaded>, StoreError> {
     let loaded: Result<String, RedisError> = redis::cmd("FCALL")
         .arg("meet_version")
         .arg(0)
         .query_async(conn)
         .await;
     match loaded {
-        Ok(version) => Ok(version != library.version),
-        Err(err) if function_missing(&err) => Ok(true),
+        Ok(version) => Ok(Some(Loaded::parse(&version))),
+        Err(err) if function_missing(&err) => Ok(None),
         Err(err) => Err(err.into()),
     }
 }

@@ -17,4 +17,5 @@ mod scheduler;
 mod socket;
 mod store;
 mod tick;
+mod upgrade;
 mod watch;

@@ -1,19 +1,29 @@
-//! WATCH's fan-out: one reader per watched instance, however many watch it.
+//! WATCH's fan-out: one channel per watched instance, however many watch
+//! it, and one reader per partition, however many of its instances are
+//! watched.
 //!
-//! The reader reads the instance's merged feed (`meet_feed`) after its
-//! cursor and, when there is nothing new, blocks on its own Redis
-//! connection until there is (XREAD BLOCK): no polling. Every entry is
-//! rendered once into its reply line and sent on a bounded broadcast ring
-//! shared by the instance's watchers. Sending never waits, so a watcher that
-//! does not keep up slows nobody: once it is a whole ring behind, it learns
-//! how much it missed and where to resume ([`Next::Dropped`]).
+//! A partition's reader reads the merged feed (`meet_feed`) of each of its
+//! watched instances that may have news, after the instance's cursor, and,
+//! when none has, blocks on its own Redis connection until one has: one
+//! XREAD BLOCK over every watched stream of the partition (they share its
+//! hash tag), and over the partition's wake stream, which a new watched
+//! instance writes to so the reader includes it at once. No polling, and a
+//! daemon holds at most one such connection per partition.
+//!
+//! Every entry is rendered once into its reply line and sent on the
+//! instance's bounded broadcast ring, shared by its watchers. Sending never
+//! waits, so a watcher that does not keep up slows nobody: once it is a
+//! whole ring behind, it learns how much it missed and where to resume
+//! ([`Next::Dropped`]).
 //!
 //! A watcher that starts after an id first replays what came after it from
-//! Redis, up to the reader's cursor at the moment it subscribed, then takes
-//! the live entries after that: no gap and no duplicate at the seam. The
-//! last watcher to go stops the reader and closes its connection.
+//! Redis, up to the channel's cursor at the moment it subscribed, then
+//! takes the live entries after that: no gap and no duplicate at the seam.
+//! The last watcher of an instance closes its channel; the last channel of
+//! a partition stops its reader and closes its connection.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,7 +32,7 @@ use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 
 use crate::stats::Stats;
-use crate::store::{FeedItem, InstanceId, Store, StoreError, StreamId};
+use crate::store::{FeedItem, InstanceId, Keys, Store, StoreError, StreamId};
 
 /// How long one blocking read waits before the reader looks again.
 const BLOCK: Duration = Duration::from_secs(5);
@@ -60,24 +70,34 @@ pub enum Next {
     },
 }
 
-/// The instance channels of the daemon.
+/// The instance channels of the daemon, and its partition readers.
 pub struct Hub {
     store: Store,
     stats: Arc<Stats>,
     render: Render,
     /// Entries a watcher may fall behind before it is dropped.
     buffer: usize,
-    channels: Mutex<HashMap<InstanceId, Arc<Channel>>>,
+    watched: Arc<Mutex<Watched>>,
 }
 
-/// One watched instance: its ring and its reader.
+/// What is watched, under one lock: the channels and the readers.
+#[derive(Default)]
+struct Watched {
+    channels: HashMap<InstanceId, Arc<Channel>>,
+    /// One reader per partition with a watched instance.
+    readers: HashMap<u64, AbortHandle>,
+}
+
+/// One watched instance: its ring and where its reader is.
 struct Channel {
     sender: broadcast::Sender<Arc<Item>>,
     /// The last id the reader sent. Taken together with a new receiver
     /// (under this lock, which the reader holds while it sends), it says
     /// where live delivery starts for that receiver.
     cursor: Mutex<StreamId>,
-    reader: Mutex<Option<AbortHandle>>,
+    /// There may be entries after the cursor: the reader reads the feed
+    /// (set when the channel opens, and when a blocking read says so).
+    dirty: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -95,7 +115,7 @@ impl Hub {
             stats,
             render,
             buffer: buffer.max(16),
-            channels: Mutex::new(HashMap::new()),
+            watched: Arc::new(Mutex::new(Watched::default())),
         })
     }
 
@@ -108,14 +128,52 @@ impl Hub {
     ) -> Result<Watcher, StoreError> {
         let head = self.store.feed(instance, None, 1).await?;
         let start = after.unwrap_or(head.last);
-        let (receiver, cursor) = {
-            let mut channels = lock(&self.channels);
-            let channel = channels
+        let partition = self.store.keys().partition(instance.meeting);
+        let (receiver, cursor, wake) = {
+            let mut watched = lock(&self.watched);
+            let mut opened = false;
+            let channel = watched
+                .channels
                 .entry(instance)
-                .or_insert_with(|| self.open(instance, head.last));
-            let cursor = lock(&channel.cursor);
-            (channel.sender.subscribe(), *cursor)
+                .or_insert_with(|| {
+                    opened = true;
+                    Arc::new(Channel {
+                        sender: broadcast::channel(self.buffer).0,
+                        cursor: Mutex::new(head.last),
+                        dirty: AtomicBool::new(true),
+                    })
+                })
+                .clone();
+            if opened {
+                self.stats.reader_started();
+                tracing::debug!(%instance, "watching an instance");
+            }
+            let receiver = channel.sender.subscribe();
+            let cursor = *lock(&channel.cursor);
+            // a reader already blocking must look at the new instance now
+            let wake = match watched.readers.entry(partition) {
+                std::collections::hash_map::Entry::Occupied(_) => opened,
+                std::collections::hash_map::Entry::Vacant(vacant) => {
+                    let reader = PartitionReader {
+                        store: self.store.clone(),
+                        watched: self.watched.clone(),
+                        partition,
+                        render: self.render,
+                        page: (self.buffer / 4).clamp(1, 1000),
+                        listener: None,
+                        wake_cursor: None,
+                    };
+                    vacant.insert(tokio::spawn(reader.run()).abort_handle());
+                    tracing::debug!(partition, "watch reader started");
+                    false
+                }
+            };
+            (receiver, cursor, wake)
         };
+        if wake && let Err(err) = self.store.wake(partition).await {
+            // the reader's block ends within seconds anyway
+            tracing::debug!(partition, error = %err, "cannot wake the watch reader");
+        }
         self.stats.watcher_added();
         Ok(Watcher {
             hub: self.clone(),
@@ -127,114 +185,181 @@ impl Hub {
         })
     }
 
-    /// A channel with its reader, starting after `cursor`.
-    fn open(&self, instance: InstanceId, cursor: StreamId) -> Arc<Channel> {
-        let (sender, _) = broadcast::channel(self.buffer);
-        let channel = Arc::new(Channel {
-            sender,
-            cursor: Mutex::new(cursor),
-            reader: Mutex::new(None),
-        });
-        let task = tokio::spawn(read(
-            self.store.clone(),
-            instance,
-            channel.clone(),
-            self.render,
-            (self.buffer / 4).clamp(1, 1000),
-        ));
-        *lock(&channel.reader) = Some(task.abort_handle());
-        self.stats.reader_started();
-        tracing::debug!(%instance, "watch reader started");
-        channel
-    }
-
-    /// A watcher of `instance` went: stop its reader if it was the last.
+    /// A watcher of `instance` went: close its channel if it was the last,
+    /// and stop the partition's reader if that was its last channel.
     fn release(&self, instance: InstanceId) {
-        let mut channels = lock(&self.channels);
-        let unused = channels
+        let partition = self.store.keys().partition(instance.meeting);
+        let mut watched = lock(&self.watched);
+        let unused = watched
+            .channels
             .get(&instance)
             .is_some_and(|channel| channel.sender.receiver_count() == 0);
-        if unused && let Some(channel) = channels.remove(&instance) {
-            if let Some(reader) = lock(&channel.reader).take() {
-                reader.abort();
-            }
-            self.stats.reader_stopped();
-            tracing::debug!(%instance, "watch reader stopped");
+        if !unused {
+            return;
+        }
+        watched.channels.remove(&instance);
+        self.stats.reader_stopped();
+        tracing::debug!(%instance, "no longer watching an instance");
+        let keys = self.store.keys();
+        let partition_watched = watched
+            .channels
+            .keys()
+            .any(|i| keys.partition(i.meeting) == partition);
+        if !partition_watched && let Some(reader) = watched.readers.remove(&partition) {
+            reader.abort();
+            tracing::debug!(partition, "watch reader stopped");
         }
     }
 }
 
-/// The reader of one instance: read what is new, send it, block until
-/// more comes. Redis failures are retried with a growing pause; the cursor
-/// does not move, so nothing is lost when Redis is back.
-async fn read(
+/// The reader of one partition: read what is new in the watched instances
+/// that may have news, send it, block until more comes. Redis failures are
+/// retried with a growing pause; cursors do not move, so nothing is lost
+/// when Redis is back.
+struct PartitionReader {
     store: Store,
-    instance: InstanceId,
-    channel: Arc<Channel>,
+    watched: Arc<Mutex<Watched>>,
+    partition: u64,
     render: Render,
+    /// Entries per feed read.
     page: usize,
-) {
-    let mut listener: Option<crate::store::Listener> = None;
-    let mut pause = FIRST_PAUSE;
-    loop {
-        let cursor = *lock(&channel.cursor);
-        let failed = match store.feed(instance, Some(cursor), page).await {
-            Ok(feed) => {
-                let items: Vec<Arc<Item>> = feed
-                    .items
-                    .iter()
-                    .map(|(id, item)| {
-                        Arc::new(Item {
-                            id: *id,
-                            line: Bytes::from(render(instance, item)),
-                        })
-                    })
-                    .collect();
-                let mut cursor = lock(&channel.cursor);
-                for item in items {
-                    *cursor = item.id;
-                    // no receiver is not an error: the last one may be
-                    // leaving
-                    let _ = channel.sender.send(item);
+    /// Its blocking connection, opened on first use and after a failure.
+    listener: Option<crate::store::Listener>,
+    /// Where the partition's wake stream was read up to.
+    wake_cursor: Option<StreamId>,
+}
+
+impl PartitionReader {
+    async fn run(mut self) {
+        let mut pause = FIRST_PAUSE;
+        loop {
+            if let Err(err) = self.round().await {
+                // one warning per outage, not one per retry
+                if pause == FIRST_PAUSE {
+                    tracing::warn!(partition = self.partition, error = %err, "watch reader: Redis call failed; retrying");
+                } else {
+                    tracing::debug!(partition = self.partition, error = %err, "watch reader: still failing");
                 }
-                drop(cursor);
-                if feed.next.is_some() {
-                    // more is there already
-                    continue;
-                }
-                None
-            }
-            Err(err) => Some(err),
-        };
-        // caught up: block until something comes after the cursor
-        let cursor = *lock(&channel.cursor);
-        let failed = match (failed, listener.as_mut()) {
-            (Some(err), _) => Some(err),
-            (None, Some(open)) => open.wait(&store, instance, cursor, BLOCK).await.err(),
-            (None, None) => match store.listener(BLOCK).await {
-                Ok(open) => {
-                    listener = Some(open);
-                    None
-                }
-                Err(err) => Some(err),
-            },
-        };
-        if let Some(err) = failed {
-            // one warning per outage, not one per retry
-            if pause == FIRST_PAUSE {
-                tracing::warn!(%instance, error = %err, "watch reader: Redis call failed; retrying");
+                self.listener = None;
+                self.wake_cursor = None;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
             } else {
-                tracing::debug!(%instance, error = %err, "watch reader: still failing");
+                if pause != FIRST_PAUSE {
+                    tracing::info!(partition = self.partition, "watch reader: reading again");
+                }
+                pause = FIRST_PAUSE;
             }
-            listener = None;
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
-        } else {
-            if pause != FIRST_PAUSE {
-                tracing::info!(%instance, "watch reader: reading again");
-            }
-            pause = FIRST_PAUSE;
         }
+    }
+
+    /// One round: the feeds of the instances that may have news, then
+    /// (when none has more) a blocking read until one has.
+    async fn round(&mut self) -> Result<(), StoreError> {
+        let store = &self.store;
+        let keys = *store.keys();
+        // where the wake stream is, before the instances are listed: a
+        // wake after this point ends the coming block at once
+        let wake_after = match self.wake_cursor {
+            Some(cursor) => cursor,
+            None => {
+                let cursor = store.wake_cursor(self.partition).await?;
+                self.wake_cursor = Some(cursor);
+                cursor
+            }
+        };
+        let instances: Vec<(InstanceId, Arc<Channel>)> = lock(&self.watched)
+            .channels
+            .iter()
+            .filter(|(i, _)| keys.partition(i.meeting) == self.partition)
+            .map(|(i, c)| (*i, c.clone()))
+            .collect();
+        let dirty: Vec<&(InstanceId, Arc<Channel>)> = instances
+            .iter()
+            .filter(|(_, channel)| channel.dirty.swap(false, Ordering::SeqCst))
+            .collect();
+        if !dirty.is_empty() {
+            let calls = dirty
+                .iter()
+                .map(|(instance, channel)| {
+                    store.feed_call(*instance, Some(*lock(&channel.cursor)), self.page)
+                })
+                .collect();
+            let mut failed = None;
+            for ((instance, channel), feed) in dirty.iter().zip(store.run_all(calls).await) {
+                match feed {
+                    Ok(feed) => {
+                        send(*instance, channel, &feed.items, self.render);
+                        if feed.next.is_some() {
+                            channel.dirty.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    Err(err) => {
+                        channel.dirty.store(true, Ordering::SeqCst);
+                        failed = Some(err);
+                    }
+                }
+            }
+            if let Some(err) = failed {
+                return Err(err);
+            }
+            if instances
+                .iter()
+                .any(|(_, channel)| channel.dirty.load(Ordering::SeqCst))
+            {
+                // more is there already
+                return Ok(());
+            }
+        }
+        // caught up: block until a watched stream or the wake stream has
+        // more
+        let wake_key = Keys::wake(self.partition);
+        let mut streams = vec![(wake_key.clone(), wake_after)];
+        let mut owner: HashMap<String, Arc<Channel>> = HashMap::new();
+        for (instance, channel) in &instances {
+            let cursor = *lock(&channel.cursor);
+            for key in [keys.events(*instance), keys.chat(*instance)] {
+                streams.push((key.clone(), cursor));
+                owner.insert(key, channel.clone());
+            }
+        }
+        let listener = match &mut self.listener {
+            Some(listener) => listener,
+            None => self
+                .listener
+                .insert(store.listener(self.partition, BLOCK).await?),
+        };
+        for key in listener.wait(&streams, BLOCK).await? {
+            if key == wake_key {
+                self.wake_cursor = None;
+            } else if let Some(channel) = owner.get(&key) {
+                channel.dirty.store(true, Ordering::SeqCst);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Render and send a feed's entries on an instance's ring, moving its
+/// cursor.
+fn send(instance: InstanceId, channel: &Channel, items: &[(StreamId, FeedItem)], render: Render) {
+    let items: Vec<Arc<Item>> = items
+        .iter()
+        .map(|(id, item)| {
+            Arc::new(Item {
+                id: *id,
+                line: Bytes::from(render(instance, item)),
+            })
+        })
+        .collect();
+    let mut cursor = lock(&channel.cursor);
+    for item in items {
+        if item.id <= *cursor {
+            continue;
+        }
+        *cursor = item.id;
+        // no receiver is not an error: the last one may be leaving
+        let _ = channel.sender.send(item);
     }
 }
 

@@ -25,6 +25,8 @@ enum Kind {
     User(u64),
     Due(u64),
     Active(u64),
+    /// The partition's wake stream (WATCH readers).
+    Wake(u64),
     Meeting(u64),
     Audience(u64),
     Orders(u64),
@@ -55,6 +57,7 @@ fn kind(key: &str) -> Kind {
         (["user"], Some('u')) => tagged('u').map_or(Kind::Unknown, Kind::User),
         (["due"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Due),
         (["active"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Active),
+        (["wake"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Wake),
         (["meeting", m], _) => id(m).map_or(Kind::Unknown, Kind::Meeting),
         (["audience", m], _) => id(m).map_or(Kind::Unknown, Kind::Audience),
         (["orders", m], _) => id(m).map_or(Kind::Unknown, Kind::Orders),
@@ -249,7 +252,7 @@ impl Store {
             let expected = k.meeting().map(|m| m % partitions);
             let misplaced = match (&k, tagged, expected) {
                 (_, Some(p), Some(e)) => p != e,
-                (Kind::Due(_) | Kind::Active(_), Some(p), None) => p >= partitions,
+                (Kind::Due(_) | Kind::Active(_) | Kind::Wake(_), Some(p), None) => p >= partitions,
                 (Kind::User(_) | Kind::Layout, _, _) => false,
                 _ => true,
             };

@@ -130,6 +130,8 @@ pub(super) struct Master {
     /// It serves at least one slot (a node joined by a bare CLUSTER MEET
     /// serves none until a slot moves to it).
     pub(super) owns_slots: bool,
+    /// The slots it serves, as inclusive ranges.
+    pub(super) slots: Vec<(u16, u16)>,
 }
 
 impl std::fmt::Display for Master {
@@ -244,6 +246,23 @@ impl Conn {
         &self,
         master: &Master,
     ) -> Result<MultiplexedConnection, StoreError> {
+        let timeout = match self {
+            Conn::Cluster(seeds) => seeds.timeout,
+            Conn::Single(_) => return Err(StoreError::Internal("not a Redis Cluster".into())),
+        };
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        self.direct_with(master, &config).await
+    }
+
+    /// A plain connection to one node of the cluster, with the first
+    /// node's settings and `config`'s timeouts.
+    pub(super) async fn direct_with(
+        &self,
+        master: &Master,
+        config: &redis::AsyncConnectionConfig,
+    ) -> Result<MultiplexedConnection, StoreError> {
         let Conn::Cluster(seeds) = self else {
             return Err(StoreError::Internal("not a Redis Cluster".into()));
         };
@@ -251,12 +270,31 @@ impl Conn {
             .info
             .clone()
             .set_addr(ConnectionAddr::Tcp(master.host.clone(), master.port));
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(seeds.timeout))
-            .set_response_timeout(Some(seeds.timeout));
         Ok(redis::Client::open(info)?
-            .get_multiplexed_async_connection_with_config(&config)
+            .get_multiplexed_async_connection_with_config(config)
             .await?)
+    }
+
+    /// The master that serves `key`'s slot now.
+    pub(super) async fn owner_of(&self, key: &str) -> Result<Master, StoreError> {
+        let Conn::Cluster(cluster) = self else {
+            return Err(StoreError::Internal("not a Redis Cluster".into()));
+        };
+        let value = cluster
+            .connection()
+            .route_command(
+                redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+            )
+            .await
+            .inspect_err(|err| cluster.after_error(err))?;
+        let slot = u16::try_from(reply::int("CLUSTER KEYSLOT", value)?)
+            .map_err(|_| StoreError::Internal("CLUSTER KEYSLOT out of range".into()))?;
+        self.masters()
+            .await?
+            .into_iter()
+            .find(|m| !m.failed && m.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .ok_or_else(|| StoreError::Unavailable(format!("no master serves slot {slot} now")))
     }
 }
 
@@ -284,12 +322,24 @@ fn parse_masters(text: &str) -> Vec<Master> {
             if host.is_empty() {
                 return None;
             }
+            // `0-5460`, `5461`, and `[5462->-node]` for a slot in migration
+            // (still served here until it moves)
+            let slots = fields
+                .iter()
+                .skip(8)
+                .filter(|f| !f.starts_with('['))
+                .filter_map(|range| {
+                    let (a, b) = range.split_once('-').unwrap_or((range, range));
+                    Some((a.parse().ok()?, b.parse().ok()?))
+                })
+                .collect();
             Some(Master {
                 id: id.to_string(),
                 host: host.to_string(),
                 port,
                 failed: flags.contains(&"fail"),
                 owns_slots: fields.len() > 8,
+                slots,
             })
         })
         .collect()
@@ -366,6 +416,16 @@ g7 127.0.0.1:7005@17005 master,handshake - 0 1 0 connected
                 ("b2", "127.0.0.1:7001".to_string(), false, true),
                 ("c3", "127.0.0.1:7002".to_string(), false, false),
                 ("e5", "127.0.0.1:7004".to_string(), true, true),
+            ]
+        );
+        let slots: Vec<Vec<(u16, u16)>> = masters.iter().map(|m| m.slots.clone()).collect();
+        assert_eq!(
+            slots,
+            [
+                vec![(0, 5460)],
+                vec![(5461, 10922)],
+                vec![],
+                vec![(10923, 16383)]
             ]
         );
     }

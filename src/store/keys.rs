@@ -62,6 +62,12 @@ impl Keys {
         format!("meetingd:{{p{partition}}}:due")
     }
 
+    /// The partition's wake stream: an entry wakes the daemon's WATCH
+    /// reader of the partition (a few entries kept).
+    pub fn wake(partition: u64) -> String {
+        format!("meetingd:{{p{partition}}}:wake")
+    }
+
     /// The partition's sorted set of active instances, scored by meeting.
     pub fn active(partition: u64) -> String {
         format!("meetingd:{{p{partition}}}:active")

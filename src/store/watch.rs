@@ -1,9 +1,16 @@
 //! What WATCH reads: an instance's events and chat merged in id order
-//! (`meet_feed`), and a dedicated connection that blocks until either
-//! stream has something new (XREAD BLOCK), so a reader never polls.
+//! (`meet_feed`), and, per partition, a connection of its own that blocks
+//! until any watched stream of the partition has something new (one XREAD
+//! BLOCK over all of them: they share the partition's hash tag, so this
+//! works on a cluster too), so a reader never polls.
 //!
 //! The blocking read runs on a connection of its own: on the shared
 //! multiplexed connection it would hold up every request queued behind it.
+//! On a cluster it is a plain connection to the master serving the
+//! partition's slot (found again when the slot moves): one connection per
+//! partition, not one per master. A reader that must look at a new
+//! instance before its block ends is woken through the partition's wake
+//! stream (`meetingd:{p<P>}:wake`), which its XREAD includes.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,7 +19,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::reply::{self, Fields};
-use super::{Store, StoreError};
+use super::{Keys, Store, StoreError};
 use crate::store::types::{Event, InstanceId, Message};
 
 /// An id of an instance's sequence (`ms-seq`), ordered as Redis orders
@@ -79,101 +86,146 @@ pub struct Feed {
     pub next: Option<String>,
 }
 
-/// A connection of its own for blocking reads.
+/// A connection of its own for a partition's blocking reads.
 pub struct Listener {
-    conn: ListenerConn,
+    conn: redis::aio::MultiplexedConnection,
 }
 
-enum ListenerConn {
-    Single(redis::aio::MultiplexedConnection),
-    Cluster(redis::cluster_async::ClusterConnection),
-}
+/// Most entries the wake stream of a partition keeps.
+const WAKE_KEEP: usize = 16;
 
 impl Store {
-    /// A page of an instance's events and chat merged in id order, after
-    /// `after` (from the start without it); `not_found` for an unknown
-    /// instance.
-    pub async fn feed(
+    /// The call of a page of an instance's events and chat merged in id
+    /// order, after `after` (from the start without it); `not_found` for an
+    /// unknown instance.
+    pub fn feed_call(
         &self,
         instance: InstanceId,
         after: Option<StreamId>,
         limit: usize,
-    ) -> Result<Feed, StoreError> {
+    ) -> super::Call<Feed> {
         let args = [
             instance.order.to_string(),
             after.map(|id| id.to_string()).unwrap_or_default(),
             limit.clamp(1, super::PAGE).to_string(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let value = self
-            .value(super::Call::new(
-                "meet_feed",
-                &self.keys.meeting(instance.meeting),
-                &args,
-                false,
-                Ok,
-            ))
-            .await?;
-        decode_feed(value)
+        super::Call::new(
+            "meet_feed",
+            &self.keys.meeting(instance.meeting),
+            &args,
+            false,
+            decode_feed,
+        )
     }
 
-    /// Open a connection for [`Listener::wait`]. Its calls may take `block`
-    /// plus the store's timeout.
-    pub async fn listener(&self, block: Duration) -> Result<Listener, StoreError> {
+    /// A page of an instance's feed (see [`Store::feed_call`]).
+    pub async fn feed(
+        &self,
+        instance: InstanceId,
+        after: Option<StreamId>,
+        limit: usize,
+    ) -> Result<Feed, StoreError> {
+        self.run(self.feed_call(instance, after, limit)).await
+    }
+
+    /// Open a connection for the blocking reads of `partition`: to the one
+    /// Redis, or to the master serving the partition's slot. Its calls may
+    /// take `block` plus the store's timeout.
+    pub async fn listener(&self, partition: u64, block: Duration) -> Result<Listener, StoreError> {
         let timeout = block + self.options.timeout;
-        let conn = if self.options.cluster.is_empty() {
-            let client = redis::Client::open(self.options.url.as_str())?;
-            let config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(self.options.timeout))
-                .set_response_timeout(Some(timeout));
-            ListenerConn::Single(
-                client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?,
-            )
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.options.timeout))
+            .set_response_timeout(Some(timeout));
+        let conn = if self.conn.is_cluster() {
+            let master = self.conn.owner_of(&Keys::wake(partition)).await?;
+            self.conn.direct_with(&master, &config).await?
         } else {
-            let client = super::conn::cluster_client(&self.options, timeout)?;
-            ListenerConn::Cluster(client.get_async_connection().await?)
+            let client = redis::Client::open(self.options.url.as_str())?;
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?
         };
         Ok(Listener { conn })
+    }
+
+    /// Wake the reader of `partition` out of its blocking read (a new
+    /// instance to watch).
+    pub async fn wake(&self, partition: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: Value = redis::cmd("XADD")
+            .arg(Keys::wake(partition))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(WAKE_KEEP)
+            .arg("*")
+            .arg("w")
+            .arg("1")
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The last id of `partition`'s wake stream ("0-0" when it has none):
+    /// where a reader starts to listen for wakes.
+    pub async fn wake_cursor(&self, partition: u64) -> Result<StreamId, StoreError> {
+        let mut conn = self.conn.clone();
+        let value: Value = redis::cmd("XREVRANGE")
+            .arg(Keys::wake(partition))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        match reply::array("XREVRANGE", value)?.into_iter().next() {
+            Some(entry) => {
+                let (id, _) = reply::entry("XREVRANGE", entry)?;
+                id.parse()
+                    .map_err(|e| StoreError::Internal(format!("the wake stream: {e}")))
+            }
+            None => Ok(StreamId::default()),
+        }
     }
 }
 
 impl Listener {
-    /// Wait until the instance's events or chat have an entry after
-    /// `after`, for at most `block`: true when there is one. Returns at
-    /// once when one is there already, so nothing written between a read
-    /// and this wait is missed.
+    /// Wait until one of `streams` (key, and the id read up to) has an
+    /// entry after its id, for at most `block`: the keys that have one
+    /// (none when the time ran out). Returns at once when one has already,
+    /// so nothing written between a read and this wait is missed.
     pub async fn wait(
         &mut self,
-        store: &Store,
-        instance: InstanceId,
-        after: StreamId,
+        streams: &[(String, StreamId)],
         block: Duration,
-    ) -> Result<bool, StoreError> {
-        let after = after.to_string();
+    ) -> Result<Vec<String>, StoreError> {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(1)
             .arg("BLOCK")
             .arg(block.as_millis().max(1) as u64)
-            .arg("STREAMS")
-            .arg(store.keys.events(instance))
-            .arg(store.keys.chat(instance))
-            .arg(&after)
-            .arg(&after);
-        let value: Value = match &mut self.conn {
-            ListenerConn::Single(conn) => cmd.query_async(conn).await?,
-            ListenerConn::Cluster(conn) => cmd.query_async(conn).await?,
+            .arg("STREAMS");
+        for (key, _) in streams {
+            cmd.arg(key);
+        }
+        for (_, after) in streams {
+            cmd.arg(after.to_string());
+        }
+        let value: Value = cmd.query_async(&mut self.conn).await?;
+        // nil when the time ran out; else [key, entries] per stream with
+        // news (a map in RESP3)
+        let streams = match value {
+            Value::Nil => return Ok(Vec::new()),
+            Value::Map(pairs) => pairs.into_iter().map(|(key, _)| key).collect(),
+            other => reply::array("XREAD", other)?
+                .into_iter()
+                .filter_map(|stream| reply::array("XREAD", stream).ok()?.into_iter().next())
+                .collect::<Vec<_>>(),
         };
-        // nil when the time ran out; with COUNT 1, anything else holds an
-        // entry
-        Ok(match value {
-            Value::Nil => false,
-            Value::Array(streams) | Value::Set(streams) => !streams.is_empty(),
-            Value::Map(streams) => !streams.is_empty(),
-            _ => true,
-        })
+        streams
+            .into_iter()
+            .map(|key| reply::text("XREAD", key))
+            .collect()
     }
 }
 

@@ -47,6 +47,24 @@ impl Backend {
         }
     }
 
+    /// Clients connected to Redis (on a cluster, to all its nodes).
+    pub fn connected_clients(&self) -> u64 {
+        let count = |info: String| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("connected_clients:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        match self {
+            Backend::Single(redis) => count(redis.cli(&["INFO", "clients"])),
+            Backend::Cluster(cluster) => cluster
+                .ports()
+                .iter()
+                .map(|p| count(cluster.cli(*p, &["INFO", "clients"])))
+                .sum(),
+        }
+    }
+
     /// A digest of all data (every node's): equal before and after means
     /// nothing was written.
     pub fn digest(&self) -> String {

@@ -12,13 +12,61 @@ use crate::harness::{Client, Daemon, Redis, at};
 use crate::socket::{Backend, Scenario};
 
 /// The WATCH scenarios that run on any backend.
-pub const SCENARIOS: [(&str, Scenario); 2] = [
+pub const SCENARIOS: [(&str, Scenario); 3] = [
     (
         "a watcher sees its instance live, in order",
         a_watcher_sees_its_instance_live_in_order_on,
     ),
     ("resume after a disconnect", resume_after_a_disconnect_on),
+    (
+        "300 watched instances, one Redis connection per partition",
+        three_hundred_watched_instances_on,
+    ),
 ];
+
+#[test]
+fn three_hundred_watched_instances_hold_one_redis_connection_per_partition() {
+    three_hundred_watched_instances_on(&Backend::single());
+}
+
+/// 300 instances watched, spread over the 16 partitions: the daemon holds
+/// one more Redis connection per partition, not one per instance (nor one
+/// per master per instance on a cluster), and every watcher still gets its
+/// instance's entries.
+fn three_hundred_watched_instances_on(backend: &Backend) {
+    let daemon = backend.daemon(&[]);
+    let mut actor = daemon.client();
+    active_meetings(&mut actor, 300);
+    let before = backend.connected_clients();
+    let mut watchers: Vec<Client> = (1..=300)
+        .map(|m| {
+            let mut watcher = daemon.client();
+            assert_eq!(
+                watcher.ok(&format!("WATCH {m}")),
+                serde_json::json!({"watching": format!("{m}/1")})
+            );
+            watcher
+        })
+        .collect();
+    let after = backend.connected_clients();
+    eprintln!("Redis clients: {before} before, {after} with 300 watched instances");
+    assert!(
+        after <= before + 16 + 2,
+        "{before} Redis clients before, {after} with 300 watched instances"
+    );
+    for m in [1u64, 16, 17, 150, 300] {
+        actor.ok(&format!("JOIN 1 {m}"));
+        actor.ok(&format!("POST 1 {m} \"to {m}\""));
+        let watcher = &mut watchers[m as usize - 1];
+        assert_eq!(event(watcher)["type"], "join");
+        let message = event(watcher);
+        assert_eq!(
+            (message["meeting"].as_u64(), message["text"].as_str()),
+            (Some(m), Some(format!("to {m}").as_str()))
+        );
+    }
+    drop(watchers);
+}
 
 /// Users 1..=3 and public meetings 1..=meetings, each with instance 1
 /// active now (until 50 minutes from now).

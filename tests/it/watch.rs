@@ -12,7 +12,7 @@ use crate::harness::{Client, Daemon, Redis, at};
 use crate::socket::{Backend, Scenario};
 
 /// The WATCH scenarios that run on any backend.
-pub const SCENARIOS: [(&str, Scenario); 3] = [
+pub const SCENARIOS: [(&str, Scenario); 4] = [
     (
         "a watcher sees its instance live, in order",
         a_watcher_sees_its_instance_live_in_order_on,
@@ -22,7 +22,83 @@ pub const SCENARIOS: [(&str, Scenario); 3] = [
         "300 watched instances, one Redis connection per partition",
         three_hundred_watched_instances_on,
     ),
+    ("two daemons, one store", two_daemons_one_store_on),
 ];
+
+#[test]
+fn two_daemons_on_one_store_see_each_other_and_tick_once() {
+    two_daemons_one_store_on(&Backend::single());
+}
+
+/// Two daemons on one store, as on two hosts: a watcher on one sees what
+/// is done through the other, and ticks sent to both at the same instant
+/// apply each transition once (no event twice).
+fn two_daemons_one_store_on(backend: &Backend) {
+    let a = backend.daemon(&[]);
+    let b = backend.daemon(&[]);
+    let mut via_a = a.client();
+    let mut via_b = b.client();
+    active_meetings(&mut via_a, 11);
+    let mut watcher = a.client();
+    watcher.ok("WATCH 1");
+    via_b.ok("JOIN 1 1");
+    via_b.ok(r#"POST 1 1 "through b""#);
+    via_b.ok("LEAVE 1 1");
+    let seen: Vec<(String, Option<String>)> = (0..3)
+        .map(|_| {
+            let e = event(&mut watcher);
+            (
+                e["type"].as_str().unwrap_or("?").to_string(),
+                e["text"].as_str().map(String::from),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("join".to_string(), None),
+            ("message".to_string(), Some("through b".to_string())),
+            ("leave".to_string(), None)
+        ]
+    );
+    // meetings 2..=11: users in instance 1, and instance 2 due now, which
+    // ends instance 1 when it starts
+    for m in 2..=11 {
+        for u in 1..=3 {
+            via_b.ok(&format!("JOIN {u} {m}"));
+        }
+        via_a.ok(&format!("INSTANCE SET {m} 2 from {} to {}", at(-1), at(50)));
+    }
+    let ticks: Vec<_> = [a.socket().to_path_buf(), b.socket().to_path_buf()]
+        .into_iter()
+        .map(|socket| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&socket).expect("connect");
+                c.ok("TICK")
+            })
+        })
+        .collect();
+    let mut activated = 0;
+    for tick in ticks {
+        activated += tick.join().expect("a tick")["activated"]
+            .as_array()
+            .map_or(0, Vec::len);
+    }
+    assert_eq!(activated, 10, "each instance 2 started by one tick");
+    for m in 2..=11 {
+        let events = via_a.ok(&format!("EVENTS {m}/1"));
+        let timeouts: Vec<u64> = events["events"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter(|e| e["type"] == "timeout")
+                    .filter_map(|e| e["user"].as_u64())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(timeouts, [1, 2, 3], "one timeout each in {m}/1: {events}");
+    }
+}
 
 #[test]
 fn three_hundred_watched_instances_hold_one_redis_connection_per_partition() {

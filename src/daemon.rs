@@ -209,6 +209,17 @@ pub fn raise_file_limit(wanted: u64) {
     }
 }
 
+/// Keep this daemon in the store's list of serving daemons (a third of
+/// the entry's life between renewals).
+async fn renew_serving(store: Store, who: String) {
+    loop {
+        if let Err(err) = store.renew_serving(&who).await {
+            tracing::debug!(error = %err, "cannot renew this daemon's serving entry");
+        }
+        tokio::time::sleep(crate::store::SERVING_TTL / 3).await;
+    }
+}
+
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), DaemonError> {
     raise_file_limit(2 * config.socket.max_connections as u64 + 256);
@@ -238,6 +249,16 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
             return Ok(());
         }
     };
+    // this daemon serves the data: a repartition refuses to run meanwhile
+    let serving_as = format!(
+        "{}:{}",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into()),
+        std::process::id()
+    );
+    let serving = tokio::spawn(renew_serving(store.clone(), serving_as.clone()));
+    let serving_store = store.clone();
     let stats = Arc::new(Stats::default());
     let scheduler = Scheduler::new(Arc::new(store.clone()), stats.clone());
     notify(&[NotifyState::Status("catching up: the start-up tick")]);
@@ -349,6 +370,10 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
         .is_err()
     {
         tracing::warn!("the drain deadline passed during a tick");
+    }
+    serving.abort();
+    if let Err(err) = serving_store.stop_serving(&serving_as).await {
+        tracing::debug!(error = %err, "cannot leave the list of serving daemons (it lapses)");
     }
     if bound {
         let _ = std::fs::remove_file(&current.socket.path);

@@ -31,12 +31,30 @@ enum Command {
     /// Check everything stored for consistency (read-only; exit 0 clean,
     /// 1 with one line per problem).
     Check(Settings),
+    /// Move the stored data to another number of partitions (every meeting
+    /// whose partition changes gets its keys copied under the new tag, a
+    /// page at a time; resumable: run it again after an interruption).
+    /// Every daemon on the data must be stopped first; afterwards start
+    /// them with redis.partitions = N.
+    Repartition(RepartitionArgs),
     /// Print the assembled Lua library, for
     /// `meetingd library | redis-cli -x FUNCTION LOAD REPLACE`. It knows
     /// the number of partitions (every meeting key is checked against it):
     /// --partitions, or redis.partitions of the configuration (16 by
     /// default).
     Library(LibraryArgs),
+}
+
+#[derive(Args)]
+struct RepartitionArgs {
+    /// The number of partitions to move to.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    partitions: u64,
+    /// Move at most this many meetings, then stop (the next run goes on).
+    #[arg(long)]
+    max_meetings: Option<u64>,
+    #[command(flatten)]
+    settings: Settings,
 }
 
 #[derive(Args)]
@@ -97,6 +115,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check(settings) => check(settings.source()),
+        Command::Repartition(args) => repartition(args),
         Command::CheckConfig(settings) => {
             let source = settings.source();
             match config::RawConfig::load(source.file.as_deref(), &source.overrides)
@@ -141,39 +160,77 @@ fn main() -> ExitCode {
     }
 }
 
-/// `meetingd check`: connect to the configured Redis (the embedded one's
-/// socket when none is configured: the daemon must be running) and check.
+/// The store of `meetingd check` and `meetingd repartition`, which never
+/// load a library: the configured Redis or, with none configured, the
+/// embedded one (the running daemon's, or started here for the while).
+struct Offline {
+    runtime: tokio::runtime::Runtime,
+    embedded: Option<meetingd::embedded_redis::EmbeddedRedis>,
+}
+
+impl Offline {
+    /// Run `work` on the store of `source`'s configuration, laid out with
+    /// `partitions` (the configured count when `None`). Exit 2 when it
+    /// cannot start (a bad configuration, no Redis).
+    fn run<T>(
+        source: &Source,
+        partitions: Option<u64>,
+        work: impl AsyncFnOnce(meetingd::store::Store) -> Result<T, meetingd::store::StoreError>,
+    ) -> Result<Result<T, meetingd::store::StoreError>, ExitCode> {
+        let fail = |what: String| {
+            eprintln!("meetingd: {what}");
+            ExitCode::from(2)
+        };
+        let (_, config) = config::load(source.file.as_deref(), &source.overrides)
+            .map_err(|err| fail(err.to_string()))?;
+        let runtime = tokio::runtime::Runtime::new()
+            .map_err(|err| fail(format!("cannot start the runtime: {err}")))?;
+        let mut offline = Offline {
+            runtime,
+            embedded: None,
+        };
+        let url = match &config.redis_url {
+            Some(url) => url.clone(),
+            None if !config.redis_cluster.is_empty() => String::new(),
+            None => {
+                let socket = config.embedded.data_dir.join("redis.sock");
+                match offline
+                    .runtime
+                    .block_on(meetingd::embedded_redis::EmbeddedRedis::start(
+                        &config.embedded,
+                    )) {
+                    Ok(embedded) => {
+                        offline.embedded = Some(embedded);
+                    }
+                    // the running daemon's
+                    Err(meetingd::embedded_redis::EmbeddedError::InUse(_)) => {}
+                    Err(err) => return Err(fail(err.to_string())),
+                }
+                format!("redis+unix://{}", socket.display())
+            }
+        };
+        let mut options = meetingd::store::StoreOptions::new(url);
+        options.cluster = config.redis_cluster.clone();
+        options.partitions = partitions.unwrap_or(config.partitions);
+        options.timeout = std::time::Duration::from_secs(10);
+        options.load_library = false;
+        let result = offline.runtime.block_on(async {
+            let store = meetingd::store::Store::connect(options).await?;
+            work(store).await
+        });
+        if let Some(embedded) = offline.embedded.take() {
+            offline.runtime.block_on(embedded.stop());
+        }
+        Ok(result)
+    }
+}
+
+/// `meetingd check`: check what the configured store holds.
 fn check(source: Source) -> ExitCode {
-    let config = match config::load(source.file.as_deref(), &source.overrides) {
-        Ok((_, config)) => config,
-        Err(err) => {
-            eprintln!("meetingd: {err}");
-            return ExitCode::from(2);
-        }
+    let result = match Offline::run(&source, None, async |store| store.check().await) {
+        Ok(result) => result,
+        Err(code) => return code,
     };
-    let url = config.redis_url.clone().unwrap_or_else(|| {
-        format!(
-            "redis+unix://{}",
-            config.embedded.data_dir.join("redis.sock").display()
-        )
-    });
-    let mut options = meetingd::store::StoreOptions::new(url);
-    options.cluster = config.redis_cluster.clone();
-    options.partitions = config.partitions;
-    options.timeout = std::time::Duration::from_secs(10);
-    // read-only: never load (or replace) the library
-    options.load_library = false;
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("meetingd: cannot start the runtime: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    let result = runtime.block_on(async {
-        let store = meetingd::store::Store::connect(options).await?;
-        store.check().await
-    });
     match result {
         Ok(problems) if problems.is_empty() => {
             println!("clean");
@@ -189,6 +246,50 @@ fn check(source: Source) -> ExitCode {
         Err(err) => {
             eprintln!("meetingd: {err}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `meetingd repartition`: move the configured store to `--partitions`.
+fn repartition(args: RepartitionArgs) -> ExitCode {
+    let source = args.settings.source();
+    let (to, limit) = (args.partitions, args.max_meetings);
+    let result = Offline::run(&source, Some(to), async move |store| {
+        let mut last_shown = 0;
+        store
+            .repartition(to, limit, |done, of| {
+                // a line every 5 % (and the last)
+                if done == of || done * 20 / of.max(1) > last_shown * 20 / of.max(1) {
+                    eprintln!("moved {done} of {of} meetings");
+                    last_shown = done;
+                }
+            })
+            .await
+    });
+    match result {
+        Err(code) => code,
+        Ok(Ok(report)) if report.done => {
+            println!(
+                "{} meetings laid out over {} partitions (from {}): {} moved now, {} keys \
+                 copied; start the daemons with redis.partitions = {}",
+                report.meetings, report.to, report.from, report.moved, report.keys, report.to
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(report)) => {
+            println!(
+                "stopped after {} meetings ({} keys copied): run it again to go on",
+                report.moved, report.keys
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(err @ meetingd::store::StoreError::Incompatible(_))) => {
+            eprintln!("meetingd: {err}");
+            ExitCode::from(2)
+        }
+        Ok(Err(err)) => {
+            eprintln!("meetingd: {err}");
+            ExitCode::from(1)
         }
     }
 }

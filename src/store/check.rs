@@ -38,6 +38,10 @@ enum Kind {
     Posted(InstanceId),
     /// The number of partitions the data was laid out with.
     Layout,
+    /// The daemons serving the data.
+    Serving,
+    /// A repartition under way.
+    Repartition,
     Unknown,
 }
 
@@ -54,6 +58,8 @@ fn kind(key: &str) -> Kind {
     let tagged = |prefix: char| tag.strip_prefix(prefix).and_then(id);
     match (parts.as_slice(), tag.chars().next()) {
         (["partitions"], _) if tag == "layout" => Kind::Layout,
+        (["serving"], _) if tag == "layout" => Kind::Serving,
+        (["repartition"], _) if tag == "layout" => Kind::Repartition,
         (["user"], Some('u')) => tagged('u').map_or(Kind::Unknown, Kind::User),
         (["due"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Due),
         (["active"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Active),
@@ -116,7 +122,7 @@ impl Store {
     /// Every key of the layout, by SCAN in small steps: of the one Redis,
     /// or of every master of a cluster, each over a plain connection (a
     /// SCAN sees the keys of the node it is sent to only).
-    async fn all_keys(&self) -> Result<BTreeSet<String>, StoreError> {
+    pub(super) async fn all_keys(&self) -> Result<BTreeSet<String>, StoreError> {
         if !self.conn.is_cluster() {
             let mut conn = self.conn.clone();
             return scan(&mut conn).await;
@@ -253,7 +259,7 @@ impl Store {
             let misplaced = match (&k, tagged, expected) {
                 (_, Some(p), Some(e)) => p != e,
                 (Kind::Due(_) | Kind::Active(_) | Kind::Wake(_), Some(p), None) => p >= partitions,
-                (Kind::User(_) | Kind::Layout, _, _) => false,
+                (Kind::User(_) | Kind::Layout | Kind::Serving | Kind::Repartition, _, _) => false,
                 _ => true,
             };
             if misplaced {
@@ -267,6 +273,14 @@ impl Store {
                 continue;
             }
             kinds.insert(k);
+        }
+        if kinds.contains(&Kind::Repartition) {
+            let under_way = self.repartition_under_way().await?.unwrap_or_default();
+            problems.push(format!(
+                "a repartition (partitions \"{under_way}\": from, to) is under way: \
+                 meetingd repartition --partitions {} finishes it",
+                under_way.split(' ').nth(1).unwrap_or("?")
+            ));
         }
         if kinds.contains(&Kind::Layout) {
             let recorded = self.raw(redis::cmd("GET").arg(Keys::layout())).await?;

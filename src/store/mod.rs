@@ -36,6 +36,7 @@ mod keys;
 mod library;
 mod load;
 mod presence;
+mod repartition;
 mod reply;
 mod tick;
 mod types;
@@ -51,6 +52,7 @@ use redis::{Cmd, ErrorKind, RedisError, Value};
 pub use keys::Keys;
 pub use library::{API_LEVEL, Library, Loaded, Verdict};
 pub use load::{Load, LoadReport};
+pub use repartition::{Repartitioned, SERVING_TTL};
 pub use types::*;
 pub use users::Known;
 pub use watch::{Feed, FeedItem, Listener, StreamId};
@@ -297,6 +299,14 @@ impl Store {
             options: Arc::new(options),
         };
         if store.options.load_library {
+            if let Some(under_way) = store.repartition_under_way().await? {
+                let to = under_way.split(' ').nth(1).unwrap_or("?");
+                return Err(StoreError::Incompatible(format!(
+                    "a repartition of this data (partitions \"{under_way}\": from, to) is under \
+                     way: let it finish (meetingd repartition --partitions {to}), then start \
+                     with redis.partitions = {to}"
+                )));
+            }
             store.ensure_library().await?;
             store.ensure_layout().await?;
             store.upgrade().await?;

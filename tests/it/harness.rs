@@ -337,6 +337,13 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Send the daemon `signal` (libc::SIGTERM...).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to a child process of the test by its pid.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "signal delivered");
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

@@ -10,12 +10,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Client, Daemon, Redis, at};
 
-fn signal(daemon: &Daemon, signal: i32) {
-    // SAFETY: sending a signal to a child process of the test by its pid.
-    let rc = unsafe { libc::kill(daemon.pid() as libc::pid_t, signal) };
-    assert_eq!(rc, 0, "signal delivered");
-}
-
 fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check() {
@@ -49,7 +43,7 @@ fn sigterm_answers_every_request_in_flight_then_exits_0() {
         client.send(batch.as_bytes());
     }
     std::thread::sleep(Duration::from_millis(50));
-    signal(&daemon, libc::SIGTERM);
+    daemon.signal(libc::SIGTERM);
     for (i, client) in clients.iter_mut().enumerate() {
         for n in 0..10 {
             let reply = client
@@ -139,7 +133,7 @@ fn sighup_changes_the_log_level_and_the_admins_while_serving() {
         "[log]\nlevel = \"debug\"\n[socket]\nmode = \"0666\"\n[admin]\nuids = [65534]\n[redis]\ntimeout_ms = 999\n",
     )
     .expect("new config");
-    signal(&daemon, libc::SIGHUP);
+    daemon.signal(libc::SIGHUP);
     wait_until("the reload", Duration::from_secs(10), || {
         daemon.log().contains("configuration reloaded")
     });
@@ -169,7 +163,7 @@ fn sighup_changes_the_log_level_and_the_admins_while_serving() {
     }
     // a bad file is refused and the running configuration stays
     std::fs::write(&config, "[log]\nlevel = 42x\n").expect("bad config");
-    signal(&daemon, libc::SIGHUP);
+    daemon.signal(libc::SIGHUP);
     wait_until("the refusal", Duration::from_secs(10), || {
         daemon.log().contains("reload refused")
     });
@@ -216,7 +210,7 @@ fn the_embedded_redis_keeps_data_and_comes_back_after_kill_9() {
         .client()
         .ok("USER SET 1 name Ada age 36 gender f email a@x");
     let first_pid = redis_pid(data.path()).expect("redis.pid");
-    signal(&daemon, libc::SIGTERM);
+    daemon.signal(libc::SIGTERM);
     assert_eq!(
         daemon.wait(Duration::from_secs(15)).and_then(|s| s.code()),
         Some(0),
@@ -436,7 +430,7 @@ fn systemd_hears_ready_watchdog_and_stopping() {
         daemon.log()
     );
 
-    signal(&daemon, libc::SIGTERM);
+    daemon.signal(libc::SIGTERM);
     listen(
         &mut heard,
         &|h| has(h, "STOPPING=1"),

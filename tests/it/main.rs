@@ -13,6 +13,7 @@ mod invariant;
 mod lifecycle;
 mod lua;
 mod readme;
+mod repartition;
 mod scheduler;
 mod socket;
 mod store;

@@ -15,9 +15,12 @@
 //! - `tick`: one tick with many transitions due among many instances.
 //! - `soak`: a realistic mix at half its maximum rate for minutes.
 //! - `watch`: WATCH fan-out: delivery latency to many watchers.
+//! - `partitions`: how partition counts spread over cluster masters, and
+//!   what ACTIVE, ATTENDANCE and an idle tick cost at each.
 
 mod drive;
 mod floor;
+mod partitions;
 mod spawn;
 mod tick;
 mod watch;
@@ -80,6 +83,22 @@ enum Bench {
         /// Messages per second into each instance.
         #[arg(long, default_value_t = 200.0)]
         rate: f64,
+    },
+    /// The partition count: spread over masters, cost of the calls that
+    /// visit every partition (its own Redis).
+    Partitions {
+        /// Partition counts to compare.
+        #[arg(long, value_delimiter = ',', default_values_t = [16u64, 64, 256])]
+        counts: Vec<u64>,
+        /// Cluster sizes (masters) to spread over.
+        #[arg(long, value_delimiter = ',', default_values_t = [3u32, 6, 10])]
+        masters: Vec<u32>,
+        /// Meetings stored, one instance each.
+        #[arg(long, default_value_t = 100_000)]
+        stored: u64,
+        /// Of which running.
+        #[arg(long, default_value_t = 64)]
+        running: u64,
     },
     /// Time one tick with `due` transitions among `stored` instances.
     Tick {
@@ -178,6 +197,12 @@ async fn main() -> std::process::ExitCode {
             })
             .await
         }
+        Bench::Partitions {
+            counts,
+            masters,
+            stored,
+            running,
+        } => partitions::partitions(&counts, &masters, stored, running.min(stored)).await,
         Bench::Tick {
             redis,
             stored,

@@ -99,8 +99,9 @@ pub struct RawRedis {
     pub cluster: Vec<String>,
     /// How long a call may take before the request is `unavailable`, ms.
     pub timeout_ms: u64,
-    /// Partitions meetings are spread over; fixed for the life of the data.
-    pub partitions: u64,
+    /// Partitions meetings are spread over; unset: the count the data
+    /// records, or 64 for new data. Changed by `meetingd repartition`.
+    pub partitions: Option<u64>,
 }
 
 impl Default for RawRedis {
@@ -109,7 +110,7 @@ impl Default for RawRedis {
             url: String::new(),
             cluster: Vec::new(),
             timeout_ms: 1000,
-            partitions: 16,
+            partitions: None,
         }
     }
 }
@@ -321,8 +322,9 @@ pub struct Config {
     pub redis_cluster: Vec<String>,
     /// A Redis call's time limit.
     pub redis_timeout: Duration,
-    /// Partitions of the key layout.
-    pub partitions: u64,
+    /// Partitions of the key layout; `None`: the recorded count, or the
+    /// default for new data.
+    pub partitions: Option<u64>,
     /// Longest chat text, bytes.
     pub chat_text_bytes: usize,
     /// Largest page.
@@ -554,7 +556,11 @@ impl RawConfig {
                 "redis.timeout_ms",
                 self.redis.timeout_ms,
             )?),
-            partitions: positive("redis.partitions", self.redis.partitions)?,
+            partitions: self
+                .redis
+                .partitions
+                .map(|p| positive("redis.partitions", p))
+                .transpose()?,
             chat_text_bytes: positive("limits.chat_text_bytes", self.limits.chat_text_bytes)?
                 as usize,
             page,

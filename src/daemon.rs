@@ -257,6 +257,10 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
             .unwrap_or_else(|_| "localhost".into()),
         std::process::id()
     );
+    store
+        .start_serving(&serving_as)
+        .await
+        .map_err(DaemonError::Store)?;
     let serving = tokio::spawn(renew_serving(store.clone(), serving_as.clone()));
     let serving_store = store.clone();
     let stats = Arc::new(Stats::default());

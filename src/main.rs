@@ -35,13 +35,14 @@ enum Command {
     /// whose partition changes gets its keys copied under the new tag, a
     /// page at a time; resumable: run it again after an interruption).
     /// Every daemon on the data must be stopped first; afterwards start
-    /// them with redis.partitions = N.
+    /// them with redis.partitions = N (or unset: they take the recorded
+    /// count).
     Repartition(RepartitionArgs),
     /// Print the assembled Lua library, for
     /// `meetingd library | redis-cli -x FUNCTION LOAD REPLACE`. It knows
     /// the number of partitions (every meeting key is checked against it):
-    /// --partitions, or redis.partitions of the configuration (16 by
-    /// default).
+    /// --partitions, or redis.partitions of the configuration (64 when
+    /// neither is given: use --partitions for data of another count).
     Library(LibraryArgs),
 }
 
@@ -104,7 +105,9 @@ fn main() -> ExitCode {
             let partitions = match args.partitions {
                 Some(partitions) => partitions,
                 None => match config::load(args.config.as_deref(), &Overrides::default()) {
-                    Ok((_, config)) => config.partitions,
+                    Ok((_, config)) => config
+                        .partitions
+                        .unwrap_or(meetingd::store::DEFAULT_PARTITIONS),
                     Err(err) => {
                         eprintln!("meetingd: {err}");
                         return ExitCode::from(2);
@@ -211,7 +214,7 @@ impl Offline {
         };
         let mut options = meetingd::store::StoreOptions::new(url);
         options.cluster = config.redis_cluster.clone();
-        options.partitions = partitions.unwrap_or(config.partitions);
+        options.partitions = partitions.or(config.partitions);
         options.timeout = std::time::Duration::from_secs(10);
         options.load_library = false;
         let result = offline.runtime.block_on(async {
@@ -271,7 +274,7 @@ fn repartition(args: RepartitionArgs) -> ExitCode {
         Ok(Ok(report)) if report.done => {
             println!(
                 "{} meetings laid out over {} partitions (from {}): {} moved now, {} keys \
-                 copied; start the daemons with redis.partitions = {}",
+                 copied; start the daemons with redis.partitions = {} (or unset)",
                 report.meetings, report.to, report.from, report.moved, report.keys, report.to
             );
             ExitCode::SUCCESS

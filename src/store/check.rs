@@ -288,7 +288,7 @@ impl Store {
             if recorded != Some(self.keys.partitions() as i64) {
                 problems.push(format!(
                     "{}: the data was laid out with {} partitions, the check ran with {} \
-                     (set redis.partitions to match)",
+                     (set redis.partitions to match, or leave it unset)",
                     Keys::layout(),
                     recorded.map_or("an unreadable number of".into(), |n| n.to_string()),
                     self.keys.partitions()

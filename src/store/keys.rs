@@ -9,6 +9,11 @@
 
 use super::types::{Id, InstanceId};
 
+/// The number of partitions of new data when none is configured: spread
+/// within 1.25× of even over up to 6 masters, for under half a millisecond
+/// more per ACTIVE than 16 (BENCHMARKS.md, "Partitions").
+pub const DEFAULT_PARTITIONS: u64 = 64;
+
 /// Builds key names for a given number of partitions.
 #[derive(Debug, Clone, Copy)]
 pub struct Keys {

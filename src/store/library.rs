@@ -82,6 +82,8 @@ pub struct Loaded {
     release: Vec<u64>,
     /// The API level (1 for versions before levels were named).
     api: u32,
+    /// The partition count it was built for, when the version names it.
+    partitions: Option<u64>,
 }
 
 /// What a daemon does about the library it finds loaded.
@@ -93,7 +95,8 @@ pub enum Verdict {
     Replace,
     /// Newer, of our API level: serve with it.
     Newer,
-    /// Newer, of another API level: this daemon cannot serve this data.
+    /// Newer, of another API level or partition count: this daemon
+    /// cannot serve with it.
     Incompatible,
 }
 
@@ -106,10 +109,15 @@ impl Loaded {
             .find_map(|part| part.strip_prefix("api"))
             .and_then(|n| n.parse().ok())
             .unwrap_or(1);
+        let partitions = rest
+            .split('/')
+            .find_map(|part| part.strip_prefix('p'))
+            .and_then(|n| n.parse().ok());
         Loaded {
             version: version.to_string(),
             release: release.split('.').map(|n| n.parse().unwrap_or(0)).collect(),
             api,
+            partitions,
         }
     }
 
@@ -122,7 +130,7 @@ impl Loaded {
         if self.release <= ours.release {
             return Verdict::Replace;
         }
-        if self.api == ours.api {
+        if self.api == ours.api && self.partitions == ours.partitions {
             Verdict::Newer
         } else {
             Verdict::Incompatible
@@ -163,5 +171,11 @@ mod tests {
             verdict(&format!("0.3.0+ab/p16/api{}", API_LEVEL + 1)),
             Verdict::Incompatible
         );
+        // newer, but built for another partition count: not ours to serve
+        assert_eq!(
+            verdict(&format!("99.0.0+ab/p64/api{API_LEVEL}")),
+            Verdict::Incompatible
+        );
+        assert_eq!(verdict("0.1.9+00/p64/api2"), Verdict::Replace);
     }
 }

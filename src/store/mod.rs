@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use redis::{Cmd, ErrorKind, RedisError, Value};
 
-pub use keys::Keys;
+pub use keys::{DEFAULT_PARTITIONS, Keys};
 pub use library::{API_LEVEL, Library, Loaded, Verdict};
 pub use load::{Load, LoadReport};
 pub use repartition::{Repartitioned, SERVING_TTL};
@@ -164,7 +164,9 @@ pub struct StoreOptions {
     /// not used.
     pub cluster: Vec<String>,
     /// P: meetings are spread over this many partitions (hash tags).
-    pub partitions: u64,
+    /// `None`: the count the data records, or [`DEFAULT_PARTITIONS`] for
+    /// a Redis that holds none yet.
+    pub partitions: Option<u64>,
     /// How long a Redis call may take before it fails as unavailable.
     pub timeout: Duration,
     /// Instances per tick step (one meet_tick call).
@@ -187,7 +189,7 @@ impl StoreOptions {
         StoreOptions {
             url: url.into(),
             cluster: Vec::new(),
-            partitions: 16,
+            partitions: None,
             timeout: Duration::from_secs(1),
             tick_batch: 100,
             timeout_budget: 500,
@@ -288,24 +290,25 @@ impl Store {
         let connected = Arc::new(AtomicBool::new(true));
         let conn = conn::Conn::open(&options, library_checked.clone(), connected.clone()).await?;
         let users = Arc::new(users::Users::open(&options).await?);
+        let partitions = match options.partitions {
+            Some(partitions) => partitions,
+            None => recorded_partitions(&conn)
+                .await?
+                .unwrap_or(DEFAULT_PARTITIONS),
+        };
         let store = Store {
             conn,
             users,
-            keys: Keys::new(options.partitions),
+            keys: Keys::new(partitions),
             clock,
-            library: Arc::new(Library::new(options.partitions)),
+            library: Arc::new(Library::new(partitions)),
             library_checked,
             connected,
             options: Arc::new(options),
         };
         if store.options.load_library {
             if let Some(under_way) = store.repartition_under_way().await? {
-                let to = under_way.split(' ').nth(1).unwrap_or("?");
-                return Err(StoreError::Incompatible(format!(
-                    "a repartition of this data (partitions \"{under_way}\": from, to) is under \
-                     way: let it finish (meetingd repartition --partitions {to}), then start \
-                     with redis.partitions = {to}"
-                )));
+                return Err(repartition::under_way_error(&under_way));
             }
             store.ensure_library().await?;
             store.ensure_layout().await?;
@@ -349,8 +352,8 @@ impl Store {
         if recorded != ours as i64 {
             return Err(StoreError::Incompatible(format!(
                 "redis.partitions is {ours}, but the data in this Redis was laid out with \
-                 {recorded} partitions: set redis.partitions = {recorded} (changing it \
-                 needs every meeting's keys renamed)"
+                 {recorded} partitions: set redis.partitions = {recorded}, or leave it \
+                 unset to take the recorded count (meetingd repartition changes it)"
             )));
         }
         Ok(())
@@ -439,8 +442,8 @@ impl Store {
             }
             Verdict::Incompatible => Err(StoreError::Incompatible(format!(
                 "{place} holds the meetingd library {}, newer than this daemon's {} and of \
-                 another API level: this daemon cannot serve that data; run the newer \
-                 meetingd (or load this one's library by hand to go back)",
+                 another API level or partition count: this daemon cannot serve with it; run \
+                 the newer meetingd (or load this one's library by hand to go back)",
                 loaded.version, self.library.version
             ))),
         }
@@ -581,6 +584,25 @@ impl Store {
         Call::new(function, key, args, writes, move |value| {
             Fields::new(function, value)
         })
+    }
+}
+
+/// The number of partitions the data behind `conn` records, if any.
+async fn recorded_partitions(conn: &conn::Conn) -> Result<Option<u64>, StoreError> {
+    let mut conn = conn.clone();
+    let value: Value = redis::cmd("GET")
+        .arg(Keys::layout())
+        .query_async(&mut conn)
+        .await?;
+    if value == Value::Nil {
+        return Ok(None);
+    }
+    match u64::try_from(reply::int("GET", value)?) {
+        Ok(partitions) if partitions > 0 => Ok(Some(partitions)),
+        _ => Err(StoreError::Internal(format!(
+            "{} holds no partition count: run meetingd check",
+            Keys::layout()
+        ))),
     }
 }
 

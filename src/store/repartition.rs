@@ -101,11 +101,41 @@ impl Store {
         Ok(())
     }
 
+    /// Start serving this data as the daemon `who`: enter it in the list
+    /// of serving daemons, then make sure no repartition is under way (a
+    /// repartition sets its lock, then reads that list: whichever comes
+    /// second sees the other).
+    pub async fn start_serving(&self, who: &str) -> Result<(), StoreError> {
+        self.renew_serving(who).await?;
+        if let Some(under_way) = self.repartition_under_way().await? {
+            self.stop_serving(who).await?;
+            return Err(under_way_error(&under_way));
+        }
+        Ok(())
+    }
+
     /// Say that the daemon `who` no longer serves this data.
     pub async fn stop_serving(&self, who: &str) -> Result<(), StoreError> {
         self.command(redis::cmd("ZREM").arg(serving_key()).arg(who))
             .await?;
         Ok(())
+    }
+
+    /// The daemons whose entries in the serving list have not lapsed.
+    async fn serving(&self) -> Result<Vec<String>, StoreError> {
+        let serving = self
+            .command(
+                redis::cmd("ZRANGE")
+                    .arg(serving_key())
+                    .arg(self.now())
+                    .arg("+inf")
+                    .arg("BYSCORE"),
+            )
+            .await?;
+        reply::array("ZRANGE", serving)?
+            .into_iter()
+            .map(|who| reply::text("ZRANGE", who))
+            .collect()
     }
 
     /// A repartition under way, if any: "P N".
@@ -127,7 +157,9 @@ impl Store {
     ) -> Result<Repartitioned, StoreError> {
         // a run that was stopped goes on from where the lock says it began
         // (the layout key may already say `to` if it stopped at the end)
-        let from = match self.repartition_under_way().await? {
+        let under_way = self.repartition_under_way().await?;
+        let resumed = under_way.is_some();
+        let from = match under_way {
             Some(under_way) => {
                 let (from, ongoing_to) = parse_lock(&under_way)?;
                 if ongoing_to != to {
@@ -163,19 +195,7 @@ impl Store {
             }
         };
         let lock = format!("{from} {to}");
-        let serving = self
-            .command(
-                redis::cmd("ZRANGE")
-                    .arg(serving_key())
-                    .arg(self.now())
-                    .arg("+inf")
-                    .arg("BYSCORE"),
-            )
-            .await?;
-        let serving: Vec<String> = reply::array("ZRANGE", serving)?
-            .into_iter()
-            .map(|who| reply::text("ZRANGE", who))
-            .collect::<Result<_, _>>()?;
+        let serving = self.serving().await?;
         if !serving.is_empty() {
             return Err(StoreError::Incompatible(format!(
                 "daemons serve this data ({}): stop every meetingd on it first (an entry \
@@ -186,6 +206,16 @@ impl Store {
         }
         self.command(redis::cmd("SET").arg(lock_key()).arg(&lock))
             .await?;
+        // a daemon that entered the list since is refused by the lock or
+        // seen here
+        if let Some(who) = self.serving().await?.first() {
+            if !resumed {
+                self.command(redis::cmd("DEL").arg(lock_key())).await?;
+            }
+            return Err(StoreError::Incompatible(format!(
+                "the daemon {who} started serving this data: stop it, then run this again"
+            )));
+        }
 
         // every key, grouped by the meeting whose keys they are
         let all = self.all_keys().await?;
@@ -469,6 +499,17 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Why a daemon may not serve while the repartition `under_way` ("P N")
+/// is.
+pub(super) fn under_way_error(under_way: &str) -> StoreError {
+    let to = under_way.split(' ').nth(1).unwrap_or("?");
+    StoreError::Incompatible(format!(
+        "a repartition of this data (partitions \"{under_way}\": from, to) is under way: let \
+         it finish (meetingd repartition --partitions {to}), then start with \
+         redis.partitions = {to} (or unset)"
+    ))
 }
 
 /// The two partition counts of a lock: "P N".

@@ -513,9 +513,10 @@ async fn check_walks_every_master() {
     assert!(out.contains("meetingd: 2 problems"), "{out}");
 }
 
-/// How 10,000 meetings spread over the masters (16 partitions): every
-/// master holds some. `cargo test --test it cluster::spread -- --nocapture`
-/// prints the keys per master.
+/// How 10,000 meetings spread over the masters with the default partition
+/// count: every master holds some, none more than 40 % of the keys (16
+/// partitions put 44 % on one: 7,504 / 9,381 / 13,132 keys). `cargo test
+/// --test it cluster::spread -- --nocapture` prints the keys per master.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spread_of_10000_meetings_over_3_masters() {
     let cluster = Cluster::start(3);
@@ -545,10 +546,16 @@ async fn spread_of_10000_meetings_over_3_masters() {
         sizes.iter().all(|n| *n > 0),
         "every master holds meetings: {sizes:?}"
     );
+    let total = sizes.iter().sum::<u64>();
     assert_eq!(
-        sizes.iter().sum::<u64>(),
-        10_000 * 3 + 16 + 1,
-        "meeting, orders, schedule per meeting, 16 due indexes and the layout"
+        total,
+        10_000 * 3 + meetingd::store::DEFAULT_PARTITIONS + 1,
+        "meeting, orders, schedule per meeting, a due index per partition and the layout"
+    );
+    let busiest = sizes.iter().copied().max().unwrap_or(0);
+    assert!(
+        busiest * 100 <= total * 40,
+        "the busiest master holds {busiest} of {total} keys"
     );
 }
 

@@ -115,7 +115,7 @@ fn repartition(args: &[&str]) -> (i32, String) {
 /// (loading its library, checking the layout).
 async fn store_with(options: &StoreOptions, partitions: u64) -> Result<Store, StoreError> {
     let mut options = options.clone();
-    options.partitions = partitions;
+    options.partitions = Some(partitions);
     Store::connect_with_clock(
         options,
         std::sync::Arc::new(meetingd::clock::ManualClock::new(t0())),
@@ -127,7 +127,7 @@ async fn store_with(options: &StoreOptions, partitions: u64) -> Result<Store, St
 /// partitions, a store of 16 is refused, a posted key is still known, and
 /// a tick at the end of the first instances ends each running one (in its
 /// new partition) with a timeout per participant; `meetingd check` (with
-/// `check_args`, 64 partitions) finds nothing wrong.
+/// `check_args`, no count given: the recorded one) finds nothing wrong.
 async fn moved_intact(options: &StoreOptions, before: &[String], check_args: &[&str]) {
     match store_with(options, 16).await {
         Err(StoreError::Incompatible(why)) => assert!(why.contains("64"), "{why}"),
@@ -135,6 +135,10 @@ async fn moved_intact(options: &StoreOptions, before: &[String], check_args: &[&
         Ok(_) => panic!("a store of 16 partitions connects to data moved to 64"),
     }
     let store = store_with(options, 64).await.expect("a store of 64");
+    let adopted = Store::connect(options.clone())
+        .await
+        .expect("a store of none");
+    assert_eq!(adopted.keys().partitions(), 64, "the recorded count taken");
     let after = snapshot(&store).await;
     assert_eq!(before.len(), after.len());
     for (b, a) in before.iter().zip(&after) {
@@ -167,7 +171,7 @@ async fn moved_intact(options: &StoreOptions, before: &[String], check_args: &[&
     let out = Command::new(env!("CARGO_BIN_EXE_meetingd"))
         .arg("check")
         .args(check_args)
-        .env("MEETINGD_REDIS__PARTITIONS", "64")
+        .env_remove("MEETINGD_REDIS__PARTITIONS")
         .output()
         .expect("meetingd check runs");
     assert_eq!(
@@ -184,7 +188,7 @@ async fn moved_intact(options: &StoreOptions, before: &[String], check_args: &[&
 #[tokio::test]
 async fn sixteen_to_sixty_four_on_one_redis_stopped_and_resumed() {
     let redis = Redis::start();
-    let (store, _clock) = redis.store(t0()).await;
+    let (store, _clock) = redis.store_with(t0(), |o| o.partitions = Some(16)).await;
     scenario(&store).await;
     let before = snapshot(&store).await;
     drop(store);
@@ -234,7 +238,9 @@ async fn sixteen_to_sixty_four_on_one_redis_stopped_and_resumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_to_sixty_four_on_a_cluster() {
     let cluster = crate::cluster::Cluster::start(3);
-    let store = cluster.store(meetingd::clock::ManualClock::new(t0())).await;
+    let mut options = StoreOptions::new("");
+    options.cluster = cluster.urls();
+    let store = store_with(&options, 16).await.expect("a store of 16");
     scenario(&store).await;
     let before = snapshot(&store).await;
     drop(store);
@@ -251,16 +257,14 @@ async fn sixteen_to_sixty_four_on_a_cluster() {
     let (code, out) = repartition(&["--redis-cluster", &seed, "--partitions", "64"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("over 64 partitions (from 16)"), "{out}");
-    let mut options = StoreOptions::new("");
-    options.cluster = cluster.urls();
     moved_intact(&options, &before, &["--redis-cluster", &seed]).await;
 }
 
 #[test]
-fn refused_while_a_daemon_serves_then_the_daemon_starts_with_the_new_count() {
+fn refused_while_a_daemon_serves_then_daemons_start_with_the_new_count() {
     let redis = Redis::start();
     let url = redis.url();
-    let daemon = Daemon::start(&redis, &[]);
+    let daemon = Daemon::start(&redis, &[("MEETINGD_REDIS__PARTITIONS", "16")]);
     daemon
         .client()
         .ok("MEETING SET 5 title Five description x public true");
@@ -278,12 +282,22 @@ fn refused_while_a_daemon_serves_then_the_daemon_starts_with_the_new_count() {
     // the old count is refused (exit 2), the new one serves the meeting
     let dir = tempfile::tempdir().expect("dir");
     let socket = dir.path().join("meetingd.sock");
-    let mut old = Daemon::spawn(&redis, &socket, &[], dir);
+    let mut old = Daemon::spawn(
+        &redis,
+        &socket,
+        &[("MEETINGD_REDIS__PARTITIONS", "16")],
+        dir,
+    );
     let status = old
         .wait(std::time::Duration::from_secs(20))
         .expect("the daemon of 16 partitions stops");
     assert_eq!(status.code(), Some(2), "{}", old.log());
-    let daemon = Daemon::start(&redis, &[("MEETINGD_REDIS__PARTITIONS", "64")]);
+    // given the new count, or none (the recorded one taken)
+    drop(Daemon::start(
+        &redis,
+        &[("MEETINGD_REDIS__PARTITIONS", "64")],
+    ));
+    let daemon = Daemon::start(&redis, &[]);
     let meeting = daemon.client().ok("MEETING GET 5");
     assert_eq!(meeting["title"], "Five", "{meeting}");
     assert!(

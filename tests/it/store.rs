@@ -3,10 +3,11 @@
 
 use meetingd::error::Code;
 use meetingd::store::{
-    EventKind, InstanceId, InstanceRef, InstanceState, Library, Meeting, Store, StoreError, User,
+    DEFAULT_PARTITIONS, EventKind, InstanceId, InstanceRef, InstanceState, Library, Meeting, Store,
+    StoreError, User,
 };
 
-use crate::harness::{MIN, Redis, t0};
+use crate::harness::{Daemon, MIN, Redis, public_meeting, t0};
 
 fn user(id: u64, name: &str, email: &str) -> User {
     User {
@@ -351,9 +352,9 @@ async fn the_library_is_loaded_again_after_function_flush() {
 async fn a_different_loaded_version_is_replaced_at_connect() {
     let redis = Redis::start();
     let mut conn = redis.conn().await;
-    let old = Library::new(16)
+    let old = Library::new(DEFAULT_PARTITIONS)
         .source
-        .replace(&Library::new(16).version, "0.0.0+old");
+        .replace(&Library::new(DEFAULT_PARTITIONS).version, "0.0.0+old");
     let _: String = redis::cmd("FUNCTION")
         .arg("LOAD")
         .arg(&old)
@@ -367,7 +368,7 @@ async fn a_different_loaded_version_is_replaced_at_connect() {
         .query_async(&mut conn)
         .await
         .expect("version");
-    assert_eq!(version, Library::new(16).version);
+    assert_eq!(version, Library::new(DEFAULT_PARTITIONS).version);
 }
 
 #[tokio::test]
@@ -420,9 +421,9 @@ async fn the_library_is_checked_again_after_a_reconnect() {
     // Somebody replaces the library with another version while the store
     // is connected, then the store's connection drops.
     let mut conn = redis.conn().await;
-    let other = Library::new(16)
+    let other = Library::new(DEFAULT_PARTITIONS)
         .source
-        .replace(&Library::new(16).version, "0.0.0+other");
+        .replace(&Library::new(DEFAULT_PARTITIONS).version, "0.0.0+other");
     let _: String = redis::cmd("FUNCTION")
         .arg("LOAD")
         .arg("REPLACE")
@@ -457,7 +458,7 @@ async fn the_library_is_checked_again_after_a_reconnect() {
         .expect("version");
     assert_eq!(
         version,
-        Library::new(16).version,
+        Library::new(DEFAULT_PARTITIONS).version,
         "our version is back after the reconnect"
     );
 }
@@ -534,24 +535,25 @@ async fn the_partitions_are_recorded_and_a_store_with_others_is_refused() {
     let (store, _) = redis.store(t0()).await;
     assert_eq!(
         redis.cli(&["GET", "meetingd:{layout}:partitions"]).trim(),
-        "16"
+        DEFAULT_PARTITIONS.to_string(),
+        "none configured: the default recorded"
     );
     assert_eq!(store.check().await.expect("check"), Vec::<String>::new());
 
     let mut other = redis.options();
-    other.partitions = 8;
+    other.partitions = Some(8);
     let refused = Store::connect(other.clone()).await.err();
     match refused {
-        Some(StoreError::Internal(message)) => assert!(
+        Some(StoreError::Incompatible(message)) => assert!(
             message.contains("redis.partitions is 8")
-                && message.contains("set redis.partitions = 16"),
+                && message.contains(&format!("set redis.partitions = {DEFAULT_PARTITIONS}")),
             "{message}"
         ),
         other => panic!("expected a refusal, got {:?}", other.map(|e| e.to_string())),
     }
     assert_eq!(
         redis.cli(&["GET", "meetingd:{layout}:partitions"]).trim(),
-        "16",
+        DEFAULT_PARTITIONS.to_string(),
         "the record is not changed by the refused store"
     );
     // a read-only check with the wrong number says so
@@ -559,9 +561,9 @@ async fn the_partitions_are_recorded_and_a_store_with_others_is_refused() {
     let checker = Store::connect(other).await.expect("a read-only store");
     let problems = checker.check().await.expect("check");
     assert!(
-        problems
-            .iter()
-            .any(|p| p.contains("laid out with 16 partitions, the check ran with 8")),
+        problems.iter().any(|p| p.contains(&format!(
+            "laid out with {DEFAULT_PARTITIONS} partitions, the check ran with 8"
+        ))),
         "{problems:?}"
     );
 
@@ -578,5 +580,26 @@ async fn the_partitions_are_recorded_and_a_store_with_others_is_refused() {
         .expect("meetingd runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("set redis.partitions = 16"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("set redis.partitions = {DEFAULT_PARTITIONS}")),
+        "{stderr}"
+    );
+}
+
+/// With no count configured, a store (and a daemon) takes the one the
+/// data records.
+#[tokio::test]
+async fn with_none_configured_the_recorded_count_is_taken() {
+    let redis = Redis::start();
+    let (store, _) = redis.store_with(t0(), |o| o.partitions = Some(16)).await;
+    public_meeting(&store, 20).await;
+    let adopted = Store::connect(redis.options()).await.expect("store");
+    assert_eq!(adopted.keys().partitions(), 16);
+    assert_eq!(adopted.keys().meeting(20), "meetingd:{p4}:meeting:20");
+    assert_eq!(
+        adopted.meeting_get(20).await.expect("meeting").meeting.id,
+        20
+    );
+    let daemon = Daemon::start(&redis, &[]);
+    assert_eq!(daemon.client().ok("MEETING GET 20")["id"], 20);
 }

@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use meetingd::store::{API_LEVEL, Library};
+use meetingd::store::{API_LEVEL, DEFAULT_PARTITIONS, Library};
 
 use crate::harness::{Daemon, Redis};
 
 /// Load our library under another version string.
 fn load_as(redis: &Redis, version: &str) {
-    let ours = Library::new(16);
+    let ours = Library::new(DEFAULT_PARTITIONS);
     let source = ours.source.replace(&ours.version, version);
     let loaded = redis.cli(&["FUNCTION", "LOAD", "REPLACE", &source]);
     assert_eq!(loaded.trim(), "meetingd", "{loaded}");
@@ -27,7 +27,7 @@ fn loaded_version(redis: &Redis) -> String {
 #[test]
 fn a_newer_library_of_our_api_level_is_served_with() {
     let redis = Redis::start();
-    let newer = format!("99.0.0+0123456789abcdef/p16/api{API_LEVEL}");
+    let newer = format!("99.0.0+0123456789abcdef/p{DEFAULT_PARTITIONS}/api{API_LEVEL}");
     load_as(&redis, &newer);
     let daemon = Daemon::start(&redis, &[]);
     let mut c = daemon.client();
@@ -48,7 +48,10 @@ fn a_newer_library_of_our_api_level_is_served_with() {
 #[test]
 fn a_newer_library_of_another_api_level_stops_the_daemon() {
     let redis = Redis::start();
-    let newer = format!("99.0.0+0123456789abcdef/p16/api{}", API_LEVEL + 1);
+    let newer = format!(
+        "99.0.0+0123456789abcdef/p{DEFAULT_PARTITIONS}/api{}",
+        API_LEVEL + 1
+    );
     load_as(&redis, &newer);
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("meetingd.sock");
@@ -59,7 +62,7 @@ fn a_newer_library_of_another_api_level_stops_the_daemon() {
     assert_eq!(status.code(), Some(2), "{}", daemon.log());
     let log = daemon.log();
     assert!(
-        log.contains(&newer) && log.contains(&Library::new(16).version),
+        log.contains(&newer) && log.contains(&Library::new(DEFAULT_PARTITIONS).version),
         "both versions named: {log}"
     );
     assert_eq!(loaded_version(&redis), newer, "left as it was");
@@ -71,5 +74,8 @@ fn an_older_library_is_replaced() {
     load_as(&redis, "0.1.0+8df38f33de95be1b");
     let daemon = Daemon::start(&redis, &[]);
     daemon.client().ok("PING");
-    assert_eq!(loaded_version(&redis), Library::new(16).version);
+    assert_eq!(
+        loaded_version(&redis),
+        Library::new(DEFAULT_PARTITIONS).version
+    );
 }

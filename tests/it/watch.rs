@@ -105,10 +105,10 @@ fn three_hundred_watched_instances_hold_one_redis_connection_per_partition() {
     three_hundred_watched_instances_on(&Backend::single());
 }
 
-/// 300 instances watched, spread over the 16 partitions: the daemon holds
-/// one more Redis connection per partition, not one per instance (nor one
-/// per master per instance on a cluster), and every watcher still gets its
-/// instance's entries.
+/// 300 instances watched, spread over the partitions (64 by default): the
+/// daemon holds one more Redis connection per partition, not one per
+/// instance (nor one per master per instance on a cluster), and every
+/// watcher still gets its instance's entries.
 fn three_hundred_watched_instances_on(backend: &Backend) {
     let daemon = backend.daemon(&[]);
     let mut actor = daemon.client();
@@ -127,7 +127,7 @@ fn three_hundred_watched_instances_on(backend: &Backend) {
     let after = backend.connected_clients();
     eprintln!("Redis clients: {before} before, {after} with 300 watched instances");
     assert!(
-        after <= before + 16 + 2,
+        after <= before + meetingd::store::DEFAULT_PARTITIONS + 2,
         "{before} Redis clients before, {after} with 300 watched instances"
     );
     for m in [1u64, 16, 17, 150, 300] {

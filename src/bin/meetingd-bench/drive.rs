@@ -126,7 +126,7 @@ pub struct World {
     pub sitting: u64,
     /// When the instances' windows are centred.
     pub now: i64,
-    /// The key layout (16 partitions, the default).
+    /// The key layout (the default partition count).
     pub keys: Keys,
     /// Make the meetings public (anybody joins) instead of private.
     pub public: bool,
@@ -151,7 +151,7 @@ impl World {
             meetings,
             sitting,
             now,
-            keys: Keys::new(16),
+            keys: Keys::new(meetingd::store::DEFAULT_PARTITIONS),
             public: false,
         }
     }

@@ -81,7 +81,7 @@ pub async fn partitions(
     for &count in counts {
         let redis = OwnRedis::start(false)?;
         let mut options = store_options(&redis.url);
-        options.partitions = count;
+        options.partitions = Some(count);
         let store = Store::connect(options).await.map_err(|e| e.to_string())?;
         let now = chrono::Utc::now().timestamp_millis();
         fill(&store, stored, running, now).await?;

@@ -6,7 +6,7 @@
 //! under the new tag, its entries of the due and active indexes copied to
 //! the new partition's, and then the old ones deleted, the meeting's own
 //! hash last. Keys of different tags may live on different masters, so the
-//! copy is done by the client, a page at a time (at most 1000 members or
+//! copy is done by the client, a page at a time (at most 500 members or
 //! entries per command): no call holds Redis for long, however big a key.
 //!
 //! Interrupted, it is run again and goes on: a meeting whose old hash is
@@ -42,7 +42,7 @@ pub fn serving_key() -> String {
 pub const SERVING_TTL: Duration = Duration::from_secs(15);
 
 /// Members, fields or entries per command of a copy.
-const PAGE: usize = 1000;
+const PAGE: usize = 500;
 
 /// What a repartition did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -462,16 +462,21 @@ impl Store {
                         .await?;
                     let entries = reply::array("XRANGE", value)?;
                     let count = entries.len();
+                    // the page's entries in one pipeline (one slot, in order)
+                    let mut pipe = redis::pipe();
                     for entry in entries {
                         let mut parts = reply::array("XRANGE", entry)?.into_iter();
                         let id = reply::text("XRANGE", parts.next().unwrap_or_default())?;
-                        let mut cmd = redis::cmd("XADD");
-                        cmd.arg(to).arg(&id);
+                        let xadd = pipe.cmd("XADD").arg(to).arg(&id);
                         for value in reply::array("XRANGE", parts.next().unwrap_or_default())? {
-                            cmd.arg(bytes(value)?);
+                            xadd.arg(bytes(value)?);
                         }
-                        self.command(&cmd).await?;
+                        pipe.ignore();
                         after = Some(id);
+                    }
+                    if count > 0 {
+                        let mut conn = self.conn.clone();
+                        let () = pipe.query_async(&mut conn).await?;
                     }
                     if count < PAGE {
                         break;

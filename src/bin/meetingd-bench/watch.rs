@@ -34,12 +34,14 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / hz)
 }
 
-/// One watcher: WATCH, then time every delivery until `expected` came.
+/// One watcher: WATCH (say so on `watching` once it is acknowledged), then
+/// time every delivery until `expected` came.
 async fn watcher(
     socket: std::path::PathBuf,
     instance: String,
     expected: u64,
     origin: Instant,
+    watching: tokio::sync::mpsc::Sender<()>,
 ) -> Result<(Histogram<u64>, u64), String> {
     let stream = UnixStream::connect(&socket)
         .await
@@ -54,6 +56,8 @@ async fn watcher(
     if !first.is_some_and(|l| l.contains("watching")) {
         return Err("WATCH was refused".into());
     }
+    let _ = watching.send(()).await;
+    drop(watching);
     let mut histogram =
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
     let mut seen = 0;
@@ -118,6 +122,19 @@ async fn poster(
     Ok(())
 }
 
+/// Redis' `connected_clients` (INFO clients).
+async fn connected_clients(conn: &mut redis::aio::MultiplexedConnection) -> Result<u64, String> {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| "no connected_clients in INFO clients".to_string())
+}
+
 /// The daemon's STATS.
 async fn daemon_stats(socket: &std::path::Path) -> Result<serde_json::Value, String> {
     let stream = UnixStream::connect(socket)
@@ -152,9 +169,12 @@ pub async fn watch(plan: Plan) -> Result<(), String> {
     let store = crate::connect(&redis.url).await?;
     let world = World::new(plan.instances, 1, store.now());
     world.create(&store, 1, 1).await?;
+    let mut info = crate::connect_raw(&redis.url).await?;
+    let clients_before = connected_clients(&mut info).await?;
     let origin = Instant::now();
     let rss_before = crate::rss_kib(daemon.pid()).unwrap_or(0);
     let mut watchers = Vec::new();
+    let (watching, mut acknowledged) = tokio::sync::mpsc::channel(plan.watchers.max(1));
     for w in 0..plan.watchers {
         let instance = format!("{}/1", 1 + w as u64 % plan.instances);
         watchers.push(tokio::spawn(watcher(
@@ -162,10 +182,20 @@ pub async fn watch(plan: Plan) -> Result<(), String> {
             instance,
             plan.messages,
             origin,
+            watching.clone(),
         )));
     }
-    // let every watcher get its WATCH in before the first post
-    tokio::time::sleep(Duration::from_millis(200 + plan.watchers as u64 / 5)).await;
+    drop(watching);
+    // every WATCH acknowledged before the first post
+    let mut ready = 0;
+    while ready < plan.watchers {
+        match tokio::time::timeout(Duration::from_secs(60), acknowledged.recv()).await {
+            Ok(Some(())) => ready += 1,
+            _ => return Err(format!("{ready} of {} WATCHes acknowledged", plan.watchers)),
+        }
+    }
+    let watched_in = origin.elapsed();
+    let clients_watching = connected_clients(&mut info).await?;
     let cpu_before = cpu_seconds(daemon.pid()).unwrap_or(0.0);
     let started = Instant::now();
     let mut posters = Vec::new();
@@ -216,6 +246,11 @@ pub async fn watch(plan: Plan) -> Result<(), String> {
         all.max() as f64 / 1000.0,
         rss_before as f64 / 1024.0,
         rss_peak as f64 / 1024.0,
+    );
+    println!(
+        "Redis clients: {clients_before} before the WATCHes, {clients_watching} with them \
+         (this bench's own connection included); every WATCH acknowledged in {:.0} ms",
+        watched_in.as_secs_f64() * 1000.0
     );
     let post = &stats["latency"]["POST"];
     println!(

@@ -7,24 +7,31 @@
 //!
 //! # Layout
 //!
-//! - `lua/`: the library: `helpers.lua` first, then one file per operation,
-//!   each opening with its KEYS, ARGV, reply and errors.
-//! - [`store`]: the only module that talks to Redis: the key layout
-//!   (`store/keys.rs`), the assembled library (`store/library.rs`), reply
-//!   decoding (`store/reply.rs`), typed results (`store/types.rs`), one
-//!   method per operation (`store/mod.rs`), bulk loading
-//!   (`store/load.rs`), the consistency check of `meetingd check`
-//!   (`store/check.rs`), the connection (`store/conn.rs`) and, on a Redis
-//!   Cluster, the library on every master (`store/cluster.rs`).
+//! - `lua/`: the library. `lua/include/` holds what every function shares
+//!   (errors, argument checks, the key layout, instance state, pages), then
+//!   one file per operation, each opening with its KEYS, ARGV, reply and
+//!   errors.
+//! - [`store`]: the only module that talks to Redis. `mod.rs` holds the
+//!   store, its options and `Call` (one library call, sent alone or
+//!   pipelined); one file per family of calls: `admin.rs` (users, meetings,
+//!   audiences, instances), `presence.rs` (join, leave, participants,
+//!   active, attendance), `chat.rs` (post, messages, events), `tick.rs`,
+//!   `watch.rs` (WATCH's reads); around them `keys.rs` (the key layout),
+//!   `library.rs` (the assembled Lua, its version and API level),
+//!   `reply.rs` and `types.rs` (replies into typed results), `users.rs`
+//!   (the user cache Redis invalidates), `conn.rs` and `cluster.rs` (one
+//!   Redis or a cluster), `load.rs` (bulk loading), `check.rs`
+//!   (`meetingd check`) and `repartition.rs` (`meetingd repartition`).
 //! - [`protocol`]: a request line into a typed request, a result into a
 //!   reply line. Pure, property-tested.
-//! - [`cmd`]: requests applied to the store, one file per command family.
+//! - [`cmd`]: requests applied to the store, one file per command family,
+//!   and the plan that lets a connection pipeline its requests.
 //! - [`server`]: the socket: listener, connection limit, per-connection
 //!   handler (pipelining, limits, peer credentials, watching), drain.
-//! - [`watch`]: WATCH's fan-out: one reader per watched instance, a ring
-//!   to its watchers, replay after an id (`store/watch.rs` reads the feed).
+//! - [`watch`]: WATCH's fan-out: one reader per partition with watched
+//!   instances, a ring per instance to its watchers, replay after an id.
 //! - [`scheduler`]: the cron job, the start-up tick and TICK, one tick at a
-//!   time.
+//!   time, retried after a failure.
 //! - [`daemon`]: the lifecycle: embedded Redis, signals, systemd, reload,
 //!   drain. [`embedded_redis`] supervises the redis-server of the embedded
 //!   default; [`logging`] sets up tracing.
@@ -33,9 +40,9 @@
 //! - [`stats`]: the counters STATS shows; [`metrics`] serves them as
 //!   Prometheus text. [`error`]: the protocol's error codes. [`clock`]:
 //!   where "now" comes from.
-//! - `src/main.rs`: `meetingd` (serve, check, check-config, library);
-//!   `src/bin/meetingctl.rs`: the client; `src/bin/meetingd-bench/`:
-//!   measurements.
+//! - `src/main.rs`: `meetingd` (serve, check, check-config, repartition,
+//!   library); `src/bin/meetingctl.rs`: the client;
+//!   `src/bin/meetingd-bench/`: measurements (BENCHMARKS.md).
 //!
 //! Arrows run one way: main -> daemon -> server -> cmd -> (watch ->) store
 //! -> lua; the scheduler calls the store; protocol, config, error and clock

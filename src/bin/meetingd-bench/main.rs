@@ -252,7 +252,7 @@ pub async fn connect_raw(url: &str) -> Result<redis::aio::MultiplexedConnection,
 }
 
 /// What the processes had used at a moment: CPU (clock ticks, from
-/// /proc/<pid>/stat) and Redis' calls.
+/// `/proc/<pid>/stat`) and Redis' calls.
 #[derive(Debug, Clone, Copy, Default)]
 struct Usage {
     daemon_ticks: u64,

@@ -50,6 +50,30 @@ pub enum DaemonError {
     /// Signals or a passed socket could not be set up.
     #[error("{0}")]
     Setup(String),
+    /// A setting that cannot work as it is (a group the socket cannot be
+    /// given to): the message names it.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl DaemonError {
+    /// Whether the configuration must change before a restart can help:
+    /// the daemon then exits 2, which the systemd unit does not restart
+    /// (RestartPreventExitStatus=2).
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            DaemonError::Config(_) => true,
+            DaemonError::Store(err) => matches!(err, StoreError::Layout(_)),
+            DaemonError::Bind(err) => matches!(
+                err,
+                server::BindError::NotASocket(_)
+                    | server::BindError::NoDirectory { .. }
+                    | server::BindError::RuntimeDirectory { .. }
+            ),
+            DaemonError::Embedded(err) => matches!(err, EmbeddedError::NotInstalled(_)),
+            DaemonError::Scheduler(_) | DaemonError::Setup(_) => false,
+        }
+    }
 }
 
 /// Where the configuration came from, to read it again on SIGHUP.
@@ -151,8 +175,9 @@ fn listener(config: &Config) -> Result<(UnixListener, bool), DaemonError> {
     let listener = server::bind(&live(config).server)?;
     if let Some(gid) = config.socket.group {
         std::os::unix::fs::chown(&config.socket.path, None, Some(gid)).map_err(|e| {
-            DaemonError::Setup(format!(
-                "socket.group: cannot give the socket to group {gid}: {e}"
+            DaemonError::Config(format!(
+                "socket.group: cannot give the socket to group {gid}: {e}; meetingd must be a \
+                 member of that group (SupplementaryGroups= under systemd)"
             ))
         })?;
     }

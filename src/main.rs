@@ -134,7 +134,11 @@ fn main() -> ExitCode {
                 Err(err) => {
                     tracing::error!(error = %err, "meetingd stopped");
                     eprintln!("meetingd: {err}");
-                    ExitCode::FAILURE
+                    if err.is_configuration() {
+                        ExitCode::from(2)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }
@@ -151,12 +155,43 @@ fn check(source: Source) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let url = config.redis_url.clone().unwrap_or_else(|| {
+    let embedded_socket = config.embedded.data_dir.join("redis.sock");
+    let url = config
+        .redis_url
+        .clone()
+        .unwrap_or_else(|| format!("redis+unix://{}", embedded_socket.display()));
+    // what was tried, and what to do when nothing answers there
+    let unreachable = if !config.redis_cluster.is_empty() {
         format!(
-            "redis+unix://{}",
-            config.embedded.data_dir.join("redis.sock").display()
+            "cannot reach the Redis Cluster at {} (are its nodes up? --redis-cluster or redis.cluster lists them)",
+            config
+                .redis_cluster
+                .iter()
+                .map(|u| config::redact_url(u))
+                .collect::<Vec<_>>()
+                .join(",")
         )
-    });
+    } else if config.redis_url.is_some() {
+        format!(
+            "cannot reach Redis at {} (is it running? --redis or redis.url sets the address)",
+            config::redact_url(&url)
+        )
+    } else {
+        format!(
+            "cannot reach the embedded Redis at {}",
+            embedded_socket.display()
+        )
+    };
+    let what_to_do = if config.redis_url.is_none() && config.redis_cluster.is_empty() {
+        format!(
+            ". With no Redis configured, check reads the one `meetingd serve` runs in \
+             embedded.data_dir ({}): start meetingd with the same configuration first, or name \
+             the Redis it uses (--config FILE, --redis URL or --redis-cluster URL,...)",
+            config.embedded.data_dir.display()
+        )
+    } else {
+        String::new()
+    };
     let mut options = meetingd::store::StoreOptions::new(url);
     options.cluster = config.redis_cluster.clone();
     options.partitions = config.partitions;
@@ -185,6 +220,10 @@ fn check(source: Source) -> ExitCode {
             }
             eprintln!("meetingd: {} problems", problems.len());
             ExitCode::from(1)
+        }
+        Err(meetingd::store::StoreError::Unavailable(why)) => {
+            eprintln!("meetingd: {unreachable}: {why}{what_to_do}");
+            ExitCode::from(2)
         }
         Err(err) => {
             eprintln!("meetingd: {err}");

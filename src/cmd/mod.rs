@@ -100,7 +100,9 @@ impl From<StoreError> for CmdError {
             StoreError::InDoubt(_) => "no reply from Redis in time: the request may or may not \
                                         have been applied (send a POST again with the same ID)"
                 .to_string(),
-            StoreError::Internal(_) => "internal error (logged)".to_string(),
+            StoreError::Layout(_) | StoreError::Internal(_) => {
+                "internal error (logged)".to_string()
+            }
         };
         if !matches!(err, StoreError::Rule { .. }) {
             tracing::warn!(error = %err, "store call failed");

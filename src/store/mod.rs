@@ -76,6 +76,11 @@ pub enum StoreError {
     /// A write was sent and no reply came: it may or may not have run.
     #[error("no reply from redis: {0}")]
     InDoubt(String),
+    /// The data in Redis was laid out with another number of partitions
+    /// than the configuration's: a configuration error, which waiting
+    /// cannot mend.
+    #[error("{0}")]
+    Layout(String),
     /// Anything else: a bug, or a reply of the wrong shape.
     #[error("internal error: {0}")]
     Internal(String),
@@ -88,7 +93,7 @@ impl StoreError {
             StoreError::Rule { code, .. } => *code,
             StoreError::Unavailable(_) => Code::Unavailable,
             StoreError::InDoubt(_) => Code::InDoubt,
-            StoreError::Internal(_) => Code::Internal,
+            StoreError::Layout(_) | StoreError::Internal(_) => Code::Internal,
         }
     }
 
@@ -333,7 +338,7 @@ impl Store {
             .await?;
         let recorded = reply::int("meet_layout", value)?;
         if recorded != ours as i64 {
-            return Err(StoreError::Internal(format!(
+            return Err(StoreError::Layout(format!(
                 "redis.partitions is {ours}, but the data in this Redis was laid out with \
                  {recorded} partitions: set redis.partitions = {recorded} (changing it \
                  needs every meeting's keys renamed)"

@@ -542,7 +542,7 @@ async fn the_partitions_are_recorded_and_a_store_with_others_is_refused() {
     other.partitions = 8;
     let refused = Store::connect(other.clone()).await.err();
     match refused {
-        Some(StoreError::Internal(message)) => assert!(
+        Some(StoreError::Layout(message)) => assert!(
             message.contains("redis.partitions is 8")
                 && message.contains("set redis.partitions = 16"),
             "{message}"

@@ -75,7 +75,7 @@ pub enum Request {
     AudienceAdd(u64, Vec<String>),
     /// `AUDIENCE DEL <meeting> <email>...`
     AudienceDel(u64, Vec<String>),
-    /// `INSTANCE SET <meeting> <order> from <time> to <time>`
+    /// `INSTANCE SET <meeting> <order> from <time> to <time> [FUTURE]`
     InstanceSet {
         /// The meeting.
         meeting: u64,
@@ -85,6 +85,8 @@ pub enum Request {
         from: i64,
         /// End, ms since the epoch.
         to: i64,
+        /// Change only what is still to come (refused otherwise).
+        future: bool,
     },
     /// `END <mref>`
     End(Mref),
@@ -218,9 +220,9 @@ pub const COMMANDS: &[CommandInfo] = &[
     },
     CommandInfo {
         name: "INSTANCE SET",
-        syntax: "INSTANCE SET <meeting> <order> from <time> to <time>",
+        syntax: "INSTANCE SET <meeting> <order> from <time> to <time> [FUTURE]",
         admin: true,
-        summary: "schedule an instance or move its window (RFC 3339 times)",
+        summary: "schedule an instance or move its window (RFC 3339 times); with FUTURE, only what is still to come",
     },
     CommandInfo {
         name: "END",
@@ -594,6 +596,7 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
             args.command = "INSTANCE SET".into();
             let meeting = args.id("<meeting>")?;
             let order = args.id("<order>")?;
+            let future = args.trailing_flag("FUTURE");
             let mut fields = args.fields(&["from", "to"])?;
             let from = args.time("from", &fields.take("from"))?;
             let to = args.time("to", &fields.take("to"))?;
@@ -605,6 +608,7 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
                 order,
                 from,
                 to,
+                future,
             }
         }
         "END" => Request::End(args.mref()?),
@@ -920,6 +924,21 @@ impl<'a> Args<'a> {
             )));
         }
         Ok(value)
+    }
+
+    /// Whether the request ends in `flag` after an even number of tokens
+    /// (keyword-value pairs) from here; if so, it is taken off the end.
+    fn trailing_flag(&mut self, flag: &str) -> bool {
+        let rest = self.tokens.len().saturating_sub(self.pos);
+        let found = rest % 2 == 1
+            && self
+                .tokens
+                .last()
+                .is_some_and(|last| last.eq_ignore_ascii_case(flag));
+        if found {
+            self.tokens = &self.tokens[..self.tokens.len() - 1];
+        }
+        found
     }
 
     fn rest_joined(&mut self) -> Option<String> {

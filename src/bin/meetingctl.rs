@@ -147,7 +147,12 @@ enum Command {
     },
     /// The daemon's counters.
     Stats,
-    /// Load users, meetings, audiences and instances from a JSON file.
+    /// Load users, meetings, audiences and instances from a JSON file,
+    /// entry by entry. What already happened is never rewritten: an
+    /// instance that has started keeps its start (and a running one an end
+    /// still to come), an ended one stays as it is; such entries are
+    /// refused one by one and the others loaded. Exit status 1 when any
+    /// entry was refused.
     Import {
         /// The file (the import format of the spec).
         file: PathBuf,
@@ -247,6 +252,11 @@ enum InstanceCommand {
         /// End, RFC 3339.
         #[arg(long)]
         to: String,
+        /// Change only what is still to come: refused for a started
+        /// instance's start, a running one's end moved to now or before,
+        /// or an ended one (as `import` does).
+        #[arg(long)]
+        future: bool,
     },
 }
 
@@ -312,7 +322,14 @@ impl Command {
                 order,
                 from,
                 to,
-            }) => words(&["INSTANCE", "SET", meeting, order, "from", from, "to", to]),
+                future,
+            }) => {
+                let mut t = words(&["INSTANCE", "SET", meeting, order, "from", from, "to", to]);
+                if *future {
+                    t.push("FUTURE".into());
+                }
+                t
+            }
             Command::End { mref } => words(&["END", mref]),
             Command::Tick => words(&["TICK"]),
             Command::Join { user, mref } => words(&["JOIN", user, mref]),
@@ -866,6 +883,8 @@ fn import(cli: &Cli, file: &PathBuf, shift_from: Option<&str>) -> Result<ExitCod
                     &shifted(&instance.from),
                     "to",
                     &shifted(&instance.to),
+                    // never rewrite what already happened
+                    "FUTURE",
                 ]
                 .map(String::from)
                 .to_vec(),

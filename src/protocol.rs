@@ -315,6 +315,40 @@ pub const COMMANDS: &[CommandInfo] = &[
 pub const NOTATION: &str =
     "<mref> is M (the meeting's active instance) or M/O; times are RFC 3339; ids are 1..2^53-1";
 
+/// HELP's result: with no command, `{"commands":[{"command","syntax",
+/// "admin","summary"}...],"notation"}`; with one, that command's record;
+/// with the first word of several (`USER`), the list of those. The daemon
+/// answers HELP with it, and meetingctl prints it without asking one. An
+/// unknown name is the error's message (`unknown_command`).
+pub fn help(command: Option<&str>) -> Result<Value, String> {
+    let describe = |c: &CommandInfo| serde_json::json!({"command": c.name, "syntax": c.syntax, "admin": c.admin, "summary": c.summary});
+    let Some(name) = command else {
+        return Ok(serde_json::json!({
+            "commands": COMMANDS.iter().map(describe).collect::<Vec<_>>(),
+            "notation": NOTATION,
+        }));
+    };
+    if let Some(c) = info(name) {
+        return Ok(describe(c));
+    }
+    // `HELP USER` lists USER SET and USER GET
+    let mut family: Vec<Value> = COMMANDS
+        .iter()
+        .filter(|c| {
+            c.name
+                .split(' ')
+                .next()
+                .is_some_and(|first| first.eq_ignore_ascii_case(name))
+        })
+        .map(describe)
+        .collect();
+    match family.len() {
+        0 => Err(format!("no command {name:?}; HELP lists the commands")),
+        1 => Ok(family.remove(0)),
+        _ => Ok(serde_json::json!({"commands": family, "notation": NOTATION})),
+    }
+}
+
 /// A request the protocol cannot accept: the reply's code and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {

@@ -5,6 +5,7 @@ mod calls;
 mod check;
 mod cluster;
 mod ctl;
+mod docs;
 mod faults;
 mod fuzz;
 mod hardening;

@@ -170,7 +170,7 @@ meetingd is running (pid $pid; log $log).
 To talk to it, from another terminal (README.md's examples start there):
   export PATH="$root/target/debug:\$PATH" MEETINGD_SOCKET__PATH="$sock"
   meetingctl help
-  meetingctl attendance
+  meetingctl participants 1
 Its Redis, with the meetingd library loaded:
   redis-cli -s "$data/redis.sock"
 Ctrl-C stops it (it drains and stops its redis-server).

@@ -13,6 +13,7 @@ mod harness;
 mod invariant;
 mod lifecycle;
 mod lua;
+mod newcomer;
 mod readme;
 mod scheduler;
 mod socket;

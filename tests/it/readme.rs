@@ -318,39 +318,20 @@ fn mask_times_and_ids(line: &str) -> String {
 /// drains its daemon) when dropped.
 struct Demo {
     script: Child,
-    root: tempfile::TempDir,
+    root: PathBuf,
     /// What it printed, line by line.
     printed: Vec<String>,
 }
 
 impl Demo {
-    /// Lay out a checkout of the demo's own (the script, the sample data,
-    /// the binaries under test in target/debug), start the demo there and
-    /// wait until it says it is running.
-    fn start() -> Demo {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let root = tempfile::tempdir().expect("a directory for the demo's checkout");
-        for (from, to) in [
-            ("scripts/demo.sh", "scripts/demo.sh"),
-            ("config/sample.json", "config/sample.json"),
-        ] {
-            let to = root.path().join(to);
-            fs::create_dir_all(to.parent().expect("a parent")).expect("mkdir");
-            fs::copy(manifest.join(from), &to).unwrap_or_else(|e| panic!("copy {from}: {e}"));
-        }
-        let bin = root.path().join("target/debug");
-        fs::create_dir_all(&bin).expect("mkdir target/debug");
-        for (name, binary) in [
-            ("meetingd", env!("CARGO_BIN_EXE_meetingd")),
-            ("meetingctl", env!("CARGO_BIN_EXE_meetingctl")),
-        ] {
-            std::os::unix::fs::symlink(binary, bin.join(name)).expect("link a binary");
-        }
+    /// Start the demo in `root` (see [`demo_checkout`]) and wait until it
+    /// says it is running.
+    fn start(root: &Path) -> Demo {
         let mut command = Command::new("bash");
         command
             .arg("scripts/demo.sh")
             .arg("--no-build")
-            .current_dir(root.path())
+            .current_dir(root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -382,7 +363,7 @@ impl Demo {
         });
         let mut demo = Demo {
             script,
-            root,
+            root: root.to_path_buf(),
             printed: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -404,7 +385,7 @@ impl Demo {
     /// The lines it printed to talk to it (indented, after "To talk to
     /// it"), with the checkout's path written `$PWD`.
     fn talk_lines(&self) -> Vec<String> {
-        let root = self.root.path().display().to_string();
+        let root = self.root.display().to_string();
         self.printed
             .iter()
             .skip_while(|line| !line.starts_with("To talk to it"))
@@ -412,6 +393,40 @@ impl Demo {
             .map(|line| line.replace(&root, "$PWD"))
             .collect()
     }
+}
+
+/// A checkout of the demo's own: the script, the sample data, and the
+/// binaries under test in target/debug.
+fn demo_checkout() -> tempfile::TempDir {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = tempfile::tempdir().expect("a directory for the demo's checkout");
+    for path in ["scripts/demo.sh", "config/sample.json"] {
+        let to = root.path().join(path);
+        fs::create_dir_all(to.parent().expect("a parent")).expect("mkdir");
+        fs::copy(manifest.join(path), &to).unwrap_or_else(|e| panic!("copy {path}: {e}"));
+    }
+    let bin = root.path().join("target/debug");
+    fs::create_dir_all(&bin).expect("mkdir target/debug");
+    for (name, binary) in [
+        ("meetingd", env!("CARGO_BIN_EXE_meetingd")),
+        ("meetingctl", env!("CARGO_BIN_EXE_meetingctl")),
+    ] {
+        std::os::unix::fs::symlink(binary, bin.join(name)).expect("link a binary");
+    }
+    root
+}
+
+/// `bash scripts/demo.sh --no-build <args>` in `root`, to its end.
+fn demo_run(root: &Path, args: &[&str]) -> std::process::Output {
+    let mut command = Command::new("bash");
+    command
+        .arg("scripts/demo.sh")
+        .arg("--no-build")
+        .args(args)
+        .current_dir(root)
+        .stdin(Stdio::null());
+    clean_env(&mut command);
+    command.output().expect("bash runs the demo")
 }
 
 impl Drop for Demo {
@@ -428,7 +443,7 @@ impl Drop for Demo {
             std::thread::sleep(Duration::from_millis(20));
         }
         // it did not stop: its daemon goes too
-        if let Ok(pid) = fs::read_to_string(self.root.path().join("target/demo/pid")) {
+        if let Ok(pid) = fs::read_to_string(self.root.join("target/demo/pid")) {
             if let Ok(pid) = pid.trim().parse::<libc::pid_t>() {
                 // SAFETY: as above, the daemon the demo started for us.
                 unsafe {
@@ -469,7 +484,8 @@ fn readme_meetingctl_examples_run_on_the_demo() {
         );
     }
 
-    let demo = Demo::start();
+    let root = demo_checkout();
+    let demo = Demo::start(root.path());
     let talk = demo.talk_lines();
     assert!(
         talk.iter().any(|line| line.starts_with("export ")),
@@ -501,7 +517,7 @@ fn readme_meetingctl_examples_run_on_the_demo() {
             .arg("-c")
             .arg(format!("exec 2>&1\n{exports}{}", step.command))
             .env("PATH", &path)
-            .current_dir(demo.root.path())
+            .current_dir(root.path())
             .stdin(Stdio::null());
         clean_env(&mut command);
         let output = command
@@ -524,6 +540,37 @@ fn readme_meetingctl_examples_run_on_the_demo() {
             exports.push_str(&step.command);
             exports.push('\n');
         }
+    }
+}
+
+/// The quick start runs again and again in one checkout (each run from
+/// fresh data), and while one runs a second says so and how to reach it.
+#[test]
+fn the_demo_runs_again_and_one_at_a_time() {
+    let root = demo_checkout();
+    let demo = Demo::start(root.path());
+    let second = demo_run(root.path(), &["--check"]);
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("another copy of the demo is running"),
+        "{said}"
+    );
+    let socket = root.path().join("target/demo/meetingd.sock");
+    assert!(
+        said.contains(&format!("MEETINGD_SOCKET__PATH=\"{}\"", socket.display())),
+        "says how to reach it: {said}"
+    );
+    drop(demo);
+    for run in 1..=2 {
+        let out = demo_run(root.path(), &["--check"]);
+        assert!(
+            out.status.success(),
+            "run {run} after the first: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("demo check passed"));
     }
 }
 

@@ -1,4 +1,4 @@
-//! The line protocol of the control socket (spec section 4): a request line
+//! The line protocol of the control socket (docs/protocol.md): a request line
 //! into a typed [`Request`], a result or an error into a reply line.
 //!
 //! Pure: no I/O, no Redis, no configuration. Everything here is a function
@@ -168,7 +168,8 @@ pub struct CommandInfo {
     pub summary: &'static str,
 }
 
-/// Every command, in the order of the spec.
+/// Every command, in the order of docs/protocol.md (a test holds the two
+/// together).
 pub const COMMANDS: &[CommandInfo] = &[
     CommandInfo {
         name: "PING",
@@ -397,7 +398,7 @@ impl Request {
         }
     }
 
-    /// Whether only admins may send it (the `*` of the spec).
+    /// Whether only admins may send it (the `*` of docs/protocol.md).
     pub fn is_admin(&self) -> bool {
         info(self.name()).is_some_and(|c| c.admin)
     }

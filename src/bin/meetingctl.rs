@@ -177,7 +177,7 @@ enum Command {
     /// refused one by one and the others loaded. Exit status 1 when any
     /// entry was refused.
     Import {
-        /// The file (the import format of the spec).
+        /// The file (the format of config/sample.json).
         file: PathBuf,
         /// Move every instance's window by (now - this time), so a file
         /// written around this instant lands around now (the sample data

@@ -7,6 +7,13 @@ with its new window, due again at its new `to`; a `to` moved to `now` or
 before ends it now (its participants time out, stamped now), so no event
 is ever stamped before the one it follows. An ended instance cannot change.
 
+With FUTURE (ARGV[7]) the call changes only what is still to come, and is
+refused otherwise: an instance that has started keeps its `from`, a running
+one's `to` may only move to a time after `now` (so it never ends it), and an
+ended one stays as it is. A window equal to the stored one is accepted as
+is, whatever the state. Imports send it, so that loading a file again never
+rewrites what already happened.
+
 KEYS[1]  meetingd:{p<P>}:meeting:<meeting>
 ARGV[1]  order id
 ARGV[2]  from (ms since the epoch)
@@ -14,13 +21,15 @@ ARGV[3]  to   (ms since the epoch, after from)
 ARGV[4]  now (ms; optional, '' for Redis TIME)
 ARGV[5]  budget: most participants to time out when it ends now, 1..1000
          (optional, default 1000; the tick times out the rest)
-ARGV[6]  retention (ms; optional; see meet_join)
+ARGV[6]  retention (ms; optional, '' or 0 for none; see meet_join)
+ARGV[7]  'FUTURE' (optional): change only what is still to come
 Returns: {meeting, <id>, order, <id>, from, <ms>, to, <ms>, state, <state>}.
-Errors: BAD_REQUEST (to <= from, an ended instance), NOT_FOUND (no such
-  meeting).
+Errors: BAD_REQUEST (to <= from, an ended instance; with FUTURE, a started
+  instance's from, or a running one's to at or before now), NOT_FOUND (no
+  such meeting).
 ]]
 local function instance_set(keys, args)
-  check_arity(args, 3, 6, 'order, from, to[, now[, budget[, retention]]]')
+  check_arity(args, 3, 7, 'order, from, to[, now[, budget[, retention[, FUTURE]]]]')
   local base, meeting = meeting_key(keys[1])
   local order = check_id(args[1], 'order')
   local from = check_time(args[2], 'from')
@@ -31,10 +40,27 @@ local function instance_set(keys, args)
   local now = clock(args[4])
   local budget = check_limit(args[5])
   local retention = check_retention(args[6])
+  local future = args[7] == 'FUTURE'
+  if not future and args[7] and args[7] ~= '' then
+    fail('BAD_REQUEST', "ARGV[7] must be 'FUTURE' or left out, got " .. show(args[7]))
+  end
   if redis.call('EXISTS', keys[1]) == 0 then
     fail('NOT_FOUND', 'meeting ' .. meeting .. ' does not exist')
   end
   local inst = load_instance(base, meeting, order)
+  if inst and future and inst.state ~= 'scheduled' then
+    if inst.from == from and inst.to == to then
+      return { 'meeting', meeting, 'order', order, 'from', from, 'to', to, 'state', inst.state }
+    end
+    if inst.state ~= 'ended' and inst.from ~= from then
+      fail('BAD_REQUEST', 'instance ' .. inst.name ..
+        ' has started: its from cannot move (FUTURE changes only what is still to come)')
+    end
+    if inst.state ~= 'ended' and not later(to, now) then
+      fail('BAD_REQUEST', 'instance ' .. inst.name ..
+        ' is running: its to may only move to a time still to come (FUTURE; END ends it now)')
+    end
+  end
   if inst and inst.state == 'ended' then
     fail('BAD_REQUEST', 'instance ' .. inst.name .. ' has ended and cannot change')
   end

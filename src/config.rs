@@ -391,17 +391,39 @@ pub struct EmbeddedConfig {
 
 impl RawConfig {
     /// Read the layers: defaults, the file (if any), the environment, the
-    /// command line.
+    /// command line. Every key of the file and every `MEETINGD_` variable
+    /// is checked against the known ones first, so that a misspelt one is
+    /// named with what to do about it.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<RawConfig, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {
-            if !file.exists() {
-                return Err(ConfigError(format!(
-                    "{}: no such configuration file",
-                    file.display()
-                )));
-            }
+            let text = match std::fs::read_to_string(file) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(ConfigError(format!(
+                        "{}: no such configuration file (config/meetingd.toml of the source \
+                         is one to start from)",
+                        file.display()
+                    )));
+                }
+                Err(e) => {
+                    return Err(ConfigError(format!(
+                        "{}: cannot read it: {e}",
+                        file.display()
+                    )));
+                }
+            };
+            check_file_keys(file, &text)?;
             builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+        }
+        check_env_keys(std::env::vars_os().filter_map(|(name, value)| {
+            Some((
+                name.into_string().ok()?,
+                value.to_string_lossy().into_owned(),
+            ))
+        }))?;
+        if let Some(filter) = std::env::var_os("RUST_LOG") {
+            check_log_filter(&filter.to_string_lossy()).map_err(|why| bad("RUST_LOG", why))?;
         }
         builder = builder.add_source(
             config::Environment::with_prefix("MEETINGD")
@@ -413,12 +435,8 @@ impl RawConfig {
                 .with_list_parse_key("admin.gids")
                 .with_list_parse_key("redis.cluster"),
         );
-        let built = builder
-            .build()
-            .map_err(|e| ConfigError(one_line(&e.to_string())))?;
-        let mut raw: RawConfig = built
-            .try_deserialize()
-            .map_err(|e| ConfigError(one_line(&e.to_string())))?;
+        let built = builder.build().map_err(|e| layer_error(&e, file))?;
+        let mut raw: RawConfig = built.try_deserialize().map_err(|e| layer_error(&e, file))?;
         if let Some(socket) = &overrides.socket {
             raw.socket.path = socket.display().to_string();
         }
@@ -522,12 +540,7 @@ impl RawConfig {
             return Err(bad("scheduler.timeout_budget", "must be 1..1000"));
         }
         crate_cron_check(&self.scheduler.cron).map_err(|why| bad("scheduler.cron", why))?;
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
-            bad(
-                "log.level",
-                format!("{:?} is not a log filter ({e})", self.log.level),
-            )
-        })?;
+        check_log_filter(&self.log.level).map_err(|why| bad("log.level", why))?;
         let log_json = match self.log.format.as_str() {
             "human" => false,
             "json" => true,
@@ -631,13 +644,281 @@ impl RawConfig {
         })
     }
 
-    /// The settings as TOML, with secrets (a Redis password) masked.
+    /// The settings as TOML, with secrets (a Redis password) masked, and
+    /// the defaults that depend on the machine (the embedded Redis's data
+    /// directory) written out as they would be used.
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
+        if shown.embedded.data_dir.is_empty() {
+            shown.embedded.data_dir = default_data_dir().display().to_string();
+        }
         shown.redis.url = redact_url(&shown.redis.url);
         shown.redis.cluster = shown.redis.cluster.iter().map(|u| redact_url(u)).collect();
         toml::to_string(&shown)
             .unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
+    }
+}
+
+/// Keys unset by default, which the defaults below do not show.
+const UNSET_BY_DEFAULT: &[(&str, &str)] = &[("redis", "partitions")];
+
+/// The sections of the configuration and the keys of each, as the
+/// defaults have them (so that they never drift from [`RawConfig`]), and
+/// the keys unset by default.
+fn known_keys() -> Vec<(String, Vec<String>)> {
+    let Ok(toml::Value::Table(sections)) = toml::Value::try_from(RawConfig::default()) else {
+        return Vec::new();
+    };
+    sections
+        .into_iter()
+        .map(|(section, keys)| {
+            let mut keys: Vec<String> = match keys {
+                toml::Value::Table(keys) => keys.keys().cloned().collect(),
+                _ => Vec::new(),
+            };
+            keys.extend(
+                UNSET_BY_DEFAULT
+                    .iter()
+                    .filter(|(s, _)| *s == section)
+                    .map(|(_, key)| key.to_string()),
+            );
+            (section, keys)
+        })
+        .collect()
+}
+
+/// The edit distance of two short names (for "did you mean"), a swap of
+/// two neighbours counting as one edit.
+fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    d[0] = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// The known name closest to `name`, if one is close enough to be a typo.
+fn closest<'a>(name: &str, known: impl IntoIterator<Item = &'a String>) -> Option<&'a String> {
+    known
+        .into_iter()
+        .map(|k| (distance(name, k), k))
+        .filter(|(d, k)| *d <= 1.max(k.chars().count() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Where a misplaced key belongs: `socket.path` for `path`.
+fn home_of(key: &str, known: &[(String, Vec<String>)]) -> Option<String> {
+    known
+        .iter()
+        .find(|(_, keys)| keys.iter().any(|k| k == key))
+        .map(|(section, _)| format!("{section}.{key}"))
+}
+
+/// Every key of a TOML configuration file must be one meetingd knows: a
+/// misspelt key would otherwise be a setting silently not applied.
+fn check_file_keys(file: &Path, text: &str) -> Result<(), ConfigError> {
+    let shown = file.display();
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        ConfigError(format!(
+            "{shown}: not valid TOML: {}",
+            one_line(&e.to_string())
+        ))
+    })?;
+    let known = known_keys();
+    let sections: Vec<String> = known.iter().map(|(s, _)| s.clone()).collect();
+    for (section, value) in &table {
+        let Some((_, keys)) = known.iter().find(|(s, _)| s == section) else {
+            let hint = match (home_of(section, &known), closest(section, &sections)) {
+                (Some(home), _) => format!(
+                    "a key goes under its section: {home} is written [{}] {section} = ...",
+                    home.split('.').next().unwrap_or_default()
+                ),
+                (None, Some(near)) => format!("did you mean [{near}]?"),
+                (None, None) => format!("the sections are {}", sections.join(", ")),
+            };
+            return Err(ConfigError(format!(
+                "{section}: no such section in {shown}; {hint} (config/meetingd.toml lists every key)"
+            )));
+        };
+        let toml::Value::Table(entries) = value else {
+            return Err(ConfigError(format!(
+                "{section}: in {shown} it must be a section, [{section}], holding {}",
+                keys.join(", ")
+            )));
+        };
+        for key in entries.keys() {
+            if keys.contains(key) {
+                continue;
+            }
+            let hint = match closest(key, keys) {
+                Some(near) => format!("did you mean {section}.{near}?"),
+                None => format!("[{section}] has {}", keys.join(", ")),
+            };
+            return Err(ConfigError(format!(
+                "{section}.{key}: no such key in {shown}; {hint} Remove or rename it \
+                 (config/meetingd.toml lists every key)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every `MEETINGD_` variable of the environment must name a section and
+/// one of its keys, `MEETINGD_<SECTION>__<KEY>`.
+fn check_env_keys(vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    let known = known_keys();
+    let sections: Vec<String> = known.iter().map(|(s, _)| s.clone()).collect();
+    for (name, value) in vars {
+        let Some(rest) = name.strip_prefix("MEETINGD_") else {
+            continue;
+        };
+        let lower = rest.to_ascii_lowercase();
+        let parts: Vec<&str> = lower.split("__").collect();
+        let variable = |section: &str, key: &str| {
+            format!(
+                "MEETINGD_{}__{}",
+                section.to_ascii_uppercase(),
+                key.to_ascii_uppercase()
+            )
+        };
+        let problem = match parts.as_slice() {
+            [section, key] => match known.iter().find(|(s, _)| s == section) {
+                Some((_, keys)) if keys.iter().any(|k| k == key) => continue,
+                Some((_, keys)) => match closest(key, keys) {
+                    Some(near) => format!(
+                        "[{section}] has no key {key:?}; did you mean {}?",
+                        variable(section, near)
+                    ),
+                    None => format!(
+                        "[{section}] has no key {key:?}; its keys: {}",
+                        keys.join(", ")
+                    ),
+                },
+                None => match closest(section, &sections) {
+                    Some(near) => {
+                        format!("there is no section [{section}]; did you mean [{near}]?")
+                    }
+                    None => format!(
+                        "there is no section [{section}]; the sections are {}",
+                        sections.join(", ")
+                    ),
+                },
+            },
+            [single] => {
+                let example = match known.iter().find(|(s, _)| s == single) {
+                    Some((section, keys)) => {
+                        let key = ["path", "url", "level"]
+                            .into_iter()
+                            .find(|k| keys.iter().any(|known| known == k))
+                            .or(keys.first().map(String::as_str))
+                            .unwrap_or("<key>");
+                        format!("{}={value}", variable(section, key))
+                    }
+                    None => match home_of(single, &known) {
+                        Some(home) => {
+                            let (section, key) = home.split_once('.').unwrap_or_default();
+                            format!("{}={value}", variable(section, key))
+                        }
+                        None => "MEETINGD_SOCKET__PATH=/run/meetingd/meetingd.sock".to_string(),
+                    },
+                };
+                format!(
+                    "not a setting: a variable names a section and one of its keys, \
+                     MEETINGD_<SECTION>__<KEY> (two underscores between), e.g. {example}"
+                )
+            }
+            _ => "not a setting: a variable names a section and one of its keys, \
+                  MEETINGD_<SECTION>__<KEY>, e.g. MEETINGD_REDIS__URL"
+                .to_string(),
+        };
+        let stop = if problem.ends_with('?') { "" } else { "." };
+        return Err(ConfigError(format!(
+            "{name}: {problem}{stop} Unset it or fix its name (config/meetingd.toml lists every key)"
+        )));
+    }
+    Ok(())
+}
+
+/// The levels a log filter may name.
+const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// A log filter as `log.level` and `RUST_LOG` take it: a level, or
+/// `target=level` directives, comma-separated (`meetingd=debug,info`).
+/// tracing would take any bare word as the name of a module to log at
+/// every level, so that a mistyped level (`loud`) silenced everything
+/// else: only levels stand alone here.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    let is_level = |word: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(word.trim()));
+    let wrong = filter
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .find(|directive| match directive.rsplit_once('=') {
+            Some((target, level)) => target.trim().is_empty() || !is_level(level),
+            None => !is_level(directive),
+        });
+    if filter.trim().is_empty()
+        || wrong.is_some()
+        || tracing_subscriber::EnvFilter::try_new(filter).is_err()
+    {
+        return Err(format!(
+            "{filter:?} is not a log level: use one of {}, or per-module levels like \
+             \"meetingd=debug,info\"",
+            LEVELS.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// A configuration layer's error (a value of the wrong type...) as one
+/// line that starts with the key and says where the value came from.
+fn layer_error(err: &config::ConfigError, file: Option<&Path>) -> ConfigError {
+    let origin = |origin: &Option<String>, key: &str| match (origin.as_deref(), file) {
+        (Some(_), Some(file)) if origin.as_deref() != Some("the environment") => {
+            format!("in {}", file.display())
+        }
+        _ => format!(
+            "from {}",
+            format!("MEETINGD_{}", key.replace('.', "__")).to_ascii_uppercase()
+        ),
+    };
+    match err {
+        config::ConfigError::Type {
+            origin: from,
+            unexpected,
+            expected,
+            key: Some(key),
+        } => ConfigError(format!(
+            "{key}: expected {expected}, got {unexpected} ({}); config/meetingd.toml shows \
+             each key's kind of value",
+            origin(from, key)
+        )),
+        config::ConfigError::At {
+            error,
+            origin: from,
+            key: Some(key),
+        } => ConfigError(format!(
+            "{key}: {} ({})",
+            one_line(&error.to_string()),
+            origin(from, key)
+        )),
+        other => ConfigError(one_line(&other.to_string())),
     }
 }
 
@@ -766,11 +1047,104 @@ mod tests {
                 "embedded.appendfsync",
             ),
             ("[retention]\ndays = 99999", "retention.days"),
+            ("[log]\nlevel = \"loud\"", "log.level"),
+            ("[log]\nlevel = \"meetingd=loud\"", "log.level"),
+            ("[log]\nlevel = \"\"", "log.level"),
         ];
         for (text, key) in cases {
             let err = from_toml(text).expect_err(text);
             assert!(err.0.starts_with(key), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn log_levels_are_levels() {
+        for good in [
+            "info",
+            "DEBUG",
+            "off",
+            "meetingd=debug,info",
+            "warn,redis=error",
+        ] {
+            assert_eq!(check_log_filter(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "loud",
+            "meetingd",
+            "info,verbose",
+            "=debug",
+            "meetingd=",
+            "",
+        ] {
+            let err = check_log_filter(bad).expect_err(bad);
+            assert!(err.contains("error, warn, info"), "{bad}: {err}");
+        }
+    }
+
+    fn file_keys(text: &str) -> Result<(), ConfigError> {
+        check_file_keys(Path::new("/etc/meetingd/meetingd.toml"), text)
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_are_named_with_a_fix() {
+        assert_eq!(
+            file_keys("[socket]\npath = \"/x\"\n[log]\nlevel = \"info\""),
+            Ok(())
+        );
+        let err = file_keys("[socket]\nmod = \"0660\"").expect_err("mod");
+        assert!(err.0.starts_with("socket.mod: "), "{err}");
+        assert!(err.0.contains("did you mean socket.mode?"), "{err}");
+        assert!(err.0.contains("/etc/meetingd/meetingd.toml"), "{err}");
+        let err = file_keys("[sockett]\npath = \"/x\"").expect_err("sockett");
+        assert!(err.0.contains("did you mean [socket]?"), "{err}");
+        let err = file_keys("path = \"/x\"").expect_err("a key outside its section");
+        assert!(err.0.contains("[socket] path"), "{err}");
+        let err = file_keys("socket = \"/x\"").expect_err("a section as a value");
+        assert!(err.0.starts_with("socket: "), "{err}");
+        let err = file_keys("[redis]\nurl = = 1").expect_err("not TOML");
+        assert!(err.0.contains("not valid TOML"), "{err}");
+    }
+
+    fn env_keys(vars: &[(&str, &str)]) -> Result<(), ConfigError> {
+        check_env_keys(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn unknown_variables_are_named_with_a_fix() {
+        assert_eq!(
+            env_keys(&[
+                ("MEETINGD_SOCKET__PATH", "/tmp/x"),
+                ("MEETINGD_EMBEDDED__DATA_DIR", "/tmp/d"),
+                ("MEETINGDX", "not ours"),
+                ("HOME", "/root"),
+            ]),
+            Ok(())
+        );
+        let err = env_keys(&[("MEETINGD_SOCKET", "/tmp/x")]).expect_err("a bare section");
+        assert!(err.0.starts_with("MEETINGD_SOCKET: not a setting"), "{err}");
+        assert!(
+            err.0.contains("MEETINGD_SOCKET__PATH=/tmp/x"),
+            "shows the variable to set: {err}"
+        );
+        let err = env_keys(&[("MEETINGD_SOCKET__PAHT", "/tmp/x")]).expect_err("a typo");
+        assert!(
+            err.0.contains("did you mean MEETINGD_SOCKET__PATH?"),
+            "{err}"
+        );
+        let err = env_keys(&[("MEETINGD_FOO__BAR", "1")]).expect_err("no section");
+        assert!(err.0.contains("no section [foo]"), "{err}");
+        assert!(err.0.contains("Unset it"), "{err}");
+    }
+
+    #[test]
+    fn the_shown_configuration_names_the_data_directory() {
+        let shown = RawConfig::default().redacted_toml();
+        let data_dir = default_data_dir().display().to_string();
+        assert!(
+            shown.contains(&format!("data_dir = {:?}", data_dir)),
+            "{shown}"
+        );
+        assert!(!shown.contains("data_dir = \"\""), "{shown}");
     }
 
     #[test]

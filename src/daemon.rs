@@ -50,18 +50,36 @@ pub enum DaemonError {
     /// Signals or a passed socket could not be set up.
     #[error("{0}")]
     Setup(String),
+    /// A setting that cannot work as it is (a group the socket cannot be
+    /// given to): the message names it.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl DaemonError {
-    /// The exit status: 2 when this daemon cannot serve the data as it is
-    /// (another partition count, a library of a newer API level): starting
-    /// again cannot help, and the unit's RestartPreventExitStatus=2 stops
-    /// systemd from trying; 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
+    /// Whether starting again cannot help until something changes: the
+    /// configuration (a bad setting, a partition count other than the
+    /// data's, no socket directory, no redis-server) or the daemon (a
+    /// library of a newer API level is loaded). The daemon then exits 2,
+    /// which the systemd unit does not restart (RestartPreventExitStatus=2).
+    pub fn is_configuration(&self) -> bool {
         match self {
-            DaemonError::Store(StoreError::Incompatible(_)) => 2,
-            _ => 1,
+            DaemonError::Config(_) => true,
+            DaemonError::Store(err) => matches!(err, StoreError::Incompatible(_)),
+            DaemonError::Bind(err) => matches!(
+                err,
+                server::BindError::NotASocket(_)
+                    | server::BindError::NoDirectory { .. }
+                    | server::BindError::RuntimeDirectory { .. }
+            ),
+            DaemonError::Embedded(err) => matches!(err, EmbeddedError::NotInstalled(_)),
+            DaemonError::Scheduler(_) | DaemonError::Setup(_) => false,
         }
+    }
+
+    /// The exit status: 2 for [`DaemonError::is_configuration`], else 1.
+    pub fn exit_code(&self) -> u8 {
+        if self.is_configuration() { 2 } else { 1 }
     }
 }
 
@@ -164,8 +182,9 @@ fn listener(config: &Config) -> Result<(UnixListener, bool), DaemonError> {
     let listener = server::bind(&live(config).server)?;
     if let Some(gid) = config.socket.group {
         std::os::unix::fs::chown(&config.socket.path, None, Some(gid)).map_err(|e| {
-            DaemonError::Setup(format!(
-                "socket.group: cannot give the socket to group {gid}: {e}"
+            DaemonError::Config(format!(
+                "socket.group: cannot give the socket to group {gid}: {e}; meetingd must be a \
+                 member of that group (SupplementaryGroups= under systemd)"
             ))
         })?;
     }

@@ -1,4 +1,4 @@
-//! The error codes of the protocol (spec section 4), shared by every layer.
+//! The error codes of the protocol (docs/protocol.md), shared by every layer.
 //!
 //! The Lua library raises the domain codes in upper case (`NOT_FOUND ...`);
 //! the socket protocol shows them in lower case (`not_found`). This module
@@ -39,7 +39,7 @@ pub enum Code {
 }
 
 impl Code {
-    /// Every code, in the order of the spec.
+    /// Every code, in the order of docs/protocol.md.
     pub const ALL: [Code; 12] = [
         Code::BadRequest,
         Code::UnknownCommand,

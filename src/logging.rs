@@ -1,7 +1,10 @@
 //! Logs with tracing: to journald when running under systemd (it sets
-//! JOURNAL_STREAM), else to stderr, human or JSON. The level comes from
-//! `RUST_LOG` when set, else from the configuration, and a reload (SIGHUP)
-//! can change it.
+//! JOURNAL_STREAM), else to stderr, human or JSON; colours only when stderr
+//! is a terminal (and `NO_COLOR` is not set), so that a log file holds
+//! plain text. The level comes from `RUST_LOG` when set, else from the
+//! configuration, and a reload (SIGHUP) can change it.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -47,7 +50,9 @@ pub fn init(level: &str, json: bool) -> LogHandle {
         .then(tracing_journald::layer)
         .and_then(Result::ok);
     let to_stderr = journald.is_none();
-    let human = (to_stderr && !json).then(|| fmt::layer().with_writer(std::io::stderr));
+    let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let human =
+        (to_stderr && !json).then(|| fmt::layer().with_ansi(colours).with_writer(std::io::stderr));
     let machine = (to_stderr && json).then(|| fmt::layer().json().with_writer(std::io::stderr));
     let _ = tracing_subscriber::registry()
         .with(filter)

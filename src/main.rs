@@ -192,25 +192,52 @@ impl Offline {
             runtime,
             embedded: None,
         };
-        let url = match &config.redis_url {
-            Some(url) => url.clone(),
-            None if !config.redis_cluster.is_empty() => String::new(),
-            None => {
-                let socket = config.embedded.data_dir.join("redis.sock");
-                match offline
-                    .runtime
-                    .block_on(meetingd::embedded_redis::EmbeddedRedis::start(
-                        &config.embedded,
-                    )) {
-                    Ok(embedded) => {
-                        offline.embedded = Some(embedded);
+        let embedded_socket = config.embedded.data_dir.join("redis.sock");
+        let url =
+            match &config.redis_url {
+                Some(url) => url.clone(),
+                None if !config.redis_cluster.is_empty() => String::new(),
+                // the embedded Redis: the running daemon's, else started here
+                // on the data a daemon left (never on a directory of none)
+                None => {
+                    if config.embedded.data_dir.join("appendonlydir").is_dir() {
+                        match offline.runtime.block_on(
+                            meetingd::embedded_redis::EmbeddedRedis::start(&config.embedded),
+                        ) {
+                            Ok(embedded) => offline.embedded = Some(embedded),
+                            Err(meetingd::embedded_redis::EmbeddedError::InUse(_)) => {}
+                            Err(err) => return Err(fail(err.to_string())),
+                        }
                     }
-                    // the running daemon's
-                    Err(meetingd::embedded_redis::EmbeddedError::InUse(_)) => {}
-                    Err(err) => return Err(fail(err.to_string())),
+                    format!("redis+unix://{}", embedded_socket.display())
                 }
-                format!("redis+unix://{}", socket.display())
-            }
+            };
+        // what was tried, and what to do when nothing answers there
+        let unreachable = if !config.redis_cluster.is_empty() {
+            format!(
+                "cannot reach the Redis Cluster at {} (are its nodes up? --redis-cluster or \
+                 redis.cluster lists them)",
+                config
+                    .redis_cluster
+                    .iter()
+                    .map(|u| config::redact_url(u))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        } else if config.redis_url.is_some() {
+            format!(
+                "cannot reach Redis at {} (is it running? --redis or redis.url sets the address)",
+                config::redact_url(&url)
+            )
+        } else {
+            format!(
+                "cannot reach the embedded Redis at {}. With no Redis configured, this reads \
+                 the data `meetingd serve` keeps in embedded.data_dir ({}), and there is none \
+                 there: give the configuration the daemon runs with, or name the Redis it uses \
+                 (--config FILE, --redis URL or --redis-cluster URL,...)",
+                embedded_socket.display(),
+                config.embedded.data_dir.display()
+            )
         };
         let mut options = meetingd::store::StoreOptions::new(url);
         options.cluster = config.redis_cluster.clone();
@@ -218,13 +245,16 @@ impl Offline {
         options.timeout = std::time::Duration::from_secs(10);
         options.load_library = false;
         let result = offline.runtime.block_on(async {
-            let store = meetingd::store::Store::connect(options).await?;
-            work(store).await
+            match meetingd::store::Store::connect(options).await {
+                Ok(store) => Ok(work(store).await),
+                Err(meetingd::store::StoreError::Unavailable(why)) => Err(why),
+                Err(err) => Ok(Err(err)),
+            }
         });
         if let Some(embedded) = offline.embedded.take() {
             offline.runtime.block_on(embedded.stop());
         }
-        Ok(result)
+        result.map_err(|why| fail(format!("{unreachable}: {why}")))
     }
 }
 

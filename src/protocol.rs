@@ -1,4 +1,4 @@
-//! The line protocol of the control socket (spec section 4): a request line
+//! The line protocol of the control socket (docs/protocol.md): a request line
 //! into a typed [`Request`], a result or an error into a reply line.
 //!
 //! Pure: no I/O, no Redis, no configuration. Everything here is a function
@@ -75,7 +75,7 @@ pub enum Request {
     AudienceAdd(u64, Vec<String>),
     /// `AUDIENCE DEL <meeting> <email>...`
     AudienceDel(u64, Vec<String>),
-    /// `INSTANCE SET <meeting> <order> from <time> to <time>`
+    /// `INSTANCE SET <meeting> <order> from <time> to <time> [FUTURE]`
     InstanceSet {
         /// The meeting.
         meeting: u64,
@@ -85,6 +85,8 @@ pub enum Request {
         from: i64,
         /// End, ms since the epoch.
         to: i64,
+        /// Change only what is still to come (refused otherwise).
+        future: bool,
     },
     /// `END <mref>`
     End(Mref),
@@ -166,7 +168,8 @@ pub struct CommandInfo {
     pub summary: &'static str,
 }
 
-/// Every command, in the order of the spec.
+/// Every command, in the order of docs/protocol.md (a test holds the two
+/// together).
 pub const COMMANDS: &[CommandInfo] = &[
     CommandInfo {
         name: "PING",
@@ -218,9 +221,9 @@ pub const COMMANDS: &[CommandInfo] = &[
     },
     CommandInfo {
         name: "INSTANCE SET",
-        syntax: "INSTANCE SET <meeting> <order> from <time> to <time>",
+        syntax: "INSTANCE SET <meeting> <order> from <time> to <time> [FUTURE]",
         admin: true,
-        summary: "schedule an instance or move its window (RFC 3339 times)",
+        summary: "schedule an instance or move its window (RFC 3339 times); with FUTURE, only what is still to come",
     },
     CommandInfo {
         name: "END",
@@ -313,6 +316,40 @@ pub const COMMANDS: &[CommandInfo] = &[
 pub const NOTATION: &str =
     "<mref> is M (the meeting's active instance) or M/O; times are RFC 3339; ids are 1..2^53-1";
 
+/// HELP's result: with no command, `{"commands":[{"command","syntax",
+/// "admin","summary"}...],"notation"}`; with one, that command's record;
+/// with the first word of several (`USER`), the list of those. The daemon
+/// answers HELP with it, and meetingctl prints it without asking one. An
+/// unknown name is the error's message (`unknown_command`).
+pub fn help(command: Option<&str>) -> Result<Value, String> {
+    let describe = |c: &CommandInfo| serde_json::json!({"command": c.name, "syntax": c.syntax, "admin": c.admin, "summary": c.summary});
+    let Some(name) = command else {
+        return Ok(serde_json::json!({
+            "commands": COMMANDS.iter().map(describe).collect::<Vec<_>>(),
+            "notation": NOTATION,
+        }));
+    };
+    if let Some(c) = info(name) {
+        return Ok(describe(c));
+    }
+    // `HELP USER` lists USER SET and USER GET
+    let mut family: Vec<Value> = COMMANDS
+        .iter()
+        .filter(|c| {
+            c.name
+                .split(' ')
+                .next()
+                .is_some_and(|first| first.eq_ignore_ascii_case(name))
+        })
+        .map(describe)
+        .collect();
+    match family.len() {
+        0 => Err(format!("no command {name:?}; HELP lists the commands")),
+        1 => Ok(family.remove(0)),
+        _ => Ok(serde_json::json!({"commands": family, "notation": NOTATION})),
+    }
+}
+
 /// A request the protocol cannot accept: the reply's code and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
@@ -361,7 +398,7 @@ impl Request {
         }
     }
 
-    /// Whether only admins may send it (the `*` of the spec).
+    /// Whether only admins may send it (the `*` of docs/protocol.md).
     pub fn is_admin(&self) -> bool {
         info(self.name()).is_some_and(|c| c.admin)
     }
@@ -594,6 +631,7 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
             args.command = "INSTANCE SET".into();
             let meeting = args.id("<meeting>")?;
             let order = args.id("<order>")?;
+            let future = args.trailing_flag("FUTURE");
             let mut fields = args.fields(&["from", "to"])?;
             let from = args.time("from", &fields.take("from"))?;
             let to = args.time("to", &fields.take("to"))?;
@@ -605,6 +643,7 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
                 order,
                 from,
                 to,
+                future,
             }
         }
         "END" => Request::End(args.mref()?),
@@ -920,6 +959,21 @@ impl<'a> Args<'a> {
             )));
         }
         Ok(value)
+    }
+
+    /// Whether the request ends in `flag` after an even number of tokens
+    /// (keyword-value pairs) from here; if so, it is taken off the end.
+    fn trailing_flag(&mut self, flag: &str) -> bool {
+        let rest = self.tokens.len().saturating_sub(self.pos);
+        let found = rest % 2 == 1
+            && self
+                .tokens
+                .last()
+                .is_some_and(|last| last.eq_ignore_ascii_case(flag));
+        if found {
+            self.tokens = &self.tokens[..self.tokens.len() - 1];
+        }
+        found
     }
 
     fn rest_joined(&mut self) -> Option<String> {

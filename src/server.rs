@@ -12,7 +12,7 @@
 //! parsed by `protocol` and applied by `cmd`; no Redis here.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,8 +87,31 @@ pub enum BindError {
     #[error("another meetingd is already serving on {0}; stop it first or choose another --socket")]
     InUse(PathBuf),
     /// The path exists and is not a socket.
-    #[error("{0} exists and is not a socket; refusing to replace it")]
+    #[error(
+        "{0} exists and is not a socket; refusing to replace it: choose another socket.path (--socket)"
+    )]
     NotASocket(PathBuf),
+    /// The socket's directory does not exist, and is not the daemon's own
+    /// to create.
+    #[error(
+        "cannot listen on {path}: its directory {dir} does not exist; create it, or choose another socket.path (--socket)"
+    )]
+    NoDirectory {
+        /// The socket path.
+        path: PathBuf,
+        /// Its missing directory.
+        dir: PathBuf,
+    },
+    /// The daemon's own runtime directory could not be made.
+    #[error(
+        "cannot create {dir} for the socket: {source}; run meetingd as root or under systemd (RuntimeDirectory=meetingd makes it), or choose a socket.path elsewhere (--socket)"
+    )]
+    RuntimeDirectory {
+        /// The directory.
+        dir: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
     /// Anything else.
     #[error("cannot listen on {path}: {source}")]
     Io {
@@ -99,8 +122,22 @@ pub enum BindError {
     },
 }
 
+/// The directory of the default socket path, the daemon's own: created
+/// when missing (systemd's RuntimeDirectory= makes it under the unit).
+pub const RUNTIME_DIR: &str = "/run/meetingd";
+
+/// Whether `dir` is the daemon's own runtime directory, which it may
+/// create: /run/meetingd, or one systemd named in `$RUNTIME_DIRECTORY`.
+fn own_runtime_dir(dir: &std::path::Path) -> bool {
+    dir == std::path::Path::new(RUNTIME_DIR)
+        || std::env::var_os("RUNTIME_DIRECTORY")
+            .is_some_and(|dirs| std::env::split_paths(&dirs).any(|d| d.as_path() == dir))
+}
+
 /// Bind the socket: remove a stale socket file first, but only if nothing
-/// answers on it; set its mode.
+/// answers on it; set its mode. A missing directory is made only when it
+/// is the daemon's own runtime directory; anywhere else it is an error
+/// that names it.
 pub fn bind(config: &ServerConfig) -> Result<UnixListener, BindError> {
     let path = &config.socket;
     let io_err = |source| BindError::Io {
@@ -120,7 +157,21 @@ pub fn bind(config: &ServerConfig) -> Result<UnixListener, BindError> {
         }
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io_err)?;
+        if !parent.is_dir() {
+            if !own_runtime_dir(parent) {
+                return Err(BindError::NoDirectory {
+                    path: path.clone(),
+                    dir: parent.to_path_buf(),
+                });
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o755)
+                .create(parent)
+                .map_err(|source| BindError::RuntimeDirectory {
+                    dir: parent.to_path_buf(),
+                    source,
+                })?;
+        }
     }
     let listener = UnixListener::bind(path).map_err(io_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))

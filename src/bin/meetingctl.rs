@@ -5,11 +5,14 @@
 //! (`protocol::request_line`), sends it, and prints the reply. Exit status:
 //! 0 on success, 1 on an error reply (printed to stderr with its code), 2 on
 //! usage or connection errors. `import FILE` loads users, meetings,
-//! audiences and instances from a JSON file, entry by entry.
+//! audiences and instances from a JSON file, entry by entry. `help` needs
+//! no daemon: it prints the protocol's command list that meetingctl is
+//! built with.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -17,9 +20,28 @@ use meetingd::protocol::request_line;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// Talk to a running meetingd.
+/// What `meetingctl --help` ends with.
+const AFTER_HELP: &str = "\
+Exit status: 0 the request succeeded; 1 the daemon refused it (its error code and message on \
+stderr); 2 meetingctl could not run it (a usage error, or the daemon could not be reached).
+
+The socket is --socket, else $MEETINGD_SOCKET__PATH, else /run/meetingd/meetingd.sock (the \
+daemon's default). `bash scripts/demo.sh` prints the line that points meetingctl at its own.
+
+`meetingctl help` lists the protocol's commands (no daemon needed); docs/protocol.md describes \
+each, with its reply and errors.";
+
+/// meetingctl, the command-line client of meetingd: one request per run,
+/// sent to the daemon's control socket; the reply printed as a table, or
+/// as it came (one JSON line) with --json.
 #[derive(Parser)]
-#[command(name = "meetingctl", version, about, disable_help_subcommand = true)]
+#[command(
+    name = "meetingctl",
+    version,
+    about = "The command-line client of meetingd: one request per run over its control socket, the reply printed as a table (or as it came, one JSON line, with --json)",
+    after_help = AFTER_HELP,
+    disable_help_subcommand = true
+)]
 struct Cli {
     /// The daemon's control socket.
     #[arg(
@@ -40,7 +62,8 @@ struct Cli {
 enum Command {
     /// Check that the daemon answers.
     Ping,
-    /// The daemon's command list, or one command's syntax.
+    /// The protocol's command list, or one command's syntax (no daemon
+    /// needed).
     Help {
         /// A command, e.g. JOIN or "USER SET".
         command: Vec<String>,
@@ -147,9 +170,14 @@ enum Command {
     },
     /// The daemon's counters.
     Stats,
-    /// Load users, meetings, audiences and instances from a JSON file.
+    /// Load users, meetings, audiences and instances from a JSON file,
+    /// entry by entry. What already happened is never rewritten: an
+    /// instance that has started keeps its start (and a running one an end
+    /// still to come), an ended one stays as it is; such entries are
+    /// refused one by one and the others loaded. Exit status 1 when any
+    /// entry was refused.
     Import {
-        /// The file (the import format of the spec).
+        /// The file (the format of config/sample.json).
         file: PathBuf,
         /// Move every instance's window by (now - this time), so a file
         /// written around this instant lands around now (the sample data
@@ -247,6 +275,11 @@ enum InstanceCommand {
         /// End, RFC 3339.
         #[arg(long)]
         to: String,
+        /// Change only what is still to come: refused for a started
+        /// instance's start, a running one's end moved to now or before,
+        /// or an ended one (as `import` does).
+        #[arg(long)]
+        future: bool,
     },
 }
 
@@ -312,7 +345,14 @@ impl Command {
                 order,
                 from,
                 to,
-            }) => words(&["INSTANCE", "SET", meeting, order, "from", from, "to", to]),
+                future,
+            }) => {
+                let mut t = words(&["INSTANCE", "SET", meeting, order, "from", from, "to", to]);
+                if *future {
+                    t.push("FUTURE".into());
+                }
+                t
+            }
             Command::End { mref } => words(&["END", mref]),
             Command::Tick => words(&["TICK"]),
             Command::Join { user, mref } => words(&["JOIN", user, mref]),
@@ -371,12 +411,7 @@ struct Client {
 
 impl Client {
     fn connect(socket: &PathBuf) -> Result<Client, String> {
-        let stream = UnixStream::connect(socket).map_err(|e| {
-            format!(
-                "cannot connect to {}: {e} (is meetingd running? --socket sets the path)",
-                socket.display()
-            )
-        })?;
+        let stream = UnixStream::connect(socket).map_err(|e| connect_error(socket, &e))?;
         let reader = stream.try_clone().map_err(|e| e.to_string())?;
         Ok(Client {
             writer: stream,
@@ -405,8 +440,112 @@ impl Client {
     }
 }
 
+/// Why the socket could not be opened, and what to do about it.
+fn connect_error(socket: &Path, err: &std::io::Error) -> String {
+    let shown = socket.display();
+    let point = "point meetingctl at the socket of the meetingd that runs with --socket PATH \
+                 or MEETINGD_SOCKET__PATH (the demo prints that line)";
+    let what_to_do = match err.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "nothing there: is meetingd running? Start it (systemctl start meetingd, or meetingd \
+             serve), or {point}"
+        ),
+        std::io::ErrorKind::ConnectionRefused => format!(
+            "the socket is there but no meetingd listens on it (it stopped): start it again, or \
+             {point}"
+        ),
+        std::io::ErrorKind::PermissionDenied => match std::fs::metadata(socket) {
+            Ok(meta) => {
+                let owner = user_name(meta.uid());
+                let group = group_name(meta.gid());
+                let mode = meta.permissions().mode() & 0o7777;
+                let who = if owner == "root" {
+                    "root".to_string()
+                } else {
+                    format!("root and {owner}")
+                };
+                if mode & 0o060 == 0o060 {
+                    format!(
+                        "you may not open it: it is {mode:04o} {owner}:{group}, so only {who} and \
+                         the members of group {group} may connect. Ask for the group (sudo \
+                         usermod -aG {group} $USER, then log in again), or run meetingctl as root"
+                    )
+                } else {
+                    format!(
+                        "you may not open it: it is {mode:04o} {owner}:{group}, so only {who} may \
+                         connect. Run meetingctl as {owner}, or have socket.mode set to 0660 and \
+                         ask for group {group}"
+                    )
+                }
+            }
+            Err(_) => format!(
+                "you may not reach it: a directory on its path is closed to you ({}); ask who \
+                 runs meetingd, or run meetingctl as root",
+                socket
+                    .parent()
+                    .map_or_else(|| "/".to_string(), |d| d.display().to_string())
+            ),
+        },
+        _ => point.to_string(),
+    };
+    format!("cannot connect to {shown}: {err}: {what_to_do}")
+}
+
+/// A user's name, or its uid when it has none.
+fn user_name(uid: u32) -> String {
+    // SAFETY: getpwuid returns null or a pointer to static storage, read
+    // at once; meetingctl has no other thread that calls it.
+    unsafe {
+        let entry = libc::getpwuid(uid);
+        if entry.is_null() {
+            return uid.to_string();
+        }
+        std::ffi::CStr::from_ptr((*entry).pw_name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// A group's name, or its gid when it has none.
+fn group_name(gid: u32) -> String {
+    // SAFETY: as in user_name, with getgrgid.
+    unsafe {
+        let entry = libc::getgrgid(gid);
+        if entry.is_null() {
+            return gid.to_string();
+        }
+        std::ffi::CStr::from_ptr((*entry).gr_name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// `meetingctl help [command]`: the command list meetingctl is built with
+/// (the daemon's HELP answers the same), printed without a daemon.
+fn help(cli: &Cli, command: &[String]) -> ExitCode {
+    let name = (!command.is_empty()).then(|| command.join(" "));
+    match meetingd::protocol::help(name.as_deref()) {
+        Ok(result) => {
+            if cli.json {
+                println!("{}", json!({"ok": true, "result": result}));
+            } else {
+                print!("{}", render(&result));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            let reply =
+                json!({"ok": false, "error": {"code": "unknown_command", "message": message}});
+            refused(cli, &reply.to_string(), &reply)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Help { command } = &cli.command {
+        return help(&cli, command);
+    }
     let outcome = match &cli.command {
         Command::Import { file, shift_from } => import(&cli, file, shift_from.as_deref()),
         Command::Raw { line } => request(&cli, format!("{}\n", line.trim_end())),
@@ -866,6 +1005,8 @@ fn import(cli: &Cli, file: &PathBuf, shift_from: Option<&str>) -> Result<ExitCod
                     &shifted(&instance.from),
                     "to",
                     &shifted(&instance.to),
+                    // never rewrite what already happened
+                    "FUTURE",
                 ]
                 .map(String::from)
                 .to_vec(),

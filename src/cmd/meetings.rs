@@ -89,18 +89,20 @@ pub async fn audience_del(ctx: &Context, meeting: u64, emails: &[String]) -> Cmd
 }
 
 /// # Format
-/// `INSTANCE SET <meeting> <order> from <time> to <time>` (admin; RFC 3339
-/// times) -> `{"meeting","order","from","to","state"}`
+/// `INSTANCE SET <meeting> <order> from <time> to <time> [FUTURE]` (admin;
+/// RFC 3339 times) -> `{"meeting","order","from","to","state"}`; with
+/// `FUTURE` only what is still to come may change.
 pub async fn instance_set(
     ctx: &Context,
     meeting: u64,
     order: u64,
     from: i64,
     to: i64,
+    future: bool,
 ) -> CmdResult {
     let instance = ctx
         .store
-        .instance_set(InstanceId::new(meeting, order), from, to)
+        .instance_set_with(InstanceId::new(meeting, order), from, to, future)
         .await?;
     ok(instance_json(&instance))
 }

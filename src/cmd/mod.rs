@@ -265,8 +265,9 @@ pub fn plan(request: Request, admin: bool, ctx: &Context) -> Plan {
             order,
             from,
             to,
+            future,
         } => alone(ctx, |ctx| async move {
-            meetings::instance_set(&ctx, meeting, order, from, to).await
+            meetings::instance_set(&ctx, meeting, order, from, to, future).await
         }),
         Request::End(mref) => alone(ctx, |ctx| async move { schedule::end(&ctx, mref).await }),
         Request::Tick => alone(ctx, |ctx| async move { schedule::tick(&ctx).await }),

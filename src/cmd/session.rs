@@ -1,10 +1,9 @@
 //! The session's own commands: PING, HELP, STATS, QUIT.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{CmdError, CmdResult, Context, ok};
 use crate::error::Code;
-use crate::protocol::{COMMANDS, NOTATION, info};
 
 /// # Format
 /// `PING` -> `"PONG"`
@@ -16,35 +15,9 @@ pub fn ping() -> CmdResult {
 /// `HELP` -> `{"commands":[{"command","syntax","admin","summary"}...],"notation"}`
 /// `HELP <command>` -> `{"command","syntax","admin","summary"}`
 pub fn help(command: Option<&str>) -> CmdResult {
-    let describe = |c: &crate::protocol::CommandInfo| json!({"command": c.name, "syntax": c.syntax, "admin": c.admin, "summary": c.summary});
-    match command {
-        None => ok(json!({
-            "commands": COMMANDS.iter().map(describe).collect::<Vec<_>>(),
-            "notation": NOTATION,
-        })),
-        Some(name) => {
-            // `HELP USER` lists USER SET and USER GET
-            let family: Vec<Value> = COMMANDS
-                .iter()
-                .filter(|c| {
-                    c.name
-                        .split(' ')
-                        .next()
-                        .is_some_and(|first| first.eq_ignore_ascii_case(name))
-                })
-                .map(describe)
-                .collect();
-            match (info(name), family.len()) {
-                (Some(c), _) => ok(describe(c)),
-                (None, 0) => Err(CmdError::new(
-                    Code::UnknownCommand,
-                    format!("no command {name:?}; HELP lists the commands"),
-                )),
-                (None, 1) => ok(family.into_iter().next().unwrap_or_default()),
-                (None, _) => ok(json!({"commands": family, "notation": NOTATION})),
-            }
-        }
-    }
+    crate::protocol::help(command)
+        .map_err(|message| CmdError::new(Code::UnknownCommand, message))
+        .and_then(ok)
 }
 
 /// # Format

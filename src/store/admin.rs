@@ -143,6 +143,20 @@ impl Store {
         from: Millis,
         to: Millis,
     ) -> Result<Instance, StoreError> {
+        self.instance_set_with(instance, from, to, false).await
+    }
+
+    /// [`Store::instance_set`], or with `future` only what is still to
+    /// come: a started instance keeps its `from`, a running one's `to` may
+    /// only move to a later time than now, an ended one stays (an equal
+    /// window is accepted as is); anything else is refused (`bad_request`).
+    pub async fn instance_set_with(
+        &self,
+        instance: InstanceId,
+        from: Millis,
+        to: Millis,
+        future: bool,
+    ) -> Result<Instance, StoreError> {
         let mut args = vec![
             instance.order.to_string(),
             from.to_string(),
@@ -150,8 +164,11 @@ impl Store {
             self.now().to_string(),
             self.options.timeout_budget.clamp(1, PAGE).to_string(),
         ];
-        if !self.options.retention.is_zero() {
+        if !self.options.retention.is_zero() || future {
             args.push(self.retention());
+        }
+        if future {
+            args.push("FUTURE".to_string());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let call = Store::record_call(

@@ -290,11 +290,16 @@ impl Store {
         let connected = Arc::new(AtomicBool::new(true));
         let conn = conn::Conn::open(&options, library_checked.clone(), connected.clone()).await?;
         let users = Arc::new(users::Users::open(&options).await?);
-        let partitions = match options.partitions {
-            Some(partitions) => partitions,
-            None => recorded_partitions(&conn)
-                .await?
-                .unwrap_or(DEFAULT_PARTITIONS),
+        let recorded = recorded_partitions(&conn).await?;
+        let partitions = match (options.partitions, recorded) {
+            // refused before a library of another count replaces the one
+            // the data's daemons serve with (a read-only tool says so in
+            // its report instead)
+            (Some(ours), Some(recorded)) if ours != recorded && options.load_library => {
+                return Err(layout_mismatch(ours, recorded));
+            }
+            (Some(ours), _) => ours,
+            (None, recorded) => recorded.unwrap_or(DEFAULT_PARTITIONS),
         };
         let store = Store {
             conn,
@@ -350,11 +355,7 @@ impl Store {
             .await?;
         let recorded = reply::int("meet_layout", value)?;
         if recorded != ours as i64 {
-            return Err(StoreError::Incompatible(format!(
-                "redis.partitions is {ours}, but the data in this Redis was laid out with \
-                 {recorded} partitions: set redis.partitions = {recorded}, or leave it \
-                 unset to take the recorded count (meetingd repartition changes it)"
-            )));
+            return Err(layout_mismatch(ours, recorded));
         }
         Ok(())
     }
@@ -585,6 +586,15 @@ impl Store {
             Fields::new(function, value)
         })
     }
+}
+
+/// Why a store of `ours` partitions cannot serve data of `recorded`.
+fn layout_mismatch(ours: u64, recorded: impl std::fmt::Display) -> StoreError {
+    StoreError::Incompatible(format!(
+        "redis.partitions is {ours}, but the data in this Redis was laid out with {recorded} \
+         partitions: set redis.partitions = {recorded}, or leave it unset to take the recorded \
+         count (meetingd repartition changes it)"
+    ))
 }
 
 /// The number of partitions the data behind `conn` records, if any.

@@ -1347,3 +1347,125 @@ fn watch_prints_entries_as_they_come() {
     assert_eq!(run.status, 1);
     assert!(run.stderr.starts_with("not_found: "), "{}", run.stderr);
 }
+
+/// An import into a store in use: what already happened stays as it was
+/// (an instance that has started keeps its start, an ended one its
+/// window), entry by entry, while the rest of the file loads; loading the
+/// same file again changes nothing and refuses nothing.
+#[test]
+fn an_import_never_rewrites_what_already_happened() {
+    let (_redis, daemon) = daemon();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let now = Utc::now();
+    let window = |from: TimeDelta, to: TimeDelta| (rfc(now + from), rfc(now + to));
+    let running = window(TimeDelta::minutes(-10), TimeDelta::minutes(50));
+    let coming = window(TimeDelta::days(1), TimeDelta::days(1) + TimeDelta::hours(1));
+    let past = window(TimeDelta::hours(-3), TimeDelta::hours(-2));
+    let file = |title: &str, shift: TimeDelta| {
+        let instance = |order: u64, (from, to): &(String, String)| {
+            let moved = |t: &str| {
+                rfc(DateTime::parse_from_rfc3339(t)
+                    .expect("a time")
+                    .with_timezone(&Utc)
+                    + shift)
+            };
+            json!({"order": order, "from": moved(from), "to": moved(to)})
+        };
+        json!({
+            "users": [{"id": 1, "name": "Ada", "age": 36, "gender": "female",
+                "email": "ada@example.com"}],
+            "meetings": [{"id": 1, "title": title, "description": "daily", "public": true,
+                "instances": [instance(1, &running), instance(2, &coming), instance(3, &past)]}],
+        })
+    };
+    let first = import_file(&dir, &file("Standup", TimeDelta::zero()));
+    assert_eq!(
+        ctl(&daemon, &["import", &first]).lines().last(),
+        Some("5 loaded, 0 refused")
+    );
+    clear_of_the_cron_tick();
+    ctl(&daemon, &["tick"]);
+    ctl(&daemon, &["join", "1", "1/1"]);
+    let states = |daemon: &Daemon| -> Vec<(String, String, String)> {
+        ctl_json(daemon, &["meeting", "get", "1"])["instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .map(|i| {
+                let text = |key: &str| i[key].as_str().expect("a string").to_string();
+                (text("from"), text("to"), text("state"))
+            })
+            .collect()
+    };
+    let before = states(&daemon);
+    assert_eq!(
+        before.iter().map(|s| s.2.as_str()).collect::<Vec<_>>(),
+        ["active", "scheduled", "ended"]
+    );
+
+    // the same data an hour earlier (a time-zone slip, say)
+    let dir2 = tempfile::tempdir().expect("temp dir");
+    let moved = import_file(&dir2, &file("Standup (moved)", TimeDelta::hours(-1)));
+    let run = meetingctl(daemon.socket(), &["import", &moved]);
+    assert_eq!(run.status, 1, "{}", run.stdout);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    for loaded in ["user 1", "meeting 1", "instance 1/2"] {
+        assert!(
+            lines.contains(&format!("loaded   {loaded}").as_str()),
+            "{loaded}: {}",
+            run.stdout
+        );
+    }
+    let refused = |entry: &str, why: &str| {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("refused  {entry}: bad_request: ")))
+            .unwrap_or_else(|| panic!("{entry} is refused: {}", run.stdout));
+        assert!(line.contains(why), "{line} says {why:?}");
+    };
+    refused("instance 1/1", "has started");
+    refused("instance 1/3", "has ended");
+    assert_eq!(lines.last(), Some(&"3 loaded, 2 refused"));
+
+    let after = states(&daemon);
+    assert_eq!(after[0], before[0], "the running instance kept its window");
+    assert_eq!(after[2], before[2], "the ended one too");
+    assert_ne!(after[1], before[1], "the one to come moved");
+    assert_eq!(
+        ctl_json(&daemon, &["meeting", "get", "1"])["title"],
+        "Standup (moved)"
+    );
+    let participants = ctl_json(&daemon, &["participants", "1/1"]);
+    assert_eq!(
+        participants[0]["user"], 1,
+        "Ada is still in: {participants}"
+    );
+
+    // the first file again: equal windows are accepted as they are
+    let run = meetingctl(daemon.socket(), &["import", &first]);
+    assert_eq!(run.status, 0, "{}", run.stdout);
+    assert_eq!(states(&daemon), before);
+
+    // by hand, with --future: a running instance's end may move ahead,
+    // not to the past
+    let (from, _) = &running;
+    let ahead = rfc(now + TimeDelta::hours(2));
+    let moved = ctl_json(
+        &daemon,
+        &[
+            "instance", "set", "1", "1", "--from", from, "--to", &ahead, "--future",
+        ],
+    );
+    assert_eq!(moved["state"], "active");
+    assert_eq!(moved["to"], reply_time(&ahead));
+    let behind = rfc(now - TimeDelta::minutes(1));
+    let run = meetingctl(
+        daemon.socket(),
+        &[
+            "instance", "set", "1", "1", "--from", from, "--to", &behind, "--future",
+        ],
+    );
+    assert_eq!(run.status, 1);
+    assert!(run.stderr.contains("is running"), "{}", run.stderr);
+    assert_eq!(states(&daemon)[0].2, "active");
+}

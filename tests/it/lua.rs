@@ -1000,3 +1000,57 @@ async fn upgrade_moves_a_running_instance_into_the_live_field() {
     .expect("leave");
     assert_eq!(placed(&left).1, format!("{}-1", t0() + 1000));
 }
+
+/// meet_instance_set with FUTURE (ARGV[7]): a started instance keeps its
+/// from, a running one an end ahead of now; an equal window is accepted;
+/// anything else than FUTURE there is refused. Refusals change nothing.
+#[tokio::test]
+async fn instance_set_future_changes_only_what_is_to_come() {
+    let redis = Redis::start();
+    let mut conn = load(&redis).await;
+    seed(&mut conn).await;
+    let now = ms(t0() + MIN);
+    let (from, to) = (ms(t0()), ms(t0() + 60 * MIN));
+    let set = |from: String, to: String, flag: &'static str| {
+        let now = now.clone();
+        let mut conn = conn.clone();
+        async move {
+            fcall(
+                &mut conn,
+                "meet_instance_set",
+                &[MEETING],
+                &["1", &from, &to, &now, "", "", flag],
+            )
+            .await
+        }
+    };
+    let before = redis.digest().await;
+    // 1/1 runs since t0: its start stays, its end may not go behind now
+    let moved = set(ms(t0() + 5 * MIN), to.clone(), "FUTURE").await;
+    assert_eq!(code_of(moved), "BAD_REQUEST");
+    let ended = set(from.clone(), now.clone(), "FUTURE").await;
+    assert_eq!(code_of(ended), "BAD_REQUEST");
+    let other = set(from.clone(), to.clone(), "LATER").await;
+    assert_eq!(code_of(other), "BAD_REQUEST");
+    assert_eq!(redis.digest().await, before, "refusals change nothing");
+    // the same window: accepted, as it is
+    let same = set(from.clone(), to.clone(), "FUTURE").await.expect("same");
+    assert_eq!(text(&field(&same, "state")), "active");
+    assert_eq!(redis.digest().await, before);
+    // a later end: moved, still running
+    let later = set(from.clone(), ms(t0() + 90 * MIN), "FUTURE")
+        .await
+        .expect("a later end");
+    assert_eq!(text(&field(&later, "to")), ms(t0() + 90 * MIN));
+    assert_eq!(text(&field(&later, "state")), "active");
+    // without FUTURE an end moved behind now ends it now
+    let now_ended = set(from.clone(), now.clone(), "").await.expect("ends");
+    assert_eq!(text(&field(&now_ended, "state")), "ended");
+    // ended: the same window is accepted with FUTURE, another is not
+    let same = set(from.clone(), now.clone(), "FUTURE")
+        .await
+        .expect("same");
+    assert_eq!(text(&field(&same, "state")), "ended");
+    let moved = set(from, ms(t0() + 30 * MIN), "FUTURE").await;
+    assert_eq!(code_of(moved), "BAD_REQUEST");
+}

@@ -1,23 +1,41 @@
-//! The README's `redis-cli` examples, run exactly as written.
+//! The README's examples, run exactly as written.
 //!
 //! Every ```console block of README.md is a list of `$ ` command lines, each
-//! followed by what it prints. The commands run with `sh -c`, in order,
-//! against one fresh redis-server: `redis-cli` on PATH is a shim that points
-//! the real one at the test's socket (in `--no-raw` form, as the README
-//! shows replies), and `meetingd` is the binary under test.
+//! followed by what it prints. The commands run with `sh -c`, in order.
+//!
+//! The blocks of the section "The Lua library from redis-cli" run against
+//! one fresh redis-server: `redis-cli` on PATH is a shim that points the
+//! real one at the test's socket (in `--no-raw` form, as a terminal shows
+//! replies), and `meetingd` is the binary under test.
+//!
+//! Every other block runs in the state the quick start leaves: the demo
+//! script itself (`scripts/demo.sh --no-build`) runs in a copy of the
+//! checkout made of the script, the sample data and the binaries under
+//! test in `target/debug`, and the commands run from there, as a reader's
+//! would from the checkout (an `export` line holds for the commands after
+//! it). Times and ids differ from run to run: they are compared as
+//! `<time>` and `<id>`. The lines the demo prints to talk to it must be the
+//! README's.
 
 use std::ffi::OsString;
 use std::fs;
+use std::io::BufRead;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::harness::Redis;
+
+/// The section whose blocks run against an empty Redis.
+const REDIS_SECTION: &str = "The Lua library from redis-cli";
 
 /// One `$ ` line of a console block and the lines it must print.
 struct Step {
     /// Line number of the command in README.md (1-based).
     line: usize,
+    /// The `## ` section the block is in.
+    section: String,
     command: String,
     expected: Vec<String>,
 }
@@ -26,9 +44,13 @@ struct Step {
 fn console_steps(readme: &str) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     let mut in_block = false;
+    let mut section = String::new();
     for (index, raw) in readme.lines().enumerate() {
         let line = raw.trim_end();
         if !in_block {
+            if let Some(title) = line.strip_prefix("## ") {
+                section = title.to_string();
+            }
             in_block = line == "```console";
             continue;
         }
@@ -37,6 +59,7 @@ fn console_steps(readme: &str) -> Vec<Step> {
         } else if let Some(command) = line.strip_prefix("$ ") {
             steps.push(Step {
                 line: index + 1,
+                section: section.clone(),
                 command: command.to_string(),
                 expected: Vec::new(),
             });
@@ -134,14 +157,15 @@ fn sh_quote(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
 }
 
-/// Write a `redis-cli` shim into `dir` that talks to `socket`.
-fn write_shim(dir: &Path, socket: &Path) {
+/// Write a `redis-cli` shim into `dir` that talks to `socket` (or, with
+/// none, where its arguments say), answering as in a terminal.
+fn write_shim(dir: &Path, socket: Option<&Path>) {
     let real = real_redis_cli();
     let shim = dir.join("redis-cli");
+    let target = socket.map_or(String::new(), |s| format!("-s {} ", sh_quote(s)));
     let script = format!(
-        "#!/bin/sh\nexec {} -s {} --no-raw \"$@\"\n",
+        "#!/bin/sh\nexec {} {target}--no-raw \"$@\"\n",
         sh_quote(&real),
-        sh_quote(socket)
     );
     fs::write(&shim, script).expect("write the redis-cli shim");
     fs::set_permissions(&shim, fs::Permissions::from_mode(0o755))
@@ -165,14 +189,23 @@ fn registered_functions() -> Vec<String> {
         .collect()
 }
 
+/// README.md's text.
+fn readme() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
 #[test]
 fn readme_examples_run_as_written() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme_path = root.join("README.md");
-    let readme = fs::read_to_string(&readme_path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", readme_path.display()));
-    let steps = console_steps(&readme);
-    assert!(!steps.is_empty(), "README.md has no ```console examples");
+    let readme = readme();
+    let steps: Vec<Step> = console_steps(&readme)
+        .into_iter()
+        .filter(|step| step.section == REDIS_SECTION)
+        .collect();
+    assert!(
+        !steps.is_empty(),
+        "README.md has no ```console examples in {REDIS_SECTION:?}"
+    );
 
     let missing: Vec<String> = registered_functions()
         .into_iter()
@@ -189,7 +222,7 @@ fn readme_examples_run_as_written() {
 
     let redis = Redis::start();
     let shims = tempfile::tempdir().expect("temp dir for the redis-cli shim");
-    write_shim(shims.path(), redis.socket());
+    write_shim(shims.path(), Some(redis.socket()));
     let binary = Path::new(env!("CARGO_BIN_EXE_meetingd"));
     let bin_dir = binary
         .parent()
@@ -227,6 +260,335 @@ fn readme_examples_run_as_written() {
             actual.join("\n"),
         );
     }
+}
+
+/// `line` with every time (`2026-11-22T10:03:00.000Z`) replaced by
+/// `<time>` and every stream id (`1795341780000-0`) by `<id>`.
+fn mask_times_and_ids(line: &str) -> String {
+    let chars: Vec<char> = line.chars().collect();
+    let digits = |from: usize, count: usize| {
+        (from..from + count).all(|i| chars.get(i).is_some_and(char::is_ascii_digit))
+    };
+    let at = |i: usize, c: char| chars.get(i) == Some(&c);
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let word_start = i == 0 || !chars[i - 1].is_ascii_alphanumeric();
+        // 2026-11-22T10:03:00(.000)Z
+        if word_start
+            && digits(i, 4)
+            && at(i + 4, '-')
+            && digits(i + 5, 2)
+            && at(i + 7, '-')
+            && digits(i + 8, 2)
+            && at(i + 10, 'T')
+            && digits(i + 11, 2)
+            && at(i + 13, ':')
+            && digits(i + 14, 2)
+            && at(i + 16, ':')
+            && digits(i + 17, 2)
+        {
+            let mut end = i + 19;
+            if at(end, '.') && digits(end + 1, 3) {
+                end += 4;
+            }
+            if at(end, 'Z') {
+                out.push_str("<time>");
+                i = end + 1;
+                continue;
+            }
+        }
+        // 1795341780000-0
+        if word_start && digits(i, 13) && at(i + 13, '-') && digits(i + 14, 1) {
+            let mut end = i + 14;
+            while chars.get(end).is_some_and(char::is_ascii_digit) {
+                end += 1;
+            }
+            out.push_str("<id>");
+            i = end;
+            continue;
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The demo script, running in a copy of the checkout; stopped (it
+/// drains its daemon) when dropped.
+struct Demo {
+    script: Child,
+    root: PathBuf,
+    /// What it printed, line by line.
+    printed: Vec<String>,
+}
+
+impl Demo {
+    /// Start the demo in `root` (see [`demo_checkout`]) and wait until it
+    /// says it is running.
+    fn start(root: &Path) -> Demo {
+        let mut command = Command::new("bash");
+        command
+            .arg("scripts/demo.sh")
+            .arg("--no-build")
+            .current_dir(root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        clean_env(&mut command);
+        let mut script = command.spawn().expect("bash runs the demo");
+        let stdout = script.stdout.take().expect("the demo's output");
+        let stderr = script.stderr.take().expect("the demo's errors");
+        let (lines, received) = std::sync::mpsc::channel();
+        let errors = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if errors.send(format!("stderr: {line}")).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut demo = Demo {
+            script,
+            root: root.to_path_buf(),
+            printed: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match received.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.starts_with("Ctrl-C stops it");
+                    demo.printed.push(line);
+                    if done {
+                        return demo;
+                    }
+                }
+                Err(_) => panic!("the demo did not say it runs:\n{}", demo.printed.join("\n")),
+            }
+        }
+    }
+
+    /// The lines it printed to talk to it (indented, after "To talk to
+    /// it"), with the checkout's path written `$PWD`.
+    fn talk_lines(&self) -> Vec<String> {
+        let root = self.root.display().to_string();
+        self.printed
+            .iter()
+            .skip_while(|line| !line.starts_with("To talk to it"))
+            .filter_map(|line| line.strip_prefix("  "))
+            .map(|line| line.replace(&root, "$PWD"))
+            .collect()
+    }
+}
+
+/// A checkout of the demo's own: the script, the sample data, and the
+/// binaries under test in target/debug.
+fn demo_checkout() -> tempfile::TempDir {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = tempfile::tempdir().expect("a directory for the demo's checkout");
+    for path in ["scripts/demo.sh", "config/sample.json"] {
+        let to = root.path().join(path);
+        fs::create_dir_all(to.parent().expect("a parent")).expect("mkdir");
+        fs::copy(manifest.join(path), &to).unwrap_or_else(|e| panic!("copy {path}: {e}"));
+    }
+    let bin = root.path().join("target/debug");
+    fs::create_dir_all(&bin).expect("mkdir target/debug");
+    for (name, binary) in [
+        ("meetingd", env!("CARGO_BIN_EXE_meetingd")),
+        ("meetingctl", env!("CARGO_BIN_EXE_meetingctl")),
+    ] {
+        std::os::unix::fs::symlink(binary, bin.join(name)).expect("link a binary");
+    }
+    root
+}
+
+/// `bash scripts/demo.sh --no-build <args>` in `root`, to its end.
+fn demo_run(root: &Path, args: &[&str]) -> std::process::Output {
+    let mut command = Command::new("bash");
+    command
+        .arg("scripts/demo.sh")
+        .arg("--no-build")
+        .args(args)
+        .current_dir(root)
+        .stdin(Stdio::null());
+    clean_env(&mut command);
+    command.output().expect("bash runs the demo")
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // SAFETY: kill sends a signal to the process we started.
+        unsafe {
+            libc::kill(self.script.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.script.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // it did not stop: its daemon goes too
+        if let Ok(pid) = fs::read_to_string(self.root.join("target/demo/pid")) {
+            if let Ok(pid) = pid.trim().parse::<libc::pid_t>() {
+                // SAFETY: as above, the daemon the demo started for us.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        let _ = self.script.kill();
+        let _ = self.script.wait();
+    }
+}
+
+/// The environment of a reader's shell: nothing of meetingd's set.
+fn clean_env(command: &mut Command) {
+    for (key, _) in std::env::vars() {
+        if key.starts_with("MEETINGD_") || key == "RUST_LOG" {
+            command.env_remove(key);
+        }
+    }
+}
+
+#[test]
+fn readme_meetingctl_examples_run_on_the_demo() {
+    let readme = readme();
+    let steps: Vec<Step> = console_steps(&readme)
+        .into_iter()
+        .filter(|step| step.section != REDIS_SECTION)
+        .collect();
+    for needed in [
+        "export ",
+        "meetingctl join",
+        "meetingctl import",
+        "meetingctl watch",
+    ] {
+        assert!(
+            steps.iter().any(|step| step.command.starts_with(needed)),
+            "README.md has no `{needed}...` example that runs on the demo"
+        );
+    }
+
+    let root = demo_checkout();
+    let demo = Demo::start(root.path());
+    let talk = demo.talk_lines();
+    assert!(
+        talk.iter().any(|line| line.starts_with("export ")),
+        "the demo prints an export line: {:?}",
+        demo.printed
+    );
+    for line in &talk {
+        assert!(
+            readme.contains(line.as_str()),
+            "the demo prints `{line}`, which README.md does not show"
+        );
+    }
+    // The README's import comes after the demo's: in a later second, so
+    // that its shifted times differ from the demo's.
+    std::thread::sleep(Duration::from_millis(1100));
+
+    let shims = tempfile::tempdir().expect("temp dir for the redis-cli shim");
+    write_shim(shims.path(), None);
+    let mut path = vec![shims.path().to_path_buf()];
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let path: OsString = std::env::join_paths(path).expect("PATH from the test's directories");
+
+    let mut exports = String::new();
+    for step in &steps {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("exec 2>&1\n{exports}{}", step.command))
+            .env("PATH", &path)
+            .current_dir(root.path())
+            .stdin(Stdio::null());
+        clean_env(&mut command);
+        let output = command
+            .output()
+            .unwrap_or_else(|e| panic!("run sh for `{}`: {e}", step.command));
+        let printed = String::from_utf8_lossy(&output.stdout);
+        let actual = lines_of(printed.lines().map(mask_times_and_ids));
+        let expected = lines_of(step.expected.iter().map(|l| mask_times_and_ids(l)));
+        assert!(
+            matches(&expected, &actual),
+            "README.md line {}: `{}` printed something else ({})\n\
+             --- expected ---\n{}\n--- actual ---\n{}\n",
+            step.line,
+            step.command,
+            output.status,
+            expected.join("\n"),
+            actual.join("\n"),
+        );
+        if step.command.starts_with("export ") {
+            exports.push_str(&step.command);
+            exports.push('\n');
+        }
+    }
+}
+
+/// The quick start runs again and again in one checkout (each run from
+/// fresh data), and while one runs a second says so and how to reach it.
+#[test]
+fn the_demo_runs_again_and_one_at_a_time() {
+    let root = demo_checkout();
+    let demo = Demo::start(root.path());
+    let second = demo_run(root.path(), &["--check"]);
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("another copy of the demo is running"),
+        "{said}"
+    );
+    let socket = root.path().join("target/demo/meetingd.sock");
+    assert!(
+        said.contains(&format!("MEETINGD_SOCKET__PATH=\"{}\"", socket.display())),
+        "says how to reach it: {said}"
+    );
+    drop(demo);
+    for run in 1..=2 {
+        let out = demo_run(root.path(), &["--check"]);
+        assert!(
+            out.status.success(),
+            "run {run} after the first: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("demo check passed"));
+    }
+}
+
+#[test]
+fn times_and_ids_are_masked() {
+    assert_eq!(
+        mask_times_and_ids("joined_at: 2026-11-22T10:03:00.000Z"),
+        "joined_at: <time>"
+    );
+    assert_eq!(
+        mask_times_and_ids("1795341780000-12  2  hi  2026-11-22T10:03:00Z"),
+        "<id>  2  hi  <time>"
+    );
+    assert_eq!(
+        mask_times_and_ids(r#"{"id":"1795341780000-0","at":"2026-11-22T10:03:00.000Z"}"#),
+        r#"{"id":"<id>","at":"<time>"}"#
+    );
+    assert_eq!(mask_times_and_ids("user 2 of 12"), "user 2 of 12");
 }
 
 #[test]

@@ -674,6 +674,10 @@ fn a_non_admin_peer_is_denied_admin_commands_only() {
         let (status, out) = run(line);
         assert_eq!(status, 1, "{line}: {out}");
         assert!(out.contains("\"permission_denied\""), "{line}: {out}");
+        assert!(
+            out.contains("only root, the daemon's own user and the uids and gids"),
+            "says who may: {out}"
+        );
     }
     for line in [
         "PING",

@@ -14,18 +14,7 @@ Flags: no-writes.
 local function active(keys, args)
   check_arity(args, 0, 2, '[after[, limit]]')
   local base = partition_key(keys[1], 'active')
-  local after = optional_id(args[1], 'after')
-  local limit = check_limit(args[2])
-  local min = '-inf'
-  if after then
-    min = '(' .. after
-  end
-  local names = redis.call('ZRANGE', keys[1], min, '+inf', 'BYSCORE', 'LIMIT', 0, limit + 1)
-  local next_meeting = false
-  if #names > limit then
-    names[#names] = nil
-    next_meeting = string.match(names[#names], '^(%d+)/')
-  end
+  local names, next_meeting = running_page(keys[1], args[1], args[2])
   local rows = {}
   for _, name in ipairs(names) do
     local meeting, order = string.match(name, '^(%d+)/(%d+)$')

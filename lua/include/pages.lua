@@ -78,3 +78,23 @@ local function present_page(present, name, after, limit)
   end
   return redis.call('ZRANGE', present, start, start + limit - 1, 'WITHSCORES')
 end
+
+-- A page of a partition's running instances ("M/O" names of its `active`
+-- index, whose scores are the meeting ids), after the meeting id
+-- `after_arg` (none: from the first), at most `limit_arg` of them; and the
+-- meeting id to go on after when there are more (false when not).
+local function running_page(active, after_arg, limit_arg)
+  local after = optional_id(after_arg, 'after')
+  local limit = check_limit(limit_arg)
+  local min = '-inf'
+  if after then
+    min = '(' .. after
+  end
+  local names = redis.call('ZRANGE', active, min, '+inf', 'BYSCORE', 'LIMIT', 0, limit + 1)
+  local next_meeting = false
+  if #names > limit then
+    names[#names] = nil
+    next_meeting = string.match(names[#names], '^(%d+)/')
+  end
+  return names, next_meeting
+end

@@ -193,13 +193,7 @@ impl Conn {
                 timeout: options.timeout,
             })));
         }
-        let info = redis::IntoConnectionInfo::into_connection_info(options.url.as_str())
-            .map_err(|e| StoreError::Internal(format!("bad Redis URL: {e}")))?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let client = resp3_client(&options.url)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(options.timeout))
             .set_connection_timeout(Some(options.timeout))
@@ -387,6 +381,18 @@ impl ConnectionLike for Conn {
             Conn::Cluster(_) => 0,
         }
     }
+}
+
+/// A client of the one Redis at `url` speaking RESP3 (push messages: the
+/// invalidations of the user cache, a lost connection).
+pub(super) fn resp3_client(url: &str) -> Result<redis::Client, StoreError> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(|e| StoreError::Internal(format!("bad Redis URL: {e}")))?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    Ok(redis::Client::open(info.set_redis_settings(settings))?)
 }
 
 #[cfg(test)]

@@ -107,13 +107,7 @@ impl Users {
         // redis-rs' own cache is never asked to keep anything
         let tracking = CacheConfig::new().set_mode(CacheMode::OptIn);
         let conn = if options.cluster.is_empty() {
-            let info = redis::IntoConnectionInfo::into_connection_info(options.url.as_str())
-                .map_err(|e| StoreError::Internal(format!("bad Redis URL: {e}")))?;
-            let settings = info
-                .redis_settings()
-                .clone()
-                .set_protocol(redis::ProtocolVersion::RESP3);
-            let client = redis::Client::open(info.set_redis_settings(settings))?;
+            let client = super::conn::resp3_client(&options.url)?;
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_response_timeout(Some(options.timeout))
                 .set_connection_timeout(Some(options.timeout))

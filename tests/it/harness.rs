@@ -149,11 +149,17 @@ impl Redis {
 /// `meetingd check` with `args`: its exit status and output (stdout, then
 /// stderr).
 pub fn meetingd_check(args: &[&str]) -> (i32, String) {
+    meetingd_run("check", args)
+}
+
+/// `meetingd <subcommand>` with `args`: its exit status and output
+/// (stdout, then stderr).
+pub fn meetingd_run(subcommand: &str, args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_meetingd"))
-        .arg("check")
+        .arg(subcommand)
         .args(args)
         .output()
-        .expect("meetingd check runs");
+        .unwrap_or_else(|e| panic!("meetingd {subcommand} runs: {e}"));
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)

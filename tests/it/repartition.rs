@@ -101,14 +101,7 @@ async fn snapshot(store: &Store) -> Vec<String> {
 
 /// `meetingd repartition` with `args`: its exit status and output.
 fn repartition(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_meetingd"))
-        .arg("repartition")
-        .args(args)
-        .output()
-        .expect("meetingd repartition runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
+    crate::harness::meetingd_run("repartition", args)
 }
 
 /// A store laid out with `partitions`, connecting as a daemon does

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use meetingd::store::{InstanceId, InstanceRef, Load, Meeting, Store, User};
+use meetingd::store::{InstanceRef, Store, User};
 
 use super::spawn::OwnRedis;
 use super::{connect_raw, per_op, redis_pid, store_options, usage};
@@ -125,30 +125,14 @@ pub async fn partitions(
 /// before `now`, 10 people in each), the rest a day later; then the tick
 /// that starts them.
 async fn fill(store: &Store, stored: u64, running: u64, now: i64) -> Result<(), String> {
-    let records = (1..=stored).flat_map(|m| {
-        let from = if m <= running {
+    super::tick::load_one_instance_each(store, stored, |m| {
+        if m <= running {
             now - 60_000
         } else {
             now + 86_400_000
-        };
-        [
-            Load::Meeting(Meeting {
-                id: m,
-                title: format!("meeting {m}"),
-                description: String::new(),
-                public: true,
-            }),
-            Load::Instance {
-                id: InstanceId::new(m, 1),
-                from,
-                to: from + 3_600_000,
-            },
-        ]
-    });
-    let loaded = store.load(records).await.map_err(|e| e.to_string())?;
-    if loaded.refused > 0 {
-        return Err(format!("the load was refused: {:?}", loaded.first_refusal));
-    }
+        }
+    })
+    .await?;
     for u in 1..=10 {
         let user = User {
             id: u,

@@ -32,27 +32,11 @@ pub async fn tick(url: &str, stored: u64, due: u64, batch: usize) -> Result<(), 
     let loading = Instant::now();
     // every step-th meeting is due now, the rest tomorrow
     let step = (stored / due.max(1)).max(1);
-    let records = (1..=stored).flat_map(|m| {
+    load_one_instance_each(&store, stored, |m| {
         let is_due = due > 0 && m % step == 0 && m / step <= due;
-        let from = if is_due { now - 1000 } else { now + 86_400_000 };
-        [
-            Load::Meeting(Meeting {
-                id: m,
-                title: "bench".into(),
-                description: String::new(),
-                public: true,
-            }),
-            Load::Instance {
-                id: InstanceId::new(m, 1),
-                from,
-                to: from + 3_600_000,
-            },
-        ]
-    });
-    let loaded = store.load(records).await.map_err(|e| e.to_string())?;
-    if loaded.refused > 0 {
-        return Err(format!("the load was refused: {:?}", loaded.first_refusal));
-    }
+        if is_due { now - 1000 } else { now + 86_400_000 }
+    })
+    .await?;
     let loaded_in = loading.elapsed();
     for (name, value) in [("slowlog-log-slower-than", 0), ("slowlog-max-len", LOG_LEN)] {
         let _: () = redis::cmd("CONFIG")
@@ -135,5 +119,35 @@ pub async fn tick(url: &str, stored: u64, due: u64, batch: usize) -> Result<(), 
         longest as f64 / 1000.0,
         loaded_in.as_secs_f64(),
     );
+    Ok(())
+}
+
+/// Load public meetings 1..=count, each with one instance an hour long
+/// from `from(meeting)`.
+pub async fn load_one_instance_each(
+    store: &Store,
+    count: u64,
+    from: impl Fn(u64) -> i64,
+) -> Result<(), String> {
+    let records = (1..=count).flat_map(|m| {
+        let from = from(m);
+        [
+            Load::Meeting(Meeting {
+                id: m,
+                title: format!("meeting {m}"),
+                description: String::new(),
+                public: true,
+            }),
+            Load::Instance {
+                id: InstanceId::new(m, 1),
+                from,
+                to: from + 3_600_000,
+            },
+        ]
+    });
+    let loaded = store.load(records).await.map_err(|e| e.to_string())?;
+    if loaded.refused > 0 {
+        return Err(format!("the load was refused: {:?}", loaded.first_refusal));
+    }
     Ok(())
 }

@@ -3,43 +3,15 @@
 //! statuses; and `import`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Timelike, Utc};
 use serde_json::{Value, json};
 
-use crate::harness::{Daemon, Redis};
+use crate::harness::{Daemon, Redis, meetingctl};
 
 // ---- running meetingctl ----
-
-/// What one run of meetingctl did.
-struct Run {
-    status: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Run meetingctl on `socket` with `args`.
-fn meetingctl(socket: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_meetingctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env_remove("MEETINGD_SOCKET__PATH")
-        .stdin(Stdio::null())
-        .output()
-        .expect("meetingctl runs");
-    Run {
-        status: out
-            .status
-            .code()
-            .expect("meetingctl exits by itself (no signal)"),
-        stdout: String::from_utf8(out.stdout).expect("meetingctl prints UTF-8"),
-        stderr: String::from_utf8(out.stderr).expect("meetingctl's errors are UTF-8"),
-    }
-}
 
 /// Run a subcommand that must succeed; its standard output (for people).
 fn ctl(daemon: &Daemon, args: &[&str]) -> String {

@@ -146,6 +146,39 @@ impl Redis {
     }
 }
 
+/// What one run of meetingctl did.
+#[allow(dead_code)]
+pub struct Run {
+    /// Its exit status.
+    pub status: i32,
+    /// What it printed on standard output.
+    pub stdout: String,
+    /// What it printed on standard error.
+    pub stderr: String,
+}
+
+/// Run meetingctl on `socket` with `args` (no socket from the environment,
+/// nothing on standard input).
+#[allow(dead_code)]
+pub fn meetingctl(socket: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_meetingctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("MEETINGD_SOCKET__PATH")
+        .stdin(Stdio::null())
+        .output()
+        .expect("meetingctl runs");
+    Run {
+        status: out
+            .status
+            .code()
+            .expect("meetingctl exits by itself (no signal)"),
+        stdout: String::from_utf8(out.stdout).expect("meetingctl prints UTF-8"),
+        stderr: String::from_utf8(out.stderr).expect("meetingctl's errors are UTF-8"),
+    }
+}
+
 /// `meetingd check` with `args`: its exit status and output (stdout, then
 /// stderr).
 pub fn meetingd_check(args: &[&str]) -> (i32, String) {

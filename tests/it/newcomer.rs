@@ -5,11 +5,10 @@
 //! right to open its socket.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Client, Daemon, Redis};
+use crate::harness::{Client, Daemon, Redis, Run, meetingctl};
 
 /// `meetingd <args>` with a clean environment plus `env`.
 fn meetingd(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -272,40 +271,35 @@ fn logs_written_to_a_file_hold_no_colour_codes() {
 
 // ---- meetingctl ----
 
-/// `meetingctl <args>` on `socket`; its exit status, stdout and stderr.
-fn meetingctl(socket: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_meetingctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env_remove("MEETINGD_SOCKET__PATH")
-        .stdin(Stdio::null())
-        .output()
-        .expect("meetingctl runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn meetingctl_help_needs_no_daemon() {
     let dir = tempfile::tempdir().expect("temp dir");
     let nobody = dir.path().join("nobody.sock");
-    let (code, out, err) = meetingctl(&nobody, &["help"]);
-    assert_eq!(code, Some(0), "{err}");
+    let Run {
+        status: code,
+        stdout: out,
+        stderr: err,
+    } = meetingctl(&nobody, &["help"]);
+    assert_eq!(code, 0, "{err}");
     assert!(out.contains("JOIN <user> <mref>"), "{out}");
     assert!(out.contains("INSTANCE SET <meeting> <order> from <time> to <time> [FUTURE]"));
-    let (code, out, _) = meetingctl(&nobody, &["--json", "help", "post"]);
-    assert_eq!(code, Some(0));
+    let Run {
+        status: code,
+        stdout: out,
+        ..
+    } = meetingctl(&nobody, &["--json", "help", "post"]);
+    assert_eq!(code, 0);
     let reply: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
     assert_eq!(
         reply["result"]["syntax"],
         "POST <user> <mref> <text> [ID <key>]"
     );
-    let (code, _, err) = meetingctl(&nobody, &["help", "frobnicate"]);
-    assert_eq!(code, Some(1));
+    let Run {
+        status: code,
+        stderr: err,
+        ..
+    } = meetingctl(&nobody, &["help", "frobnicate"]);
+    assert_eq!(code, 1);
     assert!(err.starts_with("unknown_command: "), "{err}");
 }
 
@@ -339,15 +333,23 @@ fn meetingctl_help_describes_meetingctl_and_its_exit_statuses() {
 fn meetingctl_says_why_it_cannot_connect_and_what_to_do() {
     let dir = tempfile::tempdir().expect("temp dir");
     let nobody = dir.path().join("nobody.sock");
-    let (code, _, err) = meetingctl(&nobody, &["ping"]);
-    assert_eq!(code, Some(2));
+    let Run {
+        status: code,
+        stderr: err,
+        ..
+    } = meetingctl(&nobody, &["ping"]);
+    assert_eq!(code, 2);
     assert!(err.contains("is meetingd running?"), "{err}");
     assert!(err.contains("MEETINGD_SOCKET__PATH"), "{err}");
 
     let stale = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).expect("a listener"));
-    let (code, _, err) = meetingctl(&stale, &["ping"]);
-    assert_eq!(code, Some(2));
+    let Run {
+        status: code,
+        stderr: err,
+        ..
+    } = meetingctl(&stale, &["ping"]);
+    assert_eq!(code, 2);
     assert!(err.contains("no meetingd listens on it"), "{err}");
 }
 

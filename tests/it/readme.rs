@@ -130,6 +130,24 @@ fn matches(expected: &[String], actual: &[String]) -> bool {
             .all(|(want, got)| loosened(want) == loosened(got))
 }
 
+/// Fail, showing both, unless `step` printed what README.md says.
+fn assert_printed(
+    step: &Step,
+    status: &std::process::ExitStatus,
+    expected: &[String],
+    actual: &[String],
+) {
+    assert!(
+        matches(expected, actual),
+        "README.md line {}: `{}` printed something else ({status})\n\
+         --- expected ---\n{}\n--- actual ---\n{}\n",
+        step.line,
+        step.command,
+        expected.join("\n"),
+        actual.join("\n"),
+    );
+}
+
 fn loosened(line: &str) -> String {
     let line = mask_versions(line);
     let marker = "@user_function:";
@@ -249,16 +267,7 @@ fn readme_examples_run_as_written() {
         );
         let actual = lines_of(printed.lines().map(str::to_string));
         let expected = lines_of(step.expected.iter().cloned());
-        assert!(
-            matches(&expected, &actual),
-            "README.md line {}: `{}` printed something else ({})\n\
-             --- expected ---\n{}\n--- actual ---\n{}\n",
-            step.line,
-            step.command,
-            output.status,
-            expected.join("\n"),
-            actual.join("\n"),
-        );
+        assert_printed(step, &output.status, &expected, &actual);
     }
 }
 
@@ -526,16 +535,7 @@ fn readme_meetingctl_examples_run_on_the_demo() {
         let printed = String::from_utf8_lossy(&output.stdout);
         let actual = lines_of(printed.lines().map(mask_times_and_ids));
         let expected = lines_of(step.expected.iter().map(|l| mask_times_and_ids(l)));
-        assert!(
-            matches(&expected, &actual),
-            "README.md line {}: `{}` printed something else ({})\n\
-             --- expected ---\n{}\n--- actual ---\n{}\n",
-            step.line,
-            step.command,
-            output.status,
-            expected.join("\n"),
-            actual.join("\n"),
-        );
+        assert_printed(step, &output.status, &expected, &actual);
         if step.command.starts_with("export ") {
             exports.push_str(&step.command);
             exports.push('\n');

@@ -9,8 +9,11 @@ ARGV[1]  after meeting: the meeting of `next` (optional: from the start)
 ARGV[2]  after user: the user of `next` ('' to start after the meeting)
 ARGV[3]  after time: the join time of that user (ms; with a user)
 ARGV[4]  budget: participants, 1..1000 (optional, default 1000)
+ARGV[5]  shape: 'packed' for each row's participants in one string
+         (optional)
 Returns: {rows, {{meeting, order, title, {user, joined_at, ...}}...}, next,
-  <{meeting, user, joined_at} or nil>}. An instance split over two calls
+  <{meeting, user, joined_at} or nil>}; packed, a row's participants are
+  one string, 'user joined_at user joined_at ...'. An instance split over two calls
   has a row in each: the second goes on after the first's last user. A
   user who left between the calls is passed by time: users who joined in
   the same millisecond may then show twice.
@@ -18,7 +21,7 @@ Errors: BAD_REQUEST.
 Flags: no-writes.
 ]]
 local function attendance(keys, args)
-  check_arity(args, 0, 4, '[after meeting[, after user[, after time[, budget]]]]')
+  check_arity(args, 0, 5, '[after meeting[, after user[, after time[, budget[, shape]]]]]')
   local base = partition_key(keys[1], 'active')
   local after_meeting = optional_id(args[1], 'after meeting')
   local after_user = optional_id(args[2], 'after user')
@@ -27,6 +30,7 @@ local function attendance(keys, args)
     after_time = check_time(args[3], 'after time')
   end
   local budget = check_limit(args[4])
+  local packed = check_packed(args[5])
   local min = '-inf'
   if after_meeting then
     min = '(' .. after_meeting
@@ -61,10 +65,16 @@ local function attendance(keys, args)
       page[#page] = nil
     end
     local title = redis.call('HGET', base .. 'meeting:' .. meeting, 'title') or ''
-    rows[#rows + 1] = { meeting, order, title, page }
-    budget = budget - #page / 2
+    local count = #page / 2
     if more then
       next_cursor = { meeting, page[#page - 1], page[#page] }
+    end
+    if packed then
+      page = pack_pairs(page)
+    end
+    rows[#rows + 1] = { meeting, order, title, page }
+    budget = budget - count
+    if more then
       break
     end
   end

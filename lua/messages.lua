@@ -11,15 +11,19 @@ ARGV[3]  after: a message id, the `next` of the previous page (optional)
 ARGV[4]  limit: 1..1000 (optional, default 1000)
 ARGV[5]  budget: the most bytes the page may take in a reply (optional;
          at least one message is returned): a page cut short has `next`
+ARGV[6]  shape: 'packed' for the messages in one string (optional)
 Returns: {order, <order>, next, <id or nil>, messages,
   {{id, {u, <user>, text, <text>}}...}}; `next` is the id to pass as
-  `after` for the following page, nil at the end.
+  `after` for the following page, nil at the end. Packed, `messages` is
+  one string: per message `<id> <user> <at> <bytes> <text>`, `at` empty
+  (the id's time) but for messages stored before 0.2, `bytes` the length
+  of the text, the next message right after it.
 Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE (no order
   and nothing runs).
 Flags: no-writes.
 ]]
 local function messages(keys, args)
-  check_arity(args, 1, 5, 'order[, user[, after[, limit[, budget]]]]')
+  check_arity(args, 1, 6, 'order[, user[, after[, limit[, budget[, shape]]]]]')
   local base, meeting = meeting_key(keys[1])
   if args[1] ~= '' then
     check_id(args[1], 'order')
@@ -28,10 +32,14 @@ local function messages(keys, args)
   local after = check_cursor(args[3])
   local limit = check_limit(args[4])
   local budget = check_budget(args[5])
+  local packed = check_packed(args[6])
   local inst = find_instance(base, meeting, args[1])
   local chat = base .. 'chat:' .. inst.name
   if not user then
     local next_id, entries = stream_page(chat, after, limit, budget)
+    if packed then
+      entries = pack_messages(entries)
+    end
     return { 'order', inst.order, 'next', next_id, 'messages', entries }
   end
   local next_id, index = stream_page(chat .. ':by:' .. user, after, limit)
@@ -46,6 +54,9 @@ local function messages(keys, args)
   entries, cut = within(entries, budget)
   if cut then
     next_id = entries[#entries][1]
+  end
+  if packed then
+    entries = pack_messages(entries)
   end
   return { 'order', inst.order, 'next', next_id, 'messages', entries }
 end

@@ -7,14 +7,16 @@ ARGV[1]  order id, or '' for the meeting's running instance
 ARGV[2]  after: a user id, the last of the previous page (optional, ''
          for the first page)
 ARGV[3]  limit: 1..1000 (optional, default 1000)
-Returns: {order, <order>, participants, {user, joined_at, ...}}.
+ARGV[4]  shape: 'packed' for the participants in one string (optional)
+Returns: {order, <order>, participants, {user, joined_at, ...}}; packed,
+  `participants` is one string, 'user joined_at user joined_at ...'.
 Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE (no order
   and nothing runs), NOT_JOINED (the `after` user is no longer in: page
   again from the start).
 Flags: no-writes.
 ]]
 local function participants(keys, args)
-  check_arity(args, 1, 3, 'order[, after[, limit]]')
+  check_arity(args, 1, 4, 'order[, after[, limit[, shape]]]')
   local base, meeting = meeting_key(keys[1])
   local order = args[1]
   if order ~= '' then
@@ -22,6 +24,7 @@ local function participants(keys, args)
   end
   local after = optional_id(args[2], 'after')
   local limit = check_limit(args[3])
+  local packed = check_packed(args[4])
   local running_order = parse_live(redis.call('HGET', keys[1], 'live'))
   if order == '' and running_order then
     order = running_order
@@ -30,11 +33,15 @@ local function participants(keys, args)
     local inst = find_instance(base, meeting, order)
     order = inst.order
     if inst.state ~= 'active' then
-      return { 'order', order, 'participants', {} }
+      return { 'order', order, 'participants', packed and '' or {} }
     end
   end
   local name = instance_name(meeting, order)
-  return { 'order', order, 'participants', present_page(base .. 'present:' .. name, name, after, limit) }
+  local page = present_page(base .. 'present:' .. name, name, after, limit)
+  if packed then
+    page = pack_pairs(page)
+  end
+  return { 'order', order, 'participants', page }
 end
 
 redis.register_function {

@@ -79,6 +79,47 @@ local function present_page(present, name, after, limit)
   return redis.call('ZRANGE', present, start, start + limit - 1, 'WITHSCORES')
 end
 
+-- The reply shape a caller asks for (optional): nil for records (what
+-- redis-cli shows well), true for 'packed': a list in one string that a
+-- program splits without parsing one reply element per value.
+local function check_packed(value)
+  if value == nil or value == '' then
+    return nil
+  end
+  if value ~= 'packed' then
+    fail('BAD_REQUEST', "shape must be 'packed' or left out, got " .. show(value))
+  end
+  return true
+end
+
+-- A flat {user, joined_at, ...} page packed: 'user joined_at user ...'.
+local function pack_pairs(page)
+  return table.concat(page, ' ')
+end
+
+-- Chat entries packed: per entry 'id user at length text', `at` empty for
+-- entries that carry their time only in their id, `length` the bytes of
+-- the text, and nothing between one text and the next entry's id.
+local function pack_messages(entries)
+  local out = {}
+  for i, entry in ipairs(entries) do
+    local fields = entry[2]
+    local user, text, at = '', '', ''
+    for j = 1, #fields, 2 do
+      local name = fields[j]
+      if name == 'u' then
+        user = fields[j + 1]
+      elseif name == 'text' then
+        text = fields[j + 1]
+      elseif name == 'at' then
+        at = fields[j + 1]
+      end
+    end
+    out[i] = entry[1] .. ' ' .. user .. ' ' .. at .. ' ' .. #text .. ' ' .. text
+  end
+  return table.concat(out)
+end
+
 -- A page of a partition's running instances ("M/O" names of its `active`
 -- index, whose scores are the meeting ids), after the meeting id
 -- `after_arg` (none: from the first), at most `limit_arg` of them; and the

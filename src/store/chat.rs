@@ -73,6 +73,7 @@ impl Store {
             after.unwrap_or_default().to_string(),
             limit.clamp(1, PAGE).to_string(),
             budget.map(|b| b.to_string()).unwrap_or_default(),
+            "packed".to_string(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Call::new(
@@ -81,9 +82,12 @@ impl Store {
             &args,
             false,
             move |value| {
-                let mut f = Fields::new("meet_messages", value)?;
+                const F: &str = "meet_messages";
+                let mut f = Fields::new(F, value)?;
                 let instance = InstanceId::new(meeting, f.id("order")?);
-                Ok((instance, reply::page(f, "messages", reply::message)?))
+                let next = f.optional("next")?.map(|v| reply::text(F, v)).transpose()?;
+                let items = reply::packed_messages(F, f.take("messages")?)?;
+                Ok((instance, Page { items, next }))
             },
         )
     }

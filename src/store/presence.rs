@@ -135,6 +135,7 @@ impl Store {
             Store::order_arg(target),
             after.map(|u| u.to_string()).unwrap_or_default(),
             limit.clamp(1, PAGE).to_string(),
+            "packed".to_string(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Call::new(
@@ -217,7 +218,7 @@ impl Store {
                     Store::record_call(
                         "meet_attendance",
                         &Keys::active(*p),
-                        &[meeting, user, at, &budget],
+                        &[meeting, user, at, &budget, "packed"],
                         false,
                     )
                 })

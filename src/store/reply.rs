@@ -348,6 +348,9 @@ pub(super) fn placed(function: &'static str, value: Value) -> Result<Placed, Sto
 
 /// `{user, joined_at, ...}` pairs.
 pub(super) fn pairs(function: &'static str, value: Value) -> Result<Vec<(Id, Millis)>, StoreError> {
+    if let Value::BulkString(packed) = value {
+        return packed_pairs(function, &packed);
+    }
     let items = array(function, value)?;
     if items.len() % 2 != 0 {
         return Err(bad(
@@ -359,6 +362,98 @@ pub(super) fn pairs(function: &'static str, value: Value) -> Result<Vec<(Id, Mil
     let mut items = items.into_iter();
     while let (Some(user), Some(at)) = (items.next(), items.next()) {
         out.push((id(function, user)?, int(function, at)?));
+    }
+    Ok(out)
+}
+
+/// A packed participant list, `user joined_at user joined_at ...` (the
+/// library's `packed` shape): one string split here rather than one reply
+/// element per value.
+fn packed_pairs(function: &'static str, packed: &[u8]) -> Result<Vec<(Id, Millis)>, StoreError> {
+    if packed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut words = packed.split(|&b| b == b' ');
+    let mut out = Vec::with_capacity(packed.len() / 24);
+    while let Some(user) = words.next() {
+        let at = words
+            .next()
+            .ok_or_else(|| bad(function, "a packed participant without a time"))?;
+        out.push((packed_id(function, user)?, packed_int(function, at)?));
+    }
+    Ok(out)
+}
+
+/// An id in a packed reply.
+fn packed_id(function: &str, word: &[u8]) -> Result<Id, StoreError> {
+    digits(word)
+        .and_then(|n| u64::try_from(n).ok())
+        .filter(|id| (1..=MAX_ID).contains(id))
+        .ok_or_else(|| {
+            bad(
+                function,
+                format!("{:?} is not an id", String::from_utf8_lossy(word)),
+            )
+        })
+}
+
+/// An integer in a packed reply (a score may read `1.7e+12`).
+fn packed_int(function: &str, word: &[u8]) -> Result<i64, StoreError> {
+    match digits(word) {
+        Some(n) => Ok(n),
+        None => int(function, Value::BulkString(word.to_vec())),
+    }
+}
+
+/// The bytes up to the next space of a packed reply, and `rest` moved past
+/// that space.
+fn word<'a>(function: &str, rest: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
+    let end = rest
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or_else(|| bad(function, "a packed message cut short"))?;
+    let (word, after) = rest.split_at(end);
+    *rest = &after[1..];
+    Ok(word)
+}
+
+/// A packed page of chat messages (the library's `packed` shape): per
+/// message `<id> <user> <at> <bytes> <text>`, `at` empty when the id
+/// carries the time, the next message right after the text's `bytes`.
+pub(super) fn packed_messages(
+    function: &'static str,
+    value: Value,
+) -> Result<Vec<Message>, StoreError> {
+    let packed = match value {
+        Value::BulkString(packed) => packed,
+        other => {
+            return Err(bad(
+                function,
+                format!("expected packed messages, got {other:?}"),
+            ));
+        }
+    };
+    let mut rest = packed.as_slice();
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let id = std::str::from_utf8(word(function, &mut rest)?)
+            .map_err(|_| bad(function, "an id is not UTF-8"))?
+            .to_owned();
+        let user = packed_id(function, word(function, &mut rest)?)?;
+        let at = match word(function, &mut rest)? {
+            b"" => id_ms(function, &id)?,
+            at => packed_int(function, at)?,
+        };
+        let bytes = usize::try_from(packed_int(function, word(function, &mut rest)?)?)
+            .ok()
+            .filter(|&n| n <= rest.len())
+            .ok_or_else(|| bad(function, "a packed message's text is cut short"))?;
+        let (text, after) = rest.split_at(bytes);
+        let text = std::str::from_utf8(text)
+            .map_err(|_| bad(function, "text is not UTF-8"))?
+            .to_owned();
+        rest = after;
+        out.push(Message { id, user, text, at });
     }
     Ok(out)
 }

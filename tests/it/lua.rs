@@ -558,6 +558,25 @@ async fn every_error_code_and_nothing_written() {
             vec!["1", "", "yesterday"],
             "BAD_REQUEST",
         ),
+        // a reply shape other than 'packed'
+        (
+            "meet_messages",
+            MEETING,
+            vec!["1", "", "", "", "", "flat"],
+            "BAD_REQUEST",
+        ),
+        (
+            "meet_participants",
+            MEETING,
+            vec!["1", "", "", "rows"],
+            "BAD_REQUEST",
+        ),
+        (
+            "meet_attendance",
+            ACTIVE,
+            vec!["", "", "", "", "x"],
+            "BAD_REQUEST",
+        ),
         (
             "meet_messages",
             MEETING,

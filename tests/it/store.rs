@@ -603,3 +603,121 @@ async fn with_none_configured_the_recorded_count_is_taken() {
     let daemon = Daemon::start(&redis, &[]);
     assert_eq!(daemon.client().ok("MEETING GET 20")["id"], 20);
 }
+
+/// The store reads pages in the library's packed shape: texts holding
+/// spaces, digits, newlines, tabs and multi-byte characters, and a message
+/// stored by 0.1 (its time in an `at` field), come back as written; the
+/// packed participant lists of PARTICIPANTS and ATTENDANCE hold the same
+/// users and times as the records redis-cli sees.
+#[tokio::test]
+async fn packed_pages_read_back_what_was_written() {
+    let redis = Redis::start();
+    let (store, clock) = redis.store(t0()).await;
+    seed(&store).await;
+    store.tick(t0()).await.expect("tick");
+    let town = InstanceRef::Current(1);
+    for user in 1..=3 {
+        store.join(user, town).await.expect("join");
+        clock.advance(7);
+    }
+    let texts = [
+        "12 34 5",
+        " leading and trailing ",
+        "two\nlines\tand a tab",
+        "żółw 🐢 ünïcödé",
+        "0 0 0 0",
+    ];
+    let mut written = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let user = 1 + (i as u64 % 3);
+        let posted = store.post(user, town, text, None).await.expect("post");
+        written.push((posted.id, user, text.to_string(), posted.at));
+    }
+    // a message as 0.1 wrote it: its time in a field of its own
+    let old_at = t0() - 5 * MIN;
+    let mut conn = redis.conn().await;
+    let old_id: String = redis::cmd("XADD")
+        .arg("meetingd:{p1}:chat:1/2")
+        .arg("*")
+        .arg("u")
+        .arg("2")
+        .arg("text")
+        .arg("from 0.1")
+        .arg("at")
+        .arg(old_at)
+        .query_async(&mut conn)
+        .await
+        .expect("XADD");
+    written.push((old_id, 2, "from 0.1".into(), old_at));
+
+    let (_, page) = store
+        .messages(town, None, None, 1000)
+        .await
+        .expect("messages");
+    let read: Vec<(String, u64, String, i64)> = page
+        .items
+        .into_iter()
+        .map(|m| (m.id, m.user, m.text, m.at))
+        .collect();
+    assert_eq!(read, written);
+    let (_, bob) = store
+        .messages(town, Some(2), None, 1000)
+        .await
+        .expect("bob's");
+    assert_eq!(
+        bob.items
+            .iter()
+            .map(|m| m.text.as_str())
+            .collect::<Vec<_>>(),
+        [" leading and trailing ", "0 0 0 0"],
+        "the user index knows only what went through the library"
+    );
+
+    // the records redis-cli sees, against the packed lists
+    let records: redis::Value = redis::cmd("FCALL")
+        .arg("meet_participants")
+        .arg(1)
+        .arg("meetingd:{p1}:meeting:1")
+        .arg("")
+        .query_async(&mut conn)
+        .await
+        .expect("records");
+    let redis::Value::Array(fields) = records else {
+        panic!("{records:?}")
+    };
+    let redis::Value::Array(flat) = &fields[3] else {
+        panic!("{fields:?}")
+    };
+    let from_records: Vec<(u64, i64)> = flat
+        .chunks(2)
+        .map(|pair| match pair {
+            [redis::Value::BulkString(u), redis::Value::BulkString(t)] => (
+                String::from_utf8_lossy(u).parse().unwrap_or(0),
+                String::from_utf8_lossy(t).parse().unwrap_or(0),
+            ),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        from_records,
+        [(1, t0()), (2, t0() + 7), (3, t0() + 14)],
+        "join order and times"
+    );
+    let (_, present) = store
+        .participants(town, None, 1000)
+        .await
+        .expect("participants");
+    let packed: Vec<(u64, i64)> = present.iter().map(|p| (p.user, p.joined_at)).collect();
+    assert_eq!(packed, from_records);
+    let attendance = store.attendance().await.expect("attendance");
+    let row = attendance
+        .iter()
+        .find(|a| a.instance == InstanceId::new(1, 2))
+        .expect("the town hall");
+    let attended: Vec<(u64, i64)> = row
+        .participants
+        .iter()
+        .map(|p| (p.user, p.joined_at))
+        .collect();
+    assert_eq!(attended, from_records);
+}

@@ -2,8 +2,9 @@
 //! minimal Lua library of the bench's own (`meetingd_floor`), called
 //! pipelined straight from the bench. No validation, no id sequence, no
 //! replies to speak of: what is left is the Redis work an operation cannot
-//! do without, and the cost of calling a function at all. meetingd is
-//! measured against it.
+//! do without, and the cost of calling a function at all. Lists come back
+//! packed into one string, as the library packs them for the daemon.
+//! meetingd is measured against it.
 //!
 //! It reads the data meetingd stores (the active index, the audiences, the
 //! participants, the chat) and writes keys of its own (`floor_present`,
@@ -54,12 +55,16 @@ end)
 
 redis.register_function{function_name = 'floor_messages', flags = {'no-writes'}, callback = function(keys, args)
   local base = string.match(keys[1], '^(meetingd:{p%d+}:)')
-  return redis.call('XRANGE', base .. 'chat:' .. running(base, args[1]), '-', '+', 'COUNT', args[2])
+  local out = {}
+  for i, e in ipairs(redis.call('XRANGE', base .. 'chat:' .. running(base, args[1]), '-', '+', 'COUNT', args[2])) do
+    out[i] = e[1] .. ' ' .. e[2][2] .. '  ' .. #e[2][4] .. ' ' .. e[2][4]
+  end
+  return table.concat(out)
 end}
 
 redis.register_function{function_name = 'floor_participants', flags = {'no-writes'}, callback = function(keys, args)
   local base = string.match(keys[1], '^(meetingd:{p%d+}:)')
-  return redis.call('ZRANGE', base .. 'present:' .. running(base, args[1]), 0, args[2] - 1, 'WITHSCORES')
+  return table.concat(redis.call('ZRANGE', base .. 'present:' .. running(base, args[1]), 0, args[2] - 1, 'WITHSCORES'), ' ')
 end}
 
 redis.register_function{function_name = 'floor_active', flags = {'no-writes'}, callback = function(keys, args)
@@ -83,7 +88,7 @@ redis.register_function{function_name = 'floor_attendance', flags = {'no-writes'
     local m = string.match(name, '^(%d+)/')
     rows[i] = {
       redis.call('HGET', base .. 'meeting:' .. m, 'title'),
-      redis.call('ZRANGE', base .. 'present:' .. name, 0, -1, 'WITHSCORES'),
+      table.concat(redis.call('ZRANGE', base .. 'present:' .. name, 0, -1, 'WITHSCORES'), ' '),
     }
   end
   return rows

@@ -768,7 +768,7 @@ fn check_file_keys(file: &Path, text: &str) -> Result<(), ConfigError> {
             }
             let hint = match closest(key, keys) {
                 Some(near) => format!("did you mean {section}.{near}?"),
-                None => format!("[{section}] has {}", keys.join(", ")),
+                None => format!("[{section}] has {}.", keys.join(", ")),
             };
             return Err(ConfigError(format!(
                 "{section}.{key}: no such key in {shown}; {hint} Remove or rename it \

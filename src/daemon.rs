@@ -155,7 +155,7 @@ pub async fn connect(options: StoreOptions) -> Result<Store, StoreError> {
             Ok(store) => return Ok(store),
             Err(StoreError::Unavailable(why)) => {
                 let url = config::redact_url(&options.url);
-                tracing::warn!(%url, %why, "Redis is not reachable yet; retrying");
+                tracing::warn!(%url, "Redis is not reachable yet ({why}); retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -213,10 +213,8 @@ pub fn raise_file_limit(wanted: u64) {
     limit.rlim_cur = limit.rlim_max.min(wanted);
     // SAFETY: setrlimit reads the struct we own; lowering nothing.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        tracing::warn!(
-            error = %std::io::Error::last_os_error(),
-            "cannot raise the open-file limit"
-        );
+        let err = std::io::Error::last_os_error();
+        tracing::warn!("cannot raise the open-file limit: {err}");
     } else if limit.rlim_cur < wanted {
         tracing::warn!(
             limit = limit.rlim_cur,
@@ -352,13 +350,13 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
                                 }
                                 tracing::info!(cron = %new.cron, "new schedule");
                             }
-                            Err(err) => tracing::error!(error = %err, "keeping the old schedule"),
+                            Err(err) => tracing::error!("keeping the old schedule: {err}"),
                         }
                     }
                     current = new;
                 }
                 Err(err) => {
-                    tracing::error!(error = %err, "reload refused; the running configuration stays")
+                    tracing::error!("reload refused, the running configuration stays: {err}")
                 }
             }
             notify(&[NotifyState::Ready, NotifyState::Status(&status)]);

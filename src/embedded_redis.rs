@@ -149,7 +149,11 @@ async fn supervise(spawner: Spawner, mut child: Child, stop: CancellationToken) 
     loop {
         tokio::select! {
             status = child.wait() => {
-                tracing::error!(?status, "the embedded redis-server exited; restarting it");
+                let how = match &status {
+                    Ok(status) => status.to_string(),
+                    Err(err) => err.to_string(),
+                };
+                tracing::error!("the embedded redis-server exited ({how}); restarting it");
                 let _ = std::fs::remove_file(&spawner.socket);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -164,7 +168,7 @@ async fn supervise(spawner: Spawner, mut child: Child, stop: CancellationToken) 
                             backoff = Duration::from_millis(200);
                         }
                     }
-                    Err(err) => tracing::error!(error = %err, "cannot start redis-server"),
+                    Err(err) => tracing::error!("cannot start redis-server: {err}"),
                 }
             }
             _ = stop.cancelled() => {

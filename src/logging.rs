@@ -23,17 +23,24 @@ impl LogHandle {
         if self.from_env {
             return;
         }
-        match EnvFilter::try_new(level) {
+        match filter_for(level) {
             Ok(filter) => {
                 if let Err(err) = self.filter.reload(filter) {
-                    tracing::warn!(error = %err, "cannot change the log level");
+                    tracing::warn!("cannot change the log level: {err}");
                 } else {
                     tracing::info!(level, "log level changed");
                 }
             }
-            Err(err) => tracing::warn!(level, error = %err, "not a log filter"),
+            Err(err) => tracing::warn!("{level:?} is not a log filter: {err}"),
         }
     }
+}
+
+/// The filter of a configured level. tokio-cron-scheduler says "Uninited"
+/// and "Job creator created" at info on every start: it speaks from warn
+/// up unless RUST_LOG asks for more.
+fn filter_for(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    EnvFilter::try_new(format!("{level},tokio_cron_scheduler=warn"))
 }
 
 /// Install the global subscriber.
@@ -42,8 +49,8 @@ pub fn init(level: &str, json: bool) -> LogHandle {
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok());
     let env_set = from_env.is_some();
-    let filter = from_env
-        .unwrap_or_else(|| EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")));
+    let filter =
+        from_env.unwrap_or_else(|| filter_for(level).unwrap_or_else(|_| EnvFilter::new("info")));
     let (filter, handle) = reload::Layer::new(filter);
     let journald = std::env::var_os("JOURNAL_STREAM")
         .is_some()

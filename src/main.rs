@@ -154,7 +154,7 @@ fn main() -> ExitCode {
             match runtime.block_on(daemon::run(source, config, log)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    tracing::error!(error = %err, "meetingd stopped");
+                    tracing::error!("meetingd stopped: {err}");
                     eprintln!("meetingd: {err}");
                     ExitCode::from(err.exit_code())
                 }

@@ -40,7 +40,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
-                    tracing::warn!(error = %err, "metrics: accept failed");
+                    tracing::warn!("metrics: accept failed: {err}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

@@ -149,7 +149,7 @@ impl Scheduler {
             }
             Err(err) => {
                 self.stats.tick_failed();
-                tracing::error!(?trigger, error = %err, "tick failed; tried again within seconds");
+                tracing::error!(?trigger, "tick failed ({err}); tried again within seconds");
             }
         }
         result
@@ -339,7 +339,7 @@ async fn watchdog(
                 scheduler.stats.scheduler_recovered();
                 scheduler.last_fired.store(system_now(), Ordering::SeqCst);
             }
-            Err(err) => tracing::error!(error = %err, "cannot re-create the cron job"),
+            Err(err) => tracing::error!("cannot re-create the cron job: {err}"),
         }
     }
 }

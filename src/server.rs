@@ -208,7 +208,7 @@ pub async fn run(
                 Ok((stream, _)) => stream,
                 Err(err) => {
                     // Out of file descriptors and the like: back off, go on.
-                    tracing::warn!(error = %err, "accept failed");
+                    tracing::warn!("accept failed: {err}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -265,7 +265,7 @@ fn is_admin(stream: &UnixStream, own_uid: u32, config: &ServerConfig) -> bool {
                 || config.admin_gids.contains(&cred.gid())
         }
         Err(err) => {
-            tracing::warn!(error = %err, "cannot read the peer's credentials; not an admin");
+            tracing::warn!("cannot read the peer's credentials ({err}); not an admin");
             false
         }
     }
@@ -778,9 +778,9 @@ fn finish(
             // the code and the command, never the arguments (they may
             // hold people's data)
             if matches!(err.code, Code::Unavailable | Code::InDoubt | Code::Internal) {
-                tracing::warn!(command, code = %err.code, latency_ms, "request failed");
+                tracing::warn!(command, code = %err.code, latency_ms, "request failed: {command} {}", err.code);
             } else {
-                tracing::info!(command, code = %err.code, latency_ms, "request failed");
+                tracing::info!(command, code = %err.code, latency_ms, "request failed: {command} {}", err.code);
             }
             Reply {
                 close,

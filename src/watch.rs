@@ -236,7 +236,10 @@ impl PartitionReader {
             if let Err(err) = self.round().await {
                 // one warning per outage, not one per retry
                 if pause == FIRST_PAUSE {
-                    tracing::warn!(partition = self.partition, error = %err, "watch reader: Redis call failed; retrying");
+                    tracing::warn!(
+                        partition = self.partition,
+                        "watch reader: Redis call failed ({err}); retrying"
+                    );
                 } else {
                     tracing::debug!(partition = self.partition, error = %err, "watch reader: still failing");
                 }
@@ -392,7 +395,7 @@ impl Watcher {
                     Ok(items) if !items.is_empty() => return Next::Items(items),
                     Ok(_) => continue,
                     Err(err) => {
-                        tracing::warn!(instance = %self.instance, error = %err, "watch replay: Redis call failed; retrying");
+                        tracing::warn!(instance = %self.instance, "watch replay: Redis call failed ({err}); retrying");
                         tokio::time::sleep(Duration::from_millis(250)).await;
                         continue;
                     }

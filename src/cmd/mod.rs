@@ -105,7 +105,7 @@ impl From<StoreError> for CmdError {
             }
         };
         if !matches!(err, StoreError::Rule { .. }) {
-            tracing::warn!(error = %err, "store call failed");
+            tracing::warn!("store call failed: {err}");
         }
         CmdError {
             code: err.code(),

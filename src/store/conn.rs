@@ -105,7 +105,9 @@ impl Cluster {
                 );
             }
             Ok(Err(err)) => {
-                tracing::warn!(error = %err, "the Redis Cluster connection does not answer, and a new one cannot be made");
+                tracing::warn!(
+                    "the Redis Cluster connection does not answer, and a new one cannot be made: {err}"
+                );
             }
             Err(_) => {
                 tracing::warn!(

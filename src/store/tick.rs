@@ -36,7 +36,7 @@ impl Store {
             // a master that joined since is found here, before a slot (and
             // a call) reaches it: every tick looks at the masters again
             if let Err(err) = self.library_on_every_master().await {
-                tracing::warn!(error = %err, "cannot check the library on every master");
+                tracing::warn!("cannot check the library on every master: {err}");
             }
         }
         let mut report = TickReport::default();

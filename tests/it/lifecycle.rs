@@ -167,6 +167,13 @@ fn sighup_changes_the_log_level_and_the_admins_while_serving() {
     wait_until("the refusal", Duration::from_secs(10), || {
         daemon.log().contains("reload refused")
     });
+    // the line itself says why (journalctl shows the message, not fields)
+    let log = daemon.log();
+    let refusal = log
+        .lines()
+        .find(|line| line.contains("reload refused"))
+        .unwrap_or_default();
+    assert!(refusal.contains("not valid TOML"), "{refusal}");
     assert_eq!(steady.ok("PING"), "PONG");
 }
 

@@ -123,6 +123,14 @@ systemctl reload meetingd
 sleep 1
 check "reload: still active, same process" show meetingd MainPID "$pid"
 check "the journal has the reload" bash -c 'journalctl -u meetingd | grep -q "configuration reloaded"'
+cp "$conf" /root/before-reload.toml
+echo 'bogus_key = 1' >>"$conf"
+systemctl reload meetingd
+sleep 1
+check "a refused reload: still active, same process" show meetingd MainPID "$pid"
+check "a refused reload: the journal line says why" \
+  bash -c 'journalctl -u meetingd | grep "reload refused" | grep -q "bogus_key: no such key"'
+cp /root/before-reload.toml "$conf"
 
 redis-cli -s /var/lib/meetingd/redis.sock bgrewriteaof >/dev/null
 sleep 2

@@ -18,10 +18,11 @@
 //!   active, attendance), `chat.rs` (post, messages, events), `tick.rs`,
 //!   `watch.rs` (WATCH's reads); around them `keys.rs` (the key layout),
 //!   `library.rs` (the assembled Lua, its version and API level),
-//!   `reply.rs` and `types.rs` (replies into typed results), `users.rs`
-//!   (the user cache Redis invalidates), `conn.rs` and `cluster.rs` (one
-//!   Redis or a cluster), `load.rs` (bulk loading), `check.rs`
-//!   (`meetingd check`) and `repartition.rs` (`meetingd repartition`).
+//!   `reply.rs` and `types.rs` (replies, records or packed lists, into
+//!   typed results), `users.rs` (the user cache Redis invalidates),
+//!   `conn.rs` and `cluster.rs` (one Redis or a cluster), `load.rs` (bulk
+//!   loading), `check.rs` (`meetingd check`) and `repartition.rs`
+//!   (`meetingd repartition`).
 //! - [`protocol`]: a request line into a typed request, a result into a
 //!   reply line. Pure, property-tested.
 //! - [`cmd`]: requests applied to the store, one file per command family,

@@ -1,7 +1,10 @@
 //! Decoding the library's replies into the store's types.
 //!
 //! Records come back as flat field/value arrays (`{'id', '5', 'name', ...}`)
-//! so they read well in redis-cli; [`Fields`] looks fields up by name. A
+//! so they read well in redis-cli; [`Fields`] looks fields up by name. The
+//! long lists of a page (messages, participants, attendance) come back
+//! packed into one string, which the daemon asks for and splits here: one
+//! reply element for the list instead of one per value. A
 //! reply of the wrong shape is a bug (ours or a foreign library under our
 //! name): it becomes [`StoreError::Internal`], never a panic.
 

@@ -318,12 +318,12 @@ impl PartitionReader {
         // more
         let wake_key = Keys::wake(self.partition);
         let mut streams = vec![(wake_key.clone(), wake_after)];
-        let mut owner: HashMap<String, Arc<Channel>> = HashMap::new();
+        let mut owner: HashMap<String, (InstanceId, &Arc<Channel>)> = HashMap::new();
         for (instance, channel) in &instances {
             let cursor = *lock(&channel.cursor);
             for key in [keys.events(*instance), keys.chat(*instance)] {
                 streams.push((key.clone(), cursor));
-                owner.insert(key, channel.clone());
+                owner.insert(key, (*instance, channel));
             }
         }
         let listener = match &mut self.listener {
@@ -332,11 +332,29 @@ impl PartitionReader {
                 .listener
                 .insert(store.listener(self.partition, BLOCK).await?),
         };
-        for key in listener.wait(&streams, BLOCK).await? {
+        // what the read brought, by instance: sent as it is (no second
+        // call) when neither of the instance's streams filled the count,
+        // for then it holds everything after the cursor of both, and their
+        // ids, of one sequence, merge into the order things happened in;
+        // else the feed call of the next round merges page by page
+        let mut news: HashMap<InstanceId, (&Arc<Channel>, Vec<_>, bool)> = HashMap::new();
+        for (key, entries) in listener.wait(&streams, BLOCK, self.page).await? {
             if key == wake_key {
                 self.wake_cursor = None;
-            } else if let Some(channel) = owner.get(&key) {
+            } else if let Some((instance, channel)) = owner.get(&key) {
+                let (_, items, full) = news
+                    .entry(*instance)
+                    .or_insert_with(|| (*channel, Vec::new(), false));
+                *full |= entries.len() >= self.page;
+                items.extend(entries);
+            }
+        }
+        for (instance, (channel, mut items, full)) in news {
+            if full {
                 channel.dirty.store(true, Ordering::SeqCst);
+            } else {
+                items.sort_by_key(|(id, _)| *id);
+                send(instance, channel, &items, self.render);
             }
         }
         Ok(())

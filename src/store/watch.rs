@@ -89,6 +89,8 @@ pub struct Feed {
 /// A connection of its own for a partition's blocking reads.
 pub struct Listener {
     conn: redis::aio::MultiplexedConnection,
+    /// Its partition's wake stream, whose entries say only "look again".
+    wake: String,
 }
 
 /// Most entries the wake stream of a partition keeps.
@@ -146,7 +148,10 @@ impl Store {
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?
         };
-        Ok(Listener { conn })
+        Ok(Listener {
+            conn,
+            wake: Keys::wake(partition),
+        })
     }
 
     /// Wake the reader of `partition` out of its blocking read (a new
@@ -189,19 +194,28 @@ impl Store {
     }
 }
 
+/// What a wait found in one stream: its key, the entries after the id it
+/// was read from (at most the count asked for), decoded as feed items.
+pub type StreamNews = (String, Vec<(StreamId, FeedItem)>);
+
 impl Listener {
     /// Wait until one of `streams` (key, and the id read up to) has an
-    /// entry after its id, for at most `block`: the keys that have one
-    /// (none when the time ran out). Returns at once when one has already,
-    /// so nothing written between a read and this wait is missed.
+    /// entry after its id, for at most `block`: the streams that have, each
+    /// with its first `count` new entries (none when the time ran out).
+    /// Returns at once when one has already, so nothing written between a
+    /// read and this wait is missed. The entries are those meet_feed would
+    /// give, so a reader can send them without asking again; the wake
+    /// stream comes back with none.
     pub async fn wait(
         &mut self,
         streams: &[(String, StreamId)],
         block: Duration,
-    ) -> Result<Vec<String>, StoreError> {
-        let mut cmd = redis::cmd("XREAD");
+        count: usize,
+    ) -> Result<Vec<StreamNews>, StoreError> {
+        const F: &str = "XREAD";
+        let mut cmd = redis::cmd(F);
         cmd.arg("COUNT")
-            .arg(1)
+            .arg(count.max(1))
             .arg("BLOCK")
             .arg(block.as_millis().max(1) as u64)
             .arg("STREAMS");
@@ -214,19 +228,52 @@ impl Listener {
         let value: Value = cmd.query_async(&mut self.conn).await?;
         // nil when the time ran out; else [key, entries] per stream with
         // news (a map in RESP3)
-        let streams = match value {
+        let streams: Vec<(Value, Value)> = match value {
             Value::Nil => return Ok(Vec::new()),
-            Value::Map(pairs) => pairs.into_iter().map(|(key, _)| key).collect(),
-            other => reply::array("XREAD", other)?
+            Value::Map(pairs) => pairs,
+            other => reply::array(F, other)?
                 .into_iter()
-                .filter_map(|stream| reply::array("XREAD", stream).ok()?.into_iter().next())
-                .collect::<Vec<_>>(),
+                .map(|stream| {
+                    let mut parts = reply::array(F, stream)?.into_iter();
+                    match (parts.next(), parts.next()) {
+                        (Some(key), Some(entries)) => Ok((key, entries)),
+                        _ => Err(StoreError::Internal(
+                            "unexpected reply from XREAD: a stream without entries".into(),
+                        )),
+                    }
+                })
+                .collect::<Result<_, StoreError>>()?,
         };
         streams
             .into_iter()
-            .map(|key| reply::text("XREAD", key))
+            .map(|(key, entries)| {
+                let key = reply::text(F, key)?;
+                if key == self.wake {
+                    return Ok((key, Vec::new()));
+                }
+                let entries = reply::array(F, entries)?
+                    .into_iter()
+                    .map(|entry| feed_entry(F, entry))
+                    .collect::<Result<_, _>>()?;
+                Ok((key, entries))
+            })
             .collect()
     }
+}
+
+/// A stream entry of an instance's event log or chat as a feed item: one
+/// with `text` is a message, else an event.
+fn feed_entry(function: &'static str, entry: Value) -> Result<(StreamId, FeedItem), StoreError> {
+    let (id, f) = reply::entry(function, entry)?;
+    let parsed = id
+        .parse::<StreamId>()
+        .map_err(|e| StoreError::Internal(format!("unexpected reply from {function}: {e}")))?;
+    let item = if f.has("text") {
+        FeedItem::Message(reply::message(id, f)?)
+    } else {
+        FeedItem::Event(reply::event(id, f)?)
+    };
+    Ok((parsed, item))
 }
 
 fn decode_feed(value: Value) -> Result<Feed, StoreError> {
@@ -242,18 +289,7 @@ fn decode_feed(value: Value) -> Result<Feed, StoreError> {
     let items = fields
         .array("entries")?
         .into_iter()
-        .map(|entry| {
-            let (id, f) = reply::entry(F, entry)?;
-            let parsed = id
-                .parse::<StreamId>()
-                .map_err(|e| StoreError::Internal(format!("unexpected reply from {F}: {e}")))?;
-            let item = if f.has("text") {
-                FeedItem::Message(reply::message(id, f)?)
-            } else {
-                FeedItem::Event(reply::event(id, f)?)
-            };
-            Ok::<_, StoreError>((parsed, item))
-        })
+        .map(|entry| feed_entry(F, entry))
         .collect::<Result<_, _>>()?;
     Ok(Feed { last, items, next })
 }

@@ -141,6 +141,9 @@ fn three_hundred_watched_instances_on(backend: &Backend) {
             (Some(m), Some(format!("to {m}").as_str()))
         );
     }
+    // the wakes of 300 new watches are no failures of the readers
+    let log = daemon.log();
+    assert!(!log.contains("watch reader: Redis call failed"), "{log}");
     drop(watchers);
 }
 
@@ -663,4 +666,46 @@ fn a_drain_closes_watching_connections_and_exits_0() {
         .expect("the daemon exits when drained");
     assert_eq!(status.code(), Some(0), "{}", daemon.log());
     assert!(watcher.reply().is_none(), "the watch connection was closed");
+}
+
+/// A pipelined burst of joins, posts and leaves (the event log and the chat
+/// interleaved) with a watch page of 4 entries: the reader's blocking read
+/// fills its count and leaves the rest to the feed, and the watcher gets
+/// every entry of both streams once, in the order they happened.
+#[test]
+fn a_burst_over_both_streams_reaches_the_watcher_whole_and_in_order() {
+    let redis = Redis::start();
+    let daemon = Daemon::start(&redis, &[("MEETINGD_WATCH__BUFFER", "16")]);
+    let mut actor = daemon.client();
+    active_meetings(&mut actor, 1);
+    let mut watcher = daemon.client();
+    watcher.ok("WATCH 1");
+    let mut lines = String::new();
+    for round in 0..20 {
+        let user = 1 + round % 3;
+        lines.push_str(&format!(
+            "JOIN {user} 1\nPOST {user} 1 \"round {round}\"\nLEAVE {user} 1\n"
+        ));
+    }
+    actor.send(lines.as_bytes());
+    let sent: Vec<String> = (0..60)
+        .map(|_| {
+            let reply = actor.reply().expect("a reply");
+            assert_eq!(reply["ok"], true, "{reply}");
+            reply["result"]["id"].as_str().expect("an id").to_string()
+        })
+        .collect();
+    let seen: Vec<String> = (0..60)
+        .map(|_| {
+            event(&mut watcher)["id"]
+                .as_str()
+                .expect("an id")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(seen, sent);
+    assert!(
+        sent.windows(2).all(|w| id_key(&w[0]) < id_key(&w[1])),
+        "one sequence: {sent:?}"
+    );
 }

@@ -83,7 +83,8 @@ pub struct Hub {
 /// What is watched, under one lock: the channels and the readers.
 #[derive(Default)]
 struct Watched {
-    channels: HashMap<InstanceId, Arc<Channel>>,
+    /// By partition, then instance: a reader lists only its own.
+    channels: HashMap<u64, HashMap<InstanceId, Arc<Channel>>>,
     /// One reader per partition with a watched instance.
     readers: HashMap<u64, AbortHandle>,
 }
@@ -134,6 +135,8 @@ impl Hub {
             let mut opened = false;
             let channel = watched
                 .channels
+                .entry(partition)
+                .or_default()
                 .entry(instance)
                 .or_insert_with(|| {
                     opened = true;
@@ -190,22 +193,24 @@ impl Hub {
     fn release(&self, instance: InstanceId) {
         let partition = self.store.keys().partition(instance.meeting);
         let mut watched = lock(&self.watched);
-        let unused = watched
-            .channels
+        let Some(instances) = watched.channels.get_mut(&partition) else {
+            return;
+        };
+        let unused = instances
             .get(&instance)
             .is_some_and(|channel| channel.sender.receiver_count() == 0);
         if !unused {
             return;
         }
-        watched.channels.remove(&instance);
+        instances.remove(&instance);
         self.stats.reader_stopped();
         tracing::debug!(%instance, "no longer watching an instance");
-        let keys = self.store.keys();
-        let partition_watched = watched
-            .channels
-            .keys()
-            .any(|i| keys.partition(i.meeting) == partition);
-        if !partition_watched && let Some(reader) = watched.readers.remove(&partition) {
+        if instances.is_empty() {
+            watched.channels.remove(&partition);
+        }
+        if !watched.channels.contains_key(&partition)
+            && let Some(reader) = watched.readers.remove(&partition)
+        {
             reader.abort();
             tracing::debug!(partition, "watch reader stopped");
         }
@@ -273,10 +278,9 @@ impl PartitionReader {
         };
         let instances: Vec<(InstanceId, Arc<Channel>)> = lock(&self.watched)
             .channels
-            .iter()
-            .filter(|(i, _)| keys.partition(i.meeting) == self.partition)
-            .map(|(i, c)| (*i, c.clone()))
-            .collect();
+            .get(&self.partition)
+            .map(|instances| instances.iter().map(|(i, c)| (*i, c.clone())).collect())
+            .unwrap_or_default();
         let dirty: Vec<&(InstanceId, Arc<Channel>)> = instances
             .iter()
             .filter(|(_, channel)| channel.dirty.swap(false, Ordering::SeqCst))

@@ -7,8 +7,11 @@
 //! when none has, blocks on its own Redis connection until one has: one
 //! XREAD BLOCK over every watched stream of the partition (they share its
 //! hash tag), and over the partition's wake stream, which a new watched
-//! instance writes to so the reader includes it at once. No polling, and a
-//! daemon holds at most one such connection per partition.
+//! instance writes to so the reader includes it at once. What that read
+//! brings is sent as it is when it holds everything new of both of an
+//! instance's streams (neither filled the read's count); otherwise the
+//! instance's feed is read again, page by page. No polling, and a daemon
+//! holds at most one such connection per partition.
 //!
 //! Every entry is rendered once into its reply line and sent on the
 //! instance's bounded broadcast ring, shared by its watchers. Sending never

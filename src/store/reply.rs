@@ -460,3 +460,58 @@ pub(super) fn packed_messages(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PACKED: &str =
+        "1795341780000-1 2  9 Hello Ada1795341840000-0 1 1795341840007 14 Morning, Grace";
+
+    #[test]
+    fn packed_messages_split_at_the_lengths_they_give() {
+        let messages = packed_messages("t", Value::BulkString(PACKED.into())).expect("parses");
+        let read: Vec<(&str, u64, &str, i64)> = messages
+            .iter()
+            .map(|m| (m.id.as_str(), m.user, m.text.as_str(), m.at))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("1795341780000-1", 2, "Hello Ada", 1_795_341_780_000),
+                ("1795341840000-0", 1, "Morning, Grace", 1_795_341_840_007),
+            ]
+        );
+    }
+
+    /// Every cut of a packed page is an error or the messages before the
+    /// cut, never a panic; so is a length past the end.
+    #[test]
+    fn a_packed_page_cut_anywhere_is_an_error_not_a_panic() {
+        let whole = PACKED.as_bytes();
+        let boundary = PACKED.find("1795341840000-0").unwrap_or_default();
+        for cut in 1..whole.len() {
+            let result = packed_messages("t", Value::BulkString(whole[..cut].to_vec()));
+            match result {
+                Ok(messages) => assert_eq!((cut, messages.len()), (boundary, 1)),
+                Err(err) => assert!(matches!(err, StoreError::Internal(_)), "{err:?}"),
+            }
+        }
+        let too_long = "1-0 2  99 short".to_string();
+        assert!(packed_messages("t", Value::BulkString(too_long.into())).is_err());
+        for bad in ["1 x", "1", "0 5", "1 2 3"] {
+            assert!(
+                pairs("t", Value::BulkString(bad.into())).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            pairs(
+                "t",
+                Value::BulkString(b"3 1795341780000 1 1.7953417800e+12".to_vec())
+            )
+            .expect("pairs"),
+            [(3, 1_795_341_780_000), (1, 1_795_341_780_000)]
+        );
+    }
+}

@@ -65,16 +65,10 @@ local function attendance(keys, args)
       page[#page] = nil
     end
     local title = redis.call('HGET', base .. 'meeting:' .. meeting, 'title') or ''
-    local count = #page / 2
+    rows[#rows + 1] = { meeting, order, title, packed and pack_pairs(page) or page }
+    budget = budget - #page / 2
     if more then
       next_cursor = { meeting, page[#page - 1], page[#page] }
-    end
-    if packed then
-      page = pack_pairs(page)
-    end
-    rows[#rows + 1] = { meeting, order, title, page }
-    budget = budget - count
-    if more then
       break
     end
   end

@@ -22,6 +22,26 @@ Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE (no order
   and nothing runs).
 Flags: no-writes.
 ]]
+-- A page of one user's messages in `chat`, read through the user's index
+-- (other users' messages are not touched): next and entries, as
+-- stream_page gives them.
+local function user_page(chat, user, after, limit, budget)
+  local next_id, index = stream_page(chat .. ':by:' .. user, after, limit)
+  local entries = {}
+  for _, entry in ipairs(index) do
+    local found = redis.call('XRANGE', chat, entry[1], entry[1])
+    if found[1] then
+      entries[#entries + 1] = found[1]
+    end
+  end
+  local cut
+  entries, cut = within(entries, budget)
+  if cut then
+    next_id = entries[#entries][1]
+  end
+  return next_id, entries
+end
+
 local function messages(keys, args)
   check_arity(args, 1, 6, 'order[, user[, after[, limit[, budget[, shape]]]]]')
   local base, meeting = meeting_key(keys[1])
@@ -35,25 +55,11 @@ local function messages(keys, args)
   local packed = check_packed(args[6])
   local inst = find_instance(base, meeting, args[1])
   local chat = base .. 'chat:' .. inst.name
-  if not user then
-    local next_id, entries = stream_page(chat, after, limit, budget)
-    if packed then
-      entries = pack_messages(entries)
-    end
-    return { 'order', inst.order, 'next', next_id, 'messages', entries }
-  end
-  local next_id, index = stream_page(chat .. ':by:' .. user, after, limit)
-  local entries = {}
-  for _, entry in ipairs(index) do
-    local found = redis.call('XRANGE', chat, entry[1], entry[1])
-    if found[1] then
-      entries[#entries + 1] = found[1]
-    end
-  end
-  local cut
-  entries, cut = within(entries, budget)
-  if cut then
-    next_id = entries[#entries][1]
+  local next_id, entries
+  if user then
+    next_id, entries = user_page(chat, user, after, limit, budget)
+  else
+    next_id, entries = stream_page(chat, after, limit, budget)
   end
   if packed then
     entries = pack_messages(entries)

@@ -38,10 +38,7 @@ local function participants(keys, args)
   end
   local name = instance_name(meeting, order)
   local page = present_page(base .. 'present:' .. name, name, after, limit)
-  if packed then
-    page = pack_pairs(page)
-  end
-  return { 'order', order, 'participants', page }
+  return { 'order', order, 'participants', packed and pack_pairs(page) or page }
 end
 
 redis.register_function {

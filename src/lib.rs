@@ -29,8 +29,8 @@
 //!   and the plan that lets a connection pipeline its requests.
 //! - [`server`]: the socket: listener, connection limit, per-connection
 //!   handler (pipelining, limits, peer credentials, watching), drain.
-//! - [`watch`]: WATCH's fan-out: one reader per partition with watched
-//!   instances, a ring per instance to its watchers, replay after an id.
+//! - [`watch`]: WATCH's fan-out: a reader per few watched instances of a
+//!   partition, a ring per instance to its watchers, replay after an id.
 //! - [`scheduler`]: the cron job, the start-up tick and TICK, one tick at a
 //!   time, retried after a failure.
 //! - [`daemon`]: the lifecycle: embedded Redis, signals, systemd, reload,

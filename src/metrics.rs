@@ -218,6 +218,12 @@ pub fn render(s: &Value, last_good_tick: Option<i64>) -> String {
         plain(&w["instances"]),
     );
     metric(
+        "watch_readers",
+        "gauge",
+        "Readers of watched instances, a Redis connection each.",
+        plain(&w["readers"]),
+    );
+    metric(
         "watchers_dropped_total",
         "counter",
         "Watchers dropped for falling behind.",

@@ -45,6 +45,7 @@ pub struct Stats {
     watchers: AtomicU64,
     /// Instances with a reader now.
     watch_readers: AtomicU64,
+    watch_lanes: AtomicU64,
     /// Watchers dropped for falling behind, and the entries they missed.
     watchers_dropped: AtomicU64,
     dropped_events: AtomicU64,
@@ -74,6 +75,7 @@ impl Default for Stats {
             latency: COMMANDS.iter().map(|_| histogram()).collect(),
             watchers: AtomicU64::new(0),
             watch_readers: AtomicU64::new(0),
+            watch_lanes: AtomicU64::new(0),
             watchers_dropped: AtomicU64::new(0),
             dropped_events: AtomicU64::new(0),
         }
@@ -151,6 +153,16 @@ impl Stats {
     /// An instance's reader stopped (its last watcher went).
     pub fn reader_stopped(&self) {
         self.watch_readers.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A lane of watched instances got its reader (a Redis connection).
+    pub fn lane_opened(&self) {
+        bump(&self.watch_lanes);
+    }
+
+    /// A lane's reader stopped (its last instance went).
+    pub fn lane_closed(&self) {
+        self.watch_lanes.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// A tick succeeded at `now`.
@@ -259,6 +271,7 @@ impl Stats {
             "watch": {
                 "watchers": load(&self.watchers),
                 "instances": load(&self.watch_readers),
+                "readers": load(&self.watch_lanes),
                 "watchers_dropped": load(&self.watchers_dropped),
                 "dropped_events": load(&self.dropped_events),
             },

@@ -1,17 +1,23 @@
 //! WATCH's fan-out: one channel per watched instance, however many watch
-//! it, and one reader per partition, however many of its instances are
-//! watched.
+//! it, and one reader per lane: up to [`LANE_SIZE`] watched instances of
+//! one partition.
 //!
-//! A partition's reader reads the merged feed (`meet_feed`) of each of its
+//! A lane's reader reads the merged feed (`meet_feed`) of each of its
 //! watched instances that may have news, after the instance's cursor, and,
 //! when none has, blocks on its own Redis connection until one has: one
-//! XREAD BLOCK over every watched stream of the partition (they share its
-//! hash tag), and over the partition's wake stream, which a new watched
-//! instance writes to so the reader includes it at once. What that read
-//! brings is sent as it is when it holds everything new of both of an
+//! XREAD BLOCK over every watched stream of the lane (they share their
+//! partition's hash tag), and over the partition's wake stream, which a new
+//! watched instance writes to so the reader includes it at once. What that
+//! read brings is sent as it is when it holds everything new of both of an
 //! instance's streams (neither filled the read's count); otherwise the
-//! instance's feed is read again, page by page. No polling, and a daemon
-//! holds at most one such connection per partition.
+//! instance's feed is read again, page by page. No polling.
+//!
+//! Why lanes and not one reader per partition: Redis does work for every
+//! stream of a blocking read each time it blocks, wakes and reads again
+//! (7.0 finds each stream's last entry on every XREAD), so a read over
+//! the streams of every watched instance of a partition costs Redis more
+//! per delivery the more instances are watched. A lane bounds that work;
+//! the price is a connection per lane rather than per partition.
 //!
 //! Every entry is rendered once into its reply line and sent on the
 //! instance's bounded broadcast ring, shared by its watchers. Sending never
@@ -23,8 +29,9 @@
 //! Redis, up to the channel's cursor at the moment it subscribed, then
 //! takes the live entries after that: no gap and no duplicate at the seam.
 //! The last watcher of an instance closes its channel; the last channel of
-//! a partition stops its reader and closes its connection.
+//! a lane stops its reader and closes its connection.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,6 +43,11 @@ use tokio::task::AbortHandle;
 
 use crate::stats::Stats;
 use crate::store::{FeedItem, InstanceId, Keys, Store, StoreError, StreamId};
+
+/// Most instances one reader watches (two streams each in its blocking
+/// read). Lower costs Redis less per delivery and takes more connections;
+/// see BENCHMARKS.md, "WATCH: delivery to many watchers".
+pub const LANE_SIZE: usize = 4;
 
 /// How long one blocking read waits before the reader looks again.
 const BLOCK: Duration = Duration::from_secs(5);
@@ -73,7 +85,7 @@ pub enum Next {
     },
 }
 
-/// The instance channels of the daemon, and its partition readers.
+/// The instance channels of the daemon, and its readers.
 pub struct Hub {
     store: Store,
     stats: Arc<Stats>,
@@ -83,13 +95,39 @@ pub struct Hub {
     watched: Arc<Mutex<Watched>>,
 }
 
+/// A reader's share of the watched instances: a partition, and a number
+/// within it.
+type Lane = (u64, usize);
+
 /// What is watched, under one lock: the channels and the readers.
 #[derive(Default)]
 struct Watched {
-    /// By partition, then instance: a reader lists only its own.
-    channels: HashMap<u64, HashMap<InstanceId, Arc<Channel>>>,
-    /// One reader per partition with a watched instance.
-    readers: HashMap<u64, AbortHandle>,
+    /// The lane of each watched instance.
+    lane_of: HashMap<InstanceId, Lane>,
+    /// By lane: its instances' channels (a reader lists only its own), and
+    /// its reader.
+    lanes: HashMap<Lane, LaneState>,
+}
+
+/// The instances of one lane, and its reader.
+struct LaneState {
+    channels: HashMap<InstanceId, Arc<Channel>>,
+    reader: AbortHandle,
+}
+
+impl Watched {
+    /// The lane a newly watched instance of `partition` joins: the first
+    /// with room, or a new one.
+    fn lane_with_room(&self, partition: u64) -> Lane {
+        (0..)
+            .map(|number| (partition, number))
+            .find(|lane| {
+                self.lanes
+                    .get(lane)
+                    .is_none_or(|state| state.channels.len() < LANE_SIZE)
+            })
+            .unwrap_or((partition, 0))
+    }
 }
 
 /// One watched instance: its ring and where its reader is.
@@ -135,45 +173,57 @@ impl Hub {
         let partition = self.store.keys().partition(instance.meeting);
         let (receiver, cursor, wake) = {
             let mut watched = lock(&self.watched);
-            let mut opened = false;
-            let channel = watched
-                .channels
-                .entry(partition)
-                .or_default()
-                .entry(instance)
-                .or_insert_with(|| {
-                    opened = true;
-                    Arc::new(Channel {
+            let watched = &mut *watched;
+            let lane = watched.lane_of.get(&instance).copied();
+            let channel = lane.and_then(|lane| {
+                watched
+                    .lanes
+                    .get(&lane)
+                    .and_then(|state| state.channels.get(&instance))
+            });
+            let (channel, wake) = match channel {
+                Some(channel) => (channel.clone(), false),
+                None => {
+                    let channel = Arc::new(Channel {
                         sender: broadcast::channel(self.buffer).0,
                         cursor: Mutex::new(head.last),
                         dirty: AtomicBool::new(true),
-                    })
-                })
-                .clone();
-            if opened {
-                self.stats.reader_started();
-                tracing::debug!(%instance, "watching an instance");
-            }
-            let receiver = channel.sender.subscribe();
-            let cursor = *lock(&channel.cursor);
-            // a reader already blocking must look at the new instance now
-            let wake = match watched.readers.entry(partition) {
-                std::collections::hash_map::Entry::Occupied(_) => opened,
-                std::collections::hash_map::Entry::Vacant(vacant) => {
-                    let reader = PartitionReader {
-                        store: self.store.clone(),
-                        watched: self.watched.clone(),
-                        partition,
-                        render: self.render,
-                        page: (self.buffer / 4).clamp(1, 1000),
-                        listener: None,
-                        wake_cursor: None,
+                    });
+                    let lane = watched.lane_with_room(partition);
+                    watched.lane_of.insert(instance, lane);
+                    self.stats.reader_started();
+                    tracing::debug!(%instance, lane = lane.1, "watching an instance");
+                    // a reader already blocking must look at the new
+                    // instance now; a new one sees it in its first round
+                    let wake = match watched.lanes.entry(lane) {
+                        Entry::Occupied(mut state) => {
+                            state.get_mut().channels.insert(instance, channel.clone());
+                            true
+                        }
+                        Entry::Vacant(vacant) => {
+                            let reader = LaneReader {
+                                store: self.store.clone(),
+                                watched: self.watched.clone(),
+                                lane,
+                                render: self.render,
+                                page: (self.buffer / 4).clamp(1, 1000),
+                                listener: None,
+                                wake_cursor: None,
+                            };
+                            vacant.insert(LaneState {
+                                channels: HashMap::from([(instance, channel.clone())]),
+                                reader: tokio::spawn(reader.run()).abort_handle(),
+                            });
+                            self.stats.lane_opened();
+                            tracing::debug!(partition, lane = lane.1, "watch reader started");
+                            false
+                        }
                     };
-                    vacant.insert(tokio::spawn(reader.run()).abort_handle());
-                    tracing::debug!(partition, "watch reader started");
-                    false
+                    (channel, wake)
                 }
             };
+            let receiver = channel.sender.subscribe();
+            let cursor = *lock(&channel.cursor);
             (receiver, cursor, wake)
         };
         if wake && let Err(err) = self.store.wake(partition).await {
@@ -192,64 +242,67 @@ impl Hub {
     }
 
     /// A watcher of `instance` went: close its channel if it was the last,
-    /// and stop the partition's reader if that was its last channel.
+    /// and stop the lane's reader if that was its last channel.
     fn release(&self, instance: InstanceId) {
-        let partition = self.store.keys().partition(instance.meeting);
         let mut watched = lock(&self.watched);
-        let Some(instances) = watched.channels.get_mut(&partition) else {
+        let Some(lane) = watched.lane_of.get(&instance).copied() else {
             return;
         };
-        let unused = instances
+        let Entry::Occupied(mut state) = watched.lanes.entry(lane) else {
+            return;
+        };
+        let unused = state
+            .get()
+            .channels
             .get(&instance)
             .is_some_and(|channel| channel.sender.receiver_count() == 0);
         if !unused {
             return;
         }
-        instances.remove(&instance);
+        state.get_mut().channels.remove(&instance);
         self.stats.reader_stopped();
         tracing::debug!(%instance, "no longer watching an instance");
-        if instances.is_empty() {
-            watched.channels.remove(&partition);
+        if state.get().channels.is_empty() {
+            state.remove().reader.abort();
+            self.stats.lane_closed();
+            tracing::debug!(partition = lane.0, lane = lane.1, "watch reader stopped");
         }
-        if !watched.channels.contains_key(&partition)
-            && let Some(reader) = watched.readers.remove(&partition)
-        {
-            reader.abort();
-            tracing::debug!(partition, "watch reader stopped");
-        }
+        watched.lane_of.remove(&instance);
     }
 }
 
-/// The reader of one partition: read what is new in the watched instances
-/// that may have news, send it, block until more comes. Redis failures are
+/// The reader of one lane: read what is new in its watched instances that
+/// may have news, send it, block until more comes. Redis failures are
 /// retried with a growing pause; cursors do not move, so nothing is lost
 /// when Redis is back.
-struct PartitionReader {
+struct LaneReader {
     store: Store,
     watched: Arc<Mutex<Watched>>,
-    partition: u64,
+    lane: Lane,
     render: Render,
     /// Entries per feed read.
     page: usize,
     /// Its blocking connection, opened on first use and after a failure.
     listener: Option<crate::store::Listener>,
-    /// Where the partition's wake stream was read up to.
+    /// Where its partition's wake stream was read up to.
     wake_cursor: Option<StreamId>,
 }
 
-impl PartitionReader {
+impl LaneReader {
     async fn run(mut self) {
+        let (partition, lane) = self.lane;
         let mut pause = FIRST_PAUSE;
         loop {
             if let Err(err) = self.round().await {
                 // one warning per outage, not one per retry
                 if pause == FIRST_PAUSE {
                     tracing::warn!(
-                        partition = self.partition,
+                        partition,
+                        lane,
                         "watch reader: Redis call failed ({err}); retrying"
                     );
                 } else {
-                    tracing::debug!(partition = self.partition, error = %err, "watch reader: still failing");
+                    tracing::debug!(partition, lane, error = %err, "watch reader: still failing");
                 }
                 self.listener = None;
                 self.wake_cursor = None;
@@ -257,7 +310,7 @@ impl PartitionReader {
                 pause = (pause * 2).min(Duration::from_secs(5));
             } else {
                 if pause != FIRST_PAUSE {
-                    tracing::info!(partition = self.partition, "watch reader: reading again");
+                    tracing::info!(partition, lane, "watch reader: reading again");
                 }
                 pause = FIRST_PAUSE;
             }
@@ -269,20 +322,27 @@ impl PartitionReader {
     async fn round(&mut self) -> Result<(), StoreError> {
         let store = &self.store;
         let keys = *store.keys();
+        let partition = self.lane.0;
         // where the wake stream is, before the instances are listed: a
         // wake after this point ends the coming block at once
         let wake_after = match self.wake_cursor {
             Some(cursor) => cursor,
             None => {
-                let cursor = store.wake_cursor(self.partition).await?;
+                let cursor = store.wake_cursor(partition).await?;
                 self.wake_cursor = Some(cursor);
                 cursor
             }
         };
         let instances: Vec<(InstanceId, Arc<Channel>)> = lock(&self.watched)
-            .channels
-            .get(&self.partition)
-            .map(|instances| instances.iter().map(|(i, c)| (*i, c.clone())).collect())
+            .lanes
+            .get(&self.lane)
+            .map(|state| {
+                state
+                    .channels
+                    .iter()
+                    .map(|(i, c)| (*i, c.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         let dirty: Vec<&(InstanceId, Arc<Channel>)> = instances
             .iter()
@@ -323,7 +383,7 @@ impl PartitionReader {
         }
         // caught up: block until a watched stream or the wake stream has
         // more
-        let wake_key = Keys::wake(self.partition);
+        let wake_key = Keys::wake(partition);
         let mut streams = vec![(wake_key.clone(), wake_after)];
         let mut owner: HashMap<String, (InstanceId, &Arc<Channel>)> = HashMap::new();
         for (instance, channel) in &instances {
@@ -337,7 +397,7 @@ impl PartitionReader {
             Some(listener) => listener,
             None => self
                 .listener
-                .insert(store.listener(self.partition, BLOCK).await?),
+                .insert(store.listener(partition, BLOCK).await?),
         };
         // what the read brought, by instance: sent as it is (no second
         // call) when neither of the instance's streams filled the count,

@@ -1,16 +1,16 @@
 //! What WATCH reads: an instance's events and chat merged in id order
-//! (`meet_feed`), and, per partition, a connection of its own that blocks
-//! until any watched stream of the partition has something new (one XREAD
-//! BLOCK over all of them: they share the partition's hash tag, so this
-//! works on a cluster too), so a reader never polls.
+//! (`meet_feed`), and, per reader, a connection of its own that blocks
+//! until any of the streams it is given has something new (one XREAD BLOCK
+//! over all of them: a reader's instances are of one partition and share
+//! its hash tag, so this works on a cluster too), so a reader never polls.
 //!
 //! The blocking read runs on a connection of its own: on the shared
 //! multiplexed connection it would hold up every request queued behind it.
 //! On a cluster it is a plain connection to the master serving the
-//! partition's slot (found again when the slot moves): one connection per
-//! partition, not one per master. A reader that must look at a new
-//! instance before its block ends is woken through the partition's wake
-//! stream (`meetingd:{p<P>}:wake`), which its XREAD includes.
+//! partition's slot (found again when the slot moves). A reader that must
+//! look at a new instance before its block ends is woken through its
+//! partition's wake stream (`meetingd:{p<P>}:wake`), which its XREAD
+//! includes.
 
 use std::fmt;
 use std::str::FromStr;
@@ -86,7 +86,7 @@ pub struct Feed {
     pub next: Option<String>,
 }
 
-/// A connection of its own for a partition's blocking reads.
+/// A connection of its own for a reader's blocking reads.
 pub struct Listener {
     conn: redis::aio::MultiplexedConnection,
     /// Its partition's wake stream, whose entries say only "look again".
@@ -154,7 +154,7 @@ impl Store {
         })
     }
 
-    /// Wake the reader of `partition` out of its blocking read (a new
+    /// Wake the readers of `partition` out of their blocking reads (a new
     /// instance to watch).
     pub async fn wake(&self, partition: u64) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();

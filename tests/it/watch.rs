@@ -19,7 +19,7 @@ pub const SCENARIOS: [(&str, Scenario); 4] = [
     ),
     ("resume after a disconnect", resume_after_a_disconnect_on),
     (
-        "300 watched instances, one Redis connection per partition",
+        "300 watched instances, one Redis connection per lane",
         three_hundred_watched_instances_on,
     ),
     ("two daemons, one store", two_daemons_one_store_on),
@@ -101,14 +101,15 @@ fn two_daemons_one_store_on(backend: &Backend) {
 }
 
 #[test]
-fn three_hundred_watched_instances_hold_one_redis_connection_per_partition() {
+fn three_hundred_watched_instances_hold_one_redis_connection_per_lane() {
     three_hundred_watched_instances_on(&Backend::single());
 }
 
 /// 300 instances watched, spread over the partitions (64 by default): the
-/// daemon holds one more Redis connection per partition, not one per
-/// instance (nor one per master per instance on a cluster), and every
-/// watcher still gets its instance's entries.
+/// daemon holds one more Redis connection per lane (up to `LANE_SIZE`
+/// watched instances of one partition), not one per instance (nor one per
+/// master per instance on a cluster), and every watcher still gets its
+/// instance's entries, in the first lane of a partition or a later one.
 fn three_hundred_watched_instances_on(backend: &Backend) {
     let daemon = backend.daemon(&[]);
     let mut actor = daemon.client();
@@ -126,11 +127,24 @@ fn three_hundred_watched_instances_on(backend: &Backend) {
         .collect();
     let after = backend.connected_clients();
     eprintln!("Redis clients: {before} before, {after} with 300 watched instances");
+    // meeting m is in partition m % 64; watched in order, each partition's
+    // instances fill its lanes one after the other
+    let mut in_partition = [0u64; meetingd::store::DEFAULT_PARTITIONS as usize];
+    for m in 1..=300u64 {
+        in_partition[(m % meetingd::store::DEFAULT_PARTITIONS) as usize] += 1;
+    }
+    let lanes: u64 = in_partition
+        .iter()
+        .map(|n| n.div_ceil(meetingd::watch::LANE_SIZE as u64))
+        .sum();
+    assert!(lanes > meetingd::store::DEFAULT_PARTITIONS, "{lanes}");
+    assert_eq!(stats(&mut actor)["watch"]["readers"], lanes);
     assert!(
-        after <= before + meetingd::store::DEFAULT_PARTITIONS + 2,
-        "{before} Redis clients before, {after} with 300 watched instances"
+        after <= before + lanes + 2,
+        "{before} Redis clients before, {after} with 300 watched instances in {lanes} lanes"
     );
-    for m in [1u64, 16, 17, 150, 300] {
+    // 1, 65, 129 and 193 fill partition 1's first lane, 257 opens its second
+    for m in [1u64, 16, 17, 150, 193, 257, 300] {
         actor.ok(&format!("JOIN 1 {m}"));
         actor.ok(&format!("POST 1 {m} \"to {m}\""));
         let watcher = &mut watchers[m as usize - 1];
@@ -369,13 +383,18 @@ fn watchers_are_released_when_their_clients_go() {
         .collect();
     let before = stats(&mut admin);
     assert_eq!(before["watch"]["watchers"], 10, "{before}");
-    assert_eq!(before["watch"]["instances"], 2, "one reader per instance");
+    assert_eq!(before["watch"]["instances"], 2, "{before}");
+    // meetings 1 and 2 are in two partitions: a lane each
+    assert_eq!(before["watch"]["readers"], 2, "{before}");
     assert_eq!(readers_in_redis(&redis), 2, "one blocking reader each");
     drop(watchers);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let now = stats(&mut admin);
-        if now["watch"]["watchers"] == 0 && now["watch"]["instances"] == 0 {
+        if now["watch"]["watchers"] == 0
+            && now["watch"]["instances"] == 0
+            && now["watch"]["readers"] == 0
+        {
             break;
         }
         assert!(Instant::now() < deadline, "watchers left behind: {now}");

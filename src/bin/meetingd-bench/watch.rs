@@ -1,10 +1,13 @@
 //! `meetingd-bench watch`: fan-out of WATCH. W watchers spread over I
-//! instances; one poster per instance sends M messages at a steady rate,
-//! each carrying the moment it was sent; every watcher times each delivery
-//! from that moment (so the figure includes the POST itself). Reports
-//! delivery latency percentiles over all deliveries, deliveries per second,
-//! watchers dropped, and the daemon's CPU time and memory.
+//! instances; one poster per instance connects, and once all have, sends M
+//! messages at a steady rate, each carrying the moment it was sent; every
+//! watcher times each delivery from that moment (so the figure includes the
+//! POST itself). Reports delivery latency percentiles over all deliveries,
+//! deliveries per second, watchers dropped, the CPU time of the daemon, of
+//! Redis and of the bench, the daemon's memory, and how long the POSTs
+//! took to be answered (a delivery cannot be quicker than its POST).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -20,18 +23,6 @@ pub struct Plan {
     pub instances: u64,
     pub messages: u64,
     pub rate: f64,
-}
-
-/// CPU seconds (user + system) a process used so far.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // the fields after the command name, which is in parentheses
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks / hz)
 }
 
 /// One watcher: WATCH (say so on `watching` once it is acknowledged), then
@@ -85,7 +76,10 @@ async fn watcher(
     Ok((histogram, dropped))
 }
 
-/// Post `count` messages into `instance` as `user`, `rate` a second.
+/// Post `count` messages into `instance` as `user`, `rate` a second, once
+/// every poster is connected (`all_connected`); returns how long each POST
+/// took to be answered.
+#[allow(clippy::too_many_arguments)]
 async fn poster(
     socket: std::path::PathBuf,
     user: u64,
@@ -94,12 +88,16 @@ async fn poster(
     rate: f64,
     phase: f64,
     origin: Instant,
-) -> Result<(), String> {
+    all_connected: Arc<tokio::sync::Barrier>,
+) -> Result<Histogram<u64>, String> {
     let stream = UnixStream::connect(&socket)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let (read, mut write) = stream.into_split();
     let mut replies = BufReader::new(read).lines();
+    let mut histogram =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    all_connected.wait().await;
     let every = Duration::from_secs_f64(1.0 / rate);
     // posters spread their sends over the interval instead of all at once
     let start = tokio::time::Instant::now() + every.mul_f64(phase);
@@ -115,11 +113,13 @@ async fn poster(
             .await
             .map_err(|e| e.to_string())?
             .unwrap_or_default();
+        let took = origin.elapsed().as_micros().saturating_sub(sent);
+        histogram.saturating_record((took as u64).max(1));
         if !reply.starts_with("{\"ok\":true") {
             return Err(format!("POST failed: {reply}"));
         }
     }
-    Ok(())
+    Ok(histogram)
 }
 
 /// Redis' `connected_clients` (INFO clients).
@@ -196,8 +196,10 @@ pub async fn watch(plan: Plan) -> Result<(), String> {
     }
     let watched_in = origin.elapsed();
     let clients_watching = connected_clients(&mut info).await?;
-    let cpu_before = cpu_seconds(daemon.pid()).unwrap_or(0.0);
-    let started = Instant::now();
+    let redis_pid = crate::redis_pid(&mut info).await?;
+    // the posters connect, then start together: a thousand connections
+    // opening at once are not part of a delivery's time
+    let all_connected = Arc::new(tokio::sync::Barrier::new(plan.instances as usize + 1));
     let mut posters = Vec::new();
     for m in 1..=plan.instances {
         posters.push(tokio::spawn(poster(
@@ -208,10 +210,19 @@ pub async fn watch(plan: Plan) -> Result<(), String> {
             plan.rate,
             (m - 1) as f64 / plan.instances as f64,
             origin,
+            all_connected.clone(),
         )));
     }
+    all_connected.wait().await;
+    let processes = [daemon.pid(), redis_pid, std::process::id()];
+    let ticks_before = processes.map(crate::cpu_ticks);
+    let started = Instant::now();
+    let mut posts =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
     for p in posters {
-        p.await.map_err(|e| e.to_string())??;
+        posts
+            .add(&p.await.map_err(|e| e.to_string())??)
+            .map_err(|e| e.to_string())?;
     }
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
     let mut dropped = 0;
@@ -226,18 +237,23 @@ pub async fn watch(plan: Plan) -> Result<(), String> {
     }
     let took = started.elapsed().as_secs_f64();
     let stats = daemon_stats(&daemon.socket).await?;
-    let cpu = cpu_seconds(daemon.pid()).unwrap_or(0.0) - cpu_before;
+    // CPU seconds of the daemon, Redis and this bench over the posting
+    let [daemon_cpu, redis_cpu, bench_cpu] = std::array::from_fn(|i| {
+        crate::cpu_ticks(processes[i]).saturating_sub(ticks_before[i]) as f64 * crate::tick_micros()
+            / 1e6
+    });
     let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+    let post_ms = |q: f64| posts.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "{} watchers on {} instance(s), {} messages each posted at {:.0}/s per instance",
         plan.watchers, plan.instances, plan.messages, plan.rate
     );
     println!(
-        "| deliveries | per second | p50 ms | p99 ms | p99.9 ms | max ms | dropped | daemon CPU s | daemon RSS MiB before / after |"
+        "| deliveries | per second | p50 ms | p99 ms | p99.9 ms | max ms | dropped | CPU s: daemon / Redis / bench | daemon RSS MiB before / after |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---|---:|");
     println!(
-        "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {dropped} | {cpu:.2} | {:.1} / {:.1} |",
+        "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {dropped} | {daemon_cpu:.2} / {redis_cpu:.2} / {bench_cpu:.2} | {:.1} / {:.1} |",
         all.len(),
         all.len() as f64 / took,
         ms(0.5),
@@ -254,8 +270,14 @@ pub async fn watch(plan: Plan) -> Result<(), String> {
     );
     let post = &stats["latency"]["POST"];
     println!(
-        "POST in the daemon: p50 {} ms, p99 {} ms (STATS)",
-        post["p50_ms"], post["p99_ms"]
+        "POST answered to its poster: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; \
+         in the daemon: p50 {} ms, p99 {} ms (STATS)",
+        post_ms(0.5),
+        post_ms(0.99),
+        post_ms(0.999),
+        posts.max() as f64 / 1000.0,
+        post["p50_ms"],
+        post["p99_ms"]
     );
     Ok(())
 }

@@ -405,10 +405,13 @@ impl LaneReader {
         // ids, of one sequence, merge into the order things happened in;
         // else the feed call of the next round merges page by page
         let mut news: HashMap<InstanceId, (&Arc<Channel>, Vec<_>, bool)> = HashMap::new();
-        for (key, entries) in listener.wait(&streams, BLOCK, self.page).await? {
-            if key == wake_key {
-                self.wake_cursor = None;
-            } else if let Some((instance, channel)) = owner.get(&key) {
+        let waited = listener.wait(&streams, BLOCK, self.page).await?;
+        if waited.woken.is_some() {
+            // a new instance in the partition, perhaps in this lane
+            self.wake_cursor = waited.woken;
+        }
+        for (key, entries) in waited.news {
+            if let Some((instance, channel)) = owner.get(&key) {
                 let (_, items, full) = news
                     .entry(*instance)
                     .or_insert_with(|| (*channel, Vec::new(), false));

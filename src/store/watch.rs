@@ -198,20 +198,30 @@ impl Store {
 /// was read from (at most the count asked for), decoded as feed items.
 pub type StreamNews = (String, Vec<(StreamId, FeedItem)>);
 
+/// What a wait found.
+#[derive(Debug, Default)]
+pub struct Waited {
+    /// The streams with news (the wake stream not among them).
+    pub news: Vec<StreamNews>,
+    /// The id of the last entry read from the wake stream, when it had
+    /// any: where the next wait reads it from.
+    pub woken: Option<StreamId>,
+}
+
 impl Listener {
     /// Wait until one of `streams` (key, and the id read up to) has an
     /// entry after its id, for at most `block`: the streams that have, each
     /// with its first `count` new entries (none when the time ran out).
     /// Returns at once when one has already, so nothing written between a
     /// read and this wait is missed. The entries are those meet_feed would
-    /// give, so a reader can send them without asking again; the wake
-    /// stream comes back with none.
+    /// give, so a reader can send them without asking again; of the wake
+    /// stream's, only the last id is kept.
     pub async fn wait(
         &mut self,
         streams: &[(String, StreamId)],
         block: Duration,
         count: usize,
-    ) -> Result<Vec<StreamNews>, StoreError> {
+    ) -> Result<Waited, StoreError> {
         const F: &str = "XREAD";
         let mut cmd = redis::cmd(F);
         cmd.arg("COUNT")
@@ -229,7 +239,7 @@ impl Listener {
         // nil when the time ran out; else [key, entries] per stream with
         // news (a map in RESP3)
         let streams: Vec<(Value, Value)> = match value {
-            Value::Nil => return Ok(Vec::new()),
+            Value::Nil => return Ok(Waited::default()),
             Value::Map(pairs) => pairs,
             other => reply::array(F, other)?
                 .into_iter()
@@ -244,20 +254,26 @@ impl Listener {
                 })
                 .collect::<Result<_, StoreError>>()?,
         };
-        streams
-            .into_iter()
-            .map(|(key, entries)| {
-                let key = reply::text(F, key)?;
-                if key == self.wake {
-                    return Ok((key, Vec::new()));
+        let mut waited = Waited::default();
+        for (key, entries) in streams {
+            let key = reply::text(F, key)?;
+            let entries = reply::array(F, entries)?;
+            if key == self.wake {
+                if let Some(last) = entries.into_iter().last() {
+                    let (id, _) = reply::entry(F, last)?;
+                    waited.woken = Some(id.parse().map_err(|e| {
+                        StoreError::Internal(format!("unexpected reply from {F}: {e}"))
+                    })?);
                 }
-                let entries = reply::array(F, entries)?
-                    .into_iter()
-                    .map(|entry| feed_entry(F, entry))
-                    .collect::<Result<_, _>>()?;
-                Ok((key, entries))
-            })
-            .collect()
+                continue;
+            }
+            let entries = entries
+                .into_iter()
+                .map(|entry| feed_entry(F, entry))
+                .collect::<Result<_, _>>()?;
+            waited.news.push((key, entries));
+        }
+        Ok(waited)
     }
 }
 

@@ -457,6 +457,13 @@ impl Client {
         Ok(Client { stream, reader })
     }
 
+    /// How long a read waits before the test fails (10 s from connect).
+    pub fn set_read_timeout(&self, timeout: Duration) {
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .expect("set the read timeout");
+    }
+
     /// A second handle on the connection, for writing from another thread.
     pub fn try_clone_writer(&self) -> std::os::unix::net::UnixStream {
         self.stream.try_clone().expect("clone the connection")

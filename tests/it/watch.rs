@@ -410,6 +410,35 @@ fn watchers_are_released_when_their_clients_go() {
     }
 }
 
+/// A new watch whose lane has a reader blocking already wakes that reader
+/// (through the partition's wake stream): the new instance's entries come
+/// at once, not when the reader's block (5 s) runs out. The watcher reads
+/// with 3 s to spare, which only a missed wake can use up.
+#[test]
+fn a_new_watch_wakes_the_blocking_reader_of_its_lane() {
+    let redis = Redis::start();
+    let daemon = Daemon::start(&redis, &[]);
+    let mut actor = daemon.client();
+    // meetings 1 and 65 share partition 1 (of 64), and so a lane
+    active_meetings(&mut actor, 65);
+    let mut first = daemon.client();
+    first.ok("WATCH 1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while readers_in_redis(&redis) == 0 {
+        assert!(Instant::now() < deadline, "the lane's reader never blocked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut second = daemon.client();
+    second.ok("WATCH 65");
+    assert_eq!(stats(&mut actor)["watch"]["readers"], 1, "one lane");
+    actor.ok("JOIN 1 65");
+    second.set_read_timeout(Duration::from_secs(3));
+    assert_eq!(event(&mut second)["type"], "join");
+    // and the first instance is still read
+    actor.ok("JOIN 1 1");
+    assert_eq!(event(&mut first)["type"], "join");
+}
+
 /// Redis connections whose last command was a blocking XREAD.
 fn readers_in_redis(redis: &Redis) -> usize {
     redis

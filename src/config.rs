@@ -280,6 +280,9 @@ pub struct RawWatch {
     /// The kernel send buffer of a watching connection, bytes; 0 keeps the
     /// system's default.
     pub send_buffer_bytes: u64,
+    /// Most watched instances (of one partition) one reader, a Redis
+    /// connection, watches.
+    pub lane_size: u64,
 }
 
 impl Default for RawWatch {
@@ -287,6 +290,7 @@ impl Default for RawWatch {
         RawWatch {
             buffer: 1024,
             send_buffer_bytes: 65_536,
+            lane_size: crate::watch::DEFAULT_LANE_SIZE as u64,
         }
     }
 }
@@ -355,6 +359,8 @@ pub struct Config {
     pub watch_buffer: usize,
     /// A watching connection's kernel send buffer (0: the default).
     pub watch_send_buffer: usize,
+    /// Most watched instances one reader watches.
+    pub watch_lane_size: usize,
     /// Where to serve Prometheus text, if anywhere (a loopback address).
     pub prometheus: Option<std::net::SocketAddr>,
 }
@@ -621,6 +627,13 @@ impl RawConfig {
                 .ok()
                 .filter(|b| *b <= 64 << 20)
                 .ok_or_else(|| bad("watch.send_buffer_bytes", "must be at most 64 MiB"))?,
+            watch_lane_size: {
+                let size = self.watch.lane_size;
+                if !(1..=1000).contains(&size) {
+                    return Err(bad("watch.lane_size", format!("{size} is not in 1..1000")));
+                }
+                size as usize
+            },
             prometheus: match self.stats.prometheus.trim() {
                 "" => None,
                 address => {
@@ -1038,6 +1051,8 @@ mod tests {
             ("[redis]\nurl = \"http://x\"", "redis.url"),
             ("[limits]\npage = 5000", "limits.page"),
             ("[watch]\nbuffer = 3", "watch.buffer"),
+            ("[watch]\nlane_size = 0", "watch.lane_size"),
+            ("[watch]\nlane_size = 1001", "watch.lane_size"),
             ("[stats]\nprometheus = \"0.0.0.0:9464\"", "stats.prometheus"),
             ("[stats]\nprometheus = \"localhost\"", "stats.prometheus"),
             ("[scheduler]\ncron = \"every minute\"", "scheduler.cron"),

@@ -1,6 +1,6 @@
 //! WATCH's fan-out: one channel per watched instance, however many watch
-//! it, and one reader per lane: up to [`LANE_SIZE`] watched instances of
-//! one partition.
+//! it, and one reader per lane: up to `watch.lane_size` watched instances
+//! of one partition ([`DEFAULT_LANE_SIZE`]).
 //!
 //! A lane's reader reads the merged feed (`meet_feed`) of each of its
 //! watched instances that may have news, after the instance's cursor, and,
@@ -45,9 +45,10 @@ use crate::stats::Stats;
 use crate::store::{FeedItem, InstanceId, Keys, Store, StoreError, StreamId};
 
 /// Most instances one reader watches (two streams each in its blocking
-/// read). Lower costs Redis less per delivery and takes more connections;
-/// see BENCHMARKS.md, "WATCH: delivery to many watchers".
-pub const LANE_SIZE: usize = 4;
+/// read), unless `watch.lane_size` says otherwise. Smaller costs Redis
+/// less per delivery and takes more connections; see BENCHMARKS.md,
+/// "WATCH: delivery to many watchers".
+pub const DEFAULT_LANE_SIZE: usize = 4;
 
 /// How long one blocking read waits before the reader looks again.
 const BLOCK: Duration = Duration::from_secs(5);
@@ -92,6 +93,8 @@ pub struct Hub {
     render: Render,
     /// Entries a watcher may fall behind before it is dropped.
     buffer: usize,
+    /// Most instances a reader watches.
+    lane_size: usize,
     watched: Arc<Mutex<Watched>>,
 }
 
@@ -117,14 +120,14 @@ struct LaneState {
 
 impl Watched {
     /// The lane a newly watched instance of `partition` joins: the first
-    /// with room, or a new one.
-    fn lane_with_room(&self, partition: u64) -> Lane {
+    /// with room for it (of `size` instances), or a new one.
+    fn lane_with_room(&self, partition: u64, size: usize) -> Lane {
         (0..)
             .map(|number| (partition, number))
             .find(|lane| {
                 self.lanes
                     .get(lane)
-                    .is_none_or(|state| state.channels.len() < LANE_SIZE)
+                    .is_none_or(|state| state.channels.len() < size)
             })
             .unwrap_or((partition, 0))
     }
@@ -150,13 +153,21 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    /// A hub whose watchers may each fall `buffer` entries behind.
-    pub fn new(store: Store, stats: Arc<Stats>, buffer: usize, render: Render) -> Arc<Hub> {
+    /// A hub whose watchers may each fall `buffer` entries behind, and
+    /// whose readers each watch up to `lane_size` instances.
+    pub fn new(
+        store: Store,
+        stats: Arc<Stats>,
+        buffer: usize,
+        lane_size: usize,
+        render: Render,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             store,
             stats,
             render,
             buffer: buffer.max(16),
+            lane_size: lane_size.max(1),
             watched: Arc::new(Mutex::new(Watched::default())),
         })
     }
@@ -189,7 +200,7 @@ impl Hub {
                         cursor: Mutex::new(head.last),
                         dirty: AtomicBool::new(true),
                     });
-                    let lane = watched.lane_with_room(partition);
+                    let lane = watched.lane_with_room(partition, self.lane_size);
                     watched.lane_of.insert(instance, lane);
                     self.stats.reader_started();
                     tracing::debug!(%instance, lane = lane.1, "watching an instance");

@@ -106,7 +106,7 @@ fn three_hundred_watched_instances_hold_one_redis_connection_per_lane() {
 }
 
 /// 300 instances watched, spread over the partitions (64 by default): the
-/// daemon holds one more Redis connection per lane (up to `LANE_SIZE`
+/// daemon holds one more Redis connection per lane (up to `lane_size`
 /// watched instances of one partition), not one per instance (nor one per
 /// master per instance on a cluster), and every watcher still gets its
 /// instance's entries, in the first lane of a partition or a later one.
@@ -135,7 +135,7 @@ fn three_hundred_watched_instances_on(backend: &Backend) {
     }
     let lanes: u64 = in_partition
         .iter()
-        .map(|n| n.div_ceil(meetingd::watch::LANE_SIZE as u64))
+        .map(|n| n.div_ceil(meetingd::watch::DEFAULT_LANE_SIZE as u64))
         .sum();
     assert!(lanes > meetingd::store::DEFAULT_PARTITIONS, "{lanes}");
     assert_eq!(stats(&mut actor)["watch"]["readers"], lanes);
@@ -437,6 +437,48 @@ fn a_new_watch_wakes_the_blocking_reader_of_its_lane() {
     // and the first instance is still read
     actor.ok("JOIN 1 1");
     assert_eq!(event(&mut first)["type"], "join");
+}
+
+/// `watch.lane_size` sets how many watched instances of a partition share
+/// a reader: with 2, three instances of partition 1 take two readers and
+/// one of partition 2 a third; each blocks in Redis, and each instance's
+/// entries reach its watcher. When they go, so do the readers.
+#[test]
+fn lane_size_sets_how_many_instances_share_a_reader() {
+    let redis = Redis::start();
+    let daemon = Daemon::start(&redis, &[("MEETINGD_WATCH__LANE_SIZE", "2")]);
+    let mut actor = daemon.client();
+    active_meetings(&mut actor, 129);
+    let mut watchers: Vec<(u64, Client)> = [1u64, 65, 129, 2]
+        .into_iter()
+        .map(|m| {
+            let mut watcher = daemon.client();
+            watcher.ok(&format!("WATCH {m}"));
+            (m, watcher)
+        })
+        .collect();
+    assert_eq!(stats(&mut actor)["watch"]["readers"], 3);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while readers_in_redis(&redis) < 3 {
+        assert!(Instant::now() < deadline, "fewer than 3 readers block");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (m, watcher) in &mut watchers {
+        actor.ok(&format!("JOIN 1 {m}"));
+        actor.ok(&format!("POST 1 {m} \"to {m}\""));
+        assert_eq!(event(watcher)["type"], "join");
+        let message = event(watcher);
+        assert_eq!(
+            (message["meeting"].as_u64(), message["text"].as_str()),
+            (Some(*m), Some(format!("to {m}").as_str()))
+        );
+    }
+    drop(watchers);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats(&mut actor)["watch"]["readers"] != 0 {
+        assert!(Instant::now() < deadline, "readers left behind");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Redis connections whose last command was a blocking XREAD.

@@ -470,17 +470,28 @@ async fn handle(
                 }
             }
             frame = requests.next(), if reading && queue.len() < config.pipeline_depth && queued_bytes < read_ahead => {
-                match frame {
-                    Some(Ok(Frame::Line(line))) => {
-                        queued_bytes += line.len();
-                        queue.push_back(Pending::Line(line));
+                let mut frame = Some(frame);
+                while let Some(next) = frame {
+                    match next {
+                        Some(Ok(Frame::Line(line))) => {
+                            queued_bytes += line.len();
+                            queue.push_back(Pending::Line(line));
+                        }
+                        Some(Ok(Frame::TooLong)) => {
+                            queue.push_back(Pending::TooLong);
+                            reading = false;
+                        }
+                        Some(Err(err)) => return Err(err),
+                        None => reading = false,
                     }
-                    Some(Ok(Frame::TooLong)) => {
-                        queue.push_back(Pending::TooLong);
-                        reading = false;
-                    }
-                    Some(Err(err)) => return Err(err),
-                    None => reading = false,
+                    // the other lines the same read brought (decoded from
+                    // the buffer, no system call) join this step, so that
+                    // requests sent together go to Redis together
+                    frame = (reading
+                        && queue.len() < config.pipeline_depth
+                        && queued_bytes < read_ahead)
+                        .then(|| requests.next().now_or_never())
+                        .flatten();
                 }
             }
             _ = tokio::time::sleep(config.idle_timeout), if running.is_none() && queue.is_empty() && watching.is_none() => {

@@ -327,6 +327,22 @@ impl Daemon {
         daemon
     }
 
+    /// Start the daemon on the Redis at `url`; wait until it answers.
+    pub fn start_on_url(url: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("meetingd.sock");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_meetingd"));
+        command
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--redis")
+            .arg(url);
+        let daemon = Daemon::spawn_command(command, &socket, env, dir);
+        daemon.wait_ready();
+        daemon
+    }
+
     /// Start a daemon process without waiting for it.
     pub fn spawn(
         redis: &Redis,
@@ -699,4 +715,174 @@ pub const HOUR: i64 = 60 * MIN;
 pub fn at(minutes: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::minutes(minutes))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// A relay between a daemon and Redis (a Unix socket of its own, a thread
+/// per direction and connection) that can hold Redis' replies back until
+/// the daemon has sent given strings: what the daemon sends while no reply
+/// comes is what it sends without waiting for one.
+pub struct HoldingRelay {
+    socket: PathBuf,
+    shared: Arc<(std::sync::Mutex<Hold>, std::sync::Condvar)>,
+    _dir: tempfile::TempDir,
+}
+
+/// What the relay holds for.
+#[derive(Default)]
+struct Hold {
+    /// Hold replies until every one of these has been sent to Redis.
+    wanted: Vec<Vec<u8>>,
+    /// What was sent to Redis since the hold began.
+    sent: Vec<u8>,
+    /// Hold no longer than this.
+    until: Option<Instant>,
+    /// A hold ended because its time ran out.
+    timed_out: bool,
+}
+
+impl Hold {
+    fn holding(&mut self) -> bool {
+        let Some(until) = self.until else {
+            return false;
+        };
+        if self
+            .wanted
+            .iter()
+            .all(|w| self.sent.windows(w.len()).any(|s| s == w.as_slice()))
+        {
+            self.until = None;
+            return false;
+        }
+        if Instant::now() >= until {
+            self.until = None;
+            self.timed_out = true;
+            return false;
+        }
+        true
+    }
+}
+
+#[allow(dead_code)]
+impl HoldingRelay {
+    /// Relay to `redis`.
+    pub fn start(redis: &Redis) -> HoldingRelay {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("relay.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind the relay");
+        let shared = Arc::new((
+            std::sync::Mutex::new(Hold::default()),
+            std::sync::Condvar::new(),
+        ));
+        let upstream = redis.socket.clone();
+        let state = shared.clone();
+        std::thread::spawn(move || {
+            for daemon_side in listener.incoming() {
+                let Ok(daemon_side) = daemon_side else { return };
+                let Ok(redis_side) = std::os::unix::net::UnixStream::connect(&upstream) else {
+                    return;
+                };
+                let (Ok(daemon_in), Ok(redis_in)) =
+                    (daemon_side.try_clone(), redis_side.try_clone())
+                else {
+                    return;
+                };
+                let sending = state.clone();
+                std::thread::spawn(move || {
+                    relay_bytes(daemon_in, redis_side, |bytes| {
+                        let (hold, changed) = &*sending;
+                        let mut hold = hold
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if hold.until.is_some() {
+                            hold.sent.extend_from_slice(bytes);
+                        }
+                        changed.notify_all();
+                    })
+                });
+                let replying = state.clone();
+                std::thread::spawn(move || {
+                    relay_bytes(redis_in, daemon_side, |_| {
+                        let (hold, changed) = &*replying;
+                        let mut hold = hold
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        while hold.holding() {
+                            hold = changed
+                                .wait_timeout(hold, Duration::from_millis(50))
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .0;
+                        }
+                    })
+                });
+            }
+        });
+        HoldingRelay {
+            socket,
+            shared,
+            _dir: dir,
+        }
+    }
+
+    /// Its URL, for `meetingd serve --redis`.
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket.display())
+    }
+
+    /// From now, hold Redis' replies until each of `wanted` was sent to
+    /// Redis, or for at most `longest`.
+    pub fn hold(&self, wanted: &[&str], longest: Duration) {
+        let (hold, _) = &*self.shared;
+        let mut hold = hold
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *hold = Hold {
+            wanted: wanted.iter().map(|w| w.as_bytes().to_vec()).collect(),
+            sent: Vec::new(),
+            until: Some(Instant::now() + longest),
+            timed_out: false,
+        };
+    }
+
+    /// What was sent to Redis since the last hold began (for messages).
+    pub fn sent(&self) -> String {
+        let (hold, _) = &*self.shared;
+        String::from_utf8_lossy(
+            &hold
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .sent,
+        )
+        .into_owned()
+    }
+
+    /// Whether the last hold ran out of time (what it waited for was not
+    /// all sent while replies were held).
+    pub fn timed_out(&self) -> bool {
+        let (hold, _) = &*self.shared;
+        hold.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .timed_out
+    }
+}
+
+/// Copy `from` to `to`, calling `each` with every chunk: before writing
+/// it when `each` may wait, after when it records. Ends with either side.
+fn relay_bytes(
+    mut from: std::os::unix::net::UnixStream,
+    mut to: std::os::unix::net::UnixStream,
+    each: impl Fn(&[u8]),
+) {
+    use std::io::{Read, Write};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        each(&buffer[..n]);
+        if to.write_all(&buffer[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::cluster::Cluster;
-use crate::harness::{Client, Daemon, Redis, at};
+use crate::harness::{Client, Daemon, HoldingRelay, Redis, at};
 
 /// Where the daemon of a scenario keeps its data.
 pub enum Backend {
@@ -466,6 +466,31 @@ fn pipelined_requests_apply_in_order_on(backend: &Backend) {
         assert_eq!(reply["ok"], true, "{reply}");
     }
     assert_eq!(users(&c.reply().expect("reply")["result"]), [2]);
+}
+
+/// Requests a client sends together go to Redis together: a JOIN and a
+/// LEAVE in one write both reach Redis before the JOIN's reply is back (a
+/// relay holds Redis' replies until it has seen both, for at most 5 s).
+#[test]
+fn requests_sent_together_go_to_redis_together() {
+    let redis = Redis::start();
+    let relay = HoldingRelay::start(&redis);
+    let daemon = Daemon::start_on_url(&relay.url(), &[]);
+    let mut c = daemon.client();
+    seed(&mut c);
+    // the user's e-mail in the daemon's cache: one call per request now
+    c.ok("JOIN 1 1");
+    c.ok("LEAVE 1 1");
+    relay.hold(&["meet_join", "meet_leave"], Duration::from_secs(5));
+    c.send(b"JOIN 1 1\nLEAVE 1 1\n");
+    for _ in 0..2 {
+        let reply = c.reply().expect("reply");
+        assert_eq!(reply["ok"], true, "{reply}; sent: {:?}", relay.sent());
+    }
+    assert!(
+        !relay.timed_out(),
+        "the LEAVE was sent to Redis only after the JOIN's reply"
+    );
 }
 
 #[test]

@@ -252,14 +252,37 @@ pub async fn connect_raw(url: &str) -> Result<redis::aio::MultiplexedConnection,
 }
 
 /// What the processes had used at a moment: CPU (clock ticks, from
-/// `/proc/<pid>/stat`) and Redis' calls.
-#[derive(Debug, Clone, Copy, Default)]
+/// `/proc/<pid>/stat`; the machine's from `/proc/stat`) and Redis' calls.
+#[derive(Debug, Clone, Copy)]
 struct Usage {
     daemon_ticks: u64,
     redis_ticks: u64,
+    /// This bench, the client of both the daemon and Redis.
+    client_ticks: u64,
+    /// Every core's time not idle.
+    busy_ticks: u64,
+    at: Instant,
     /// Calls from clients: FCALL and FCALL_RO, and the daemon's reads of
     /// users (each a CLIENT CACHING YES and an HMGET: counted once).
     calls: u64,
+}
+
+/// The machine's CPU time not idle so far, all cores, clock ticks (the
+/// first line of `/proc/stat`: all but idle and iowait).
+fn busy_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0;
+    };
+    let Some(cpu) = stat.lines().next() else {
+        return 0;
+    };
+    let fields: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    fields.iter().take(8).sum::<u64>().saturating_sub(idle)
 }
 
 /// A process' CPU time so far (user + system, all threads), clock ticks.
@@ -312,19 +335,41 @@ async fn usage(
     Ok(Usage {
         daemon_ticks: daemon_pid.map_or(0, cpu_ticks),
         redis_ticks: cpu_ticks(redis_pid),
+        client_ticks: cpu_ticks(std::process::id()),
+        busy_ticks: busy_ticks(),
+        at: Instant::now(),
         calls: calls_of("fcall") + calls_of("fcall_ro") + calls_of("client|caching"),
     })
 }
 
-/// Per operation between two usages: (daemon µs, Redis µs, Redis calls).
-fn per_op(before: Usage, after: Usage, ops: u64) -> (f64, f64, f64) {
+/// What a measurement cost, per operation.
+#[derive(Debug, Clone, Copy)]
+struct PerOp {
+    /// CPU µs of the daemon, of Redis, of this bench.
+    daemon: f64,
+    redis: f64,
+    client: f64,
+    /// Redis calls.
+    calls: f64,
+    /// Cores busy on average over the measurement, the whole machine's.
+    busy_cores: f64,
+}
+
+/// Per operation between two usages.
+fn per_op(before: Usage, after: Usage, ops: u64) -> PerOp {
     let ops = ops.max(1) as f64;
     let micros = tick_micros();
-    (
-        after.daemon_ticks.saturating_sub(before.daemon_ticks) as f64 * micros / ops,
-        after.redis_ticks.saturating_sub(before.redis_ticks) as f64 * micros / ops,
-        after.calls.saturating_sub(before.calls) as f64 / ops,
-    )
+    let per = |from: u64, to: u64| to.saturating_sub(from) as f64 * micros / ops;
+    let seconds = after.at.duration_since(before.at).as_secs_f64().max(1e-9);
+    PerOp {
+        daemon: per(before.daemon_ticks, after.daemon_ticks),
+        redis: per(before.redis_ticks, after.redis_ticks),
+        client: per(before.client_ticks, after.client_ticks),
+        calls: after.calls.saturating_sub(before.calls) as f64 / ops,
+        busy_cores: after.busy_ticks.saturating_sub(before.busy_ticks) as f64 * micros
+            / 1e6
+            / seconds,
+    }
 }
 
 /// The pid of the Redis at `conn` (INFO server).
@@ -407,10 +452,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
         count: args.count,
     };
     println!(
-        "| mix | conns | depth | daemon ops/s | direct ops/s | floor ops/s | daemon/direct | daemon/floor | daemon p50 ms | daemon p99 ms | daemon CPU µs/op | Redis CPU µs/op via daemon | direct | floor | Redis calls/op via daemon | direct | floor | errors |"
+        "| mix | conns | depth | daemon ops/s | direct ops/s | floor ops/s | daemon/direct | daemon/floor | daemon p50 ms | daemon p99 ms | daemon CPU µs/op | Redis CPU µs/op via daemon | direct | floor | client CPU µs/op via daemon | direct | cores busy via daemon | direct | Redis calls/op via daemon | direct | floor | errors |"
     );
     println!(
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut join_leave_max: f64 = 0.0;
     let mut errors = 0;
@@ -421,8 +466,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 drive::through_daemon(socket.clone(), world, *mix, connections, args.depth, span)
                     .await;
             let after = usage(&mut info, redis, daemon).await?;
-            let (daemon_cpu, redis_via_daemon, calls_via_daemon) =
-                per_op(before, after, through.requests());
+            let via_daemon = per_op(before, after, through.requests());
             let direct = drive::direct(
                 store_options(&url),
                 world,
@@ -434,16 +478,16 @@ async fn run(args: RunArgs) -> Result<(), String> {
             let before = usage(&mut info, redis, daemon).await?;
             let direct = direct.await?;
             let after = usage(&mut info, redis, daemon).await?;
-            let (_, redis_direct, calls_direct) = per_op(before, after, direct.requests());
+            let by_direct = per_op(before, after, direct.requests());
             let before = usage(&mut info, redis, daemon).await?;
             let floor = floor::drive(&url, world, *mix, connections, args.depth, span).await?;
             let after = usage(&mut info, redis, daemon).await?;
-            let (_, redis_floor, calls_floor) = per_op(before, after, floor.requests());
+            let by_floor = per_op(before, after, floor.requests());
             if *mix == Mix::JoinLeave {
                 join_leave_max = join_leave_max.max(through.operation_rate());
             }
             println!(
-                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {} |",
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
                 mix.name(),
                 connections,
                 args.depth,
@@ -454,13 +498,17 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 through.rate() / floor.rate().max(1e-9),
                 through.quantile_ms(0.5),
                 through.quantile_ms(0.99),
-                daemon_cpu,
-                redis_via_daemon,
-                redis_direct,
-                redis_floor,
-                calls_via_daemon,
-                calls_direct,
-                calls_floor,
+                via_daemon.daemon,
+                via_daemon.redis,
+                by_direct.redis,
+                by_floor.redis,
+                via_daemon.client,
+                by_direct.client,
+                via_daemon.busy_cores,
+                by_direct.busy_cores,
+                via_daemon.calls,
+                by_direct.calls,
+                by_floor.calls,
                 through.errors + direct.errors + floor.errors,
             );
             errors += through.errors + direct.errors + floor.errors;

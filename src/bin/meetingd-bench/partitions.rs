@@ -108,7 +108,8 @@ pub async fn partitions(
             }
             let took = started.elapsed().as_secs_f64() / calls as f64;
             let after = usage(&mut conn, pid, None).await?;
-            let (_, redis_us, lua) = per_op(before, after, calls);
+            let cost = per_op(before, after, calls);
+            let (redis_us, lua) = (cost.redis, cost.calls);
             print!(
                 " {:.2} ms | {:.0} µs | {:.0} |",
                 took * 1000.0,

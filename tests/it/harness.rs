@@ -297,48 +297,39 @@ pub struct Daemon {
     dir: tempfile::TempDir,
 }
 
+/// `meetingd serve --socket <socket>`, then `args`.
+pub fn serve_command(socket: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_meetingd"));
+    command.arg("serve").arg("--socket").arg(socket).args(args);
+    command
+}
+
 #[allow(dead_code)]
 impl Daemon {
     /// Start the daemon on `redis` with settings given as environment
     /// variables (`MEETINGD_SOCKET__MAX_CONNECTIONS`...); wait until it
     /// answers.
     pub fn start(redis: &Redis, env: &[(&str, &str)]) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let socket = dir.path().join("meetingd.sock");
-        let daemon = Daemon::spawn(redis, &socket, env, dir);
-        daemon.wait_ready();
-        daemon
+        Daemon::start_serving(&["--redis", &redis.url()], env)
     }
 
     /// Start the daemon on a Redis Cluster (`--redis-cluster`, every node
     /// given); wait until it answers.
     pub fn start_on_cluster(urls: &[String], env: &[(&str, &str)]) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let socket = dir.path().join("meetingd.sock");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_meetingd"));
-        command
-            .arg("serve")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--redis-cluster")
-            .arg(urls.join(","));
-        let daemon = Daemon::spawn_command(command, &socket, env, dir);
-        daemon.wait_ready();
-        daemon
+        Daemon::start_serving(&["--redis-cluster", &urls.join(",")], env)
     }
 
     /// Start the daemon on the Redis at `url`; wait until it answers.
     pub fn start_on_url(url: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_serving(&["--redis", url], env)
+    }
+
+    /// Start `meetingd serve` on a socket in a new directory, with `args`
+    /// saying where Redis is; wait until it answers.
+    fn start_serving(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("meetingd.sock");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_meetingd"));
-        command
-            .arg("serve")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--redis")
-            .arg(url);
-        let daemon = Daemon::spawn_command(command, &socket, env, dir);
+        let daemon = Daemon::spawn_command(serve_command(&socket, args), &socket, env, dir);
         daemon.wait_ready();
         daemon
     }
@@ -350,14 +341,12 @@ impl Daemon {
         env: &[(&str, &str)],
         dir: tempfile::TempDir,
     ) -> Daemon {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_meetingd"));
-        command
-            .arg("serve")
-            .arg("--socket")
-            .arg(socket)
-            .arg("--redis")
-            .arg(redis.url());
-        Daemon::spawn_command(command, socket, env, dir)
+        Daemon::spawn_command(
+            serve_command(socket, &["--redis", &redis.url()]),
+            socket,
+            env,
+            dir,
+        )
     }
 
     /// Start `command` (a `meetingd serve ...`) with a clean environment

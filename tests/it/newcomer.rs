@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Client, Daemon, Redis, Run, meetingctl};
+use crate::harness::{Client, Daemon, Redis, Run, meetingctl, serve_command};
 
 /// `meetingd <args>` with a clean environment plus `env`.
 fn meetingd(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -199,13 +199,7 @@ fn the_runtime_directory_systemd_names_is_the_daemon_s_to_create() {
     let dir = tempfile::tempdir().expect("temp dir");
     let runtime = dir.path().join("run-meetingd");
     let socket = runtime.join("meetingd.sock");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_meetingd"));
-    command
-        .arg("serve")
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--redis")
-        .arg(redis.url());
+    let command = serve_command(&socket, &["--redis", &redis.url()]);
     let log_dir = tempfile::tempdir().expect("temp dir");
     let runtime_text = runtime.to_str().expect("a UTF-8 path");
     let daemon = Daemon::spawn_command(

@@ -297,6 +297,15 @@ pub struct Daemon {
     dir: tempfile::TempDir,
 }
 
+/// Check until `check` holds; fail the test, naming `what`, after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 /// `meetingd serve --socket <socket>`, then `args`.
 pub fn serve_command(socket: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_meetingd"));
@@ -779,9 +788,7 @@ impl HoldingRelay {
                 std::thread::spawn(move || {
                     relay_bytes(daemon_in, redis_side, |bytes| {
                         let (hold, changed) = &*sending;
-                        let mut hold = hold
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let mut hold = lock_hold(hold);
                         if hold.until.is_some() {
                             hold.sent.extend_from_slice(bytes);
                         }
@@ -792,9 +799,7 @@ impl HoldingRelay {
                 std::thread::spawn(move || {
                     relay_bytes(redis_in, daemon_side, |_| {
                         let (hold, changed) = &*replying;
-                        let mut hold = hold
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let mut hold = lock_hold(hold);
                         while hold.holding() {
                             hold = changed
                                 .wait_timeout(hold, Duration::from_millis(50))
@@ -820,11 +825,7 @@ impl HoldingRelay {
     /// From now, hold Redis' replies until each of `wanted` was sent to
     /// Redis, or for at most `longest`.
     pub fn hold(&self, wanted: &[&str], longest: Duration) {
-        let (hold, _) = &*self.shared;
-        let mut hold = hold
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *hold = Hold {
+        *lock_hold(&self.shared.0) = Hold {
             wanted: wanted.iter().map(|w| w.as_bytes().to_vec()).collect(),
             sent: Vec::new(),
             until: Some(Instant::now() + longest),
@@ -834,24 +835,20 @@ impl HoldingRelay {
 
     /// What was sent to Redis since the last hold began (for messages).
     pub fn sent(&self) -> String {
-        let (hold, _) = &*self.shared;
-        String::from_utf8_lossy(
-            &hold
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .sent,
-        )
-        .into_owned()
+        String::from_utf8_lossy(&lock_hold(&self.shared.0).sent).into_owned()
     }
 
     /// Whether the last hold ran out of time (what it waited for was not
     /// all sent while replies were held).
     pub fn timed_out(&self) -> bool {
-        let (hold, _) = &*self.shared;
-        hold.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .timed_out
+        lock_hold(&self.shared.0).timed_out
     }
+}
+
+/// The relay's hold, whatever a panicking thread left it in.
+fn lock_hold(hold: &std::sync::Mutex<Hold>) -> std::sync::MutexGuard<'_, Hold> {
+    hold.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Copy `from` to `to`, calling `each` with every chunk: before writing

@@ -8,15 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Client, Daemon, Redis, at};
-
-fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
+use crate::harness::{Client, Daemon, Redis, at, wait_until};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Client, Daemon, Redis, at};
+use crate::harness::{Client, Daemon, Redis, at, wait_until};
 use crate::socket::{Backend, Scenario};
 
 /// The WATCH scenarios that run on any backend.
@@ -388,26 +388,21 @@ fn watchers_are_released_when_their_clients_go() {
     assert_eq!(before["watch"]["readers"], 2, "{before}");
     assert_eq!(readers_in_redis(&redis), 2, "one blocking reader each");
     drop(watchers);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let now = stats(&mut admin);
-        if now["watch"]["watchers"] == 0
-            && now["watch"]["instances"] == 0
-            && now["watch"]["readers"] == 0
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "watchers left behind: {now}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while readers_in_redis(&redis) > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "reader connections left open in Redis"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "no watcher, instance or reader left",
+        Duration::from_secs(5),
+        || {
+            let now = stats(&mut admin);
+            now["watch"]["watchers"] == 0
+                && now["watch"]["instances"] == 0
+                && now["watch"]["readers"] == 0
+        },
+    );
+    wait_until(
+        "the reader connections to close in Redis",
+        Duration::from_secs(5),
+        || readers_in_redis(&redis) == 0,
+    );
 }
 
 /// A new watch whose lane has a reader blocking already wakes that reader
@@ -423,11 +418,9 @@ fn a_new_watch_wakes_the_blocking_reader_of_its_lane() {
     active_meetings(&mut actor, 65);
     let mut first = daemon.client();
     first.ok("WATCH 1");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while readers_in_redis(&redis) == 0 {
-        assert!(Instant::now() < deadline, "the lane's reader never blocked");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the lane's reader to block", Duration::from_secs(5), || {
+        readers_in_redis(&redis) > 0
+    });
     let mut second = daemon.client();
     second.ok("WATCH 65");
     assert_eq!(stats(&mut actor)["watch"]["readers"], 1, "one lane");
@@ -458,11 +451,9 @@ fn lane_size_sets_how_many_instances_share_a_reader() {
         })
         .collect();
     assert_eq!(stats(&mut actor)["watch"]["readers"], 3);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while readers_in_redis(&redis) < 3 {
-        assert!(Instant::now() < deadline, "fewer than 3 readers block");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("3 readers to block", Duration::from_secs(5), || {
+        readers_in_redis(&redis) >= 3
+    });
     for (m, watcher) in &mut watchers {
         actor.ok(&format!("JOIN 1 {m}"));
         actor.ok(&format!("POST 1 {m} \"to {m}\""));
@@ -474,11 +465,9 @@ fn lane_size_sets_how_many_instances_share_a_reader() {
         );
     }
     drop(watchers);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while stats(&mut actor)["watch"]["readers"] != 0 {
-        assert!(Instant::now() < deadline, "readers left behind");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the readers to stop", Duration::from_secs(5), || {
+        stats(&mut actor)["watch"]["readers"] == 0
+    });
 }
 
 /// Redis connections whose last command was a blocking XREAD.

@@ -22,9 +22,7 @@ Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE (not
 local function end_by_hand(keys, args)
   check_arity(args, 1, 4, 'order[, now[, budget[, retention]]]')
   local base, meeting = meeting_key(keys[1])
-  if args[1] ~= '' then
-    check_id(args[1], 'order')
-  end
+  optional_id(args[1], 'order')
   local now = clock(args[2])
   local budget = check_limit(args[3])
   local retention = check_retention(args[4])

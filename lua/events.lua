@@ -23,9 +23,7 @@ Flags: no-writes.
 local function events(keys, args)
   check_arity(args, 1, 4, 'order[, after[, limit[, budget]]]')
   local base, meeting = meeting_key(keys[1])
-  if args[1] ~= '' then
-    check_id(args[1], 'order')
-  end
+  optional_id(args[1], 'order')
   local after = check_cursor(args[2])
   local limit = check_limit(args[3])
   local budget = check_budget(args[4])

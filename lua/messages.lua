@@ -45,9 +45,7 @@ end
 local function messages(keys, args)
   check_arity(args, 1, 6, 'order[, user[, after[, limit[, budget[, shape]]]]]')
   local base, meeting = meeting_key(keys[1])
-  if args[1] ~= '' then
-    check_id(args[1], 'order')
-  end
+  optional_id(args[1], 'order')
   local user = optional_id(args[2], 'user')
   local after = check_cursor(args[3])
   local limit = check_limit(args[4])

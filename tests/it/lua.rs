@@ -584,6 +584,10 @@ async fn every_error_code_and_nothing_written() {
             "BAD_REQUEST",
         ),
         ("meet_events", MEETING, vec!["1", &over_u64], "BAD_REQUEST"),
+        // an order that is not an id (empty means the running instance)
+        ("meet_events", MEETING, vec!["x"], "BAD_REQUEST"),
+        ("meet_messages", MEETING, vec!["0"], "BAD_REQUEST"),
+        ("meet_end", MEETING, vec!["-1", &t], "BAD_REQUEST"),
         ("meet_feed", MEETING, vec!["1", &over_ms], "BAD_REQUEST"),
         ("meet_tick", DUE, vec![&t, "", "1001"], "BAD_REQUEST"),
         // NOT_FOUND: user, meeting, instance

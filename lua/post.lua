@@ -5,8 +5,12 @@ index, so one user's messages are read without touching anybody else's.
 
 With a key (ARGV[6]), the post is made at most once: the same user's key
 in the same instance stores nothing again and answers the first message's
-id, marked "duplicate", for as long as the instance's history is kept. A
-client that did not hear back retries with the same key safely.
+id, marked "duplicate", for as long as the instance's history is kept. The
+key is looked up before anything else is checked, so a retry answers the
+same after the user left or the instance ended; by meeting alone (ARGV[1]
+''), the instance is the one running, or else the one that ended last. A
+key used again with another text is refused (BAD_REQUEST): a key names one
+message. A client that did not hear back retries with the same key safely.
 
 KEYS[1]  meetingd:{p<P>}:meeting:<meeting>
 ARGV[1]  order id, or '' for the meeting's running instance
@@ -19,29 +23,53 @@ ARGV[5]  retention (ms; optional): the chat, the poster's index and the
 ARGV[6]  key (optional): 1-64 bytes of A-Za-z0-9._:-
 Returns: "<order> <id>", or "<order> <id> duplicate" for a repeated key;
   the id's first part is the message's time (ms).
-Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE, NOT_JOINED.
+Errors: BAD_REQUEST (also a key repeated with another text), NOT_FOUND
+  (meeting or instance), INACTIVE, NOT_JOINED.
 ]]
+-- The first message a repeated key posted in the instance `order` names
+-- ('' for the running one, or else the one that ended last), as its id;
+-- nil when the key is new. The same key with another text is refused.
+local function posted_before(key, base, meeting, order, live, user, post_key, text)
+  if order == '' then
+    order = parse_live(live) or redis.call('HGET', base .. 'schedule:' .. meeting, LAST_ENDED)
+    if not order then
+      return nil
+    end
+  end
+  local name = instance_name(meeting, order)
+  local first = redis.call('HGET', base .. 'posted:' .. name, user .. ':' .. post_key)
+  if not first then
+    return nil
+  end
+  local stored = redis.call('XRANGE', base .. 'chat:' .. name, first, first)[1]
+  if stored and stored[2][4] ~= text then
+    fail('BAD_REQUEST', 'the key ' .. post_key .. ' of user ' .. user .. ' named message ' .. first
+      .. ' in ' .. name .. ', with another text: a key names one message')
+  end
+  return order .. ' ' .. first .. ' duplicate'
+end
+
 local function post(keys, args)
   check_arity(args, 3, 6, 'order, user, text[, now[, retention[, key]]]')
   local key = keys[1]
   local base, meeting = meeting_key(key)
+  local asked = optional_id(args[1], 'order') or ''
   local user = check_id(args[2], 'user')
   local text = check_chat(args[3])
   local now = clock(args[4])
   local retention = check_retention(args[5])
   local post_key = check_post_key(args[6])
-  local order, to, ms, seq = running(key, base, meeting, args[1], redis.call('HGET', key, 'live'), now)
+  local live = redis.call('HGET', key, 'live')
+  if post_key then
+    local duplicate = posted_before(key, base, meeting, asked, live, user, post_key, text)
+    if duplicate then
+      return duplicate
+    end
+  end
+  local order, to, ms, seq = running(key, base, meeting, asked, live, now)
   local name = instance_name(meeting, order)
   if not redis.call('ZSCORE', base .. 'present:' .. name, user) then
     fail('NOT_JOINED', 'user ' .. user .. ' is not in ' .. name)
-  end
-  local posted
-  if post_key then
-    posted = base .. 'posted:' .. name
-    local first = redis.call('HGET', posted, user .. ':' .. post_key)
-    if first then
-      return order .. ' ' .. first .. ' duplicate'
-    end
   end
   ms, seq = next_id(now, ms, seq)
   local id = ms .. '-' .. seq
@@ -52,7 +80,8 @@ local function post(keys, args)
   redis.call('XADD', by, id, 'u', user)
   keep_until(chat, to, retention)
   keep_until(by, to, retention)
-  if posted then
+  if post_key then
+    local posted = base .. 'posted:' .. name
     redis.call('HSET', posted, user .. ':' .. post_key, id)
     keep_until(posted, to, retention)
   end

@@ -139,6 +139,12 @@ pub fn render(s: &Value, last_good_tick: Option<i64>) -> String {
         plain(&c["refused"]),
     );
     metric(
+        "partial_lines_total",
+        "counter",
+        "Last lines without their newline, dropped when their connection closed (never run).",
+        plain(&c["partial_lines"]),
+    );
+    metric(
         "requests_total",
         "counter",
         "Requests by command.",

@@ -481,6 +481,7 @@ async fn handle(
                             queue.push_back(Pending::TooLong);
                             reading = false;
                         }
+                        Some(Ok(Frame::Partial)) => ctx.stats.partial_line(),
                         Some(Err(err)) => return Err(err),
                         None => reading = false,
                     }
@@ -511,6 +512,7 @@ async fn handle(
                             queue.push_back(Pending::TooLong);
                             break;
                         }
+                        Frame::Partial => ctx.stats.partial_line(),
                     }
                 }
                 reading = false;
@@ -808,6 +810,10 @@ enum Frame {
     Line(BytesMut),
     /// A line over the limit (the connection is closed after the reply).
     TooLong,
+    /// The bytes after the last newline when the stream ended: a request
+    /// cut off mid-write (the client died or closed early). A line is a
+    /// request only once its newline arrived, so it is dropped, not run.
+    Partial,
 }
 
 /// Splits the byte stream at `\n`, with a maximum line length. Unlike
@@ -856,10 +862,10 @@ impl Decoder for LineCodec {
     fn decode_eof(&mut self, buf: &mut BytesMut) -> io::Result<Option<Frame>> {
         match self.decode(buf)? {
             Some(frame) => Ok(Some(frame)),
-            // a last request without its newline
             None if !buf.is_empty() => {
                 self.searched = 0;
-                Ok(Some(Frame::Line(buf.split())))
+                buf.clear();
+                Ok(Some(Frame::Partial))
             }
             None => Ok(None),
         }
@@ -906,6 +912,21 @@ mod tests {
         assert_eq!(frames(&mut codec, b"ABCDE\n"), [Frame::TooLong]);
         let mut codec = LineCodec::new(4);
         assert_eq!(frames(&mut codec, b"ABCDEFGH"), [Frame::TooLong]);
+    }
+
+    #[test]
+    fn a_last_line_without_its_newline_is_partial_not_a_request() {
+        let mut codec = LineCodec::new(100);
+        let mut buf = BytesMut::from(&b"PING\nLEAVE 8 1"[..]);
+        assert_eq!(
+            codec.decode_eof(&mut buf).ok().flatten(),
+            Some(Frame::Line(BytesMut::from(&b"PING"[..])))
+        );
+        assert_eq!(
+            codec.decode_eof(&mut buf).ok().flatten(),
+            Some(Frame::Partial)
+        );
+        assert_eq!(codec.decode_eof(&mut buf).ok().flatten(), None);
     }
 
     #[test]

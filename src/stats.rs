@@ -21,6 +21,9 @@ pub struct Stats {
     connections_total: AtomicU64,
     /// Connections turned away at the connection limit.
     connections_refused: AtomicU64,
+    /// Last lines without their newline, dropped at end of stream (a
+    /// client that died mid-write): never run.
+    partial_lines: AtomicU64,
     /// One per entry of `protocol::COMMANDS`.
     requests: Vec<AtomicU64>,
     /// Requests that did not parse (no command to count them under).
@@ -62,6 +65,7 @@ impl Default for Stats {
             connections_open: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
+            partial_lines: AtomicU64::new(0),
             requests: COMMANDS.iter().map(|_| AtomicU64::new(0)).collect(),
             unparsed: AtomicU64::new(0),
             errors: Code::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
@@ -101,6 +105,11 @@ impl Stats {
     /// A connection was turned away at the limit.
     pub fn connection_refused(&self) {
         bump(&self.connections_refused);
+    }
+
+    /// A connection ended with a partial last line, which was dropped.
+    pub fn partial_line(&self) {
+        bump(&self.partial_lines);
     }
 
     /// A request answered: for `command` (a name of `COMMANDS`; `None`
@@ -255,6 +264,7 @@ impl Stats {
                 "open": load(&self.connections_open),
                 "total": load(&self.connections_total),
                 "refused": load(&self.connections_refused),
+                "partial_lines": load(&self.partial_lines),
             },
             "requests": requests,
             "errors": errors,

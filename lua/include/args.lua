@@ -10,6 +10,9 @@ local MAX_U64 = '18446744073709551615'
 local PAGE_MAX = 1000
 local TEXT_MAX = 65536
 local NAME_MAX = 1024
+-- The last millisecond a reply can write in RFC 3339 (four-digit years):
+-- 9999-12-31T23:59:59.999Z.
+local TIME_MAX = '253402300799999'
 
 -- Ids already checked (see keys.lua's memo of meeting keys: the same, for
 -- the user ids of the hot calls).
@@ -43,10 +46,17 @@ local function later(a, b)
   return #a > #b or (#a == #b and a > b)
 end
 
--- Milliseconds since the epoch, as a digit string (no leading zero).
+-- Up to 15 decimal digits, no leading zero: a count of milliseconds.
+local function is_millis(value)
+  return string.find(value or '', '^%d+$') and #value <= 15 and (#value == 1 or string.byte(value) ~= 48)
+end
+
+-- An instant, ms since the epoch, as a digit string (no leading zero), no
+-- later than TIME_MAX, so every time stored reads back as RFC 3339.
 local function check_time(value, what)
-  if not string.find(value or '', '^%d+$') or #value > 15 or (#value > 1 and string.byte(value) == 48) then
-    fail('BAD_REQUEST', what .. ' must be milliseconds since the epoch, got ' .. show(value))
+  if not is_millis(value) or later(value, TIME_MAX) then
+    fail('BAD_REQUEST', what .. ' must be milliseconds since the epoch up to ' .. TIME_MAX
+      .. ' (9999-12-31T23:59:59.999Z), got ' .. show(value))
   end
   return value
 end
@@ -57,10 +67,10 @@ local function clock(value)
     local t = redis.call('TIME')
     return t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
   end
-  if not string.find(value, '^[1-9]%d*$') or #value > 15 then
+  if value == '0' then
     fail('BAD_REQUEST', 'now must be milliseconds since the epoch (after it), got ' .. show(value))
   end
-  return value
+  return check_time(value, 'now')
 end
 
 -- How long an instance's history (events, chat) is kept after its
@@ -69,7 +79,10 @@ local function check_retention(value)
   if value == nil or value == '' or value == '0' then
     return 0
   end
-  return tonumber(check_time(value, 'retention'))
+  if not is_millis(value) then
+    fail('BAD_REQUEST', 'retention must be milliseconds (at most 15 digits), got ' .. show(value))
+  end
+  return tonumber(value)
 end
 
 -- A count 1..max, `default` when left out.
@@ -110,6 +123,21 @@ local function check_cursor(value)
   return ms .. '-' .. seq
 end
 
+-- Text a JSON reply can carry as it is: well-formed UTF-8, and none of
+-- the C1 control characters (U+0080..U+009F), which the daemon refuses as
+-- control characters too. ASCII text costs one pattern match.
+local function check_utf8(value, what)
+  if string.find(value, '[\128-\255]') then
+    if not utf8_valid(value) then
+      fail('BAD_REQUEST', what .. ' is not valid UTF-8')
+    end
+    if string.find(value, '\194[\128-\159]') then
+      fail('BAD_REQUEST', what .. ' must not contain control characters')
+    end
+  end
+  return value
+end
+
 -- A name-like text: not empty, at most NAME_MAX bytes, no control
 -- characters (tab and newline too, unless `multiline`).
 local function check_text(value, what, multiline, allow_empty)
@@ -126,7 +154,7 @@ local function check_text(value, what, multiline, allow_empty)
   if string.find(value, controls) then
     fail('BAD_REQUEST', what .. ' must not contain control characters')
   end
-  return value
+  return check_utf8(value, what)
 end
 
 -- Chat text: not empty, at most TEXT_MAX bytes; tabs and newlines are
@@ -141,7 +169,7 @@ local function check_chat(value)
   if string.find(value, '[%z\1-\8\11-\31\127]') then
     fail('BAD_REQUEST', 'text must not contain control characters other than tab and newline')
   end
-  return value
+  return check_utf8(value, 'text')
 end
 
 -- An e-mail address, lower-cased (ASCII only, as the daemon does).
@@ -149,7 +177,7 @@ local function check_email(value)
   if type(value) ~= 'string' or #value > 254 or not string.find(value, '^[^@%s%c]+@[^@%s%c]+$') then
     fail('BAD_REQUEST', 'email must look like name@domain, got ' .. show(value))
   end
-  return string.lower(value)
+  return string.lower(check_utf8(value, 'email'))
 end
 
 -- A client's key for a POST (1-64 bytes of A-Za-z0-9._:-), or nil.

@@ -4,7 +4,8 @@ transitions (start running, end, time out).
 
 The schedule hash holds every instance: field <O> is "from|to|state" (ms
 since the epoch; state scheduled, active or ended), <O>#end when it ended
-(the scheduled end, or the moment of END or of a pre-emption if earlier).
+(the scheduled end, or the moment of END or of a pre-emption if earlier),
+and `last#ended` the order of the instance that ended last.
 
 Ids: one sequence per instance, shared by its event log and its chat, so
 ids are unique and ordered across both (a watcher merges the two streams by
@@ -18,6 +19,10 @@ time is its id's ms. Where the last id is kept:
     need in one HMGET and write back only this field;
   * otherwise in the schedule's <O>#id, "<ms>-<seq>" in the same form.
 ]]
+
+-- The schedule's field naming the instance that ended last: where a POST
+-- retried by meeting alone (no order) finds its key once nothing runs.
+local LAST_ENDED = 'last#ended'
 
 -- The parts of a `live` field: order, to, ms, seq (nil when there is none).
 local function parse_live(live)
@@ -229,7 +234,8 @@ local function end_instance(inst, at, now, budget, retention, due_index, active_
   end
   inst.state = 'ended'
   write_instance(inst)
-  redis.call('HSET', inst.schedule, inst.order .. '#end', at, inst.order .. '#id', ms .. '-' .. seq)
+  redis.call('HSET', inst.schedule, inst.order .. '#end', at, inst.order .. '#id', ms .. '-' .. seq,
+    LAST_ENDED, inst.order)
   redis.call('HDEL', inst.key, 'live')
   redis.call('ZREM', active_index, inst.name)
   local users, remaining = time_out(inst, at, now, budget, retention)

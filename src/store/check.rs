@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use redis::Value;
 use redis::aio::ConnectionLike;
 
-use super::reply;
-use super::types::{InstanceId, InstanceState};
+use super::reply::{self, EntryFields};
+use super::types::{InstanceId, InstanceState, MAX_TIME};
 use super::{Keys, Store, StoreError};
 
 /// What a key of the layout is.
@@ -171,8 +171,8 @@ impl Store {
         }
     }
 
-    /// A sorted set's members and scores, 1000 at a time.
-    async fn zset(&self, key: &str) -> Result<Vec<(String, f64)>, StoreError> {
+    /// A sorted set's members (as stored) and scores, 1000 at a time.
+    async fn zset_raw(&self, key: &str) -> Result<Vec<(Value, f64)>, StoreError> {
         let mut out = Vec::new();
         let mut start = 0usize;
         loop {
@@ -201,7 +201,7 @@ impl Store {
                     Value::Double(d) => d,
                     other => reply::text("ZRANGE", other)?.parse().unwrap_or(f64::NAN),
                 };
-                out.push((reply::text("ZRANGE", member)?, score));
+                out.push((member, score));
             }
             if out.len() - before < 1000 {
                 return Ok(out);
@@ -210,9 +210,21 @@ impl Store {
         }
     }
 
-    /// An event stream's (user, type) in order, 1000 entries at a time.
-    async fn event_log(&self, key: &str) -> Result<Vec<(u64, i64)>, StoreError> {
-        let mut out = Vec::new();
+    /// A sorted set's members and scores, 1000 at a time.
+    async fn zset(&self, key: &str) -> Result<Vec<(String, f64)>, StoreError> {
+        self.zset_raw(key)
+            .await?
+            .into_iter()
+            .map(|(member, score)| Ok((reply::text("ZRANGE", member)?, score)))
+            .collect()
+    }
+
+    /// A stream's entries in order, 1000 at a time, each given to `each`.
+    async fn entries(
+        &self,
+        key: &str,
+        mut each: impl FnMut(String, EntryFields) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let mut from = "-".to_string();
         loop {
             let value = self
@@ -229,14 +241,81 @@ impl Store {
             let n = entries.len();
             for entry in entries {
                 let (id, fields) = reply::entry("XRANGE", entry)?;
-                let event = reply::event(id.clone(), fields)?;
-                out.push((event.user, i64::from(event.kind.code())));
                 from = format!("({id}");
+                each(id, fields)?;
             }
             if n < 1000 {
-                return Ok(out);
+                return Ok(());
             }
         }
+    }
+
+    /// An event stream's (user, type) in order.
+    async fn event_log(&self, key: &str) -> Result<Vec<(u64, i64)>, StoreError> {
+        let mut out = Vec::new();
+        self.entries(key, |id, fields| {
+            let event = reply::event(id, fields)?;
+            out.push((event.user, i64::from(event.kind.code())));
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Stored text that a reply cannot carry as it is, one line each: bytes
+    /// that are not UTF-8 or control characters, which the library refuses
+    /// but an older version or a raw write may have let in. Reads show such
+    /// bytes as U+FFFD; a new write of the record mends it.
+    async fn texts(&self, kinds: &BTreeSet<Kind>) -> Result<Vec<String>, StoreError> {
+        let mut problems = Vec::new();
+        let mut note = |place: String, value: &Value, multiline: bool| {
+            if let Some(what) = bad_text(value, multiline) {
+                problems.push(format!("{place}: {what}"));
+            }
+        };
+        for k in kinds {
+            match k {
+                Kind::User(u) => {
+                    let fields = ["name", "gender", "email"];
+                    let values = self
+                        .raw(redis::cmd("HMGET").arg(Keys::user(*u)).arg(&fields))
+                        .await?;
+                    for (field, value) in fields.iter().zip(reply::array("HMGET", values)?) {
+                        note(format!("user {u}: its {field}"), &value, false);
+                    }
+                }
+                Kind::Meeting(m) => {
+                    let fields = [("title", false), ("description", true)];
+                    let values = self
+                        .raw(
+                            redis::cmd("HMGET")
+                                .arg(self.keys.meeting(*m))
+                                .arg(&fields.map(|(f, _)| f)),
+                        )
+                        .await?;
+                    for ((field, multiline), value) in
+                        fields.iter().zip(reply::array("HMGET", values)?)
+                    {
+                        note(format!("meeting {m}: its {field}"), &value, *multiline);
+                    }
+                }
+                Kind::Audience(m) => {
+                    for (email, _) in self.zset_raw(&self.keys.audience(*m)).await? {
+                        note(format!("meeting {m}: an audience e-mail"), &email, false);
+                    }
+                }
+                Kind::Chat(i) => {
+                    self.entries(&self.keys.chat(*i), |id, mut fields| {
+                        let text = fields.take("text").unwrap_or_default();
+                        note(format!("instance {i}: message {id}"), &text, true);
+                        Ok(())
+                    })
+                    .await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(problems)
     }
 
     /// Check everything stored; one line per problem found (none: clean).
@@ -331,6 +410,11 @@ impl Store {
                     ));
                     continue;
                 };
+                if from > MAX_TIME || to > MAX_TIME {
+                    problems.push(format!(
+                        "instance {m}/{order}: a window {packed:?} past 9999-12-31 (replies show such times as raw milliseconds)"
+                    ));
+                }
                 if !orders.contains(&field) {
                     problems.push(format!(
                         "instance {m}/{order}: missing from the meeting's orders"
@@ -494,6 +578,7 @@ impl Store {
                 problems.push(format!("{k:?}: an orphan key: {owner} does not exist"));
             }
         }
+        problems.extend(self.texts(&kinds).await?);
         Ok(problems)
     }
 }
@@ -520,6 +605,23 @@ async fn scan(conn: &mut impl ConnectionLike) -> Result<BTreeSet<String>, StoreE
         if cursor == "0" {
             return Ok(keys);
         }
+    }
+}
+
+/// What is wrong with a stored text, if anything: not UTF-8, or a
+/// control character (tab and newline are allowed where `multiline`).
+fn bad_text(value: &Value, multiline: bool) -> Option<&'static str> {
+    let Value::BulkString(bytes) = value else {
+        return None;
+    };
+    match std::str::from_utf8(bytes) {
+        Err(_) => {
+            Some("bytes that are not UTF-8 (reads show them as U+FFFD; write it again to mend it)")
+        }
+        Ok(text) => text
+            .chars()
+            .any(|c| c.is_control() && !(multiline && (c == '\n' || c == '\t')))
+            .then_some("a control character (write it again to mend it)"),
     }
 }
 

@@ -17,12 +17,20 @@ fn bad(function: &str, what: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("unexpected reply from {function}: {what}"))
 }
 
+/// Bytes as text. The library refuses text that is not UTF-8, but a
+/// store may hold some that an older version or a raw write let in: such
+/// bytes read as U+FFFD rather than failing the request (`meetingd check`
+/// reports them), so no stored value can make a read answer `internal`
+/// or stall a watcher.
+pub(super) fn lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes)
+        .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned())
+}
+
 /// The text of a string-like value.
 pub(super) fn text(function: &str, value: Value) -> Result<String, StoreError> {
     match value {
-        Value::BulkString(bytes) => {
-            String::from_utf8(bytes).map_err(|_| bad(function, "text is not UTF-8"))
-        }
+        Value::BulkString(bytes) => Ok(lossy(bytes)),
         Value::SimpleString(s) => Ok(s),
         Value::VerbatimString { text, .. } => Ok(text),
         Value::Int(n) => Ok(n.to_string()),
@@ -197,7 +205,7 @@ pub(super) struct EntryFields {
 
 impl EntryFields {
     /// The value of field `name`, taken out of the entry.
-    fn take(&mut self, name: &str) -> Option<Value> {
+    pub(super) fn take(&mut self, name: &str) -> Option<Value> {
         let at = self.items.chunks(2).position(|pair| match &pair[0] {
             Value::BulkString(field) => field == name.as_bytes(),
             Value::SimpleString(field) => field == name,
@@ -452,9 +460,7 @@ pub(super) fn packed_messages(
             .filter(|&n| n <= rest.len())
             .ok_or_else(|| bad(function, "a packed message's text is cut short"))?;
         let (text, after) = rest.split_at(bytes);
-        let text = std::str::from_utf8(text)
-            .map_err(|_| bad(function, "text is not UTF-8"))?
-            .to_owned();
+        let text = lossy(text.to_vec());
         rest = after;
         out.push(Message { id, user, text, at });
     }

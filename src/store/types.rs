@@ -14,6 +14,10 @@ pub type Id = u64;
 /// JSON number in most clients) holds exactly.
 pub const MAX_ID: Id = (1 << 53) - 1;
 
+/// The latest time the library stores (ms since the epoch): the last
+/// millisecond of year 9999, the last one RFC 3339 replies can write.
+pub const MAX_TIME: i64 = 253_402_300_799_999;
+
 /// An instance's address, `M/O`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct InstanceId {

@@ -13,7 +13,7 @@ use meetingd::scheduler::{Scheduler, Trigger};
 use meetingd::stats::Stats;
 use meetingd::store::{InstanceId, InstanceState};
 
-use crate::harness::{Client, Daemon, MIN, Redis, at, public_meeting, t0};
+use crate::harness::{Client, Daemon, MIN, Redis, at, public_meeting, t0, wait_until};
 
 /// A meeting 1 running now with user 1 in it.
 fn running_meeting(c: &mut Client) {
@@ -302,4 +302,152 @@ fn an_end_moved_into_the_past_ends_it_now() {
     assert_eq!(timeout["scheduled_end"], at(-60).replace('Z', ".000Z"));
     assert_eq!(c.ok("PARTICIPANTS 1/1"), serde_json::json!([]));
     redis.assert_consistent();
+}
+
+/// A raw connection to `redis` (for writes that go around the library, as
+/// an older version could have made them).
+fn raw_redis(redis: &Redis) -> redis::Connection {
+    redis::Client::open(redis.url())
+        .and_then(|client| client.get_connection())
+        .expect("a plain connection to redis")
+}
+
+/// Bytes that are not UTF-8 already stored (by an older version, or a
+/// write around the library, which now refuses them) never make a reply
+/// `internal` and never stall a watcher: reads show them as U+FFFD, the
+/// other instances of the same reader keep being delivered, and `meetingd
+/// check` names every such text.
+#[test]
+fn bad_bytes_already_stored_read_as_replacement_and_are_reported() {
+    let redis = Redis::start();
+    // two partitions: meetings 1 and 3 share one, so one reader serves both
+    let daemon = Daemon::start(&redis, &[("MEETINGD_REDIS__PARTITIONS", "2")]);
+    let mut c = daemon.client();
+    running_meeting(&mut c);
+    c.ok("USER SET 2 name Bob age 30 gender x email bob@example.com");
+    c.ok("MEETING SET 3 title Other description d public true");
+    c.ok(&format!("INSTANCE SET 3 1 from {} to {}", at(-5), at(60)));
+    c.ok("TICK");
+    c.ok("JOIN 1 3");
+    let mut watcher = daemon.client();
+    watcher.ok("WATCH 1/1");
+    let mut neighbour = daemon.client();
+    neighbour.ok("WATCH 3/1");
+
+    let mut raw = raw_redis(&redis);
+    let bad = b"caf\xe9 \xff".as_slice();
+    let shown = "caf\u{fffd} \u{fffd}";
+    let _: () = redis::cmd("HSET")
+        .arg("meetingd:{u2}:user")
+        .arg("name")
+        .arg(bad)
+        .query(&mut raw)
+        .expect("a raw user name");
+    let _: () = redis::cmd("HSET")
+        .arg("meetingd:{p1}:meeting:3")
+        .arg("title")
+        .arg(bad)
+        .query(&mut raw)
+        .expect("a raw title");
+    let _: String = redis::cmd("XADD")
+        .arg("meetingd:{p1}:chat:1/1")
+        .arg("*")
+        .arg("u")
+        .arg("1")
+        .arg("text")
+        .arg(bad)
+        .query(&mut raw)
+        .expect("a raw message");
+
+    assert_eq!(c.ok("USER GET 2")["name"], shown);
+    assert_eq!(c.ok("MEETING GET 3")["title"], shown);
+    let page = c.ok("MESSAGES 1/1");
+    assert_eq!(page["messages"][0]["text"], shown, "{page}");
+    c.ok("JOIN 2 3");
+    let people = c.ok("PARTICIPANTS 3/1");
+    assert_eq!(people[1]["name"], shown, "{people}");
+    // the watcher gets the raw message, and its reader goes on: the
+    // message posted in meeting 3 afterwards arrives too
+    c.ok("POST 1 3 after");
+    let first_text = |w: &mut Client| loop {
+        let line = w.reply().expect("an entry");
+        if let Some(text) = line["event"]["text"].as_str() {
+            return text.to_string();
+        }
+    };
+    assert_eq!(first_text(&mut watcher), shown);
+    assert_eq!(first_text(&mut neighbour), "after");
+    let stats = c.ok("STATS");
+    assert_eq!(stats["errors"]["internal"], 0, "{stats}");
+
+    let (code, out) = redis.check();
+    assert_ne!(code, 0, "{out}");
+    for place in [
+        "user 2: its name",
+        "meeting 3: its title",
+        "instance 1/1: message",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.contains(place) && l.contains("not UTF-8")),
+            "{place}: {out}"
+        );
+    }
+}
+
+/// A last line without its newline is no request: a client that dies
+/// writing `LEAVE 8 13\n` after `LEAVE 8 1` leaves user 8 in meeting 1;
+/// the dropped line is counted.
+#[test]
+fn an_unterminated_last_line_is_dropped_not_run() {
+    let redis = Redis::start();
+    let daemon = Daemon::start(&redis, &[]);
+    let mut c = daemon.client();
+    running_meeting(&mut c);
+    {
+        let mut dying = daemon.client();
+        dying.send(b"PING\nLEAVE 1 1");
+        assert_eq!(dying.reply().expect("the PING's reply")["result"], "PONG");
+        dying
+            .try_clone_writer()
+            .shutdown(std::net::Shutdown::Write)
+            .expect("close the writing half");
+        assert!(dying.reply().is_none(), "no reply to a partial line");
+    }
+    wait_until("the partial line counted", Duration::from_secs(10), || {
+        c.ok("STATS")["connections"]["partial_lines"] == 1
+    });
+    let people = c.ok("PARTICIPANTS 1");
+    assert_eq!(people[0]["user"], 1, "user 1 is still in: {people}");
+}
+
+/// The retry of a POST with its `ID` answers the first message, marked
+/// duplicate, after its user left and after its instance ended; the same
+/// key with another text is `bad_request` and stores nothing.
+#[test]
+fn a_post_retried_with_its_id_confirms_after_leave_and_end() {
+    let redis = Redis::start();
+    let daemon = Daemon::start(&redis, &[]);
+    let mut c = daemon.client();
+    running_meeting(&mut c);
+    let first = c.ok("POST 1 1 hello ID k-1");
+    let repeat = |c: &mut Client, line: &str| {
+        let again = c.ok(line);
+        assert_eq!(again["id"], first["id"], "{line}: {again}");
+        assert_eq!(again["order"], 1, "{line}: {again}");
+        assert_eq!(again["duplicate"], true, "{line}: {again}");
+    };
+    c.ok("LEAVE 1 1");
+    repeat(&mut c, "POST 1 1 hello ID k-1");
+    repeat(&mut c, "POST 1 1/1 hello ID k-1");
+    c.ok("END 1");
+    repeat(&mut c, "POST 1 1 hello ID k-1");
+    repeat(&mut c, "POST 1 1/1 hello ID k-1");
+    assert_eq!(
+        c.error_code("POST 1 1/1 \"another text\" ID k-1"),
+        "bad_request"
+    );
+    assert_eq!(c.error_code("POST 1 1/1 hello ID k-2"), "inactive");
+    let page = c.ok("MESSAGES 1/1");
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(1), "{page}");
 }

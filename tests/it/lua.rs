@@ -1077,3 +1077,220 @@ async fn instance_set_future_changes_only_what_is_to_come() {
     let moved = set(from, ms(t0() + 30 * MIN), "FUTURE").await;
     assert_eq!(code_of(moved), "BAD_REQUEST");
 }
+
+/// FCALL with arguments as raw bytes (redis-cli's `$'...\xff'`).
+async fn fcall_bytes(
+    conn: &mut MultiplexedConnection,
+    function: &str,
+    key: &str,
+    args: &[&[u8]],
+) -> redis::RedisResult<Value> {
+    redis::cmd("FCALL")
+        .arg(function)
+        .arg(1)
+        .arg(key)
+        .arg(args)
+        .query_async(conn)
+        .await
+}
+
+/// Every function that stores text refuses bytes that are not UTF-8
+/// (a stray byte, a cut sequence, an overlong form, a surrogate, past
+/// U+10FFFF) and the C1 control characters, with BAD_REQUEST and nothing
+/// written; the refusal's message is plain text. Well-formed multi-byte
+/// text is stored and read back as sent.
+#[tokio::test]
+async fn text_that_is_not_utf8_is_refused_by_every_function_that_stores_text() {
+    let redis = Redis::start();
+    let mut conn = load(&redis).await;
+    seed(&mut conn).await;
+    join(&mut conn, "1", "ada@example.com", t0() + 1000)
+        .await
+        .expect("join");
+    let before = redis.digest().await;
+    let t = ms(t0() + 2000);
+    let t = t.as_bytes();
+    let bad: [&[u8]; 6] = [
+        b"bad\xff",
+        b"cut \xe2\x82",
+        b"overlong \xc0\xaf",
+        b"surrogate \xed\xa0\x80",
+        b"past \xf4\x90\x80\x80",
+        b"c1 \xc2\x85 control",
+    ];
+    for text in bad {
+        let email = [b"a".as_slice(), text, b"@example.com"].concat();
+        let cases: Vec<(&str, &str, Vec<&[u8]>)> = vec![
+            ("meet_post", MEETING, vec![b"", b"1", text, t]),
+            ("meet_user_set", U2, vec![text, b"30", b"x", b"b@x"]),
+            ("meet_user_set", U2, vec![b"Bob", b"30", text, b"b@x"]),
+            ("meet_user_set", U2, vec![b"Bob", b"30", b"x", &email]),
+            ("meet_meeting_set", MEETING, vec![text, b"d", b"true"]),
+            ("meet_meeting_set", MEETING, vec![b"t", text, b"true"]),
+            ("meet_audience_add", MEETING, vec![&email]),
+        ];
+        for (function, key, args) in cases {
+            let result = fcall_bytes(&mut conn, function, key, &args).await;
+            let Err(err) = &result else {
+                panic!("{function} {args:?}: stored, {result:?}")
+            };
+            assert_eq!(
+                err.code(),
+                Some("BAD_REQUEST"),
+                "{function} {args:?}: {err}"
+            );
+            let message = err.detail().unwrap_or_default();
+            assert!(message.is_ascii(), "{function}: {message:?}");
+        }
+    }
+    assert_eq!(redis.digest().await, before, "nothing written");
+
+    let fine = "héllo ✓ 🎉 \u{a0}";
+    fcall_bytes(
+        &mut conn,
+        "meet_post",
+        MEETING,
+        &[b"", b"1", fine.as_bytes(), t],
+    )
+    .await
+    .expect("well-formed UTF-8 is stored");
+    fcall(
+        &mut conn,
+        "meet_user_set",
+        &[U2],
+        &["Zoë", "30", "ж", "zoë@exämple.com"],
+    )
+    .await
+    .expect("a user with multi-byte text");
+    let all = fcall(&mut conn, "meet_messages", &[MEETING], &[""])
+        .await
+        .expect("messages");
+    let (_, fields) = entries(&all, "messages").pop().expect("the message");
+    assert_eq!(
+        field(&fields, "text"),
+        Value::BulkString(fine.as_bytes().to_vec())
+    );
+}
+
+/// Times a reply cannot write in RFC 3339 (past 9999-12-31T23:59:59.999Z)
+/// are refused wherever a time is taken; the last millisecond is not.
+#[tokio::test]
+async fn times_past_year_9999_are_refused() {
+    let redis = Redis::start();
+    let mut conn = load(&redis).await;
+    seed(&mut conn).await;
+    let before = redis.digest().await;
+    let last = "253402300799999";
+    let past = "253402300800000";
+    let fifteen_nines = "999999999999999";
+    for (from, to, now) in [
+        ("1000", past, ""),
+        ("1000", fifteen_nines, ""),
+        (past, fifteen_nines, ""),
+        ("1000", "2000", past),
+    ] {
+        let result = fcall(
+            &mut conn,
+            "meet_instance_set",
+            &[MEETING],
+            &["7", from, to, now],
+        )
+        .await;
+        assert_eq!(code_of(result), "BAD_REQUEST", "{from} {to} {now}");
+    }
+    let result = fcall(
+        &mut conn,
+        "meet_join",
+        &[MEETING],
+        &["", "1", "ada@example.com", past],
+    )
+    .await;
+    assert_eq!(code_of(result), "BAD_REQUEST");
+    assert_eq!(redis.digest().await, before, "nothing written");
+    fcall(
+        &mut conn,
+        "meet_instance_set",
+        &[MEETING],
+        &["7", "1000", last],
+    )
+    .await
+    .expect("the last millisecond of 9999");
+}
+
+/// A POST's key is looked up before the running and joined checks: the
+/// retry of a post answers it, as a duplicate, after its user left and
+/// after its instance ended (by M/O, and by M alone: the instance that
+/// ended last); the same key with another text is refused and writes
+/// nothing.
+#[tokio::test]
+async fn a_post_key_confirms_after_leave_and_end_and_names_one_text() {
+    let redis = Redis::start();
+    let mut conn = load(&redis).await;
+    seed(&mut conn).await;
+    join(&mut conn, "1", "ada@example.com", t0() + 1000)
+        .await
+        .expect("join");
+    let first = fcall(
+        &mut conn,
+        "meet_post",
+        &[MEETING],
+        &["", "1", "once", &ms(t0() + 2000), "0", "k1"],
+    )
+    .await
+    .expect("post");
+    let duplicate = format!("{} duplicate", text(&first));
+    fcall(
+        &mut conn,
+        "meet_leave",
+        &[MEETING],
+        &["", "1", &ms(t0() + 3000)],
+    )
+    .await
+    .expect("leave");
+    let before = redis.digest().await;
+    for order in ["", "1"] {
+        let again = fcall(
+            &mut conn,
+            "meet_post",
+            &[MEETING],
+            &[order, "1", "once", &ms(t0() + 4000), "0", "k1"],
+        )
+        .await
+        .expect("a retry after the leave");
+        assert_eq!(text(&again), duplicate, "order {order:?}");
+    }
+    fcall(&mut conn, "meet_end", &[MEETING], &["", &ms(t0() + 5000)])
+        .await
+        .expect("end");
+    let before_end = redis.digest().await;
+    assert_ne!(before, before_end);
+    for order in ["", "1"] {
+        let again = fcall(
+            &mut conn,
+            "meet_post",
+            &[MEETING],
+            &[order, "1", "once", &ms(t0() + 6000), "0", "k1"],
+        )
+        .await
+        .expect("a retry after the end");
+        assert_eq!(text(&again), duplicate, "order {order:?}");
+    }
+    let other = fcall(
+        &mut conn,
+        "meet_post",
+        &[MEETING],
+        &["1", "1", "another text", &ms(t0() + 6000), "0", "k1"],
+    )
+    .await;
+    assert_eq!(code_of(other), "BAD_REQUEST");
+    // without its key the same post is what it always was: inactive
+    let plain = fcall(
+        &mut conn,
+        "meet_post",
+        &[MEETING],
+        &["", "1", "once", &ms(t0() + 6000)],
+    )
+    .await;
+    assert_eq!(code_of(plain), "INACTIVE");
+    assert_eq!(redis.digest().await, before_end, "nothing written");
+}

@@ -4,35 +4,46 @@
 # print the lines that talk to it, and keep the daemon running until Ctrl-C.
 #
 #   bash scripts/demo.sh              interactive: runs until Ctrl-C
+#   bash scripts/demo.sh --keep       the same, keeping the last run's data
 #   bash scripts/demo.sh --check      loads, checks, stops (CI uses this)
 #   bash scripts/demo.sh --no-build   uses target/debug/ as it is (tests)
 #
 # Everything lives in target/demo of this checkout: the socket, the log,
 # the Redis data. Each run starts afresh (the data of the run before is
-# removed), and one run at a time: while another runs, this one says so
-# and stops.
+# removed) unless --keep is given, and one run at a time: while another
+# runs, this one says so and stops. --check works in target/demo-check
+# instead, so it runs beside a demo and never touches its data.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 
 check=false
 build=true
+keep=false
 for arg in "$@"; do
   case $arg in
     --check) check=true ;;
+    --keep) keep=true ;;
     --no-build) build=false ;;
     -h | --help)
-      sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "demo.sh: unknown option $arg (--check, --no-build, --help)" >&2
+      echo "demo.sh: unknown option $arg (--check, --keep, --no-build, --help)" >&2
       exit 2
       ;;
   esac
 done
+if $check && $keep; then
+  echo "demo.sh: --check starts from fresh data: it takes no --keep" >&2
+  exit 2
+fi
 
 demo="$root/target/demo"
+if $check; then
+  demo="$root/target/demo-check"
+fi
 sock="$demo/meetingd.sock"
 data="$demo/data"
 log="$demo/meetingd.log"
@@ -88,9 +99,15 @@ while IFS= read -r name; do
   unset "$name"
 done < <(compgen -e | grep '^MEETINGD_' || true)
 
+kept=false
 if [ -e "$data" ]; then
-  echo "==> starting afresh: removing the data of the last run ($data)"
-  rm -rf "$data"
+  if $keep; then
+    echo "==> keeping the data of the last run ($data)"
+    kept=true
+  else
+    echo "==> starting afresh: removing the data of the last run ($data; --keep keeps it)"
+    rm -rf "$data"
+  fi
 fi
 echo "==> starting meetingd (its own redis-server in $data)"
 # its own session: a Ctrl-C in this terminal reaches this script alone,
@@ -124,30 +141,37 @@ if ! $started; then
   exit 1
 fi
 
-echo "==> loading config/sample.json (times moved to around now)"
-if ! report=$(ctl import --shift-from 2026-01-01T12:00:00Z config/sample.json); then
-  printf '%s\n' "$report" >&2
-  echo "demo.sh: the sample data did not load" >&2
-  exit 1
+if $kept; then
+  echo "==> the sample data is there from the last run (not loaded again)"
+else
+  echo "==> loading config/sample.json (times moved to around now)"
+  if ! report=$(ctl import --shift-from 2026-01-01T12:00:00Z config/sample.json); then
+    printf '%s\n' "$report" >&2
+    echo "demo.sh: the sample data did not load" >&2
+    exit 1
+  fi
+  printf '%s\n' "$report" | tail -n 1
 fi
-printf '%s\n' "$report" | tail -n 1
 ctl tick >/dev/null
 
 echo "==> meetingctl active"
 ctl active
 echo
-echo "==> a few joins, a refusal, a chat message"
-ctl join 1 1 >/dev/null && echo "Ada joined the town hall"
-ctl join 3 2 >/dev/null && echo "Grace joined the reading group"
-echo -n "Alan tries the reading group: "
-ctl join 2 2 2>&1 || true
-ctl post 1 1 "hello, town hall" >/dev/null && echo "Ada said hello"
-echo
-echo "==> meetingctl participants 1"
-ctl participants 1
-echo
-echo "==> meetingctl messages 1"
-ctl messages 1
+if ! $kept; then
+  echo "==> a few joins, a refusal, a chat message"
+  ctl join 1 1 >/dev/null && echo "Ada joined the town hall"
+  ctl join 3 2 >/dev/null && echo "Grace joined the reading group"
+  echo -n "Alan tries the reading group: "
+  ctl join 2 2 2>&1 || true
+  ctl post 1 1 "hello, town hall" >/dev/null && echo "Ada said hello"
+  echo
+  echo "==> meetingctl participants 1"
+  ctl participants 1
+  echo
+  echo "==> meetingctl messages 1"
+  ctl messages 1
+  echo
+fi
 
 if $check; then
   active=$(ctl --json active)

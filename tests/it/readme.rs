@@ -336,10 +336,16 @@ impl Demo {
     /// Start the demo in `root` (see [`demo_checkout`]) and wait until it
     /// says it is running.
     fn start(root: &Path) -> Demo {
+        Demo::start_with(root, &[])
+    }
+
+    /// [`Demo::start`] with the script's options `args`.
+    fn start_with(root: &Path, args: &[&str]) -> Demo {
         let mut command = Command::new("bash");
         command
             .arg("scripts/demo.sh")
             .arg("--no-build")
+            .args(args)
             .current_dir(root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -544,12 +550,14 @@ fn readme_meetingctl_examples_run_on_the_demo() {
 }
 
 /// The quick start runs again and again in one checkout (each run from
-/// fresh data), and while one runs a second says so and how to reach it.
+/// fresh data, or the last run's with `--keep`), and while one runs a
+/// second says so and how to reach it. The check mode (CI's) works in a
+/// directory of its own: it runs beside a demo and leaves its data alone.
 #[test]
 fn the_demo_runs_again_and_one_at_a_time() {
     let root = demo_checkout();
     let demo = Demo::start(root.path());
-    let second = demo_run(root.path(), &["--check"]);
+    let second = demo_run(root.path(), &[]);
     let said = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{said}");
     assert!(
@@ -561,17 +569,44 @@ fn the_demo_runs_again_and_one_at_a_time() {
         said.contains(&format!("MEETINGD_SOCKET__PATH=\"{}\"", socket.display())),
         "says how to reach it: {said}"
     );
-    drop(demo);
     for run in 1..=2 {
         let out = demo_run(root.path(), &["--check"]);
         assert!(
             out.status.success(),
-            "run {run} after the first: {}{}",
+            "check run {run} beside the demo: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains("demo check passed"));
     }
+    let messages = |root: &Path| {
+        let run = crate::harness::meetingctl(
+            &root.join("target/demo/meetingd.sock"),
+            &["--json", "messages", "1"],
+        );
+        assert_eq!(run.status, 0, "{}", run.stderr);
+        run.stdout
+    };
+    let said_before = messages(root.path());
+    assert!(said_before.contains("hello, town hall"), "{said_before}");
+    drop(demo);
+
+    let kept = Demo::start_with(root.path(), &["--keep"]);
+    assert!(
+        kept.printed
+            .iter()
+            .any(|l| l.contains("keeping the data of the last run")),
+        "{:?}",
+        kept.printed
+    );
+    assert_eq!(messages(root.path()), said_before, "the chat was kept");
+    drop(kept);
+    let fresh = Demo::start(root.path());
+    assert!(
+        fresh.printed.iter().any(|l| l.contains("starting afresh")),
+        "{:?}",
+        fresh.printed
+    );
 }
 
 #[test]

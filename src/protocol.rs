@@ -1039,6 +1039,17 @@ pub fn dropped_line(count: u64, resume: &str) -> Vec<u8> {
     line
 }
 
+/// The line that tells a watcher the daemon is stopping (draining):
+/// `{"closing":"shutdown","resume":id}` and a newline. On the daemon that
+/// serves next, `WATCH ... AFTER <resume>` goes on where it was.
+pub fn closing_line(resume: &str) -> Vec<u8> {
+    let mut line = b"{\"closing\":\"shutdown\",\"resume\":".to_vec();
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut line, resume);
+    line.extend_from_slice(b"}\n");
+    line
+}
+
 /// A time as replies show it: UTC with milliseconds.
 pub fn format_time(ms: i64) -> String {
     Time(ms).to_string()

@@ -404,6 +404,11 @@ async fn handle(
             };
         }
         if !reading && running.is_none() {
+            if let Some(watcher) = watching.as_ref().filter(|_| shutdown.is_cancelled()) {
+                // the daemon stops: tell the watcher where to resume
+                let line = protocol::closing_line(&watcher.position().to_string());
+                writer.write_all(&line).await?;
+            }
             writer.flush().await?;
             return Ok(());
         }

@@ -485,6 +485,12 @@ impl Watcher {
         self.instance
     }
 
+    /// The last id given to the client (where it started, before the
+    /// first): `WATCH ... AFTER` it resumes with nothing lost or repeated.
+    pub fn position(&self) -> StreamId {
+        self.position
+    }
+
     /// The next lines for the client (at most about `max`), or the news
     /// that it was dropped. Waits until there is something.
     pub async fn next(&mut self, max: usize) -> Next {

@@ -156,8 +156,9 @@ enum Command {
         limit: Option<String>,
     },
     /// Print an instance's events and chat as they happen, until
-    /// interrupted (or `--count` of them). A watch that falls behind is
-    /// resumed where it was, so nothing is lost.
+    /// interrupted (or `--count` of them). A watch that falls behind, or
+    /// whose daemon stops or restarts, is resumed where it was (after the
+    /// last entry printed), so nothing is lost and nothing shows twice.
     Watch {
         /// M or M/O.
         mref: String,
@@ -167,6 +168,14 @@ enum Command {
         /// Stop after this many entries.
         #[arg(long)]
         count: Option<u64>,
+        /// Show each entry's id (what `--after` takes to resume after it).
+        #[arg(long)]
+        ids: bool,
+        /// When the daemon closes the connection (it stopped or restarts),
+        /// stop (exit status 3) and print the id to resume after, instead
+        /// of reconnecting.
+        #[arg(long)]
+        no_reconnect: bool,
     },
     /// The daemon's counters.
     Stats,
@@ -549,7 +558,22 @@ fn main() -> ExitCode {
     let outcome = match &cli.command {
         Command::Import { file, shift_from } => import(&cli, file, shift_from.as_deref()),
         Command::Raw { line } => request(&cli, format!("{}\n", line.trim_end())),
-        Command::Watch { mref, after, count } => watch(&cli, mref, after.clone(), *count),
+        Command::Watch {
+            mref,
+            after,
+            count,
+            ids,
+            no_reconnect,
+        } => watch(
+            &cli,
+            mref,
+            after.clone(),
+            Follow {
+                count: *count,
+                ids: *ids,
+                reconnect: !*no_reconnect,
+            },
+        ),
         command @ Command::Post { .. } => {
             // the key makes a second try safe: the daemon stores it once
             let tokens = command.tokens();
@@ -655,59 +679,150 @@ fn refused(cli: &Cli, raw: &str, reply: &Value) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// Follow an instance: print each entry as it comes; after a `dropped`
-/// notice, watch again from where it was.
-fn watch(
-    cli: &Cli,
-    mref: &str,
-    after: Option<String>,
+/// How `meetingctl watch` follows an instance.
+struct Follow {
+    /// Stop after this many entries.
     count: Option<u64>,
-) -> Result<ExitCode, String> {
+    /// Show each entry's id.
+    ids: bool,
+    /// Connect again when the daemon closes the connection.
+    reconnect: bool,
+}
+
+/// Where a watch is: the instance (as the first reply named it, `M/O`),
+/// the last id printed, and how many entries were.
+struct Watched {
+    target: String,
+    after: Option<String>,
+    printed: u64,
+}
+
+/// How one connection's watch ended.
+enum WatchEnd {
+    /// Done: the count reached, or the WATCH refused (its exit status).
+    Done(ExitCode),
+    /// The daemon closed the connection (it stopped or restarts): why.
+    Lost(String),
+}
+
+/// Follow an instance: print each entry as it comes; after a `dropped`
+/// notice, watch again from where it was; when the daemon goes away,
+/// reconnect (unless told not to) and resume after the last entry printed.
+fn watch(cli: &Cli, mref: &str, after: Option<String>, follow: Follow) -> Result<ExitCode, String> {
     let mut client = Client::connect(&cli.socket)?;
-    let mut after = after;
-    let mut printed = 0;
+    let mut at = Watched {
+        target: mref.to_string(),
+        after,
+        printed: 0,
+    };
+    loop {
+        let lost = match watch_on(cli, &mut client, &mut at, &follow)? {
+            WatchEnd::Done(code) => return Ok(code),
+            WatchEnd::Lost(why) => why,
+        };
+        let resume = match &at.after {
+            Some(id) => format!("--after {id}"),
+            None => "from its start".to_string(),
+        };
+        if !follow.reconnect {
+            eprintln!(
+                "meetingctl: {lost}; to resume: meetingctl watch {} {resume}",
+                at.target
+            );
+            return Ok(ExitCode::from(3));
+        }
+        eprintln!("{lost}; reconnecting, to resume {} {resume}", at.target);
+        client = reconnect(&cli.socket);
+    }
+}
+
+/// Connect to the daemon again, waiting for it to come back (0.2 s, then
+/// twice as long each time, up to 5 s between tries).
+fn reconnect(socket: &PathBuf) -> Client {
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        std::thread::sleep(pause);
+        if let Ok(client) = Client::connect(socket) {
+            return client;
+        }
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+/// Watch on one connection until it ends.
+fn watch_on(
+    cli: &Cli,
+    client: &mut Client,
+    at: &mut Watched,
+    follow: &Follow,
+) -> Result<WatchEnd, String> {
     let stdout = std::io::stdout();
     loop {
-        let mut tokens = vec!["WATCH", mref];
-        if let Some(id) = &after {
+        let mut tokens = vec!["WATCH", at.target.as_str()];
+        if let Some(id) = &at.after {
             tokens.extend(["AFTER", id.as_str()]);
         }
-        client.send(&request_line(&tokens))?;
-        let (raw, reply) = client.receive()?;
+        if let Err(lost) = client.send(&request_line(&tokens)) {
+            return Ok(WatchEnd::Lost(lost));
+        }
+        let (raw, reply) = match client.receive() {
+            Ok(received) => received,
+            Err(lost) => return Ok(WatchEnd::Lost(lost)),
+        };
         if reply["ok"] != json!(true) {
-            return Ok(refused(cli, &raw, &reply));
+            return Ok(WatchEnd::Done(refused(cli, &raw, &reply)));
+        }
+        if let Some(watching) = reply["result"]["watching"].as_str() {
+            // `M` named the running instance: stay with it across reconnects
+            at.target = watching.to_string();
         }
         if !cli.json {
-            eprintln!(
-                "watching {} (Ctrl-C stops)",
-                reply["result"]["watching"].as_str().unwrap_or(mref)
-            );
+            eprintln!("watching {} (Ctrl-C stops)", at.target);
         }
         loop {
-            if count.is_some_and(|n| printed >= n) {
-                return Ok(ExitCode::SUCCESS);
+            if follow.count.is_some_and(|n| at.printed >= n) {
+                return Ok(WatchEnd::Done(ExitCode::SUCCESS));
             }
-            let (raw, line) = client.receive()?;
-            if let Some(resume) = line["resume"].as_str() {
+            let (raw, line) = match client.receive() {
+                Ok(received) => received,
+                Err(lost) => return Ok(WatchEnd::Lost(lost)),
+            };
+            if line.get("dropped").is_some() {
+                let resume = line["resume"].as_str().unwrap_or_default();
                 eprintln!(
                     "fell behind: {} entries dropped; watching again after {resume}",
                     line["dropped"]
                 );
-                after = Some(resume.to_string());
+                at.after = Some(resume.to_string());
                 break;
+            }
+            if let Some(why) = line["closing"].as_str() {
+                if let Some(resume) = line["resume"].as_str() {
+                    at.after = Some(resume.to_string());
+                }
+                return Ok(WatchEnd::Lost(format!(
+                    "the daemon closed the watch ({why})"
+                )));
             }
             let event = &line["event"];
             let mut out = stdout.lock();
             let shown = if cli.json {
                 writeln!(out, "{raw}")
+            } else if follow.ids {
+                writeln!(
+                    out,
+                    "{}  {}",
+                    event["id"].as_str().unwrap_or("-"),
+                    describe(event)
+                )
             } else {
                 writeln!(out, "{}", describe(event))
             };
             shown
                 .and_then(|_| out.flush())
                 .map_err(|e| format!("cannot print: {e}"))?;
-            printed += 1;
-            after = event["id"].as_str().map(str::to_string).or(after);
+            at.printed += 1;
+            at.after = event["id"].as_str().map(str::to_string).or(at.after.take());
         }
     }
 }

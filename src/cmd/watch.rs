@@ -8,13 +8,17 @@ use crate::protocol::{self, Mref, Time};
 use crate::store::{FeedItem, InstanceId, StreamId};
 
 /// # Format
-/// `WATCH <mref> [AFTER <id>]` -> `{"watching":"M/O"}`, then one line per
+/// `WATCH <mref> [AFTER <id>]` -> `{"watching":"M/O","resume":"<id>"}`
+/// (`resume`: where the watch starts, the id a resume starts after if
+/// the connection drops before the first entry), then one line per
 /// entry of the instance, in its order, as it happens:
 /// `{"event":{"id","meeting","order","type","user","at"}}` with `type`
 /// `join`, `leave`, `timeout` (also `scheduled_end`, `processed_at`) or
 /// `message` (also `text`). With `AFTER`, the entries after that id come
 /// first. A watcher that falls too far behind gets
-/// `{"dropped":N,"resume":"<id>"}` and is back in request mode.
+/// `{"dropped":N,"resume":"<id>"}` and is back in request mode. When the
+/// daemon stops, a watcher gets `{"closing":"shutdown","resume":"<id>"}`
+/// before its connection closes.
 pub async fn watch(ctx: &Context, mref: Mref, after: Option<String>) -> Result<Outcome, CmdError> {
     let after = after
         .map(|id| {
@@ -24,8 +28,9 @@ pub async fn watch(ctx: &Context, mref: Mref, after: Option<String>) -> Result<O
         .transpose()?;
     let instance = ctx.store.resolve(super::target(mref)).await?;
     let watcher = ctx.hub.subscribe(instance, after).await?;
+    let resume = watcher.position().to_string();
     Ok(Outcome::Watch(
-        Json::of(&json!({"watching": instance.to_string()})),
+        Json::of(&json!({"watching": instance.to_string(), "resume": resume})),
         watcher,
     ))
 }

@@ -1441,3 +1441,135 @@ fn an_import_never_rewrites_what_already_happened() {
     assert!(run.stderr.contains("is running"), "{}", run.stderr);
     assert_eq!(states(&daemon)[0].2, "active");
 }
+
+/// A line of a child's output, read on a thread of its own into a channel
+/// (so that a test can wait for it with a limit).
+fn lines_of(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(from).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receive
+}
+
+/// The next line that `lines` brings within 20 s.
+fn next_line(lines: &std::sync::mpsc::Receiver<String>) -> String {
+    lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("meetingctl printed a line")
+}
+
+/// SIGTERM to a daemon the test started, and wait for it to exit 0.
+fn drain(daemon: &mut Daemon) {
+    // SAFETY: signalling the daemon this test started, by its pid.
+    unsafe {
+        libc::kill(daemon.pid() as libc::pid_t, libc::SIGTERM);
+    }
+    let status = daemon.wait(Duration::from_secs(20)).expect("drained");
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+}
+
+/// `meetingctl watch` outlives a daemon restart: it reconnects by itself
+/// and resumes after the last entry it printed, so what happens after the
+/// restart is printed once and nothing twice; `--ids` shows each entry's
+/// id first.
+#[test]
+fn watch_reconnects_after_a_restart_and_resumes_where_it_was() {
+    let redis = Redis::start();
+    let place = tempfile::tempdir().expect("a directory for the socket");
+    let socket = place.path().join("meetingd.sock");
+    let mut first = Daemon::start_on_socket(&redis, &socket, &[]);
+    standup(&first);
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_meetingctl"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["watch", "1", "--ids"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("meetingctl runs");
+    let out = lines_of(watcher.stdout.take().expect("stdout"));
+    let err = lines_of(watcher.stderr.take().expect("stderr"));
+    assert_eq!(next_line(&err), "watching 1/1 (Ctrl-C stops)");
+    let mut client = first.client();
+    let joined = client.ok("JOIN 1 1");
+    let line = next_line(&out);
+    assert!(line.ends_with("  1/1  join     user 1"), "{line}");
+    let (id, rest) = line.split_once("  ").unwrap_or_default();
+    assert!(id.contains('-'), "the id comes first: {line}");
+    assert!(
+        rest.starts_with(joined["joined_at"].as_str().unwrap_or("?")),
+        "{line}"
+    );
+
+    drain(&mut first);
+    let said = next_line(&err);
+    assert!(
+        said.contains("closed the watch (shutdown); reconnecting, to resume 1/1 --after"),
+        "{said}"
+    );
+    let second = Daemon::start_on_socket(&redis, &socket, &[]);
+    let mut client = second.client();
+    client.ok("POST 1 1 \"after the restart\"");
+    assert_eq!(next_line(&err), "watching 1/1 (Ctrl-C stops)");
+    let line = next_line(&out);
+    assert!(
+        line.ends_with("  1/1  message  user 1: after the restart"),
+        "{line}"
+    );
+    client.ok("LEAVE 1 1");
+    let line = next_line(&out);
+    assert!(
+        line.ends_with("  1/1  leave    user 1"),
+        "nothing twice: {line}"
+    );
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}
+
+/// With `--no-reconnect`, a watch whose daemon stops ends with status 3 and
+/// says how to resume.
+#[test]
+fn watch_without_reconnect_stops_and_says_where_to_resume() {
+    let redis = Redis::start();
+    let mut daemon = Daemon::start(&redis, &[]);
+    standup(&daemon);
+    let mut client = daemon.client();
+    let watcher = Command::new(env!("CARGO_BIN_EXE_meetingctl"))
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(["--json", "watch", "1/1", "--no-reconnect"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("meetingctl runs");
+    wait_for_watchers(&mut client, 1);
+    let joined = client.ok("JOIN 1 1");
+    drain(&mut daemon);
+    let out = watcher.wait_with_output().expect("meetingctl ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let event: Value =
+        serde_json::from_str(stdout.lines().next().unwrap_or_default()).expect("the join, as JSON");
+    assert_eq!(event["event"]["at"], joined["joined_at"]);
+    let id = event["event"]["id"].as_str().expect("an id");
+    assert!(
+        stderr.contains(&format!("to resume: meetingctl watch 1/1 --after {id}")),
+        "{stderr}"
+    );
+}
+
+/// Wait until the daemon counts `n` watching connections.
+fn wait_for_watchers(client: &mut crate::harness::Client, n: u64) {
+    crate::harness::wait_until("the watcher", Duration::from_secs(20), || {
+        client.ok("STATS")["watch"]["watchers"] == n
+    });
+}

@@ -343,6 +343,16 @@ impl Daemon {
         daemon
     }
 
+    /// Start the daemon on `redis` listening on `socket` (a path the test
+    /// keeps, so that a second daemon can serve the same path after the
+    /// first); wait until it answers.
+    pub fn start_on_socket(redis: &Redis, socket: &Path, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let daemon = Daemon::spawn(redis, socket, env, dir);
+        daemon.wait_ready();
+        daemon
+    }
+
     /// Start a daemon process without waiting for it.
     pub fn spawn(
         redis: &Redis,

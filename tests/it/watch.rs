@@ -119,8 +119,8 @@ fn three_hundred_watched_instances_on(backend: &Backend) {
         .map(|m| {
             let mut watcher = daemon.client();
             assert_eq!(
-                watcher.ok(&format!("WATCH {m}")),
-                serde_json::json!({"watching": format!("{m}/1")})
+                watcher.ok(&format!("WATCH {m}"))["watching"],
+                format!("{m}/1")
             );
             watcher
         })
@@ -208,10 +208,17 @@ fn a_watcher_sees_its_instance_live_in_order_on(backend: &Backend) {
     let mut actor = daemon.client();
     active_meetings(&mut actor, 2);
     let mut watcher = daemon.client();
-    assert_eq!(
-        watcher.ok("WATCH 1"),
-        serde_json::json!({"watching": "1/1"})
-    );
+    let last = actor.ok("EVENTS 1/1")["events"]
+        .as_array()
+        .and_then(|events| events.last())
+        .map_or(Value::Null, |event| event["id"].clone());
+    let watching = watcher.ok("WATCH 1");
+    assert_eq!(watching["watching"], "1/1");
+    if last.is_string() {
+        assert_eq!(watching["resume"], last, "starts after the last entry");
+    } else {
+        assert!(watching["resume"].is_string(), "{watching}");
+    }
 
     // each step on meeting 1 is preceded by one on meeting 2, which the
     // watcher must not see
@@ -343,7 +350,7 @@ fn resume_after_a_disconnect_on(backend: &Backend) {
     let mut watcher = daemon.client();
     assert_eq!(
         watcher.ok(&format!("WATCH 1/1 AFTER {last}")),
-        serde_json::json!({"watching": "1/1"})
+        serde_json::json!({"watching": "1/1", "resume": last})
     );
     let expected_missed: Vec<String> = missed
         .iter()
@@ -728,6 +735,8 @@ fn a_watch_outlives_a_redis_restart_without_a_gap() {
     assert_eq!(seen["text"], "after");
 }
 
+/// A drain tells each watcher where to resume (the last entry it was
+/// sent), closes its connection, and exits 0.
 #[test]
 fn a_drain_closes_watching_connections_and_exits_0() {
     let redis = Redis::start();
@@ -736,6 +745,12 @@ fn a_drain_closes_watching_connections_and_exits_0() {
     active_meetings(&mut actor, 1);
     let mut watcher = daemon.client();
     watcher.ok("WATCH 1/1");
+    actor.ok("JOIN 1 1");
+    let posted = actor.ok("POST 1 1 last");
+    let mut seen = event(&mut watcher);
+    while seen["id"] != posted["id"] {
+        seen = event(&mut watcher);
+    }
     // SAFETY: signalling the daemon this test started, by its pid.
     unsafe {
         libc::kill(daemon.pid() as libc::pid_t, libc::SIGTERM);
@@ -744,6 +759,10 @@ fn a_drain_closes_watching_connections_and_exits_0() {
         .wait(Duration::from_secs(10))
         .expect("the daemon exits when drained");
     assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert_eq!(
+        watcher.reply(),
+        Some(serde_json::json!({"closing": "shutdown", "resume": posted["id"]}))
+    );
     assert!(watcher.reply().is_none(), "the watch connection was closed");
 }
 

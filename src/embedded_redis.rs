@@ -51,7 +51,12 @@ impl EmbeddedRedis {
                 std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
             })
             .map_err(|e| {
-                EmbeddedError::Start(format!("data directory {}: {e}", config.data_dir.display()))
+                EmbeddedError::Start(format!(
+                    "cannot make its data directory {}: {e}; set embedded.data_dir \
+                     (MEETINGD_EMBEDDED__DATA_DIR) to a directory this user may write, or point \
+                     redis.url at a running Redis",
+                    config.data_dir.display()
+                ))
             })?;
         let socket = config.data_dir.join("redis.sock");
         if socket.exists() {

@@ -154,8 +154,13 @@ fn main() -> ExitCode {
             match runtime.block_on(daemon::run(source, config, log)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    tracing::error!("meetingd stopped: {err}");
-                    eprintln!("meetingd: {err}");
+                    // once: in the log where it goes (stderr or the
+                    // journal), on stderr only when the log shows no errors
+                    if tracing::enabled!(tracing::Level::ERROR) {
+                        tracing::error!("meetingd stopped: {err}");
+                    } else {
+                        eprintln!("meetingd: {err}");
+                    }
                     ExitCode::from(err.exit_code())
                 }
             }

@@ -112,6 +112,19 @@ pub enum BindError {
         /// What failed.
         source: io::Error,
     },
+    /// The socket's directory is there, closed to the daemon's user.
+    #[error(
+        "cannot listen on {path}: {source}: this user (uid {uid}) may not create files in {dir}; run meetingd as the directory's owner (under systemd, RuntimeDirectory=meetingd gives the daemon's user its own), or choose a socket.path in a directory it may write (--socket)",
+        uid = current_uid()
+    )]
+    NotWritable {
+        /// The socket path.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
     /// Anything else.
     #[error("cannot listen on {path}: {source}")]
     Io {
@@ -120,6 +133,12 @@ pub enum BindError {
         /// What failed.
         source: io::Error,
     },
+}
+
+/// The uid this process runs as.
+fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// The directory of the default socket path, the daemon's own: created
@@ -173,7 +192,20 @@ pub fn bind(config: &ServerConfig) -> Result<UnixListener, BindError> {
                 })?;
         }
     }
-    let listener = UnixListener::bind(path).map_err(io_err)?;
+    let listener = UnixListener::bind(path).map_err(|source| {
+        if source.kind() == io::ErrorKind::PermissionDenied {
+            BindError::NotWritable {
+                path: path.clone(),
+                dir: path
+                    .parent()
+                    .unwrap_or(std::path::Path::new("/"))
+                    .to_path_buf(),
+                source,
+            }
+        } else {
+            io_err(source)
+        }
+    })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
         .map_err(io_err)?;
     Ok(listener)

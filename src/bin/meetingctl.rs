@@ -4,7 +4,8 @@
 //! Each subcommand builds one protocol request with the daemon's own quoting
 //! (`protocol::request_line`), sends it, and prints the reply. Exit status:
 //! 0 on success, 1 on an error reply (printed to stderr with its code), 2 on
-//! usage or connection errors. `import FILE` loads users, meetings,
+//! usage or connection errors, 3 when `watch --no-reconnect` lost its
+//! daemon. `import FILE` loads users, meetings,
 //! audiences and instances from a JSON file, entry by entry. `help` needs
 //! no daemon: it prints the protocol's command list that meetingctl is
 //! built with.
@@ -23,7 +24,7 @@ use serde_json::{Value, json};
 /// What `meetingctl --help` ends with.
 const AFTER_HELP: &str = "\
 Exit status: 0 the request succeeded; 1 the daemon refused it (its error code and message on \
-stderr); 2 meetingctl could not run it (a usage error, or the daemon could not be reached).
+stderr); 2 meetingctl could not run it (a usage error, or the daemon could not be reached); 3 `watch --no-reconnect` lost its daemon (it stopped or restarts).
 
 The socket is --socket, else $MEETINGD_SOCKET__PATH, else /run/meetingd/meetingd.sock (the \
 daemon's default). `bash scripts/demo.sh` prints the line that points meetingctl at its own.
@@ -454,6 +455,26 @@ fn connect_error(socket: &Path, err: &std::io::Error) -> String {
     let shown = socket.display();
     let point = "point meetingctl at the socket of the meetingd that runs with --socket PATH \
                  or MEETINGD_SOCKET__PATH (the demo prints that line)";
+    // a path that is there but no socket: say what it is
+    let not_a_socket = std::fs::metadata(socket).ok().and_then(|meta| {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            Some("a directory")
+        } else if kind.is_file() {
+            Some("a regular file")
+        } else if kind.is_socket() {
+            None
+        } else {
+            Some("not a socket")
+        }
+    });
+    if let Some(kind) = not_a_socket {
+        return format!(
+            "cannot connect to {shown}: it is {kind}, not meetingd's socket: {point} (by default \
+             /run/meetingd/meetingd.sock)"
+        );
+    }
     let what_to_do = match err.kind() {
         std::io::ErrorKind::NotFound => format!(
             "nothing there: is meetingd running? Start it (systemctl start meetingd, or meetingd \
@@ -473,7 +494,15 @@ fn connect_error(socket: &Path, err: &std::io::Error) -> String {
                 } else {
                     format!("root and {owner}")
                 };
-                if mode & 0o060 == 0o060 {
+                if mode & 0o060 == 0o060 && meta.gid() == 0 {
+                    format!(
+                        "you may not open it: it is {mode:04o} {owner}:{group}, so only {who} may \
+                         connect. Ask for the daemon's socket.group to be set to a group for its \
+                         clients (for example meetings: socket.group = \"meetings\" in \
+                         /etc/meetingd/meetingd.toml), then to be added to it; or run meetingctl \
+                         as root"
+                    )
+                } else if mode & 0o060 == 0o060 {
                     format!(
                         "you may not open it: it is {mode:04o} {owner}:{group}, so only {who} and \
                          the members of group {group} may connect. Ask for the group (sudo \

@@ -377,5 +377,97 @@ fn meetingctl_on_a_socket_it_may_not_open_names_the_group_to_ask_for() {
         err.contains("0660 root:root"),
         "the socket's mode and owner: {err}"
     );
-    assert!(err.contains("usermod -aG root $USER"), "what to do: {err}");
+    assert!(
+        err.contains("socket.group") && !err.contains("usermod -aG root"),
+        "what to do: the socket's group setting, not joining root: {err}"
+    );
+}
+
+/// A path that is there but is no socket (a directory, a file) is named
+/// for what it is.
+#[test]
+fn meetingctl_on_a_path_that_is_no_socket_says_what_it_is() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("README.md");
+    std::fs::write(&file, "# not a socket\n").expect("a file");
+    for (path, kind) in [
+        (dir.path(), "a directory"),
+        (file.as_path(), "a regular file"),
+    ] {
+        let Run { status, stderr, .. } = meetingctl(path, &["ping"]);
+        assert_eq!(status, 2, "{stderr}");
+        assert!(
+            stderr.contains(&format!("it is {kind}, not meetingd's socket")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("no meetingd listens"), "{stderr}");
+    }
+}
+
+/// A data directory that cannot be made: one error line (not two) that
+/// names embedded.data_dir.
+#[test]
+fn a_data_directory_that_cannot_be_made_is_said_once_with_the_setting() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").expect("a file");
+    let data = file.join("data");
+    let socket = dir.path().join("m.sock");
+    let out = meetingd(
+        &["serve", "--socket", socket.to_str().expect("a UTF-8 path")],
+        &[(
+            "MEETINGD_EMBEDDED__DATA_DIR",
+            data.to_str().expect("a UTF-8 path"),
+        )],
+    );
+    let (code, stderr) = status_and_error(&out);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stderr.matches("cannot make its data directory").count(),
+        1,
+        "said once: {stderr}"
+    );
+    assert!(stderr.contains("embedded.data_dir"), "{stderr}");
+}
+
+/// A socket directory that exists but is closed to the daemon's user: the
+/// error names the directory, the uid and what to do.
+#[test]
+fn a_socket_directory_closed_to_the_daemon_s_user_says_what_to_do() {
+    if !is_root() {
+        eprintln!("needs root (CI runs as root): a daemon under another uid");
+        return;
+    }
+    let redis = Redis::start_with(&["--unixsocketperm", "777"]);
+    std::fs::set_permissions(redis.dir(), std::fs::Permissions::from_mode(0o755))
+        .expect("open the Redis directory to others");
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("a directory root owns and others may read");
+    // a copy of meetingd that uid 65534 may run
+    let binary = dir.path().join("meetingd");
+    std::fs::copy(env!("CARGO_BIN_EXE_meetingd"), &binary).expect("copy meetingd");
+    let socket = dir.path().join("m.sock");
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(&binary)
+        .args(["serve", "--socket"])
+        .arg(&socket)
+        .args(["--redis", &redis.url()])
+        .env_remove("MEETINGD_SOCKET__PATH")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("meetingd as nobody");
+    let (code, stderr) = status_and_error(&out);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "uid 65534) may not create files in {}",
+            dir.path().display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--socket"), "what to do: {stderr}");
 }

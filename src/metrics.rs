@@ -135,8 +135,8 @@ pub fn render(s: &Value, last_good_tick: Option<i64>) -> String {
     metric(
         "connections_refused_total",
         "counter",
-        "Connections turned away at the connection limit.",
-        plain(&c["refused"]),
+        "Connections turned away with unavailable, by the limit they met.",
+        labelled("reason", &c["refused_by_reason"]),
     );
     metric(
         "requests_total",

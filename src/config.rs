@@ -65,6 +65,12 @@ pub struct RawSocket {
     pub group: String,
     /// Most clients at once.
     pub max_connections: u64,
+    /// Most clients of one uid at once (admins are exempt); unset: a
+    /// quarter of `max_connections`.
+    pub max_connections_per_uid: Option<u64>,
+    /// Slots of `max_connections` only admins may take; unset: 1/64 of it
+    /// (at least 1 when it is over 1).
+    pub admin_reserved_connections: Option<u64>,
     /// Longest request line, bytes.
     pub max_line_bytes: u64,
     /// Close a connection idle this long.
@@ -80,6 +86,8 @@ impl Default for RawSocket {
             mode: "0660".into(),
             group: String::new(),
             max_connections: 1024,
+            max_connections_per_uid: None,
+            admin_reserved_connections: None,
             max_line_bytes: 65536,
             idle_timeout_secs: 300,
             pipeline_depth: 256,
@@ -376,6 +384,10 @@ pub struct SocketConfig {
     pub group: Option<u32>,
     /// Most clients at once.
     pub max_connections: usize,
+    /// Most clients of one uid at once (admins are exempt).
+    pub max_connections_per_uid: usize,
+    /// Slots only admins may take.
+    pub admin_reserved_connections: usize,
     /// Longest request line.
     pub max_line: usize,
     /// Idle time limit.
@@ -485,11 +497,19 @@ impl RawConfig {
                 Ok(value)
             }
         };
+        let max_connections = positive("socket.max_connections", s.max_connections)?;
+        let (per_uid, reserved) = connection_shares(
+            max_connections,
+            s.max_connections_per_uid,
+            s.admin_reserved_connections,
+        )?;
         let socket = SocketConfig {
             path: PathBuf::from(&s.path),
             mode,
             group,
-            max_connections: positive("socket.max_connections", s.max_connections)? as usize,
+            max_connections: max_connections as usize,
+            max_connections_per_uid: per_uid as usize,
+            admin_reserved_connections: reserved as usize,
             max_line: positive("socket.max_line_bytes", s.max_line_bytes)? as usize,
             idle_timeout: Duration::from_secs(positive(
                 "socket.idle_timeout_secs",
@@ -672,8 +692,44 @@ impl RawConfig {
     }
 }
 
+/// The shares of `socket.max_connections` (`max`): most per uid, and the
+/// slots kept for admins, as set or by default (a quarter; 1/64, at least
+/// 1). One uid may not take every slot ordinary users may use, or one
+/// client could lock out the others; the reserve leaves ordinary users at
+/// least one.
+fn connection_shares(
+    max: u64,
+    per_uid: Option<u64>,
+    reserved: Option<u64>,
+) -> Result<(u64, u64), ConfigError> {
+    let reserved = reserved.unwrap_or(if max > 1 { (max / 64).max(1) } else { 0 });
+    if reserved >= max {
+        return Err(bad(
+            "socket.admin_reserved_connections",
+            format!(
+                "{reserved} leaves no connection of socket.max_connections ({max}) to users                  who are not admins; it must be below it"
+            ),
+        ));
+    }
+    let open_to_all = max - reserved;
+    let per_uid = per_uid.unwrap_or((max / 4).max(1).min(open_to_all));
+    if per_uid == 0 || per_uid > open_to_all {
+        return Err(bad(
+            "socket.max_connections_per_uid",
+            format!(
+                "{per_uid} is not in 1..{open_to_all} (socket.max_connections {max} less the                  {reserved} of socket.admin_reserved_connections)"
+            ),
+        ));
+    }
+    Ok((per_uid, reserved))
+}
+
 /// Keys unset by default, which the defaults below do not show.
-const UNSET_BY_DEFAULT: &[(&str, &str)] = &[("redis", "partitions")];
+const UNSET_BY_DEFAULT: &[(&str, &str)] = &[
+    ("redis", "partitions"),
+    ("socket", "max_connections_per_uid"),
+    ("socket", "admin_reserved_connections"),
+];
 
 /// The sections of the configuration and the keys of each, as the
 /// defaults have them (so that they never drift from [`RawConfig`]), and
@@ -1034,6 +1090,8 @@ mod tests {
         assert_eq!(config.socket.mode, 0o660);
         assert_eq!(config.socket.max_line, 64 * 1024);
         assert_eq!(config.socket.max_connections, 1024);
+        assert_eq!(config.socket.max_connections_per_uid, 256);
+        assert_eq!(config.socket.admin_reserved_connections, 16);
         assert_eq!(config.socket.idle_timeout, Duration::from_secs(300));
         assert_eq!(config.chat_text_bytes, 4096);
         assert_eq!(config.page, 1000);
@@ -1048,6 +1106,22 @@ mod tests {
         let cases = [
             ("[socket]\nmode = \"999\"", "socket.mode"),
             ("[socket]\nmax_connections = 0", "socket.max_connections"),
+            (
+                "[socket]\nmax_connections_per_uid = 0",
+                "socket.max_connections_per_uid",
+            ),
+            (
+                "[socket]\nmax_connections = 10\nmax_connections_per_uid = 11",
+                "socket.max_connections_per_uid",
+            ),
+            (
+                "[socket]\nmax_connections = 10\nadmin_reserved_connections = 10",
+                "socket.admin_reserved_connections",
+            ),
+            (
+                "[socket]\nmax_connections = 10\nadmin_reserved_connections = 2\nmax_connections_per_uid = 9",
+                "socket.max_connections_per_uid",
+            ),
             ("[redis]\nurl = \"http://x\"", "redis.url"),
             ("[limits]\npage = 5000", "limits.page"),
             ("[watch]\nbuffer = 3", "watch.buffer"),

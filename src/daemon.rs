@@ -108,6 +108,8 @@ fn live(config: &Config) -> Live {
     server.socket_mode = s.mode;
     server.max_line = s.max_line;
     server.max_connections = s.max_connections;
+    server.max_connections_per_uid = s.max_connections_per_uid;
+    server.admin_reserved_connections = s.admin_reserved_connections;
     server.idle_timeout = s.idle_timeout;
     server.pipeline_depth = s.pipeline_depth;
     server.admin_uids = config.admin_uids.clone();

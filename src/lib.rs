@@ -27,7 +27,8 @@
 //!   reply line. Pure, property-tested.
 //! - [`cmd`]: requests applied to the store, one file per command family,
 //!   and the plan that lets a connection pipeline its requests.
-//! - [`server`]: the socket: listener, connection limit, per-connection
+//! - [`server`]: the socket: listener, connection limits (in all, per
+//!   uid, the admins' reserve, out of file descriptors), per-connection
 //!   handler (pipelining, limits, peer credentials, watching), drain.
 //! - [`watch`]: WATCH's fan-out: a reader per few watched instances of a
 //!   partition, a ring per instance to its watchers, replay after an id.
@@ -35,7 +36,8 @@
 //!   time, retried after a failure.
 //! - [`daemon`]: the lifecycle: embedded Redis, signals, systemd, reload,
 //!   drain. [`embedded_redis`] supervises the redis-server of the embedded
-//!   default; [`logging`] sets up tracing.
+//!   default; [`logging`] sets up tracing (and holds back storms of
+//!   warnings).
 //! - [`config`]: settings as read (file, environment, flags) into a
 //!   validated configuration.
 //! - [`stats`]: the counters STATS shows; [`metrics`] serves them as

@@ -135,8 +135,8 @@ pub fn render(s: &Value, last_good_tick: Option<i64>) -> String {
     metric(
         "connections_refused_total",
         "counter",
-        "Connections turned away at the connection limit.",
-        plain(&c["refused"]),
+        "Connections turned away with unavailable, by the limit they met.",
+        labelled("reason", &c["refused_by_reason"]),
     );
     metric(
         "partial_lines_total",
@@ -250,4 +250,28 @@ pub fn render(s: &Value, last_good_tick: Option<i64>) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Refusal;
+
+    #[test]
+    fn refusals_are_labelled_by_reason() {
+        let stats = Stats::default();
+        stats.connection_refused(Refusal::PerUid);
+        stats.connection_refused(Refusal::PerUid);
+        stats.connection_refused(Refusal::FileDescriptors);
+        let text = render(&stats.snapshot(), None);
+        for line in [
+            "meetingd_connections_refused_total{reason=\"max_connections\"} 0",
+            "meetingd_connections_refused_total{reason=\"admin_reserve\"} 0",
+            "meetingd_connections_refused_total{reason=\"per_uid\"} 2",
+            "meetingd_connections_refused_total{reason=\"file_descriptors\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        assert_eq!(stats.snapshot()["connections"]["refused"], 3);
+    }
 }

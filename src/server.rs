@@ -8,7 +8,11 @@
 //! over-long line gets `too_large` and its connection closes, an idle
 //! connection is closed after the idle timeout, a connection over the limit
 //! gets `unavailable` and is closed at once. Admin rights come from the
-//! peer's credentials (SO_PEERCRED), read once per connection. Requests are
+//! peer's credentials (SO_PEERCRED), read once per connection; so does the
+//! uid whose connections are counted: one uid may hold a share of the
+//! slots only, and a few are kept for admins, so one local client cannot
+//! lock the others out. Out of file descriptors, a client still gets
+//! `unavailable` (a spare descriptor is given up for it). Requests are
 //! parsed by `protocol` and applied by `cmd`; no Redis here.
 
 use std::io;
@@ -24,7 +28,7 @@ use futures_util::future::{BoxFuture, FutureExt, OptionFuture};
 use futures_util::stream::StreamExt;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use crate::cmd::{self, Context, Limits, Outcome, Plan};
 use crate::error::Code;
 use crate::protocol::{self, Request};
+use crate::stats::Refusal;
 use crate::store::Call;
 use crate::watch::{Next, Watcher};
 
@@ -46,6 +51,10 @@ pub struct ServerConfig {
     pub max_line: usize,
     /// Most clients at once.
     pub max_connections: usize,
+    /// Most clients of one uid at once; admins are exempt.
+    pub max_connections_per_uid: usize,
+    /// Slots of `max_connections` only admins may take.
+    pub admin_reserved_connections: usize,
     /// A connection with nothing in flight and nothing sent for this long
     /// is closed.
     pub idle_timeout: Duration,
@@ -71,6 +80,8 @@ impl ServerConfig {
             socket_mode: 0o660,
             max_line: 64 * 1024,
             max_connections: 1024,
+            max_connections_per_uid: 256,
+            admin_reserved_connections: 16,
             idle_timeout: Duration::from_secs(300),
             pipeline_depth: 256,
             admin_uids: Vec::new(),
@@ -230,17 +241,30 @@ pub async fn run(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut capacity = live.borrow().server.max_connections;
-    let permits = Arc::new(Semaphore::new(capacity));
+    let slots = Arc::new(Slots::default());
+    let mut spare = Spare::open();
     // SAFETY: geteuid has no preconditions and cannot fail.
     let own_uid = unsafe { libc::geteuid() };
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
+                Err(err) if out_of_descriptors(&err) => {
+                    if spare.refuse_one(&listener) {
+                        ctx.stats.connection_refused(Refusal::FileDescriptors);
+                        tracing::warn!(
+                            "out of file descriptors ({err}): a client got unavailable and was closed; raise LimitNOFILE (ulimit -n) or lower socket.max_connections"
+                        );
+                    } else {
+                        tracing::warn!(
+                            "out of file descriptors ({err}), and no spare one to refuse the client with: accepting again in 100 ms"
+                        );
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    continue;
+                }
                 Err(err) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    tracing::warn!("accept failed: {err}");
+                    tracing::warn!("accept failed ({err}): accepting again in 100 ms");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -248,66 +272,202 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
         };
         let current = live.borrow().clone();
-        resize(&permits, &mut capacity, current.server.max_connections);
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            ctx.stats.connection_refused();
-            tracker.spawn(refuse(stream, capacity));
-            continue;
+        let peer = Peer::of(&stream, own_uid, &current.server);
+        let slot = match slots.take(&peer, &current.server) {
+            Ok(slot) => slot,
+            Err((why, message)) => {
+                ctx.stats.connection_refused(why);
+                tracing::debug!(
+                    uid = peer.uid,
+                    reason = why.as_str(),
+                    "refused a connection"
+                );
+                tracker.spawn(refuse(stream, message));
+                continue;
+            }
         };
-        let admin = is_admin(&stream, own_uid, &current.server);
         let mut ctx = ctx.clone();
         ctx.limits = current.limits;
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             ctx.stats.connection_opened();
-            if let Err(err) = handle(stream, admin, &ctx, &current.server, &shutdown).await {
+            if let Err(err) = handle(stream, peer.admin, &ctx, &current.server, &shutdown).await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
             ctx.stats.connection_closed();
-            drop(permit);
+            drop(slot);
         });
     }
 }
 
-/// Follow a changed connection limit: add permits, or take some away for
-/// good (as connections end).
-fn resize(permits: &Arc<Semaphore>, capacity: &mut usize, wanted: usize) {
-    if wanted > *capacity {
-        permits.add_permits(wanted - *capacity);
-    } else if wanted < *capacity {
-        let fewer = (*capacity - wanted) as u32;
-        let permits = permits.clone();
-        tokio::spawn(async move {
-            if let Ok(taken) = permits.acquire_many_owned(fewer).await {
-                taken.forget();
+/// Whether an accept failed for want of file descriptors (the process'
+/// or the system's).
+fn out_of_descriptors(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// A file descriptor held in reserve: when accept fails for want of
+/// descriptors, the client waiting in the backlog would wait there, its
+/// connect long done, until one is freed. Closing the spare lets the daemon
+/// accept it, tell it `unavailable` and close it; then the spare is taken
+/// back.
+struct Spare(Option<std::fs::File>);
+
+impl Spare {
+    fn open() -> Spare {
+        Spare(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// Refuse the client waiting (if it still is) with the spare's
+    /// descriptor; false when there was no spare (it is tried again).
+    fn refuse_one(&mut self, listener: &UnixListener) -> bool {
+        if self.0.take().is_none() {
+            *self = Spare::open();
+            return false;
+        }
+        if let Some(Ok((stream, _))) = listener.accept().now_or_never() {
+            let line = protocol::error_line(
+                Code::Unavailable,
+                "the daemon is out of file descriptors; try again later",
+            );
+            // a new socket's buffer is empty: the line fits, no waiting
+            if let Ok(mut stream) = stream.into_std() {
+                use std::io::Write;
+                let _ = stream.write(&line);
             }
-        });
-    }
-    *capacity = wanted;
-}
-
-/// Whether the peer may use admin commands: root, the daemon's own uid, or
-/// a configured uid or gid.
-fn is_admin(stream: &UnixStream, own_uid: u32, config: &ServerConfig) -> bool {
-    match stream.peer_cred() {
-        Ok(cred) => {
-            cred.uid() == 0
-                || cred.uid() == own_uid
-                || config.admin_uids.contains(&cred.uid())
-                || config.admin_gids.contains(&cred.gid())
         }
-        Err(err) => {
-            tracing::warn!("cannot read the peer's credentials ({err}); not an admin");
-            false
-        }
+        *self = Spare::open();
+        true
     }
 }
 
-async fn refuse(mut stream: UnixStream, limit: usize) {
-    let line = protocol::error_line(
-        Code::Unavailable,
-        &format!("too many connections (the limit is {limit}); try again later"),
-    );
+/// Who is at the other end of a connection, from its credentials.
+struct Peer {
+    /// Its uid; `u32::MAX` when the credentials cannot be read.
+    uid: u32,
+    /// It may use admin commands, and is exempt from the per-uid limit
+    /// and the admins' reserve.
+    admin: bool,
+}
+
+impl Peer {
+    /// The peer of `stream`: admins are root, the daemon's own uid, and
+    /// the configured uids and gids.
+    fn of(stream: &UnixStream, own_uid: u32, config: &ServerConfig) -> Peer {
+        match stream.peer_cred() {
+            Ok(cred) => Peer {
+                uid: cred.uid(),
+                admin: cred.uid() == 0
+                    || cred.uid() == own_uid
+                    || config.admin_uids.contains(&cred.uid())
+                    || config.admin_gids.contains(&cred.gid()),
+            },
+            Err(err) => {
+                tracing::warn!("cannot read the peer's credentials ({err}); not an admin");
+                Peer {
+                    uid: u32::MAX,
+                    admin: false,
+                }
+            }
+        }
+    }
+}
+
+/// The connections open now, in all and per uid. Limits are read from the
+/// configuration at every accept, so a reload applies to the next client
+/// (connections open over a lowered limit stay).
+#[derive(Default)]
+struct Slots {
+    counts: std::sync::Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    open: usize,
+    by_uid: std::collections::HashMap<u32, usize>,
+}
+
+/// A connection's place, given back when it drops.
+struct Slot {
+    slots: Arc<Slots>,
+    uid: u32,
+}
+
+impl Slots {
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for `peer`, or why not and the message it gets: admins may
+    /// take any slot; anybody else not one of the admins' reserve, and not
+    /// more than the per-uid limit.
+    fn take(
+        self: &Arc<Self>,
+        peer: &Peer,
+        config: &ServerConfig,
+    ) -> Result<Slot, (Refusal, String)> {
+        let max = config.max_connections;
+        let mut counts = self.counts();
+        if counts.open >= max {
+            return Err((
+                Refusal::MaxConnections,
+                format!("too many connections (socket.max_connections is {max}); try again later"),
+            ));
+        }
+        let of_uid = counts.by_uid.get(&peer.uid).copied().unwrap_or(0);
+        if !peer.admin {
+            let open_to_all = max.saturating_sub(config.admin_reserved_connections);
+            if counts.open >= open_to_all {
+                return Err((
+                    Refusal::AdminReserve,
+                    format!(
+                        "too many connections: the {open_to_all} of socket.max_connections ({max}) \
+                         open to users who are not admins are taken, the rest are kept for admins \
+                         (socket.admin_reserved_connections); try again later"
+                    ),
+                ));
+            }
+            let cap = config.max_connections_per_uid;
+            if of_uid >= cap {
+                return Err((
+                    Refusal::PerUid,
+                    format!(
+                        "too many connections from uid {} (socket.max_connections_per_uid is \
+                         {cap}); close one, or try again later",
+                        peer.uid
+                    ),
+                ));
+            }
+        }
+        counts.open += 1;
+        counts.by_uid.insert(peer.uid, of_uid + 1);
+        Ok(Slot {
+            slots: self.clone(),
+            uid: peer.uid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.slots.counts();
+        counts.open = counts.open.saturating_sub(1);
+        if let std::collections::hash_map::Entry::Occupied(mut entry) =
+            counts.by_uid.entry(self.uid)
+        {
+            if *entry.get() <= 1 {
+                entry.remove();
+            } else {
+                *entry.get_mut() -= 1;
+            }
+        }
+    }
+}
+
+async fn refuse(mut stream: UnixStream, message: String) {
+    let line = protocol::error_line(Code::Unavailable, &message);
     let _ = stream.write_all(&line).await;
     let _ = stream.shutdown().await;
 }

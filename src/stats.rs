@@ -1,6 +1,6 @@
-//! The daemon's counters, shown by STATS: connections, requests by
-//! command, errors by code, latency by command, ticks, watchers. Counters
-//! are plain atomics; each command's latency histogram has a lock of its
+//! The daemon's counters, shown by STATS: connections (refusals by
+//! reason), requests by command, errors by code, latency by command,
+//! ticks, watchers. Counters are plain atomics; each command's latency histogram has a lock of its
 //! own, held only to record one value.
 
 use std::sync::Mutex;
@@ -14,13 +14,48 @@ use serde_json::{Map, Value, json};
 use crate::error::Code;
 use crate::protocol::COMMANDS;
 
+/// Why a client was turned away when it connected (it got `unavailable`
+/// and was closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Every slot was taken (`socket.max_connections`).
+    MaxConnections,
+    /// Every slot open to users who are not admins was taken (the rest
+    /// are `socket.admin_reserved_connections`).
+    AdminReserve,
+    /// The peer's uid had `socket.max_connections_per_uid` open.
+    PerUid,
+    /// The daemon was out of file descriptors.
+    FileDescriptors,
+}
+
+impl Refusal {
+    /// Every reason, in the order STATS lists them.
+    pub const ALL: [Refusal; 4] = [
+        Refusal::MaxConnections,
+        Refusal::AdminReserve,
+        Refusal::PerUid,
+        Refusal::FileDescriptors,
+    ];
+
+    /// Its name in STATS and in the metrics' `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::AdminReserve => "admin_reserve",
+            Refusal::PerUid => "per_uid",
+            Refusal::FileDescriptors => "file_descriptors",
+        }
+    }
+}
+
 /// Counters shared by every connection.
 #[derive(Debug)]
 pub struct Stats {
     connections_open: AtomicU64,
     connections_total: AtomicU64,
-    /// Connections turned away at the connection limit.
-    connections_refused: AtomicU64,
+    /// Connections turned away, one per `Refusal::ALL`.
+    connections_refused: Vec<AtomicU64>,
     /// Last lines without their newline, dropped at end of stream (a
     /// client that died mid-write): never run.
     partial_lines: AtomicU64,
@@ -64,7 +99,7 @@ impl Default for Stats {
         Stats {
             connections_open: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
-            connections_refused: AtomicU64::new(0),
+            connections_refused: Refusal::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             partial_lines: AtomicU64::new(0),
             requests: COMMANDS.iter().map(|_| AtomicU64::new(0)).collect(),
             unparsed: AtomicU64::new(0),
@@ -102,9 +137,11 @@ impl Stats {
         self.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// A connection was turned away at the limit.
-    pub fn connection_refused(&self) {
-        bump(&self.connections_refused);
+    /// A connection was turned away, for `why`.
+    pub fn connection_refused(&self, why: Refusal) {
+        if let Some(i) = Refusal::ALL.iter().position(|r| *r == why) {
+            bump(&self.connections_refused[i]);
+        }
     }
 
     /// A connection ended with a partial last line, which was dropped.
@@ -259,11 +296,17 @@ impl Stats {
         for (info, counter) in COMMANDS.iter().zip(&self.failed) {
             failed.insert(info.name.to_string(), json!(load(counter)));
         }
+        let mut refused_by_reason = Map::new();
+        for (why, counter) in Refusal::ALL.iter().zip(&self.connections_refused) {
+            refused_by_reason.insert(why.as_str().to_string(), json!(load(counter)));
+        }
+        let refused: u64 = self.connections_refused.iter().map(load).sum();
         json!({
             "connections": {
                 "open": load(&self.connections_open),
                 "total": load(&self.connections_total),
-                "refused": load(&self.connections_refused),
+                "refused": refused,
+                "refused_by_reason": refused_by_reason,
                 "partial_lines": load(&self.partial_lines),
             },
             "requests": requests,

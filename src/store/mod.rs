@@ -289,7 +289,7 @@ impl Store {
         let library_checked = Arc::new(AtomicBool::new(false));
         let connected = Arc::new(AtomicBool::new(true));
         let conn = conn::Conn::open(&options, library_checked.clone(), connected.clone()).await?;
-        let users = Arc::new(users::Users::open(&options).await?);
+        let users = Arc::new(users::Users::open(&options, &conn).await?);
         let recorded = recorded_partitions(&conn).await?;
         let partitions = match (options.partitions, recorded) {
             // refused before a library of another count replaces the one

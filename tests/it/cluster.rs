@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use meetingd::clock::ManualClock;
 use meetingd::store::{EventKind, InstanceId, InstanceRef, Store, StoreOptions};
 
-use crate::harness::{MIN, public_meeting, t0, users};
+use crate::harness::{Daemon, MIN, at, public_meeting, t0, users, wait_until};
 
 /// A Redis Cluster of the test's own.
 pub struct Cluster {
@@ -252,6 +252,30 @@ impl Cluster {
             let out = self.cli(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &id]);
             assert_eq!(out.trim(), "OK", "SETSLOT NODE at {port}: {out}");
         }
+    }
+
+    /// Kill the node at `port` (SIGKILL), as a crash would.
+    pub fn kill(&mut self, port: u16) {
+        let at = self
+            .ports
+            .iter()
+            .position(|p| *p == port)
+            .expect("a node of the cluster");
+        let _ = self.nodes[at].kill();
+        let _ = self.nodes[at].wait();
+    }
+
+    /// How many times the node at `port` ran `command` (a name as INFO
+    /// commandstats gives it, like `client|caching`).
+    pub fn calls_of(&self, port: u16, command: &str) -> u64 {
+        let stats = self.cli(port, &["INFO", "commandstats"]);
+        let wanted = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&wanted))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
     }
 
     /// The nodes' URLs.
@@ -857,4 +881,160 @@ async fn calls_during_a_slot_migration_to_a_master_joined_by_cluster_meet() {
             .contains("meetingd"),
         "the store loaded the library on the new master"
     );
+}
+
+/// A master dies (kill -9, no replica) under a daemon. The users it held
+/// are dropped from the user cache (their tracking died with it; a JOIN of
+/// one gets `unavailable`), but the users of the healthy masters stay
+/// cached and tracked: JOINs and LEAVEs of theirs on a meeting of a
+/// healthy master go on throughout, without reading the user again (no
+/// CLIENT CACHING on their master), and a change to one is still seen,
+/// made by the daemon or by redis-cli behind its back. JOINs of a meeting
+/// of the dead master fail meanwhile, and redis-rs' storm of "Failed to
+/// connect" warnings they set off is held back to its first line.
+#[test]
+fn a_dead_master_stalls_only_the_users_it_holds() {
+    let mut cluster = Cluster::start(3);
+    for port in cluster.ports() {
+        // the other masters serve on while one is down
+        let set = cluster.cli(
+            *port,
+            &["CONFIG", "SET", "cluster-require-full-coverage", "no"],
+        );
+        assert_eq!(set.trim(), "OK", "{set}");
+    }
+    let keys = meetingd::store::Keys::new(meetingd::store::DEFAULT_PARTITIONS);
+    let user_key = meetingd::store::Keys::user;
+    let victim = cluster.owner(&user_key(1));
+    let healthy: Vec<u64> = (2..100)
+        .filter(|u| cluster.owner(&user_key(*u)) != victim)
+        .take(2)
+        .collect();
+    let (a, b) = (healthy[0], healthy[1]);
+    let m = (1..100)
+        .find(|m| cluster.owner(&keys.schedule(*m)) != victim)
+        .expect("a meeting on a healthy master");
+    let a_master = cluster.owner(&user_key(a));
+    // and one on the master that dies
+    let lost = (1..100)
+        .find(|m| cluster.owner(&keys.schedule(*m)) == victim)
+        .expect("a meeting on the master that dies");
+
+    let daemon = Daemon::start_on_cluster(&cluster.urls(), &[]);
+    let mut c = daemon.client();
+    for u in [1, a, b] {
+        c.ok(&format!(
+            "USER SET {u} name U{u} age 30 gender x email u{u}@example.com"
+        ));
+    }
+    c.ok(&format!(
+        "MEETING SET {m} title Private description d public false"
+    ));
+    c.ok(&format!(
+        "AUDIENCE ADD {m} u1@example.com u{a}@example.com u{b}@example.com"
+    ));
+    c.ok(&format!("INSTANCE SET {m} 1 from {} to {}", at(-5), at(60)));
+    c.ok(&format!(
+        "MEETING SET {lost} title Lost description d public true"
+    ));
+    c.ok(&format!(
+        "INSTANCE SET {lost} 1 from {} to {}",
+        at(-5),
+        at(60)
+    ));
+    c.ok("TICK");
+    // every user read once: cached, and tracked on their master
+    for u in [1, a, b] {
+        c.ok(&format!("JOIN {u} {m}"));
+        c.ok(&format!("LEAVE {u} {m}"));
+    }
+
+    cluster.kill(victim);
+    // the daemon hears of it: user 1 is dropped, and cannot be read
+    wait_until(
+        "user 1 dropped with its master",
+        Duration::from_secs(10),
+        || {
+            let reply = c.request(&format!("JOIN 1 {m}"));
+            if reply["ok"] == true {
+                c.ok(&format!("LEAVE 1 {m}"));
+                return false;
+            }
+            assert_eq!(reply["error"]["code"], "unavailable", "{reply}");
+            true
+        },
+    );
+    let reads_before = cluster.calls_of(a_master, "client|caching");
+    // meanwhile another client asks for a meeting of the dead master: each
+    // is refused, and holds nothing else up
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refused = {
+        let stop = stop.clone();
+        let mut other = daemon.client();
+        std::thread::spawn(move || {
+            let mut refused = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let reply = other.request(&format!("JOIN {a} {lost}"));
+                assert_eq!(reply["ok"], false, "JOIN {a} {lost}: {reply}");
+                refused += 1;
+            }
+            refused
+        })
+    };
+    let started = Instant::now();
+    let mut rounds = 0;
+    while started.elapsed() < Duration::from_secs(3) || rounds < 20 {
+        for line in [format!("JOIN {a} {m}"), format!("LEAVE {a} {m}")] {
+            let reply = c.request(&line);
+            assert_eq!(
+                reply["ok"], true,
+                "{line} while another master is down (round {rounds}): {reply}"
+            );
+        }
+        rounds += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = refused.join().expect("the other client");
+    assert!(refused > 0, "the dead master's meeting was asked for");
+    assert_eq!(
+        cluster.calls_of(a_master, "client|caching"),
+        reads_before,
+        "user {a} was served from the cache, not read again"
+    );
+
+    // changed by the daemon: forgotten at once
+    c.ok(&format!(
+        "USER SET {b} name U{b} age 30 gender x email gone@example.com"
+    ));
+    assert_eq!(c.error_code(&format!("JOIN {b} {m}")), "not_allowed");
+    // changed behind its back: Redis tells the tracking link that lived
+    let hset = cluster.cli(
+        a_master,
+        &["HSET", &user_key(a), "email", "gone@example.com"],
+    );
+    assert_eq!(hset.trim(), "0", "{hset}");
+    wait_until(
+        "the daemon hears that user a changed",
+        Duration::from_secs(10),
+        || {
+            let reply = c.request(&format!("JOIN {a} {m}"));
+            if reply["ok"] == true {
+                c.ok(&format!("LEAVE {a} {m}"));
+                return false;
+            }
+            assert_eq!(reply["error"]["code"], "not_allowed", "{reply}");
+            true
+        },
+    );
+    assert_eq!(c.error_code(&format!("JOIN 1 {m}")), "unavailable");
+
+    let log = daemon.log();
+    let storm = log
+        .lines()
+        .filter(|l| l.contains("Failed to connect") && !l.contains("held back"))
+        .count();
+    eprintln!(
+        "{rounds} rounds during the outage, {refused} JOINs of the dead master's meeting refused; {storm} 'Failed to connect' lines logged"
+    );
+    assert!(storm <= 2, "the warnings are held back: {log}");
 }

@@ -882,3 +882,136 @@ fn relay_bytes(
     }
     let _ = to.shutdown(std::net::Shutdown::Both);
 }
+
+#[allow(dead_code)]
+impl Client {
+    /// A client on a connection made already (its credentials are those of
+    /// whoever connected it).
+    pub fn from_stream(stream: std::os::unix::net::UnixStream) -> Client {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("set the read timeout");
+        let reader = std::io::BufReader::new(stream.try_clone().expect("clone the connection"));
+        Client { stream, reader }
+    }
+}
+
+/// Most connections [`connect_as`] makes at once.
+pub const CONNECT_AS_MAX: usize = 16;
+
+/// `count` connections to the socket at `path` made by a process running
+/// as `uid` (and gid `uid`), so the daemon reads those credentials
+/// (SO_PEERCRED keeps the connecting process'): a child sets its uid,
+/// connects (in `pre_exec`, between fork and exec, where no allocation may
+/// happen) and passes the sockets back over a socket pair (SCM_RIGHTS),
+/// then execs /bin/true. Needs root; the socket and its directory must let
+/// `uid` in. Connections are made in order, so the daemon accepts them in
+/// that order.
+#[allow(dead_code)]
+pub fn connect_as(path: &Path, uid: u32, count: usize) -> Vec<Client> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    assert!(
+        (1..=CONNECT_AS_MAX).contains(&count),
+        "1..={CONNECT_AS_MAX}"
+    );
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    assert!(bytes.len() < address.sun_path.len(), "a short socket path");
+    for (to, from) in address.sun_path.iter_mut().zip(bytes) {
+        *to = *from as libc::c_char;
+    }
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+    let theirs_fd = theirs.as_raw_fd();
+    let mut command = Command::new("/bin/true");
+    command.uid(uid).gid(uid);
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only async-signal-safe system calls on memory of its own stack or
+    // captured by value.
+    unsafe {
+        command.pre_exec(move || {
+            let mut fds = [0 as libc::c_int; CONNECT_AS_MAX];
+            for fd in fds.iter_mut().take(count) {
+                *fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                if *fd < 0
+                    || libc::connect(
+                        *fd,
+                        (&address as *const libc::sockaddr_un).cast(),
+                        std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            let data_len = std::mem::size_of::<libc::c_int>() * count;
+            let mut control = [0u64; 32];
+            let mut byte = [b'x'];
+            let mut iov = libc::iovec {
+                iov_base: byte.as_mut_ptr().cast(),
+                iov_len: 1,
+            };
+            let mut message: libc::msghdr = std::mem::zeroed();
+            message.msg_iov = &mut iov;
+            message.msg_iovlen = 1;
+            message.msg_control = control.as_mut_ptr().cast();
+            message.msg_controllen = libc::CMSG_SPACE(data_len as u32) as _;
+            let header = libc::CMSG_FIRSTHDR(&message);
+            (*header).cmsg_level = libc::SOL_SOCKET;
+            (*header).cmsg_type = libc::SCM_RIGHTS;
+            (*header).cmsg_len = libc::CMSG_LEN(data_len as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(header),
+                data_len,
+            );
+            if libc::sendmsg(theirs_fd, &message, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = command
+        .status()
+        .unwrap_or_else(|e| panic!("connecting as uid {uid}: {e}"));
+    assert!(status.success(), "the child of uid {uid}: {status}");
+    drop(theirs);
+    let mut control = [0u64; 32];
+    let mut byte = [0u8];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: msghdr is plain data; the buffers it points at live on this
+    // stack until recvmsg returns and the descriptors are read out.
+    let fds: Vec<libc::c_int> = unsafe {
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = &mut iov;
+        message.msg_iovlen = 1;
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = std::mem::size_of_val(&control) as _;
+        let received = libc::recvmsg(ours.as_raw_fd(), &mut message, libc::MSG_CMSG_CLOEXEC);
+        assert!(received > 0, "the connections of uid {uid} come back");
+        let header = libc::CMSG_FIRSTHDR(&message);
+        assert!(
+            !header.is_null() && (*header).cmsg_type == libc::SCM_RIGHTS,
+            "descriptors passed"
+        );
+        let data_len = (*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+        let n = data_len / std::mem::size_of::<libc::c_int>();
+        let mut fds = vec![0 as libc::c_int; n];
+        std::ptr::copy_nonoverlapping(
+            libc::CMSG_DATA(header),
+            fds.as_mut_ptr().cast::<u8>(),
+            data_len,
+        );
+        fds
+    };
+    assert_eq!(fds.len(), count, "every connection of uid {uid} comes back");
+    fds.into_iter()
+        // SAFETY: each descriptor was just received, open and ours alone.
+        .map(|fd| Client::from_stream(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) }))
+        .collect()
+}

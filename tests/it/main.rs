@@ -4,6 +4,7 @@
 mod calls;
 mod check;
 mod cluster;
+mod connections;
 mod ctl;
 mod docs;
 mod faults;

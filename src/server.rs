@@ -33,7 +33,7 @@ use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cmd::{self, Context, Limits, Outcome, Plan};
+use crate::cmd::{self, Context, Limits, Outcome, Peer, Plan};
 use crate::error::Code;
 use crate::protocol::{self, Request};
 use crate::stats::Refusal;
@@ -272,7 +272,7 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
         };
         let current = live.borrow().clone();
-        let peer = Peer::of(&stream, own_uid, &current.server);
+        let peer = peer_of(&stream, own_uid, &current.server);
         let slot = match slots.take(&peer, &current.server) {
             Ok(slot) => slot,
             Err((why, message)) => {
@@ -291,7 +291,7 @@ pub async fn run(
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             ctx.stats.connection_opened();
-            if let Err(err) = handle(stream, peer.admin, &ctx, &current.server, &shutdown).await {
+            if let Err(err) = handle(stream, peer, &ctx, &current.server, &shutdown).await {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
             ctx.stats.connection_closed();
@@ -341,33 +341,23 @@ impl Spare {
     }
 }
 
-/// Who is at the other end of a connection, from its credentials.
-struct Peer {
-    /// Its uid; `u32::MAX` when the credentials cannot be read.
-    uid: u32,
-    /// It may use admin commands, and is exempt from the per-uid limit
-    /// and the admins' reserve.
-    admin: bool,
-}
-
-impl Peer {
-    /// The peer of `stream`: admins are root, the daemon's own uid, and
-    /// the configured uids and gids.
-    fn of(stream: &UnixStream, own_uid: u32, config: &ServerConfig) -> Peer {
-        match stream.peer_cred() {
-            Ok(cred) => Peer {
-                uid: cred.uid(),
-                admin: cred.uid() == 0
-                    || cred.uid() == own_uid
-                    || config.admin_uids.contains(&cred.uid())
-                    || config.admin_gids.contains(&cred.gid()),
-            },
-            Err(err) => {
-                tracing::warn!("cannot read the peer's credentials ({err}); not an admin");
-                Peer {
-                    uid: u32::MAX,
-                    admin: false,
-                }
+/// The peer of `stream`: admins are root, the daemon's own uid, and the
+/// configured uids and gids (who are also exempt from the per-uid limit
+/// and the admins' reserve).
+fn peer_of(stream: &UnixStream, own_uid: u32, config: &ServerConfig) -> Peer {
+    match stream.peer_cred() {
+        Ok(cred) => Peer {
+            uid: cred.uid(),
+            admin: cred.uid() == 0
+                || cred.uid() == own_uid
+                || config.admin_uids.contains(&cred.uid())
+                || config.admin_gids.contains(&cred.gid()),
+        },
+        Err(err) => {
+            tracing::warn!("cannot read the peer's credentials ({err}); not an admin");
+            Peer {
+                uid: u32::MAX,
+                admin: false,
             }
         }
     }
@@ -552,7 +542,7 @@ struct Held {
 /// in request order.
 async fn handle(
     stream: UnixStream,
-    admin: bool,
+    peer: Peer,
     ctx: &Context,
     config: &ServerConfig,
     shutdown: &CancellationToken,
@@ -588,7 +578,7 @@ async fn handle(
                 })
             } else {
                 let before = queue.len();
-                let step = next_step(&mut queue, &mut held, admin, ctx, config);
+                let step = next_step(&mut queue, &mut held, &peer, ctx, config);
                 if queue.len() < before {
                     queued_bytes = queue.iter().map(Pending::len).sum();
                 }
@@ -756,7 +746,7 @@ fn too_long_error(config: &ServerConfig) -> cmd::CmdError {
 fn next_step(
     queue: &mut VecDeque<Pending>,
     held: &mut Option<Held>,
-    admin: bool,
+    peer: &Peer,
     ctx: &Context,
     config: &ServerConfig,
 ) -> Option<Step> {
@@ -791,7 +781,7 @@ fn next_step(
         let command = request.name();
         let quit = request == Request::Quit;
         let big = request.is_big();
-        match cmd::plan(request, admin, ctx) {
+        match cmd::plan(request, peer, ctx) {
             Plan::Done(result) => {
                 let close = quit && result.is_ok();
                 items.push(Item::Done {

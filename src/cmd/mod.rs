@@ -214,16 +214,31 @@ where
     Plan::Alone(work(ctx.clone()).map(|r| r.map(Outcome::Reply)).boxed())
 }
 
+/// Who sends the requests of a connection, from its credentials
+/// (SO_PEERCRED, read once per connection).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// Its uid; `u32::MAX` when the credentials could not be read.
+    pub uid: u32,
+    /// It may use admin commands: root, the daemon's own uid, and the
+    /// configuration's `admin.uids` and `admin.gids`.
+    pub admin: bool,
+}
+
 /// How to carry out a request on a connection that is not watching (the
-/// connection itself handles what it may do while watching). `admin` says
-/// whether the peer may use admin commands.
-pub fn plan(request: Request, admin: bool, ctx: &Context) -> Plan {
-    if request.is_admin() && !admin {
+/// connection itself handles what it may do while watching) from `peer`.
+pub fn plan(request: Request, peer: &Peer, ctx: &Context) -> Plan {
+    if request.is_admin() && !peer.admin {
+        let caller = match peer.uid {
+            u32::MAX => "a peer whose credentials could not be read".to_string(),
+            uid => format!("uid {uid}"),
+        };
         return Plan::Done(Err(CmdError::new(
             Code::PermissionDenied,
             format!(
-                "{} is an admin command: only root, the daemon's own user and the \
-                 uids and gids of the configuration's admin list may send it",
+                "{} is an admin command and {caller} is no admin: admins are root, the \
+                 daemon's own user, and the uids of admin.uids and the primary gids of \
+                 admin.gids in the daemon's configuration",
                 request.name()
             ),
         )));
@@ -299,8 +314,8 @@ pub fn plan(request: Request, admin: bool, ctx: &Context) -> Plan {
 }
 
 /// Carry out one request on its own (see [`plan`]).
-pub async fn execute(request: Request, admin: bool, ctx: &Context) -> Result<Outcome, CmdError> {
-    match plan(request, admin, ctx) {
+pub async fn execute(request: Request, peer: &Peer, ctx: &Context) -> Result<Outcome, CmdError> {
+    match plan(request, peer, ctx) {
         Plan::Done(result) => result,
         Plan::Call(call) => ctx
             .store

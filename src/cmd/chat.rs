@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{CmdError, Context, Plan, call, ok, page_size, target};
+use super::{CmdError, Context, Plan, call, call_naming, ok, page_size, target};
 use crate::error::Code;
 use crate::protocol::{Mref, Time};
 
@@ -22,7 +22,8 @@ struct PostedReply<'a> {
 /// `POST <user> <mref> <text> [ID <key>]` -> `{"id","meeting","order","user","at"}`;
 /// a text over the chat text limit is `too_large`. With `ID`, a repeat of
 /// the same user's key in the instance stores nothing and answers the first
-/// message, with `"duplicate":true`.
+/// message, with `"duplicate":true`. `not_found` for a user that does not
+/// exist wins over the other refusals.
 pub fn post(ctx: &Context, user: u64, mref: Mref, text: String, key: Option<String>) -> Plan {
     if text.len() > ctx.limits.text {
         return Plan::Done(Err(CmdError::new(
@@ -37,7 +38,7 @@ pub fn post(ctx: &Context, user: u64, mref: Mref, text: String, key: Option<Stri
     let posted = ctx
         .store
         .post_call(user, target(mref), &text, key.as_deref());
-    call(posted, |posted| {
+    call_naming(ctx, user, posted, |posted| {
         ok(PostedReply {
             id: &posted.id,
             meeting: posted.instance.meeting,

@@ -206,6 +206,41 @@ fn call<T: 'static>(call: Call<T>, result: impl FnOnce(T) -> CmdResult + Send + 
     Plan::Call(call.map(|value| Finish::Done(result(value))))
 }
 
+/// [`call`], for a call that names `user` (LEAVE, POST): its refusal
+/// (`inactive`, `not_joined`, `not_found`) becomes `not_found` for the user
+/// when the user does not exist, as for JOIN, which reads the user first.
+/// The user is looked up on that error path only (the cache, else one
+/// read), so a request that succeeds stays one round trip.
+fn call_naming<T: 'static>(
+    ctx: &Context,
+    user: u64,
+    call: Call<T>,
+    result: impl FnOnce(T) -> CmdResult + Send + 'static,
+) -> Plan {
+    let store = ctx.store.clone();
+    Plan::Call(
+        call.map(|value| Finish::Done(result(value)))
+            .or_else(move |refused| {
+                let refusal = matches!(
+                    refused.code(),
+                    Code::Inactive | Code::NotJoined | Code::NotFound
+                );
+                if !refusal || store.user_cached(user).is_some() {
+                    return Err(refused);
+                }
+                Ok(Finish::More(
+                    async move {
+                        match store.user_known(user).await {
+                            Err(unknown) if unknown.code() == Code::NotFound => Err(unknown.into()),
+                            _ => Err(refused.into()),
+                        }
+                    }
+                    .boxed(),
+                ))
+            }),
+    )
+}
+
 /// A plan of work of its own.
 fn alone<F>(ctx: &Context, work: impl FnOnce(Context) -> F) -> Plan
 where

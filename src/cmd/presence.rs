@@ -5,7 +5,9 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use serde::Serialize;
 
-use super::{CmdResult, Context, Finish, Plan, alone, call, capped_array, ok, page_size, target};
+use super::{
+    CmdResult, Context, Finish, Plan, alone, call, call_naming, capped_array, ok, page_size, target,
+};
 use crate::protocol::{Mref, Time};
 use crate::store::{Joined, Known, Participant};
 
@@ -54,17 +56,23 @@ struct LeftReply<'a> {
 }
 
 /// # Format
-/// `LEAVE <user> <mref>` -> `{"meeting","order","user","left_at","id"}`
+/// `LEAVE <user> <mref>` -> `{"meeting","order","user","left_at","id"}`;
+/// `not_found` for a user that does not exist wins over the other refusals.
 pub fn leave(ctx: &Context, user: u64, mref: Mref) -> Plan {
-    call(ctx.store.leave_call(user, target(mref)), |left| {
-        ok(LeftReply {
-            meeting: left.instance.meeting,
-            order: left.instance.order,
-            user: left.user,
-            left_at: Time(left.left_at),
-            id: &left.event_id,
-        })
-    })
+    call_naming(
+        ctx,
+        user,
+        ctx.store.leave_call(user, target(mref)),
+        |left| {
+            ok(LeftReply {
+                meeting: left.instance.meeting,
+                order: left.instance.order,
+                user: left.user,
+                left_at: Time(left.left_at),
+                id: &left.event_id,
+            })
+        },
+    )
 }
 
 /// A row of PARTICIPANTS.

@@ -207,7 +207,9 @@ pub struct Call<T> {
     cmd: Cmd,
     /// Whether the function writes (a lost reply is then in doubt).
     writes: bool,
-    decode: Box<dyn FnOnce(Value) -> Result<T, StoreError> + Send>,
+    /// The reply, or why there is none (a refusal of the library, a lost
+    /// connection), into the result.
+    decode: Box<dyn FnOnce(Result<Value, StoreError>) -> Result<T, StoreError> + Send>,
 }
 
 impl<T: 'static> Call<T> {
@@ -226,7 +228,7 @@ impl<T: 'static> Call<T> {
         Call {
             cmd,
             writes,
-            decode: Box::new(decode),
+            decode: Box::new(|reply: Result<Value, StoreError>| reply.and_then(decode)),
         }
     }
 
@@ -236,7 +238,21 @@ impl<T: 'static> Call<T> {
         Call {
             cmd: self.cmd,
             writes: self.writes,
-            decode: Box::new(move |value| decode(value).map(f)),
+            decode: Box::new(move |reply| decode(reply).map(f)),
+        }
+    }
+
+    /// The same call, a failure of it passed through `f`, which may turn
+    /// it into a result (or another failure).
+    pub fn or_else(
+        self,
+        f: impl FnOnce(StoreError) -> Result<T, StoreError> + Send + 'static,
+    ) -> Call<T> {
+        let decode = self.decode;
+        Call {
+            cmd: self.cmd,
+            writes: self.writes,
+            decode: Box::new(move |reply| decode(reply).or_else(f)),
         }
     }
 
@@ -244,9 +260,9 @@ impl<T: 'static> Call<T> {
     /// it went out on a live connection.
     fn finish(self, reply: Result<Value, RedisError>, sent: bool) -> Result<T, StoreError> {
         match reply {
-            Ok(Value::ServerError(err)) => Err(RedisError::from(err).into()),
-            Ok(value) => (self.decode)(value),
-            Err(err) => Err(StoreError::of_call(err, self.writes && sent)),
+            Ok(Value::ServerError(err)) => (self.decode)(Err(RedisError::from(err).into())),
+            Ok(value) => (self.decode)(Ok(value)),
+            Err(err) => (self.decode)(Err(StoreError::of_call(err, self.writes && sent))),
         }
     }
 }

@@ -385,6 +385,16 @@ fn every_error_code_on(backend: &Backend) {
         ("JOIN 3 2", "not_allowed"),
         ("JOIN 1 1", "already_joined"),
         ("LEAVE 2 1", "not_joined"),
+        // a user that does not exist is not_found whatever else applies,
+        // as for JOIN
+        ("LEAVE 99 1", "not_found"),
+        ("LEAVE 99 1/3", "not_found"),
+        ("POST 99 1 hi", "not_found"),
+        ("POST 99 1/3 hi", "not_found"),
+        ("POST 99 1/99 hi", "not_found"),
+        // and a known user keeps the refusal of the instance
+        ("LEAVE 2 1/3", "inactive"),
+        ("POST 2 1 hi", "not_joined"),
         ("MESSAGES 1 LIMIT 1001", "bad_request"),
     ];
     for (line, code) in cases {

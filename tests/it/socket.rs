@@ -971,3 +971,82 @@ fn stats_are_served_as_prometheus_text_when_configured() {
     );
     assert!(get("/").starts_with("HTTP/1.1 404 "));
 }
+
+/// What docs/protocol.md pins down, each as it says: what must be quoted
+/// (a backslash in a bare word is itself, a quote inside one is refused),
+/// a blank line is a request, the line limit counts no `\r`, requests
+/// after QUIT are neither run nor answered, the text rules of every field,
+/// and an audience kept on a public meeting decides once it is private.
+#[test]
+fn what_the_protocol_doc_pins_down() {
+    let redis = Redis::start();
+    let daemon = Daemon::start(&redis, &[]);
+    let mut c = daemon.client();
+    seed(&mut c);
+    c.ok("JOIN 1 1");
+
+    // quoting
+    c.ok(r"POST 1 1 a\b");
+    c.ok(r#"POST 1 1 "tab\there""#);
+    c.ok("POST 1 1 éclair");
+    let page = c.ok("MESSAGES 1");
+    let texts: Vec<&str> = page["messages"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|m| m["text"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(texts, [r"a\b", "tab\there", "éclair"]);
+    assert_eq!(c.error_code(r#"POST 1 1 a"b"#), "bad_request");
+    assert_eq!(c.error_code(r#"POST 1 1 "a"b"#), "bad_request");
+
+    // a blank line is a request: one reply each, in order
+    c.send(b"\n \t\nPING\n");
+    for _ in 0..2 {
+        let reply = c.reply().expect("a reply to a blank line");
+        assert_eq!(reply["error"]["code"], "bad_request", "{reply}");
+    }
+    assert_eq!(c.reply().expect("the PING's reply")["result"], "PONG");
+
+    // requests after QUIT are neither run nor answered
+    let mut quitting = daemon.client();
+    quitting.send(b"QUIT\nJOIN 2 1\n");
+    assert_eq!(quitting.reply().expect("BYE")["result"], "BYE");
+    assert!(quitting.reply().is_none(), "nothing after BYE");
+    let people = c.ok("PARTICIPANTS 1");
+    assert_eq!(people.as_array().map(Vec::len), Some(1), "{people}");
+
+    // texts
+    let name_1024 = "n".repeat(1024);
+    c.ok(&format!(
+        "USER SET 7 name {name_1024} age 0 gender g email g@x"
+    ));
+    c.ok(r#"MEETING SET 9 title t description "" public true"#);
+    for line in [
+        format!("USER SET 7 name {name_1024}n age 1 gender g email g@x"),
+        "USER SET 7 name n age 151 gender g email g@x".to_string(),
+        r#"USER SET 7 name "" age 1 gender g email g@x"#.to_string(),
+        r#"USER SET 7 name "a\u0085b" age 1 gender g email g@x"#.to_string(),
+        format!(
+            r#"MEETING SET 9 title t description "{}" public true"#,
+            "d".repeat(1025)
+        ),
+        r#"POST 1 1 """#.to_string(),
+        "POST 1 1 hi ID bad/key".to_string(),
+    ] {
+        assert_eq!(c.error_code(&line), "bad_request", "{line}");
+    }
+
+    // the audience of a public meeting is kept, and decides once private
+    c.ok("AUDIENCE ADD 1 bob@example.com");
+    c.ok(r#"MEETING SET 1 title "Town hall" description "all hands" public false"#);
+    c.ok("JOIN 2 1");
+    assert_eq!(c.error_code("JOIN 3 1"), "not_allowed");
+
+    // the line limit counts the line before its \r\n
+    let small = Daemon::start(&redis, &[("MEETINGD_SOCKET__MAX_LINE_BYTES", "20")]);
+    let mut c = small.client();
+    let twenty = format!("POST 1 1 {}", "y".repeat(20 - "POST 1 1 ".len()));
+    c.send(format!("{twenty}\r\n").as_bytes());
+    assert_eq!(c.reply().expect("a reply")["ok"], true);
+    c.send(format!("{twenty}y\r\n").as_bytes());
+    assert_eq!(c.reply().expect("a reply")["error"]["code"], "too_large");
+}

@@ -37,7 +37,8 @@
 //!   drain. [`embedded_redis`] supervises the redis-server of the embedded
 //!   default; [`logging`] sets up tracing.
 //! - [`config`]: settings as read (file, environment, flags) into a
-//!   validated configuration.
+//!   validated configuration. [`durability`]: what an acknowledgement
+//!   promises (`redis.durability`) and whether a Redis keeps it.
 //! - [`stats`]: the counters STATS shows; [`metrics`] serves them as
 //!   Prometheus text. [`error`]: the protocol's error codes. [`clock`]:
 //!   where "now" comes from.
@@ -47,7 +48,8 @@
 //!
 //! Arrows run one way: main -> daemon -> server -> cmd -> (watch ->) store
 //! -> lua; the scheduler calls the store; protocol, config, error and clock
-//! depend on nothing of ours but the error codes.
+//! depend on nothing of ours but the error codes and [`durability`], which
+//! depends on nothing.
 
 #![deny(missing_docs)]
 
@@ -55,6 +57,7 @@ pub mod clock;
 pub mod cmd;
 pub mod config;
 pub mod daemon;
+pub mod durability;
 pub mod embedded_redis;
 pub mod error;
 pub mod logging;

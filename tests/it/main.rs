@@ -6,6 +6,7 @@ mod check;
 mod cluster;
 mod ctl;
 mod docs;
+mod durability;
 mod faults;
 mod fuzz;
 mod hardening;

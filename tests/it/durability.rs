@@ -452,3 +452,54 @@ fn durability_trial() {
         eprintln!("  lost: {line}");
     }
 }
+
+/// A cluster: every master is asked. Two keep fsync, the third has no
+/// append-only file: one warning, naming that master, under the default;
+/// a refusal naming it when fsync is configured.
+#[test]
+fn every_master_of_a_cluster_is_asked_what_it_keeps() {
+    let cluster = crate::cluster::Cluster::start(3);
+    let ports = cluster.ports().to_vec();
+    for port in &ports[..2] {
+        for (name, value) in [("appendonly", "yes"), ("appendfsync", "always")] {
+            assert_eq!(
+                cluster.cli(*port, &["CONFIG", "SET", name, value]).trim(),
+                "OK"
+            );
+        }
+    }
+    let weak = format!("127.0.0.1:{}", ports[2]);
+    let daemon = Daemon::start_on_cluster(&cluster.urls(), &[]);
+    let log = daemon.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains(&format!("the Redis at {weak} runs with appendonly no")));
+    for port in &ports[..2] {
+        assert!(
+            log.contains(&format!(
+                "\"fsync\" kept: the Redis at 127.0.0.1:{port} runs with appendonly yes"
+            )),
+            "{log}"
+        );
+    }
+    drop(daemon);
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = dir.path().join("meetingd.sock");
+    let mut refused = Daemon::spawn_command(
+        serve_command(&socket, &["--redis-cluster", &cluster.urls().join(",")]),
+        &socket,
+        &[("MEETINGD_REDIS__DURABILITY", "fsync")],
+        dir,
+    );
+    let status = refused
+        .wait(Duration::from_secs(30))
+        .expect("the daemon stops by itself");
+    assert_eq!(status.code(), Some(2), "{}", refused.log());
+    assert!(
+        refused
+            .log()
+            .contains(&format!("but the Redis at {weak} runs with appendonly no")),
+        "{}",
+        refused.log()
+    );
+}

@@ -681,7 +681,8 @@ impl RawConfig {
                 bad(
                     "redis.durability",
                     format!(
-                        "{name:?} is not {}: what an acknowledged write survives (README,                          \"Durability: what an ack means\")",
+                        "{name:?} is not {}: what an acknowledged write survives (README, \
+                         \"Durability: what an ack means\")",
                         Durability::NAMES.join(", ")
                     ),
                 )
@@ -1161,6 +1162,12 @@ mod tests {
             config.warnings[0].contains("ignored"),
             "{:?}",
             config.warnings
+        );
+        let err = from_toml("[redis]\ndurability = \"always\"").expect_err("always");
+        assert_eq!(
+            err.0,
+            "redis.durability: \"always\" is not fsync, everysec, memory: what an acknowledged \
+             write survives (README, \"Durability: what an ack means\")"
         );
     }
 

@@ -1,7 +1,8 @@
 //! The daemon's life: start (the embedded Redis if no Redis is configured,
-//! the store, the start-up tick, the cron job, the socket), tell systemd
-//! it is ready, feed its watchdog while ticks succeed, reload on SIGHUP,
-//! drain on SIGTERM or SIGINT.
+//! the store, what Redis keeps against `redis.durability`, the start-up
+//! tick, the cron job, the socket), tell systemd it is ready, feed its
+//! watchdog while ticks succeed, reload on SIGHUP, drain on SIGTERM or
+//! SIGINT.
 //!
 //! Draining: stop accepting, answer every request already received, let
 //! the scheduler finish its current tick, stop the embedded Redis, remove

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::durability::Durability;
+
 /// Why a configuration was refused: one sentence naming the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -110,6 +112,10 @@ pub struct RawRedis {
     /// Partitions meetings are spread over; unset: the count the data
     /// records, or 64 for new data. Changed by `meetingd repartition`.
     pub partitions: Option<u64>,
+    /// What an acknowledged write survives: `fsync`, `everysec` or
+    /// `memory`; unset: `fsync`, and an external Redis that keeps less is
+    /// warned about rather than refused.
+    pub durability: Option<String>,
 }
 
 impl Default for RawRedis {
@@ -119,6 +125,7 @@ impl Default for RawRedis {
             cluster: Vec::new(),
             timeout_ms: 1000,
             partitions: None,
+            durability: None,
         }
     }
 }
@@ -239,8 +246,9 @@ pub struct RawEmbedded {
     /// Its data directory (AOF, socket); empty: `$STATE_DIRECTORY`, else
     /// /var/lib/meetingd for root, else ~/.local/state/meetingd.
     pub data_dir: String,
-    /// `always`, `everysec` or `no`.
-    pub appendfsync: String,
+    /// Deprecated: `always`, `everysec` or `no`, read as
+    /// `redis.durability` `fsync`, `everysec` or `memory`.
+    pub appendfsync: Option<String>,
 }
 
 impl Default for RawEmbedded {
@@ -248,7 +256,7 @@ impl Default for RawEmbedded {
         RawEmbedded {
             redis_server: "redis-server".into(),
             data_dir: String::new(),
-            appendfsync: "everysec".into(),
+            appendfsync: None,
         }
     }
 }
@@ -371,6 +379,13 @@ pub struct Config {
     pub watch_lane_size: usize,
     /// Where to serve Prometheus text, if anywhere (a loopback address).
     pub prometheus: Option<std::net::SocketAddr>,
+    /// The promise of an acknowledgement as configured; `None`: the
+    /// default ([`Durability::DEFAULT`]), which only warns about an
+    /// external Redis that keeps less.
+    pub durability: Option<Durability>,
+    /// Settings that work but should change (a deprecated key): one line
+    /// each, logged at start-up.
+    pub warnings: Vec<String>,
 }
 
 /// The control socket's settings.
@@ -403,8 +418,8 @@ pub struct EmbeddedConfig {
     pub redis_server: PathBuf,
     /// Its directory.
     pub data_dir: PathBuf,
-    /// Its fsync policy.
-    pub appendfsync: String,
+    /// The promise it is started to keep (its `appendfsync`).
+    pub durability: Durability,
 }
 
 impl RawConfig {
@@ -578,12 +593,8 @@ impl RawConfig {
             }
         };
         let e = &self.embedded;
-        if !matches!(e.appendfsync.as_str(), "always" | "everysec" | "no") {
-            return Err(bad(
-                "embedded.appendfsync",
-                format!("{:?} is not always, everysec or no", e.appendfsync),
-            ));
-        }
+        let embedded = redis_url.is_none() && redis_cluster.is_empty();
+        let (durability, warnings) = self.durability(embedded)?;
         if e.redis_server.is_empty() {
             return Err(bad("embedded.redis_server", "must not be empty"));
         }
@@ -617,7 +628,7 @@ impl RawConfig {
                     "" => default_data_dir(),
                     dir => PathBuf::from(dir),
                 },
-                appendfsync: e.appendfsync.clone(),
+                durability: durability.unwrap_or(Durability::DEFAULT),
             },
             drain_timeout: Duration::from_secs(positive(
                 "shutdown.drain_timeout_secs",
@@ -674,7 +685,73 @@ impl RawConfig {
                     Some(parsed)
                 }
             },
+            durability,
+            warnings,
         })
+    }
+
+    /// `redis.durability`, and the deprecated `embedded.appendfsync` it
+    /// replaces (read as its promise for the embedded Redis, the only one
+    /// it ever set; contradicting `redis.durability` is refused): the
+    /// promise if configured, and the lines to log about it.
+    fn durability(&self, embedded: bool) -> Result<(Option<Durability>, Vec<String>), ConfigError> {
+        let stated = match self.redis.durability.as_deref() {
+            None => None,
+            Some(name) => Some(Durability::parse(name).ok_or_else(|| {
+                bad(
+                    "redis.durability",
+                    format!(
+                        "{name:?} is not {}: what an acknowledged write survives (README, \
+                         \"Durability: what an ack means\")",
+                        Durability::NAMES.join(", ")
+                    ),
+                )
+            })?),
+        };
+        let Some(old) = self.embedded.appendfsync.as_deref() else {
+            return Ok((stated, Vec::new()));
+        };
+        let read_as = Durability::of_appendfsync(old).ok_or_else(|| {
+            bad(
+                "embedded.appendfsync",
+                format!(
+                    "{old:?} is not always, everysec or no; this key is deprecated: set \
+                     redis.durability ({}) instead",
+                    Durability::NAMES.join(", ")
+                ),
+            )
+        })?;
+        match stated {
+            Some(stated) if stated != read_as => Err(bad(
+                "embedded.appendfsync",
+                format!(
+                    "{old:?} contradicts redis.durability = \"{stated}\"; this key is \
+                     deprecated: remove it (redis.durability alone sets the embedded Redis' \
+                     appendfsync)"
+                ),
+            )),
+            Some(stated) => Ok((
+                Some(stated),
+                vec![format!(
+                    "embedded.appendfsync is deprecated and redis.durability = \"{stated}\" \
+                     says the same: remove embedded.appendfsync"
+                )],
+            )),
+            None if !embedded => Ok((
+                None,
+                vec![format!(
+                    "embedded.appendfsync = {old:?} is deprecated and ignored: it only ever set \
+                     the embedded Redis, and this daemon uses an external one; remove it"
+                )],
+            )),
+            None => Ok((
+                Some(read_as),
+                vec![format!(
+                    "embedded.appendfsync is deprecated: {old:?} is read as redis.durability = \
+                     \"{read_as}\"; set that instead and remove embedded.appendfsync"
+                )],
+            )),
+        }
     }
 
     /// The settings as TOML, with secrets (a Redis password) masked, and
@@ -707,7 +784,7 @@ fn connection_shares(
         return Err(bad(
             "socket.admin_reserved_connections",
             format!(
-                "{reserved} leaves no connection of socket.max_connections ({max}) to users                  who are not admins; it must be below it"
+                "{reserved} leaves no connection of socket.max_connections ({max}) to users who are not admins; it must be below it"
             ),
         ));
     }
@@ -717,7 +794,7 @@ fn connection_shares(
         return Err(bad(
             "socket.max_connections_per_uid",
             format!(
-                "{per_uid} is not in 1..{open_to_all} (socket.max_connections {max} less the                  {reserved} of socket.admin_reserved_connections)"
+                "{per_uid} is not in 1..{open_to_all} (socket.max_connections {max} less the {reserved} of socket.admin_reserved_connections)"
             ),
         ));
     }
@@ -729,6 +806,8 @@ const UNSET_BY_DEFAULT: &[(&str, &str)] = &[
     ("redis", "partitions"),
     ("socket", "max_connections_per_uid"),
     ("socket", "admin_reserved_connections"),
+    ("redis", "durability"),
+    ("embedded", "appendfsync"),
 ];
 
 /// The sections of the configuration and the keys of each, as the
@@ -1098,7 +1177,54 @@ mod tests {
         assert_eq!(config.redis_timeout, Duration::from_secs(1));
         assert_eq!(config.cron, "0 * * * * *");
         assert_eq!(config.redis_url, None);
-        assert_eq!(config.embedded.appendfsync, "everysec");
+        assert_eq!(config.durability, None);
+        assert_eq!(config.embedded.durability, Durability::Fsync);
+        assert!(config.warnings.is_empty());
+    }
+
+    #[test]
+    fn durability_and_its_deprecated_alias() {
+        let config = from_toml("[redis]\ndurability = \"everysec\"").expect("everysec");
+        assert_eq!(config.durability, Some(Durability::Everysec));
+        assert_eq!(config.embedded.durability, Durability::Everysec);
+        assert!(config.warnings.is_empty());
+        // the old key, alone: read as its promise, with a warning
+        let config = from_toml("[embedded]\nappendfsync = \"no\"").expect("the old key");
+        assert_eq!(config.durability, Some(Durability::Memory));
+        assert_eq!(config.embedded.durability, Durability::Memory);
+        assert!(
+            config.warnings[0].contains("redis.durability = \"memory\""),
+            "{:?}",
+            config.warnings
+        );
+        // both, agreeing: a warning; contradicting: refused, naming both
+        let config =
+            from_toml("[redis]\ndurability = \"fsync\"\n[embedded]\nappendfsync = \"always\"")
+                .expect("agreeing");
+        assert_eq!(config.durability, Some(Durability::Fsync));
+        assert_eq!(config.warnings.len(), 1);
+        let err =
+            from_toml("[redis]\ndurability = \"fsync\"\n[embedded]\nappendfsync = \"everysec\"")
+                .expect_err("contradicting");
+        assert!(err.0.starts_with("embedded.appendfsync: "), "{err}");
+        assert!(err.0.contains("redis.durability = \"fsync\""), "{err}");
+        // with an external Redis the old key set nothing, and still does not
+        let config = from_toml(
+            "[redis]\nurl = \"redis://127.0.0.1:6379\"\n[embedded]\nappendfsync = \"no\"",
+        )
+        .expect("external");
+        assert_eq!(config.durability, None);
+        assert!(
+            config.warnings[0].contains("ignored"),
+            "{:?}",
+            config.warnings
+        );
+        let err = from_toml("[redis]\ndurability = \"always\"").expect_err("always");
+        assert_eq!(
+            err.0,
+            "redis.durability: \"always\" is not fsync, everysec, memory: what an acknowledged \
+             write survives (README, \"Durability: what an ack means\")"
+        );
     }
 
     #[test]
@@ -1135,6 +1261,8 @@ mod tests {
                 "[embedded]\nappendfsync = \"sometimes\"",
                 "embedded.appendfsync",
             ),
+            ("[redis]\ndurability = \"always\"", "redis.durability"),
+            ("[redis]\ndurability = \"\"", "redis.durability"),
             ("[retention]\ndays = 99999", "retention.days"),
             ("[log]\nlevel = \"loud\"", "log.level"),
             ("[log]\nlevel = \"meetingd=loud\"", "log.level"),

@@ -1,7 +1,8 @@
 //! The daemon's life: start (the embedded Redis if no Redis is configured,
-//! the store, the start-up tick, the cron job, the socket), tell systemd
-//! it is ready, feed its watchdog while ticks succeed, reload on SIGHUP,
-//! drain on SIGTERM or SIGINT.
+//! the store, what Redis keeps against `redis.durability`, the start-up
+//! tick, the cron job, the socket), tell systemd it is ready, feed its
+//! watchdog while ticks succeed, reload on SIGHUP, drain on SIGTERM or
+//! SIGINT.
 //!
 //! Draining: stop accepting, answer every request already received, let
 //! the scheduler finish its current tick, stop the embedded Redis, remove
@@ -23,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cmd::{self, Context, Limits};
 use crate::config::{self, Config, Overrides};
+use crate::durability::{self, Durability, Judgement};
 use crate::embedded_redis::{EmbeddedError, EmbeddedRedis};
 use crate::logging::LogHandle;
 use crate::metrics;
@@ -242,6 +244,9 @@ async fn renew_serving(store: Store, who: String) {
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), DaemonError> {
     raise_file_limit(2 * config.socket.max_connections as u64 + 256);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let mut signals = signals()?;
     notify(&[NotifyState::Status("starting")]);
     let embedded = match (&config.redis_url, config.redis_cluster.is_empty()) {
@@ -259,7 +264,7 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
     };
     notify(&[NotifyState::Status("connecting to Redis")]);
     let store = tokio::select! {
-        store = connect(store_options(&config, url)) => store.map_err(DaemonError::Store)?,
+        store = connect(store_options(&config, url.clone())) => store.map_err(DaemonError::Store)?,
         Some(_) = signals.recv() => {
             tracing::info!("stopped before Redis could be reached");
             if let Some(embedded) = embedded {
@@ -276,6 +281,7 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
             .unwrap_or_else(|_| "localhost".into()),
         std::process::id()
     );
+    check_durability(&config, &store, &url).await?;
     store
         .start_serving(&serving_as)
         .await
@@ -409,6 +415,36 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
     Ok(())
 }
 
+/// Compare what Redis keeps (each master of a cluster) with
+/// `redis.durability`, and say what an acknowledgement means: one line per
+/// node, a warning where it keeps less than the default promise or cannot
+/// be asked, a refusal (exit 2) where it keeps less than a configured one.
+/// See [`durability::judge`] for why.
+async fn check_durability(config: &Config, store: &Store, url: &str) -> Result<(), DaemonError> {
+    let promise = config.durability.unwrap_or(Durability::DEFAULT);
+    let stated = config.durability.is_some();
+    for answer in store.persistence().await {
+        let node = answer
+            .node
+            .clone()
+            .unwrap_or_else(|| config::redact_url(url));
+        match durability::judge(promise, stated, &node, &answer.found) {
+            Judgement::Kept => {
+                if let Ok(found) = &answer.found {
+                    tracing::info!(
+                        "redis.durability \"{promise}\" kept: the Redis at {node} runs with \
+                         {found}, so {}",
+                        found.meaning()
+                    );
+                }
+            }
+            Judgement::Warn(line) => tracing::warn!("{line}"),
+            Judgement::Refuse(line) => return Err(DaemonError::Config(line)),
+        }
+    }
+    Ok(())
+}
+
 /// Apply what a reload may change; say what it may not.
 fn apply_reload(old: &Config, new: &Config, log: &LogHandle, live_tx: &watch::Sender<Live>) {
     if new.log_level != old.log_level {
@@ -423,6 +459,7 @@ fn apply_reload(old: &Config, new: &Config, log: &LogHandle, live_tx: &watch::Se
         ("redis.cluster", old.redis_cluster != new.redis_cluster),
         ("redis.timeout_ms", old.redis_timeout != new.redis_timeout),
         ("redis.partitions", old.partitions != new.partitions),
+        ("redis.durability", old.durability != new.durability),
         ("scheduler.tick_batch", old.tick_batch != new.tick_batch),
         (
             "scheduler.timeout_budget",

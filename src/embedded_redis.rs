@@ -1,8 +1,9 @@
 //! The embedded default: with no Redis configured, meetingd runs its own
 //! `redis-server` on a private Unix socket in its data directory, with
-//! append-only persistence, restarts it if it dies and stops it when the
-//! daemon stops. For a laptop or a demo; production points `redis.url` at
-//! a Redis of its own.
+//! append-only persistence fsynced as `redis.durability` promises (by
+//! default before every reply: `appendfsync always`), restarts it if it
+//! dies and stops it when the daemon stops. For a laptop or a demo;
+//! production points `redis.url` at a Redis of its own.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -69,7 +70,7 @@ impl EmbeddedRedis {
             binary,
             dir: config.data_dir.clone(),
             socket: socket.clone(),
-            appendfsync: config.appendfsync.clone(),
+            appendfsync: config.durability.appendfsync(),
         };
         let child = spawner
             .spawn()
@@ -104,7 +105,8 @@ struct Spawner {
     binary: PathBuf,
     dir: PathBuf,
     socket: PathBuf,
-    appendfsync: String,
+    /// Its `appendfsync`, from the promise it keeps.
+    appendfsync: &'static str,
 }
 
 impl Spawner {
@@ -123,7 +125,7 @@ impl Spawner {
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                &self.appendfsync,
+                self.appendfsync,
                 "--save",
                 "",
             ])

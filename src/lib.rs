@@ -39,7 +39,8 @@
 //!   default; [`logging`] sets up tracing (and holds back storms of
 //!   warnings).
 //! - [`config`]: settings as read (file, environment, flags) into a
-//!   validated configuration.
+//!   validated configuration. [`durability`]: what an acknowledgement
+//!   promises (`redis.durability`) and whether a Redis keeps it.
 //! - [`stats`]: the counters STATS shows; [`metrics`] serves them as
 //!   Prometheus text. [`error`]: the protocol's error codes. [`clock`]:
 //!   where "now" comes from.
@@ -49,7 +50,8 @@
 //!
 //! Arrows run one way: main -> daemon -> server -> cmd -> (watch ->) store
 //! -> lua; the scheduler calls the store; protocol, config, error and clock
-//! depend on nothing of ours but the error codes.
+//! depend on nothing of ours but the error codes and [`durability`], which
+//! depends on nothing.
 
 #![deny(missing_docs)]
 
@@ -57,6 +59,7 @@ pub mod clock;
 pub mod cmd;
 pub mod config;
 pub mod daemon;
+pub mod durability;
 pub mod embedded_redis;
 pub mod error;
 pub mod logging;

@@ -24,8 +24,9 @@
 //! The families of calls: `admin.rs` (users, meetings, audiences,
 //! instances, END), `presence.rs` (JOIN, LEAVE, PARTICIPANTS, ACTIVE,
 //! ATTENDANCE), `chat.rs` (POST, MESSAGES, EVENTS), `tick.rs`, `watch.rs`
-//! (the feed WATCH reads), `load.rs` (bulk loading) and `check.rs`
-//! (`meetingd check`).
+//! (the feed WATCH reads), `load.rs` (bulk loading), `check.rs`
+//! (`meetingd check`) and `persistence.rs` (what Redis does with writes,
+//! for `redis.durability`).
 
 mod admin;
 mod chat;
@@ -35,6 +36,7 @@ mod conn;
 mod keys;
 mod library;
 mod load;
+mod persistence;
 mod presence;
 mod repartition;
 mod reply;
@@ -52,6 +54,7 @@ use redis::{Cmd, ErrorKind, RedisError, Value};
 pub use keys::{DEFAULT_PARTITIONS, Keys};
 pub use library::{API_LEVEL, Library, Loaded, Verdict};
 pub use load::{Load, LoadReport};
+pub use persistence::NodePersistence;
 pub use repartition::{Repartitioned, SERVING_TTL};
 pub use types::*;
 pub use users::Known;

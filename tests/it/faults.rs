@@ -195,6 +195,13 @@ fn kill_9_of_redis_loses_nothing_acknowledged() {
         joins_stored >= joins_acked,
         "{joins_stored} joins stored, {joins_acked} acknowledged"
     );
+    eprintln!(
+        "kill -9 of Redis: {} requests acknowledged ({} POSTs, {joins_acked} JOINs), {} POSTs \
+         lost, {joins_stored} joins stored",
+        acknowledged.len(),
+        posted.len(),
+        lost.len()
+    );
     redis.assert_consistent();
 }
 

@@ -333,6 +333,16 @@ impl Daemon {
         Daemon::start_serving(&["--redis", url], env)
     }
 
+    /// Start the daemon with no Redis configured, so on its embedded
+    /// redis-server, whose data directory is `data_dir`; wait until it
+    /// answers.
+    pub fn start_embedded(data_dir: &Path, env: &[(&str, &str)]) -> Daemon {
+        let data_dir = data_dir.display().to_string();
+        let mut env = env.to_vec();
+        env.push(("MEETINGD_EMBEDDED__DATA_DIR", &data_dir));
+        Daemon::start_serving(&[], &env)
+    }
+
     /// Start `meetingd serve` on a socket in a new directory, with `args`
     /// saying where Redis is; wait until it answers.
     fn start_serving(args: &[&str], env: &[(&str, &str)]) -> Daemon {

@@ -7,6 +7,7 @@ mod cluster;
 mod connections;
 mod ctl;
 mod docs;
+mod durability;
 mod faults;
 mod fuzz;
 mod hardening;

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use drive::{Mix, Span, World};
+use meetingd::durability::Durability;
 use meetingd::store::{InstanceId, Load, Store, StoreOptions};
 use spawn::{OwnDaemon, OwnRedis};
 
@@ -119,7 +120,8 @@ enum Bench {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Start a redis-server (AOF everysec) and a meetingd of our own.
+    /// Start a redis-server (AOF, fsync as --durability says) and a
+    /// meetingd of our own.
     #[arg(long)]
     spawn: bool,
     /// A running daemon's socket (with --redis: the Redis it uses).
@@ -155,6 +157,11 @@ struct RunArgs {
     /// The main table, quickly: 2 s per measurement.
     #[arg(long)]
     quick: bool,
+    /// With --spawn: what an ack promises (redis.durability), and so the
+    /// appendfsync of the spawned redis-server: fsync (always), everysec,
+    /// memory (no).
+    #[arg(long, default_value = "everysec", value_parser = ["fsync", "everysec", "memory"])]
+    durability: String,
 }
 
 #[derive(Args)]
@@ -419,8 +426,17 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let (own_redis, own_daemon, socket, url) = match (&args.socket, &args.redis, args.spawn) {
         (Some(socket), Some(url), false) => (None, None, socket.clone(), url.clone()),
         _ => {
-            let redis = OwnRedis::start(true)?;
-            let daemon = OwnDaemon::start(&redis.url)?;
+            let durability = Durability::parse(&args.durability)
+                .ok_or_else(|| format!("no durability {:?}", args.durability))?;
+            let redis = OwnRedis::start_with(true, durability.appendfsync())?;
+            let daemon = OwnDaemon::start_with(
+                &redis.url,
+                &[("MEETINGD_REDIS__DURABILITY", durability.name())],
+            )?;
+            eprintln!(
+                "redis-server with appendfsync {}, meetingd with redis.durability {durability}",
+                durability.appendfsync()
+            );
             let (socket, url) = (daemon.socket.clone(), redis.url.clone());
             (Some(redis), Some(daemon), socket, url)
         }

@@ -1,6 +1,6 @@
 //! Processes the bench starts for a self-contained run: a redis-server
-//! (AOF everysec, as a deployment would run it) and a meetingd on it, each
-//! on a Unix socket in a temporary directory, stopped on drop.
+//! (AOF everysec unless told otherwise) and a meetingd on it, each on a
+//! Unix socket in a temporary directory, stopped on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +18,12 @@ pub struct OwnRedis {
 impl OwnRedis {
     /// Start it; `persist` turns on the append-only file (fsync every second).
     pub fn start(persist: bool) -> Result<OwnRedis, String> {
+        OwnRedis::start_with(persist, "everysec")
+    }
+
+    /// Start it with the append-only file on or off (`persist`), fsynced
+    /// as `appendfsync` says (`always`, `everysec`, `no`).
+    pub fn start_with(persist: bool, appendfsync: &str) -> Result<OwnRedis, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let socket: PathBuf = dir.path().join("redis.sock");
         let child = Command::new("redis-server")
@@ -26,7 +32,7 @@ impl OwnRedis {
                 "--appendonly",
                 if persist { "yes" } else { "no" },
                 "--appendfsync",
-                "everysec",
+                appendfsync,
             ])
             .arg("--unixsocket")
             .arg(&socket)

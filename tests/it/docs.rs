@@ -87,3 +87,63 @@ fn the_readme_and_help_point_to_it() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("docs/protocol.md"), "{help}");
 }
+
+/// docs/replies.schema.json writes down every reply: each command of HELP
+/// has its definition, and every reply line docs/protocol.md shows (the
+/// JSON blocks under a command's heading, and those of the WATCH feed) fits
+/// it. The harness holds every reply the suite reads to the same file.
+#[test]
+fn every_reply_the_reference_shows_fits_the_schema() {
+    let doc = read("docs/protocol.md");
+    let mut command: Option<&str> = None;
+    let mut in_json = false;
+    let mut checked = std::collections::BTreeSet::new();
+    for line in doc.lines() {
+        if let Some(heading) = line.strip_prefix("### ") {
+            let name = heading.trim_end_matches(" *");
+            command = COMMANDS.iter().find(|c| c.name == name).map(|c| c.name);
+        } else if line.starts_with("## ") {
+            command = None;
+        }
+        match line {
+            "```json" => in_json = true,
+            "```" => in_json = false,
+            _ if in_json && line.starts_with('{') => {
+                let reply: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("docs/protocol.md: {line} is not JSON: {e}"));
+                crate::harness::assert_reply_schema(command, &reply);
+                if let Some(command) = command {
+                    checked.insert(command);
+                }
+            }
+            _ => {}
+        }
+    }
+    for c in COMMANDS {
+        crate::harness::assert_schema(
+            "HELP",
+            &serde_json::json!({
+                "command": c.name, "syntax": c.syntax, "admin": c.admin, "summary": c.summary
+            }),
+        );
+        assert!(
+            checked.contains(c.name),
+            "docs/protocol.md shows no reply of {} to check against the schema",
+            c.name
+        );
+    }
+}
+
+/// Every command has its definition in the schema.
+#[test]
+fn every_command_has_a_reply_schema() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&read("docs/replies.schema.json")).expect("the schema is JSON");
+    for c in COMMANDS {
+        assert!(
+            schema["$defs"].get(c.name).is_some(),
+            "docs/replies.schema.json has no definition of {}",
+            c.name
+        );
+    }
+}

@@ -3,9 +3,10 @@
 //! talk to it (the store, raw FCALL as redis-cli sends it, redis-cli
 //! itself).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use meetingd::clock::ManualClock;
@@ -516,10 +517,12 @@ impl Client {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => None,
-            Ok(_) => Some(
-                serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("reply {line:?} is not JSON: {e}")),
-            ),
+            Ok(_) => {
+                let reply = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("reply {line:?} is not JSON: {e}"));
+                assert_reply_schema(None, &reply);
+                Some(reply)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
             Err(e) => panic!("reading a reply: {e}"),
         }
@@ -537,11 +540,16 @@ impl Client {
         }
     }
 
-    /// Send one request line, read its reply.
+    /// Send one request line, read its reply (held to the schema of its
+    /// command, docs/replies.schema.json).
     pub fn request(&mut self, line: &str) -> serde_json::Value {
         self.send(format!("{line}\n").as_bytes());
-        self.reply()
-            .unwrap_or_else(|| panic!("the daemon closed the connection after {line:?}"))
+        let reply = self
+            .reply()
+            .unwrap_or_else(|| panic!("the daemon closed the connection after {line:?}"));
+        let command = meetingd::protocol::parse(line.as_bytes()).map(|r| r.name());
+        assert_reply_schema(command.ok(), &reply);
+        reply
     }
 
     /// The error code of a request that must fail.
@@ -1024,4 +1032,69 @@ pub fn connect_as(path: &Path, uid: u32, count: usize) -> Vec<Client> {
         // SAFETY: each descriptor was just received, open and ours alone.
         .map(|fd| Client::from_stream(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) }))
         .collect()
+}
+
+/// The definitions of docs/replies.schema.json, each compiled once: what
+/// every reply line the suite reads is held to.
+fn reply_schemas() -> &'static BTreeMap<String, jsonschema::Validator> {
+    static SCHEMAS: OnceLock<BTreeMap<String, jsonschema::Validator>> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/replies.schema.json");
+        let text = std::fs::read_to_string(&path).expect("docs/replies.schema.json");
+        let document: serde_json::Value =
+            serde_json::from_str(&text).expect("docs/replies.schema.json is JSON");
+        let names: Vec<String> = document["$defs"]
+            .as_object()
+            .expect("the schema has $defs")
+            .keys()
+            .cloned()
+            .collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let mut root = document.clone();
+                root["$ref"] =
+                    serde_json::Value::String(format!("#/$defs/{}", name.replace(' ', "%20")));
+                let validator = jsonschema::validator_for(&root)
+                    .unwrap_or_else(|e| panic!("the schema's {name:?} does not compile: {e}"));
+                (name, validator)
+            })
+            .collect()
+    })
+}
+
+/// Hold `value` to the schema's definition `name`; panic naming what is
+/// wrong.
+pub fn assert_schema(name: &str, value: &serde_json::Value) {
+    let Some(validator) = reply_schemas().get(name) else {
+        panic!("docs/replies.schema.json has no definition {name:?}");
+    };
+    let problems: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "{name}: {value} does not fit docs/replies.schema.json:\n{}",
+        problems.join("\n")
+    );
+}
+
+/// Hold a reply line to the schema: an error, a result (of `command`'s
+/// definition, when the request is known), a watched entry or a notice.
+pub fn assert_reply_schema(command: Option<&str>, line: &serde_json::Value) {
+    if line.get("ok") == Some(&serde_json::Value::Bool(true)) {
+        assert_schema("ok", line);
+        if let Some(command) = command {
+            assert_schema(command, &line["result"]);
+        }
+    } else if line.get("ok").is_some() {
+        assert_schema("error", line);
+    } else if line.get("event").is_some() {
+        assert_schema("watched", line);
+    } else if line.get("dropped").is_some() {
+        assert_schema("dropped", line);
+    } else {
+        assert_schema("closing", line);
+    }
 }

@@ -212,8 +212,11 @@ pub struct Call<T> {
     writes: bool,
     /// The reply, or why there is none (a refusal of the library, a lost
     /// connection), into the result.
-    decode: Box<dyn FnOnce(Result<Value, StoreError>) -> Result<T, StoreError> + Send>,
+    decode: Decode<T>,
 }
+
+/// How a call's reply, or why there is none, becomes its result.
+type Decode<T> = Box<dyn FnOnce(Result<Value, StoreError>) -> Result<T, StoreError> + Send>;
 
 impl<T: 'static> Call<T> {
     fn new(

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the README's "Installing under systemd" steps on a real systemd and
+# Runs the "Installing under systemd" steps of docs/operations.md on a real systemd and
 # checks what that section says: boots a container whose PID 1 is systemd
 # (systemd-nspawn on a throwaway overlay of this machine's /, so it has the
 # same packages) and, as root in it, installs with scripts/install.sh and
@@ -84,7 +84,7 @@ if [ -z "$leader" ]; then
 fi
 echo "container booted: $(in_container systemctl is-system-running --wait || true)"
 
-# The README's steps, as root in the container, and what the section says.
+# Those steps, as root in the container, and what the section says.
 in_container bash -s -- "$checkout" <<'EOF'
 set -uo pipefail
 cd "$1"

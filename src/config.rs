@@ -701,7 +701,7 @@ impl RawConfig {
                 bad(
                     "redis.durability",
                     format!(
-                        "{name:?} is not {}: what an acknowledged write survives (README, \
+                        "{name:?} is not {}: what an acknowledged write survives (docs/operations.md, \
                          \"Durability: what an ack means\")",
                         Durability::NAMES.join(", ")
                     ),
@@ -1223,7 +1223,7 @@ mod tests {
         assert_eq!(
             err.0,
             "redis.durability: \"always\" is not fsync, everysec, memory: what an acknowledged \
-             write survives (README, \"Durability: what an ack means\")"
+             write survives (docs/operations.md, \"Durability: what an ack means\")"
         );
     }
 

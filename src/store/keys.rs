@@ -4,7 +4,7 @@
 //! A meeting belongs to partition `meeting mod P`; all of its keys, and the
 //! partition's indexes, share the tag `{p<partition>}`, so one Lua call can
 //! touch a meeting and the indexes atomically, on one node. A user has a tag
-//! of its own, `{u<user>}`. The README's key layout table describes each key.
+//! of its own, `{u<user>}`. docs/internals.md's key layout table describes each key.
 //! The Lua library checks the names it is given against the same layout.
 
 use super::types::{Id, InstanceId};

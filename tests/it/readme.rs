@@ -1,21 +1,22 @@
-//! The README's examples, run exactly as written.
+//! The examples of the README and of docs/, run exactly as written.
 //!
-//! Every ```console block of README.md is a list of `$ ` command lines, each
-//! followed by what it prints. The commands run with `sh -c`, in order.
+//! Every ```console block of README.md and of docs/*.md is a list of `$ `
+//! command lines, each followed by what it prints. The commands run with
+//! `sh -c`, in order.
 //!
-//! The blocks of the section "The Lua library from redis-cli" run against
-//! one fresh redis-server: `redis-cli` on PATH is a shim that points the
-//! real one at the test's socket (in `--no-raw` form, as a terminal shows
-//! replies), and `meetingd` is the binary under test.
+//! The blocks of docs/library.md (the Lua library from redis-cli) run
+//! against one fresh redis-server: `redis-cli` on PATH is a shim that
+//! points the real one at the test's socket (in `--no-raw` form, as a
+//! terminal shows replies), and `meetingd` is the binary under test.
 //!
 //! Every other block runs in the state the quick start leaves: the demo
 //! script itself (`scripts/demo.sh --no-build`) runs in a copy of the
 //! checkout made of the script, the sample data and the binaries under
 //! test in `target/debug`, and the commands run from there, as a reader's
 //! would from the checkout (an `export` line holds for the commands after
-//! it). Times and ids differ from run to run: they are compared as
-//! `<time>` and `<id>`. The lines the demo prints to talk to it must be the
-//! README's.
+//! it), README.md's first, then those of docs/ by file name. Times and ids
+//! differ from run to run: they are compared as `<time>` and `<id>`. The
+//! lines the demo prints to talk to it must be the README's.
 
 use std::ffi::OsString;
 use std::fs;
@@ -27,30 +28,27 @@ use std::time::{Duration, Instant};
 
 use crate::harness::Redis;
 
-/// The section whose blocks run against an empty Redis.
-const REDIS_SECTION: &str = "The Lua library from redis-cli";
+/// The page whose blocks run against an empty Redis.
+const LIBRARY_PAGE: &str = "docs/library.md";
 
 /// One `$ ` line of a console block and the lines it must print.
 struct Step {
-    /// Line number of the command in README.md (1-based).
+    /// The file it is in (README.md, docs/...).
+    file: &'static str,
+    /// Line number of the command in its file (1-based).
     line: usize,
-    /// The `## ` section the block is in.
-    section: String,
     command: String,
     expected: Vec<String>,
 }
 
-/// The steps of every ```console block, in order.
-fn console_steps(readme: &str) -> Vec<Step> {
+/// The steps of every ```console block of `text` (the file `file`), in
+/// order.
+fn console_steps(file: &'static str, text: &str) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     let mut in_block = false;
-    let mut section = String::new();
-    for (index, raw) in readme.lines().enumerate() {
+    for (index, raw) in text.lines().enumerate() {
         let line = raw.trim_end();
         if !in_block {
-            if let Some(title) = line.strip_prefix("## ") {
-                section = title.to_string();
-            }
             in_block = line == "```console";
             continue;
         }
@@ -58,23 +56,40 @@ fn console_steps(readme: &str) -> Vec<Step> {
             in_block = false;
         } else if let Some(command) = line.strip_prefix("$ ") {
             steps.push(Step {
+                file,
                 line: index + 1,
-                section: section.clone(),
                 command: command.to_string(),
                 expected: Vec::new(),
             });
         } else {
             let step = steps.last_mut().unwrap_or_else(|| {
                 panic!(
-                    "README.md line {}: output before any `$ ` command in a console block",
+                    "{file} line {}: output before any `$ ` command in a console block",
                     index + 1
                 )
             });
             step.expected.push(line.to_string());
         }
     }
-    assert!(!in_block, "README.md: a ```console block is never closed");
+    assert!(!in_block, "{file}: a ```console block is never closed");
     steps
+}
+
+/// The documents whose examples run: README.md, then docs/*.md by name.
+const DOCUMENTS: [&str; 5] = [
+    "README.md",
+    "docs/internals.md",
+    "docs/library.md",
+    "docs/operations.md",
+    "docs/protocol.md",
+];
+
+/// The steps of every document, in order.
+fn all_steps() -> Vec<Step> {
+    DOCUMENTS
+        .into_iter()
+        .flat_map(|file| console_steps(file, &read(file)))
+        .collect()
 }
 
 /// The lines of a command's output, trailing whitespace and trailing empty
@@ -140,8 +155,9 @@ fn assert_printed(
 ) {
     assert!(
         matches(expected, actual),
-        "README.md line {}: `{}` printed something else ({status})\n\
+        "{} line {}: `{}` printed something else ({status})\n\
          --- expected ---\n{}\n--- actual ---\n{}\n",
+        step.file,
         step.line,
         step.command,
         expected.join("\n"),
@@ -209,21 +225,18 @@ fn registered_functions() -> Vec<String> {
 }
 
 /// README.md's text.
-fn readme() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+/// A file of the checkout, as text.
+fn read(file: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
 #[test]
 fn readme_examples_run_as_written() {
-    let readme = readme();
-    let steps: Vec<Step> = console_steps(&readme)
-        .into_iter()
-        .filter(|step| step.section == REDIS_SECTION)
-        .collect();
+    let steps: Vec<Step> = console_steps(LIBRARY_PAGE, &read(LIBRARY_PAGE));
     assert!(
         !steps.is_empty(),
-        "README.md has no ```console examples in {REDIS_SECTION:?}"
+        "{LIBRARY_PAGE} has no ```console examples"
     );
 
     let missing: Vec<String> = registered_functions()
@@ -235,7 +248,7 @@ fn readme_examples_run_as_written() {
         .collect();
     assert!(
         missing.is_empty(),
-        "README.md has no redis-cli example for {}",
+        "{LIBRARY_PAGE} has no redis-cli example for {}",
         missing.join(", ")
     );
 
@@ -483,20 +496,24 @@ fn clean_env(command: &mut Command) {
 
 #[test]
 fn readme_meetingctl_examples_run_on_the_demo() {
-    let readme = readme();
-    let steps: Vec<Step> = console_steps(&readme)
+    let readme = read("README.md");
+    let steps: Vec<Step> = all_steps()
         .into_iter()
-        .filter(|step| step.section != REDIS_SECTION)
+        .filter(|step| step.file != LIBRARY_PAGE)
         .collect();
     for needed in [
         "export ",
+        "meetingctl user set",
+        "meetingctl meeting set",
+        "meetingctl audience add",
+        "meetingctl instance set",
         "meetingctl join",
         "meetingctl import",
         "meetingctl watch",
     ] {
         assert!(
             steps.iter().any(|step| step.command.starts_with(needed)),
-            "README.md has no `{needed}...` example that runs on the demo"
+            "README.md and docs/ have no `{needed}...` example that runs on the demo"
         );
     }
 

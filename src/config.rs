@@ -51,6 +51,8 @@ pub struct RawConfig {
     pub watch: RawWatch,
     /// `[stats]`
     pub stats: RawStats,
+    /// `[archive]`
+    pub archive: RawArchive,
 }
 
 /// `[socket]`: the control socket.
@@ -304,6 +306,73 @@ pub struct RawStats {
     pub prometheus: String,
 }
 
+/// `[archive]`: the copy of history in a SQL database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawArchive {
+    /// `postgres://...`, `mysql://...`, `mariadb://...` or `sqlite://PATH`;
+    /// empty: SQLite in the data directory with the embedded Redis, none
+    /// with a Redis of one's own; `off`: none.
+    pub url: String,
+    /// Seconds an entry another daemon holds unarchived waits before this
+    /// one takes it over.
+    pub claim_after_secs: u64,
+    /// The longest pause between attempts while the database is down, ms.
+    pub retry_max_ms: u64,
+    /// The pause when nothing waits, ms.
+    pub poll_ms: u64,
+}
+
+impl Default for RawArchive {
+    fn default() -> Self {
+        RawArchive {
+            url: String::new(),
+            claim_after_secs: 60,
+            retry_max_ms: 30_000,
+            poll_ms: 1000,
+        }
+    }
+}
+
+impl RawArchive {
+    /// The archive's options, given where the Redis is (`embedded`) and
+    /// its data directory; `None` when there is no archive.
+    fn validate(
+        &self,
+        embedded: bool,
+        data_dir: &std::path::Path,
+        retention: Duration,
+    ) -> Result<Option<crate::archive::ArchiveOptions>, ConfigError> {
+        let url = match self.url.trim() {
+            "off" => return Ok(None),
+            "" if embedded => format!("sqlite://{}", data_dir.join("archive.sqlite").display()),
+            "" => return Ok(None),
+            url => {
+                crate::archive::Backend::of_url(url)
+                    .map_err(|e| bad("archive.url", format!("{} ({e})", redact_url(url))))?;
+                url.to_string()
+            }
+        };
+        let claim_after = self.claim_after_secs;
+        if !(1..=86_400).contains(&claim_after) {
+            return Err(bad("archive.claim_after_secs", "must be 1..86400"));
+        }
+        if !(10..=3_600_000).contains(&self.retry_max_ms) {
+            return Err(bad("archive.retry_max_ms", "must be 10..3600000"));
+        }
+        if !(10..=60_000).contains(&self.poll_ms) {
+            return Err(bad("archive.poll_ms", "must be 10..60000"));
+        }
+        Ok(Some(crate::archive::ArchiveOptions {
+            url,
+            retention,
+            claim_after: Duration::from_secs(claim_after),
+            retry_max: Duration::from_millis(self.retry_max_ms),
+            poll: Duration::from_millis(self.poll_ms),
+        }))
+    }
+}
+
 /// What the command line overrides.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -363,6 +432,8 @@ pub struct Config {
     pub watch_lane_size: usize,
     /// Where to serve Prometheus text, if anywhere (a loopback address).
     pub prometheus: Option<std::net::SocketAddr>,
+    /// The archive, if any.
+    pub archive: Option<crate::archive::ArchiveOptions>,
 }
 
 /// The control socket's settings.
@@ -459,6 +530,15 @@ impl RawConfig {
 
     /// Check every value; the configuration the daemon runs with.
     pub fn validate(&self) -> Result<Config, ConfigError> {
+        let mut config = self.validate_but_archive()?;
+        let embedded = config.redis_url.is_none() && config.redis_cluster.is_empty();
+        config.archive =
+            self.archive
+                .validate(embedded, &config.embedded.data_dir, config.retention)?;
+        Ok(config)
+    }
+
+    fn validate_but_archive(&self) -> Result<Config, ConfigError> {
         let s = &self.socket;
         if s.path.is_empty() {
             return Err(bad("socket.path", "must not be empty"));
@@ -654,6 +734,7 @@ impl RawConfig {
                     Some(parsed)
                 }
             },
+            archive: None,
         })
     }
 
@@ -667,6 +748,7 @@ impl RawConfig {
         }
         shown.redis.url = redact_url(&shown.redis.url);
         shown.redis.cluster = shown.redis.cluster.iter().map(|u| redact_url(u)).collect();
+        shown.archive.url = redact_url(&shown.archive.url);
         toml::to_string(&shown)
             .unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
     }

@@ -51,6 +51,7 @@
 
 #![deny(missing_docs)]
 
+pub mod archive;
 pub mod clock;
 pub mod cmd;
 pub mod config;

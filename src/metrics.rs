@@ -235,6 +235,39 @@ pub fn render(s: &Value, last_good_tick: Option<i64>) -> String {
         "Entries dropped watchers missed.",
         plain(&w["dropped_events"]),
     );
+    let a = &s["archive"];
+    if a.is_object() {
+        metric(
+            "archive_waiting",
+            "gauge",
+            "Outbox entries waiting to be archived, every partition.",
+            plain(&a["waiting"]),
+        );
+        metric(
+            "archive_oldest_age_seconds",
+            "gauge",
+            "Age of the oldest outbox entry waiting (0: none).",
+            plain(&a["oldest_age_s"]),
+        );
+        metric(
+            "archive_entries_total",
+            "counter",
+            "Outbox entries archived by this daemon.",
+            plain(&a["entries"]),
+        );
+        metric(
+            "archive_rows_total",
+            "counter",
+            "Rows written to the archive database by this daemon.",
+            plain(&a["rows"]),
+        );
+        metric(
+            "archive_failures_total",
+            "counter",
+            "Failed archiving attempts (they are retried).",
+            plain(&a["failures"]),
+        );
+    }
     if let Some(rtt) = s["redis_rtt_ms"].as_f64() {
         metric(
             "redis_rtt_seconds",

@@ -42,6 +42,7 @@ const BODY: &str = concat!(
     include_str!("../../lua/end.lua"),
     include_str!("../../lua/tick.lua"),
     include_str!("../../lua/upgrade.lua"),
+    include_str!("../../lua/archive.lua"),
 );
 
 /// What the daemon may call, in the library's terms: changed when a

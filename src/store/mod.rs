@@ -24,10 +24,11 @@
 //! The families of calls: `admin.rs` (users, meetings, audiences,
 //! instances, END), `presence.rs` (JOIN, LEAVE, PARTICIPANTS, ACTIVE,
 //! ATTENDANCE), `chat.rs` (POST, MESSAGES, EVENTS), `tick.rs`, `watch.rs`
-//! (the feed WATCH reads), `load.rs` (bulk loading) and `check.rs`
+//! (the feed WATCH reads), `archive.rs` (the outboxes the archiver reads), `load.rs` (bulk loading) and `check.rs`
 //! (`meetingd check`).
 
 mod admin;
+mod archive;
 mod chat;
 mod check;
 mod cluster;
@@ -49,7 +50,8 @@ use std::time::Duration;
 
 use redis::{Cmd, ErrorKind, RedisError, Value};
 
-pub use keys::{DEFAULT_PARTITIONS, Keys};
+pub use archive::{Backlog, OutboxEntry};
+pub use keys::{DEFAULT_PARTITIONS, Keys, OUTBOX_GROUP};
 pub use library::{API_LEVEL, Library, Loaded, Verdict};
 pub use load::{Load, LoadReport};
 pub use repartition::{Repartitioned, SERVING_TTL};

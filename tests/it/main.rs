@@ -1,10 +1,12 @@
 //! meetingd's integration tests: one binary, a real redis-server per test
 //! (see `harness`), never a mock.
 
+mod archive;
 mod calls;
 mod check;
 mod cluster;
 mod ctl;
+mod dbs;
 mod docs;
 mod faults;
 mod fuzz;

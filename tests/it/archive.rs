@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use crate::dbs::{ArchiveDb, Mariadb, Postgres, Sqlite};
+use crate::dbs::{ArchiveDb, Mariadb, Postgres, Server, Sqlite};
 use crate::harness::{Daemon, Redis, wait_until};
 
 /// A sync connection to the test's Redis.
@@ -69,7 +69,9 @@ fn ms_sql(db: &dyn ArchiveDb, column: &str) -> String {
     if url.starts_with("postgres") {
         format!("coalesce((extract(epoch from {column}) * 1000)::bigint, -1)")
     } else if url.starts_with("sqlite") {
-        format!("coalesce(cast(round((julianday({column}) - 2440587.5) * 86400000) as integer), -1)")
+        format!(
+            "coalesce(cast(round((julianday({column}) - 2440587.5) * 86400000) as integer), -1)"
+        )
     } else {
         format!("coalesce(cast(round(unix_timestamp({column}) * 1000) as signed), -1)")
     }
@@ -131,12 +133,22 @@ fn hand_computed(conn: &mut redis::Connection, from: i64) -> i64 {
         );
     }
     let key = meeting_key(1);
-    call(conn, "meet_meeting_set", &key, &["Town hall", "All of us", "false"]);
+    call(
+        conn,
+        "meet_meeting_set",
+        &key,
+        &["Town hall", "All of us", "false"],
+    );
     call(
         conn,
         "meet_audience_add",
         &key,
-        &["ada@example.com", "grace@example.com", "linus@example.com", "bob@example.com"],
+        &[
+            "ada@example.com",
+            "grace@example.com",
+            "linus@example.com",
+            "bob@example.com",
+        ],
     );
     call(conn, "meet_audience_del", &key, &["bob@example.com"]);
     call(
@@ -146,14 +158,44 @@ fn hand_computed(conn: &mut redis::Connection, from: i64) -> i64 {
         &["1", &t(0), &to.to_string(), &t(-60_000)],
     );
     call(conn, "meet_tick", &due_key(1), &[&t(0)]);
-    call(conn, "meet_join", &key, &["", "3", "linus@example.com", &t(10_000)]);
+    call(
+        conn,
+        "meet_join",
+        &key,
+        &["", "3", "linus@example.com", &t(10_000)],
+    );
     call(conn, "meet_post", &key, &["", "3", "hi all", &t(11_000)]);
-    call(conn, "meet_join", &key, &["", "1", "ada@example.com", &t(60_000)]);
-    call(conn, "meet_post", &key, &["", "1", "hello", &t(61_000), "0", "k-1"]);
+    call(
+        conn,
+        "meet_join",
+        &key,
+        &["", "1", "ada@example.com", &t(60_000)],
+    );
+    call(
+        conn,
+        "meet_post",
+        &key,
+        &["", "1", "hello", &t(61_000), "0", "k-1"],
+    );
     call(conn, "meet_leave", &key, &["", "1", &t(120_000)]);
-    call(conn, "meet_join", &key, &["", "1", "ada@example.com", &t(600_000)]);
-    call(conn, "meet_post", &key, &["", "1", "back, \"again\"", &t(601_000)]);
-    call(conn, "meet_join", &key, &["", "2", "grace@example.com", &(to - 400).to_string()]);
+    call(
+        conn,
+        "meet_join",
+        &key,
+        &["", "1", "ada@example.com", &t(600_000)],
+    );
+    call(
+        conn,
+        "meet_post",
+        &key,
+        &["", "1", "back, \"again\"", &t(601_000)],
+    );
+    call(
+        conn,
+        "meet_join",
+        &key,
+        &["", "2", "grace@example.com", &(to - 400).to_string()],
+    );
     call(conn, "meet_tick", &due_key(1), &[&(to + 5_000).to_string()]);
     to
 }
@@ -181,7 +223,10 @@ fn rows_equal_what_redis_said(db: &dyn ArchiveDb) {
         .expect("events")
         .iter()
         .map(|e| {
-            let (ms, seq) = e["id"].as_str().and_then(|id| id.split_once('-')).expect("an id");
+            let (ms, seq) = e["id"]
+                .as_str()
+                .and_then(|id| id.split_once('-'))
+                .expect("an id");
             format!(
                 "{ms}|{seq}|{}|{}|{}|{}|{}",
                 e["type"].as_str().unwrap_or_default(),
@@ -208,7 +253,10 @@ fn rows_equal_what_redis_said(db: &dyn ArchiveDb) {
         .expect("messages")
         .iter()
         .map(|m| {
-            let (ms, seq) = m["id"].as_str().and_then(|id| id.split_once('-')).expect("an id");
+            let (ms, seq) = m["id"]
+                .as_str()
+                .and_then(|id| id.split_once('-'))
+                .expect("an id");
             let key = if m["text"] == "hello" { "k-1" } else { "" };
             format!(
                 "{ms}|{seq}|{}|{}|{}|{key}",
@@ -254,9 +302,8 @@ fn rows_equal_what_redis_said(db: &dyn ArchiveDb) {
     );
     let meeting = db.rows("SELECT meeting_id, title, description FROM meetings");
     assert_eq!(meeting, vec!["1|Town hall|All of us".to_string()]);
-    let audience = db.rows(
-        "SELECT email FROM audience WHERE meeting_id = 1 AND in_audience ORDER BY email",
-    );
+    let audience =
+        db.rows("SELECT email FROM audience WHERE meeting_id = 1 AND in_audience ORDER BY email");
     assert_eq!(
         audience,
         vec!["ada@example.com", "grace@example.com", "linus@example.com"]
@@ -297,4 +344,326 @@ fn archive_postgres_rows_equal_events_messages_and_hand_computed_attendance() {
 #[test]
 fn archive_mariadb_rows_equal_events_messages_and_hand_computed_attendance() {
     rows_equal_what_redis_said(&Mariadb::start());
+}
+
+/// `more` of a meet_tick reply.
+fn more(reply: &redis::Value) -> bool {
+    let redis::Value::Array(items) = reply else {
+        return false;
+    };
+    items
+        .iter()
+        .position(|v| matches!(v, redis::Value::BulkString(b) if b == b"more"))
+        .and_then(|i| items.get(i + 1))
+        .is_some_and(|v| matches!(v, redis::Value::Int(n) if *n > 0))
+}
+
+/// Tick every partition of `meetings` at `now` until nothing is due.
+fn tick_all(conn: &mut redis::Connection, meetings: std::ops::RangeInclusive<u64>, now: i64) {
+    let partitions: std::collections::BTreeSet<u64> = meetings.map(|m| m % 64).collect();
+    for p in partitions {
+        let key = format!("meetingd:{{p{p}}}:due");
+        while more(&call(
+            conn,
+            "meet_tick",
+            &key,
+            &[&now.to_string(), "", "1000"],
+        )) {}
+    }
+}
+
+/// Public meetings `meetings`, each with instance 1 over [from, from + 1h)
+/// that `users` users join and `messages` messages are posted to, ended by
+/// the tick at its end: per instance, 2 * users events (joins and
+/// timeouts) and `messages` messages. Written in pipelines.
+fn bulk(
+    conn: &mut redis::Connection,
+    meetings: std::ops::RangeInclusive<u64>,
+    from: i64,
+    users: u64,
+    messages: u64,
+) {
+    let to = from + 3_600_000;
+    for m in meetings.clone() {
+        let key = meeting_key(m);
+        call(
+            conn,
+            "meet_meeting_set",
+            &key,
+            &[&format!("Meeting {m}"), "", "true"],
+        );
+        call(
+            conn,
+            "meet_instance_set",
+            &key,
+            &[
+                "1",
+                &from.to_string(),
+                &to.to_string(),
+                &(from - 60_000).to_string(),
+            ],
+        );
+    }
+    tick_all(conn, meetings.clone(), from);
+    for m in meetings.clone() {
+        let key = meeting_key(m);
+        let mut pipe = redis::pipe();
+        for u in 1..=users {
+            let at = (from + u as i64 * 1000).to_string();
+            pipe.cmd("FCALL")
+                .arg("meet_join")
+                .arg(1)
+                .arg(&key)
+                .arg(&["", &u.to_string(), &format!("u{u}@example.com"), &at][..]);
+        }
+        for i in 0..messages {
+            let at = (from + users as i64 * 1000 + i as i64).to_string();
+            let user = (1 + i % users).to_string();
+            pipe.cmd("FCALL")
+                .arg("meet_post")
+                .arg(1)
+                .arg(&key)
+                .arg(&["", &user, &format!("message {i} of {m}"), &at][..]);
+        }
+        let _: Vec<redis::Value> = pipe.query(conn).expect("the pipeline");
+    }
+    tick_all(conn, meetings, to + 5_000);
+}
+
+/// Every instance of `meetings` archived whole, once: events, messages
+/// and attendance rows, counted per instance and in all.
+fn assert_whole(db: &dyn ArchiveDb, meetings: u64, users: u64, messages: u64) {
+    let per = |table: &str| {
+        db.rows(&format!(
+            "SELECT meeting_id, count(*) FROM {table} GROUP BY meeting_id ORDER BY meeting_id"
+        ))
+    };
+    let expect = |n: u64| -> Vec<String> { (1..=meetings).map(|m| format!("{m}|{n}")).collect() };
+    assert_eq!(per("events"), expect(2 * users), "events per instance");
+    assert_eq!(per("messages"), expect(messages), "messages per instance");
+    assert_eq!(
+        per("attendance"),
+        expect(users),
+        "attendance rows per instance"
+    );
+    let joins = db.rows("SELECT DISTINCT joins FROM attendance");
+    assert_eq!(joins, vec!["1"], "one join each");
+}
+
+fn outbox_drained(redis: &Redis) {
+    for p in 0..64 {
+        let key = format!("meetingd:{{p{p}}}:outbox");
+        assert_eq!(redis.cli(&["XLEN", &key]).trim(), "0", "{key}");
+        let pending = redis.cli(&["XPENDING", &key, "archive"]);
+        assert!(pending.starts_with('0'), "{key}: {pending}");
+    }
+}
+
+#[test]
+fn archive_loses_and_doubles_nothing_when_daemons_are_killed_mid_archive() {
+    let db = Postgres::start();
+    let redis = Redis::start();
+    let env = env(&db.url());
+    // a first daemon turns archiving on; the data is written while none
+    // runs, so that the next ones find a backlog to be killed in
+    let mut first = start(&redis, &env);
+    first.signal(libc::SIGTERM);
+    assert!(first.wait(Duration::from_secs(20)).is_some());
+    let mut c = conn(&redis);
+    let (meetings, users, messages) = (60, 60, 60);
+    bulk(&mut c, 1..=meetings, base(), users, messages);
+    let archived = || {
+        one(
+            &db,
+            "SELECT count(*) FROM instances WHERE archived_at IS NOT NULL",
+        )
+        .parse::<u64>()
+        .unwrap_or(0)
+    };
+    let mut kills = Vec::new();
+    for round in 1..=2u64 {
+        let daemon = start(&redis, &env);
+        let goal = round * meetings / 3;
+        wait_until("some instances archived", Duration::from_secs(90), || {
+            archived() >= goal
+        });
+        // SIGKILL: a batch may be committed and not acknowledged, or half
+        // written; the entries stay pending, and the next daemon takes them
+        // over after archive.claim_after_secs
+        daemon.signal(libc::SIGKILL);
+        kills.push(archived());
+        drop(daemon);
+    }
+    eprintln!("instances archived when the daemons were killed: {kills:?} of {meetings}");
+    assert!(
+        kills.iter().all(|n| *n < meetings),
+        "killed while archiving: {kills:?} of {meetings}"
+    );
+    let last = start(&redis, &env);
+    wait_archived(&db, meetings as usize, &last);
+    assert_whole(&db, meetings, users, messages);
+    wait_until("the outboxes drained", Duration::from_secs(30), || {
+        last.client().ok("STATS")["archive"]["waiting"] == 0
+    });
+    outbox_drained(&redis);
+}
+
+#[test]
+fn archive_waits_for_a_stopped_postgres_and_catches_up() {
+    waits_for_a_stopped_database(&mut Postgres::start());
+}
+
+#[test]
+fn archive_waits_for_a_stopped_mariadb_and_catches_up() {
+    waits_for_a_stopped_database(&mut Mariadb::start());
+}
+
+fn waits_for_a_stopped_database(db: &mut dyn Server) {
+    let redis = Redis::start();
+    let daemon = start(&redis, &env(&db.url()));
+    db.stop();
+    let mut c = conn(&redis);
+    bulk(&mut c, 1..=5, base(), 10, 10);
+    // meeting, instance and end entries of 5 instances wait; the daemon
+    // serves meanwhile and says so
+    let mut client = daemon.client();
+    wait_until("failures counted", Duration::from_secs(30), || {
+        let stats = client.ok("STATS");
+        stats["archive"]["failures"].as_u64().unwrap_or(0) >= 2
+            && stats["archive"]["waiting"].as_u64().unwrap_or(0) >= 15
+    });
+    let stats = client.ok("STATS");
+    assert!(
+        stats["archive"]["oldest_age_s"].as_f64().unwrap_or(-1.0) >= 0.0,
+        "{stats}"
+    );
+    assert_eq!(
+        client.ok("EVENTS 3/1 LIMIT 5")["events"]
+            .as_array()
+            .map(Vec::len),
+        Some(5)
+    );
+    db.start_again();
+    wait_archived(db, 5, &daemon);
+    assert_whole(db, 5, 10, 10);
+    wait_until("the backlog shown empty", Duration::from_secs(30), || {
+        client.ok("STATS")["archive"]["waiting"] == 0
+    });
+    outbox_drained(&redis);
+}
+
+#[test]
+fn archive_two_daemons_archive_each_entry_once() {
+    let db = Postgres::start();
+    let redis = Redis::start();
+    let mut env = env(&db.url());
+    // no takeover within the test: an entry archived twice would count
+    // twice below
+    env.retain(|(k, _)| *k != "MEETINGD_ARCHIVE__CLAIM_AFTER_SECS");
+    let a = start(&redis, &env);
+    let b = start(&redis, &env);
+    let mut c = conn(&redis);
+    let meetings = 40;
+    bulk(&mut c, 1..=meetings, base(), 20, 20);
+    wait_archived(&db, meetings as usize, &a);
+    assert_whole(&db, meetings, 20, 20);
+    // meeting, instance and end entries: each archived by one daemon
+    let entries = |d: &Daemon| {
+        d.client().ok("STATS")["archive"]["entries"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    wait_until("every entry counted", Duration::from_secs(30), || {
+        entries(&a) + entries(&b) == 3 * meetings
+    });
+    outbox_drained(&redis);
+}
+
+#[test]
+fn archive_history_expires_only_once_archived() {
+    let db = Sqlite::new();
+    let redis = Redis::start();
+    let mut env = env(&db.url());
+    env.push(("MEETINGD_RETENTION__DAYS", "1".into()));
+    let daemon = start(&redis, &env);
+    let mut c = conn(&redis);
+    let from = base();
+    let to = hand_computed(&mut c, from);
+    // a write that asks for an expiry while the partition archives sets
+    // none (the instance above has ended; a second one runs now)
+    let key = meeting_key(1);
+    let t = |offset: i64| (to + offset).to_string();
+    call(
+        &mut c,
+        "meet_instance_set",
+        &key,
+        &["2", &t(60_000), &t(120_000), &t(0)],
+    );
+    call(&mut c, "meet_tick", &due_key(1), &[&t(60_000)]);
+    call(
+        &mut c,
+        "meet_join",
+        &key,
+        &["", "1", "ada@example.com", &t(61_000), "86400000"],
+    );
+    call(
+        &mut c,
+        "meet_post",
+        &key,
+        &["", "1", "later", &t(62_000), "86400000"],
+    );
+    for k in ["events:1/2", "chat:1/2", "chat:1/2:by:1"] {
+        let k = format!("meetingd:{{p1}}:{k}");
+        assert_eq!(
+            redis.cli(&["PTTL", &k]).trim(),
+            "-1",
+            "{k} kept while not archived"
+        );
+    }
+    wait_archived(&db, 1, &daemon);
+    // archived: instance 1/1's history expires a day after its end
+    let expire_at = (to + 86_400_000).to_string();
+    for k in [
+        "events:1/1",
+        "chat:1/1",
+        "posted:1/1",
+        "chat:1/1:by:1",
+        "chat:1/1:by:3",
+    ] {
+        let k = format!("meetingd:{{p1}}:{k}");
+        wait_until(&format!("{k} expiring"), Duration::from_secs(10), || {
+            redis.cli(&["PEXPIRETIME", &k]).trim() == expire_at
+        });
+    }
+}
+
+#[test]
+fn archive_refuses_a_schema_newer_than_it_knows() {
+    let db = Sqlite::new();
+    let redis = Redis::start();
+    let env = env(&db.url());
+    let mut daemon = start(&redis, &env);
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(20)).is_some());
+    assert_eq!(
+        db.rows("SELECT max(version) FROM _sqlx_migrations"),
+        vec!["1"]
+    );
+    db.rows(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (2, 'from a newer meetingd', 1, x'00', 0)",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("meetingd.sock");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut newer = Daemon::spawn(&redis, &socket, &env, dir);
+    let status = newer.wait(Duration::from_secs(30)).expect("it exits");
+    assert_eq!(status.code(), Some(2), "{}", newer.log());
+    assert!(
+        newer
+            .log()
+            .contains("schema version 2, newer than this meetingd knows (1)"),
+        "{}",
+        newer.log()
+    );
 }

@@ -18,6 +18,34 @@ pub trait ArchiveDb {
     fn rows(&self, sql: &str) -> Vec<String>;
 }
 
+/// A database server that can be stopped and started again.
+pub trait Server: ArchiveDb {
+    /// Stop it.
+    fn stop(&mut self);
+    /// Start it again.
+    fn start_again(&mut self);
+}
+
+impl Server for Postgres {
+    fn stop(&mut self) {
+        Postgres::stop(self);
+    }
+
+    fn start_again(&mut self) {
+        Postgres::start_again(self);
+    }
+}
+
+impl Server for Mariadb {
+    fn stop(&mut self) {
+        Mariadb::stop(self);
+    }
+
+    fn start_again(&mut self) {
+        Mariadb::start_again(self);
+    }
+}
+
 fn output(command: &mut Command, what: &str) -> String {
     let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
@@ -191,7 +219,9 @@ impl ArchiveDb for Postgres {
             Command::new(self.bin.join("psql"))
                 .arg("-h")
                 .arg(self.dir.path())
-                .args(["-U", "postgres", "-d", "postgres", "-X", "-A", "-t", "-F", "|"])
+                .args([
+                    "-U", "postgres", "-d", "postgres", "-X", "-A", "-t", "-F", "|",
+                ])
                 .args(["-v", "ON_ERROR_STOP=1", "-c", sql]),
             "psql",
         );

@@ -667,3 +667,56 @@ fn archive_refuses_a_schema_newer_than_it_knows() {
         newer.log()
     );
 }
+
+#[test]
+fn archive_repartition_waits_for_the_outboxes_and_drops_those_of_gone_partitions() {
+    let db = Sqlite::new();
+    let redis = Redis::start();
+    let url = redis.url();
+    let mut env = env(&db.url());
+    env.push(("MEETINGD_REDIS__PARTITIONS", "16".into()));
+    let mut daemon = start(&redis, &env);
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(20)).is_some());
+    // an entry written while no daemon archives
+    let mut c = conn(&redis);
+    call(
+        &mut c,
+        "meet_meeting_set",
+        "meetingd:{p5}:meeting:5",
+        &["Five", "", "true"],
+    );
+    let (code, out) =
+        crate::harness::meetingd_run("repartition", &["--redis", &url, "--partitions", "8"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("meetingd:{p5}:outbox holds entries not yet archived"),
+        "{out}"
+    );
+    // archived, the daemon stopped: 16 -> 8 runs, and the outboxes of
+    // partitions 8..15 go
+    let mut daemon = start(&redis, &env);
+    wait_until("the entry archived", Duration::from_secs(30), || {
+        db.rows("SELECT title FROM meetings WHERE meeting_id = 5") == ["Five"]
+    });
+    wait_until("the outbox acknowledged", Duration::from_secs(30), || {
+        redis.cli(&["XLEN", "meetingd:{p5}:outbox"]).trim() == "0"
+    });
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(20)).is_some());
+    wait_until(
+        "the daemon's serving entry gone",
+        Duration::from_secs(30),
+        || {
+            let (code, _) = crate::harness::meetingd_run(
+                "repartition",
+                &["--redis", &url, "--partitions", "8"],
+            );
+            code == 0
+        },
+    );
+    assert_eq!(redis.cli(&["EXISTS", "meetingd:{p12}:outbox"]).trim(), "0");
+    assert_eq!(redis.cli(&["EXISTS", "meetingd:{p5}:outbox"]).trim(), "1");
+    let (code, out) = crate::harness::meetingd_check(&["--redis", &url]);
+    assert_eq!(code, 0, "{out}");
+}

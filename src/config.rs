@@ -348,8 +348,10 @@ impl RawArchive {
             "" if embedded => format!("sqlite://{}", data_dir.join("archive.sqlite").display()),
             "" => return Ok(None),
             url => {
-                crate::archive::Backend::of_url(url)
-                    .map_err(|e| bad("archive.url", format!("{} ({e})", redact_url(url))))?;
+                if let Err(crate::archive::DbError::Url(why)) = crate::archive::Backend::of_url(url)
+                {
+                    return Err(bad("archive.url", format!("{}: {why}", redact_url(url))));
+                }
                 url.to_string()
             }
         };
@@ -748,7 +750,17 @@ impl RawConfig {
         }
         shown.redis.url = redact_url(&shown.redis.url);
         shown.redis.cluster = shown.redis.cluster.iter().map(|u| redact_url(u)).collect();
-        shown.archive.url = redact_url(&shown.archive.url);
+        // a database URL often names a user and no password (a socket,
+        // peer authentication): that is shown as it is
+        let userinfo = shown
+            .archive
+            .url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.rsplit_once('@'))
+            .map(|(userinfo, _)| userinfo);
+        if userinfo.is_some_and(|u| u.contains(':')) {
+            shown.archive.url = redact_url(&shown.archive.url);
+        }
         toml::to_string(&shown)
             .unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
     }
@@ -1104,6 +1116,52 @@ mod tests {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError(one_line(&e.to_string())))?;
         raw.validate()
+    }
+
+    #[test]
+    fn the_archive_defaults_to_sqlite_beside_the_embedded_redis_only() {
+        let embedded = from_toml("[embedded]\ndata_dir = \"/srv/m\"").expect("valid");
+        let archive = embedded.archive.expect("an archive");
+        assert_eq!(archive.url, "sqlite:///srv/m/archive.sqlite");
+        assert_eq!(archive.claim_after, Duration::from_secs(60));
+        let own = from_toml("[redis]\nurl = \"redis://127.0.0.1:6379/0\"").expect("valid");
+        assert_eq!(own.archive, None, "no archive until archive.url is set");
+        let set = from_toml(
+            "[redis]\nurl = \"redis://127.0.0.1/0\"\n[archive]\nurl = \"postgres://m@db/archive\"\n[retention]\ndays = 2",
+        )
+        .expect("valid");
+        let archive = set.archive.expect("an archive");
+        assert_eq!(archive.url, "postgres://m@db/archive");
+        assert_eq!(archive.retention, Duration::from_secs(2 * 86_400));
+        let off = from_toml("[archive]\nurl = \"off\"").expect("valid");
+        assert_eq!(off.archive, None);
+    }
+
+    #[test]
+    fn bad_archive_settings_name_their_key() {
+        for (text, key) in [
+            ("[archive]\nurl = \"redis://x\"", "archive.url"),
+            ("[archive]\nurl = \"sqlite://\"", "archive.url"),
+            (
+                "[archive]\nclaim_after_secs = 0",
+                "archive.claim_after_secs",
+            ),
+            ("[archive]\nretry_max_ms = 1", "archive.retry_max_ms"),
+            ("[archive]\npoll_ms = 999999", "archive.poll_ms"),
+        ] {
+            let err = from_toml(text).expect_err(text);
+            assert!(err.0.starts_with(key), "{text}: {err}");
+        }
+        // a password never shows
+        let raw: RawConfig =
+            toml::from_str("[archive]\nurl = \"postgres://m:secret@db/a\"").expect("toml");
+        let shown = raw.redacted_toml();
+        assert!(shown.contains("postgres://m:***@db/a"), "{shown}");
+        let raw: RawConfig =
+            toml::from_str("[archive]\nurl = \"postgres://m@db/a?host=/run\"").expect("toml");
+        assert!(raw.redacted_toml().contains("postgres://m@db/a?host=/run"));
+        let err = from_toml("[archive]\nurl = \"oracle://u:secret@h/d\"").expect_err("bad");
+        assert!(!err.0.contains("secret"), "{err}");
     }
 
     #[test]

@@ -38,6 +38,11 @@
 //!   default; [`logging`] sets up tracing.
 //! - [`config`]: settings as read (file, environment, flags) into a
 //!   validated configuration.
+//! - [`archive`]: the copy of history in a SQL database (PostgreSQL,
+//!   MySQL/MariaDB, SQLite): the archiver reads the partitions' outboxes
+//!   (through the store) and writes idempotent rows; `attendance.rs`
+//!   computes attendance, `db.rs` holds the schema (`migrations/`) and the
+//!   writes.
 //! - [`stats`]: the counters STATS shows; [`metrics`] serves them as
 //!   Prometheus text. [`error`]: the protocol's error codes. [`clock`]:
 //!   where "now" comes from.
@@ -46,7 +51,7 @@
 //!   `src/bin/meetingd-bench/`: measurements (BENCHMARKS.md).
 //!
 //! Arrows run one way: main -> daemon -> server -> cmd -> (watch ->) store
-//! -> lua; the scheduler calls the store; protocol, config, error and clock
+//! -> lua; the scheduler and the archiver call the store; protocol, config, error and clock
 //! depend on nothing of ours but the error codes.
 
 #![deny(missing_docs)]

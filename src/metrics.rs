@@ -278,3 +278,30 @@ pub fn render(s: &Value, last_good_tick: Option<i64>) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_archive_is_rendered_only_when_the_daemon_archives() {
+        let stats = Stats::default();
+        let text = render(&stats.snapshot(), None);
+        assert!(!text.contains("meetingd_archive"), "{text}");
+        stats.archive_started();
+        stats.archived(10);
+        stats.archived(5);
+        stats.archive_failed();
+        stats.archive_backlog(7, None);
+        let text = render(&stats.snapshot(), None);
+        for line in [
+            "meetingd_archive_waiting 7",
+            "meetingd_archive_oldest_age_seconds 0",
+            "meetingd_archive_entries_total 2",
+            "meetingd_archive_rows_total 15",
+            "meetingd_archive_failures_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+    }
+}

@@ -1,4 +1,7 @@
 -- MySQL and MariaDB. Times are DATETIME(3), in UTC.
+-- A migration that has run is checked against its checksum at every
+-- start: once released, this file never changes; a change is a new file
+-- (0002_...) in all three directories, and a line in src/archive/db.rs.
 -- The archive of meetingd, version 1: one schema for PostgreSQL, MySQL and
 -- SQLite (this file is one of three, differing only in types).
 -- Every row is keyed by what Redis gave it (ids; an event or message by its

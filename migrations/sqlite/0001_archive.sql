@@ -1,4 +1,8 @@
--- SQLite. Times are TIMESTAMP text, "YYYY-MM-DD HH:MM:SS.SSS+00:00" (UTC).
+-- SQLite. Times are TIMESTAMP columns holding RFC 3339 text in UTC
+-- ("2026-11-22T10:03:00.400+00:00"), which julianday() and datetime() read.
+-- A migration that has run is checked against its checksum at every
+-- start: once released, this file never changes; a change is a new file
+-- (0002_...) in all three directories, and a line in src/archive/db.rs.
 -- The archive of meetingd, version 1: one schema for PostgreSQL, MySQL and
 -- SQLite (this file is one of three, differing only in types).
 -- Every row is keyed by what Redis gave it (ids; an event or message by its

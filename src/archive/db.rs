@@ -44,7 +44,8 @@ pub enum DbError {
         "the archive database has schema version {0}, newer than this meetingd knows ({SCHEMA_VERSION}): upgrade meetingd, or point archive.url at another database"
     )]
     Newer(i64),
-    /// The URL names no backend we speak.
+    /// The URL names no backend we speak (the URL itself is not in the
+    /// message: it may hold a password).
     #[error("archive.url: {0}")]
     Url(String),
     /// The database failed (unreachable, refused a statement, ...).
@@ -71,15 +72,15 @@ impl Backend {
     pub fn of_url(url: &str) -> Result<(Backend, String), DbError> {
         let (scheme, rest) = url
             .split_once("://")
-            .ok_or_else(|| DbError::Url(format!("{url:?} is not a URL")))?;
+            .ok_or_else(|| DbError::Url("not a URL".into()))?;
         match scheme {
             "postgres" | "postgresql" => Ok((Backend::Postgres, url.to_string())),
             "mysql" => Ok((Backend::MySql, url.to_string())),
             "mariadb" => Ok((Backend::MySql, format!("mysql://{rest}"))),
             "sqlite" if !rest.is_empty() => Ok((Backend::Sqlite, url.to_string())),
-            _ => Err(DbError::Url(format!(
-                "{url:?}: expected postgres://..., mysql://..., mariadb://... or sqlite://PATH"
-            ))),
+            _ => Err(DbError::Url(
+                "expected postgres://..., mysql://..., mariadb://... or sqlite://PATH".into(),
+            )),
         }
     }
 }

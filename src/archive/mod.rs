@@ -25,7 +25,7 @@ mod db;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use attendance::{Attendance, Tally};
 pub use db::{Backend, Db, DbError, SCHEMA_VERSION};
@@ -75,6 +75,20 @@ const BATCH: usize = 16;
 const PAGE: usize = 1000;
 /// Rows per transaction for users, POST keys, attendance.
 const ROWS: usize = 500;
+/// How often the backlog STATS shows is looked at (two calls per
+/// partition), at most.
+const BACKLOG_EVERY: Duration = Duration::from_secs(2);
+
+/// What an archiver remembers from one round to the next.
+#[derive(Debug, Default)]
+pub struct RoundState {
+    /// A round failed: this consumer may hold entries it did not finish.
+    own_pending: bool,
+    /// When other consumers' entries were last looked at for takeover.
+    claimed_at: Option<Instant>,
+    /// When the backlog was last looked at.
+    backlog_at: Option<Instant>,
+}
 
 /// The archiver of one daemon.
 pub struct Archiver {
@@ -155,24 +169,32 @@ impl Archiver {
     pub async fn run(self) {
         self.stats.archive_started();
         let mut pause = Duration::from_millis(100);
+        let mut state = RoundState::default();
         loop {
-            match self.round().await {
+            let done = self.round(&mut state).await;
+            if state
+                .backlog_at
+                .is_none_or(|at| at.elapsed() >= BACKLOG_EVERY)
+                || done.is_err()
+            {
+                self.backlog().await;
+                state.backlog_at = Some(Instant::now());
+            }
+            match done {
                 Ok(0) => {
                     pause = Duration::from_millis(100);
-                    self.backlog().await;
                     tokio::time::sleep(self.options.poll).await;
                 }
-                Ok(_) => {
-                    pause = Duration::from_millis(100);
-                    self.backlog().await;
-                }
+                Ok(_) => pause = Duration::from_millis(100),
                 Err(err) => {
+                    // what this consumer took and did not finish is read
+                    // again first
+                    state.own_pending = true;
                     self.stats.archive_failed();
                     tracing::warn!(
                         "archiving failed, trying again in {} ms: {err}",
                         pause.as_millis()
                     );
-                    self.backlog().await;
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(self.options.retry_max);
                 }
@@ -200,16 +222,28 @@ impl Archiver {
     }
 
     /// One pass over every partition's outbox: this consumer's pending
-    /// entries first (a batch that failed), else entries another consumer
+    /// entries first when a round failed (it took them and did not
+    /// finish), else, every half `claim_after`, entries another consumer
     /// has held too long, else new ones. The entries archived.
-    pub async fn round(&self) -> Result<u64, ArchiveError> {
+    pub async fn round(&self, state: &mut RoundState) -> Result<u64, ArchiveError> {
+        let claim = state
+            .claimed_at
+            .is_none_or(|at| at.elapsed() >= self.options.claim_after / 2);
+        if claim {
+            state.claimed_at = Some(Instant::now());
+        }
         let mut done = 0;
+        let mut more_pending = false;
         for partition in 0..self.store.keys().partitions() {
             let store = &self.store;
-            let mut entries = store
-                .outbox_read(partition, &self.consumer, true, BATCH)
-                .await?;
-            if entries.is_empty() {
+            let mut entries = Vec::new();
+            if state.own_pending {
+                entries = store
+                    .outbox_read(partition, &self.consumer, true, BATCH)
+                    .await?;
+                more_pending |= entries.len() == BATCH;
+            }
+            if entries.is_empty() && claim {
                 entries = store
                     .outbox_claim(partition, &self.consumer, self.options.claim_after, BATCH)
                     .await?;
@@ -224,6 +258,7 @@ impl Archiver {
                 done += 1;
             }
         }
+        state.own_pending = more_pending;
         Ok(done)
     }
 

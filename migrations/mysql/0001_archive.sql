@@ -1,4 +1,5 @@
--- MySQL and MariaDB. Times are DATETIME(3), in UTC.
+-- MySQL and MariaDB. Times are DATETIME(3), in UTC; a message (up to 64 KiB
+-- in the library) and a description are MEDIUMTEXT: TEXT holds one byte less.
 -- A migration that has run is checked against its checksum at every
 -- start: once released, this file never changes; a change is a new file
 -- (0002_...) in all three directories, and a line in src/archive/db.rs.
@@ -21,7 +22,7 @@ CREATE TABLE users (
 CREATE TABLE meetings (
   meeting_id BIGINT NOT NULL PRIMARY KEY,
   title TEXT NOT NULL,
-  description TEXT NOT NULL,
+  description MEDIUMTEXT NOT NULL,
   is_public BOOLEAN NOT NULL,
   source_ms BIGINT NOT NULL,
   source_seq BIGINT NOT NULL
@@ -68,7 +69,7 @@ CREATE TABLE messages (
   entry_seq BIGINT NOT NULL,
   user_id BIGINT NOT NULL,
   posted_at DATETIME(3) NOT NULL,
-  body TEXT NOT NULL,
+  body MEDIUMTEXT NOT NULL,
   post_id VARCHAR(64) NULL,
   PRIMARY KEY (meeting_id, order_id, entry_ms, entry_seq)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

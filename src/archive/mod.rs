@@ -186,6 +186,20 @@ impl Archiver {
                     tokio::time::sleep(self.options.poll).await;
                 }
                 Ok(_) => pause = Duration::from_millis(100),
+                Err(ArchiveError::Store(StoreError::Internal(why))) if why.contains("NOGROUP") => {
+                    // an outbox or its group is gone (deleted, Redis
+                    // flushed or restarted without its data): archiving
+                    // is off there until it exists again
+                    self.stats.archive_failed();
+                    tracing::warn!(
+                        "an outbox was gone, making it again (what was written meanwhile \
+                         is not archived): {why}"
+                    );
+                    if let Err(err) = self.store.outbox_enable().await {
+                        tracing::warn!("cannot make the outboxes again: {err}");
+                    }
+                    tokio::time::sleep(pause).await;
+                }
                 Err(err) => {
                     // what this consumer took and did not finish is read
                     // again first

@@ -720,3 +720,55 @@ fn archive_repartition_waits_for_the_outboxes_and_drops_those_of_gone_partitions
     let (code, out) = crate::harness::meetingd_check(&["--redis", &url]);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn archive_survives_a_redis_restart_with_entries_taken_and_unfinished() {
+    let mut db = Postgres::start();
+    let mut redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let daemon = start(&redis, &env(&db.url()));
+    db.stop();
+    let mut c = conn(&redis);
+    bulk(&mut c, 1..=4, base(), 5, 5);
+    // the daemon takes entries and cannot finish them: they are pending
+    wait_until("entries taken", Duration::from_secs(30), || {
+        (0..64).any(|p| {
+            let key = format!("meetingd:{{p{p}}}:outbox");
+            !redis.cli(&["XPENDING", &key, "archive"]).starts_with('0')
+        })
+    });
+    // SIGKILL; the append-only file brings the streams and the group back
+    redis.restart();
+    db.start_again();
+    wait_archived(&db, 4, &daemon);
+    assert_whole(&db, 4, 5, 5);
+    wait_until("the backlog shown empty", Duration::from_secs(30), || {
+        daemon.client().ok("STATS")["archive"]["waiting"] == 0
+    });
+    outbox_drained(&redis);
+}
+
+#[test]
+fn archive_an_outbox_deleted_under_a_daemon_is_made_again() {
+    let db = Sqlite::new();
+    let redis = Redis::start();
+    let daemon = start(&redis, &env(&db.url()));
+    assert_eq!(redis.cli(&["DEL", "meetingd:{p7}:outbox"]).trim(), "1");
+    wait_until("the outbox made again", Duration::from_secs(30), || {
+        redis.cli(&["EXISTS", "meetingd:{p7}:outbox"]).trim() == "1"
+    });
+    let mut c = conn(&redis);
+    call(
+        &mut c,
+        "meet_meeting_set",
+        &meeting_key(7),
+        &["Seven", "", "true"],
+    );
+    wait_until("the meeting archived", Duration::from_secs(30), || {
+        db.rows("SELECT title FROM meetings WHERE meeting_id = 7") == ["Seven"]
+    });
+    assert!(
+        daemon.log().contains("an outbox was gone"),
+        "{}",
+        daemon.log()
+    );
+}

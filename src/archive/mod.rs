@@ -306,6 +306,14 @@ impl Archiver {
         Ok(())
     }
 
+    /// Keep holding `entry` (a page of a large instance was written).
+    async fn keep(&self, entry: &OutboxEntry) -> Result<(), ArchiveError> {
+        Ok(self
+            .store
+            .outbox_keep(entry.partition, &self.consumer, &entry.id)
+            .await?)
+    }
+
     /// Write what an entry says; the rows written, and for an ended
     /// instance the instance and its posters (whose history may expire
     /// now).
@@ -453,7 +461,9 @@ impl Archiver {
                     )
                     .await?;
                 tx.commit().await?;
-                let (more, posters) = self.archive_history(instance, from, to, ended).await?;
+                let (more, posters) = self
+                    .archive_history(entry, instance, from, to, ended)
+                    .await?;
                 rows += more;
                 Ok((rows, Some((instance, posters))))
             }
@@ -467,6 +477,7 @@ impl Archiver {
     /// users who posted.
     async fn archive_history(
         &self,
+        entry: &OutboxEntry,
         instance: InstanceId,
         from: Millis,
         to: Millis,
@@ -521,6 +532,7 @@ impl Archiver {
                 Some(next) => after = Some(next),
                 None => break,
             }
+            self.keep(entry).await?;
         }
         let mut posters = BTreeSet::new();
         let mut after: Option<String> = None;
@@ -571,6 +583,7 @@ impl Archiver {
                 Some(next) => after = Some(next),
                 None => break,
             }
+            self.keep(entry).await?;
         }
         let mut cursor = 0;
         loop {

@@ -65,8 +65,54 @@ impl Store {
                 .await;
             match created {
                 Ok(_) => {}
-                Err(err) if err.code() == Some("BUSYGROUP") => {}
+                Err(err) if err.code() == Some("BUSYGROUP") => {
+                    self.outbox_forget_consumers(partition).await?;
+                }
                 Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget the consumers of `partition`'s outbox group that hold
+    /// nothing and have not read for a day: every daemon run reads under a
+    /// name of its own, and the group would keep them all.
+    async fn outbox_forget_consumers(&self, partition: u64) -> Result<(), StoreError> {
+        const F: &str = "XINFO";
+        const DAY_MS: i64 = 86_400_000;
+        let key = Keys::outbox(partition);
+        let mut conn = self.conn.clone();
+        let value: Value = redis::cmd(F)
+            .arg("CONSUMERS")
+            .arg(&key)
+            .arg(OUTBOX_GROUP)
+            .query_async(&mut conn)
+            .await?;
+        for consumer in reply::array(F, value)? {
+            let items = match consumer {
+                Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+                other => reply::array(F, other)?,
+            };
+            let (mut name, mut pending, mut idle) = (None, None, None);
+            let mut items = items.into_iter();
+            while let (Some(field), Some(value)) = (items.next(), items.next()) {
+                match reply::text(F, field)?.as_str() {
+                    "name" => name = Some(reply::text(F, value)?),
+                    "pending" => pending = Some(reply::int(F, value)?),
+                    "idle" => idle = Some(reply::int(F, value)?),
+                    _ => {}
+                }
+            }
+            if let (Some(name), Some(0), Some(idle)) = (name, pending, idle)
+                && idle > DAY_MS
+            {
+                let _: Value = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&key)
+                    .arg(OUTBOX_GROUP)
+                    .arg(name)
+                    .query_async(&mut conn)
+                    .await?;
             }
         }
         Ok(())
@@ -137,6 +183,28 @@ impl Store {
             Some(entries) => entries_of(F, partition, entries),
             None => Ok(Vec::new()),
         }
+    }
+
+    /// Keep holding entry `id` of `partition`'s outbox while archiving it
+    /// takes long (a large instance): its idle time starts again, so no
+    /// other daemon takes it over meanwhile.
+    pub async fn outbox_keep(
+        &self,
+        partition: u64,
+        consumer: &str,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: Value = redis::cmd("XCLAIM")
+            .arg(Keys::outbox(partition))
+            .arg(OUTBOX_GROUP)
+            .arg(consumer)
+            .arg(0)
+            .arg(id)
+            .arg("JUSTID")
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// How many entries wait in `partition`'s outbox, and since when.

@@ -409,7 +409,7 @@ fn bulk(
         let key = meeting_key(m);
         let mut pipe = redis::pipe();
         for u in 1..=users {
-            let at = (from + u as i64 * 1000).to_string();
+            let at = (from + u as i64 * 100).to_string();
             pipe.cmd("FCALL")
                 .arg("meet_join")
                 .arg(1)
@@ -417,7 +417,7 @@ fn bulk(
                 .arg(&["", &u.to_string(), &format!("u{u}@example.com"), &at][..]);
         }
         for i in 0..messages {
-            let at = (from + users as i64 * 1000 + i as i64).to_string();
+            let at = (from + users as i64 * 100 + i as i64).to_string();
             let user = (1 + i % users).to_string();
             pipe.cmd("FCALL")
                 .arg("meet_post")
@@ -771,4 +771,38 @@ fn archive_an_outbox_deleted_under_a_daemon_is_made_again() {
         "{}",
         daemon.log()
     );
+}
+
+/// A measurement, not a check (run by hand, `--ignored --nocapture`): one
+/// instance of 5,000 users (10,000 events) and 10,000 messages archived
+/// into SQLite and PostgreSQL by a daemon started on the backlog; prints
+/// rows per second (the daemon's start-up included).
+#[test]
+#[ignore]
+fn archive_measure_rows_per_second() {
+    fn measure(db: &dyn ArchiveDb) {
+        let redis = Redis::start();
+        let env = env(&db.url());
+        let mut first = start(&redis, &env);
+        first.signal(libc::SIGTERM);
+        assert!(first.wait(Duration::from_secs(20)).is_some());
+        let mut c = conn(&redis);
+        bulk(&mut c, 1..=1, base(), 5_000, 10_000);
+        let started = std::time::Instant::now();
+        let daemon = start(&redis, &env);
+        wait_archived(db, 1, &daemon);
+        let took = started.elapsed();
+        let rows = daemon.client().ok("STATS")["archive"]["rows"]
+            .as_u64()
+            .unwrap_or(0);
+        eprintln!(
+            "{}: {rows} rows in {:.2} s: {:.0} rows/s",
+            db.url().split(':').next().unwrap_or_default(),
+            took.as_secs_f64(),
+            rows as f64 / took.as_secs_f64()
+        );
+    }
+    measure(&Sqlite::new());
+    measure(&Postgres::start());
+    measure(&Mariadb::start());
 }

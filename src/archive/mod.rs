@@ -33,7 +33,7 @@ pub use db::{Backend, Db, DbError, SCHEMA_VERSION};
 use crate::error::Code;
 use crate::stats::Stats;
 use crate::store::{
-    Event, Id, InstanceId, InstanceRef, Message, Millis, OutboxEntry, Store, StoreError,
+    Event, Id, Instance, InstanceId, InstanceRef, Message, Millis, OutboxEntry, Store, StoreError,
 };
 use db::{Arg, OnConflict, maybe_time, time};
 
@@ -97,6 +97,51 @@ pub struct Archiver {
     options: ArchiveOptions,
     consumer: String,
     stats: Arc<Stats>,
+}
+
+/// An instance's attendance as Redis has it now (REPORT): its window and
+/// state, when it ended, and a row per user who was ever in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The instance.
+    pub instance: Instance,
+    /// When it ended, once it has.
+    pub ended_at: Option<Millis>,
+    /// The rows, by user.
+    pub rows: Vec<Attendance>,
+}
+
+/// Compute an instance's attendance from its event log and chat in Redis,
+/// page by page, as the archive does (the same numbers): a user still in
+/// counts until now, or until the instance ended.
+pub async fn report(store: &Store, target: InstanceRef) -> Result<Report, StoreError> {
+    let (instance, ended_at) = store.instance_get(target).await?;
+    let exact = InstanceRef::Exact(instance.id);
+    let mut tally = Tally::new(instance.from, instance.to);
+    let mut after: Option<String> = None;
+    loop {
+        let (_, page) = store.events(exact, after.as_deref(), PAGE).await?;
+        page.items.iter().for_each(|event| tally.event(event));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let (_, page) = store.messages(exact, None, after.as_deref(), PAGE).await?;
+        page.items.iter().for_each(|m| tally.message(m.user));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let until = ended_at.unwrap_or_else(|| store.now());
+    Ok(Report {
+        instance,
+        ended_at,
+        rows: tally.finish(until),
+    })
 }
 
 /// The archiver's task: open the database (again and again, with a

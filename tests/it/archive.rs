@@ -291,6 +291,41 @@ fn rows_equal_what_redis_said(db: &dyn ArchiveDb) {
         "attendance, computed by hand"
     );
 
+    // REPORT, from Redis, says the same; and meetingctl's CSV
+    let report = client.ok("REPORT 1/1");
+    assert_eq!(report["state"], "ended", "{report}");
+    assert_eq!(parse_ms(&report["ended_at"]), to);
+    let rows = report["rows"].as_array().expect("rows");
+    let reported: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}|{}|{}|{}|{}|{}",
+                r["user"],
+                parse_ms(&r["first_join"]),
+                parse_ms(&r["last_leave"]),
+                (r["seconds_present"].as_f64().unwrap_or(-1.0) * 1000.0).round() as i64,
+                r["joins"],
+                r["messages"]
+            )
+        })
+        .collect();
+    assert_eq!(reported, attendance, "REPORT against the archive");
+    let csv = crate::harness::meetingctl(daemon.socket(), &["report", "1/1", "--csv"]);
+    assert_eq!(csv.status, 0, "{}", csv.stderr);
+    let time = |r: &serde_json::Value, f: &str| r[f].as_str().unwrap_or_default().to_string();
+    let expected_csv = format!(
+        "meeting,order,user,first_join,last_leave,seconds_present,joins,messages\r\n\
+         1,1,1,{},{},3060.0,2,2\r\n1,1,2,{},{},0.4,1,0\r\n1,1,3,{},{},3590.0,1,1\r\n",
+        time(&rows[0], "first_join"),
+        time(&rows[0], "last_leave"),
+        time(&rows[1], "first_join"),
+        time(&rows[1], "last_leave"),
+        time(&rows[2], "first_join"),
+        time(&rows[2], "last_leave"),
+    );
+    assert_eq!(csv.stdout, expected_csv);
+
     assert_eq!(
         db.rows(&format!(
             "SELECT meeting_id, order_id, {}, {}, {} FROM instances",
@@ -805,4 +840,63 @@ fn archive_measure_rows_per_second() {
     measure(&Sqlite::new());
     measure(&Postgres::start());
     measure(&Mariadb::start());
+}
+
+#[test]
+fn archive_report_of_a_running_instance_counts_a_user_still_in_until_now() {
+    // no archive at all: REPORT reads Redis
+    let redis = Redis::start();
+    let daemon = Daemon::start(&redis, &[]);
+    let mut c = conn(&redis);
+    let now = chrono::Utc::now().timestamp_millis();
+    let (from, to) = (now - 600_000, now + 3_000_000);
+    let key = meeting_key(1);
+    call(&mut c, "meet_meeting_set", &key, &["Now", "", "true"]);
+    call(
+        &mut c,
+        "meet_instance_set",
+        &key,
+        &[
+            "1",
+            &from.to_string(),
+            &to.to_string(),
+            &(from - 60_000).to_string(),
+        ],
+    );
+    call(&mut c, "meet_tick", &due_key(1), &[&from.to_string()]);
+    let at = |offset: i64| (from + offset).to_string();
+    call(
+        &mut c,
+        "meet_join",
+        &key,
+        &["", "1", "a@example.com", &at(60_000)],
+    );
+    call(
+        &mut c,
+        "meet_join",
+        &key,
+        &["", "2", "b@example.com", &at(120_000)],
+    );
+    call(&mut c, "meet_post", &key, &["", "2", "bye", &at(121_000)]);
+    call(&mut c, "meet_leave", &key, &["", "2", &at(180_000)]);
+    let report = daemon.client().ok("REPORT 1");
+    assert_eq!(report["state"], "active", "{report}");
+    assert_eq!(report["ended_at"], serde_json::Value::Null, "{report}");
+    let rows = report["rows"].as_array().expect("rows");
+    // user 1 is still in: no last leave, and at least the 540 s from the
+    // join to the moment the test began
+    assert_eq!(rows[0]["user"], 1);
+    assert_eq!(rows[0]["last_leave"], serde_json::Value::Null);
+    assert!(
+        rows[0]["seconds_present"].as_f64().unwrap_or(0.0) >= 540.0,
+        "{report}"
+    );
+    assert_eq!(rows[1]["user"], 2);
+    assert_eq!(rows[1]["seconds_present"], 60.0);
+    assert_eq!(rows[1]["messages"], 1);
+    let table = crate::harness::meetingctl(daemon.socket(), &["report", "1/1"]);
+    assert_eq!(table.status, 0, "{}", table.stderr);
+    assert!(table.stdout.contains("SECONDS_PRESENT"), "{}", table.stdout);
+    let missing = daemon.client().error_code("REPORT 1/9");
+    assert_eq!(missing, "not_found");
 }

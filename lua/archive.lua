@@ -49,3 +49,33 @@ local function archived(keys, args)
 end
 
 redis.register_function('meet_archived', archived)
+
+--[[
+meet_archive_enqueue: queue an instance that ended before archiving was on
+(or whose archive is in doubt) for the archiver: its meeting as it is now
+and its end go to the partition's outbox, as if it had just ended. Used by
+`meetingd archive --backfill`; archiving twice writes nothing twice.
+
+KEYS[1]  meetingd:{p<P>}:meeting:<meeting>
+ARGV[1]  order id
+Returns: 1 when queued, 0 when not (not ended, participants still timing
+  out, or the partition does not archive).
+Errors: BAD_REQUEST, NOT_FOUND (meeting or instance).
+]]
+local function archive_enqueue(keys, args)
+  check_arity(args, 1, 1, 'order')
+  local base, meeting = meeting_key(keys[1])
+  local inst = find_instance(base, meeting, check_id(args[1], 'order'))
+  if inst.state ~= 'ended' or redis.call('ZCARD', inst.present) > 0 or not archiving(base) then
+    return 0
+  end
+  local m = redis.call('HMGET', keys[1], 'title', 'description', 'public')
+  if m[1] then
+    outbox_add(base, 'k', 'meeting', 'm', meeting, 'title', m[1], 'description', m[2] or '',
+      'public', m[3] or 'false')
+  end
+  outbox_ended(inst)
+  return 1
+end
+
+redis.register_function('meet_archive_enqueue', archive_enqueue)

@@ -195,6 +195,11 @@ impl Stats {
             .store(oldest.unwrap_or(0), Ordering::Relaxed);
     }
 
+    /// Outbox entries waiting, at the last look.
+    pub fn archive_waiting(&self) -> u64 {
+        self.archive_waiting.load(Ordering::Relaxed)
+    }
+
     /// An outbox entry was archived, with `rows` rows written.
     pub fn archived(&self, rows: u64) {
         bump(&self.archive_entries);

@@ -264,6 +264,20 @@ impl Db {
         }
     }
 
+    /// The instances archived whole, as (meeting, order).
+    pub async fn archived_instances(
+        &self,
+    ) -> Result<std::collections::HashSet<(i64, i64)>, DbError> {
+        const SQL: &str =
+            "SELECT meeting_id, order_id FROM instances WHERE archived_at IS NOT NULL";
+        let rows: Vec<(i64, i64)> = match &self.pool {
+            Pool::Postgres(pool) => sqlx::query_as(SQL).fetch_all(pool).await?,
+            Pool::MySql(pool) => sqlx::query_as(SQL).fetch_all(pool).await?,
+            Pool::Sqlite(pool) => sqlx::query_as(SQL).fetch_all(pool).await?,
+        };
+        Ok(rows.into_iter().collect())
+    }
+
     /// Begin a transaction.
     pub async fn begin(&self) -> Result<Tx, DbError> {
         let inner = match &self.pool {

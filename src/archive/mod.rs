@@ -144,6 +144,77 @@ pub async fn report(store: &Store, target: InstanceRef) -> Result<Report, StoreE
     })
 }
 
+/// What a backfill did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backfilled {
+    /// Ended instances found in Redis.
+    pub ended: u64,
+    /// Of those, archived already.
+    pub archived_before: u64,
+    /// Queued for the archiver now.
+    pub queued: u64,
+    /// Outbox entries this run archived (its own and any other waiting).
+    pub entries: u64,
+}
+
+/// `meetingd archive --backfill`: queue every ended instance the archive
+/// does not hold whole yet, then archive until the outboxes are empty.
+/// Beside serving daemons it is one more consumer of the outboxes; stopped
+/// and run again it queues what is still missing (writing twice changes
+/// nothing).
+pub async fn backfill(
+    store: &Store,
+    options: &ArchiveOptions,
+    stats: Arc<Stats>,
+) -> Result<Backfilled, ArchiveError> {
+    store.outbox_enable().await?;
+    let db = Db::open(&options.url).await?;
+    let archived = db.archived_instances().await?;
+    let mut report = Backfilled::default();
+    for instance in store.ended_instances().await? {
+        report.ended += 1;
+        if archived.contains(&(instance.meeting as i64, instance.order as i64)) {
+            report.archived_before += 1;
+        } else if store.archive_enqueue(instance).await? {
+            report.queued += 1;
+        }
+    }
+    let archiver = Archiver::new(
+        store.clone(),
+        db,
+        options.clone(),
+        Archiver::consumer_name(),
+        stats.clone(),
+    );
+    let mut state = RoundState::default();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match archiver.round(&mut state).await {
+            Ok(0) => {
+                archiver.backlog().await;
+                if stats.archive_waiting() == 0 {
+                    break;
+                }
+                // held by another consumer: it finishes them, or they are
+                // taken over after claim_after
+                tokio::time::sleep(options.poll).await;
+            }
+            Ok(done) => report.entries += done,
+            Err(err) => {
+                state.own_pending = true;
+                tracing::warn!(
+                    "archiving failed, trying again in {} ms: {err}",
+                    pause.as_millis()
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(options.retry_max);
+            }
+        }
+    }
+    archiver.db.close().await;
+    Ok(report)
+}
+
 /// The archiver's task: open the database (again and again, with a
 /// growing pause, while it cannot be reached; `db` if the daemon opened it
 /// already), then archive until the task is dropped.

@@ -266,6 +266,41 @@ impl Store {
         Ok(())
     }
 
+    /// Queue `instance` for the archiver as if it had just ended (a
+    /// backfill): whether it was (an instance not ended, still draining,
+    /// or in a partition that does not archive is not).
+    pub async fn archive_enqueue(&self, instance: InstanceId) -> Result<bool, StoreError> {
+        let call = Call::new(
+            "meet_archive_enqueue",
+            &self.keys.meeting(instance.meeting),
+            &[&instance.order.to_string()],
+            true,
+            |value| reply::int("meet_archive_enqueue", value),
+        );
+        Ok(self.run(call).await? == 1)
+    }
+
+    /// Every ended instance the store holds, from the meetings' schedules
+    /// (found by SCAN: for `meetingd archive --backfill`, never a request).
+    pub async fn ended_instances(&self) -> Result<Vec<InstanceId>, StoreError> {
+        let mut ended = Vec::new();
+        for key in self.all_keys().await? {
+            let Some(meeting) = key
+                .split_once("}:schedule:")
+                .filter(|(tag, _)| tag.starts_with("meetingd:{p"))
+                .and_then(|(_, m)| m.parse::<Id>().ok())
+            else {
+                continue;
+            };
+            for (field, value) in self.hash(&key).await? {
+                if let (Ok(order), true) = (field.parse::<Id>(), value.ends_with("|ended")) {
+                    ended.push(InstanceId::new(meeting, order));
+                }
+            }
+        }
+        Ok(ended)
+    }
+
     /// A page of an instance's POST keys (HSCAN of its `posted` hash, at
     /// most about `count` fields): the next cursor (0 at the end) and
     /// (user, key, message id) triples.

@@ -148,7 +148,7 @@ impl Store {
     }
 
     /// A hash's fields, by HSCAN.
-    async fn hash(&self, key: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    pub(super) async fn hash(&self, key: &str) -> Result<BTreeMap<String, String>, StoreError> {
         let mut out = BTreeMap::new();
         let mut cursor = "0".to_string();
         loop {

@@ -900,3 +900,86 @@ fn archive_report_of_a_running_instance_counts_a_user_still_in_until_now() {
     let missing = daemon.client().error_code("REPORT 1/9");
     assert_eq!(missing, "not_found");
 }
+
+#[test]
+fn archive_backfill_archives_what_ended_before_then_live_and_nothing_twice() {
+    let db = Sqlite::new();
+    let redis = Redis::start();
+    let url = redis.url();
+    // a daemon without an archive loads the library, and goes
+    let mut daemon = Daemon::start(&redis, &[]);
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(20)).is_some());
+    let mut c = conn(&redis);
+    // written while nothing archives: no outbox, nothing queued
+    let from = base();
+    let to = hand_computed(&mut c, from);
+    bulk(&mut c, 2..=4, from, 5, 5);
+    assert_eq!(redis.cli(&["EXISTS", "meetingd:{p1}:outbox"]).trim(), "0");
+    let env_url = db.url();
+    // the archive's URL comes from the environment, as a daemon's does
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meetingd"))
+            .args(args)
+            .env("MEETINGD_ARCHIVE__URL", &env_url)
+            .env("MEETINGD_ARCHIVE__POLL_MS", "50")
+            .output()
+            .expect("meetingd runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = run(&["archive", "--backfill", "--redis", &url]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("4 ended instances: 0 archived before, 4 queued"),
+        "{out}"
+    );
+    assert_eq!(
+        db.rows(&format!(
+            "SELECT user_id, {} FROM attendance WHERE meeting_id = 1 ORDER BY user_id",
+            int_sql(&db, "round(seconds_present * 1000)")
+        )),
+        vec!["1|3060000", "2|400", "3|3590000"]
+    );
+    assert_eq!(
+        db.rows(&format!(
+            "SELECT {} FROM instances WHERE meeting_id = 1",
+            ms_sql(&db, "ended_at")
+        )),
+        vec![to.to_string()]
+    );
+    let per =
+        db.rows("SELECT meeting_id, count(*) FROM events GROUP BY meeting_id ORDER BY meeting_id");
+    assert_eq!(per, vec!["1|8", "2|10", "3|10", "4|10"]);
+    // again: everything is archived, nothing queued or written twice
+    let (code, out) = run(&["archive", "--backfill", "--redis", &url]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("4 ended instances: 4 archived before, 0 queued"),
+        "{out}"
+    );
+    assert_eq!(
+        db.rows("SELECT meeting_id, count(*) FROM events GROUP BY meeting_id ORDER BY meeting_id"),
+        per
+    );
+    outbox_drained(&redis);
+    // then live: a serving daemon archives what ends from now on, and a
+    // backfill beside it finds nothing to queue
+    let daemon = start(&redis, &env(&db.url()));
+    bulk(&mut c, 5..=5, from + 7_200_000, 5, 5);
+    wait_archived(&db, 5, &daemon);
+    let (code, out) = run(&["archive", "--backfill", "--redis", &url]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("5 ended instances: 5 archived before, 0 queued"),
+        "{out}"
+    );
+    drop(daemon);
+    // without an archive configured it cannot run
+    let (code, out) = crate::harness::meetingd_run("archive", &["--backfill", "--redis", &url]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no archive is configured"), "{out}");
+}

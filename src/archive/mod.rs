@@ -16,6 +16,10 @@
 //! database is down the daemon serves everything else and tries again with
 //! a growing pause; STATS shows the backlog.
 //!
+//! [`report`] computes the same attendance from Redis for REPORT (a
+//! running instance too); [`backfill`] queues the instances that ended
+//! before archiving was on (`meetingd archive --backfill`).
+//!
 //! `db.rs` holds the database side (pools, migrations, idempotent
 //! inserts); `attendance.rs` the pure attendance computation; the Redis
 //! side is the store's (`store/archive.rs`).

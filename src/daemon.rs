@@ -483,6 +483,7 @@ fn apply_reload(old: &Config, new: &Config, log: &LogHandle, live_tx: &watch::Se
             old.watch_lane_size != new.watch_lane_size,
         ),
         ("stats.prometheus", old.prometheus != new.prometheus),
+        ("archive", old.archive != new.archive),
     ];
     for (key, changed) in restart_only {
         if changed {

@@ -25,7 +25,12 @@ local function audience_call(keys, args)
   if redis.call('EXISTS', keys[1]) == 0 then
     fail('NOT_FOUND', 'meeting ' .. meeting .. ' does not exist')
   end
-  return base .. 'audience:' .. meeting, emails
+  return base .. 'audience:' .. meeting, emails, base, meeting
+end
+
+-- The change, for the archive: one entry, the e-mails separated by spaces.
+local function outbox_audience(base, meeting, op, emails)
+  outbox_add(base, 'k', 'audience', 'm', meeting, 'op', op, 'emails', table.concat(emails, ' '))
 end
 
 local function audience_reply(audience, changed)
@@ -37,7 +42,8 @@ local function audience_reply(audience, changed)
 end
 
 local function audience_add(keys, args)
-  local audience, emails = audience_call(keys, args)
+  local audience, emails, base, meeting = audience_call(keys, args)
+  outbox_audience(base, meeting, 'add', emails)
   local changed = 0
   for first = 1, #emails, 250 do
     local pairs_ = {}
@@ -51,7 +57,8 @@ local function audience_add(keys, args)
 end
 
 local function audience_del(keys, args)
-  local audience, emails = audience_call(keys, args)
+  local audience, emails, base, meeting = audience_call(keys, args)
+  outbox_audience(base, meeting, 'del', emails)
   return audience_reply(audience, remove_members(audience, emails))
 end
 

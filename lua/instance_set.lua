@@ -69,6 +69,7 @@ local function instance_set(keys, args)
   inst.from, inst.to = from, to
   write_instance(inst)
   redis.call('ZADD', base .. 'orders:' .. meeting, order, order)
+  outbox_add(base, 'k', 'instance', 'm', meeting, 'o', order, 'from', from, 'to', to)
   local due_index = base .. 'due'
   if inst.state ~= 'active' then
     redis.call('ZADD', due_index, from, inst.name)

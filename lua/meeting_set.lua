@@ -11,7 +11,7 @@ Errors: BAD_REQUEST.
 ]]
 local function meeting_set(keys, args)
   check_arity(args, 3, 3, 'title, description, public')
-  local _, meeting = meeting_key(keys[1])
+  local base, meeting = meeting_key(keys[1])
   local title = check_text(args[1], 'title')
   local description = check_text(args[2], 'description', true, true)
   local public = args[3]
@@ -19,6 +19,7 @@ local function meeting_set(keys, args)
     fail('BAD_REQUEST', 'public must be true or false, got ' .. show(public))
   end
   redis.call('HSET', keys[1], 'title', title, 'description', description, 'public', public)
+  outbox_add(base, 'k', 'meeting', 'm', meeting, 'title', title, 'description', description, 'public', public)
   return { 'id', meeting, 'title', title, 'description', description, 'public', public }
 end
 

@@ -69,6 +69,7 @@ local function tick(keys, args)
       write_instance(inst)
       redis.call('HSET', inst.schedule, order .. '#end', inst.to)
       redis.call('ZREM', due_index, name)
+      outbox_ended(inst)
       missed[#missed + 1] = name
     elseif later(inst.from, now) then
       redis.call('ZADD', due_index, inst.from, name)

@@ -53,6 +53,8 @@ pub struct RawConfig {
     pub watch: RawWatch,
     /// `[stats]`
     pub stats: RawStats,
+    /// `[archive]`
+    pub archive: RawArchive,
 }
 
 /// `[socket]`: the control socket.
@@ -320,6 +322,75 @@ pub struct RawStats {
     pub prometheus: String,
 }
 
+/// `[archive]`: the copy of history in a SQL database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawArchive {
+    /// `postgres://...`, `mysql://...`, `mariadb://...` or `sqlite://PATH`;
+    /// empty: SQLite in the data directory with the embedded Redis, none
+    /// with a Redis of one's own; `off`: none.
+    pub url: String,
+    /// Seconds an entry another daemon holds unarchived waits before this
+    /// one takes it over.
+    pub claim_after_secs: u64,
+    /// The longest pause between attempts while the database is down, ms.
+    pub retry_max_ms: u64,
+    /// The pause when nothing waits, ms.
+    pub poll_ms: u64,
+}
+
+impl Default for RawArchive {
+    fn default() -> Self {
+        RawArchive {
+            url: String::new(),
+            claim_after_secs: 60,
+            retry_max_ms: 30_000,
+            poll_ms: 1000,
+        }
+    }
+}
+
+impl RawArchive {
+    /// The archive's options, given where the Redis is (`embedded`) and
+    /// its data directory; `None` when there is no archive.
+    fn validate(
+        &self,
+        embedded: bool,
+        data_dir: &std::path::Path,
+        retention: Duration,
+    ) -> Result<Option<crate::archive::ArchiveOptions>, ConfigError> {
+        let url = match self.url.trim() {
+            "off" => return Ok(None),
+            "" if embedded => format!("sqlite://{}", data_dir.join("archive.sqlite").display()),
+            "" => return Ok(None),
+            url => {
+                if let Err(crate::archive::DbError::Url(why)) = crate::archive::Backend::of_url(url)
+                {
+                    return Err(bad("archive.url", format!("{}: {why}", redact_url(url))));
+                }
+                url.to_string()
+            }
+        };
+        let claim_after = self.claim_after_secs;
+        if !(1..=86_400).contains(&claim_after) {
+            return Err(bad("archive.claim_after_secs", "must be 1..86400"));
+        }
+        if !(10..=3_600_000).contains(&self.retry_max_ms) {
+            return Err(bad("archive.retry_max_ms", "must be 10..3600000"));
+        }
+        if !(10..=60_000).contains(&self.poll_ms) {
+            return Err(bad("archive.poll_ms", "must be 10..60000"));
+        }
+        Ok(Some(crate::archive::ArchiveOptions {
+            url,
+            retention,
+            claim_after: Duration::from_secs(claim_after),
+            retry_max: Duration::from_millis(self.retry_max_ms),
+            poll: Duration::from_millis(self.poll_ms),
+        }))
+    }
+}
+
 /// What the command line overrides.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -386,6 +457,8 @@ pub struct Config {
     /// Settings that work but should change (a deprecated key): one line
     /// each, logged at start-up.
     pub warnings: Vec<String>,
+    /// The archive, if any.
+    pub archive: Option<crate::archive::ArchiveOptions>,
 }
 
 /// The control socket's settings.
@@ -486,6 +559,15 @@ impl RawConfig {
 
     /// Check every value; the configuration the daemon runs with.
     pub fn validate(&self) -> Result<Config, ConfigError> {
+        let mut config = self.validate_but_archive()?;
+        let embedded = config.redis_url.is_none() && config.redis_cluster.is_empty();
+        config.archive =
+            self.archive
+                .validate(embedded, &config.embedded.data_dir, config.retention)?;
+        Ok(config)
+    }
+
+    fn validate_but_archive(&self) -> Result<Config, ConfigError> {
         let s = &self.socket;
         if s.path.is_empty() {
             return Err(bad("socket.path", "must not be empty"));
@@ -687,6 +769,7 @@ impl RawConfig {
             },
             durability,
             warnings,
+            archive: None,
         })
     }
 
@@ -764,6 +847,17 @@ impl RawConfig {
         }
         shown.redis.url = redact_url(&shown.redis.url);
         shown.redis.cluster = shown.redis.cluster.iter().map(|u| redact_url(u)).collect();
+        // a database URL often names a user and no password (a socket,
+        // peer authentication): that is shown as it is
+        let userinfo = shown
+            .archive
+            .url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.rsplit_once('@'))
+            .map(|(userinfo, _)| userinfo);
+        if userinfo.is_some_and(|u| u.contains(':')) {
+            shown.archive.url = redact_url(&shown.archive.url);
+        }
         toml::to_string(&shown)
             .unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
     }
@@ -1157,6 +1251,52 @@ mod tests {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError(one_line(&e.to_string())))?;
         raw.validate()
+    }
+
+    #[test]
+    fn the_archive_defaults_to_sqlite_beside_the_embedded_redis_only() {
+        let embedded = from_toml("[embedded]\ndata_dir = \"/srv/m\"").expect("valid");
+        let archive = embedded.archive.expect("an archive");
+        assert_eq!(archive.url, "sqlite:///srv/m/archive.sqlite");
+        assert_eq!(archive.claim_after, Duration::from_secs(60));
+        let own = from_toml("[redis]\nurl = \"redis://127.0.0.1:6379/0\"").expect("valid");
+        assert_eq!(own.archive, None, "no archive until archive.url is set");
+        let set = from_toml(
+            "[redis]\nurl = \"redis://127.0.0.1/0\"\n[archive]\nurl = \"postgres://m@db/archive\"\n[retention]\ndays = 2",
+        )
+        .expect("valid");
+        let archive = set.archive.expect("an archive");
+        assert_eq!(archive.url, "postgres://m@db/archive");
+        assert_eq!(archive.retention, Duration::from_secs(2 * 86_400));
+        let off = from_toml("[archive]\nurl = \"off\"").expect("valid");
+        assert_eq!(off.archive, None);
+    }
+
+    #[test]
+    fn bad_archive_settings_name_their_key() {
+        for (text, key) in [
+            ("[archive]\nurl = \"redis://x\"", "archive.url"),
+            ("[archive]\nurl = \"sqlite://\"", "archive.url"),
+            (
+                "[archive]\nclaim_after_secs = 0",
+                "archive.claim_after_secs",
+            ),
+            ("[archive]\nretry_max_ms = 1", "archive.retry_max_ms"),
+            ("[archive]\npoll_ms = 999999", "archive.poll_ms"),
+        ] {
+            let err = from_toml(text).expect_err(text);
+            assert!(err.0.starts_with(key), "{text}: {err}");
+        }
+        // a password never shows
+        let raw: RawConfig =
+            toml::from_str("[archive]\nurl = \"postgres://m:secret@db/a\"").expect("toml");
+        let shown = raw.redacted_toml();
+        assert!(shown.contains("postgres://m:***@db/a"), "{shown}");
+        let raw: RawConfig =
+            toml::from_str("[archive]\nurl = \"postgres://m@db/a?host=/run\"").expect("toml");
+        assert!(raw.redacted_toml().contains("postgres://m@db/a?host=/run"));
+        let err = from_toml("[archive]\nurl = \"oracle://u:secret@h/d\"").expect_err("bad");
+        assert!(!err.0.contains("secret"), "{err}");
     }
 
     #[test]

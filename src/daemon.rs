@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::archive::{self, ArchiveOptions, Backend, Db, DbError};
 use crate::cmd::{self, Context, Limits};
 use crate::config::{self, Config, Overrides};
 use crate::durability::{self, Durability, Judgement};
@@ -289,6 +290,10 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
     let serving = tokio::spawn(renew_serving(store.clone(), serving_as.clone()));
     let serving_store = store.clone();
     let stats = Arc::new(Stats::default());
+    let archiver = match &config.archive {
+        Some(options) => Some(start_archive(&config, options, &store, &stats).await?),
+        None => None,
+    };
     let scheduler = Scheduler::new(Arc::new(store.clone()), stats.clone());
     notify(&[NotifyState::Status("catching up: the start-up tick")]);
     // whatever fell due while nothing ran; if it fails, the next tick does it
@@ -401,6 +406,11 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
     {
         tracing::warn!("the drain deadline passed during a tick");
     }
+    if let Some(archiver) = archiver {
+        // whatever it was doing is written again by the next daemon: every
+        // write is idempotent, and an entry is acknowledged after its commit
+        archiver.abort();
+    }
     serving.abort();
     if let Err(err) = serving_store.stop_serving(&serving_as).await {
         tracing::debug!(error = %err, "cannot leave the list of serving daemons (it lapses)");
@@ -445,6 +455,45 @@ async fn check_durability(config: &Config, store: &Store, url: &str) -> Result<(
     Ok(())
 }
 
+/// Turn archiving on (each partition's outbox) and start the archiver.
+/// A database that cannot be reached now is tried again in the background
+/// (the daemon serves meanwhile); one whose schema is newer than ours, or
+/// that refuses our migrations, stops the start (exit 2).
+async fn start_archive(
+    config: &Config,
+    options: &ArchiveOptions,
+    store: &Store,
+    stats: &Arc<Stats>,
+) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+    let shared_redis = config.redis_url.is_some() || !config.redis_cluster.is_empty();
+    if shared_redis && matches!(Backend::of_url(&options.url), Ok((Backend::Sqlite, _))) {
+        tracing::warn!(
+            "archive.url is a SQLite file with a Redis of your own: every daemon on this Redis \
+             must write to one archive, and a SQLite file is this machine's only; use \
+             PostgreSQL or MySQL when several daemons share the Redis"
+        );
+    }
+    store.outbox_enable().await.map_err(DaemonError::Store)?;
+    let db = match Db::open(&options.url).await {
+        Ok(db) => Some(db),
+        Err(err @ (DbError::Newer(_) | DbError::Url(_) | DbError::Migrate(_))) => {
+            return Err(DaemonError::Config(err.to_string()));
+        }
+        Err(err) => {
+            tracing::warn!(
+                "the archive database cannot be reached; trying again in the background: {err}"
+            );
+            None
+        }
+    };
+    Ok(tokio::spawn(archive::serve(
+        store.clone(),
+        options.clone(),
+        stats.clone(),
+        db,
+    )))
+}
+
 /// Apply what a reload may change; say what it may not.
 fn apply_reload(old: &Config, new: &Config, log: &LogHandle, live_tx: &watch::Sender<Live>) {
     if new.log_level != old.log_level {
@@ -473,6 +522,7 @@ fn apply_reload(old: &Config, new: &Config, log: &LogHandle, live_tx: &watch::Se
             old.watch_lane_size != new.watch_lane_size,
         ),
         ("stats.prometheus", old.prometheus != new.prometheus),
+        ("archive", old.archive != new.archive),
     ];
     for (key, changed) in restart_only {
         if changed {

@@ -41,6 +41,11 @@
 //! - [`config`]: settings as read (file, environment, flags) into a
 //!   validated configuration. [`durability`]: what an acknowledgement
 //!   promises (`redis.durability`) and whether a Redis keeps it.
+//! - [`archive`]: the copy of history in a SQL database (PostgreSQL,
+//!   MySQL/MariaDB, SQLite): the archiver reads the partitions' outboxes
+//!   (through the store) and writes idempotent rows; `attendance.rs`
+//!   computes attendance, `db.rs` holds the schema (`migrations/`) and the
+//!   writes.
 //! - [`stats`]: the counters STATS shows; [`metrics`] serves them as
 //!   Prometheus text. [`error`]: the protocol's error codes. [`clock`]:
 //!   where "now" comes from.
@@ -49,12 +54,13 @@
 //!   `src/bin/meetingd-bench/`: measurements (BENCHMARKS.md).
 //!
 //! Arrows run one way: main -> daemon -> server -> cmd -> (watch ->) store
-//! -> lua; the scheduler calls the store; protocol, config, error and clock
-//! depend on nothing of ours but the error codes and [`durability`], which
-//! depends on nothing.
+//! -> lua; the scheduler and the archiver call the store; protocol, config,
+//! error and clock depend on nothing of ours but the error codes and
+//! [`durability`], which depends on nothing.
 
 #![deny(missing_docs)]
 
+pub mod archive;
 pub mod clock;
 pub mod cmd;
 pub mod config;

@@ -44,6 +44,20 @@ enum Command {
     /// --partitions, or redis.partitions of the configuration (64 when
     /// neither is given: use --partitions for data of another count).
     Library(LibraryArgs),
+    /// Archive what the store holds: with --backfill, every ended instance
+    /// the archive (archive.url) does not hold whole yet is queued, then
+    /// archived until the outboxes are empty. Safe beside serving daemons;
+    /// resumable: run it again after an interruption.
+    Archive(ArchiveArgs),
+}
+
+#[derive(Args)]
+struct ArchiveArgs {
+    /// Queue and archive every ended instance not archived yet.
+    #[arg(long)]
+    backfill: bool,
+    #[command(flatten)]
+    settings: Settings,
 }
 
 #[derive(Args)]
@@ -118,6 +132,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check(settings) => check(settings.source()),
+        Command::Archive(args) => archive(args),
         Command::Repartition(args) => repartition(args),
         Command::CheckConfig(settings) => {
             let source = settings.source();
@@ -260,6 +275,75 @@ impl Offline {
             offline.runtime.block_on(embedded.stop());
         }
         result.map_err(|why| fail(format!("{unreachable}: {why}")))
+    }
+}
+
+/// `meetingd archive --backfill`: exit 0 once everything ended is
+/// archived, 1 when Redis or the database failed, 2 when it cannot run
+/// (no archive configured, a bad setting, a newer schema).
+fn archive(args: ArchiveArgs) -> ExitCode {
+    let fail = |code: u8, what: String| {
+        eprintln!("meetingd: {what}");
+        ExitCode::from(code)
+    };
+    if !args.backfill {
+        return fail(2, "archive: say --backfill (the only mode so far)".into());
+    }
+    let source = args.settings.source();
+    let config = match config::load(source.file.as_deref(), &source.overrides) {
+        Ok((_, config)) => config,
+        Err(err) => return fail(2, err.to_string()),
+    };
+    let Some(options) = config.archive.clone() else {
+        return fail(
+            2,
+            "no archive is configured: set archive.url (MEETINGD_ARCHIVE__URL)".into(),
+        );
+    };
+    let _log = meetingd::logging::init(&config.log_level, config.log_json);
+    // the configured Redis, or the running daemon's embedded one
+    let url = match &config.redis_url {
+        Some(url) => url.clone(),
+        None if !config.redis_cluster.is_empty() => String::new(),
+        None => format!(
+            "redis+unix://{}",
+            config.embedded.data_dir.join("redis.sock").display()
+        ),
+    };
+    let mut store_options = meetingd::store::StoreOptions::new(url);
+    store_options.cluster = config.redis_cluster.clone();
+    store_options.partitions = config.partitions;
+    store_options.timeout = std::time::Duration::from_secs(10);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(1, format!("cannot start the runtime: {err}")),
+    };
+    let stats = std::sync::Arc::new(meetingd::stats::Stats::default());
+    let done = runtime.block_on(async {
+        let store = meetingd::store::Store::connect(store_options).await?;
+        meetingd::archive::backfill(&store, &options, stats).await
+    });
+    match done {
+        Ok(report) => {
+            println!(
+                "{} ended instances: {} archived before, {} queued; {} outbox entries archived",
+                report.ended, report.archived_before, report.queued, report.entries
+            );
+            ExitCode::SUCCESS
+        }
+        Err(
+            err @ meetingd::archive::ArchiveError::Db(
+                meetingd::archive::DbError::Newer(_)
+                | meetingd::archive::DbError::Url(_)
+                | meetingd::archive::DbError::Migrate(_),
+            ),
+        ) => fail(2, err.to_string()),
+        Err(
+            err @ meetingd::archive::ArchiveError::Store(meetingd::store::StoreError::Incompatible(
+                _,
+            )),
+        ) => fail(2, err.to_string()),
+        Err(err) => fail(1, err.to_string()),
     }
 }
 

@@ -241,6 +241,39 @@ pub fn render(s: &Value, last_good_tick: Option<i64>) -> String {
         "Entries dropped watchers missed.",
         plain(&w["dropped_events"]),
     );
+    let a = &s["archive"];
+    if a.is_object() {
+        metric(
+            "archive_waiting",
+            "gauge",
+            "Outbox entries waiting to be archived, every partition.",
+            plain(&a["waiting"]),
+        );
+        metric(
+            "archive_oldest_age_seconds",
+            "gauge",
+            "Age of the oldest outbox entry waiting (0: none).",
+            plain(&a["oldest_age_s"]),
+        );
+        metric(
+            "archive_entries_total",
+            "counter",
+            "Outbox entries archived by this daemon.",
+            plain(&a["entries"]),
+        );
+        metric(
+            "archive_rows_total",
+            "counter",
+            "Rows written to the archive database by this daemon.",
+            plain(&a["rows"]),
+        );
+        metric(
+            "archive_failures_total",
+            "counter",
+            "Failed archiving attempts (they are retried).",
+            plain(&a["failures"]),
+        );
+    }
     if let Some(rtt) = s["redis_rtt_ms"].as_f64() {
         metric(
             "redis_rtt_seconds",
@@ -273,5 +306,27 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }
         assert_eq!(stats.snapshot()["connections"]["refused"], 3);
+    }
+
+    #[test]
+    fn the_archive_is_rendered_only_when_the_daemon_archives() {
+        let stats = Stats::default();
+        let text = render(&stats.snapshot(), None);
+        assert!(!text.contains("meetingd_archive"), "{text}");
+        stats.archive_started();
+        stats.archived(10);
+        stats.archived(5);
+        stats.archive_failed();
+        stats.archive_backlog(7, None);
+        let text = render(&stats.snapshot(), None);
+        for line in [
+            "meetingd_archive_waiting 7",
+            "meetingd_archive_oldest_age_seconds 0",
+            "meetingd_archive_entries_total 2",
+            "meetingd_archive_rows_total 15",
+            "meetingd_archive_failures_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
     }
 }

@@ -140,6 +140,8 @@ pub enum Request {
         /// Page size.
         limit: Option<u64>,
     },
+    /// `REPORT <mref>`
+    Report(Mref),
     /// `WATCH <mref> [AFTER <id>]`
     Watch {
         /// Which instance.
@@ -286,6 +288,12 @@ pub const COMMANDS: &[CommandInfo] = &[
         summary: "an instance's event log, a page at a time",
     },
     CommandInfo {
+        name: "REPORT",
+        syntax: "REPORT <mref>",
+        admin: false,
+        summary: "an instance's attendance: per user first join, last leave, seconds present, joins, messages",
+    },
+    CommandInfo {
         name: "WATCH",
         syntax: "WATCH <mref> [AFTER <id>]",
         admin: false,
@@ -391,6 +399,7 @@ impl Request {
             Request::Post { .. } => "POST",
             Request::Messages { .. } => "MESSAGES",
             Request::Events { .. } => "EVENTS",
+            Request::Report(_) => "REPORT",
             Request::Watch { .. } => "WATCH",
             Request::Unwatch => "UNWATCH",
             Request::Stats => "STATS",
@@ -411,6 +420,7 @@ impl Request {
             Request::Participants { .. }
                 | Request::Messages { .. }
                 | Request::Events { .. }
+                | Request::Report(_)
                 | Request::Active
                 | Request::Attendance
                 | Request::MeetingGet(_)
@@ -708,6 +718,7 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
             let limit = options.take("LIMIT").map(|v| args.limit(&v)).transpose()?;
             Request::Events { mref, after, limit }
         }
+        "REPORT" => Request::Report(args.mref()?),
         "WATCH" => {
             let mref = args.mref()?;
             let mut options = args.options(&["AFTER"])?;

@@ -87,6 +87,18 @@ pub struct Stats {
     /// Watchers dropped for falling behind, and the entries they missed.
     watchers_dropped: AtomicU64,
     dropped_events: AtomicU64,
+    /// Whether this daemon archives (STATS shows the archive section then).
+    archive_on: std::sync::atomic::AtomicBool,
+    /// Outbox entries waiting, over every partition, at the last look.
+    archive_waiting: AtomicU64,
+    /// When the oldest of them was written (ms; 0: none waits).
+    archive_oldest: AtomicI64,
+    /// Outbox entries archived (committed and acknowledged) by this daemon.
+    archive_entries: AtomicU64,
+    /// Rows written to the archive database by this daemon.
+    archive_rows: AtomicU64,
+    /// Failed archiving attempts (database or Redis unreachable, ...).
+    archive_failures: AtomicU64,
 }
 
 /// A latency histogram: 1 µs to 60 s, 3 significant digits.
@@ -117,6 +129,12 @@ impl Default for Stats {
             watch_lanes: AtomicU64::new(0),
             watchers_dropped: AtomicU64::new(0),
             dropped_events: AtomicU64::new(0),
+            archive_on: std::sync::atomic::AtomicBool::new(false),
+            archive_waiting: AtomicU64::new(0),
+            archive_oldest: AtomicI64::new(0),
+            archive_entries: AtomicU64::new(0),
+            archive_rows: AtomicU64::new(0),
+            archive_failures: AtomicU64::new(0),
         }
     }
 }
@@ -209,6 +227,34 @@ impl Stats {
     /// A lane's reader stopped (its last instance went).
     pub fn lane_closed(&self) {
         self.watch_lanes.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// This daemon archives: STATS shows the archive's counters.
+    pub fn archive_started(&self) {
+        self.archive_on.store(true, Ordering::Relaxed);
+    }
+
+    /// The outboxes hold `waiting` entries, the oldest written at `oldest`.
+    pub fn archive_backlog(&self, waiting: u64, oldest: Option<i64>) {
+        self.archive_waiting.store(waiting, Ordering::Relaxed);
+        self.archive_oldest
+            .store(oldest.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Outbox entries waiting, at the last look.
+    pub fn archive_waiting(&self) -> u64 {
+        self.archive_waiting.load(Ordering::Relaxed)
+    }
+
+    /// An outbox entry was archived, with `rows` rows written.
+    pub fn archived(&self, rows: u64) {
+        bump(&self.archive_entries);
+        self.archive_rows.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    /// An archiving attempt failed.
+    pub fn archive_failed(&self) {
+        bump(&self.archive_failures);
     }
 
     /// A tick succeeded at `now`.
@@ -328,6 +374,31 @@ impl Stats {
                 "watchers_dropped": load(&self.watchers_dropped),
                 "dropped_events": load(&self.dropped_events),
             },
+            "archive": self.archive_snapshot(),
+        })
+    }
+
+    /// The archive's counters (null when this daemon does not archive):
+    /// entries waiting in the outboxes and how old the oldest is, entries
+    /// and rows archived, failed attempts.
+    fn archive_snapshot(&self) -> Value {
+        if !self.archive_on.load(Ordering::Relaxed) {
+            return Value::Null;
+        }
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let oldest = self.archive_oldest.load(Ordering::Relaxed);
+        let age = if oldest > 0 {
+            let now = chrono::Utc::now().timestamp_millis();
+            (now - oldest).max(0) as f64 / 1000.0
+        } else {
+            0.0
+        };
+        json!({
+            "waiting": load(&self.archive_waiting),
+            "oldest_age_s": age,
+            "entries": load(&self.archive_entries),
+            "rows": load(&self.archive_rows),
+            "failures": load(&self.archive_failures),
         })
     }
 }

@@ -167,10 +167,30 @@ local function take_ids(inst, now, count)
   return ids, before
 end
 
+--[[ Archiving. A partition archives while its outbox stream exists (the
+daemon creates it, with its consumer group, when an archive is
+configured): the calls that end an instance or write a meeting, its
+audience or an instance append to it, in the same call, what the archiver
+is to copy into the database; and no history key of the partition gets an
+expiry until the archiver has copied it (it sets the expiry itself then,
+meet_archived). Without the stream nothing of this happens. ]]
+local function archiving(base)
+  return redis.call('EXISTS', base .. 'outbox') == 1
+end
+
+-- Append an entry (field/value pairs) to the partition's outbox, if it
+-- archives.
+local function outbox_add(base, ...)
+  if archiving(base) then
+    redis.call('XADD', base .. 'outbox', '*', ...)
+  end
+end
+
 -- Let a history key expire `retention` ms after the instance's scheduled
--- end `to` (0: kept for ever).
+-- end `to` (0: kept for ever; and no expiry at all while its partition
+-- archives: the archiver sets it once the history is copied).
 local function keep_until(key, to, retention)
-  if retention > 0 then
+  if retention > 0 and not archiving(string.match(key, '^meetingd:{p%d+}:') or '') then
     redis.call('PEXPIREAT', key, tonumber(to) + retention)
   end
 end
@@ -196,6 +216,19 @@ local function activate(inst, due_index, active_index)
   redis.call('ZADD', due_index, inst.to, inst.name)
 end
 
+-- When an ended instance ended (its timeouts' `at`).
+local function ended_at(inst)
+  return redis.call('HGET', inst.schedule, inst.order .. '#end') or inst.to
+end
+
+--[[ An instance is over and nobody is left in it: its whole history is
+written, and the archiver may copy it (k=end: meeting, order, window, when
+it ended). ]]
+local function outbox_ended(inst)
+  outbox_add(inst.base, 'k', 'end', 'm', inst.meeting, 'o', inst.order,
+    'from', inst.from, 'to', inst.to, 'ended', ended_at(inst))
+end
+
 --[[ End participation: up to `budget` participants leave with a timeout
 event stamped `at` (never before the event it follows), in join order.
 Returns the users timed out and how many are still in. ]]
@@ -215,13 +248,13 @@ local function time_out(inst, at, now, budget, retention)
     remove_members(inst.present, users)
     keep_until(inst.events, inst.to, retention)
   end
-  return users, redis.call('ZCARD', inst.present)
+  local remaining = redis.call('ZCARD', inst.present)
+  if remaining == 0 and inst.state == 'ended' and (#users > 0 or inst.ending) then
+    outbox_ended(inst)
+  end
+  return users, remaining
 end
 
--- When an ended instance ended (its timeouts' `at`).
-local function ended_at(inst)
-  return redis.call('HGET', inst.schedule, inst.order .. '#end') or inst.to
-end
 
 --[[ End a running instance at `at` (not before its last event) and time
 out up to `budget` participants. What remains is drained by later calls
@@ -238,6 +271,7 @@ local function end_instance(inst, at, now, budget, retention, due_index, active_
     LAST_ENDED, inst.order)
   redis.call('HDEL', inst.key, 'live')
   redis.call('ZREM', active_index, inst.name)
+  inst.ending = true
   local users, remaining = time_out(inst, at, now, budget, retention)
   if remaining > 0 then
     redis.call('ZADD', due_index, now, inst.name)

@@ -8,8 +8,9 @@ one key to get right:
   * meeting functions: meetingd:{p<P>}:meeting:<M>, where P = M mod
     PARTITIONS. A meeting key under any other tag is refused: the daemon
     would never look for it there.
-  * partition functions (tick, active, attendance): meetingd:{p<P>}:due or
-    meetingd:{p<P>}:active, P < PARTITIONS.
+  * partition functions (tick, active, attendance, archived):
+    meetingd:{p<P>}:due, meetingd:{p<P>}:active or meetingd:{p<P>}:outbox,
+    P < PARTITIONS.
   * user functions: meetingd:{u<U>}:user.
 PARTITIONS is set by the line the daemon writes ahead of the library.
 
@@ -27,6 +28,9 @@ Under a partition's tag "meetingd:{p<P>}:" (`base` below):
   posted:<M>/<O>       hash: "<U>:<key>" -> id, for POST ... ID <key>
   due                  sorted set: "M/O" -> when its next transition is due
   active               sorted set: "M/O" -> M, the running instances
+  outbox               stream: what the archiver is to copy into the
+                       database (only while archiving; see instances.lua),
+                       read through the consumer group `archive`
 ]]
 
 -- Whether the digits `p` of a tag name partition `n` (no leading zero:

@@ -156,6 +156,15 @@ enum Command {
         #[arg(long)]
         limit: Option<String>,
     },
+    /// An instance's attendance: per user first join, last leave, seconds
+    /// present, joins and messages.
+    Report {
+        /// M or M/O.
+        mref: String,
+        /// CSV (RFC 4180, with a header) instead of a table.
+        #[arg(long)]
+        csv: bool,
+    },
     /// Print an instance's events and chat as they happen, until
     /// interrupted (or `--count` of them). A watch that falls behind, or
     /// whose daemon stops or restarts, is resumed where it was (after the
@@ -402,6 +411,7 @@ impl Command {
                 t.extend(options(&[("AFTER", after), ("LIMIT", limit)]));
                 t
             }
+            Command::Report { mref, .. } => words(&["REPORT", mref]),
             Command::Stats => words(&["STATS"]),
             Command::Watch { mref, after, .. } => {
                 let mut t = words(&["WATCH", mref]);
@@ -603,6 +613,7 @@ fn main() -> ExitCode {
                 reconnect: !*no_reconnect,
             },
         ),
+        Command::Report { mref, csv: true } if !cli.json => report_csv(&cli, mref),
         command @ Command::Post { .. } => {
             // the key makes a second try safe: the daemon stores it once
             let tokens = command.tokens();
@@ -622,6 +633,52 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// REPORT as CSV (RFC 4180: a header, CRLF line ends, fields quoted when
+/// they must be), one line per user; an error as any other.
+fn report_csv(cli: &Cli, mref: &str) -> Result<ExitCode, String> {
+    let mut client = Client::connect(&cli.socket)?;
+    client.send(&request_line(&["REPORT", mref]))?;
+    let (raw, reply) = client.receive()?;
+    if reply["ok"] != json!(true) {
+        return Ok(refused(cli, &raw, &reply));
+    }
+    print!("{}", report_csv_text(&reply["result"]));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A REPORT result as CSV text.
+fn report_csv_text(result: &Value) -> String {
+    const COLUMNS: [&str; 6] = [
+        "user",
+        "first_join",
+        "last_leave",
+        "seconds_present",
+        "joins",
+        "messages",
+    ];
+    let field = |value: &Value| -> String {
+        let text = match value {
+            Value::Null => String::new(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if text.contains([',', '"', '\r', '\n']) {
+            format!("\"{}\"", text.replace('"', "\"\""))
+        } else {
+            text
+        }
+    };
+    let mut out = format!("meeting,order,{}\r\n", COLUMNS.join(","));
+    let empty = Vec::new();
+    for row in result["rows"].as_array().unwrap_or(&empty) {
+        let mut fields = vec![field(&result["meeting"]), field(&result["order"])];
+        fields.extend(COLUMNS.iter().map(|c| field(&row[*c])));
+        out.push_str(&fields.join(","));
+        out.push_str("\r\n");
+    }
+    out
 }
 
 /// A key for a POST: unique enough for one user in one instance

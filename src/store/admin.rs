@@ -37,6 +37,40 @@ impl Store {
         decode_user(f)
     }
 
+    /// One instance (`M` alone: the running one): its window and state,
+    /// and when it ended, once it has.
+    pub async fn instance_get(
+        &self,
+        target: InstanceRef,
+    ) -> Result<(Instance, Option<Millis>), StoreError> {
+        const F: &str = "meet_instance_get";
+        let meeting = target.meeting();
+        let call = Store::record_call(
+            F,
+            &self.keys.meeting(meeting),
+            &[&Store::order_arg(target)],
+            false,
+        );
+        let mut f = self.run(call).await?;
+        let order = f.id("order")?;
+        let from = f.int("from")?;
+        let to = f.int("to")?;
+        let state = f.string("state")?.parse().map_err(StoreError::Internal)?;
+        let ended_at = f
+            .optional("ended_at")?
+            .map(|v| reply::int(F, v))
+            .transpose()?;
+        Ok((
+            Instance {
+                id: InstanceId::new(meeting, order),
+                from,
+                to,
+                state,
+            },
+            ended_at,
+        ))
+    }
+
     /// Create or update a meeting's own fields.
     pub async fn meeting_set(&self, meeting: &Meeting) -> Result<Meeting, StoreError> {
         let public = meeting.public.to_string();

@@ -27,6 +27,8 @@ enum Kind {
     Active(u64),
     /// The partition's wake stream (WATCH readers).
     Wake(u64),
+    /// The partition's outbox (the archiver's).
+    Outbox(u64),
     Meeting(u64),
     Audience(u64),
     Orders(u64),
@@ -64,6 +66,7 @@ fn kind(key: &str) -> Kind {
         (["due"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Due),
         (["active"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Active),
         (["wake"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Wake),
+        (["outbox"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Outbox),
         (["meeting", m], _) => id(m).map_or(Kind::Unknown, Kind::Meeting),
         (["audience", m], _) => id(m).map_or(Kind::Unknown, Kind::Audience),
         (["orders", m], _) => id(m).map_or(Kind::Unknown, Kind::Orders),
@@ -145,7 +148,7 @@ impl Store {
     }
 
     /// A hash's fields, by HSCAN.
-    async fn hash(&self, key: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    pub(super) async fn hash(&self, key: &str) -> Result<BTreeMap<String, String>, StoreError> {
         let mut out = BTreeMap::new();
         let mut cursor = "0".to_string();
         loop {
@@ -337,7 +340,11 @@ impl Store {
             let expected = k.meeting().map(|m| m % partitions);
             let misplaced = match (&k, tagged, expected) {
                 (_, Some(p), Some(e)) => p != e,
-                (Kind::Due(_) | Kind::Active(_) | Kind::Wake(_), Some(p), None) => p >= partitions,
+                (
+                    Kind::Due(_) | Kind::Active(_) | Kind::Wake(_) | Kind::Outbox(_),
+                    Some(p),
+                    None,
+                ) => p >= partitions,
                 (Kind::User(_) | Kind::Layout | Kind::Serving | Kind::Repartition, _, _) => false,
                 _ => true,
             };

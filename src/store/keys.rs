@@ -14,6 +14,9 @@ use super::types::{Id, InstanceId};
 /// more per ACTIVE than 16 (BENCHMARKS.md, "Partitions").
 pub const DEFAULT_PARTITIONS: u64 = 64;
 
+/// The consumer group of every outbox ([`Keys::outbox`]).
+pub const OUTBOX_GROUP: &str = "archive";
+
 /// Builds key names for a given number of partitions.
 #[derive(Debug, Clone, Copy)]
 pub struct Keys {
@@ -76,6 +79,14 @@ impl Keys {
     /// The partition's sorted set of active instances, scored by meeting.
     pub fn active(partition: u64) -> String {
         format!("meetingd:{{p{partition}}}:active")
+    }
+
+    /// The partition's outbox: what the archiver is to copy into the
+    /// database, read through the consumer group [`OUTBOX_GROUP`]. Its
+    /// existence turns archiving on for the partition (the library writes
+    /// to it only then).
+    pub fn outbox(partition: u64) -> String {
+        format!("meetingd:{{p{partition}}}:outbox")
     }
 
     /// The meeting's hash: title, description, public, and `live` while

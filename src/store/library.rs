@@ -30,6 +30,7 @@ const BODY: &str = concat!(
     include_str!("../../lua/audience.lua"),
     include_str!("../../lua/instance_set.lua"),
     include_str!("../../lua/current.lua"),
+    include_str!("../../lua/instance_get.lua"),
     include_str!("../../lua/join.lua"),
     include_str!("../../lua/leave.lua"),
     include_str!("../../lua/post.lua"),
@@ -42,6 +43,7 @@ const BODY: &str = concat!(
     include_str!("../../lua/end.lua"),
     include_str!("../../lua/tick.lua"),
     include_str!("../../lua/upgrade.lua"),
+    include_str!("../../lua/archive.lua"),
 );
 
 /// What the daemon may call, in the library's terms: changed when a

@@ -24,11 +24,12 @@
 //! The families of calls: `admin.rs` (users, meetings, audiences,
 //! instances, END), `presence.rs` (JOIN, LEAVE, PARTICIPANTS, ACTIVE,
 //! ATTENDANCE), `chat.rs` (POST, MESSAGES, EVENTS), `tick.rs`, `watch.rs`
-//! (the feed WATCH reads), `load.rs` (bulk loading), `check.rs`
-//! (`meetingd check`) and `persistence.rs` (what Redis does with writes,
-//! for `redis.durability`).
+//! (the feed WATCH reads), `archive.rs` (the outboxes the archiver reads),
+//! `load.rs` (bulk loading), `check.rs` (`meetingd check`) and
+//! `persistence.rs` (what Redis does with writes, for `redis.durability`).
 
 mod admin;
+mod archive;
 mod chat;
 mod check;
 mod cluster;
@@ -51,7 +52,8 @@ use std::time::Duration;
 
 use redis::{Cmd, ErrorKind, RedisError, Value};
 
-pub use keys::{DEFAULT_PARTITIONS, Keys};
+pub use archive::{Backlog, OutboxEntry};
+pub use keys::{DEFAULT_PARTITIONS, Keys, OUTBOX_GROUP};
 pub use library::{API_LEVEL, Library, Loaded, Verdict};
 pub use load::{Load, LoadReport};
 pub use persistence::NodePersistence;

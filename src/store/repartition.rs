@@ -195,6 +195,22 @@ impl Store {
             }
         };
         let lock = format!("{from} {to}");
+        // an outbox entry names its meeting by id and waits in its old
+        // partition's outbox, which may not exist after: archive first
+        if !resumed {
+            for partition in 0..from {
+                let waiting = self
+                    .command(redis::cmd("XLEN").arg(Keys::outbox(partition)))
+                    .await?;
+                if reply::int("XLEN", waiting)? > 0 {
+                    return Err(StoreError::Incompatible(format!(
+                        "{} holds entries not yet archived: run a daemon with the archive \
+                         until STATS shows archive.waiting 0, stop it, then run this again",
+                        Keys::outbox(partition)
+                    )));
+                }
+            }
+        }
         let serving = self.serving().await?;
         if !serving.is_empty() {
             return Err(StoreError::Incompatible(format!(
@@ -262,6 +278,12 @@ impl Store {
         // the wake streams of the old partitions serve no reader now
         for partition in 0..from {
             self.command(redis::cmd("UNLINK").arg(Keys::wake(partition)))
+                .await?;
+        }
+        // and the (empty) outboxes of partitions that are no more; a new
+        // partition gets its outbox from the next daemon that archives
+        for partition in to..from {
+            self.command(redis::cmd("UNLINK").arg(Keys::outbox(partition)))
                 .await?;
         }
         self.command(redis::cmd("SET").arg(Keys::layout()).arg(to.to_string()))

@@ -156,6 +156,7 @@ async fn read_only_functions_carry_no_writes() {
         "meet_user_get",
         "meet_meeting_get",
         "meet_current",
+        "meet_instance_get",
         "meet_participants",
         "meet_active",
         "meet_attendance",
@@ -163,7 +164,7 @@ async fn read_only_functions_carry_no_writes() {
         "meet_events",
         "meet_feed",
     ];
-    assert_eq!(functions.len(), 22, "every operation is registered");
+    assert_eq!(functions.len(), 25, "every operation is registered");
     for function in &functions {
         let name = text(&field(function, "name"));
         assert!(name.starts_with("meet_"), "{name} is prefixed meet_");

@@ -1,11 +1,13 @@
 //! meetingd's integration tests: one binary, a real redis-server per test
 //! (see `harness`), never a mock.
 
+mod archive;
 mod calls;
 mod check;
 mod cluster;
 mod connections;
 mod ctl;
+mod dbs;
 mod docs;
 mod durability;
 mod faults;

@@ -291,6 +291,19 @@ fn seed_scenario(c: &mut Client) {
         c.ok("MESSAGES 1/2")["messages"].as_array().map(Vec::len),
         Some(3)
     );
+    let report = c.ok("REPORT 1/2");
+    let reported: Vec<(u64, u64)> = report["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["user"].as_u64().expect("user"),
+                r["joins"].as_u64().expect("joins"),
+            )
+        })
+        .collect();
+    assert_eq!(reported, [(1, 1), (2, 1), (3, 1)], "{report}");
 
     // the meeting shows its instances' states
     let meeting = c.ok("MEETING GET 1");
@@ -323,7 +336,7 @@ fn every_command_answers_on(backend: &Backend) {
     assert_eq!(c.ok("PING"), "PONG");
     assert_eq!(c.ok("ping"), "PONG", "command names are case-insensitive");
     let help = c.ok("HELP");
-    assert_eq!(help["commands"].as_array().map(Vec::len), Some(23));
+    assert_eq!(help["commands"].as_array().map(Vec::len), Some(24));
     assert_eq!(c.ok("HELP join")["syntax"], "JOIN <user> <mref>");
     assert_eq!(
         c.ok("HELP USER")["commands"].as_array().map(Vec::len),

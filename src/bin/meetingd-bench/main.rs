@@ -17,7 +17,10 @@
 //! - `watch`: WATCH fan-out: delivery latency to many watchers.
 //! - `partitions`: how partition counts spread over cluster masters, and
 //!   what ACTIVE, ATTENDANCE and an idle tick cost at each.
+//! - `archive`: rows per second into the archive (SQLite, or any
+//!   `archive.url`) for one ended instance of many events and messages.
 
+mod archive;
 mod drive;
 mod floor;
 mod partitions;
@@ -100,6 +103,20 @@ enum Bench {
         /// Of which running.
         #[arg(long, default_value_t = 64)]
         running: u64,
+    },
+    /// Rows per second into the archive for one ended instance (its own
+    /// Redis and daemon).
+    Archive {
+        /// The archive (`postgres://...`, `mysql://...`, `sqlite://...`);
+        /// default: a SQLite file of its own.
+        #[arg(long)]
+        url: Option<String>,
+        /// Events in the instance (half joins, half timeouts).
+        #[arg(long, default_value_t = 10_000)]
+        events: u64,
+        /// Messages in the instance.
+        #[arg(long, default_value_t = 10_000)]
+        messages: u64,
     },
     /// Time one tick with `due` transitions among `stored` instances.
     Tick {
@@ -210,6 +227,18 @@ async fn main() -> std::process::ExitCode {
             stored,
             running,
         } => partitions::partitions(&counts, &masters, stored, running.min(stored)).await,
+        Bench::Archive {
+            url,
+            events,
+            messages,
+        } => {
+            archive::archive(archive::Plan {
+                url,
+                events,
+                messages,
+            })
+            .await
+        }
         Bench::Tick {
             redis,
             stored,

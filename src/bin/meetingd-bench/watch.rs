@@ -136,7 +136,7 @@ async fn connected_clients(conn: &mut redis::aio::MultiplexedConnection) -> Resu
 }
 
 /// The daemon's STATS.
-async fn daemon_stats(socket: &std::path::Path) -> Result<serde_json::Value, String> {
+pub async fn daemon_stats(socket: &std::path::Path) -> Result<serde_json::Value, String> {
     let stream = UnixStream::connect(socket)
         .await
         .map_err(|e| format!("connect: {e}"))?;

@@ -1,0 +1,507 @@
+//! The archive database: PostgreSQL, MySQL/MariaDB or SQLite through sqlx,
+//! its schema (versioned migrations in `migrations/<backend>/`, run at
+//! start-up; a database of a newer schema is refused), and the writes the
+//! archiver makes, each idempotent: a row is keyed by what Redis gave it,
+//! inserted once, and replaced only by what a later outbox entry says.
+//!
+//! The three backends share one schema and one set of statements; they
+//! differ in placeholders (`$n` for PostgreSQL) and in how an upsert is
+//! spelled (`ON CONFLICT` against MySQL's `ON DUPLICATE KEY UPDATE`), which
+//! [`Db`] takes care of.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{MySql, Postgres, Sqlite, Transaction};
+
+use crate::store::Millis;
+
+/// The schema versions this build knows, per backend: (version, what,
+/// PostgreSQL, MySQL, SQLite).
+const MIGRATIONS: &[(i64, &str, &str, &str, &str)] = &[(
+    1,
+    "archive",
+    include_str!("../../migrations/postgres/0001_archive.sql"),
+    include_str!("../../migrations/mysql/0001_archive.sql"),
+    include_str!("../../migrations/sqlite/0001_archive.sql"),
+)];
+
+/// The newest schema version this build knows.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Why the database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database holds a schema newer than this build knows: running
+    /// against it could write what a newer meetingd would not expect.
+    #[error(
+        "the archive database has schema version {0}, newer than this meetingd knows ({SCHEMA_VERSION}): upgrade meetingd, or point archive.url at another database"
+    )]
+    Newer(i64),
+    /// The URL names no backend we speak (the URL itself is not in the
+    /// message: it may hold a password).
+    #[error("archive.url: {0}")]
+    Url(String),
+    /// The database failed (unreachable, refused a statement, ...).
+    #[error("archive database: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("archive schema: {0}")]
+    Migrate(MigrateError),
+}
+
+/// Which database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    MySql,
+    /// SQLite.
+    Sqlite,
+}
+
+impl Backend {
+    /// The backend an `archive.url` names, and the URL sqlx takes.
+    pub fn of_url(url: &str) -> Result<(Backend, String), DbError> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| DbError::Url("not a URL".into()))?;
+        match scheme {
+            "postgres" | "postgresql" => Ok((Backend::Postgres, url.to_string())),
+            "mysql" => Ok((Backend::MySql, url.to_string())),
+            "mariadb" => Ok((Backend::MySql, format!("mysql://{rest}"))),
+            "sqlite" if !rest.is_empty() => Ok((Backend::Sqlite, url.to_string())),
+            _ => Err(DbError::Url(
+                "expected postgres://..., mysql://..., mariadb://... or sqlite://PATH".into(),
+            )),
+        }
+    }
+}
+
+/// A value bound to a statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    /// An integer.
+    Int(i64),
+    /// Text.
+    Text(String),
+    /// Text or NULL.
+    MaybeText(Option<String>),
+    /// A flag.
+    Bool(bool),
+    /// A number.
+    Float(f64),
+    /// A time, or NULL.
+    Time(Option<DateTime<Utc>>),
+}
+
+/// A time (ms since the epoch) as a bound value.
+pub fn time(ms: Millis) -> Arg {
+    Arg::Time(DateTime::from_timestamp_millis(ms))
+}
+
+/// A time or NULL.
+pub fn maybe_time(ms: Option<Millis>) -> Arg {
+    Arg::Time(ms.and_then(DateTime::from_timestamp_millis))
+}
+
+enum Pool {
+    Postgres(sqlx::PgPool),
+    MySql(sqlx::MySqlPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// A connection pool to the archive.
+pub struct Db {
+    backend: Backend,
+    pool: Pool,
+}
+
+/// One transaction.
+pub struct Tx {
+    backend: Backend,
+    inner: TxInner,
+}
+
+enum TxInner {
+    Postgres(Transaction<'static, Postgres>),
+    MySql(Transaction<'static, MySql>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+/// `sql` with `?` placeholders as PostgreSQL's `$1, $2, ...`.
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+macro_rules! bind_all {
+    ($query:expr, $args:expr) => {{
+        let mut query = $query;
+        for arg in $args {
+            query = match arg {
+                Arg::Int(v) => query.bind(v),
+                Arg::Text(v) => query.bind(v),
+                Arg::MaybeText(v) => query.bind(v),
+                Arg::Bool(v) => query.bind(v),
+                Arg::Float(v) => query.bind(v),
+                Arg::Time(v) => query.bind(v),
+            };
+        }
+        query
+    }};
+}
+
+impl Db {
+    /// Connect to the database at `url` (a few connections; SQLite's file
+    /// is created if missing, in WAL mode) and bring its schema to this
+    /// build's version. A newer schema is refused ([`DbError::Newer`]).
+    pub async fn open(url: &str) -> Result<Db, DbError> {
+        let (backend, url) = Backend::of_url(url)?;
+        let wait = Duration::from_secs(5);
+        let pool = match backend {
+            Backend::Postgres => Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(wait)
+                    .connect(&url)
+                    .await?,
+            ),
+            Backend::MySql => Pool::MySql(
+                MySqlPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(wait)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // DATETIME columns hold UTC
+                            sqlx::query("SET time_zone = '+00:00'")
+                                .execute(conn)
+                                .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await?,
+            ),
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(&url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(wait);
+                Pool::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(1)
+                        .acquire_timeout(wait)
+                        .connect_with(options)
+                        .await?,
+                )
+            }
+        };
+        let db = Db { backend, pool };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Which backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn migrator(&self) -> Migrator {
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|(version, what, postgres, mysql, sqlite)| {
+                let sql = match self.backend {
+                    Backend::Postgres => postgres,
+                    Backend::MySql => mysql,
+                    Backend::Sqlite => sqlite,
+                };
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(what),
+                    MigrationType::Simple,
+                    Cow::Borrowed(sql),
+                    false,
+                )
+            })
+            .collect::<Vec<_>>();
+        Migrator {
+            migrations: Cow::Owned(migrations),
+            ..Migrator::DEFAULT
+        }
+    }
+
+    /// Run the migrations this database has not had.
+    async fn migrate(&self) -> Result<(), DbError> {
+        let migrator = self.migrator();
+        let done = match &self.pool {
+            Pool::Postgres(pool) => migrator.run(pool).await,
+            Pool::MySql(pool) => migrator.run(pool).await,
+            Pool::Sqlite(pool) => migrator.run(pool).await,
+        };
+        match done {
+            Ok(()) => Ok(()),
+            Err(MigrateError::VersionMissing(version)) => Err(DbError::Newer(version)),
+            Err(MigrateError::Execute(err)) => Err(DbError::Sql(err)),
+            Err(err) => Err(DbError::Migrate(err)),
+        }
+    }
+
+    /// The instances archived whole, as (meeting, order).
+    pub async fn archived_instances(
+        &self,
+    ) -> Result<std::collections::HashSet<(i64, i64)>, DbError> {
+        const SQL: &str =
+            "SELECT meeting_id, order_id FROM instances WHERE archived_at IS NOT NULL";
+        let rows: Vec<(i64, i64)> = match &self.pool {
+            Pool::Postgres(pool) => sqlx::query_as(SQL).fetch_all(pool).await?,
+            Pool::MySql(pool) => sqlx::query_as(SQL).fetch_all(pool).await?,
+            Pool::Sqlite(pool) => sqlx::query_as(SQL).fetch_all(pool).await?,
+        };
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Begin a transaction.
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        let inner = match &self.pool {
+            Pool::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+            Pool::MySql(pool) => TxInner::MySql(pool.begin().await?),
+            Pool::Sqlite(pool) => TxInner::Sqlite(pool.begin().await?),
+        };
+        Ok(Tx {
+            backend: self.backend,
+            inner,
+        })
+    }
+
+    /// Close the pool.
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Postgres(pool) => pool.close().await,
+            Pool::MySql(pool) => pool.close().await,
+            Pool::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+/// How an insert treats a row whose key is already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConflict {
+    /// Keep the row there (it was written from the same entry).
+    Keep,
+    /// Replace its other columns.
+    Replace,
+    /// Replace them if this row's `source_ms, source_seq` (its last two
+    /// columns) come after the stored row's.
+    Newer,
+}
+
+impl Tx {
+    /// Run one statement (`?` placeholders); the rows it touched.
+    pub async fn exec(&mut self, sql: &str, args: Vec<Arg>) -> Result<u64, DbError> {
+        let done = match &mut self.inner {
+            TxInner::Postgres(tx) => {
+                let sql = numbered(sql);
+                bind_all!(sqlx::query(&sql), args)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected()
+            }
+            TxInner::MySql(tx) => bind_all!(sqlx::query(sql), args)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+            TxInner::Sqlite(tx) => bind_all!(sqlx::query(sql), args)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+        };
+        Ok(done)
+    }
+
+    /// Insert `rows` (each as many values as `columns`) into `table`,
+    /// whose key is `key`, in statements of at most a few thousand values.
+    /// Returns how many rows were given.
+    pub async fn insert(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        key: &[&str],
+        rows: Vec<Vec<Arg>>,
+        on_conflict: OnConflict,
+    ) -> Result<u64, DbError> {
+        let given = rows.len() as u64;
+        let per_statement = (4000 / columns.len()).max(1);
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<Vec<Arg>> = rows.by_ref().take(per_statement).collect();
+            let sql = insert_sql(self.backend, table, columns, key, chunk.len(), on_conflict);
+            self.exec(&sql, chunk.into_iter().flatten().collect())
+                .await?;
+        }
+        Ok(given)
+    }
+
+    /// Commit.
+    pub async fn commit(self) -> Result<(), DbError> {
+        match self.inner {
+            TxInner::Postgres(tx) => tx.commit().await?,
+            TxInner::MySql(tx) => tx.commit().await?,
+            TxInner::Sqlite(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// The INSERT of `count` rows into `table` with `on_conflict` (`?`
+/// placeholders; the version columns of [`OnConflict::Newer`] are the last
+/// two, `source_ms, source_seq`).
+fn insert_sql(
+    backend: Backend,
+    table: &str,
+    columns: &[&str],
+    key: &[&str],
+    count: usize,
+    on_conflict: OnConflict,
+) -> String {
+    let row = format!("({})", vec!["?"; columns.len()].join(", "));
+    let mut sql = format!(
+        "INSERT INTO {table} ({}) VALUES {}",
+        columns.join(", "),
+        vec![row; count].join(", ")
+    );
+    let others: Vec<&str> = columns
+        .iter()
+        .copied()
+        .filter(|c| !key.contains(c))
+        .collect();
+    match backend {
+        Backend::Postgres | Backend::Sqlite => {
+            sql.push_str(&format!(" ON CONFLICT ({}) ", key.join(", ")));
+            match on_conflict {
+                OnConflict::Keep => sql.push_str("DO NOTHING"),
+                OnConflict::Replace | OnConflict::Newer => {
+                    let set: Vec<String> = others
+                        .iter()
+                        .map(|c| format!("{c} = excluded.{c}"))
+                        .collect();
+                    sql.push_str(&format!("DO UPDATE SET {}", set.join(", ")));
+                    if on_conflict == OnConflict::Newer {
+                        sql.push_str(&format!(
+                            " WHERE ({table}.source_ms, {table}.source_seq) < (excluded.source_ms, excluded.source_seq)"
+                        ));
+                    }
+                }
+            }
+        }
+        Backend::MySql => {
+            let set: Vec<String> = match on_conflict {
+                OnConflict::Keep => vec![format!("{0} = {0}", key[0])],
+                OnConflict::Replace => others
+                    .iter()
+                    .map(|c| format!("{c} = VALUES({c})"))
+                    .collect(),
+                OnConflict::Newer => {
+                    // assignments run left to right: the version last,
+                    // its seq before its ms, so every test sees the old ms
+                    let newer = "(source_ms, source_seq) < (VALUES(source_ms), VALUES(source_seq))";
+                    others
+                        .iter()
+                        .filter(|c| !c.starts_with("source_"))
+                        .chain(["source_seq", "source_ms"].iter())
+                        .map(|c| format!("{c} = IF({newer}, VALUES({c}), {c})"))
+                        .collect()
+                }
+            };
+            sql.push_str(&format!(" ON DUPLICATE KEY UPDATE {}", set.join(", ")));
+        }
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_backend() {
+        assert_eq!(
+            Backend::of_url("postgres://u@localhost/db")
+                .ok()
+                .map(|b| b.0),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(
+            Backend::of_url("mariadb://root@localhost/a?socket=/x")
+                .ok()
+                .map(|b| b.1),
+            Some("mysql://root@localhost/a?socket=/x".to_string())
+        );
+        assert_eq!(
+            Backend::of_url("sqlite:///var/lib/a.db").ok().map(|b| b.0),
+            Some(Backend::Sqlite)
+        );
+        for bad in ["", "sqlite://", "redis://x", "/tmp/a.db"] {
+            assert!(Backend::of_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn placeholders_are_numbered_for_postgres() {
+        assert_eq!(numbered("(?, ?), (?)"), "($1, $2), ($3)");
+    }
+
+    #[test]
+    fn a_newer_upsert_on_mysql_compares_the_old_version_in_every_assignment() {
+        let sql = insert_sql(
+            Backend::MySql,
+            "meetings",
+            &["meeting_id", "title", "source_ms", "source_seq"],
+            &["meeting_id"],
+            1,
+            OnConflict::Newer,
+        );
+        let set = sql.split(" ON DUPLICATE KEY UPDATE ").nth(1).unwrap_or("");
+        let order: Vec<&str> = set
+            .split(", title = ")
+            .next()
+            .into_iter()
+            .chain(["title"])
+            .collect();
+        assert!(order[0].starts_with("title = IF("), "{sql}");
+        assert!(
+            set.find("source_seq = IF(") < set.find("source_ms = IF("),
+            "{sql}"
+        );
+        let pg = insert_sql(
+            Backend::Postgres,
+            "meetings",
+            &["meeting_id", "title", "source_ms", "source_seq"],
+            &["meeting_id"],
+            2,
+            OnConflict::Newer,
+        );
+        assert!(pg.contains("VALUES (?, ?, ?, ?), (?, ?, ?, ?)"), "{pg}");
+        assert!(
+            pg.ends_with("< (excluded.source_ms, excluded.source_seq)"),
+            "{pg}"
+        );
+    }
+}

@@ -1,0 +1,985 @@
+//! The archive against real databases started by the tests (`dbs.rs`):
+//! an ended instance's rows equal what EVENTS and MESSAGES say, with the
+//! attendance of hand-computed cases; meetings, audiences and instances
+//! as written; a daemon killed with SIGKILL mid-archive loses and doubles
+//! nothing; a database stopped under load and started again; two daemons
+//! archive each entry once; a schema newer than the daemon's is refused.
+//!
+//! The data is written with redis-cli's FCALLs at chosen times a day
+//! ahead of now, so the numbers are known in advance and the daemons' own
+//! ticks (on the real clock) never touch it.
+
+use std::time::Duration;
+
+use crate::dbs::{ArchiveDb, Mariadb, Postgres, Server, Sqlite};
+use crate::harness::{Daemon, Redis, wait_until};
+
+/// A sync connection to the test's Redis.
+fn conn(redis: &Redis) -> redis::Connection {
+    redis::Client::open(redis.url())
+        .expect("client")
+        .get_connection()
+        .expect("connect")
+}
+
+/// FCALL with one key, every argument a string.
+fn call(conn: &mut redis::Connection, function: &str, key: &str, args: &[&str]) -> redis::Value {
+    redis::cmd("FCALL")
+        .arg(function)
+        .arg(1)
+        .arg(key)
+        .arg(args)
+        .query(conn)
+        .unwrap_or_else(|e| panic!("{function} {key} {args:?}: {e}"))
+}
+
+/// A minute boundary a day from now: the start of the test's windows.
+fn base() -> i64 {
+    let now = chrono::Utc::now().timestamp_millis();
+    (now / 60_000 + 24 * 60) * 60_000
+}
+
+fn meeting_key(m: u64) -> String {
+    format!("meetingd:{{p{}}}:meeting:{m}", m % 64)
+}
+
+fn due_key(m: u64) -> String {
+    format!("meetingd:{{p{}}}:due", m % 64)
+}
+
+/// The settings of an archiving daemon.
+fn env(url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("MEETINGD_ARCHIVE__URL", url.to_string()),
+        ("MEETINGD_ARCHIVE__POLL_MS", "50".into()),
+        ("MEETINGD_ARCHIVE__RETRY_MAX_MS", "400".into()),
+        ("MEETINGD_ARCHIVE__CLAIM_AFTER_SECS", "2".into()),
+    ]
+}
+
+fn start(redis: &Redis, env: &[(&'static str, String)]) -> Daemon {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Daemon::start(redis, &env)
+}
+
+/// An expression for a timestamp column as ms since the epoch, per
+/// database (read back from the text each client prints).
+fn ms_sql(db: &dyn ArchiveDb, column: &str) -> String {
+    let url = db.url();
+    if url.starts_with("postgres") {
+        format!("coalesce((extract(epoch from {column}) * 1000)::bigint, -1)")
+    } else if url.starts_with("sqlite") {
+        format!(
+            "coalesce(cast(round((julianday({column}) - 2440587.5) * 86400000) as integer), -1)"
+        )
+    } else {
+        format!("coalesce(cast(round(unix_timestamp({column}) * 1000) as signed), -1)")
+    }
+}
+
+/// An expression for a number as an integer, per database.
+fn int_sql(db: &dyn ArchiveDb, expr: &str) -> String {
+    if db.url().starts_with("mysql") {
+        format!("cast({expr} as signed)")
+    } else {
+        format!("cast({expr} as bigint)")
+    }
+}
+
+fn one(db: &dyn ArchiveDb, sql: &str) -> String {
+    db.rows(sql).into_iter().next().unwrap_or_default()
+}
+
+fn wait_archived(db: &dyn ArchiveDb, instances: usize, daemon: &Daemon) {
+    let sql = "SELECT count(*) FROM instances WHERE archived_at IS NOT NULL";
+    wait_until(
+        &format!("{instances} instances archived"),
+        Duration::from_secs(90),
+        || {
+            let done = one(db, sql);
+            if done == instances.to_string() {
+                return true;
+            }
+            assert!(
+                done.parse::<usize>().unwrap_or(0) <= instances,
+                "{done} archived: {}",
+                daemon.log()
+            );
+            false
+        },
+    );
+}
+
+/// The hand-computed instance: meeting 1, order 1, window [from, to):
+///   user 3 joins at +10 s, posts at +11 s, never leaves (times out at to);
+///   user 1 joins at +60 s, posts with key k-1, leaves at +120 s, joins
+///     again at +600 s, posts, times out at to;
+///   user 2 joins 400 ms before the end and times out at to.
+/// Expected: user 1 3060 s (60 + 3000), 2 joins, 2 messages; user 2 0.4 s;
+/// user 3 3590 s.
+fn hand_computed(conn: &mut redis::Connection, from: i64) -> i64 {
+    let to = from + 3_600_000;
+    let t = |offset: i64| (from + offset).to_string();
+    for (u, name, email) in [
+        (1, "Ada", "ada@example.com"),
+        (2, "Grace", "grace@example.com"),
+        (3, "Linus", "linus@example.com"),
+    ] {
+        call(
+            conn,
+            "meet_user_set",
+            &format!("meetingd:{{u{u}}}:user"),
+            &[name, "40", "female", email],
+        );
+    }
+    let key = meeting_key(1);
+    call(
+        conn,
+        "meet_meeting_set",
+        &key,
+        &["Town hall", "All of us", "false"],
+    );
+    call(
+        conn,
+        "meet_audience_add",
+        &key,
+        &[
+            "ada@example.com",
+            "grace@example.com",
+            "linus@example.com",
+            "bob@example.com",
+        ],
+    );
+    call(conn, "meet_audience_del", &key, &["bob@example.com"]);
+    call(
+        conn,
+        "meet_instance_set",
+        &key,
+        &["1", &t(0), &to.to_string(), &t(-60_000)],
+    );
+    call(conn, "meet_tick", &due_key(1), &[&t(0)]);
+    call(
+        conn,
+        "meet_join",
+        &key,
+        &["", "3", "linus@example.com", &t(10_000)],
+    );
+    call(conn, "meet_post", &key, &["", "3", "hi all", &t(11_000)]);
+    call(
+        conn,
+        "meet_join",
+        &key,
+        &["", "1", "ada@example.com", &t(60_000)],
+    );
+    call(
+        conn,
+        "meet_post",
+        &key,
+        &["", "1", "hello", &t(61_000), "0", "k-1"],
+    );
+    call(conn, "meet_leave", &key, &["", "1", &t(120_000)]);
+    call(
+        conn,
+        "meet_join",
+        &key,
+        &["", "1", "ada@example.com", &t(600_000)],
+    );
+    call(
+        conn,
+        "meet_post",
+        &key,
+        &["", "1", "back, \"again\"", &t(601_000)],
+    );
+    call(
+        conn,
+        "meet_join",
+        &key,
+        &["", "2", "grace@example.com", &(to - 400).to_string()],
+    );
+    call(conn, "meet_tick", &due_key(1), &[&(to + 5_000).to_string()]);
+    to
+}
+
+fn parse_ms(value: &serde_json::Value) -> i64 {
+    value
+        .as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map_or(-1, |t| t.timestamp_millis())
+}
+
+/// The whole check of one database.
+fn rows_equal_what_redis_said(db: &dyn ArchiveDb) {
+    let redis = Redis::start();
+    let daemon = start(&redis, &env(&db.url()));
+    let mut c = conn(&redis);
+    let from = base();
+    let to = hand_computed(&mut c, from);
+    wait_archived(db, 1, &daemon);
+
+    let mut client = daemon.client();
+    let events = client.ok("EVENTS 1/1 LIMIT 1000");
+    let expected: Vec<String> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            let (ms, seq) = e["id"]
+                .as_str()
+                .and_then(|id| id.split_once('-'))
+                .expect("an id");
+            format!(
+                "{ms}|{seq}|{}|{}|{}|{}|{}",
+                e["type"].as_str().unwrap_or_default(),
+                e["user"],
+                parse_ms(&e["at"]),
+                parse_ms(&e["scheduled_end"]),
+                parse_ms(&e["processed_at"]),
+            )
+        })
+        .collect();
+    assert_eq!(expected.len(), 8, "{events}");
+    let archived = db.rows(&format!(
+        "SELECT entry_ms, entry_seq, kind, user_id, {}, {}, {} FROM events \
+         WHERE meeting_id = 1 AND order_id = 1 ORDER BY entry_ms, entry_seq",
+        ms_sql(db, "happened_at"),
+        ms_sql(db, "scheduled_end"),
+        ms_sql(db, "processed_at"),
+    ));
+    assert_eq!(archived, expected, "events: archive vs EVENTS");
+
+    let messages = client.ok("MESSAGES 1/1 LIMIT 1000");
+    let expected: Vec<String> = messages["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| {
+            let (ms, seq) = m["id"]
+                .as_str()
+                .and_then(|id| id.split_once('-'))
+                .expect("an id");
+            let key = if m["text"] == "hello" { "k-1" } else { "" };
+            format!(
+                "{ms}|{seq}|{}|{}|{}|{key}",
+                m["user"],
+                parse_ms(&m["at"]),
+                m["text"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(expected.len(), 3, "{messages}");
+    let archived = db.rows(&format!(
+        "SELECT entry_ms, entry_seq, user_id, {}, body, coalesce(post_id, '') FROM messages \
+         WHERE meeting_id = 1 AND order_id = 1 ORDER BY entry_ms, entry_seq",
+        ms_sql(db, "posted_at")
+    ));
+    assert_eq!(archived, expected, "messages: archive vs MESSAGES");
+
+    let attendance = db.rows(&format!(
+        "SELECT user_id, {}, {}, {}, joins, messages \
+         FROM attendance WHERE meeting_id = 1 AND order_id = 1 ORDER BY user_id",
+        ms_sql(db, "first_join"),
+        ms_sql(db, "last_leave"),
+        int_sql(db, "round(seconds_present * 1000)"),
+    ));
+    assert_eq!(
+        attendance,
+        vec![
+            format!("1|{}|{to}|3060000|2|2", from + 60_000),
+            format!("2|{}|{to}|400|1|0", to - 400),
+            format!("3|{}|{to}|3590000|1|1", from + 10_000),
+        ],
+        "attendance, computed by hand"
+    );
+
+    // REPORT, from Redis, says the same; and meetingctl's CSV
+    let report = client.ok("REPORT 1/1");
+    assert_eq!(report["state"], "ended", "{report}");
+    assert_eq!(parse_ms(&report["ended_at"]), to);
+    let rows = report["rows"].as_array().expect("rows");
+    let reported: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}|{}|{}|{}|{}|{}",
+                r["user"],
+                parse_ms(&r["first_join"]),
+                parse_ms(&r["last_leave"]),
+                (r["seconds_present"].as_f64().unwrap_or(-1.0) * 1000.0).round() as i64,
+                r["joins"],
+                r["messages"]
+            )
+        })
+        .collect();
+    assert_eq!(reported, attendance, "REPORT against the archive");
+    let csv = crate::harness::meetingctl(daemon.socket(), &["report", "1/1", "--csv"]);
+    assert_eq!(csv.status, 0, "{}", csv.stderr);
+    let time = |r: &serde_json::Value, f: &str| r[f].as_str().unwrap_or_default().to_string();
+    let expected_csv = format!(
+        "meeting,order,user,first_join,last_leave,seconds_present,joins,messages\r\n\
+         1,1,1,{},{},3060.0,2,2\r\n1,1,2,{},{},0.4,1,0\r\n1,1,3,{},{},3590.0,1,1\r\n",
+        time(&rows[0], "first_join"),
+        time(&rows[0], "last_leave"),
+        time(&rows[1], "first_join"),
+        time(&rows[1], "last_leave"),
+        time(&rows[2], "first_join"),
+        time(&rows[2], "last_leave"),
+    );
+    assert_eq!(csv.stdout, expected_csv);
+
+    assert_eq!(
+        db.rows(&format!(
+            "SELECT meeting_id, order_id, {}, {}, {} FROM instances",
+            ms_sql(db, "starts_at"),
+            ms_sql(db, "ends_at"),
+            ms_sql(db, "ended_at")
+        )),
+        vec![format!("1|1|{from}|{to}|{to}")]
+    );
+    let meeting = db.rows("SELECT meeting_id, title, description FROM meetings");
+    assert_eq!(meeting, vec!["1|Town hall|All of us".to_string()]);
+    let audience =
+        db.rows("SELECT email FROM audience WHERE meeting_id = 1 AND in_audience ORDER BY email");
+    assert_eq!(
+        audience,
+        vec!["ada@example.com", "grace@example.com", "linus@example.com"]
+    );
+    assert_eq!(
+        db.rows("SELECT email FROM audience WHERE NOT in_audience"),
+        vec!["bob@example.com"]
+    );
+    assert_eq!(
+        db.rows("SELECT user_id, name, email FROM users ORDER BY user_id"),
+        vec![
+            "1|Ada|ada@example.com",
+            "2|Grace|grace@example.com",
+            "3|Linus|linus@example.com"
+        ]
+    );
+
+    // every outbox entry archived and acknowledged: meeting, two audience
+    // changes, instance, end
+    let stats = client.ok("STATS");
+    wait_until("the backlog shown empty", Duration::from_secs(30), || {
+        daemon.client().ok("STATS")["archive"]["waiting"] == 0
+    });
+    assert_eq!(stats["archive"]["entries"], 5, "{stats}");
+    assert_eq!(redis.cli(&["XLEN", "meetingd:{p1}:outbox"]).trim(), "0");
+}
+
+#[test]
+fn archive_sqlite_rows_equal_events_messages_and_hand_computed_attendance() {
+    rows_equal_what_redis_said(&Sqlite::new());
+}
+
+#[test]
+fn archive_postgres_rows_equal_events_messages_and_hand_computed_attendance() {
+    rows_equal_what_redis_said(&Postgres::start());
+}
+
+#[test]
+fn archive_mariadb_rows_equal_events_messages_and_hand_computed_attendance() {
+    rows_equal_what_redis_said(&Mariadb::start());
+}
+
+/// `more` of a meet_tick reply.
+fn more(reply: &redis::Value) -> bool {
+    let redis::Value::Array(items) = reply else {
+        return false;
+    };
+    items
+        .iter()
+        .position(|v| matches!(v, redis::Value::BulkString(b) if b == b"more"))
+        .and_then(|i| items.get(i + 1))
+        .is_some_and(|v| matches!(v, redis::Value::Int(n) if *n > 0))
+}
+
+/// Tick every partition of `meetings` at `now` until nothing is due.
+fn tick_all(conn: &mut redis::Connection, meetings: std::ops::RangeInclusive<u64>, now: i64) {
+    let partitions: std::collections::BTreeSet<u64> = meetings.map(|m| m % 64).collect();
+    for p in partitions {
+        let key = format!("meetingd:{{p{p}}}:due");
+        while more(&call(
+            conn,
+            "meet_tick",
+            &key,
+            &[&now.to_string(), "", "1000"],
+        )) {}
+    }
+}
+
+/// Public meetings `meetings`, each with instance 1 over [from, from + 1h)
+/// that `users` users join and `messages` messages are posted to, ended by
+/// the tick at its end: per instance, 2 * users events (joins and
+/// timeouts) and `messages` messages. Written in pipelines.
+fn bulk(
+    conn: &mut redis::Connection,
+    meetings: std::ops::RangeInclusive<u64>,
+    from: i64,
+    users: u64,
+    messages: u64,
+) {
+    let to = from + 3_600_000;
+    for m in meetings.clone() {
+        let key = meeting_key(m);
+        call(
+            conn,
+            "meet_meeting_set",
+            &key,
+            &[&format!("Meeting {m}"), "", "true"],
+        );
+        call(
+            conn,
+            "meet_instance_set",
+            &key,
+            &[
+                "1",
+                &from.to_string(),
+                &to.to_string(),
+                &(from - 60_000).to_string(),
+            ],
+        );
+    }
+    tick_all(conn, meetings.clone(), from);
+    for m in meetings.clone() {
+        let key = meeting_key(m);
+        let mut pipe = redis::pipe();
+        for u in 1..=users {
+            let at = (from + u as i64 * 100).to_string();
+            pipe.cmd("FCALL")
+                .arg("meet_join")
+                .arg(1)
+                .arg(&key)
+                .arg(&["", &u.to_string(), &format!("u{u}@example.com"), &at][..]);
+        }
+        for i in 0..messages {
+            let at = (from + users as i64 * 100 + i as i64).to_string();
+            let user = (1 + i % users).to_string();
+            pipe.cmd("FCALL")
+                .arg("meet_post")
+                .arg(1)
+                .arg(&key)
+                .arg(&["", &user, &format!("message {i} of {m}"), &at][..]);
+        }
+        let _: Vec<redis::Value> = pipe.query(conn).expect("the pipeline");
+    }
+    tick_all(conn, meetings, to + 5_000);
+}
+
+/// Every instance of `meetings` archived whole, once: events, messages
+/// and attendance rows, counted per instance and in all.
+fn assert_whole(db: &dyn ArchiveDb, meetings: u64, users: u64, messages: u64) {
+    let per = |table: &str| {
+        db.rows(&format!(
+            "SELECT meeting_id, count(*) FROM {table} GROUP BY meeting_id ORDER BY meeting_id"
+        ))
+    };
+    let expect = |n: u64| -> Vec<String> { (1..=meetings).map(|m| format!("{m}|{n}")).collect() };
+    assert_eq!(per("events"), expect(2 * users), "events per instance");
+    assert_eq!(per("messages"), expect(messages), "messages per instance");
+    assert_eq!(
+        per("attendance"),
+        expect(users),
+        "attendance rows per instance"
+    );
+    let joins = db.rows("SELECT DISTINCT joins FROM attendance");
+    assert_eq!(joins, vec!["1"], "one join each");
+}
+
+fn outbox_drained(redis: &Redis) {
+    for p in 0..64 {
+        let key = format!("meetingd:{{p{p}}}:outbox");
+        assert_eq!(redis.cli(&["XLEN", &key]).trim(), "0", "{key}");
+        let pending = redis.cli(&["XPENDING", &key, "archive"]);
+        assert!(pending.starts_with('0'), "{key}: {pending}");
+    }
+}
+
+#[test]
+fn archive_loses_and_doubles_nothing_when_daemons_are_killed_mid_archive() {
+    let db = Postgres::start();
+    let redis = Redis::start();
+    let env = env(&db.url());
+    // a first daemon turns archiving on; the data is written while none
+    // runs, so that the next ones find a backlog to be killed in
+    let mut first = start(&redis, &env);
+    first.signal(libc::SIGTERM);
+    assert!(first.wait(Duration::from_secs(20)).is_some());
+    let mut c = conn(&redis);
+    let (meetings, users, messages) = (60, 60, 60);
+    bulk(&mut c, 1..=meetings, base(), users, messages);
+    let archived = || {
+        one(
+            &db,
+            "SELECT count(*) FROM instances WHERE archived_at IS NOT NULL",
+        )
+        .parse::<u64>()
+        .unwrap_or(0)
+    };
+    let mut kills = Vec::new();
+    for round in 1..=2u64 {
+        let daemon = start(&redis, &env);
+        let goal = round * meetings / 3;
+        wait_until("some instances archived", Duration::from_secs(90), || {
+            archived() >= goal
+        });
+        // SIGKILL: a batch may be committed and not acknowledged, or half
+        // written; the entries stay pending, and the next daemon takes them
+        // over after archive.claim_after_secs
+        daemon.signal(libc::SIGKILL);
+        kills.push(archived());
+        drop(daemon);
+    }
+    eprintln!("instances archived when the daemons were killed: {kills:?} of {meetings}");
+    assert!(
+        kills.iter().all(|n| *n < meetings),
+        "killed while archiving: {kills:?} of {meetings}"
+    );
+    let last = start(&redis, &env);
+    wait_archived(&db, meetings as usize, &last);
+    assert_whole(&db, meetings, users, messages);
+    wait_until("the outboxes drained", Duration::from_secs(30), || {
+        last.client().ok("STATS")["archive"]["waiting"] == 0
+    });
+    outbox_drained(&redis);
+}
+
+#[test]
+fn archive_waits_for_a_stopped_postgres_and_catches_up() {
+    waits_for_a_stopped_database(&mut Postgres::start());
+}
+
+#[test]
+fn archive_waits_for_a_stopped_mariadb_and_catches_up() {
+    waits_for_a_stopped_database(&mut Mariadb::start());
+}
+
+fn waits_for_a_stopped_database(db: &mut dyn Server) {
+    let redis = Redis::start();
+    let daemon = start(&redis, &env(&db.url()));
+    db.stop();
+    let mut c = conn(&redis);
+    bulk(&mut c, 1..=5, base(), 10, 10);
+    // meeting, instance and end entries of 5 instances wait; the daemon
+    // serves meanwhile and says so
+    let mut client = daemon.client();
+    wait_until("failures counted", Duration::from_secs(30), || {
+        let stats = client.ok("STATS");
+        stats["archive"]["failures"].as_u64().unwrap_or(0) >= 2
+            && stats["archive"]["waiting"].as_u64().unwrap_or(0) >= 15
+    });
+    let stats = client.ok("STATS");
+    assert!(
+        stats["archive"]["oldest_age_s"].as_f64().unwrap_or(-1.0) >= 0.0,
+        "{stats}"
+    );
+    assert_eq!(
+        client.ok("EVENTS 3/1 LIMIT 5")["events"]
+            .as_array()
+            .map(Vec::len),
+        Some(5)
+    );
+    db.start_again();
+    wait_archived(db, 5, &daemon);
+    assert_whole(db, 5, 10, 10);
+    wait_until("the backlog shown empty", Duration::from_secs(30), || {
+        client.ok("STATS")["archive"]["waiting"] == 0
+    });
+    outbox_drained(&redis);
+}
+
+#[test]
+fn archive_two_daemons_archive_each_entry_once() {
+    let db = Postgres::start();
+    let redis = Redis::start();
+    let mut env = env(&db.url());
+    // no takeover within the test: an entry archived twice would count
+    // twice below
+    env.retain(|(k, _)| *k != "MEETINGD_ARCHIVE__CLAIM_AFTER_SECS");
+    let a = start(&redis, &env);
+    let b = start(&redis, &env);
+    let mut c = conn(&redis);
+    let meetings = 40;
+    bulk(&mut c, 1..=meetings, base(), 20, 20);
+    wait_archived(&db, meetings as usize, &a);
+    assert_whole(&db, meetings, 20, 20);
+    // meeting, instance and end entries: each archived by one daemon
+    let entries = |d: &Daemon| {
+        d.client().ok("STATS")["archive"]["entries"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    wait_until("every entry counted", Duration::from_secs(30), || {
+        entries(&a) + entries(&b) == 3 * meetings
+    });
+    outbox_drained(&redis);
+}
+
+#[test]
+fn archive_history_expires_only_once_archived() {
+    let db = Sqlite::new();
+    let redis = Redis::start();
+    let mut env = env(&db.url());
+    env.push(("MEETINGD_RETENTION__DAYS", "1".into()));
+    let daemon = start(&redis, &env);
+    let mut c = conn(&redis);
+    let from = base();
+    let to = hand_computed(&mut c, from);
+    // a write that asks for an expiry while the partition archives sets
+    // none (the instance above has ended; a second one runs now)
+    let key = meeting_key(1);
+    let t = |offset: i64| (to + offset).to_string();
+    call(
+        &mut c,
+        "meet_instance_set",
+        &key,
+        &["2", &t(60_000), &t(120_000), &t(0)],
+    );
+    call(&mut c, "meet_tick", &due_key(1), &[&t(60_000)]);
+    call(
+        &mut c,
+        "meet_join",
+        &key,
+        &["", "1", "ada@example.com", &t(61_000), "86400000"],
+    );
+    call(
+        &mut c,
+        "meet_post",
+        &key,
+        &["", "1", "later", &t(62_000), "86400000"],
+    );
+    for k in ["events:1/2", "chat:1/2", "chat:1/2:by:1"] {
+        let k = format!("meetingd:{{p1}}:{k}");
+        assert_eq!(
+            redis.cli(&["PTTL", &k]).trim(),
+            "-1",
+            "{k} kept while not archived"
+        );
+    }
+    wait_archived(&db, 1, &daemon);
+    // archived: instance 1/1's history expires a day after its end
+    let expire_at = (to + 86_400_000).to_string();
+    for k in [
+        "events:1/1",
+        "chat:1/1",
+        "posted:1/1",
+        "chat:1/1:by:1",
+        "chat:1/1:by:3",
+    ] {
+        let k = format!("meetingd:{{p1}}:{k}");
+        wait_until(&format!("{k} expiring"), Duration::from_secs(10), || {
+            redis.cli(&["PEXPIRETIME", &k]).trim() == expire_at
+        });
+    }
+}
+
+#[test]
+fn archive_refuses_a_schema_newer_than_it_knows() {
+    let db = Sqlite::new();
+    let redis = Redis::start();
+    let env = env(&db.url());
+    let mut daemon = start(&redis, &env);
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(20)).is_some());
+    assert_eq!(
+        db.rows("SELECT max(version) FROM _sqlx_migrations"),
+        vec!["1"]
+    );
+    db.rows(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (2, 'from a newer meetingd', 1, x'00', 0)",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("meetingd.sock");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut newer = Daemon::spawn(&redis, &socket, &env, dir);
+    let status = newer.wait(Duration::from_secs(30)).expect("it exits");
+    assert_eq!(status.code(), Some(2), "{}", newer.log());
+    assert!(
+        newer
+            .log()
+            .contains("schema version 2, newer than this meetingd knows (1)"),
+        "{}",
+        newer.log()
+    );
+}
+
+#[test]
+fn archive_repartition_waits_for_the_outboxes_and_drops_those_of_gone_partitions() {
+    let db = Sqlite::new();
+    let redis = Redis::start();
+    let url = redis.url();
+    let mut env = env(&db.url());
+    env.push(("MEETINGD_REDIS__PARTITIONS", "16".into()));
+    let mut daemon = start(&redis, &env);
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(20)).is_some());
+    // an entry written while no daemon archives
+    let mut c = conn(&redis);
+    call(
+        &mut c,
+        "meet_meeting_set",
+        "meetingd:{p5}:meeting:5",
+        &["Five", "", "true"],
+    );
+    let (code, out) =
+        crate::harness::meetingd_run("repartition", &["--redis", &url, "--partitions", "8"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("meetingd:{p5}:outbox holds entries not yet archived"),
+        "{out}"
+    );
+    // archived, the daemon stopped: 16 -> 8 runs, and the outboxes of
+    // partitions 8..15 go
+    let mut daemon = start(&redis, &env);
+    wait_until("the entry archived", Duration::from_secs(30), || {
+        db.rows("SELECT title FROM meetings WHERE meeting_id = 5") == ["Five"]
+    });
+    wait_until("the outbox acknowledged", Duration::from_secs(30), || {
+        redis.cli(&["XLEN", "meetingd:{p5}:outbox"]).trim() == "0"
+    });
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(20)).is_some());
+    wait_until(
+        "the daemon's serving entry gone",
+        Duration::from_secs(30),
+        || {
+            let (code, _) = crate::harness::meetingd_run(
+                "repartition",
+                &["--redis", &url, "--partitions", "8"],
+            );
+            code == 0
+        },
+    );
+    assert_eq!(redis.cli(&["EXISTS", "meetingd:{p12}:outbox"]).trim(), "0");
+    assert_eq!(redis.cli(&["EXISTS", "meetingd:{p5}:outbox"]).trim(), "1");
+    let (code, out) = crate::harness::meetingd_check(&["--redis", &url]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn archive_survives_a_redis_restart_with_entries_taken_and_unfinished() {
+    let mut db = Postgres::start();
+    let mut redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let daemon = start(&redis, &env(&db.url()));
+    db.stop();
+    let mut c = conn(&redis);
+    bulk(&mut c, 1..=4, base(), 5, 5);
+    // the daemon takes entries and cannot finish them: they are pending
+    wait_until("entries taken", Duration::from_secs(30), || {
+        (0..64).any(|p| {
+            let key = format!("meetingd:{{p{p}}}:outbox");
+            !redis.cli(&["XPENDING", &key, "archive"]).starts_with('0')
+        })
+    });
+    // SIGKILL; the append-only file brings the streams and the group back
+    redis.restart();
+    db.start_again();
+    wait_archived(&db, 4, &daemon);
+    assert_whole(&db, 4, 5, 5);
+    wait_until("the backlog shown empty", Duration::from_secs(30), || {
+        daemon.client().ok("STATS")["archive"]["waiting"] == 0
+    });
+    outbox_drained(&redis);
+}
+
+#[test]
+fn archive_an_outbox_deleted_under_a_daemon_is_made_again() {
+    let db = Sqlite::new();
+    let redis = Redis::start();
+    let daemon = start(&redis, &env(&db.url()));
+    assert_eq!(redis.cli(&["DEL", "meetingd:{p7}:outbox"]).trim(), "1");
+    wait_until("the outbox made again", Duration::from_secs(30), || {
+        redis.cli(&["EXISTS", "meetingd:{p7}:outbox"]).trim() == "1"
+    });
+    let mut c = conn(&redis);
+    call(
+        &mut c,
+        "meet_meeting_set",
+        &meeting_key(7),
+        &["Seven", "", "true"],
+    );
+    wait_until("the meeting archived", Duration::from_secs(30), || {
+        db.rows("SELECT title FROM meetings WHERE meeting_id = 7") == ["Seven"]
+    });
+    assert!(
+        daemon.log().contains("an outbox was gone"),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// A measurement, not a check (run by hand, `--ignored --nocapture`): one
+/// instance of 5,000 users (10,000 events) and 10,000 messages archived
+/// into SQLite and PostgreSQL by a daemon started on the backlog; prints
+/// rows per second (the daemon's start-up included).
+#[test]
+#[ignore]
+fn archive_measure_rows_per_second() {
+    fn measure(db: &dyn ArchiveDb) {
+        let redis = Redis::start();
+        let env = env(&db.url());
+        let mut first = start(&redis, &env);
+        first.signal(libc::SIGTERM);
+        assert!(first.wait(Duration::from_secs(20)).is_some());
+        let mut c = conn(&redis);
+        bulk(&mut c, 1..=1, base(), 5_000, 10_000);
+        let started = std::time::Instant::now();
+        let daemon = start(&redis, &env);
+        wait_archived(db, 1, &daemon);
+        let took = started.elapsed();
+        let rows = daemon.client().ok("STATS")["archive"]["rows"]
+            .as_u64()
+            .unwrap_or(0);
+        eprintln!(
+            "{}: {rows} rows in {:.2} s: {:.0} rows/s",
+            db.url().split(':').next().unwrap_or_default(),
+            took.as_secs_f64(),
+            rows as f64 / took.as_secs_f64()
+        );
+    }
+    measure(&Sqlite::new());
+    measure(&Postgres::start());
+    measure(&Mariadb::start());
+}
+
+#[test]
+fn archive_report_of_a_running_instance_counts_a_user_still_in_until_now() {
+    // no archive at all: REPORT reads Redis
+    let redis = Redis::start();
+    let daemon = Daemon::start(&redis, &[]);
+    let mut c = conn(&redis);
+    let now = chrono::Utc::now().timestamp_millis();
+    let (from, to) = (now - 600_000, now + 3_000_000);
+    let key = meeting_key(1);
+    call(&mut c, "meet_meeting_set", &key, &["Now", "", "true"]);
+    call(
+        &mut c,
+        "meet_instance_set",
+        &key,
+        &[
+            "1",
+            &from.to_string(),
+            &to.to_string(),
+            &(from - 60_000).to_string(),
+        ],
+    );
+    call(&mut c, "meet_tick", &due_key(1), &[&from.to_string()]);
+    let at = |offset: i64| (from + offset).to_string();
+    call(
+        &mut c,
+        "meet_join",
+        &key,
+        &["", "1", "a@example.com", &at(60_000)],
+    );
+    call(
+        &mut c,
+        "meet_join",
+        &key,
+        &["", "2", "b@example.com", &at(120_000)],
+    );
+    call(&mut c, "meet_post", &key, &["", "2", "bye", &at(121_000)]);
+    call(&mut c, "meet_leave", &key, &["", "2", &at(180_000)]);
+    let report = daemon.client().ok("REPORT 1");
+    assert_eq!(report["state"], "active", "{report}");
+    assert_eq!(report["ended_at"], serde_json::Value::Null, "{report}");
+    let rows = report["rows"].as_array().expect("rows");
+    // user 1 is still in: no last leave, and at least the 540 s from the
+    // join to the moment the test began
+    assert_eq!(rows[0]["user"], 1);
+    assert_eq!(rows[0]["last_leave"], serde_json::Value::Null);
+    assert!(
+        rows[0]["seconds_present"].as_f64().unwrap_or(0.0) >= 540.0,
+        "{report}"
+    );
+    assert_eq!(rows[1]["user"], 2);
+    assert_eq!(rows[1]["seconds_present"], 60.0);
+    assert_eq!(rows[1]["messages"], 1);
+    let table = crate::harness::meetingctl(daemon.socket(), &["report", "1/1"]);
+    assert_eq!(table.status, 0, "{}", table.stderr);
+    assert!(table.stdout.contains("SECONDS_PRESENT"), "{}", table.stdout);
+    let missing = daemon.client().error_code("REPORT 1/9");
+    assert_eq!(missing, "not_found");
+}
+
+#[test]
+fn archive_backfill_archives_what_ended_before_then_live_and_nothing_twice() {
+    let db = Sqlite::new();
+    let redis = Redis::start();
+    let url = redis.url();
+    // a daemon without an archive loads the library, and goes
+    let mut daemon = Daemon::start(&redis, &[]);
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait(Duration::from_secs(20)).is_some());
+    let mut c = conn(&redis);
+    // written while nothing archives: no outbox, nothing queued
+    let from = base();
+    let to = hand_computed(&mut c, from);
+    bulk(&mut c, 2..=4, from, 5, 5);
+    assert_eq!(redis.cli(&["EXISTS", "meetingd:{p1}:outbox"]).trim(), "0");
+    let env_url = db.url();
+    // the archive's URL comes from the environment, as a daemon's does
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meetingd"))
+            .args(args)
+            .env("MEETINGD_ARCHIVE__URL", &env_url)
+            .env("MEETINGD_ARCHIVE__POLL_MS", "50")
+            .output()
+            .expect("meetingd runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = run(&["archive", "--backfill", "--redis", &url]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("4 ended instances: 0 archived before, 4 queued"),
+        "{out}"
+    );
+    assert_eq!(
+        db.rows(&format!(
+            "SELECT user_id, {} FROM attendance WHERE meeting_id = 1 ORDER BY user_id",
+            int_sql(&db, "round(seconds_present * 1000)")
+        )),
+        vec!["1|3060000", "2|400", "3|3590000"]
+    );
+    assert_eq!(
+        db.rows(&format!(
+            "SELECT {} FROM instances WHERE meeting_id = 1",
+            ms_sql(&db, "ended_at")
+        )),
+        vec![to.to_string()]
+    );
+    let per =
+        db.rows("SELECT meeting_id, count(*) FROM events GROUP BY meeting_id ORDER BY meeting_id");
+    assert_eq!(per, vec!["1|8", "2|10", "3|10", "4|10"]);
+    // again: everything is archived, nothing queued or written twice
+    let (code, out) = run(&["archive", "--backfill", "--redis", &url]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("4 ended instances: 4 archived before, 0 queued"),
+        "{out}"
+    );
+    assert_eq!(
+        db.rows("SELECT meeting_id, count(*) FROM events GROUP BY meeting_id ORDER BY meeting_id"),
+        per
+    );
+    outbox_drained(&redis);
+    // then live: a serving daemon archives what ends from now on, and a
+    // backfill beside it finds nothing to queue
+    let daemon = start(&redis, &env(&db.url()));
+    bulk(&mut c, 5..=5, from + 7_200_000, 5, 5);
+    wait_archived(&db, 5, &daemon);
+    let (code, out) = run(&["archive", "--backfill", "--redis", &url]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("5 ended instances: 5 archived before, 0 queued"),
+        "{out}"
+    );
+    drop(daemon);
+    // without an archive configured it cannot run
+    let (code, out) = crate::harness::meetingd_run("archive", &["--backfill", "--redis", &url]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no archive is configured"), "{out}");
+}

@@ -22,7 +22,7 @@
 //! Redis Cluster both happen master by master (`cluster.rs`).
 //!
 //! The families of calls: `admin.rs` (users, meetings, audiences,
-//! instances, END), `presence.rs` (JOIN, LEAVE, PARTICIPANTS, ACTIVE,
+//! instances, END), `listings.rs` (MEETINGS, USERS and their indexes), `presence.rs` (JOIN, LEAVE, PARTICIPANTS, ACTIVE,
 //! ATTENDANCE), `chat.rs` (POST, MESSAGES, EVENTS), `tick.rs`, `watch.rs`
 //! (the feed WATCH reads), `load.rs` (bulk loading) and `check.rs`
 //! (`meetingd check`).
@@ -34,6 +34,7 @@ mod cluster;
 mod conn;
 mod keys;
 mod library;
+mod listings;
 mod load;
 mod presence;
 mod repartition;
@@ -51,6 +52,7 @@ use redis::{Cmd, ErrorKind, RedisError, Value};
 
 pub use keys::{DEFAULT_PARTITIONS, Keys};
 pub use library::{API_LEVEL, Library, Loaded, Verdict};
+pub use listings::{Indexed, Listing, MeetingRow};
 pub use load::{Load, LoadReport};
 pub use repartition::{Repartitioned, SERVING_TTL};
 pub use types::*;

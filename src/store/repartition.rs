@@ -17,7 +17,8 @@
 //! it refuses to run while a daemon serves the data (each daemon keeps
 //! itself in `meetingd:{layout}:serving`, a sorted set of daemons scored by
 //! when their entry lapses unless renewed, and leaves it when it stops).
-//! At the end the layout key says N. An operator tool, not a request path:
+//! At the end the listings' indexes are built again for N and the layout
+//! key says N. An operator tool, not a request path:
 //! it SCANs.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -264,6 +265,8 @@ impl Store {
             self.command(redis::cmd("UNLINK").arg(Keys::wake(partition)))
                 .await?;
         }
+        // the listings' indexes, for the new count
+        self.rebuild_indexes(&all, from, to).await?;
         self.command(redis::cmd("SET").arg(Keys::layout()).arg(to.to_string()))
             .await?;
         self.command(redis::cmd("DEL").arg(lock_key())).await?;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use meetingd::store::{Keys, Library, Meeting};
+use meetingd::store::{Keys, Library, Load, Meeting};
 use redis::Value;
 use serde_json::Value as Json;
 
@@ -560,4 +560,44 @@ fn meetingctl_lists_meetings_and_users() {
     let run = meetingctl(daemon.socket(), &["users", "--limit", "0"]);
     assert_eq!(run.status, 1, "{}", run.stdout);
     assert!(run.stderr.contains("bad_request"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn a_bulk_load_indexes_its_users_and_one_full_partition_has_a_next() {
+    let redis = Redis::start();
+    let (store, _clock) = redis.store_with(t0(), |o| o.partitions = Some(16)).await;
+    let user = |id: u64| meetingd::store::User {
+        id,
+        name: format!("U{id}"),
+        age: 20,
+        gender: "x".into(),
+        email: format!("u{id}@example.com"),
+    };
+    let loads = [17, 1, 33]
+        .into_iter()
+        .flat_map(|id| {
+            [
+                Load::User(user(id)),
+                Load::Meeting(Meeting {
+                    id,
+                    title: format!("m{id}"),
+                    description: String::new(),
+                    public: true,
+                }),
+            ]
+        })
+        .collect::<Vec<_>>();
+    let report = store.load(loads).await.expect("load");
+    assert_eq!((report.written, report.refused), (6, 0));
+    // every id is of partition 1: the only partition with more says so
+    let page = store.users_page(None, 1).await.expect("users");
+    let ids: Vec<u64> = page.items.iter().map(|u| u.id).collect();
+    assert_eq!((ids, page.next), (vec![1], Some(1)));
+    let page = store.users_page(Some(1), 2).await.expect("users");
+    let ids: Vec<u64> = page.items.iter().map(|u| u.id).collect();
+    assert_eq!((ids, page.next), (vec![17, 33], None));
+    let page = store.meetings_page(Some(1), 1).await.expect("meetings");
+    let ids: Vec<u64> = page.items.iter().map(|m| m.id).collect();
+    assert_eq!((ids, page.next), (vec![17], Some(17)));
+    redis.assert_consistent();
 }

@@ -1,10 +1,10 @@
 //! The listings, MEETINGS and USERS, and the indexes they page through.
 //!
-//! Every partition P has two sorted sets, each member an id scored by
-//! itself: `meetingd:{p<P>}:meetings` (the meetings M with M mod P'= P,
-//! where P' is the partition count), kept by `meet_meeting_set` in the
-//! same call as the meeting, and `meetingd:{p<P>}:users` (the users U with
-//! U mod P' = P). A user's hash is under the user's own tag, so the user
+//! Every partition has two sorted sets, each member an id scored by
+//! itself: `meetingd:{p<P>}:meetings`, the meetings of partition P (M mod
+//! the partition count = P), kept by `meet_meeting_set` in the same call
+//! as the meeting; and `meetingd:{p<P>}:users`, the users U with U mod the
+//! partition count = P. A user's hash is under the user's own tag, so the user
 //! index cannot be written in the call that writes the user: USER SET
 //! first enters the user in the index (`meet_user_index`), then writes the
 //! hash. A failure in between leaves an index entry without a user, which

@@ -64,9 +64,10 @@ pub async fn get(ctx: &Context, id: u64) -> CmdResult {
 /// `MEETINGS [AFTER <meeting>] [LIMIT <n>]` -> `{"meetings":[{"id","title",
 /// "public","instances","running"}...],"next":<id or null>}`, by id, at
 /// most `n` (default and most: the page limit) after that meeting; fewer
-/// when more would pass the reply limit. `instances`: how many it has (MEETING GET lists
-/// them); `running`: the order of its running instance, or `null`. Pass
-/// `next` as `AFTER` for the following page; `null`: there is none.
+/// when more would pass the reply limit. `instances`: how many it has
+/// (MEETING GET lists them); `running`: the order of its running
+/// instance, or `null`. Pass `next` as `AFTER` for the following page;
+/// `null`: there is none.
 pub async fn list(ctx: &Context, after: Option<u64>, limit: Option<u64>) -> CmdResult {
     let limit = page_size(ctx, limit)?;
     let page = ctx.store.meetings_page(after, limit).await?;

@@ -22,8 +22,8 @@
 //! Redis Cluster both happen master by master (`cluster.rs`).
 //!
 //! The families of calls: `admin.rs` (users, meetings, audiences,
-//! instances, END), `listings.rs` (MEETINGS, USERS and their indexes), `presence.rs` (JOIN, LEAVE, PARTICIPANTS, ACTIVE,
-//! ATTENDANCE), `chat.rs` (POST, MESSAGES, EVENTS), `tick.rs`, `watch.rs`
+//! instances, END), `listings.rs` (MEETINGS, USERS and their indexes),
+//! `presence.rs` (JOIN, LEAVE, PARTICIPANTS, ACTIVE, ATTENDANCE), `chat.rs` (POST, MESSAGES, EVENTS), `tick.rs`, `watch.rs`
 //! (the feed WATCH reads), `load.rs` (bulk loading) and `check.rs`
 //! (`meetingd check`).
 

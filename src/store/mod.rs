@@ -23,9 +23,10 @@
 //!
 //! The families of calls: `admin.rs` (users, meetings, audiences,
 //! instances, END), `listings.rs` (MEETINGS, USERS and their indexes),
-//! `presence.rs` (JOIN, LEAVE, PARTICIPANTS, ACTIVE, ATTENDANCE), `chat.rs` (POST, MESSAGES, EVENTS), `tick.rs`, `watch.rs`
-//! (the feed WATCH reads), `load.rs` (bulk loading) and `check.rs`
-//! (`meetingd check`).
+//! `presence.rs` (JOIN, LEAVE, PARTICIPANTS, ACTIVE, ATTENDANCE),
+//! `chat.rs` (POST, MESSAGES, EVENTS), `tick.rs`, `watch.rs` (the feed
+//! WATCH reads), `load.rs` (bulk loading) and `check.rs` (`meetingd
+//! check`).
 
 mod admin;
 mod chat;

@@ -244,6 +244,10 @@ impl Store {
         if self.indexes_built().await? {
             return Ok(None);
         }
+        tracing::info!(
+            "indexing the meetings and users stored before the listings' indexes (once, \
+             while serving)"
+        );
         let mut done = Indexed::default();
         if self.conn.is_cluster() {
             for master in self.conn.masters().await? {
@@ -307,7 +311,8 @@ impl Store {
     }
 
     /// ZADD `ids` (each scored by itself) to their partitions' `index`,
-    /// at most 500 a command.
+    /// at most 500 a command: in one pipeline on one Redis, at once on a
+    /// cluster (the partitions' keys are on several nodes).
     async fn enter(&self, index: fn(u64) -> String, ids: &[Id]) -> Result<(), StoreError> {
         let mut by_partition: BTreeMap<u64, Vec<Id>> = BTreeMap::new();
         for id in ids {
@@ -316,6 +321,7 @@ impl Store {
                 .or_default()
                 .push(*id);
         }
+        let mut cmds = Vec::new();
         for (p, ids) in by_partition {
             for chunk in ids.chunks(STEP) {
                 let mut cmd = redis::cmd("ZADD");
@@ -323,8 +329,21 @@ impl Store {
                 for id in chunk {
                     cmd.arg(*id).arg(*id);
                 }
-                self.raw_command(&cmd).await?;
+                cmds.push(cmd);
             }
+        }
+        if self.conn.is_cluster() {
+            let sent = futures_util::future::join_all(cmds.iter().map(|c| self.raw_command(c)));
+            for result in sent.await {
+                result?;
+            }
+        } else if !cmds.is_empty() {
+            let mut pipe = redis::pipe();
+            for cmd in cmds {
+                pipe.add_command(cmd).ignore();
+            }
+            let mut conn = self.conn.clone();
+            let () = pipe.query_async(&mut conn).await?;
         }
         Ok(())
     }

@@ -1376,7 +1376,7 @@ mod tests {
 
         #[test]
         fn never_panics_on_command_like_lines(
-            command in prop::sample::select(vec!["JOIN", "POST", "USER SET", "MESSAGES", "INSTANCE SET", "PARTICIPANTS", "AUDIENCE ADD", "EVENTS"]),
+            command in prop::sample::select(vec!["JOIN", "POST", "USER SET", "MESSAGES", "INSTANCE SET", "PARTICIPANTS", "AUDIENCE ADD", "EVENTS", "MEETINGS", "USERS"]),
             args in proptest::collection::vec("[ -~\\t]{0,12}", 0..8),
         ) {
             let line = format!("{command} {}", args.join(" "));

@@ -1,6 +1,7 @@
 --[[
 meet_meeting_set: create or update a meeting's title, description and
-public flag. Its audience and instances are left as they are.
+public flag. Its audience and instances are left as they are. The meeting
+is entered in its partition's index (meetingd:{p<P>}:meetings, MEETINGS).
 
 KEYS[1]  meetingd:{p<P>}:meeting:<meeting>
 ARGV[1]  title        (not empty, no control characters)
@@ -19,6 +20,7 @@ local function meeting_set(keys, args)
     fail('BAD_REQUEST', 'public must be true or false, got ' .. show(public))
   end
   redis.call('HSET', keys[1], 'title', title, 'description', description, 'public', public)
+  redis.call('ZADD', base .. 'meetings', meeting, meeting)
   outbox_add(base, 'k', 'meeting', 'm', meeting, 'title', title, 'description', description, 'public', public)
   return { 'id', meeting, 'title', title, 'description', description, 'public', public }
 end

@@ -242,6 +242,29 @@ async fn renew_serving(store: Store, who: String) {
     }
 }
 
+/// Index, once, what was stored before the listings' indexes existed (see
+/// [`Store::build_indexes`]), while the daemon serves; tried again after
+/// a failure. MEETINGS and USERS are complete once it is done.
+async fn build_indexes(store: Store) {
+    loop {
+        match store.build_indexes().await {
+            Ok(None) => return,
+            Ok(Some(done)) => {
+                tracing::info!(
+                    meetings = done.meetings,
+                    users = done.users,
+                    "the listings' indexes are built: MEETINGS and USERS list everything stored"
+                );
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "building the listings' indexes failed; trying again in 10 s");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }
+    }
+}
+
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), DaemonError> {
     raise_file_limit(2 * config.socket.max_connections as u64 + 256);
@@ -288,6 +311,7 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
         .await
         .map_err(DaemonError::Store)?;
     let serving = tokio::spawn(renew_serving(store.clone(), serving_as.clone()));
+    tokio::spawn(build_indexes(store.clone()));
     let serving_store = store.clone();
     let stats = Arc::new(Stats::default());
     let archiver = match &config.archive {

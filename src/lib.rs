@@ -14,7 +14,8 @@
 //! - [`store`]: the only module that talks to Redis. `mod.rs` holds the
 //!   store, its options and `Call` (one library call, sent alone or
 //!   pipelined); one file per family of calls: `admin.rs` (users, meetings,
-//!   audiences, instances), `presence.rs` (join, leave, participants,
+//!   audiences, instances), `listings.rs` (MEETINGS and USERS, their
+//!   indexes, the start-up backfill), `presence.rs` (join, leave, participants,
 //!   active, attendance), `chat.rs` (post, messages, events), `tick.rs`,
 //!   `watch.rs` (WATCH's reads); around them `keys.rs` (the key layout),
 //!   `library.rs` (the assembled Lua, its version and API level),

@@ -58,6 +58,13 @@ pub enum Request {
     },
     /// `USER GET <user>`
     UserGet(u64),
+    /// `USERS [AFTER <user>] [LIMIT <n>]`
+    Users {
+        /// The `next` of the previous page.
+        after: Option<u64>,
+        /// Page size.
+        limit: Option<u64>,
+    },
     /// `MEETING SET <meeting> title <s> description <s> public <bool>`
     MeetingSet {
         /// The meeting's id.
@@ -71,6 +78,13 @@ pub enum Request {
     },
     /// `MEETING GET <meeting>`
     MeetingGet(u64),
+    /// `MEETINGS [AFTER <meeting>] [LIMIT <n>]`
+    Meetings {
+        /// The `next` of the previous page.
+        after: Option<u64>,
+        /// Page size.
+        limit: Option<u64>,
+    },
     /// `AUDIENCE ADD <meeting> <email>...`
     AudienceAdd(u64, Vec<String>),
     /// `AUDIENCE DEL <meeting> <email>...`
@@ -198,6 +212,12 @@ pub const COMMANDS: &[CommandInfo] = &[
         summary: "read a user",
     },
     CommandInfo {
+        name: "USERS",
+        syntax: "USERS [AFTER <user>] [LIMIT <n>]",
+        admin: false,
+        summary: "every user, by id, a page at a time",
+    },
+    CommandInfo {
         name: "MEETING SET",
         syntax: "MEETING SET <meeting> title <s> description <s> public <true/false>",
         admin: true,
@@ -208,6 +228,12 @@ pub const COMMANDS: &[CommandInfo] = &[
         syntax: "MEETING GET <meeting>",
         admin: false,
         summary: "a meeting, its audience and its instances with states",
+    },
+    CommandInfo {
+        name: "MEETINGS",
+        syntax: "MEETINGS [AFTER <meeting>] [LIMIT <n>]",
+        admin: false,
+        summary: "every meeting, by id, with its instance count and running instance, a page at a time",
     },
     CommandInfo {
         name: "AUDIENCE ADD",
@@ -384,8 +410,10 @@ impl Request {
             Request::Help(_) => "HELP",
             Request::UserSet { .. } => "USER SET",
             Request::UserGet(_) => "USER GET",
+            Request::Users { .. } => "USERS",
             Request::MeetingSet { .. } => "MEETING SET",
             Request::MeetingGet(_) => "MEETING GET",
+            Request::Meetings { .. } => "MEETINGS",
             Request::AudienceAdd(..) => "AUDIENCE ADD",
             Request::AudienceDel(..) => "AUDIENCE DEL",
             Request::InstanceSet { .. } => "INSTANCE SET",
@@ -424,6 +452,8 @@ impl Request {
                 | Request::Active
                 | Request::Attendance
                 | Request::MeetingGet(_)
+                | Request::Meetings { .. }
+                | Request::Users { .. }
         )
     }
 }
@@ -619,6 +649,24 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
                 Request::MeetingGet(args.id("<meeting>")?)
             }
         },
+        "USERS" | "MEETINGS" => {
+            let what = if command == "USERS" {
+                "AFTER <user>"
+            } else {
+                "AFTER <meeting>"
+            };
+            let mut options = args.options(&["AFTER", "LIMIT"])?;
+            let after = options
+                .take("AFTER")
+                .map(|v| args.id_value(what, &v))
+                .transpose()?;
+            let limit = options.take("LIMIT").map(|v| args.limit(&v)).transpose()?;
+            if command == "USERS" {
+                Request::Users { after, limit }
+            } else {
+                Request::Meetings { after, limit }
+            }
+        }
         "AUDIENCE" => {
             let sub = args.subcommand(&["ADD", "DEL"])?;
             args.command = format!("AUDIENCE {sub}");
@@ -1339,7 +1387,7 @@ mod tests {
 
         #[test]
         fn never_panics_on_command_like_lines(
-            command in prop::sample::select(vec!["JOIN", "POST", "USER SET", "MESSAGES", "INSTANCE SET", "PARTICIPANTS", "AUDIENCE ADD", "EVENTS"]),
+            command in prop::sample::select(vec!["JOIN", "POST", "USER SET", "MESSAGES", "INSTANCE SET", "PARTICIPANTS", "AUDIENCE ADD", "EVENTS", "MEETINGS", "USERS"]),
             args in proptest::collection::vec("[ -~\\t]{0,12}", 0..8),
         ) {
             let line = format!("{command} {}", args.join(" "));

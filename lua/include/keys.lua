@@ -31,6 +31,10 @@ Under a partition's tag "meetingd:{p<P>}:" (`base` below):
   outbox               stream: what the archiver is to copy into the
                        database (only while archiving; see instances.lua),
                        read through the consumer group `archive`
+  meetings             sorted set: M -> M, the partition's meetings (MEETINGS)
+  users                sorted set: U -> U, the users U with U mod PARTITIONS
+                       = P (USERS); the daemon adds a user here before it
+                       writes the user's hash (another tag: two calls)
 ]]
 
 -- Whether the digits `p` of a tag name partition `n` (no leading zero:
@@ -75,6 +79,23 @@ local function partition_key(key, name)
       .. ', got ' .. show(key))
   end
   return base, n
+end
+
+-- A listing index key (meetingd:{p<P>}:meetings or :users): its prefix,
+-- partition and which of the two it is.
+local function index_key(key)
+  local name = string.match(key or '', '}:(%a+)$')
+  if name ~= 'meetings' and name ~= 'users' then
+    fail('BAD_REQUEST', 'KEYS[1] must be meetingd:{p<P>}:meetings or meetingd:{p<P>}:users, got '
+      .. show(key))
+  end
+  local base, p = partition_key(key, name)
+  return base, p, name
+end
+
+-- Whether id `id` (checked) belongs to partition `p`.
+local function in_partition(id, p)
+  return tonumber(id) % PARTITIONS == p
 end
 
 -- A user key's user id.

@@ -75,6 +75,26 @@ enum Command {
     /// Meetings.
     #[command(subcommand)]
     Meeting(MeetingCommand),
+    /// Every user, by id, a page at a time (the `next` of a page is the
+    /// `--after` of the following one).
+    Users {
+        /// Start after this user (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<String>,
+    },
+    /// Every meeting, by id, with how many instances it has and which one
+    /// runs, a page at a time (`meeting get` lists its instances).
+    Meetings {
+        /// Start after this meeting (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<String>,
+    },
     /// A meeting's audience (who may join a private meeting).
     #[command(subcommand)]
     Audience(AudienceCommand),
@@ -349,6 +369,16 @@ impl Command {
                 public,
             ]),
             Command::Meeting(MeetingCommand::Get { id }) => words(&["MEETING", "GET", id]),
+            Command::Users { after, limit } => {
+                let mut t = words(&["USERS"]);
+                t.extend(options(&[("AFTER", after), ("LIMIT", limit)]));
+                t
+            }
+            Command::Meetings { after, limit } => {
+                let mut t = words(&["MEETINGS"]);
+                t.extend(options(&[("AFTER", after), ("LIMIT", limit)]));
+                t
+            }
             Command::Audience(AudienceCommand::Add { meeting, emails }) => {
                 let mut t = words(&["AUDIENCE", "ADD", meeting]);
                 t.extend(emails.iter().cloned());

@@ -1,9 +1,9 @@
-//! Meetings, audiences and instances: MEETING SET/GET, AUDIENCE ADD/DEL,
-//! INSTANCE SET.
+//! Meetings, audiences and instances: MEETING SET/GET, MEETINGS, AUDIENCE
+//! ADD/DEL, INSTANCE SET.
 
 use serde_json::{Value, json};
 
-use super::{CmdResult, Context, ok};
+use super::{CmdResult, Context, listing, ok, page_size};
 use crate::protocol::format_time;
 use crate::store::{Audience, Instance, InstanceId, Meeting};
 
@@ -58,6 +58,30 @@ pub async fn get(ctx: &Context, id: u64) -> CmdResult {
     reply["instances"] = Value::Array(detail.instances.iter().map(instance_json).collect());
     reply["instances_total"] = json!(detail.instances_total);
     ok(reply)
+}
+
+/// # Format
+/// `MEETINGS [AFTER <meeting>] [LIMIT <n>]` -> `{"meetings":[{"id","title",
+/// "public","instances","running"}...],"next":<id or null>}`, by id, at
+/// most `n` (default and most: the page limit) after that meeting; fewer
+/// when more would pass the reply limit. `instances`: how many it has
+/// (MEETING GET lists them); `running`: the order of its running
+/// instance, or `null`. Pass `next` as `AFTER` for the following page;
+/// `null`: there is none.
+pub async fn list(ctx: &Context, after: Option<u64>, limit: Option<u64>) -> CmdResult {
+    let limit = page_size(ctx, limit)?;
+    let page = ctx.store.meetings_page(after, limit).await?;
+    let rows = page.items.iter().map(|m| {
+        let row = json!({
+            "id": m.id,
+            "title": m.title,
+            "public": m.public,
+            "instances": m.instances,
+            "running": m.running,
+        });
+        (m.id, row)
+    });
+    Ok(listing("meetings", rows, page.next, ctx.limits.reply_bytes))
 }
 
 fn audience_json(meeting: u64, audience: &Audience) -> Value {

@@ -161,6 +161,43 @@ fn capped_array<T: serde::Serialize>(items: impl IntoIterator<Item = T>, budget:
     Json(text)
 }
 
+/// A listing's page, `{"<name>":[row...],"next":<id or null>}`: the rows
+/// (each with its id) as many as fit in `budget` bytes (at least one);
+/// when some are left out, `next` is the id of the last one in.
+fn listing<T: serde::Serialize>(
+    name: &str,
+    rows: impl IntoIterator<Item = (u64, T)>,
+    next: Option<u64>,
+    budget: usize,
+) -> Json {
+    let mut text = Vec::with_capacity(256);
+    text.extend_from_slice(b"{\"");
+    text.extend_from_slice(name.as_bytes());
+    text.extend_from_slice(b"\":[");
+    let start = text.len();
+    let mut next = next;
+    let mut last = None;
+    for (id, row) in rows {
+        let before = text.len();
+        if before > start {
+            text.push(b',');
+        }
+        // Writing into a Vec cannot fail, and our types always serialize.
+        let _ = serde_json::to_writer(&mut text, &row);
+        // the closing text takes at most 40 bytes
+        if text.len() + 40 > budget && before > start {
+            text.truncate(before);
+            next = last;
+            break;
+        }
+        last = Some(id);
+    }
+    text.extend_from_slice(b"],\"next\":");
+    let _ = serde_json::to_writer(&mut text, &next);
+    text.push(b'}');
+    Json(text)
+}
+
 /// The result of a command.
 pub type CmdResult = Result<Json, CmdError>;
 
@@ -296,6 +333,9 @@ pub fn plan(request: Request, peer: &Peer, ctx: &Context) -> Plan {
             users::set(&ctx, id, name, age, gender, email).await
         }),
         Request::UserGet(id) => alone(ctx, |ctx| async move { users::get(&ctx, id).await }),
+        Request::Users { after, limit } => alone(ctx, move |ctx| async move {
+            users::list(&ctx, after, limit).await
+        }),
         Request::MeetingSet {
             id,
             title,
@@ -305,6 +345,9 @@ pub fn plan(request: Request, peer: &Peer, ctx: &Context) -> Plan {
             meetings::set(&ctx, id, title, description, public).await
         }),
         Request::MeetingGet(id) => alone(ctx, |ctx| async move { meetings::get(&ctx, id).await }),
+        Request::Meetings { after, limit } => alone(ctx, move |ctx| async move {
+            meetings::list(&ctx, after, limit).await
+        }),
         Request::AudienceAdd(meeting, emails) => alone(ctx, |ctx| async move {
             meetings::audience_add(&ctx, meeting, &emails).await
         }),

@@ -9,9 +9,14 @@ use super::{Call, Keys, PAGE, Store, StoreError};
 use crate::error::Code;
 
 impl Store {
-    /// Create or update a user. The daemon's cache forgets them (Redis
-    /// tells it too, but this request's client may JOIN next).
+    /// Create or update a user. The user is entered in its partition's
+    /// user index first (USERS; another tag than the user's, so another
+    /// call), then written: a failure in between leaves an index entry
+    /// that listings skip until this is sent again. The daemon's cache
+    /// forgets them (Redis tells it too, but this request's client may
+    /// JOIN next).
     pub async fn user_set(&self, user: &User) -> Result<User, StoreError> {
+        self.run(self.user_index_call(user.id)).await?;
         let age = user.age.to_string();
         let call = Store::record_call(
             "meet_user_set",
@@ -289,7 +294,7 @@ fn strings(function: &'static str, values: Vec<redis::Value>) -> Result<Vec<Stri
         .collect()
 }
 
-fn decode_user(mut f: Fields) -> Result<User, StoreError> {
+pub(super) fn decode_user(mut f: Fields) -> Result<User, StoreError> {
     let age = f.int("age")?;
     Ok(User {
         id: f.id("id")?,

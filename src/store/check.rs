@@ -6,7 +6,8 @@
 //! Redis is never held long. It verifies, for every instance, that its
 //! participants are exactly the users whose last event is a join, that no
 //! user has two joins or two leaves in a row, that the active and due
-//! indexes and its meeting's `live` field agree with its state; that every
+//! indexes and its meeting's `live` field agree with its state; that the
+//! listings' indexes name every meeting and user and nothing else; that every
 //! key is under the tag of its partition (meeting mod P); and that no key
 //! belongs to nothing.
 
@@ -44,6 +45,12 @@ enum Kind {
     Serving,
     /// A repartition under way.
     Repartition,
+    /// The listings' indexes hold everything stored.
+    Indexed,
+    /// The partition's meeting index (MEETINGS).
+    MeetingIndex(u64),
+    /// The partition's user index (USERS).
+    UserIndex(u64),
     Unknown,
 }
 
@@ -62,6 +69,9 @@ fn kind(key: &str) -> Kind {
         (["partitions"], _) if tag == "layout" => Kind::Layout,
         (["serving"], _) if tag == "layout" => Kind::Serving,
         (["repartition"], _) if tag == "layout" => Kind::Repartition,
+        (["indexed"], _) if tag == "layout" => Kind::Indexed,
+        (["meetings"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::MeetingIndex),
+        (["users"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::UserIndex),
         (["user"], Some('u')) => tagged('u').map_or(Kind::Unknown, Kind::User),
         (["due"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Due),
         (["active"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Active),
@@ -345,7 +355,9 @@ impl Store {
                     Some(p),
                     None,
                 ) => p >= partitions,
+                (Kind::MeetingIndex(_) | Kind::UserIndex(_), Some(p), None) => p >= partitions,
                 (Kind::User(_) | Kind::Layout | Kind::Serving | Kind::Repartition, _, _) => false,
+                (Kind::Indexed, _, _) => false,
                 _ => true,
             };
             if misplaced {
@@ -586,7 +598,23 @@ impl Store {
             }
         }
         problems.extend(self.texts(&kinds).await?);
+        problems.extend(self.listings_check(&kinds).await?);
         Ok(problems)
+    }
+}
+
+impl Store {
+    /// The listings' indexes against the meetings and users stored.
+    async fn listings_check(&self, kinds: &BTreeSet<Kind>) -> Result<Vec<String>, StoreError> {
+        let (mut meetings, mut users) = (BTreeSet::new(), BTreeSet::new());
+        for k in kinds {
+            match k {
+                Kind::Meeting(m) => meetings.insert(*m),
+                Kind::User(u) => users.insert(*u),
+                _ => false,
+            };
+        }
+        self.check_indexes(&meetings, &users).await
     }
 }
 

@@ -76,6 +76,28 @@ impl Keys {
         format!("meetingd:{{p{partition}}}:wake")
     }
 
+    /// The partition's meetings (MEETINGS' index), each scored by its id.
+    pub fn meetings(partition: u64) -> String {
+        format!("meetingd:{{p{partition}}}:meetings")
+    }
+
+    /// The users `U` with `U mod P` = `partition` (USERS' index), each
+    /// scored by its id. Written by the daemon before the user's hash.
+    pub fn users(partition: u64) -> String {
+        format!("meetingd:{{p{partition}}}:users")
+    }
+
+    /// The user index of a user's partition.
+    pub fn user_index(&self, user: Id) -> String {
+        Keys::users(user % self.partitions)
+    }
+
+    /// Set once the listings' indexes hold everything stored before them
+    /// (the start-up backfill of older data, or a repartition, is done).
+    pub fn indexed() -> String {
+        "meetingd:{layout}:indexed".to_string()
+    }
+
     /// The partition's sorted set of active instances, scored by meeting.
     pub fn active(partition: u64) -> String {
         format!("meetingd:{{p{partition}}}:active")

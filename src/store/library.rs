@@ -5,7 +5,7 @@
 //! header the daemon writes: the version and the number of partitions,
 //! which the library checks every meeting key against. The version that
 //! `meet_version` returns is the crate version, a digest of the Lua, the
-//! partition count and the API level: `0.2.0+<digest>/p16/api2`.
+//! partition count and the API level: `0.2.0+<digest>/p16/api3`.
 //!
 //! The API level names what the daemon may call: the functions, their
 //! arguments, their replies and the data layout. It changes when any of
@@ -25,8 +25,11 @@ const BODY: &str = concat!(
     include_str!("../../lua/layout.lua"),
     include_str!("../../lua/user_set.lua"),
     include_str!("../../lua/user_get.lua"),
+    include_str!("../../lua/user_index.lua"),
     include_str!("../../lua/meeting_set.lua"),
     include_str!("../../lua/meeting_get.lua"),
+    include_str!("../../lua/ids.lua"),
+    include_str!("../../lua/meetings.lua"),
     include_str!("../../lua/audience.lua"),
     include_str!("../../lua/instance_set.lua"),
     include_str!("../../lua/current.lua"),
@@ -49,7 +52,13 @@ const BODY: &str = concat!(
 /// What the daemon may call, in the library's terms: changed when a
 /// function, its arguments or replies, or the data layout change in a way
 /// an older daemon could not use.
-pub const API_LEVEL: u32 = 2;
+///
+/// Level 3: the listings' indexes (MEETINGS, USERS). `meet_meeting_set`
+/// keeps the meeting index itself, but the user index is the daemon's to
+/// keep (`meet_user_index` before each `meet_user_set`, another tag): a
+/// daemon of level 2 serving with this library would write users no
+/// listing shows, so it must stop rather than serve with it.
+pub const API_LEVEL: u32 = 3;
 
 /// The assembled library for one partition count, and its version.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -81,11 +81,15 @@ impl Store {
         let mut report = LoadReport::default();
         let mut records = records.into_iter().peekable();
         while records.peek().is_some() {
-            let calls = records
-                .by_ref()
-                .take(CHUNK)
-                .map(|record| self.load_call(record))
-                .collect();
+            // a user is entered in its user index first (see USER SET):
+            // that call is no record of its own (`false`)
+            let mut calls = Vec::with_capacity(CHUNK);
+            for record in records.by_ref().take(CHUNK) {
+                if let Load::User(user) = &record {
+                    calls.push(self.user_index_call(user.id).map(|()| false));
+                }
+                calls.push(self.load_call(record).map(|()| true));
+            }
             for reply in self.run_all(calls).await {
                 match reply {
                     Err(err @ StoreError::Rule { .. }) => {
@@ -93,7 +97,7 @@ impl Store {
                         report.first_refusal.get_or_insert_with(|| err.to_string());
                     }
                     Err(err) => return Err(err),
-                    Ok(()) => report.written += 1,
+                    Ok(record) => report.written += u64::from(record),
                 }
             }
         }

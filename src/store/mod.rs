@@ -22,11 +22,12 @@
 //! Redis Cluster both happen master by master (`cluster.rs`).
 //!
 //! The families of calls: `admin.rs` (users, meetings, audiences,
-//! instances, END), `presence.rs` (JOIN, LEAVE, PARTICIPANTS, ACTIVE,
-//! ATTENDANCE), `chat.rs` (POST, MESSAGES, EVENTS), `tick.rs`, `watch.rs`
-//! (the feed WATCH reads), `archive.rs` (the outboxes the archiver reads),
-//! `load.rs` (bulk loading), `check.rs` (`meetingd check`) and
-//! `persistence.rs` (what Redis does with writes, for `redis.durability`).
+//! instances, END), `listings.rs` (MEETINGS, USERS and their indexes),
+//! `presence.rs` (JOIN, LEAVE, PARTICIPANTS, ACTIVE, ATTENDANCE),
+//! `chat.rs` (POST, MESSAGES, EVENTS), `tick.rs`, `watch.rs` (the feed
+//! WATCH reads), `archive.rs` (the outboxes the archiver reads), `load.rs`
+//! (bulk loading), `check.rs` (`meetingd check`) and `persistence.rs`
+//! (what Redis does with writes, for `redis.durability`).
 
 mod admin;
 mod archive;
@@ -36,6 +37,7 @@ mod cluster;
 mod conn;
 mod keys;
 mod library;
+mod listings;
 mod load;
 mod persistence;
 mod presence;
@@ -55,6 +57,7 @@ use redis::{Cmd, ErrorKind, RedisError, Value};
 pub use archive::{Backlog, OutboxEntry};
 pub use keys::{DEFAULT_PARTITIONS, Keys, OUTBOX_GROUP};
 pub use library::{API_LEVEL, Library, Loaded, Verdict};
+pub use listings::{Indexed, Listing, MeetingRow};
 pub use load::{Load, LoadReport};
 pub use persistence::NodePersistence;
 pub use repartition::{Repartitioned, SERVING_TTL};

@@ -17,7 +17,8 @@
 //! it refuses to run while a daemon serves the data (each daemon keeps
 //! itself in `meetingd:{layout}:serving`, a sorted set of daemons scored by
 //! when their entry lapses unless renewed, and leaves it when it stops).
-//! At the end the layout key says N. An operator tool, not a request path:
+//! At the end the listings' indexes are built again for N and the layout
+//! key says N. An operator tool, not a request path:
 //! it SCANs.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -280,6 +281,8 @@ impl Store {
             self.command(redis::cmd("UNLINK").arg(Keys::wake(partition)))
                 .await?;
         }
+        // the listings' indexes, for the new count
+        self.rebuild_indexes(&all, from, to).await?;
         // and the (empty) outboxes of partitions that are no more; a new
         // partition gets its outbox from the next daemon that archives
         for partition in to..from {

@@ -573,8 +573,9 @@ async fn spread_of_10000_meetings_over_3_masters() {
     let total = sizes.iter().sum::<u64>();
     assert_eq!(
         total,
-        10_000 * 3 + meetingd::store::DEFAULT_PARTITIONS + 1,
-        "meeting, orders, schedule per meeting, a due index per partition and the layout"
+        10_000 * 3 + 2 * meetingd::store::DEFAULT_PARTITIONS + 1,
+        "meeting, orders, schedule per meeting, a due and a meeting index per partition and \
+         the layout"
     );
     let busiest = sizes.iter().copied().max().unwrap_or(0);
     assert!(
@@ -906,8 +907,12 @@ fn a_dead_master_stalls_only_the_users_it_holds() {
     let keys = meetingd::store::Keys::new(meetingd::store::DEFAULT_PARTITIONS);
     let user_key = meetingd::store::Keys::user;
     let victim = cluster.owner(&user_key(1));
+    // users whose hash and whose listing index (meetingd:{p<u mod P>}:users,
+    // which USER SET writes first) both live on healthy masters
     let healthy: Vec<u64> = (2..100)
-        .filter(|u| cluster.owner(&user_key(*u)) != victim)
+        .filter(|u| {
+            cluster.owner(&user_key(*u)) != victim && cluster.owner(&keys.user_index(*u)) != victim
+        })
         .take(2)
         .collect();
     let (a, b) = (healthy[0], healthy[1]);

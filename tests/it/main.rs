@@ -16,6 +16,7 @@ mod hardening;
 mod harness;
 mod invariant;
 mod lifecycle;
+mod listings;
 mod lua;
 mod newcomer;
 mod readme;

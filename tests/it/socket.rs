@@ -109,7 +109,7 @@ pub type Scenario = fn(&Backend);
 
 /// The scenarios of the protocol, run on a single Redis and on a cluster.
 /// The error codes come last: they keep the servers busy for a while.
-pub const SCENARIOS: [(&str, Scenario); 7] = [
+pub const SCENARIOS: [(&str, Scenario); 8] = [
     ("the seed scenario", seed_scenario_on),
     ("every command answers", every_command_answers_on),
     ("pipelining 10,000 requests", pipelining_10000_requests_on),
@@ -118,6 +118,7 @@ pub const SCENARIOS: [(&str, Scenario); 7] = [
         pipelined_requests_apply_in_order_on,
     ),
     ("concurrent connections", concurrent_connections_on),
+    ("the listings", crate::listings::listings_on),
     (
         "malformed input changes nothing",
         malformed_input_changes_nothing_on,
@@ -336,7 +337,7 @@ fn every_command_answers_on(backend: &Backend) {
     assert_eq!(c.ok("PING"), "PONG");
     assert_eq!(c.ok("ping"), "PONG", "command names are case-insensitive");
     let help = c.ok("HELP");
-    assert_eq!(help["commands"].as_array().map(Vec::len), Some(24));
+    assert_eq!(help["commands"].as_array().map(Vec::len), Some(26));
     assert_eq!(c.ok("HELP join")["syntax"], "JOIN <user> <mref>");
     assert_eq!(
         c.ok("HELP USER")["commands"].as_array().map(Vec::len),

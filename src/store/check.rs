@@ -141,17 +141,7 @@ impl Store {
             return scan(&mut conn).await;
         }
         let mut keys = BTreeSet::new();
-        for master in self.conn.masters().await? {
-            if master.failed {
-                if master.owns_slots {
-                    return Err(StoreError::Unavailable(format!(
-                        "master {master} ({}) is failing: its keys cannot be checked",
-                        master.id
-                    )));
-                }
-                continue;
-            }
-            let mut conn = self.conn.direct(&master).await?;
+        for mut conn in self.conn.live_masters("checked").await? {
             keys.extend(scan(&mut conn).await?);
         }
         Ok(keys)

@@ -236,6 +236,30 @@ impl Conn {
         Ok(parse_masters(&reply::text("CLUSTER NODES", value)?))
     }
 
+    /// A plain connection to each master of the cluster that serves, for
+    /// walking every node's keys (`what`: what the walk is, for the error):
+    /// a failing master that owns slots stops the walk (its keys cannot be
+    /// read), one that owns none is passed over.
+    pub(super) async fn live_masters(
+        &self,
+        what: &str,
+    ) -> Result<Vec<MultiplexedConnection>, StoreError> {
+        let mut conns = Vec::new();
+        for master in self.masters().await? {
+            if master.failed {
+                if master.owns_slots {
+                    return Err(StoreError::Unavailable(format!(
+                        "master {master} ({}) is failing: its keys cannot be {what}",
+                        master.id
+                    )));
+                }
+                continue;
+            }
+            conns.push(self.direct(&master).await?);
+        }
+        Ok(conns)
+    }
+
     /// A plain connection to one node of the cluster, with the first
     /// node's settings and the call timeout.
     pub(super) async fn direct(

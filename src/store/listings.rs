@@ -250,17 +250,7 @@ impl Store {
         );
         let mut done = Indexed::default();
         if self.conn.is_cluster() {
-            for master in self.conn.masters().await? {
-                if master.failed {
-                    if master.owns_slots {
-                        return Err(StoreError::Unavailable(format!(
-                            "master {master} ({}) is failing: its keys cannot be indexed",
-                            master.id
-                        )));
-                    }
-                    continue;
-                }
-                let mut conn = self.conn.direct(&master).await?;
+            for mut conn in self.conn.live_masters("indexed").await? {
                 self.index_keys_of(&mut conn, &mut done).await?;
             }
         } else {

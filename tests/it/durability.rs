@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Client, Daemon, Redis, at, meetingd_check, serve_command};
+use crate::harness::{Client, Daemon, Redis, all_pages, at, meetingd_check, serve_command};
 
 /// What became of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,24 +83,6 @@ fn wait_for_count(what: &str, count: &AtomicUsize, at_least: usize, limit: Durat
             count.load(Ordering::SeqCst)
         );
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Every entry of a paged list (`MESSAGES`, `EVENTS`).
-fn all_pages(c: &mut Client, command: &str, list: &str) -> Vec<serde_json::Value> {
-    let mut all = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let line = match &after {
-            Some(id) => format!("{command} AFTER {id}"),
-            None => command.to_string(),
-        };
-        let page = c.ok(&line);
-        all.extend(page[list].as_array().cloned().unwrap_or_default());
-        match page["next"].as_str() {
-            Some(next) => after = Some(next.to_string()),
-            None => return all,
-        }
     }
 }
 

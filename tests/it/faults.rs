@@ -8,25 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Client, Daemon, Redis};
-
-/// Every entry of a paged list (`MESSAGES`, `EVENTS`).
-fn all_pages(c: &mut Client, command: &str, list: &str) -> Vec<serde_json::Value> {
-    let mut all = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let line = match &after {
-            Some(id) => format!("{command} AFTER {id}"),
-            None => command.to_string(),
-        };
-        let page = c.ok(&line);
-        all.extend(page[list].as_array().cloned().unwrap_or_default());
-        match page["next"].as_str() {
-            Some(next) => after = Some(next.to_string()),
-            None => return all,
-        }
-    }
-}
+use crate::harness::{Client, Daemon, Redis, all_pages};
 
 fn rfc3339(offset: chrono::Duration) -> String {
     (chrono::Utc::now() + offset).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

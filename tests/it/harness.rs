@@ -1098,3 +1098,22 @@ pub fn assert_reply_schema(command: Option<&str>, line: &serde_json::Value) {
         assert_schema("closing", line);
     }
 }
+
+/// Every entry of a paged list (`MESSAGES`, `EVENTS`).
+#[allow(dead_code)]
+pub fn all_pages(c: &mut Client, command: &str, list: &str) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let line = match &after {
+            Some(id) => format!("{command} AFTER {id}"),
+            None => command.to_string(),
+        };
+        let page = c.ok(&line);
+        all.extend(page[list].as_array().cloned().unwrap_or_default());
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => return all,
+        }
+    }
+}

@@ -2,6 +2,8 @@
 meet_post: a participant of a running instance posts a chat message. The
 message goes to the instance's chat and, by id only, to the poster's own
 index, so one user's messages are read without touching anybody else's.
+What is due for the meeting is applied first (see meet_join), then the
+key is looked up.
 
 With a key (ARGV[6]), the post is made at most once: the same user's key
 in the same instance stores nothing again and answers the first message's
@@ -59,7 +61,11 @@ local function post(keys, args)
   local now = clock(args[4])
   local retention = check_retention(args[5])
   local post_key = check_post_key(args[6])
-  local live = redis.call('HGET', key, 'live')
+  local fields = redis.call('HMGET', key, 'live', 'preempt')
+  local live = fields[1]
+  if not settled(live, fields[2], now) then
+    live = settle(base, meeting, live, fields[2], now, SETTLE_BUDGET, retention)
+  end
   if post_key then
     local duplicate = posted_before(key, base, meeting, asked, live, user, post_key, text)
     if duplicate then

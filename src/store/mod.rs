@@ -377,7 +377,8 @@ impl Store {
     }
 
     /// Bring data of an older layout to this one, partition by partition
-    /// (`meet_upgrade`: a page of running instances per call).
+    /// (`meet_upgrade`: a page of running instances per call, then a page
+    /// of the due index per call for the upcoming indexes).
     async fn upgrade(&self) -> Result<(), StoreError> {
         let mut upgraded = 0;
         for partition in 0..self.keys.partitions() {
@@ -402,6 +403,33 @@ impl Store {
             tracing::info!(
                 upgraded,
                 "running instances brought to this version's layout"
+            );
+        }
+        // then every scheduled instance into its meeting's upcoming index
+        // (data of 0.2), a page of the due index per call
+        let mut indexed = 0;
+        for partition in 0..self.keys.partitions() {
+            let mut after = String::new();
+            loop {
+                let call = Call::new(
+                    "meet_upgrade",
+                    &Keys::active(partition),
+                    &[&after, "1000", "upcoming"],
+                    true,
+                    |value| Fields::new("meet_upgrade", value),
+                );
+                let mut f = self.run(call).await?;
+                indexed += f.count("upgraded")?;
+                match f.optional("next")? {
+                    Some(next) => after = reply::text("meet_upgrade", next)?,
+                    None => break,
+                }
+            }
+        }
+        if indexed > 0 {
+            tracing::info!(
+                indexed,
+                "scheduled instances entered in their meetings' upcoming index"
             );
         }
         Ok(())

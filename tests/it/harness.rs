@@ -633,6 +633,29 @@ pub async fn state(
     store.instance(instance).await.expect("instance").state
 }
 
+/// An instance's state as stored (its schedule entry), whatever the clock
+/// says: what a tick or a call has applied. Reads report the clock's view
+/// (see [`state`]); a test of the tick itself looks here.
+#[allow(dead_code)]
+pub async fn stored_state(
+    redis: &Redis,
+    store: &Store,
+    instance: meetingd::store::InstanceId,
+) -> meetingd::store::InstanceState {
+    let mut conn = redis.conn().await;
+    let packed: String = redis::cmd("HGET")
+        .arg(store.keys().schedule(instance.meeting))
+        .arg(instance.order)
+        .query_async(&mut conn)
+        .await
+        .expect("schedule entry");
+    packed
+        .rsplit('|')
+        .next()
+        .and_then(|state| state.parse().ok())
+        .expect("a state")
+}
+
 /// Create users `ids`, named `u<id>`, e-mail `u<id>@example.com`.
 #[allow(dead_code)]
 pub async fn users(store: &Store, ids: impl IntoIterator<Item = u64>) {

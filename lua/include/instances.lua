@@ -236,18 +236,36 @@ local function activate(inst, due_index, active_index, preempt)
   return live
 end
 
+-- The time of the last event in a log (a timeout's is its `at`, any
+-- other's its id's ms), or nil when the log is empty.
+local function last_event_time(events)
+  local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)[1]
+  if not last then
+    return nil
+  end
+  local fields = last[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'at' then
+      return fields[i + 1]
+    end
+  end
+  return string.match(last[1], '^(%d+)')
+end
+
 --[[ End participation: up to `budget` participants leave with a timeout
-event stamped `at` (never before the event it follows), in join order.
-Returns the users timed out and how many are still in. ]]
+event stamped `at` (never before the log's last event: a later share of a
+drain is stamped as the first was), in join order. Returns the users timed
+out and how many are still in. ]]
 local function time_out(inst, at, now, budget, retention)
   local users = {}
   if budget > 0 then
     users = redis.call('ZRANGE', inst.present, 0, budget - 1)
   end
   if #users > 0 then
-    local ids, before = take_ids(inst, now, #users)
-    if later(before, at) then
-      at = before
+    local ids = take_ids(inst, now, #users)
+    local floor = last_event_time(inst.events)
+    if floor and later(floor, at) then
+      at = floor
     end
     for i, user in ipairs(users) do
       redis.call('XADD', inst.events, ids[i], 'u', user, 't', '3', 'at', at, 'end', inst.to)

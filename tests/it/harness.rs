@@ -1038,3 +1038,21 @@ pub fn connect_as(path: &Path, uid: u32, count: usize) -> Vec<Client> {
         .map(|fd| Client::from_stream(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) }))
         .collect()
 }
+
+/// Commands Redis ran, by name, from `INFO commandstats`.
+#[allow(dead_code)]
+pub async fn commandstats(redis: &Redis) -> std::collections::BTreeMap<String, u64> {
+    let mut conn = redis.conn().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            Some((name.to_string(), calls.parse().ok()?))
+        })
+        .collect()
+}

@@ -3,6 +3,7 @@
 
 mod calls;
 mod check;
+mod clock;
 mod cluster;
 mod connections;
 mod ctl;

@@ -200,6 +200,9 @@ impl StoreOptions {
     }
 }
 
+/// How a call's reply, or why there is none, becomes its result.
+type Decode<T> = Box<dyn FnOnce(Result<Value, StoreError>) -> Result<T, StoreError> + Send>;
+
 /// One call of a library function, ready to send, and how its reply
 /// becomes a `T`. Made by the store's `*_call` methods; sent by
 /// [`Store::run`] alone or by [`Store::run_all`] with others.
@@ -209,7 +212,7 @@ pub struct Call<T> {
     writes: bool,
     /// The reply, or why there is none (a refusal of the library, a lost
     /// connection), into the result.
-    decode: Box<dyn FnOnce(Result<Value, StoreError>) -> Result<T, StoreError> + Send>,
+    decode: Decode<T>,
 }
 
 impl<T: 'static> Call<T> {

@@ -559,3 +559,85 @@ fn over_the_socket_windows_open_and_close_between_ticks() {
     assert_eq!(tick["timeouts"], 0, "{tick}");
     redis.assert_consistent();
 }
+
+/// Data stored by 0.2 has no upcoming index and no `preempt`: `meetingd
+/// check` says what is missing, and a daemon's start-up builds both (its
+/// pages of the due index go past 1,000 instances due at one time); the
+/// JOIN that meets a pre-empting window then starts it.
+#[tokio::test]
+async fn data_of_0_2_is_indexed_at_start_up_and_check_knows_the_index() {
+    let redis = Redis::start();
+    let (store, clock) = redis.store(t0()).await;
+    users(&store, 1..=2).await;
+    public_meeting(&store, 1).await;
+    public_meeting(&store, 2).await;
+    let running = InstanceId::new(1, 1);
+    let higher = InstanceId::new(1, 2);
+    store
+        .instance_set(running, t0(), t0() + 60 * MIN)
+        .await
+        .expect("running");
+    store
+        .instance_set(higher, t0() + 10 * MIN, t0() + 20 * MIN)
+        .await
+        .expect("higher");
+    for order in 1..=1_200 {
+        store
+            .instance_set(InstanceId::new(2, order), t0() + 90 * MIN, t0() + 95 * MIN)
+            .await
+            .expect("one of many");
+    }
+    store.tick(t0()).await.expect("tick");
+    store.join(1, running.into()).await.expect("join");
+    redis.assert_consistent();
+
+    // as 0.2 left it
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("DEL")
+        .arg(store.keys().upcoming(1))
+        .arg(store.keys().upcoming(2))
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    let _: () = redis::cmd("HDEL")
+        .arg(store.keys().meeting(1))
+        .arg("preempt")
+        .query_async(&mut conn)
+        .await
+        .expect("HDEL");
+    let problems = store.check().await.expect("check");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("instance 1/2: scheduled but not in its meeting's upcoming index")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("meeting 1: no preempt")),
+        "{problems:?}"
+    );
+    assert_eq!(
+        problems.len(),
+        1_202,
+        "each instance once, and the preempt: {:?}",
+        &problems[..3]
+    );
+
+    // a start-up upgrades it, and doing it again changes nothing
+    let (again, _) = redis.store(t0()).await;
+    redis.assert_consistent();
+    let digest = redis.digest().await;
+    drop(redis.store(t0()).await);
+    assert_eq!(redis.digest().await, digest, "idempotent");
+    let indexed: u64 = redis::cmd("ZCARD")
+        .arg(again.keys().upcoming(2))
+        .query_async(&mut conn)
+        .await
+        .expect("ZCARD");
+    assert_eq!(indexed, 1_200);
+
+    clock.set(t0() + 10 * MIN + 1);
+    let joined = store.join(2, InstanceRef::Current(1)).await.expect("join");
+    assert_eq!(joined.instance, higher, "pre-empted from the JOIN");
+    redis.assert_consistent();
+}

@@ -641,3 +641,44 @@ async fn data_of_0_2_is_indexed_at_start_up_and_check_knows_the_index() {
     assert_eq!(joined.instance, higher, "pre-empted from the JOIN");
     redis.assert_consistent();
 }
+
+/// A window held back by a running instance of a higher order runs as soon
+/// as that instance ends, by END or by INSTANCE SET moving its `to` to now:
+/// ACTIVE lists it at once, before any tick.
+#[tokio::test]
+async fn a_window_held_back_runs_once_the_winner_ends_by_hand() {
+    let redis = Redis::start();
+    let (store, clock) = redis.store(t0()).await;
+    public_meeting(&store, 1).await;
+    let (high, low) = (InstanceId::new(1, 9), InstanceId::new(1, 4));
+    store
+        .instance_set(high, t0(), t0() + 60 * MIN)
+        .await
+        .expect("high");
+    store
+        .instance_set(low, t0() + MIN, t0() + 30 * MIN)
+        .await
+        .expect("low");
+    store.tick(t0()).await.expect("tick");
+    clock.set(t0() + 2 * MIN);
+    store.tick(t0() + 2 * MIN).await.expect("tick");
+    assert_eq!(active(&store).await, [(high, 0)], "held back");
+    assert_eq!(
+        stored_state(&redis, &store, low).await,
+        InstanceState::Scheduled
+    );
+    clock.set(t0() + 3 * MIN);
+    let moved = store
+        .instance_set(high, t0(), t0() + 3 * MIN)
+        .await
+        .expect("to now");
+    assert_eq!(moved.state, InstanceState::Ended);
+    assert_eq!(active(&store).await, [(low, 0)]);
+    assert_eq!(
+        stored_state(&redis, &store, low).await,
+        InstanceState::Active
+    );
+    let ticked = store.tick(t0() + 3 * MIN).await.expect("tick");
+    assert!(ticked.activated.is_empty(), "{ticked:?}");
+    redis.assert_consistent();
+}

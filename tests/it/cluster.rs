@@ -573,8 +573,8 @@ async fn spread_of_10000_meetings_over_3_masters() {
     let total = sizes.iter().sum::<u64>();
     assert_eq!(
         total,
-        10_000 * 3 + meetingd::store::DEFAULT_PARTITIONS + 1,
-        "meeting, orders, schedule per meeting, a due index per partition and the layout"
+        10_000 * 4 + meetingd::store::DEFAULT_PARTITIONS + 1,
+        "meeting, orders, schedule, upcoming per meeting, a due index per partition and the layout"
     );
     let busiest = sizes.iter().copied().max().unwrap_or(0);
     assert!(

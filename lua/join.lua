@@ -44,11 +44,8 @@ local function join(keys, args)
   local now = clock(args[4])
   local retention = check_retention(args[5])
   local meeting_fields = redis.call('HMGET', key, 'public', 'live', 'preempt')
-  local live = meeting_fields[2]
-  if not settled(live, meeting_fields[3], now) then
-    live = settle(base, meeting, live, meeting_fields[3], now, SETTLE_BUDGET, retention)
-  end
-  local order, to, ms, seq = running(key, base, meeting, args[1], live, now)
+  local order, to, ms, seq = running_now(key, base, meeting, args[1], meeting_fields[2], meeting_fields[3],
+    now, retention)
   if meeting_fields[1] ~= 'true' then
     admit(base .. 'audience:' .. meeting, args[3], user, meeting)
   end

@@ -20,11 +20,7 @@ local function leave(keys, args)
   local now = clock(args[3])
   local retention = check_retention(args[4])
   local fields = redis.call('HMGET', key, 'live', 'preempt')
-  local live = fields[1]
-  if not settled(live, fields[2], now) then
-    live = settle(base, meeting, live, fields[2], now, SETTLE_BUDGET, retention)
-  end
-  local order, to, ms, seq = running(key, base, meeting, args[1], live, now)
+  local order, to, ms, seq = running_now(key, base, meeting, args[1], fields[1], fields[2], now, retention)
   local name = instance_name(meeting, order)
   if redis.call('ZREM', base .. 'present:' .. name, user) == 0 then
     fail('NOT_JOINED', 'user ' .. user .. ' is not in ' .. name)

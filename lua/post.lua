@@ -62,17 +62,19 @@ local function post(keys, args)
   local retention = check_retention(args[5])
   local post_key = check_post_key(args[6])
   local fields = redis.call('HMGET', key, 'live', 'preempt')
-  local live = fields[1]
-  if not settled(live, fields[2], now) then
-    live = settle(base, meeting, live, fields[2], now, SETTLE_BUDGET, retention)
-  end
+  local live, preempt = fields[1], fields[2]
   if post_key then
+    -- the key is looked up in the instance as it is once what is due is
+    -- applied
+    if not settled(live, preempt, now) then
+      live, preempt = settle(base, meeting, live, preempt, now, SETTLE_BUDGET, retention), false
+    end
     local duplicate = posted_before(key, base, meeting, asked, live, user, post_key, text)
     if duplicate then
       return duplicate
     end
   end
-  local order, to, ms, seq = running(key, base, meeting, asked, live, now)
+  local order, to, ms, seq = running_now(key, base, meeting, asked, live, preempt, now, retention)
   local name = instance_name(meeting, order)
   if not redis.call('ZSCORE', base .. 'present:' .. name, user) then
     fail('NOT_JOINED', 'user ' .. user .. ' is not in ' .. name)

@@ -91,18 +91,6 @@ local function not_running(key, base, meeting, order)
   fail('INACTIVE', 'instance ' .. instance_name(meeting, order) .. ' is not active')
 end
 
---[[ The running instance a JOIN, LEAVE or POST names (`order`, or '' for
-whichever runs), from its meeting's `live` field, at `now`: its order, end
-and last id. A window that is over at `now` is not running, even before
-the tick that ends it. ]]
-local function running(key, base, meeting, order, live, now)
-  local o, to, ms, seq = parse_live(live)
-  if o and (order == '' or order == o) and later(to, now) then
-    return o, to, ms, seq
-  end
-  not_running(key, base, meeting, order)
-end
-
 --[[ An instance, for the paths that are not hot: its keys, and its window
 and state (strings) as `packed` in the schedule says ("from|to|state"). ]]
 local function new_instance(base, meeting, order, packed)
@@ -522,6 +510,24 @@ local function settle(base, meeting, live, preempt, now, budget, retention, know
     redis.call('ZADD', due_index, again, inst.name)
   end
   return live, done
+end
+
+--[[ The running instance a JOIN, LEAVE or POST names (`order`, or '' for
+whichever runs) at `now`, from its meeting's `live` and `preempt` fields,
+once what is due for the meeting is applied (settle; at most SETTLE_BUDGET
+timeouts): its order, end and last id; refused when it is not running.
+The hot path (the live instance inside its window, no preempt due) parses
+the live field once and reads nothing more. ]]
+local function running_now(key, base, meeting, order, live, preempt, now, retention)
+  local o, to, ms, seq = parse_live(live)
+  if not (o and later(to, now) and (not preempt or later(preempt, now))) then
+    live = settle(base, meeting, live, preempt, now, SETTLE_BUDGET, retention)
+    o, to, ms, seq = parse_live(live)
+  end
+  if o and (order == '' or order == o) and later(to, now) then
+    return o, to, ms, seq
+  end
+  not_running(key, base, meeting, order)
 end
 
 --[[ Which instance of a meeting runs at `now` by the clock, read only, from

@@ -3,31 +3,43 @@ meet_active: the running instances of one partition, by meeting id, with
 their meetings' details and head counts, a page at a time. ACTIVE asks
 every partition.
 
+Running means running by the clock at `now` (see instances.lua): an
+instance past its `to` is not listed, one whose window opened and that
+wins the overlap rule is (with 0 participants), whether or not a call or
+the tick applied it yet. A page may hold fewer rows than `limit` and still
+have a `next` (meetings looked at that run nothing).
+
 KEYS[1]  meetingd:{p<P>}:active
 ARGV[1]  after: a meeting id, the `next` of the previous page (optional)
-ARGV[2]  limit: instances, 1..1000 (optional, default 1000)
+ARGV[2]  limit: meetings looked at, 1..1000 (optional, default 1000)
+ARGV[3]  now (ms; optional, Redis TIME when left out or '')
 Returns: {next, <meeting id or nil>, rows, {{meeting, order, title,
   description, public, from, to, participants}...}}.
 Errors: BAD_REQUEST.
 Flags: no-writes.
 ]]
 local function active(keys, args)
-  check_arity(args, 0, 2, '[after[, limit]]')
+  check_arity(args, 0, 3, '[after[, limit[, now]]]')
   local base = partition_key(keys[1], 'active')
-  local names, next_meeting = running_page(keys[1], args[1], args[2])
+  local after = optional_id(args[1], 'after')
+  local limit = check_limit(args[2])
+  local now = clock(args[3])
+  local meetings, more = clock_meetings(base, after, false, limit, now)
   local rows = {}
-  for _, name in ipairs(names) do
-    local meeting, order = string.match(name, '^(%d+)/(%d+)$')
-    local inst = meeting and load_instance(base, meeting, order)
+  for _, meeting in ipairs(meetings) do
+    local m = redis.call('HMGET', base .. 'meeting:' .. meeting, 'title', 'description', 'public', 'live', 'preempt')
+    local order, fresh, inst = running_by_clock(base, meeting, m[4], m[5], now)
+    if order and not fresh then
+      inst = load_instance(base, meeting, order)
+    end
     if inst then
-      local m = redis.call('HMGET', inst.key, 'title', 'description', 'public')
       rows[#rows + 1] = {
         meeting, order, m[1] or '', m[2] or '', m[3] or 'false', inst.from, inst.to,
-        redis.call('ZCARD', inst.present),
+        fresh and 0 or redis.call('ZCARD', inst.present),
       }
     end
   end
-  return { 'next', next_meeting, 'rows', rows }
+  return { 'next', more and meetings[#meetings], 'rows', rows }
 end
 
 redis.register_function {

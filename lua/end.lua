@@ -8,6 +8,12 @@ Redis long: while `remaining` is above 0, call again (the instance is then
 ended; a further call goes on timing out). If nobody calls again, the
 scheduler's next tick finishes it (the instance stays in the due index).
 
+What is due for the meeting is applied first (see meet_join): an END
+after the instance's `to` finds it ended by that (timeouts at `to`) and
+answers for it. Once the instance ended, a scheduled instance whose window
+holds now and that wins the overlap rule starts (as the tick would start
+it).
+
 KEYS[1]  meetingd:{p<P>}:meeting:<meeting>
 ARGV[1]  order id, or '' for the meeting's running instance
 ARGV[2]  now (ms; optional, '' for Redis TIME)
@@ -26,15 +32,30 @@ local function end_by_hand(keys, args)
   local now = clock(args[2])
   local budget = check_limit(args[3])
   local retention = check_retention(args[4])
-  local inst = find_instance(base, meeting, args[1])
+  local f = redis.call('HMGET', keys[1], 'live', 'preempt')
+  local done
+  if not settled(f[1], f[2], now) then
+    done = select(2, settle(base, meeting, f[1], f[2], now, budget, retention))
+    budget = budget - done.timeouts
+  end
+  local order = args[1]
+  if order == '' and done and done.ended[1] and not redis.call('HGET', keys[1], 'live') then
+    -- by meeting: the instance over by the clock, which settle just ended
+    order = string.match(done.ended[1], '/(%d+)$')
+  end
+  local inst = find_instance(base, meeting, order)
   local due_index = base .. 'due'
   local users, remaining
-  if inst.state == 'active' then
+  if done and done.ended[1] == inst.name then
+    users, remaining = done.users, redis.call('ZCARD', inst.present)
+  elseif inst.state == 'active' then
     local at = now
     if later(at, inst.to) then
       at = inst.to
     end
     users, remaining = end_instance(inst, at, now, budget, retention, due_index, base .. 'active')
+    -- a window this instance held back may hold now
+    settle(base, meeting, false, redis.call('HGET', keys[1], 'preempt'), now, budget, retention)
   elseif inst.state == 'ended' and redis.call('ZCARD', inst.present) > 0 then
     users, remaining = time_out(inst, ended_at(inst), now, budget, retention)
     if remaining == 0 then

@@ -14,6 +14,8 @@ ARGV[2]  after: an event id, the `next` of the previous page (optional)
 ARGV[3]  limit: 1..1000 (optional, default 1000)
 ARGV[4]  budget: the most bytes the page may take in a reply (optional;
          at least one event is returned): a page cut short has `next`
+ARGV[5]  now (ms; optional, Redis TIME when left out or ''): with no order, the
+         instance running by the clock (see meet_current)
 Returns: {order, <order>, next, <id or nil>, events,
   {{id, {u, <user>, t, <type>...}}...}}.
 Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE (no order
@@ -21,13 +23,13 @@ Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE (no order
 Flags: no-writes.
 ]]
 local function events(keys, args)
-  check_arity(args, 1, 4, 'order[, after[, limit[, budget]]]')
+  check_arity(args, 1, 5, 'order[, after[, limit[, budget[, now]]]]')
   local base, meeting = meeting_key(keys[1])
   optional_id(args[1], 'order')
   local after = check_cursor(args[2])
   local limit = check_limit(args[3])
   local budget = check_budget(args[4])
-  local inst = find_instance(base, meeting, args[1])
+  local inst = find_by_clock(base, meeting, args[1], clock(args[5]))
   local next_id, entries = stream_page(inst.events, after, limit, budget)
   return { 'order', inst.order, 'next', next_id, 'events', entries }
 end

@@ -2,7 +2,13 @@
 meet_instance_set: create an instance of a meeting, or move its window.
 
 A new or scheduled instance is (re)scheduled: the due index gets it at
-`from`, and the scheduler starts it then. A running instance keeps running
+`from`, and so does its meeting's upcoming index (order -> from, see
+instances.lua); the first call on the meeting at or after `from`, or the
+tick, starts it then. If the meeting's running instance is of a lower
+order, the meeting's `preempt` moves to this `from` when that is earlier,
+so the JOIN that meets the window sees it. This call itself starts nothing
+(but when it ends a running instance, a window that instance held back
+starts, as after END): its reply's state is the stored one. A running instance keeps running
 with its new window, due again at its new `to`; a `to` moved to `now` or
 before ends it now (its participants time out, stamped now), so no event
 is ever stamped before the one it follows. An ended instance cannot change.
@@ -73,12 +79,15 @@ local function instance_set(keys, args)
   local due_index = base .. 'due'
   if inst.state ~= 'active' then
     redis.call('ZADD', due_index, from, inst.name)
+    index_scheduled(inst)
   elseif later(to, now) then
     local _, _, ms, seq = parse_live(redis.call('HGET', keys[1], 'live'))
     redis.call('HSET', keys[1], 'live', format_live(order, to, ms, seq))
     redis.call('ZADD', due_index, to, inst.name)
   else
     end_instance(inst, now, now, budget, retention, due_index, base .. 'active')
+    -- a window this instance held back may hold now (as after END)
+    settle(base, meeting, false, redis.call('HGET', keys[1], 'preempt'), now, budget, retention)
   end
   return { 'meeting', meeting, 'order', order, 'from', from, 'to', to, 'state', inst.state }
 end

@@ -1,7 +1,11 @@
 --[[
 meet_join: a user joins a running instance. The hottest call of the
 library: one HMGET reads the meeting's public flag and its running
-instance (with the instance's last id), and only what changes is written.
+instance (with the instance's last id and its `preempt`), and only what
+changes is written. What the clock says is due for the meeting (its
+instance is over, or a window opened) is applied first (`settle`, see
+instances.lua): a JOIN in a window that opened after the last tick starts
+its instance and joins it.
 
 The user's e-mail is passed in by the caller (users live under their own
 hash tag, so this call cannot read them); it decides admission to a
@@ -39,8 +43,9 @@ local function join(keys, args)
   local user = check_id(args[2], 'user')
   local now = clock(args[4])
   local retention = check_retention(args[5])
-  local meeting_fields = redis.call('HMGET', key, 'public', 'live')
-  local order, to, ms, seq = running(key, base, meeting, args[1], meeting_fields[2], now)
+  local meeting_fields = redis.call('HMGET', key, 'public', 'live', 'preempt')
+  local order, to, ms, seq = running_now(key, base, meeting, args[1], meeting_fields[2], meeting_fields[3],
+    now, retention)
   if meeting_fields[1] ~= 'true' then
     admit(base .. 'audience:' .. meeting, args[3], user, meeting)
   end

@@ -1,5 +1,7 @@
 --[[
-meet_leave: a user leaves a running instance.
+meet_leave: a user leaves a running instance. What is due for the meeting
+is applied first (see meet_join): a LEAVE after the instance's `to` ends
+it (the user times out, at `to`) and is refused (INACTIVE).
 
 KEYS[1]  meetingd:{p<P>}:meeting:<meeting>
 ARGV[1]  order id, or '' for the meeting's running instance
@@ -17,7 +19,8 @@ local function leave(keys, args)
   local user = check_id(args[2], 'user')
   local now = clock(args[3])
   local retention = check_retention(args[4])
-  local order, to, ms, seq = running(key, base, meeting, args[1], redis.call('HGET', key, 'live'), now)
+  local fields = redis.call('HMGET', key, 'live', 'preempt')
+  local order, to, ms, seq = running_now(key, base, meeting, args[1], fields[1], fields[2], now, retention)
   local name = instance_name(meeting, order)
   if redis.call('ZREM', base .. 'present:' .. name, user) == 0 then
     fail('NOT_JOINED', 'user ' .. user .. ' is not in ' .. name)

@@ -12,6 +12,8 @@ ARGV[4]  limit: 1..1000 (optional, default 1000)
 ARGV[5]  budget: the most bytes the page may take in a reply (optional;
          at least one message is returned): a page cut short has `next`
 ARGV[6]  shape: 'packed' for the messages in one string (optional)
+ARGV[7]  now (ms; optional, Redis TIME when left out or ''): with no order, the
+         instance running by the clock (see meet_current)
 Returns: {order, <order>, next, <id or nil>, messages,
   {{id, {u, <user>, text, <text>}}...}}; `next` is the id to pass as
   `after` for the following page, nil at the end. Packed, `messages` is
@@ -43,7 +45,7 @@ local function user_page(chat, user, after, limit, budget)
 end
 
 local function messages(keys, args)
-  check_arity(args, 1, 6, 'order[, user[, after[, limit[, budget[, shape]]]]]')
+  check_arity(args, 1, 7, 'order[, user[, after[, limit[, budget[, shape[, now]]]]]]')
   local base, meeting = meeting_key(keys[1])
   optional_id(args[1], 'order')
   local user = optional_id(args[2], 'user')
@@ -51,7 +53,7 @@ local function messages(keys, args)
   local limit = check_limit(args[4])
   local budget = check_budget(args[5])
   local packed = check_packed(args[6])
-  local inst = find_instance(base, meeting, args[1])
+  local inst = find_by_clock(base, meeting, args[1], clock(args[7]))
   local chat = base .. 'chat:' .. inst.name
   local next_id, entries
   if user then

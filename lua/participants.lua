@@ -1,6 +1,8 @@
 --[[
 meet_participants: who is in an instance now, in join order, a page at a
-time. An instance that is not running has nobody in it.
+time. An instance that is not running has nobody in it: by the clock at
+`now` (see instances.lua), one past its `to` has nobody, before any call or
+tick has ended it, and one whose window opened has nobody yet.
 
 KEYS[1]  meetingd:{p<P>}:meeting:<meeting>
 ARGV[1]  order id, or '' for the meeting's running instance
@@ -8,6 +10,7 @@ ARGV[2]  after: a user id, the last of the previous page (optional, ''
          for the first page)
 ARGV[3]  limit: 1..1000 (optional, default 1000)
 ARGV[4]  shape: 'packed' for the participants in one string (optional)
+ARGV[5]  now (ms; optional, Redis TIME when left out or '')
 Returns: {order, <order>, participants, {user, joined_at, ...}}; packed,
   `participants` is one string, 'user joined_at user joined_at ...'.
 Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE (no order
@@ -16,7 +19,7 @@ Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE (no order
 Flags: no-writes.
 ]]
 local function participants(keys, args)
-  check_arity(args, 1, 4, 'order[, after[, limit[, shape]]]')
+  check_arity(args, 1, 5, 'order[, after[, limit[, shape[, now]]]]')
   local base, meeting = meeting_key(keys[1])
   local order = args[1]
   if order ~= '' then
@@ -25,16 +28,19 @@ local function participants(keys, args)
   local after = optional_id(args[2], 'after')
   local limit = check_limit(args[3])
   local packed = check_packed(args[4])
-  local running_order = parse_live(redis.call('HGET', keys[1], 'live'))
-  if order == '' and running_order then
+  local now = clock(args[5])
+  local f = redis.call('HMGET', keys[1], 'live', 'preempt')
+  local running_order, fresh = running_by_clock(base, meeting, f[1], f[2], now)
+  if order == '' then
+    if not running_order then
+      not_running(keys[1], base, meeting, '')
+    end
     order = running_order
   end
-  if order ~= running_order then
-    local inst = find_instance(base, meeting, order)
-    order = inst.order
-    if inst.state ~= 'active' then
-      return { 'order', order, 'participants', packed and '' or {} }
-    end
+  if order ~= running_order or fresh then
+    -- not running by the clock, or not started yet: nobody is in it
+    order = find_instance(base, meeting, order).order
+    return { 'order', order, 'participants', packed and '' or {} }
   end
   local name = instance_name(meeting, order)
   local page = present_page(base .. 'present:' .. name, name, after, limit)

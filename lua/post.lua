@@ -2,6 +2,8 @@
 meet_post: a participant of a running instance posts a chat message. The
 message goes to the instance's chat and, by id only, to the poster's own
 index, so one user's messages are read without touching anybody else's.
+What is due for the meeting is applied first (see meet_join), then the
+key is looked up.
 
 With a key (ARGV[6]), the post is made at most once: the same user's key
 in the same instance stores nothing again and answers the first message's
@@ -59,14 +61,20 @@ local function post(keys, args)
   local now = clock(args[4])
   local retention = check_retention(args[5])
   local post_key = check_post_key(args[6])
-  local live = redis.call('HGET', key, 'live')
+  local fields = redis.call('HMGET', key, 'live', 'preempt')
+  local live, preempt = fields[1], fields[2]
   if post_key then
+    -- the key is looked up in the instance as it is once what is due is
+    -- applied
+    if not settled(live, preempt, now) then
+      live, preempt = settle(base, meeting, live, preempt, now, SETTLE_BUDGET, retention), false
+    end
     local duplicate = posted_before(key, base, meeting, asked, live, user, post_key, text)
     if duplicate then
       return duplicate
     end
   end
-  local order, to, ms, seq = running(key, base, meeting, asked, live, now)
+  local order, to, ms, seq = running_now(key, base, meeting, asked, live, preempt, now, retention)
   local name = instance_name(meeting, order)
   if not redis.call('ZSCORE', base .. 'present:' .. name, user) then
     fail('NOT_JOINED', 'user ' .. user .. ' is not in ' .. name)

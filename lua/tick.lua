@@ -11,14 +11,17 @@ For each instance due, by its state:
   * active and to <= now: ended; participants time out (at = to).
   * scheduled and to <= now: its whole window passed while nothing ran:
     ended without events (reported as missed).
-  * scheduled and from <= now < to: starts running, unless its meeting
-    has a running instance of a higher order that is not over, or a
-    higher order of the same meeting is due too; a loser is due again when
-    the winner ends (or at its own end, if sooner). Starting ends the
-    meeting's other running instance (timeouts at now).
+  * scheduled and from <= now < to: its meeting is settled (`settle` in
+    instances.lua, the function a JOIN, LEAVE, POST or END applies too):
+    the highest order whose window holds now starts, unless the meeting's
+    running instance is of a higher order and not over; a loser is due
+    again when the winner ends (or at its own end, if sooner). Starting
+    ends the meeting's other running instance (timeouts at now).
   * ended with participants left (a drain cut short by the budget): more
     of them time out.
-At most `budget` participants time out per call; the rest stay due.
+At most `budget` participants time out per call; the rest stay due. A
+transition a call has already applied is not due any more: the tick finds
+it done and applies nothing twice.
 
 KEYS[1]  meetingd:{p<P>}:due
 ARGV[1]  now (ms; '' for Redis TIME)
@@ -65,11 +68,7 @@ local function tick(keys, args)
         redis.call('ZREM', due_index, name)
       end
     elseif not later(inst.to, now) then
-      inst.state = 'ended'
-      write_instance(inst)
-      redis.call('HSET', inst.schedule, order .. '#end', inst.to)
-      redis.call('ZREM', due_index, name)
-      outbox_ended(inst)
+      miss(inst, due_index)
       missed[#missed + 1] = name
     elseif later(inst.from, now) then
       redis.call('ZADD', due_index, inst.from, name)
@@ -82,42 +81,14 @@ local function tick(keys, args)
     end
   end
 
-  -- Starts: per meeting, the highest order due wins.
+  -- Starts: each meeting settled as a call would settle it.
   for _, meeting in ipairs(meetings) do
-    local candidates = starting[meeting]
-    local best = candidates[1]
-    for _, inst in ipairs(candidates) do
-      if tonumber(inst.order) > tonumber(best.order) then
-        best = inst
-      end
-    end
-    local winner = best
-    local live_order = parse_live(redis.call('HGET', best.key, 'live'))
-    local current = live_order and load_instance(base, meeting, live_order)
-    if current then
-      if not later(current.to, now) or tonumber(current.order) < tonumber(best.order) then
-        local at = now
-        if later(at, current.to) then
-          at = current.to
-        end
-        local users = end_instance(current, at, now, budget, retention, due_index, active_index)
-        budget, timeouts = budget - #users, timeouts + #users
-        ended[#ended + 1] = current.name
-      else
-        winner = current
-      end
-    end
-    if winner == best then
-      activate(best, due_index, active_index)
-      activated[#activated + 1] = best.name
-    end
-    for _, inst in ipairs(candidates) do
-      if inst ~= winner then
-        local again = inst.to
-        if later(again, winner.to) then
-          again = winner.to
-        end
-        redis.call('ZADD', due_index, again, inst.name)
+    local f = redis.call('HMGET', base .. 'meeting:' .. meeting, 'live', 'preempt')
+    local _, done = settle(base, meeting, f[1], f[2], now, budget, retention, starting[meeting])
+    budget, timeouts = budget - done.timeouts, timeouts + done.timeouts
+    for _, list in ipairs({ { activated, done.activated }, { ended, done.ended }, { missed, done.missed } }) do
+      for _, n in ipairs(list[2]) do
+        list[1][#list[1] + 1] = n
       end
     end
   end

@@ -1,19 +1,72 @@
 --[[
-meet_upgrade: bring one partition's running instances from the layout of
-version 0.1 to this one: a running instance's last id moves from its
-schedule entry (<O>#id) into its meeting's `live` field. The daemon calls
-it for every partition at start-up, a page at a time; an instance already
-upgraded is left alone, so calling it again changes nothing.
+meet_upgrade: bring one partition from the layouts of versions 0.1 and
+0.2 to this one. The daemon calls it for every partition at start-up, a
+page at a time, first for the running instances, then for the due index;
+what is already upgraded is left alone, so calling it again changes
+nothing.
+  * running instances (0.1): a running instance's last id moves from its
+    schedule entry (<O>#id) into its meeting's `live` field;
+  * ARGV[3] 'upcoming' (0.2): every scheduled instance (all are in the due
+    index) enters its meeting's upcoming index, and its meeting's
+    `preempt` is set when it would pre-empt the running instance (see
+    instances.lua). The cursor is "<score>:<offset>" in the due index: the
+    entries from that due time on, after the first <offset> of them.
 
 KEYS[1]  meetingd:{p<P>}:active
-ARGV[1]  after: a meeting id, the `next` of the previous page (optional)
+ARGV[1]  after: a meeting id, the `next` of the previous page (optional);
+         with 'upcoming', a due-index cursor
 ARGV[2]  limit: 1..1000 (optional, default 1000)
-Returns: {upgraded, <n>, next, <meeting id or nil>}.
+ARGV[3]  'upcoming' (optional): the second pass
+Returns: {upgraded, <n>, next, <meeting id, cursor or nil>}.
 Errors: BAD_REQUEST.
 ]]
+
+-- The second pass: a page of the due index from `cursor`.
+local function upgrade_upcoming(base, cursor, limit)
+  local score, offset = '-inf', 0
+  if cursor and cursor ~= '' then
+    local s, o = string.match(cursor, '^(%d+):(%d+)$')
+    if not s then
+      fail('BAD_REQUEST', 'after must be <due time>:<offset> with upcoming, got ' .. show(cursor))
+    end
+    score, offset = s, tonumber(o)
+  end
+  local page = redis.call('ZRANGE', base .. 'due', score, '+inf', 'BYSCORE', 'LIMIT', offset, limit,
+    'WITHSCORES')
+  local upgraded = 0
+  for i = 1, #page, 2 do
+    local meeting, order = string.match(page[i], '^(%d+)/(%d+)$')
+    local inst = meeting and load_instance(base, meeting, order)
+    if inst and inst.state == 'scheduled' then
+      upgraded = upgraded + index_scheduled(inst)
+    end
+  end
+  if #page < 2 * limit then
+    return upgraded, false
+  end
+  local last = page[#page]
+  if last == score then
+    return upgraded, last .. ':' .. (offset + limit)
+  end
+  local at_last = 0
+  for i = #page, 2, -2 do
+    if page[i] ~= last then
+      break
+    end
+    at_last = at_last + 1
+  end
+  return upgraded, last .. ':' .. at_last
+end
+
 local function upgrade(keys, args)
-  check_arity(args, 0, 2, '[after[, limit]]')
+  check_arity(args, 0, 3, '[after[, limit[, upcoming]]]')
   local base = partition_key(keys[1], 'active')
+  if args[3] == 'upcoming' then
+    local upgraded, next_cursor = upgrade_upcoming(base, args[1], check_limit(args[2]))
+    return { 'upgraded', upgraded, 'next', next_cursor }
+  elseif args[3] and args[3] ~= '' then
+    fail('BAD_REQUEST', "ARGV[3] must be 'upcoming' or left out, got " .. show(args[3]))
+  end
   local names, next_meeting = running_page(keys[1], args[1], args[2])
   local upgraded = 0
   for _, name in ipairs(names) do

@@ -3,7 +3,9 @@
 //! Every domain rule runs inside Redis as one call of a Lua function (the
 //! Functions library in `lua/`), so each operation is atomic and `redis-cli`
 //! can call it too. The daemon serves local clients on a Unix socket with a
-//! line protocol, and ticks a scheduler that opens and closes instances.
+//! line protocol, and ticks a scheduler that opens and closes the instances
+//! no request touched (an instance runs exactly while its window holds the
+//! clock: a request that meets a start or an end applies it itself).
 //!
 //! # Layout
 //!

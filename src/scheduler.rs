@@ -1,5 +1,11 @@
 //! The scheduler: instances open and close on their own.
 //!
+//! An instance's state is a function of the clock: reads report it, and a
+//! request on a meeting applies what is due for it first (see
+//! `lua/include/instances.lua`). The scheduler applies the same transitions
+//! to the instances no request touched, and does the bookkeeping (drains
+//! of big instances, missed windows); what a request applied it finds done.
+//!
 //! A tokio-cron-scheduler job fires on the configured cron expression
 //! (every minute at second 0, UTC, by default); the daemon ticks once at
 //! start-up; the `TICK` command ticks on demand. All three go through

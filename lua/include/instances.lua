@@ -18,7 +18,39 @@ time is its id's ms. Where the last id is kept:
     floor: the start of the window). JOIN, LEAVE and POST read all they
     need in one HMGET and write back only this field;
   * otherwise in the schedule's <O>#id, "<ms>-<seq>" in the same form.
+
+The clock decides (issue 24): an instance runs exactly while
+from <= now < to, and where windows overlap the highest order whose window
+holds now wins (starting it ends the other, timeouts at now). The stored
+state lags behind the clock between ticks, so:
+  * a write (JOIN, LEAVE, POST, END) first applies what is due for its
+    meeting (`settle`): the live instance past its `to` ends (timeouts
+    stamped at `to`, at most SETTLE_BUDGET of them; the tick drains the
+    rest), scheduled windows that passed unstarted end as missed, and the
+    scheduled instance that wins the overlap rule starts. The tick applies
+    the same function to the meetings nobody touches;
+  * a read (no-writes) cannot write: it asks `pending` what the clock says
+    and reports that (an instance past `to` is ended and has nobody in it,
+    one whose window opened and that wins is active, with nobody yet).
+To find a meeting's opened windows cheaply, `upcoming:<M>` (a sorted set,
+order -> from) holds exactly the meeting's scheduled instances. To keep the
+hot path at one read, the meeting hash's `preempt` field says from when a
+scheduled instance of a higher order than the live one may open (the
+earliest such `from`, or earlier: a call at or after it only looks again);
+it is absent when none is known, and means nothing without `live`. A
+JOIN, LEAVE or POST whose `live` names an instance inside its window,
+with no `preempt` at or before now, does what it did before: nothing more.
 ]]
+
+-- Most timeouts a JOIN, LEAVE or POST stamps when it ends an instance that
+-- is over; the tick drains the rest (the instance stays due).
+local SETTLE_BUDGET = 100
+-- The first entries of a meeting's `upcoming` index read at once: the
+-- opened windows come first (by `from`), then the next ones, which say
+-- when the winner may be pre-empted.
+local UPCOMING_LOOK = 16
+-- Most opened windows of one meeting looked at in one call.
+local OPENED_MAX = 1000
 
 -- The schedule's field naming the instance that ended last: where a POST
 -- retried by meeting alone (no order) finds its key once nothing runs.
@@ -57,18 +89,6 @@ local function not_running(key, base, meeting, order)
     fail('NOT_FOUND', 'instance ' .. instance_name(meeting, order) .. ' does not exist')
   end
   fail('INACTIVE', 'instance ' .. instance_name(meeting, order) .. ' is not active')
-end
-
---[[ The running instance a JOIN, LEAVE or POST names (`order`, or '' for
-whichever runs), from its meeting's `live` field, at `now`: its order, end
-and last id. A window that is over at `now` is not running, even before
-the tick that ends it. ]]
-local function running(key, base, meeting, order, live, now)
-  local o, to, ms, seq = parse_live(live)
-  if o and (order == '' or order == o) and later(to, now) then
-    return o, to, ms, seq
-  end
-  not_running(key, base, meeting, order)
 end
 
 --[[ An instance, for the paths that are not hot: its keys, and its window
@@ -204,16 +224,40 @@ local function remove_members(key, members)
   return removed
 end
 
--- Start running: state active, in the partition's active index, due at its
--- end; its id sequence moves into the meeting's live field.
-local function activate(inst, due_index, active_index)
-  local ms, seq = last_id(inst)
+--[[ Start running: state active, out of its meeting's upcoming index, in
+the partition's active index, due at its end; its id sequence moves into
+the meeting's live field (a scheduled instance never handed out an id: its
+sequence starts at its `from`), with `preempt` when one is known (see
+next_preempt). Returns the live field. ]]
+local function activate(inst, due_index, active_index, preempt)
+  local live = format_live(inst.order, inst.to, inst.from, '')
   inst.state = 'active'
   write_instance(inst)
-  redis.call('HDEL', inst.schedule, inst.order .. '#id')
-  redis.call('HSET', inst.key, 'live', format_live(inst.order, inst.to, ms, seq))
+  redis.call('ZREM', inst.base .. 'upcoming:' .. inst.meeting, inst.order)
+  if preempt then
+    redis.call('HSET', inst.key, 'live', live, 'preempt', preempt)
+  else
+    redis.call('HSET', inst.key, 'live', live)
+  end
   redis.call('ZADD', active_index, inst.meeting, inst.name)
   redis.call('ZADD', due_index, inst.to, inst.name)
+  return live
+end
+
+-- The time of the last event in a log (a timeout's is its `at`, any
+-- other's its id's ms), or nil when the log is empty.
+local function last_event_time(events)
+  local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)[1]
+  if not last then
+    return nil
+  end
+  local fields = last[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'at' then
+      return fields[i + 1]
+    end
+  end
+  return string.match(last[1], '^(%d+)')
 end
 
 -- When an ended instance ended (its timeouts' `at`).
@@ -230,17 +274,19 @@ local function outbox_ended(inst)
 end
 
 --[[ End participation: up to `budget` participants leave with a timeout
-event stamped `at` (never before the event it follows), in join order.
-Returns the users timed out and how many are still in. ]]
+event stamped `at` (never before the log's last event: a later share of a
+drain is stamped as the first was), in join order. Returns the users timed
+out and how many are still in. ]]
 local function time_out(inst, at, now, budget, retention)
   local users = {}
   if budget > 0 then
     users = redis.call('ZRANGE', inst.present, 0, budget - 1)
   end
   if #users > 0 then
-    local ids, before = take_ids(inst, now, #users)
-    if later(before, at) then
-      at = before
+    local ids = take_ids(inst, now, #users)
+    local floor = last_event_time(inst.events)
+    if floor and later(floor, at) then
+      at = floor
     end
     for i, user in ipairs(users) do
       redis.call('XADD', inst.events, ids[i], 'u', user, 't', '3', 'at', at, 'end', inst.to)
@@ -279,4 +325,314 @@ local function end_instance(inst, at, now, budget, retention, due_index, active_
     redis.call('ZREM', due_index, inst.name)
   end
   return users, remaining
+end
+
+-- The clock's part: what is due for one meeting at `now`, read (pending)
+-- or applied (settle). See the header.
+
+-- A window that passed while its instance was scheduled: ended, with no
+-- events (`#end` its scheduled end), out of the indexes.
+local function miss(inst, due_index)
+  inst.state = 'ended'
+  write_instance(inst)
+  redis.call('HSET', inst.schedule, inst.order .. '#end', inst.to)
+  redis.call('ZREM', due_index, inst.name)
+  redis.call('ZREM', inst.base .. 'upcoming:' .. inst.meeting, inst.order)
+  outbox_ended(inst)
+end
+
+--[[ A scheduled instance in its meeting's upcoming index (at its `from`),
+and the meeting's `preempt` moved to that `from` when the instance would
+pre-empt the running one sooner. Returns 1 when the index did not hold it
+(0 when it did, at whatever time). ]]
+local function index_scheduled(inst)
+  local added = redis.call('ZADD', inst.base .. 'upcoming:' .. inst.meeting, inst.from, inst.order)
+  local f = redis.call('HMGET', inst.key, 'live', 'preempt')
+  local live_order = parse_live(f[1])
+  if live_order and tonumber(inst.order) > tonumber(live_order) and (not f[2] or later(f[2], inst.from)) then
+    redis.call('HSET', inst.key, 'preempt', inst.from)
+  end
+  return added
+end
+
+-- Whether the live field `live` (with `preempt`) shows an instance that
+-- runs at `now` with nothing due: the hot path's test, no reading.
+local function settled(live, preempt, now)
+  local o, to = parse_live(live)
+  return o ~= nil and later(to, now) and (not preempt or later(preempt, now))
+end
+
+--[[ The `preempt` of the instance of order `order` once it runs, from the
+first entries of its meeting's upcoming index (`look`, flat member/score
+pairs, by `from`; `cut`: there are more): the earliest `from` of a higher
+order; when none is among them and more exist, the last `from` read (a
+call then looks again); false when there is none. ]]
+local function next_preempt(look, order, cut)
+  local n = tonumber(order)
+  for i = 1, #look, 2 do
+    if tonumber(look[i]) > n then
+      return look[i + 1]
+    end
+  end
+  if cut and #look > 0 then
+    return look[#look]
+  end
+  return false
+end
+
+--[[ What the clock says of meeting `meeting` at `now` beyond what is
+stored, read only: nil when nothing is due (`settled`), else a plan:
+  live, live_to  the live instance's order and end (nil when none)
+  ends           whether it is over by now: its `to` passed, or a window
+                 of a higher order opened (pre-emption)
+  start          the scheduled instance that wins the overlap rule (an
+                 instance), or nil
+  losers         opened scheduled instances that do not win
+  missed         scheduled instances whose window passed unstarted
+  stale          orders in the upcoming index that are not scheduled
+  look, cut      the index's first entries (see next_preempt)
+`known` (optional): scheduled instances already loaded (the tick's due
+ones), considered even when the index lacks them. At most OPENED_MAX
+opened windows are looked at. ]]
+local function pending(base, meeting, live, preempt, now, known)
+  if settled(live, preempt, now) and not known then
+    return nil
+  end
+  local o, to = parse_live(live)
+  local plan = {
+    live = o, live_to = to, ends = o ~= nil and not later(to, now),
+    losers = {}, missed = {}, stale = {},
+  }
+  local upcoming = base .. 'upcoming:' .. meeting
+  local look = redis.call('ZRANGE', upcoming, 0, UPCOMING_LOOK - 1, 'WITHSCORES')
+  plan.cut = #look == 2 * UPCOMING_LOOK
+  local opened, by_order = {}, {}
+  for i = 1, #look, 2 do
+    if later(look[i + 1], now) then
+      break
+    end
+    opened[#opened + 1] = look[i]
+  end
+  if plan.cut and #opened == UPCOMING_LOOK then
+    -- more opened windows than the first look: the rest, bounded
+    local rest = redis.call('ZRANGE', upcoming, '-inf', now, 'BYSCORE', 'LIMIT', UPCOMING_LOOK,
+      OPENED_MAX - UPCOMING_LOOK)
+    for _, order in ipairs(rest) do
+      opened[#opened + 1] = order
+    end
+  end
+  local candidates = {}
+  for _, inst in ipairs(known or {}) do
+    by_order[inst.order] = inst
+  end
+  local unknown = {}
+  for _, order in ipairs(opened) do
+    if not by_order[order] then
+      unknown[#unknown + 1] = order
+    end
+  end
+  if #unknown > 0 then
+    local packed = redis.call('HMGET', base .. 'schedule:' .. meeting, unpack(unknown))
+    for i, order in ipairs(unknown) do
+      if packed[i] then
+        by_order[order] = new_instance(base, meeting, order, packed[i])
+      else
+        plan.stale[#plan.stale + 1] = order
+      end
+    end
+  end
+  for _, inst in pairs(by_order) do
+    if inst.state ~= 'scheduled' then
+      plan.stale[#plan.stale + 1] = inst.order
+    elseif later(inst.to, now) then
+      candidates[#candidates + 1] = inst
+    else
+      plan.missed[#plan.missed + 1] = inst
+    end
+  end
+  local best
+  for _, inst in ipairs(candidates) do
+    if not best or tonumber(inst.order) > tonumber(best.order) then
+      best = inst
+    end
+  end
+  if best and (not o or plan.ends or tonumber(best.order) > tonumber(o)) then
+    plan.start = best
+    plan.ends = o ~= nil
+  end
+  for _, inst in ipairs(candidates) do
+    if inst ~= plan.start then
+      plan.losers[#plan.losers + 1] = inst
+    end
+  end
+  plan.look = look
+  return plan
+end
+
+--[[ Apply what is due for a meeting at `now` (see pending): the same
+transitions, in the same order, for a call that meets them and for the
+tick. The live instance that is over ends (timeouts stamped at `to`, or at
+now when pre-empted; at most `budget`); missed windows end without events;
+the winner starts, and the losers are due again when it ends (or at their
+own end, if sooner). Returns the live field as it now is (false: none) and
+what was done: {activated = {names}, ended = {names}, missed = {names},
+timeouts = <n>, users = {the users timed out}}. ]]
+local function settle(base, meeting, live, preempt, now, budget, retention, known)
+  local done = { activated = {}, ended = {}, missed = {}, timeouts = 0, users = {} }
+  local plan = pending(base, meeting, live, preempt, now, known)
+  if not plan then
+    return live, done
+  end
+  local key = base .. 'meeting:' .. meeting
+  local due_index, active_index = base .. 'due', base .. 'active'
+  if #plan.stale > 0 then
+    redis.call('ZREM', base .. 'upcoming:' .. meeting, unpack(plan.stale))
+  end
+  for _, inst in ipairs(plan.missed) do
+    miss(inst, due_index)
+    done.missed[#done.missed + 1] = inst.name
+  end
+  local winner_to = plan.live_to
+  if plan.ends then
+    winner_to = nil
+    local current = load_instance(base, meeting, plan.live)
+    if current and current.state == 'active' then
+      local at = now
+      if later(at, current.to) then
+        at = current.to
+      end
+      local users = end_instance(current, at, now, budget, retention, due_index, active_index)
+      done.timeouts, done.users = #users, users
+      done.ended[1] = current.name
+    end
+    live = false
+  end
+  -- what runs now, and the index as it now is: its preempt
+  local gone = {}
+  for _, order in ipairs(plan.stale) do
+    gone[order] = true
+  end
+  for _, inst in ipairs(plan.missed) do
+    gone[inst.order] = true
+  end
+  if plan.start then
+    gone[plan.start.order] = true
+  end
+  local look = {}
+  for i = 1, #plan.look, 2 do
+    if not gone[plan.look[i]] then
+      look[#look + 1] = plan.look[i]
+      look[#look + 1] = plan.look[i + 1]
+    end
+  end
+  local runs = plan.start and plan.start.order or (live and plan.live)
+  local again = runs and next_preempt(look, runs, plan.cut)
+  if plan.start then
+    live = activate(plan.start, due_index, active_index, again)
+    done.activated[1] = plan.start.name
+    winner_to = plan.start.to
+  elseif again and again ~= preempt then
+    redis.call('HSET', key, 'preempt', again)
+  end
+  if preempt and not again then
+    redis.call('HDEL', key, 'preempt')
+  end
+  for _, inst in ipairs(plan.losers) do
+    local again = inst.to
+    if winner_to and later(again, winner_to) then
+      again = winner_to
+    end
+    redis.call('ZADD', due_index, again, inst.name)
+  end
+  return live, done
+end
+
+--[[ The running instance a JOIN, LEAVE or POST names (`order`, or '' for
+whichever runs) at `now`, from its meeting's `live` and `preempt` fields,
+once what is due for the meeting is applied (settle; at most SETTLE_BUDGET
+timeouts): its order, end and last id; refused when it is not running.
+The hot path (the live instance inside its window, no preempt due) parses
+the live field once and reads nothing more. ]]
+local function running_now(key, base, meeting, order, live, preempt, now, retention)
+  local o, to, ms, seq = parse_live(live)
+  if not (o and later(to, now) and (not preempt or later(preempt, now))) then
+    live = settle(base, meeting, live, preempt, now, SETTLE_BUDGET, retention)
+    o, to, ms, seq = parse_live(live)
+  end
+  if o and (order == '' or order == o) and later(to, now) then
+    return o, to, ms, seq
+  end
+  not_running(key, base, meeting, order)
+end
+
+--[[ Which instance of a meeting runs at `now` by the clock, read only, from
+its `live` and `preempt` fields: its order (nil when none), whether it has
+not started in the store yet (nobody can be in it), and then the instance. ]]
+local function running_by_clock(base, meeting, live, preempt, now)
+  local plan = pending(base, meeting, live, preempt, now)
+  if not plan then
+    return (parse_live(live)), false
+  end
+  if plan.start then
+    return plan.start.order, true, plan.start
+  end
+  if plan.ends then
+    return nil, false
+  end
+  return plan.live, false
+end
+
+--[[ The meetings of a partition that may have an instance running at `now`
+by the clock, in meeting order, after meeting `after` (inclusive with
+`inclusive`): those of the active index, and those with a transition due
+by now (windows opened before a tick; at most PAGE_MAX of the due index
+are looked at). At most `limit`, and whether there may be more. ]]
+local function clock_meetings(base, after, inclusive, limit, now)
+  local min = '-inf'
+  if after then
+    min = after
+    if not inclusive then
+      min = '(' .. after
+    end
+  end
+  local names = redis.call('ZRANGE', base .. 'active', min, '+inf', 'BYSCORE', 'LIMIT', 0, limit + 1)
+  local due = redis.call('ZRANGE', base .. 'due', '-inf', now, 'BYSCORE', 'LIMIT', 0, PAGE_MAX)
+  local seen, list = {}, {}
+  local floor = after and tonumber(after)
+  local function add(name)
+    local m = string.match(name, '^(%d+)/')
+    if m and not seen[m] then
+      local n = tonumber(m)
+      if not floor or n > floor or (inclusive and n == floor) then
+        seen[m] = true
+        list[#list + 1] = m
+      end
+    end
+  end
+  for _, name in ipairs(names) do
+    add(name)
+  end
+  for _, name in ipairs(due) do
+    add(name)
+  end
+  table.sort(list, function(a, b) return tonumber(a) < tonumber(b) end)
+  local more = #list > limit
+  for i = #list, limit + 1, -1 do
+    list[i] = nil
+  end
+  return list, more
+end
+
+-- The instance a read names by the clock: `order`, or ('') the one running
+-- at `now`; refused when there is none (see find_instance).
+local function find_by_clock(base, meeting, order, now)
+  if order == '' or order == nil then
+    local key = base .. 'meeting:' .. meeting
+    local f = redis.call('HMGET', key, 'live', 'preempt')
+    order = running_by_clock(base, meeting, f[1], f[2], now)
+    if not order then
+      not_running(key, base, meeting, '')
+    end
+  end
+  return find_instance(base, meeting, order)
 end

@@ -16,9 +16,13 @@ PARTITIONS is set by the line the daemon writes ahead of the library.
 
 Under a partition's tag "meetingd:{p<P>}:" (`base` below):
   meeting:<M>          hash: title, description, public; and `live` while
-                       an instance runs (see instances.lua)
+                       an instance runs, with `preempt` when a scheduled
+                       instance of a higher order may open (see
+                       instances.lua)
   audience:<M>         sorted set of lower-cased e-mails
   orders:<M>           sorted set of order ids
+  upcoming:<M>         sorted set: order -> from, the scheduled instances
+                       (see instances.lua)
   schedule:<M>         hash: <O> "from|to|state", <O>#id the last id handed
                        out (while not running), <O>#end when it ended
   present:<M>/<O>      sorted set: user -> join time

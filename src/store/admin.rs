@@ -91,7 +91,8 @@ impl Store {
     /// A meeting with its audience and instances.
     pub async fn meeting_get(&self, meeting: Id) -> Result<MeetingDetail, StoreError> {
         const F: &str = "meet_meeting_get";
-        let call = Store::record_call(F, &self.keys.meeting(meeting), &[], false);
+        let now = self.now().to_string();
+        let call = Store::record_call(F, &self.keys.meeting(meeting), &[&now], false);
         let mut f = self.run(call).await?;
         let audience = strings(F, f.array("audience")?)?;
         let audience_total = f.count("audience_total")?;
@@ -226,7 +227,7 @@ impl Store {
     }
 
     /// Which instance an `M` or `M/O` names: `M` is the meeting's running
-    /// instance (`inactive` when it has none).
+    /// instance by the store's clock (`inactive` when it has none).
     pub async fn resolve(&self, target: InstanceRef) -> Result<InstanceId, StoreError> {
         match target {
             InstanceRef::Exact(instance) => Ok(instance),
@@ -234,7 +235,7 @@ impl Store {
                 let call = Call::new(
                     "meet_current",
                     &self.keys.meeting(meeting),
-                    &[],
+                    &[&self.now().to_string()],
                     false,
                     move |value| Ok(InstanceId::new(meeting, reply::id("meet_current", value)?)),
                 );

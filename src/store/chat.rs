@@ -74,6 +74,7 @@ impl Store {
             limit.clamp(1, PAGE).to_string(),
             budget.map(|b| b.to_string()).unwrap_or_default(),
             "packed".to_string(),
+            self.now().to_string(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Call::new(
@@ -120,6 +121,7 @@ impl Store {
             after.unwrap_or_default().to_string(),
             limit.clamp(1, PAGE).to_string(),
             budget.map(|b| b.to_string()).unwrap_or_default(),
+            self.now().to_string(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Call::new(

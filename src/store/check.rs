@@ -6,7 +6,10 @@
 //! Redis is never held long. It verifies, for every instance, that its
 //! participants are exactly the users whose last event is a join, that no
 //! user has two joins or two leaves in a row, that the active and due
-//! indexes and its meeting's `live` field agree with its state; that the
+//! indexes and its meeting's `live` field agree with its state; that a
+//! meeting's upcoming index holds exactly its scheduled instances at their
+//! `from`, and that its `preempt` is no later than the first `from` of a
+//! scheduled instance that would pre-empt the running one; that the
 //! listings' indexes name every meeting and user and nothing else; that every
 //! key is under the tag of its partition (meeting mod P); and that no key
 //! belongs to nothing.
@@ -34,6 +37,8 @@ enum Kind {
     Audience(u64),
     Orders(u64),
     Schedule(u64),
+    /// A meeting's scheduled instances by `from`.
+    Upcoming(u64),
     Present(InstanceId),
     Events(InstanceId),
     Chat(InstanceId),
@@ -81,6 +86,7 @@ fn kind(key: &str) -> Kind {
         (["audience", m], _) => id(m).map_or(Kind::Unknown, Kind::Audience),
         (["orders", m], _) => id(m).map_or(Kind::Unknown, Kind::Orders),
         (["schedule", m], _) => id(m).map_or(Kind::Unknown, Kind::Schedule),
+        (["upcoming", m], _) => id(m).map_or(Kind::Unknown, Kind::Upcoming),
         (["present", i], _) => instance(i).map_or(Kind::Unknown, Kind::Present),
         (["events", i], _) => instance(i).map_or(Kind::Unknown, Kind::Events),
         (["chat", i], _) => instance(i).map_or(Kind::Unknown, Kind::Chat),
@@ -98,7 +104,11 @@ impl Kind {
     /// meeting's keys.
     fn meeting(&self) -> Option<u64> {
         match self {
-            Kind::Meeting(m) | Kind::Audience(m) | Kind::Orders(m) | Kind::Schedule(m) => Some(*m),
+            Kind::Meeting(m)
+            | Kind::Audience(m)
+            | Kind::Orders(m)
+            | Kind::Schedule(m)
+            | Kind::Upcoming(m) => Some(*m),
             Kind::Present(i)
             | Kind::Events(i)
             | Kind::Chat(i)
@@ -494,6 +504,7 @@ impl Store {
                 (Some(_), _) => {}
             }
         }
+        problems.extend(self.check_upcoming(&kinds, &instances).await?);
         let mut active_per_meeting: BTreeMap<u64, u32> = BTreeMap::new();
         for (i, entry) in &instances {
             let present: Vec<(String, f64)> = self.zset(&self.keys.present(*i)).await?;
@@ -572,7 +583,7 @@ impl Store {
         // orphans
         for k in &kinds {
             let orphan = match k {
-                Kind::Audience(m) | Kind::Orders(m) => {
+                Kind::Audience(m) | Kind::Orders(m) | Kind::Upcoming(m) => {
                     (!kinds.contains(&Kind::Meeting(*m))).then(|| format!("meeting {m}"))
                 }
                 Kind::Present(i) | Kind::Events(i) | Kind::Chat(i) | Kind::Posted(i) => {
@@ -605,6 +616,91 @@ impl Store {
             };
         }
         self.check_indexes(&meetings, &users).await
+    }
+
+    /// Each meeting's upcoming index against its schedule (exactly its
+    /// scheduled instances, each at its `from`), and its `preempt`: with a
+    /// running instance, no later than the first `from` of a scheduled
+    /// instance of a higher order (else a JOIN would miss the window that
+    /// pre-empts it until the tick).
+    async fn check_upcoming(
+        &self,
+        kinds: &BTreeSet<Kind>,
+        instances: &BTreeMap<InstanceId, Entry>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut problems = Vec::new();
+        for k in kinds {
+            let Kind::Meeting(m) = k else { continue };
+            let indexed: BTreeMap<u64, f64> = self
+                .zset(&self.keys.upcoming(*m))
+                .await?
+                .into_iter()
+                .filter_map(|(o, score)| o.parse().ok().map(|o| (o, score)))
+                .collect();
+            let scheduled: BTreeMap<u64, &Entry> = instances
+                .range(InstanceId::new(*m, 0)..=InstanceId::new(*m, u64::MAX))
+                .filter(|(_, e)| e.state == InstanceState::Scheduled)
+                .map(|(i, e)| (i.order, e))
+                .collect();
+            for (order, entry) in &scheduled {
+                match indexed.get(order) {
+                    None => problems.push(format!(
+                        "instance {m}/{order}: scheduled but not in its meeting's upcoming index (data of 0.2 not upgraded: a daemon upgrades it at start-up)"
+                    )),
+                    Some(score) if *score != entry.from as f64 => problems.push(format!(
+                        "instance {m}/{order}: in its meeting's upcoming index at {score}, not at its from {}",
+                        entry.from
+                    )),
+                    Some(_) => {}
+                }
+            }
+            for order in indexed.keys().filter(|o| !scheduled.contains_key(o)) {
+                problems.push(format!(
+                    "instance {m}/{order}: in its meeting's upcoming index but not scheduled"
+                ));
+            }
+            let fields = self
+                .raw(
+                    redis::cmd("HMGET")
+                        .arg(self.keys.meeting(*m))
+                        .arg("live")
+                        .arg("preempt"),
+                )
+                .await?;
+            let mut fields = reply::array("HMGET", fields)?.into_iter();
+            let mut text = || match fields.next() {
+                None | Some(Value::Nil) => Ok(None),
+                Some(v) => reply::text("HMGET", v).map(Some),
+            };
+            let (live, preempt) = (text()?, text()?);
+            let Some(running) = live
+                .as_deref()
+                .and_then(|l| l.split('|').next())
+                .and_then(|o| o.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let due = scheduled
+                .iter()
+                .filter(|(order, _)| **order > running)
+                .map(|(order, e)| (e.from, *order))
+                .min();
+            let preempt_at = preempt.as_deref().map(|p| p.parse::<i64>());
+            match (due, preempt_at) {
+                (_, Some(Err(_))) => problems.push(format!(
+                    "meeting {m}: a preempt field {:?} that is no time",
+                    preempt.unwrap_or_default()
+                )),
+                (Some((from, order)), None) => problems.push(format!(
+                    "meeting {m}: no preempt, though instance {m}/{order} of a higher order than the running {m}/{running} opens at {from}"
+                )),
+                (Some((from, order)), Some(Ok(at))) if at > from => problems.push(format!(
+                    "meeting {m}: preempt {at} is later than {from}, when instance {m}/{order} opens and pre-empts {m}/{running}"
+                )),
+                _ => {}
+            }
+        }
+        Ok(problems)
     }
 }
 

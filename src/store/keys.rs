@@ -133,6 +133,12 @@ impl Keys {
         format!("{}:schedule:{meeting}", self.tag(meeting))
     }
 
+    /// The meeting's scheduled instances: order -> from (a sorted set), so
+    /// a call finds the windows that opened since the last tick.
+    pub fn upcoming(&self, meeting: Id) -> String {
+        format!("{}:upcoming:{meeting}", self.tag(meeting))
+    }
+
     /// The instance's participants: user -> join time.
     pub fn present(&self, instance: InstanceId) -> String {
         format!("{}:present:{instance}", self.tag(instance.meeting))

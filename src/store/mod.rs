@@ -208,6 +208,9 @@ impl StoreOptions {
     }
 }
 
+/// How a call's reply, or why there is none, becomes its result.
+type Decode<T> = Box<dyn FnOnce(Result<Value, StoreError>) -> Result<T, StoreError> + Send>;
+
 /// One call of a library function, ready to send, and how its reply
 /// becomes a `T`. Made by the store's `*_call` methods; sent by
 /// [`Store::run`] alone or by [`Store::run_all`] with others.
@@ -219,9 +222,6 @@ pub struct Call<T> {
     /// connection), into the result.
     decode: Decode<T>,
 }
-
-/// How a call's reply, or why there is none, becomes its result.
-type Decode<T> = Box<dyn FnOnce(Result<Value, StoreError>) -> Result<T, StoreError> + Send>;
 
 impl<T: 'static> Call<T> {
     fn new(
@@ -388,7 +388,8 @@ impl Store {
     }
 
     /// Bring data of an older layout to this one, partition by partition
-    /// (`meet_upgrade`: a page of running instances per call).
+    /// (`meet_upgrade`: a page of running instances per call, then a page
+    /// of the due index per call for the upcoming indexes).
     async fn upgrade(&self) -> Result<(), StoreError> {
         let mut upgraded = 0;
         for partition in 0..self.keys.partitions() {
@@ -413,6 +414,33 @@ impl Store {
             tracing::info!(
                 upgraded,
                 "running instances brought to this version's layout"
+            );
+        }
+        // then every scheduled instance into its meeting's upcoming index
+        // (data of 0.2), a page of the due index per call
+        let mut indexed = 0;
+        for partition in 0..self.keys.partitions() {
+            let mut after = String::new();
+            loop {
+                let call = Call::new(
+                    "meet_upgrade",
+                    &Keys::active(partition),
+                    &[&after, "1000", "upcoming"],
+                    true,
+                    |value| Fields::new("meet_upgrade", value),
+                );
+                let mut f = self.run(call).await?;
+                indexed += f.count("upgraded")?;
+                match f.optional("next")? {
+                    Some(next) => after = reply::text("meet_upgrade", next)?,
+                    None => break,
+                }
+            }
+        }
+        if indexed > 0 {
+            tracing::info!(
+                indexed,
+                "scheduled instances entered in their meetings' upcoming index"
             );
         }
         Ok(())

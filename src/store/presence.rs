@@ -136,6 +136,7 @@ impl Store {
             after.map(|u| u.to_string()).unwrap_or_default(),
             limit.clamp(1, PAGE).to_string(),
             "packed".to_string(),
+            self.now().to_string(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Call::new(
@@ -174,6 +175,8 @@ impl Store {
         let mut pending: Vec<(u64, String)> = (0..self.keys.partitions())
             .map(|p| (p, String::new()))
             .collect();
+        // one instant for every partition and page: one answer by the clock
+        let now = self.now().to_string();
         while !pending.is_empty() {
             let calls = pending
                 .iter()
@@ -181,7 +184,7 @@ impl Store {
                     Store::record_call(
                         "meet_active",
                         &Keys::active(*p),
-                        &[after, ACTIVE_PAGE],
+                        &[after, ACTIVE_PAGE, &now],
                         false,
                     )
                 })
@@ -211,6 +214,7 @@ impl Store {
             .map(|p| (p, Default::default()))
             .collect();
         let budget = PAGE.to_string();
+        let now = self.now().to_string();
         while !pending.is_empty() {
             let calls = pending
                 .iter()
@@ -218,7 +222,7 @@ impl Store {
                     Store::record_call(
                         "meet_attendance",
                         &Keys::active(*p),
-                        &[meeting, user, at, &budget, "packed"],
+                        &[meeting, user, at, &budget, "packed", &now],
                         false,
                     )
                 })

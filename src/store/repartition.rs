@@ -318,7 +318,9 @@ impl Store {
                     return false;
                 };
                 match kind {
-                    "meeting" | "audience" | "orders" | "schedule" => tail == meeting.to_string(),
+                    "meeting" | "audience" | "orders" | "schedule" | "upcoming" => {
+                        tail == meeting.to_string()
+                    }
                     "present" | "events" | "chat" | "posted" => tail
                         .split_once('/')
                         .is_some_and(|(m, _)| m == meeting.to_string()),

@@ -573,9 +573,9 @@ async fn spread_of_10000_meetings_over_3_masters() {
     let total = sizes.iter().sum::<u64>();
     assert_eq!(
         total,
-        10_000 * 3 + 2 * meetingd::store::DEFAULT_PARTITIONS + 1,
-        "meeting, orders, schedule per meeting, a due and a meeting index per partition and \
-         the layout"
+        10_000 * 4 + 2 * meetingd::store::DEFAULT_PARTITIONS + 1,
+        "meeting, orders, schedule, upcoming per meeting, a due and a meeting index per \
+         partition and the layout"
     );
     let busiest = sizes.iter().copied().max().unwrap_or(0);
     assert!(

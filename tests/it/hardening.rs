@@ -261,7 +261,7 @@ async fn a_tick_that_fails_in_an_outage_is_tried_again_until_it_works() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while state_or_none(&store, instance).await != Some(InstanceState::Active) {
+    while stored_or_none(&redis, &store, instance).await != Some(InstanceState::Active) {
         assert!(Instant::now() < deadline, "the window never opened");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -269,11 +269,23 @@ async fn a_tick_that_fails_in_an_outage_is_tried_again_until_it_works() {
     assert!(stats.last_good_tick().is_some());
 }
 
-async fn state_or_none(
+async fn stored_or_none(
+    redis: &Redis,
     store: &meetingd::store::Store,
     instance: InstanceId,
 ) -> Option<InstanceState> {
-    store.instance(instance).await.ok().map(|i| i.state)
+    // the stored state, what the tick applied (reads answer by the clock,
+    // which says active as soon as the window opens), or None while Redis
+    // does not answer
+    let client = redis::Client::open(redis.url()).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let packed: String = redis::cmd("HGET")
+        .arg(store.keys().schedule(instance.meeting))
+        .arg(instance.order)
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    packed.rsplit('|').next()?.parse().ok()
 }
 
 /// An end moved before now ends the instance now: the timeout is stamped

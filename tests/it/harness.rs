@@ -651,6 +651,29 @@ pub async fn state(
     store.instance(instance).await.expect("instance").state
 }
 
+/// An instance's state as stored (its schedule entry), whatever the clock
+/// says: what a tick or a call has applied. Reads report the clock's view
+/// (see [`state`]); a test of the tick itself looks here.
+#[allow(dead_code)]
+pub async fn stored_state(
+    redis: &Redis,
+    store: &Store,
+    instance: meetingd::store::InstanceId,
+) -> meetingd::store::InstanceState {
+    let mut conn = redis.conn().await;
+    let packed: String = redis::cmd("HGET")
+        .arg(store.keys().schedule(instance.meeting))
+        .arg(instance.order)
+        .query_async(&mut conn)
+        .await
+        .expect("schedule entry");
+    packed
+        .rsplit('|')
+        .next()
+        .and_then(|state| state.parse().ok())
+        .expect("a state")
+}
+
 /// Create users `ids`, named `u<id>`, e-mail `u<id>@example.com`.
 #[allow(dead_code)]
 pub async fn users(store: &Store, ids: impl IntoIterator<Item = u64>) {
@@ -1116,4 +1139,22 @@ pub fn all_pages(c: &mut Client, command: &str, list: &str) -> Vec<serde_json::V
             None => return all,
         }
     }
+}
+
+/// Commands Redis ran, by name, from `INFO commandstats`.
+#[allow(dead_code)]
+pub async fn commandstats(redis: &Redis) -> std::collections::BTreeMap<String, u64> {
+    let mut conn = redis.conn().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            Some((name.to_string(), calls.parse().ok()?))
+        })
+        .collect()
 }

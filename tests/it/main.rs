@@ -4,6 +4,7 @@
 mod archive;
 mod calls;
 mod check;
+mod clock;
 mod cluster;
 mod connections;
 mod ctl;

@@ -16,7 +16,8 @@ use meetingd::store::{
 };
 
 use crate::harness::{
-    Daemon, MIN, Redis, back_to_back, one_instance_meetings, public_meeting, state, t0, text, users,
+    Daemon, MIN, Redis, back_to_back, one_instance_meetings, public_meeting, state, stored_state,
+    t0, text, users,
 };
 
 fn scheduler(store: &Store) -> (Arc<Scheduler>, Arc<Stats>) {
@@ -61,17 +62,17 @@ async fn the_cron_job_really_fires() {
     let (scheduler, stats) = scheduler(&store);
     let cron = scheduler.start("* * * * * *").await.expect("cron");
     wait_for("the first tick", async || {
-        state(&store, first).await == InstanceState::Active
+        stored_state(&redis, &store, first).await == InstanceState::Active
     })
     .await;
     assert_eq!(
-        state(&store, second).await,
+        stored_state(&redis, &store, second).await,
         InstanceState::Scheduled,
         "not due before the clock moves"
     );
     clock.set(t0() + MIN);
     wait_for("a tick after the clock moved", async || {
-        state(&store, second).await == InstanceState::Active
+        stored_state(&redis, &store, second).await == InstanceState::Active
     })
     .await;
     wait_for("the second tick's count", async || {
@@ -471,7 +472,7 @@ async fn a_silent_cron_job_is_recreated() {
         .expect("instance");
     clock.set(t0() + MIN);
     wait_for("ticks after the recovery", async || {
-        state(&store, instance).await == InstanceState::Active
+        stored_state(&redis, &store, instance).await == InstanceState::Active
     })
     .await;
     let snapshot = stats.snapshot();

@@ -8,7 +8,7 @@ use meetingd::store::{
 };
 
 use crate::harness::{
-    MIN, Redis, back_to_back, one_instance_meetings, public_meeting, state, t0, users,
+    MIN, Redis, back_to_back, commandstats, one_instance_meetings, public_meeting, state, t0, users,
 };
 
 async fn all_events(store: &Store, instance: InstanceId) -> Vec<Event> {
@@ -313,23 +313,6 @@ async fn a_big_instance_ends_over_several_bounded_steps() {
         .await
         .expect("participants");
     assert!(left.is_empty());
-}
-
-/// Commands Redis ran, by name, from `INFO commandstats`.
-async fn commandstats(redis: &Redis) -> BTreeMap<String, u64> {
-    let mut conn = redis.conn().await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .expect("INFO");
-    info.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
-            Some((name.to_string(), calls.parse().ok()?))
-        })
-        .collect()
 }
 
 /// Store `stored` instances of which the first 100 are due at t0; tick at

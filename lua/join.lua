@@ -18,8 +18,13 @@ ARGV[3]  the user's e-mail ('' for a public meeting)
 ARGV[4]  now (ms; optional, Redis TIME when left out or '')
 ARGV[5]  retention (ms; optional): the event log expires this long after
          the instance's scheduled end; 0 or left out: kept for ever
+ARGV[6]  key (optional): 1-64 bytes of A-Za-z0-9._:-. The join is made at
+         most once: the same user's key in the same instance writes
+         nothing again and answers the first join, marked "duplicate",
+         looked up before anything else is checked (as meet_post's)
 Returns: "<order> <id>": the instance joined and the join event's id,
-  whose first part is the join time (ms).
+  whose first part is the join time (ms); "<order> <id> duplicate" for a
+  repeated key.
 Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE,
   NOT_ALLOWED (private, e-mail not in the audience), ALREADY_JOINED.
 ]]
@@ -37,13 +42,26 @@ local function admit(audience, email, user, meeting)
 end
 
 local function join(keys, args)
-  check_arity(args, 3, 5, 'order, user, email[, now[, retention]]')
+  check_arity(args, 3, 6, 'order, user, email[, now[, retention[, key]]]')
   local key = keys[1]
   local base, meeting = meeting_key(key)
   local user = check_id(args[2], 'user')
   local now = clock(args[4])
   local retention = check_retention(args[5])
+  local join_key = check_post_key(args[6])
   local meeting_fields = redis.call('HMGET', key, 'public', 'live', 'preempt')
+  if join_key then
+    local asked = optional_id(args[1], 'order') or ''
+    local live, preempt = meeting_fields[2], meeting_fields[3]
+    if not settled(live, preempt, now) then
+      live = settle(base, meeting, live, preempt, now, SETTLE_BUDGET, retention)
+      meeting_fields[2], meeting_fields[3] = live, false
+    end
+    local found, first = keyed_before(base, meeting, asked, live, user .. '/join/' .. join_key)
+    if found then
+      return found .. ' ' .. first .. ' duplicate'
+    end
+  end
   local order, to, ms, seq = running_now(key, base, meeting, args[1], meeting_fields[2], meeting_fields[3],
     now, retention)
   if meeting_fields[1] ~= 'true' then
@@ -59,6 +77,9 @@ local function join(keys, args)
   local events = base .. 'events:' .. name
   local id = redis.call('XADD', events, ms .. '-' .. seq, 'u', user, 't', '1')
   keep_until(events, to, retention)
+  if join_key then
+    keep_key(base, name, user .. '/join/' .. join_key, id, to, retention)
+  end
   return order .. ' ' .. id
 end
 

@@ -29,26 +29,21 @@ Errors: BAD_REQUEST (also a key repeated with another text), NOT_FOUND
   (meeting or instance), INACTIVE, NOT_JOINED.
 ]]
 -- The first message a repeated key posted in the instance `order` names
--- ('' for the running one, or else the one that ended last), as its id;
--- nil when the key is new. The same key with another text is refused.
-local function posted_before(key, base, meeting, order, live, user, post_key, text)
-  if order == '' then
-    order = parse_live(live) or redis.call('HGET', base .. 'schedule:' .. meeting, LAST_ENDED)
-    if not order then
-      return nil
-    end
-  end
-  local name = instance_name(meeting, order)
-  local first = redis.call('HGET', base .. 'posted:' .. name, user .. ':' .. post_key)
-  if not first then
+-- ('' for the running one, or else the one that ended last), as the
+-- reply; nil when the key is new. The same key with another text is
+-- refused.
+local function posted_before(base, meeting, order, live, user, post_key, text)
+  local found, first = keyed_before(base, meeting, order, live, user .. ':' .. post_key)
+  if not found then
     return nil
   end
+  local name = instance_name(meeting, found)
   local stored = redis.call('XRANGE', base .. 'chat:' .. name, first, first)[1]
   if stored and stored[2][4] ~= text then
     fail('BAD_REQUEST', 'the key ' .. post_key .. ' of user ' .. user .. ' named message ' .. first
       .. ' in ' .. name .. ', with another text: a key names one message')
   end
-  return order .. ' ' .. first .. ' duplicate'
+  return found .. ' ' .. first .. ' duplicate'
 end
 
 local function post(keys, args)
@@ -69,7 +64,7 @@ local function post(keys, args)
     if not settled(live, preempt, now) then
       live, preempt = settle(base, meeting, live, preempt, now, SETTLE_BUDGET, retention), false
     end
-    local duplicate = posted_before(key, base, meeting, asked, live, user, post_key, text)
+    local duplicate = posted_before(base, meeting, asked, live, user, post_key, text)
     if duplicate then
       return duplicate
     end
@@ -89,9 +84,7 @@ local function post(keys, args)
   keep_until(chat, to, retention)
   keep_until(by, to, retention)
   if post_key then
-    local posted = base .. 'posted:' .. name
-    redis.call('HSET', posted, user .. ':' .. post_key, id)
-    keep_until(posted, to, retention)
+    keep_key(base, name, user .. ':' .. post_key, id, to, retention)
   end
   return order .. ' ' .. id
 end

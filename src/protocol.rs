@@ -106,10 +106,10 @@ pub enum Request {
     End(Mref),
     /// `TICK`
     Tick,
-    /// `JOIN <user> <mref>`
-    Join(u64, Mref),
-    /// `LEAVE <user> <mref>`
-    Leave(u64, Mref),
+    /// `JOIN <user> <mref> [ID <key>]`
+    Join(u64, Mref, Option<String>),
+    /// `LEAVE <user> <mref> [ID <key>]`
+    Leave(u64, Mref, Option<String>),
     /// `PARTICIPANTS <mref> [AFTER <user>] [LIMIT <n>]`
     Participants {
         /// Which instance.
@@ -267,13 +267,13 @@ pub const COMMANDS: &[CommandInfo] = &[
     },
     CommandInfo {
         name: "JOIN",
-        syntax: "JOIN <user> <mref>",
+        syntax: "JOIN <user> <mref> [ID <key>]",
         admin: false,
         summary: "a user joins an active instance",
     },
     CommandInfo {
         name: "LEAVE",
-        syntax: "LEAVE <user> <mref>",
+        syntax: "LEAVE <user> <mref> [ID <key>]",
         admin: false,
         summary: "a user leaves an instance",
     },
@@ -706,8 +706,17 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
         }
         "END" => Request::End(args.mref()?),
         "TICK" => Request::Tick,
-        "JOIN" => Request::Join(args.id("<user>")?, args.mref()?),
-        "LEAVE" => Request::Leave(args.id("<user>")?, args.mref()?),
+        "JOIN" | "LEAVE" => {
+            let user = args.id("<user>")?;
+            let mref = args.mref()?;
+            let mut options = args.options(&["ID"])?;
+            let key = options.take("ID").map(|v| args.post_key(v)).transpose()?;
+            if command == "JOIN" {
+                Request::Join(user, mref, key)
+            } else {
+                Request::Leave(user, mref, key)
+            }
+        }
         "PARTICIPANTS" => {
             let mref = args.mref()?;
             let mut options = args.options(&["AFTER", "LIMIT"])?;
@@ -1199,7 +1208,8 @@ mod tests {
                 Mref {
                     meeting: 42,
                     order: Some(3)
-                }
+                },
+                None
             ))
         );
         assert_eq!(

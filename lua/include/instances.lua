@@ -52,9 +52,11 @@ local UPCOMING_LOOK = 16
 -- Most opened windows of one meeting looked at in one call.
 local OPENED_MAX = 1000
 
--- The schedule's field naming the instance that ended last: where a POST
--- retried by meeting alone (no order) finds its key once nothing runs.
+-- The schedule's field naming the instance that ended last: where a POST,
+-- JOIN or LEAVE retried by meeting alone (no order) finds its key once
+-- nothing runs.
 local LAST_ENDED = 'last#ended'
+
 
 -- The parts of a `live` field: order, to, ms, seq (nil when there is none).
 local function parse_live(live)
@@ -213,6 +215,33 @@ local function keep_until(key, to, retention)
   if retention > 0 and not archiving(string.match(key, '^meetingd:{p%d+}:') or '') then
     redis.call('PEXPIREAT', key, tonumber(to) + retention)
   end
+end
+
+--[[ Keys of writes (POST, JOIN, LEAVE `ID <key>`): an instance's hash
+`posted:<M/O>` maps `<user>:<key>` (POST) or `<user>/join/<key>` and
+`<user>/leave/<key>` (a `/` is in no key and no id, so the three never
+meet) to the id the first write got. `keyed_before` finds it for the
+instance `order` names ('' for the running one, or else the one that ended
+last): the instance's order and that id, or nil when the key is new. ]]
+local function keyed_before(base, meeting, order, live, field)
+  if order == '' then
+    order = parse_live(live) or redis.call('HGET', base .. 'schedule:' .. meeting, LAST_ENDED)
+    if not order then
+      return nil
+    end
+  end
+  local first = redis.call('HGET', base .. 'posted:' .. instance_name(meeting, order), field)
+  if first then
+    return order, first
+  end
+  return nil
+end
+
+-- Remember a keyed write's id in its instance (see keyed_before).
+local function keep_key(base, name, field, id, to, retention)
+  local posted = base .. 'posted:' .. name
+  redis.call('HSET', posted, field, id)
+  keep_until(posted, to, retention)
 end
 
 -- ZREM of a list of any length, in chunks (unpack has a limit).

@@ -108,19 +108,26 @@ enum Command {
     },
     /// Apply every transition due now (admin).
     Tick,
-    /// A user joins an active instance.
+    /// A user joins an active instance. Like `post`, it goes with a key of
+    /// meetingctl's making, and is sent once more after `in_doubt`.
     Join {
         /// The user's id.
         user: String,
         /// M or M/O.
         mref: String,
+        /// The key to join with (default: one made up for this join).
+        #[arg(long)]
+        id: Option<String>,
     },
-    /// A user leaves an instance.
+    /// A user leaves an instance (with a key, as `join`).
     Leave {
         /// The user's id.
         user: String,
         /// M or M/O.
         mref: String,
+        /// The key to leave with (default: one made up for this leave).
+        #[arg(long)]
+        id: Option<String>,
     },
     /// Who is in an instance, in join order.
     Participants {
@@ -404,8 +411,14 @@ impl Command {
             }
             Command::End { mref } => words(&["END", mref]),
             Command::Tick => words(&["TICK"]),
-            Command::Join { user, mref } => words(&["JOIN", user, mref]),
-            Command::Leave { user, mref } => words(&["LEAVE", user, mref]),
+            Command::Join { user, mref, id } => {
+                let key = id.clone().unwrap_or_else(post_key);
+                words(&["JOIN", user, mref, "ID", &key])
+            }
+            Command::Leave { user, mref, id } => {
+                let key = id.clone().unwrap_or_else(post_key);
+                words(&["LEAVE", user, mref, "ID", &key])
+            }
             Command::Participants { mref, after, limit } => {
                 let mut t = words(&["PARTICIPANTS", mref]);
                 t.extend(options(&[("AFTER", after), ("LIMIT", limit)]));
@@ -644,8 +657,8 @@ fn main() -> ExitCode {
             },
         ),
         Command::Report { mref, csv: true } if !cli.json => report_csv(&cli, mref),
-        command @ Command::Post { .. } => {
-            // the key makes a second try safe: the daemon stores it once
+        command @ (Command::Post { .. } | Command::Join { .. } | Command::Leave { .. }) => {
+            // the key makes a second try safe: the daemon applies it once
             let tokens = command.tokens();
             let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
             request_again_in_doubt(&cli, request_line(&refs))
@@ -711,7 +724,7 @@ fn report_csv_text(result: &Value) -> String {
     out
 }
 
-/// A key for a POST: unique enough for one user in one instance
+/// A key for a POST, JOIN or LEAVE: unique enough for one user in one instance
 /// (meetingctl's pid and the time in nanoseconds).
 fn post_key() -> String {
     let nanos = std::time::SystemTime::now()

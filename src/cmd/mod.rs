@@ -365,8 +365,8 @@ pub fn plan(request: Request, peer: &Peer, ctx: &Context) -> Plan {
         }),
         Request::End(mref) => alone(ctx, |ctx| async move { schedule::end(&ctx, mref).await }),
         Request::Tick => alone(ctx, |ctx| async move { schedule::tick(&ctx).await }),
-        Request::Join(user, mref) => presence::join(ctx, user, mref),
-        Request::Leave(user, mref) => presence::leave(ctx, user, mref),
+        Request::Join(user, mref, key) => presence::join(ctx, user, mref, key),
+        Request::Leave(user, mref, key) => presence::leave(ctx, user, mref, key),
         Request::Participants { mref, after, limit } => {
             presence::participants(ctx, mref, after, limit)
         }

@@ -19,18 +19,27 @@ struct JoinedReply<'a> {
     user: u64,
     joined_at: Time,
     id: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
 }
 
 /// # Format
-/// `JOIN <user> <mref>` -> `{"meeting","order","user","joined_at","id"}`
-/// (`id`: the join event's). One call when the daemon knows the user
-/// already (see the store's user cache); the user is read first otherwise.
-pub fn join(ctx: &Context, user: u64, mref: Mref) -> Plan {
+/// `JOIN <user> <mref> [ID <key>]` ->
+/// `{"meeting","order","user","joined_at","id"}` (`id`: the join event's).
+/// With `ID`, a repeat of the same user's key in the instance writes
+/// nothing and answers the first join again, with `"duplicate":true`. One
+/// call when the daemon knows the user already (see the store's user
+/// cache); the user is read first otherwise.
+pub fn join(ctx: &Context, user: u64, mref: Mref, key: Option<String>) -> Plan {
     let to = target(mref);
     match ctx.store.user_cached(user) {
-        Some(known) => call(ctx.store.join_call(user, to, &known), |j| joined(&j)),
+        Some(known) => call(ctx.store.join_call(user, to, &known, key.as_deref()), |j| {
+            joined(&j)
+        }),
         None => alone(ctx, |ctx| async move {
-            joined(&ctx.store.join(user, to).await?)
+            let known = ctx.store.user_known(user).await?;
+            let call = ctx.store.join_call(user, to, &known, key.as_deref());
+            joined(&ctx.store.run(call).await?)
         }),
     }
 }
@@ -42,6 +51,7 @@ fn joined(joined: &Joined) -> CmdResult {
         user: joined.user,
         joined_at: Time(joined.joined_at),
         id: &joined.event_id,
+        duplicate: joined.duplicate,
     })
 }
 
@@ -53,16 +63,19 @@ struct LeftReply<'a> {
     user: u64,
     left_at: Time,
     id: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
 }
 
 /// # Format
-/// `LEAVE <user> <mref>` -> `{"meeting","order","user","left_at","id"}`;
+/// `LEAVE <user> <mref> [ID <key>]` ->
+/// `{"meeting","order","user","left_at","id"}`, with `ID` as JOIN's;
 /// `not_found` for a user that does not exist wins over the other refusals.
-pub fn leave(ctx: &Context, user: u64, mref: Mref) -> Plan {
+pub fn leave(ctx: &Context, user: u64, mref: Mref, key: Option<String>) -> Plan {
     call_naming(
         ctx,
         user,
-        ctx.store.leave_call(user, target(mref)),
+        ctx.store.leave_call(user, target(mref), key.as_deref()),
         |left| {
             ok(LeftReply {
                 meeting: left.instance.meeting,
@@ -70,6 +83,7 @@ pub fn leave(ctx: &Context, user: u64, mref: Mref) -> Plan {
                 user: left.user,
                 left_at: Time(left.left_at),
                 id: &left.event_id,
+                duplicate: left.duplicate,
             })
         },
     )

@@ -24,11 +24,14 @@ impl Store {
 
     /// The now and retention arguments of a write: retention is left out
     /// when history is kept for ever.
-    fn write_args(&self, args: &mut Vec<String>) {
+    /// `now`, the retention (when there is one, or a key follows) and the
+    /// write's key (JOIN and LEAVE `ID`), the arguments that end a write.
+    fn write_args(&self, args: &mut Vec<String>, key: Option<&str>) {
         args.push(self.now().to_string());
-        if !self.options.retention.is_zero() {
+        if !self.options.retention.is_zero() || key.is_some() {
             args.push(self.retention());
         }
+        args.extend(key.map(str::to_string));
     }
 
     /// A user as the cache holds them, read (and from then on tracked)
@@ -61,15 +64,23 @@ impl Store {
         self.users.get(users).await
     }
 
-    /// The call of a JOIN by a user the daemon knows.
-    pub fn join_call(&self, user: Id, target: InstanceRef, known: &Known) -> Call<Joined> {
+    /// The call of a JOIN by a user the daemon knows; with `key`, a repeat
+    /// of the same user's key in the instance writes nothing and answers
+    /// the first join (`duplicate`).
+    pub fn join_call(
+        &self,
+        user: Id,
+        target: InstanceRef,
+        known: &Known,
+        key: Option<&str>,
+    ) -> Call<Joined> {
         let meeting = target.meeting();
         let mut args = vec![
             Store::order_arg(target),
             user.to_string(),
             known.email.clone(),
         ];
-        self.write_args(&mut args);
+        self.write_args(&mut args, key);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Call::new(
             "meet_join",
@@ -83,6 +94,7 @@ impl Store {
                     user,
                     joined_at: placed.at,
                     event_id: placed.id,
+                    duplicate: placed.duplicate,
                 })
             },
         )
@@ -91,14 +103,14 @@ impl Store {
     /// A user joins a running instance.
     pub async fn join(&self, user: Id, target: InstanceRef) -> Result<Joined, StoreError> {
         let known = self.user_known(user).await?;
-        self.run(self.join_call(user, target, &known)).await
+        self.run(self.join_call(user, target, &known, None)).await
     }
 
-    /// The call of a LEAVE.
-    pub fn leave_call(&self, user: Id, target: InstanceRef) -> Call<Left> {
+    /// The call of a LEAVE; with `key`, as [`Store::join_call`]'s.
+    pub fn leave_call(&self, user: Id, target: InstanceRef, key: Option<&str>) -> Call<Left> {
         let meeting = target.meeting();
         let mut args = vec![Store::order_arg(target), user.to_string()];
-        self.write_args(&mut args);
+        self.write_args(&mut args, key);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Call::new(
             "meet_leave",
@@ -112,6 +124,7 @@ impl Store {
                     user,
                     left_at: placed.at,
                     event_id: placed.id,
+                    duplicate: placed.duplicate,
                 })
             },
         )
@@ -119,7 +132,7 @@ impl Store {
 
     /// A user leaves a running instance.
     pub async fn leave(&self, user: Id, target: InstanceRef) -> Result<Left, StoreError> {
-        self.run(self.leave_call(user, target)).await
+        self.run(self.leave_call(user, target, None)).await
     }
 
     /// The call of a page of an instance's current participants, in join

@@ -329,7 +329,7 @@ pub(super) struct Placed {
     pub(super) id: String,
     /// Its time: the id's milliseconds.
     pub(super) at: Millis,
-    /// A repeated POST: nothing was stored.
+    /// A repeated key (POST, JOIN, LEAVE `ID`): nothing was stored.
     pub(super) duplicate: bool,
 }
 

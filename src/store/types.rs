@@ -196,6 +196,8 @@ pub struct Joined {
     pub joined_at: Millis,
     /// The join event's id.
     pub event_id: String,
+    /// A repeated key (JOIN `ID`): nothing was written, this is the first.
+    pub duplicate: bool,
 }
 
 /// A leave that happened.
@@ -209,6 +211,8 @@ pub struct Left {
     pub left_at: Millis,
     /// The leave event's id.
     pub event_id: String,
+    /// A repeated key (LEAVE `ID`): nothing was written, this is the first.
+    pub duplicate: bool,
 }
 
 /// A chat message that was posted.

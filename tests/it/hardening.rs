@@ -463,3 +463,67 @@ fn a_post_retried_with_its_id_confirms_after_leave_and_end() {
     let page = c.ok("MESSAGES 1/1");
     assert_eq!(page["messages"].as_array().map(Vec::len), Some(1), "{page}");
 }
+
+/// JOIN and LEAVE with an `ID`: a JOIN that got `in_doubt` (Redis stopped
+/// while it was on its way) is retried with its key and answers the first
+/// join, marked duplicate, never `already_joined`; so does a LEAVE, and
+/// both still do after the instance ended. A JOIN's key and a LEAVE's
+/// never meet, and keys are per user.
+#[test]
+fn join_and_leave_retried_with_their_id_answer_the_first() {
+    let redis = Redis::start();
+    let daemon = Daemon::start(&redis, &[("MEETINGD_REDIS__TIMEOUT_MS", "500")]);
+    let mut c = daemon.client();
+    running_meeting(&mut c);
+    c.ok("USER SET 2 name Bo age 30 gender x email bo@example.com");
+    // once in and out, so that the daemon knows the user (a JOIN of a user
+    // it does not know reads it first, and a stopped Redis is then
+    // `unavailable`, nothing sent)
+    c.ok("JOIN 2 1");
+    c.ok("LEAVE 2 1");
+    // SAFETY: kill(2) on the test's own redis-server child.
+    assert_eq!(unsafe { libc::kill(redis.pid() as i32, libc::SIGSTOP) }, 0);
+    let reply = c.request("JOIN 2 1 ID j-1");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(redis.pid() as i32, libc::SIGCONT) }, 0);
+    assert_eq!(reply["error"]["code"], "in_doubt", "{reply}");
+    let again = c.ok("JOIN 2 1 ID j-1");
+    assert_eq!(again["duplicate"], true, "it was applied: {again}");
+    let events = c.ok("EVENTS 1");
+    let joins = events["events"].as_array().map(|e| {
+        e.iter()
+            .filter(|e| e["user"] == 2 && e["type"] == "join")
+            .count()
+    });
+    assert_eq!(joins, Some(2), "the first join and one more: {events}");
+    let last = events["events"].as_array().and_then(|e| e.last()).cloned();
+    assert_eq!(
+        Some(again["id"].clone()),
+        last.map(|e| e["id"].clone()),
+        "{again} {events}"
+    );
+
+    let left = c.ok("LEAVE 2 1 ID j-1");
+    assert!(
+        left.get("duplicate").is_none(),
+        "a LEAVE's key is not a JOIN's: {left}"
+    );
+    assert_eq!(c.ok("LEAVE 2 1 ID j-1")["id"], left["id"]);
+    assert_eq!(
+        c.ok("JOIN 2 1 ID j-1")["id"],
+        again["id"],
+        "after the leave"
+    );
+    // another user's key of the same name is its own
+    let other = c.ok("JOIN 2 1 ID j-2");
+    assert!(other.get("duplicate").is_none(), "{other}");
+    c.ok("END 1");
+    for (line, first) in [("JOIN 2 1/1 ID j-1", &again), ("LEAVE 2 1 ID j-1", &left)] {
+        let repeat = c.ok(line);
+        assert_eq!(repeat["duplicate"], true, "{line}: {repeat}");
+        assert_eq!(repeat["id"], first["id"], "{line}: {repeat}");
+    }
+    assert_eq!(c.error_code("JOIN 2 1 ID j-3"), "inactive");
+    assert_eq!(c.error_code("JOIN 2 1 ID bad/key"), "bad_request");
+    redis.assert_consistent();
+}

@@ -430,6 +430,19 @@ async fn every_error_code_and_nothing_written() {
             "BAD_REQUEST",
         ),
         ("meet_join", U1, vec!["", "2", "b@x", &t], "BAD_REQUEST"),
+        // a JOIN's or LEAVE's key of other bytes than A-Za-z0-9._:-
+        (
+            "meet_join",
+            MEETING,
+            vec!["", "2", "b@x", &t, "0", "bad/key"],
+            "BAD_REQUEST",
+        ),
+        (
+            "meet_leave",
+            MEETING,
+            vec!["", "1", &t, "0", "bad key"],
+            "BAD_REQUEST",
+        ),
         // a meeting under another partition's tag, or a tag that is no
         // partition's name
         (

@@ -338,7 +338,7 @@ fn every_command_answers_on(backend: &Backend) {
     assert_eq!(c.ok("ping"), "PONG", "command names are case-insensitive");
     let help = c.ok("HELP");
     assert_eq!(help["commands"].as_array().map(Vec::len), Some(26));
-    assert_eq!(c.ok("HELP join")["syntax"], "JOIN <user> <mref>");
+    assert_eq!(c.ok("HELP join")["syntax"], "JOIN <user> <mref> [ID <key>]");
     assert_eq!(
         c.ok("HELP USER")["commands"].as_array().map(Vec::len),
         Some(2)

@@ -290,8 +290,8 @@ impl World {
                 let Some(known) = store.user_cached(u) else {
                     return false;
                 };
-                calls.push(store.join_call(u, at, &known).map(drop));
-                calls.push(store.leave_call(u, at).map(drop));
+                calls.push(store.join_call(u, at, &known, None).map(drop));
+                calls.push(store.leave_call(u, at, None).map(drop));
             }
             Op::Post => {
                 let u = self.poster(connection, slot);

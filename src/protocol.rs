@@ -1291,7 +1291,7 @@ mod tests {
             ("JOIN 18446744073709551616 1", "argument 1"),
             ("JOIN 9007199254740992 1", "2^53-1"),
             ("JOIN 1 3/x", "<mref> order"),
-            ("JOIN 1 2 3", "extra argument \"3\" (argument 3)"),
+            ("JOIN 1 2 3", "unexpected \"3\" (argument 3); expected ID"),
             ("JOIN 1", "missing <mref> (argument 2)"),
             (
                 "POST 1 2 \"unterminated",

@@ -5,7 +5,7 @@
 //! header the daemon writes: the version and the number of partitions,
 //! which the library checks every meeting key against. The version that
 //! `meet_version` returns is the crate version, a digest of the Lua, the
-//! partition count and the API level: `0.2.0+<digest>/p16/api3`.
+//! partition count and the API level: `0.3.0+<digest>/p16/api3`.
 //!
 //! The API level names what the daemon may call: the functions, their
 //! arguments, their replies and the data layout. It changes when any of
@@ -89,7 +89,7 @@ impl Library {
 pub struct Loaded {
     /// The whole version string.
     pub version: String,
-    /// The crate version (`0.2.0`) as numbers.
+    /// The crate version (`0.3.0`) as numbers.
     release: Vec<u64>,
     /// The API level (1 for versions before levels were named).
     api: u32,
@@ -179,7 +179,7 @@ mod tests {
             Verdict::Newer
         );
         assert_eq!(
-            verdict(&format!("0.3.0+ab/p16/api{}", API_LEVEL + 1)),
+            verdict(&format!("99.1.0+ab/p16/api{}", API_LEVEL + 1)),
             Verdict::Incompatible
         );
         // newer, but built for another partition count: not ours to serve

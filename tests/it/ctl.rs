@@ -250,7 +250,7 @@ fn help_lists_the_commands_and_one_command_s_syntax() {
         .iter()
         .find(|row| row["COMMAND"] == "JOIN")
         .expect("a JOIN row");
-    assert_eq!(join["SYNTAX"], "JOIN <user> <mref>");
+    assert_eq!(join["SYNTAX"], "JOIN <user> <mref> [ID <key>]");
     assert_eq!(join["ADMIN"], "false");
     let tick = rows
         .iter()
@@ -279,7 +279,7 @@ fn help_lists_the_commands_and_one_command_s_syntax() {
 
     // one command
     let join = record(&ctl(&daemon, &["help", "join"]));
-    assert_eq!(join["syntax"], "JOIN <user> <mref>");
+    assert_eq!(join["syntax"], "JOIN <user> <mref> [ID <key>]");
     let result = ctl_json(&daemon, &["help", "USER", "SET"]);
     assert_eq!(
         result["syntax"],
@@ -1543,7 +1543,7 @@ fn watch_without_reconnect_stops_and_says_where_to_resume() {
     let mut daemon = Daemon::start(&redis, &[]);
     standup(&daemon);
     let mut client = daemon.client();
-    let watcher = Command::new(env!("CARGO_BIN_EXE_meetingctl"))
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_meetingctl"))
         .arg("--socket")
         .arg(daemon.socket())
         .args(["--json", "watch", "1/1", "--no-reconnect"])
@@ -1552,20 +1552,21 @@ fn watch_without_reconnect_stops_and_says_where_to_resume() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("meetingctl runs");
+    let out = lines_of(watcher.stdout.take().expect("stdout"));
+    let err = lines_of(watcher.stderr.take().expect("stderr"));
     wait_for_watchers(&mut client, 1);
     let joined = client.ok("JOIN 1 1");
-    drain(&mut daemon);
-    let out = watcher.wait_with_output().expect("meetingctl ends");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
-    let event: Value =
-        serde_json::from_str(stdout.lines().next().unwrap_or_default()).expect("the join, as JSON");
+    // the join printed before the daemon stops
+    let event: Value = serde_json::from_str(&next_line(&out)).expect("the join, as JSON");
     assert_eq!(event["event"]["at"], joined["joined_at"]);
-    let id = event["event"]["id"].as_str().expect("an id");
+    let id = event["event"]["id"].as_str().expect("an id").to_string();
+    drain(&mut daemon);
+    let status = watcher.wait().expect("meetingctl ends");
+    assert_eq!(status.code(), Some(3));
+    let said = next_line(&err);
     assert!(
-        stderr.contains(&format!("to resume: meetingctl watch 1/1 --after {id}")),
-        "{stderr}"
+        said.contains(&format!("to resume: meetingctl watch 1/1 --after {id}")),
+        "{said}"
     );
 }
 

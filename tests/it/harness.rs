@@ -1158,3 +1158,20 @@ pub async fn commandstats(redis: &Redis) -> std::collections::BTreeMap<String, u
         })
         .collect()
 }
+
+/// Run `command` to its end, as `Command::output` does, trying again while
+/// the program is "text file busy" (ETXTBSY): a binary the test has just
+/// copied can still be open for writing in a child that another test's
+/// thread forked at that moment, until that child's exec closes it.
+#[allow(dead_code)]
+pub fn output_of(command: &mut Command) -> std::io::Result<std::process::Output> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match command.output() {
+            Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}

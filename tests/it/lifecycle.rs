@@ -101,14 +101,15 @@ fn sighup_changes_the_log_level_and_the_admins_while_serving() {
     let ctl = dir.path().join("meetingctl");
     std::fs::copy(env!("CARGO_BIN_EXE_meetingctl"), &ctl).expect("copy meetingctl");
     let tick_as_nobody = || {
-        let out = Command::new(&ctl)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("tick")
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .expect("meetingctl as nobody");
+        let out = crate::harness::output_of(
+            Command::new(&ctl)
+                .arg("--socket")
+                .arg(&socket)
+                .arg("tick")
+                .uid(65534)
+                .gid(65534),
+        )
+        .expect("meetingctl as nobody");
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -361,15 +361,16 @@ fn meetingctl_on_a_socket_it_may_not_open_names_the_group_to_ask_for() {
     let ctl = daemon.dir().join("meetingctl");
     std::fs::copy(env!("CARGO_BIN_EXE_meetingctl"), &ctl).expect("copy meetingctl");
     use std::os::unix::process::CommandExt;
-    let out = Command::new(&ctl)
-        .arg("--socket")
-        .arg(daemon.socket())
-        .arg("ping")
-        .env_remove("MEETINGD_SOCKET__PATH")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("meetingctl as nobody");
+    let out = crate::harness::output_of(
+        Command::new(&ctl)
+            .arg("--socket")
+            .arg(daemon.socket())
+            .arg("ping")
+            .env_remove("MEETINGD_SOCKET__PATH")
+            .uid(65534)
+            .gid(65534),
+    )
+    .expect("meetingctl as nobody");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("Permission denied"), "{err}");
@@ -449,17 +450,18 @@ fn a_socket_directory_closed_to_the_daemon_s_user_says_what_to_do() {
     std::fs::copy(env!("CARGO_BIN_EXE_meetingd"), &binary).expect("copy meetingd");
     let socket = dir.path().join("m.sock");
     use std::os::unix::process::CommandExt;
-    let out = Command::new(&binary)
-        .args(["serve", "--socket"])
-        .arg(&socket)
-        .args(["--redis", &redis.url()])
-        .env_remove("MEETINGD_SOCKET__PATH")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("meetingd as nobody");
+    let out = crate::harness::output_of(
+        Command::new(&binary)
+            .args(["serve", "--socket"])
+            .arg(&socket)
+            .args(["--redis", &redis.url()])
+            .env_remove("MEETINGD_SOCKET__PATH")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .uid(65534)
+            .gid(65534),
+    )
+    .expect("meetingd as nobody");
     let (code, stderr) = status_and_error(&out);
     assert_ne!(code, Some(0), "{stderr}");
     assert!(

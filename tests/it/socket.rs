@@ -696,16 +696,17 @@ fn a_non_admin_peer_is_denied_admin_commands_only() {
     std::fs::copy(env!("CARGO_BIN_EXE_meetingctl"), &ctl).expect("copy meetingctl");
     let run = |line: &str| -> (i32, String) {
         use std::os::unix::process::CommandExt;
-        let out = std::process::Command::new(&ctl)
-            .arg("--socket")
-            .arg(daemon.socket())
-            .arg("--json")
-            .arg("raw")
-            .arg(line)
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .expect("run meetingctl as nobody");
+        let out = crate::harness::output_of(
+            std::process::Command::new(&ctl)
+                .arg("--socket")
+                .arg(daemon.socket())
+                .arg("--json")
+                .arg("raw")
+                .arg(line)
+                .uid(65534)
+                .gid(65534),
+        )
+        .expect("run meetingctl as nobody");
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -758,14 +759,15 @@ fn a_non_admin_peer_is_denied_admin_commands_only() {
     let ctl = daemon.dir().join("meetingctl");
     std::fs::copy(env!("CARGO_BIN_EXE_meetingctl"), &ctl).expect("copy meetingctl");
     use std::os::unix::process::CommandExt;
-    let out = std::process::Command::new(&ctl)
-        .arg("--socket")
-        .arg(daemon.socket())
-        .arg("tick")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("run meetingctl as nobody");
+    let out = crate::harness::output_of(
+        std::process::Command::new(&ctl)
+            .arg("--socket")
+            .arg(daemon.socket())
+            .arg("tick")
+            .uid(65534)
+            .gid(65534),
+    )
+    .expect("run meetingctl as nobody");
     assert!(
         out.status.success(),
         "{}",

@@ -737,26 +737,27 @@ pub async fn one_instance_meetings(store: &Store, count: u64, due: impl Fn(u64) 
     assert_eq!(loaded.refused, 0, "{loaded:?}");
 }
 
-/// The tests' usual "now", in ms: the start of the hour (UTC) in which the
-/// test process started, by the system clock. Read once, so every test of
-/// a run sees the same instant; whole hours, hence whole minutes.
+/// The tests' usual "now", in ms: the start of the minute (UTC) in which
+/// the test process started, by the system clock. Read once, so every test
+/// of a run sees the same instant; whole minutes.
 ///
 /// It follows the real clock because Redis does: a retention becomes a
 /// PEXPIREAT, which Redis measures against its own clock, so a fixed date
 /// would make keys expire (or never expire) depending on the day the
-/// suite runs.
+/// suite runs; and a read that leaves out `now` takes Redis' clock, by
+/// which an instance runs or not. A minute, not an hour: a window of an
+/// hour from t0 then still runs, by Redis' clock, for the whole run of the
+/// suite, whenever in the hour it starts.
 pub fn t0() -> i64 {
     static T0: LazyLock<i64> = LazyLock::new(|| {
         let now = chrono::Utc::now().timestamp_millis();
-        now - now.rem_euclid(HOUR)
+        now - now.rem_euclid(MIN)
     });
     *T0
 }
 
 /// One minute in ms.
 pub const MIN: i64 = 60_000;
-/// One hour in ms.
-pub const HOUR: i64 = 60 * MIN;
 
 /// An RFC 3339 time (UTC, whole seconds) `minutes` from now by the system
 /// clock, as requests take it: for tests that talk to a daemon, whose

@@ -5,7 +5,11 @@
 //! Nothing is lost and nothing written twice: the library appends what is
 //! to be archived to its partition's outbox (a Redis stream) inside the
 //! same call that ends an instance or writes a meeting, an audience or an
-//! instance, so no crash falls between the two. The [`Archiver`] reads the
+//! instance, so no crash falls between the two. A user's hash shares no
+//! tag with an outbox: USER SET's first call (`meet_user_index`, under the
+//! partition's tag) queues the user's values, which the second one then
+//! writes; the entry carries them, so the archive never depends on the
+//! order of the two. The [`Archiver`] reads the
 //! outboxes through one consumer group shared by every daemon on the store
 //! (each entry goes to one of them; one held too long by a daemon that went
 //! away is taken over with XAUTOCLAIM), writes rows keyed by what Redis
@@ -454,6 +458,32 @@ impl Archiver {
                 .map_err(|_| bad(&format!("{name} is not a number")))
         };
         let version = [Arg::Int(source_ms), Arg::Int(source_seq)];
+        if field("k")? == "user" {
+            // the values USER SET wrote, carried by the entry (the hash may
+            // not be written yet, or be newer): the latest entry wins
+            let age = number("age")?;
+            let mut row = vec![
+                Arg::Int(number("u")?),
+                Arg::Text(field("name")?.to_string()),
+                Arg::Int(age),
+                Arg::Text(field("gender")?.to_string()),
+                Arg::Text(field("email")?.to_string()),
+                time(self.store.now()),
+            ];
+            row.extend(version);
+            let mut tx = self.db.begin().await?;
+            let rows = tx
+                .insert(
+                    "users",
+                    USER_COLUMNS,
+                    &["user_id"],
+                    vec![row],
+                    OnConflict::Newer,
+                )
+                .await?;
+            tx.commit().await?;
+            return Ok((rows, None));
+        }
         let meeting = number("m")?;
         match field("k")? {
             "meeting" => {
@@ -727,6 +757,10 @@ impl Archiver {
             }
             cursor = next;
         }
+        // users as their hashes hold them, for those written before their
+        // partition archived: inserted if missing, version 0, so they never
+        // replace a row a USER SET's entry wrote (the hash may still hold
+        // the older values while that USER SET's second call is on its way)
         let users: Vec<Id> = tally.users().collect();
         for chunk in users.chunks(ROWS) {
             let mut batch = Vec::with_capacity(chunk.len());
@@ -740,6 +774,8 @@ impl Archiver {
                         Arg::Text(u.gender),
                         Arg::Text(u.email),
                         time(now),
+                        Arg::Int(0),
+                        Arg::Int(0),
                     ]),
                     Err(StoreError::Rule { .. }) => {}
                     Err(err) => return Err(err.into()),
@@ -747,13 +783,7 @@ impl Archiver {
             }
             let mut tx = self.db.begin().await?;
             rows += tx
-                .insert(
-                    "users",
-                    &["user_id", "name", "age", "gender", "email", "archived_at"],
-                    &["user_id"],
-                    batch,
-                    OnConflict::Replace,
-                )
+                .insert("users", USER_COLUMNS, &["user_id"], batch, OnConflict::Keep)
                 .await?;
             tx.commit().await?;
         }
@@ -801,6 +831,18 @@ impl Archiver {
         Ok((rows, posters))
     }
 }
+
+/// The columns of a `users` row, its version last.
+const USER_COLUMNS: &[&str] = &[
+    "user_id",
+    "name",
+    "age",
+    "gender",
+    "email",
+    "archived_at",
+    "source_ms",
+    "source_seq",
+];
 
 /// An event as a row of `events` (None for an id that is not one).
 fn event_row(m: i64, o: i64, event: &Event) -> Option<Vec<Arg>> {

@@ -6,8 +6,9 @@
 //! as the meeting; and `meetingd:{p<P>}:users`, the users U with U mod the
 //! partition count = P. A user's hash is under the user's own tag, so the user
 //! index cannot be written in the call that writes the user: USER SET
-//! first enters the user in the index (`meet_user_index`), then writes the
-//! hash. A failure in between leaves an index entry without a user, which
+//! first enters the user in the index (`meet_user_index`, which also queues
+//! the user's values for the archive in the partition's outbox), then
+//! writes the hash. A failure in between leaves an index entry without a user, which
 //! the listing skips and the next USER SET of the user completes; the
 //! other order could leave a user no listing shows.
 //!
@@ -80,13 +81,20 @@ fn meeting_of(key: &str) -> Option<Id> {
 }
 
 impl Store {
-    /// The call that enters a user in its partition's user index (USER SET
-    /// sends it before `meet_user_set`).
-    pub(super) fn user_index_call(&self, user: Id) -> Call<()> {
+    /// The call that enters a user in its partition's user index and, in
+    /// the same call, queues its values for the archive (USER SET sends it
+    /// before `meet_user_set`, with the same values).
+    pub(super) fn user_index_call(&self, user: &User) -> Call<()> {
         Call::new(
             "meet_user_index",
-            &self.keys.user_index(user),
-            &[&user.to_string()],
+            &self.keys.user_index(user.id),
+            &[
+                &user.id.to_string(),
+                &user.name,
+                &user.age.to_string(),
+                &user.gender,
+                &user.email,
+            ],
             true,
             |_| Ok(()),
         )

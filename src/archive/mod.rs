@@ -763,11 +763,15 @@ impl Archiver {
         // the older values while that USER SET's second call is on its way)
         let users: Vec<Id> = tally.users().collect();
         for chunk in users.chunks(ROWS) {
-            let mut batch = Vec::with_capacity(chunk.len());
             let now = self.store.now();
-            for user in chunk {
-                match self.store.user_get(*user).await {
-                    Ok(u) => batch.push(vec![
+            // one pipeline per chunk; users that do not exist are skipped
+            let batch: Vec<Vec<Arg>> = self
+                .store
+                .users_get(chunk)
+                .await?
+                .into_iter()
+                .map(|u| {
+                    vec![
                         Arg::Int(u.id as i64),
                         Arg::Text(u.name),
                         Arg::Int(i64::from(u.age)),
@@ -776,10 +780,11 @@ impl Archiver {
                         time(now),
                         Arg::Int(0),
                         Arg::Int(0),
-                    ]),
-                    Err(StoreError::Rule { .. }) => {}
-                    Err(err) => return Err(err.into()),
-                }
+                    ]
+                })
+                .collect();
+            if batch.is_empty() {
+                continue;
             }
             let mut tx = self.db.begin().await?;
             rows += tx

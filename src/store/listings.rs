@@ -206,6 +206,16 @@ impl Store {
     ) -> Result<Listing<User>, StoreError> {
         let limit = limit.clamp(1, PAGE);
         let (ids, more) = self.merged_ids(Keys::users, after, limit).await?;
+        let items = self.users_get(&ids).await?;
+        Ok(Listing {
+            items,
+            next: more.then(|| ids.last().copied()).flatten(),
+        })
+    }
+
+    /// The users of `ids` that exist, in their order, read at once (one
+    /// pipeline; on a cluster, concurrently).
+    pub async fn users_get(&self, ids: &[Id]) -> Result<Vec<User>, StoreError> {
         let calls = ids
             .iter()
             .map(|id| {
@@ -225,10 +235,7 @@ impl Store {
                 Err(err) => return Err(err),
             }
         }
-        Ok(Listing {
-            items,
-            next: more.then(|| ids.last().copied()).flatten(),
-        })
+        Ok(items)
     }
 
     /// Whether the listings' indexes hold everything stored (the flag

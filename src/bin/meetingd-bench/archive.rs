@@ -32,7 +32,7 @@ use redis::Value;
 use crate::drive::{self, Mix, Span, World};
 use crate::spawn::{OwnDaemon, OwnRedis};
 use crate::watch::daemon_stats;
-use crate::{connect, connect_raw, cpu_ticks, redis_pid, tick_micros};
+use crate::{busy_ticks, connect, connect_raw, cpu_ticks, redis_pid, tick_micros};
 
 /// What to measure.
 pub struct Plan {
@@ -50,6 +50,9 @@ pub struct Plan {
     pub connections: usize,
     /// Requests in flight per connection.
     pub depth: usize,
+    /// The database server's main process (PostgreSQL's postmaster,
+    /// mariadbd), whose CPU and its children's is counted per row too.
+    pub db_pid: Option<u32>,
 }
 
 /// The most instances prepared for the `on` phases.
@@ -205,6 +208,39 @@ fn ticks(redis: u32, daemon: u32) -> (u64, u64) {
     (cpu_ticks(redis), cpu_ticks(daemon))
 }
 
+/// CPU ticks of process `pid` and of its children now running (the
+/// database server: PostgreSQL's backends are the postmaster's children).
+fn tree_ticks(pid: Option<u32>) -> u64 {
+    let Some(pid) = pid else {
+        return 0;
+    };
+    let mut total = cpu_ticks(pid);
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return total;
+    };
+    for entry in dir.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // the parent: the second field after the command name
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(pid) {
+            total += cpu_ticks(child);
+        }
+    }
+    total
+}
+
 /// µs of CPU per unit between two readings.
 fn per(before: u64, after: u64, units: u64) -> f64 {
     after.saturating_sub(before) as f64 * tick_micros() / units.max(1) as f64
@@ -245,30 +281,34 @@ pub async fn archive(plan: Plan) -> Result<(), String> {
     // the meetings' and instances' entries first, off the clock
     let before = until_archived(&fast.socket, 2 * (1 + spare)).await?;
     let entries = 2 * (1 + spare) + 1;
-    let (redis_0, daemon_0) = ticks(redis_pid, fast.pid());
+    let redis_0 = cpu_ticks(redis_pid);
     let started = Instant::now();
     instances.end(&mut conn, 0).await?;
     let ended = started.elapsed().as_secs_f64();
     let (redis_1, daemon_1) = ticks(redis_pid, fast.pid());
+    let (db_1, busy_1, at_1) = (tree_ticks(plan.db_pid), busy_ticks(), Instant::now());
     let rows = until_archived(&fast.socket, entries).await? - before;
     let took = started.elapsed().as_secs_f64();
     let (redis_2, daemon_2) = ticks(redis_pid, fast.pid());
+    let (db_2, busy_2) = (tree_ticks(plan.db_pid), busy_ticks());
+    let cores = per(busy_1, busy_2, 1) / 1e6 / at_1.elapsed().as_secs_f64().max(1e-9);
     println!(
-        "archive  events  messages  rows    seconds  rows/s  end (tick) ms  Redis CPU µs/row  daemon CPU µs/row  Redis CPU of the end ms"
+        "archive  events  messages  rows    seconds  rows/s  end (tick) ms  Redis CPU µs/row  daemon CPU µs/row  database CPU µs/row  cores busy  Redis CPU of the end ms"
     );
     println!(
-        "{backend:<8} {:<7} {:<9} {rows:<7} {took:<8.3} {:<7.0} {:<14.1} {:<17.1} {:<18.1} {:.1}",
+        "{backend:<8} {:<7} {:<9} {rows:<7} {took:<8.3} {:<7.0} {:<14.1} {:<17.1} {:<18.1} {:<20} {cores:<11.2} {:.1}",
         instances.users * 2,
         plan.messages,
         rows as f64 / took,
         ended * 1000.0,
         per(redis_1, redis_2, rows),
         per(daemon_1, daemon_2, rows),
+        if plan.db_pid.is_some() {
+            format!("{:.1}", per(db_1, db_2, rows))
+        } else {
+            "(in the daemon)".to_string()
+        },
         per(redis_0, redis_1, 1) / 1000.0,
-    );
-    eprintln!(
-        "daemon CPU during the end: {:.1} ms",
-        per(daemon_0, daemon_1, 1) / 1000.0
     );
     drop(fast);
     if plan.phase <= 0.0 {
@@ -347,9 +387,9 @@ async fn compare(
     )
     .await;
     println!(
-        "| phase | archiver | join+leave ops/s | p50 ms | p99 ms | rows archived | instances archived | Redis CPU µs/op (archiving's too) | daemon CPU µs/op (archiving's too) | errors |"
+        "| phase | archiver | JOIN+LEAVE requests/s | p50 ms | p99 ms | rows archived | instances archived | Redis CPU µs/op (archiving's too) | daemon CPU µs/op (archiving's too) | database CPU µs/op | cores busy | errors |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let daemon_pid = daemon.pid();
     let mut next = 1u64;
     let (mut off_rates, mut on_rates) = (Vec::new(), Vec::new());
@@ -362,6 +402,7 @@ async fn compare(
             }
             let (entries_0, rows_0) = archived(&socket).await?;
             let (redis_0, daemon_0) = ticks(redis_pid, daemon_pid);
+            let (db_0, busy_0, at_0) = (tree_ticks(plan.db_pid), busy_ticks(), Instant::now());
             let load = tokio::spawn(drive::through_daemon(
                 socket.clone(),
                 world,
@@ -392,28 +433,31 @@ async fn compare(
             }
             let through = load.await.map_err(|e| e.to_string())?;
             let (redis_1, daemon_1) = ticks(redis_pid, daemon_pid);
+            let (db_1, busy_1) = (tree_ticks(plan.db_pid), busy_ticks());
+            let cores = per(busy_0, busy_1, 1) / 1e6 / at_0.elapsed().as_secs_f64().max(1e-9);
             let (entries_1, rows_1) = archived(&socket).await?;
             println!(
-                "| {phase} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {:.1} | {:.1} | {} |",
+                "| {phase} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {:.1} | {:.1} | {:.1} | {cores:.2} | {} |",
                 if on { "on" } else { "off" },
-                through.operation_rate(),
+                through.rate(),
                 through.quantile_ms(0.5),
                 through.quantile_ms(0.99),
                 rows_1 - rows_0,
                 entries_1 - entries_0,
                 per(redis_0, redis_1, through.requests()),
                 per(daemon_0, daemon_1, through.requests()),
+                per(db_0, db_1, through.requests()),
                 through.errors,
             );
             if let Some(error) = &through.first_error {
                 eprintln!("first error: {error}");
             }
             if on {
-                on_rates.push(through.operation_rate());
+                on_rates.push(through.rate());
                 // what is still waiting is archived before the next phase
                 until_archived(&socket, entries_0 + ended).await?;
             } else {
-                off_rates.push(through.operation_rate());
+                off_rates.push(through.rate());
             }
         }
     }
@@ -423,7 +467,7 @@ async fn compare(
     };
     let (off, on) = (median(&mut off_rates), median(&mut on_rates));
     println!(
-        "join+leave ops/s, medians: archiver idle {off:.0}, at work {on:.0}: {:+.1} %",
+        "JOIN+LEAVE requests/s, medians: archiver idle {off:.0}, at work {on:.0}: {:+.1} %",
         (on / off.max(1e-9) - 1.0) * 100.0
     );
     Ok(())

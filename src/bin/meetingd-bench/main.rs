@@ -133,6 +133,10 @@ enum Bench {
         /// Requests in flight per connection.
         #[arg(long, default_value_t = 16)]
         depth: usize,
+        /// The database server's main process (its CPU and its children's
+        /// is counted per row too; SQLite's is the daemon's).
+        #[arg(long)]
+        db_pid: Option<u32>,
     },
     /// Time one tick with `due` transitions among `stored` instances.
     Tick {
@@ -251,6 +255,7 @@ async fn main() -> std::process::ExitCode {
             rounds,
             connections,
             depth,
+            db_pid,
         } => {
             archive::archive(archive::Plan {
                 url,
@@ -260,6 +265,7 @@ async fn main() -> std::process::ExitCode {
                 rounds,
                 connections: connections.clamp(1, 60),
                 depth: depth.max(1),
+                db_pid,
             })
             .await
         }

@@ -61,6 +61,11 @@ pub struct ArchiveOptions {
     pub retry_max: Duration,
     /// The pause when every outbox is empty.
     pub poll: Duration,
+    /// The most of its time the archiver spends copying an ended
+    /// instance, percent: after each step (a page) that took t it pauses
+    /// t × (100 − busy) / busy, so that beside a saturated hot path it
+    /// takes its share of the machine's CPU and no more. 100: no pause.
+    pub busy_percent: u32,
 }
 
 /// Why a round of archiving stopped.
@@ -430,6 +435,17 @@ impl Archiver {
         Ok(())
     }
 
+    /// Pause after a step that began at `since` as `busy_percent` says,
+    /// then start the next step's clock.
+    async fn pace(&self, since: &mut Instant) {
+        let busy = self.options.busy_percent.clamp(1, 100);
+        if busy < 100 {
+            let pause = since.elapsed() * (100 - busy) / busy;
+            tokio::time::sleep(pause).await;
+        }
+        *since = Instant::now();
+    }
+
     /// Keep holding `entry` (a page of a large instance was written).
     async fn keep(&self, entry: &OutboxEntry) -> Result<(), ArchiveError> {
         Ok(self
@@ -635,6 +651,7 @@ impl Archiver {
     ) -> Result<(u64, BTreeSet<Id>), ArchiveError> {
         let (m, o) = (instance.meeting as i64, instance.order as i64);
         let target = InstanceRef::Exact(instance);
+        let mut since = Instant::now();
         let mut tally = Tally::new(from, to);
         let mut rows = 0;
         let mut after: Option<String> = None;
@@ -682,6 +699,7 @@ impl Archiver {
                 Some(next) => after = Some(next),
                 None => break,
             }
+            self.pace(&mut since).await;
             self.keep(entry).await?;
         }
         let mut posters = BTreeSet::new();
@@ -733,8 +751,10 @@ impl Archiver {
                 Some(next) => after = Some(next),
                 None => break,
             }
+            self.pace(&mut since).await;
             self.keep(entry).await?;
         }
+        self.pace(&mut since).await;
         let mut cursor = 0;
         loop {
             let (next, keys) = self.store.posted_page(instance, cursor, ROWS).await?;

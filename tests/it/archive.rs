@@ -1249,3 +1249,21 @@ fn archive_users_acknowledged_survive_a_killed_daemon() {
     );
     outbox_drained(&redis);
 }
+
+/// An archiver held to a share of its time (`archive.busy_percent`)
+/// pauses between pages and still archives every instance whole, once:
+/// instances of several pages of messages each.
+#[test]
+fn archive_a_paced_archiver_archives_everything_whole() {
+    let db = Sqlite::new();
+    let redis = Redis::start();
+    let mut env = env(&db.url());
+    env.push(("MEETINGD_ARCHIVE__BUSY_PERCENT", "20".into()));
+    let daemon = start(&redis, &env);
+    let mut c = conn(&redis);
+    let (meetings, users, messages) = (3, 40, 2_500);
+    bulk(&mut c, 1..=meetings, base(), users, messages);
+    wait_archived(&db, meetings as usize, &daemon);
+    assert_whole(&db, meetings, users, messages);
+    outbox_drained(&redis);
+}

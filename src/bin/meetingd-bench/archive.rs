@@ -17,7 +17,7 @@
 //! same size, ended one after the other so that one always waits (their
 //! ending ticks are in the phase too). The archiving daemon serves the
 //! load, as in production; the throughput of the two kinds of phases is
-//! compared.
+//! compared. `--busy-percent` sets that daemon's `archive.busy_percent`.
 //!
 //! The instances' meetings are in partition 63 (63 + 64k), with windows a
 //! day ahead, so neither the load's meetings (1..=C, partitions 1..=C) nor
@@ -53,6 +53,8 @@ pub struct Plan {
     /// The database server's main process (PostgreSQL's postmaster,
     /// mariadbd), whose CPU and its children's is counted per row too.
     pub db_pid: Option<u32>,
+    /// `archive.busy_percent` of the daemon of the comparison.
+    pub busy_percent: u32,
 }
 
 /// The most instances prepared for the `on` phases.
@@ -356,10 +358,12 @@ async fn compare(
         instances.fill(&mut conn, k).await?;
     }
     // archive.poll_ms at its default from here on
+    let busy = plan.busy_percent.to_string();
     let daemon = OwnDaemon::start_with(
         redis_url,
         &[
             ("MEETINGD_ARCHIVE__URL", url),
+            ("MEETINGD_ARCHIVE__BUSY_PERCENT", busy.as_str()),
             ("MEETINGD_REDIS__DURABILITY", "everysec"),
         ],
     )?;

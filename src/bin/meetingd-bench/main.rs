@@ -137,6 +137,9 @@ enum Bench {
         /// is counted per row too; SQLite's is the daemon's).
         #[arg(long)]
         db_pid: Option<u32>,
+        /// `archive.busy_percent` of the daemon of the comparison.
+        #[arg(long, default_value_t = 100)]
+        busy_percent: u32,
     },
     /// Time one tick with `due` transitions among `stored` instances.
     Tick {
@@ -256,6 +259,7 @@ async fn main() -> std::process::ExitCode {
             connections,
             depth,
             db_pid,
+            busy_percent,
         } => {
             archive::archive(archive::Plan {
                 url,
@@ -266,6 +270,7 @@ async fn main() -> std::process::ExitCode {
                 connections: connections.clamp(1, 60),
                 depth: depth.max(1),
                 db_pid,
+                busy_percent,
             })
             .await
         }

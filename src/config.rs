@@ -337,6 +337,9 @@ pub struct RawArchive {
     pub retry_max_ms: u64,
     /// The pause when nothing waits, ms.
     pub poll_ms: u64,
+    /// The most of its time the archiver spends copying an instance's
+    /// history, percent (1..100; 100: as fast as it can).
+    pub busy_percent: u32,
 }
 
 impl Default for RawArchive {
@@ -346,6 +349,7 @@ impl Default for RawArchive {
             claim_after_secs: 60,
             retry_max_ms: 30_000,
             poll_ms: 1000,
+            busy_percent: 100,
         }
     }
 }
@@ -381,12 +385,16 @@ impl RawArchive {
         if !(10..=60_000).contains(&self.poll_ms) {
             return Err(bad("archive.poll_ms", "must be 10..60000"));
         }
+        if !(1..=100).contains(&self.busy_percent) {
+            return Err(bad("archive.busy_percent", "must be 1..100"));
+        }
         Ok(Some(crate::archive::ArchiveOptions {
             url,
             retention,
             claim_after: Duration::from_secs(claim_after),
             retry_max: Duration::from_millis(self.retry_max_ms),
             poll: Duration::from_millis(self.poll_ms),
+            busy_percent: self.busy_percent,
         }))
     }
 }
@@ -1283,6 +1291,8 @@ mod tests {
             ),
             ("[archive]\nretry_max_ms = 1", "archive.retry_max_ms"),
             ("[archive]\npoll_ms = 999999", "archive.poll_ms"),
+            ("[archive]\nbusy_percent = 0", "archive.busy_percent"),
+            ("[archive]\nbusy_percent = 101", "archive.busy_percent"),
         ] {
             let err = from_toml(text).expect_err(text);
             assert!(err.0.starts_with(key), "{text}: {err}");

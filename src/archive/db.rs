@@ -24,16 +24,25 @@ use crate::store::Millis;
 
 /// The schema versions this build knows, per backend: (version, what,
 /// PostgreSQL, MySQL, SQLite).
-const MIGRATIONS: &[(i64, &str, &str, &str, &str)] = &[(
-    1,
-    "archive",
-    include_str!("../../migrations/postgres/0001_archive.sql"),
-    include_str!("../../migrations/mysql/0001_archive.sql"),
-    include_str!("../../migrations/sqlite/0001_archive.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str, &str)] = &[
+    (
+        1,
+        "archive",
+        include_str!("../../migrations/postgres/0001_archive.sql"),
+        include_str!("../../migrations/mysql/0001_archive.sql"),
+        include_str!("../../migrations/sqlite/0001_archive.sql"),
+    ),
+    (
+        2,
+        "user versions",
+        include_str!("../../migrations/postgres/0002_user_versions.sql"),
+        include_str!("../../migrations/mysql/0002_user_versions.sql"),
+        include_str!("../../migrations/sqlite/0002_user_versions.sql"),
+    ),
+];
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Why the database could not be used.
 #[derive(Debug, thiserror::Error)]

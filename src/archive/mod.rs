@@ -5,7 +5,11 @@
 //! Nothing is lost and nothing written twice: the library appends what is
 //! to be archived to its partition's outbox (a Redis stream) inside the
 //! same call that ends an instance or writes a meeting, an audience or an
-//! instance, so no crash falls between the two. The [`Archiver`] reads the
+//! instance, so no crash falls between the two. A user's hash shares no
+//! tag with an outbox: USER SET's first call (`meet_user_index`, under the
+//! partition's tag) queues the user's values, which the second one then
+//! writes; the entry carries them, so the archive never depends on the
+//! order of the two. The [`Archiver`] reads the
 //! outboxes through one consumer group shared by every daemon on the store
 //! (each entry goes to one of them; one held too long by a daemon that went
 //! away is taken over with XAUTOCLAIM), writes rows keyed by what Redis
@@ -57,6 +61,11 @@ pub struct ArchiveOptions {
     pub retry_max: Duration,
     /// The pause when every outbox is empty.
     pub poll: Duration,
+    /// The most of its time the archiver spends copying an ended
+    /// instance, percent: after each step (a page) that took t it pauses
+    /// t × (100 − busy) / busy, so that beside a saturated hot path it
+    /// takes its share of the machine's CPU and no more. 100: no pause.
+    pub busy_percent: u32,
 }
 
 /// Why a round of archiving stopped.
@@ -426,6 +435,17 @@ impl Archiver {
         Ok(())
     }
 
+    /// Pause after a step that began at `since` as `busy_percent` says,
+    /// then start the next step's clock.
+    async fn pace(&self, since: &mut Instant) {
+        let busy = self.options.busy_percent.clamp(1, 100);
+        if busy < 100 {
+            let pause = since.elapsed() * (100 - busy) / busy;
+            tokio::time::sleep(pause).await;
+        }
+        *since = Instant::now();
+    }
+
     /// Keep holding `entry` (a page of a large instance was written).
     async fn keep(&self, entry: &OutboxEntry) -> Result<(), ArchiveError> {
         Ok(self
@@ -454,6 +474,32 @@ impl Archiver {
                 .map_err(|_| bad(&format!("{name} is not a number")))
         };
         let version = [Arg::Int(source_ms), Arg::Int(source_seq)];
+        if field("k")? == "user" {
+            // the values USER SET wrote, carried by the entry (the hash may
+            // not be written yet, or be newer): the latest entry wins
+            let age = number("age")?;
+            let mut row = vec![
+                Arg::Int(number("u")?),
+                Arg::Text(field("name")?.to_string()),
+                Arg::Int(age),
+                Arg::Text(field("gender")?.to_string()),
+                Arg::Text(field("email")?.to_string()),
+                time(self.store.now()),
+            ];
+            row.extend(version);
+            let mut tx = self.db.begin().await?;
+            let rows = tx
+                .insert(
+                    "users",
+                    USER_COLUMNS,
+                    &["user_id"],
+                    vec![row],
+                    OnConflict::Newer,
+                )
+                .await?;
+            tx.commit().await?;
+            return Ok((rows, None));
+        }
         let meeting = number("m")?;
         match field("k")? {
             "meeting" => {
@@ -605,6 +651,7 @@ impl Archiver {
     ) -> Result<(u64, BTreeSet<Id>), ArchiveError> {
         let (m, o) = (instance.meeting as i64, instance.order as i64);
         let target = InstanceRef::Exact(instance);
+        let mut since = Instant::now();
         let mut tally = Tally::new(from, to);
         let mut rows = 0;
         let mut after: Option<String> = None;
@@ -652,6 +699,7 @@ impl Archiver {
                 Some(next) => after = Some(next),
                 None => break,
             }
+            self.pace(&mut since).await;
             self.keep(entry).await?;
         }
         let mut posters = BTreeSet::new();
@@ -703,8 +751,10 @@ impl Archiver {
                 Some(next) => after = Some(next),
                 None => break,
             }
+            self.pace(&mut since).await;
             self.keep(entry).await?;
         }
+        self.pace(&mut since).await;
         let mut cursor = 0;
         loop {
             let (next, keys) = self.store.posted_page(instance, cursor, ROWS).await?;
@@ -727,33 +777,38 @@ impl Archiver {
             }
             cursor = next;
         }
+        // users as their hashes hold them, for those written before their
+        // partition archived: inserted if missing, version 0, so they never
+        // replace a row a USER SET's entry wrote (the hash may still hold
+        // the older values while that USER SET's second call is on its way)
         let users: Vec<Id> = tally.users().collect();
         for chunk in users.chunks(ROWS) {
-            let mut batch = Vec::with_capacity(chunk.len());
             let now = self.store.now();
-            for user in chunk {
-                match self.store.user_get(*user).await {
-                    Ok(u) => batch.push(vec![
+            // one pipeline per chunk; users that do not exist are skipped
+            let batch: Vec<Vec<Arg>> = self
+                .store
+                .users_get(chunk)
+                .await?
+                .into_iter()
+                .map(|u| {
+                    vec![
                         Arg::Int(u.id as i64),
                         Arg::Text(u.name),
                         Arg::Int(i64::from(u.age)),
                         Arg::Text(u.gender),
                         Arg::Text(u.email),
                         time(now),
-                    ]),
-                    Err(StoreError::Rule { .. }) => {}
-                    Err(err) => return Err(err.into()),
-                }
+                        Arg::Int(0),
+                        Arg::Int(0),
+                    ]
+                })
+                .collect();
+            if batch.is_empty() {
+                continue;
             }
             let mut tx = self.db.begin().await?;
             rows += tx
-                .insert(
-                    "users",
-                    &["user_id", "name", "age", "gender", "email", "archived_at"],
-                    &["user_id"],
-                    batch,
-                    OnConflict::Replace,
-                )
+                .insert("users", USER_COLUMNS, &["user_id"], batch, OnConflict::Keep)
                 .await?;
             tx.commit().await?;
         }
@@ -801,6 +856,18 @@ impl Archiver {
         Ok((rows, posters))
     }
 }
+
+/// The columns of a `users` row, its version last.
+const USER_COLUMNS: &[&str] = &[
+    "user_id",
+    "name",
+    "age",
+    "gender",
+    "email",
+    "archived_at",
+    "source_ms",
+    "source_seq",
+];
 
 /// An event as a row of `events` (None for an id that is not one).
 fn event_row(m: i64, o: i64, event: &Event) -> Option<Vec<Arg>> {

@@ -11,12 +11,13 @@ use crate::error::Code;
 impl Store {
     /// Create or update a user. The user is entered in its partition's
     /// user index first (USERS; another tag than the user's, so another
-    /// call), then written: a failure in between leaves an index entry
+    /// call; that call also queues the values for the archive), then
+    /// written: a failure in between leaves an index entry
     /// that listings skip until this is sent again. The daemon's cache
     /// forgets them (Redis tells it too, but this request's client may
     /// JOIN next).
     pub async fn user_set(&self, user: &User) -> Result<User, StoreError> {
-        self.run(self.user_index_call(user.id)).await?;
+        self.run(self.user_index_call(user)).await?;
         let age = user.age.to_string();
         let call = Store::record_call(
             "meet_user_set",

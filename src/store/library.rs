@@ -5,7 +5,7 @@
 //! header the daemon writes: the version and the number of partitions,
 //! which the library checks every meeting key against. The version that
 //! `meet_version` returns is the crate version, a digest of the Lua, the
-//! partition count and the API level: `0.3.0+<digest>/p16/api3`.
+//! partition count and the API level: `0.3.0+<digest>/p16/api4`.
 //!
 //! The API level names what the daemon may call: the functions, their
 //! arguments, their replies and the data layout. It changes when any of
@@ -58,7 +58,12 @@ const BODY: &str = concat!(
 /// keep (`meet_user_index` before each `meet_user_set`, another tag): a
 /// daemon of level 2 serving with this library would write users no
 /// listing shows, so it must stop rather than serve with it.
-pub const API_LEVEL: u32 = 3;
+///
+/// Level 4: `meet_user_index` takes the user's values too and queues them
+/// in the partition's outbox (`k=user`) for the archive; a daemon of level
+/// 3 would archive no user it writes, and its archiver would skip (and
+/// drop) the entries of the others.
+pub const API_LEVEL: u32 = 4;
 
 /// The assembled library for one partition count, and its version.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,8 +6,9 @@
 //! as the meeting; and `meetingd:{p<P>}:users`, the users U with U mod the
 //! partition count = P. A user's hash is under the user's own tag, so the user
 //! index cannot be written in the call that writes the user: USER SET
-//! first enters the user in the index (`meet_user_index`), then writes the
-//! hash. A failure in between leaves an index entry without a user, which
+//! first enters the user in the index (`meet_user_index`, which also queues
+//! the user's values for the archive in the partition's outbox), then
+//! writes the hash. A failure in between leaves an index entry without a user, which
 //! the listing skips and the next USER SET of the user completes; the
 //! other order could leave a user no listing shows.
 //!
@@ -80,13 +81,20 @@ fn meeting_of(key: &str) -> Option<Id> {
 }
 
 impl Store {
-    /// The call that enters a user in its partition's user index (USER SET
-    /// sends it before `meet_user_set`).
-    pub(super) fn user_index_call(&self, user: Id) -> Call<()> {
+    /// The call that enters a user in its partition's user index and, in
+    /// the same call, queues its values for the archive (USER SET sends it
+    /// before `meet_user_set`, with the same values).
+    pub(super) fn user_index_call(&self, user: &User) -> Call<()> {
         Call::new(
             "meet_user_index",
-            &self.keys.user_index(user),
-            &[&user.to_string()],
+            &self.keys.user_index(user.id),
+            &[
+                &user.id.to_string(),
+                &user.name,
+                &user.age.to_string(),
+                &user.gender,
+                &user.email,
+            ],
             true,
             |_| Ok(()),
         )
@@ -198,6 +206,16 @@ impl Store {
     ) -> Result<Listing<User>, StoreError> {
         let limit = limit.clamp(1, PAGE);
         let (ids, more) = self.merged_ids(Keys::users, after, limit).await?;
+        let items = self.users_get(&ids).await?;
+        Ok(Listing {
+            items,
+            next: more.then(|| ids.last().copied()).flatten(),
+        })
+    }
+
+    /// The users of `ids` that exist, in their order, read at once (one
+    /// pipeline; on a cluster, concurrently).
+    pub async fn users_get(&self, ids: &[Id]) -> Result<Vec<User>, StoreError> {
         let calls = ids
             .iter()
             .map(|id| {
@@ -217,10 +235,7 @@ impl Store {
                 Err(err) => return Err(err),
             }
         }
-        Ok(Listing {
-            items,
-            next: more.then(|| ids.last().copied()).flatten(),
-        })
+        Ok(items)
     }
 
     /// Whether the listings' indexes hold everything stored (the flag

@@ -81,17 +81,22 @@ impl Store {
         let mut report = LoadReport::default();
         let mut records = records.into_iter().peekable();
         while records.peek().is_some() {
-            // a user is entered in its user index first (see USER SET):
-            // that call is no record of its own (`false`)
+            // a user is entered in its user index (and queued for the
+            // archive) first, see USER SET: that call is no record of its
+            // own (`false`), and a user it refuses the next one refuses too
             let mut calls = Vec::with_capacity(CHUNK);
+            let mut is_record = Vec::with_capacity(CHUNK);
             for record in records.by_ref().take(CHUNK) {
                 if let Load::User(user) = &record {
-                    calls.push(self.user_index_call(user.id).map(|()| false));
+                    calls.push(self.user_index_call(user).map(|()| false));
+                    is_record.push(false);
                 }
                 calls.push(self.load_call(record).map(|()| true));
+                is_record.push(true);
             }
-            for reply in self.run_all(calls).await {
+            for (reply, record) in self.run_all(calls).await.into_iter().zip(is_record) {
                 match reply {
+                    Err(StoreError::Rule { .. }) if !record => {}
                     Err(err @ StoreError::Rule { .. }) => {
                         report.refused += 1;
                         report.first_refusal.get_or_insert_with(|| err.to_string());

@@ -682,11 +682,11 @@ fn archive_refuses_a_schema_newer_than_it_knows() {
     assert!(daemon.wait(Duration::from_secs(20)).is_some());
     assert_eq!(
         db.rows("SELECT max(version) FROM _sqlx_migrations"),
-        vec!["1"]
+        vec!["2"]
     );
     db.rows(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (2, 'from a newer meetingd', 1, x'00', 0)",
+         VALUES (3, 'from a newer meetingd', 1, x'00', 0)",
     );
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("meetingd.sock");
@@ -697,7 +697,7 @@ fn archive_refuses_a_schema_newer_than_it_knows() {
     assert!(
         newer
             .log()
-            .contains("schema version 2, newer than this meetingd knows (1)"),
+            .contains("schema version 3, newer than this meetingd knows (2)"),
         "{}",
         newer.log()
     );
@@ -982,4 +982,288 @@ fn archive_backfill_archives_what_ended_before_then_live_and_nothing_twice() {
     let (code, out) = crate::harness::meetingd_run("archive", &["--backfill", "--redis", &url]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("no archive is configured"), "{out}");
+}
+
+/// Bring `db` to schema version 1 as meetingd 0.2 left it (its migration
+/// alone, run by sqlx as the daemon runs it), holding one user row written
+/// from a hash: user 7, "Old".
+fn schema_version_1(db: &dyn ArchiveDb) {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    use std::borrow::Cow;
+    let (backend, url) = meetingd::archive::Backend::of_url(&db.url()).expect("a url");
+    let sql = match backend {
+        meetingd::archive::Backend::Postgres => {
+            include_str!("../../migrations/postgres/0001_archive.sql")
+        }
+        meetingd::archive::Backend::MySql => {
+            include_str!("../../migrations/mysql/0001_archive.sql")
+        }
+        meetingd::archive::Backend::Sqlite => {
+            include_str!("../../migrations/sqlite/0001_archive.sql")
+        }
+    };
+    let migrator = Migrator {
+        migrations: Cow::Owned(vec![Migration::new(
+            1,
+            Cow::Borrowed("archive"),
+            MigrationType::Simple,
+            Cow::Borrowed(sql),
+            false,
+        )]),
+        ..Migrator::DEFAULT
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        match backend {
+            meetingd::archive::Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&url).await.expect("postgres");
+                migrator.run(&pool).await.expect("migration 1");
+            }
+            meetingd::archive::Backend::MySql => {
+                let pool = sqlx::MySqlPool::connect(&url).await.expect("mariadb");
+                migrator.run(&pool).await.expect("migration 1");
+            }
+            meetingd::archive::Backend::Sqlite => {
+                let options =
+                    <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)
+                        .expect("sqlite url")
+                        .create_if_missing(true);
+                let pool = sqlx::SqlitePool::connect_with(options)
+                    .await
+                    .expect("sqlite");
+                migrator.run(&pool).await.expect("migration 1");
+            }
+        }
+    });
+    let now = if db.url().starts_with("sqlite") {
+        "'2000-01-01T00:00:00.000+00:00'"
+    } else {
+        "'2000-01-01 00:00:00'"
+    };
+    db.rows(&format!(
+        "INSERT INTO users (user_id, name, age, gender, email, archived_at) \
+         VALUES (7, 'Old', 99, 'x', 'old@example.com', {now})"
+    ));
+    assert_eq!(
+        db.rows("SELECT max(version) FROM _sqlx_migrations"),
+        vec!["1"]
+    );
+}
+
+/// A user's row in the archive, `name|age|gender|email`.
+fn user_row(db: &dyn ArchiveDb, user: u64) -> String {
+    one(
+        db,
+        &format!("SELECT name, age, gender, email FROM users WHERE user_id = {user}"),
+    )
+}
+
+/// Wait until user `user`'s row in the archive reads `row`.
+fn wait_user(db: &dyn ArchiveDb, user: u64, row: &str, daemon: &Daemon) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while user_row(db, user) != row {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "user {user} is {:?}, not {row}: {}",
+            user_row(db, user),
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Users archived as USER SET writes them, on a database brought from
+/// schema version 1: the migration keeps the old row (version 0, so any
+/// entry replaces it); a USER SET is in `users` without any instance, a
+/// second one replaces it; a row of a later entry is not replaced by an
+/// earlier one; a user queued by its first call whose hash still holds
+/// older values (the second call not yet made) keeps the queued values
+/// when an instance they were in is archived from the hash; a user
+/// written before archiving is archived from its hash with its instance.
+fn users_as_written(db: &dyn ArchiveDb) {
+    schema_version_1(db);
+    let redis = Redis::start();
+    let daemon = start(&redis, &env(&db.url()));
+    wait_until("schema version 2", Duration::from_secs(30), || {
+        one(db, "SELECT max(version) FROM _sqlx_migrations") == "2"
+    });
+    assert_eq!(
+        one(
+            db,
+            "SELECT name, source_ms, source_seq FROM users WHERE user_id = 7"
+        ),
+        "Old|0|0"
+    );
+    let mut client = daemon.client();
+    client.ok("USER SET 7 name Ada age 036 gender female email Ada@Example.com");
+    wait_user(db, 7, "Ada|36|female|ada@example.com", &daemon);
+    assert_eq!(one(db, "SELECT count(*) FROM instances"), "0");
+    client.ok("USER SET 7 name Grace age 40 gender female email grace@example.com");
+    wait_user(db, 7, "Grace|40|female|grace@example.com", &daemon);
+    // a later entry's row stands; 71 shares user 7's outbox (partition 7
+    // of 64), so once its entry is archived, 7's before it was too
+    let shift = "1000000000000";
+    db.rows(&format!(
+        "UPDATE users SET source_ms = source_ms + {shift} WHERE user_id = 7"
+    ));
+    client.ok("USER SET 7 name Stale age 1 gender x email stale@example.com");
+    client.ok("USER SET 71 name Marker age 2 gender x email marker@example.com");
+    wait_user(db, 71, "Marker|2|x|marker@example.com", &daemon);
+    assert_eq!(user_row(db, 7), "Grace|40|female|grace@example.com");
+    // user 8: its hash says Hash, the entry of a USER SET whose second
+    // call has not run yet says Queued; user 9: written before (no entry)
+    let mut c = conn(&redis);
+    call(
+        &mut c,
+        "meet_user_set",
+        "meetingd:{u8}:user",
+        &["Hash", "30", "m", "hash@example.com"],
+    );
+    call(
+        &mut c,
+        "meet_user_index",
+        "meetingd:{p8}:users",
+        &["8", "Queued", "31", "m", "queued@example.com"],
+    );
+    call(
+        &mut c,
+        "meet_user_set",
+        "meetingd:{u9}:user",
+        &["Nine", "9", "f", "nine@example.com"],
+    );
+    wait_user(db, 8, "Queued|31|m|queued@example.com", &daemon);
+    assert_eq!(user_row(db, 9), "");
+    let from = base();
+    let key = meeting_key(3);
+    call(&mut c, "meet_meeting_set", &key, &["Three", "", "true"]);
+    let (f, t) = (from.to_string(), (from + 60_000).to_string());
+    call(
+        &mut c,
+        "meet_instance_set",
+        &key,
+        &["1", &f, &t, &(from - 60_000).to_string()],
+    );
+    tick_all(&mut c, 3..=3, from);
+    for (u, email) in [("8", "hash@example.com"), ("9", "nine@example.com")] {
+        call(
+            &mut c,
+            "meet_join",
+            &key,
+            &["", u, email, &(from + 1000).to_string()],
+        );
+    }
+    tick_all(&mut c, 3..=3, from + 65_000);
+    wait_archived(db, 1, &daemon);
+    assert_eq!(user_row(db, 8), "Queued|31|m|queued@example.com");
+    assert_eq!(user_row(db, 9), "Nine|9|f|nine@example.com");
+    assert_eq!(
+        one(
+            db,
+            "SELECT source_ms, source_seq FROM users WHERE user_id = 9"
+        ),
+        "0|0"
+    );
+}
+
+#[test]
+fn archive_users_as_written_sqlite() {
+    users_as_written(&Sqlite::new());
+}
+
+#[test]
+fn archive_users_as_written_postgres() {
+    users_as_written(&Postgres::start());
+}
+
+#[test]
+fn archive_users_as_written_mariadb() {
+    users_as_written(&Mariadb::start());
+}
+
+/// USER SETs sent one after the other while the daemon is killed with
+/// SIGKILL (between writes, or inside one, and before its archiver took
+/// every entry): another daemon archives every USER SET that was
+/// acknowledged, with its values; at most the one in flight besides.
+#[test]
+fn archive_users_acknowledged_survive_a_killed_daemon() {
+    let db = Postgres::start();
+    let redis = Redis::start();
+    let env = env(&db.url());
+    let daemon = start(&redis, &env);
+    let socket = daemon.socket().to_path_buf();
+    let writer = std::thread::spawn(move || {
+        let mut client = crate::harness::Client::connect(&socket).expect("connect");
+        let mut acked = Vec::new();
+        for u in 1..=100_000u64 {
+            let line = format!(
+                "USER SET {u} name N{u} age {} gender g email u{u}@example.com",
+                u % 151
+            );
+            match client.try_request(&line) {
+                Some(reply) if reply.get("error").is_none() => acked.push(u),
+                _ => break,
+            }
+        }
+        acked
+    });
+    wait_until("some users archived", Duration::from_secs(60), || {
+        one(&db, "SELECT count(*) FROM users")
+            .parse::<u64>()
+            .unwrap_or(0)
+            >= 200
+    });
+    daemon.signal(libc::SIGKILL);
+    let acked = writer.join().expect("the writer");
+    drop(daemon);
+    let archived_at_kill = one(&db, "SELECT count(*) FROM users");
+    eprintln!(
+        "{} USER SETs acknowledged, {archived_at_kill} archived when killed",
+        acked.len()
+    );
+    let last = start(&redis, &env);
+    let expected: Vec<String> = acked
+        .iter()
+        .map(|u| format!("{u}|N{u}|{}|u{u}@example.com", u % 151))
+        .collect();
+    let sql = "SELECT user_id, name, age, email FROM users ORDER BY user_id";
+    wait_until(
+        "every acknowledged user archived",
+        Duration::from_secs(90),
+        || {
+            let rows = db.rows(sql);
+            expected.iter().all(|row| rows.contains(row))
+        },
+    );
+    wait_until("the outboxes drained", Duration::from_secs(30), || {
+        last.client().ok("STATS")["archive"]["waiting"] == 0
+    });
+    let rows = db.rows(sql);
+    assert!(
+        rows.len() <= acked.len() + 1,
+        "{} rows for {} acknowledged",
+        rows.len(),
+        acked.len()
+    );
+    outbox_drained(&redis);
+}
+
+/// An archiver held to a share of its time (`archive.busy_percent`)
+/// pauses between pages and still archives every instance whole, once:
+/// instances of several pages of messages each.
+#[test]
+fn archive_a_paced_archiver_archives_everything_whole() {
+    let db = Sqlite::new();
+    let redis = Redis::start();
+    let mut env = env(&db.url());
+    env.push(("MEETINGD_ARCHIVE__BUSY_PERCENT", "20".into()));
+    let daemon = start(&redis, &env);
+    let mut c = conn(&redis);
+    let (meetings, users, messages) = (3, 40, 2_500);
+    bulk(&mut c, 1..=meetings, base(), users, messages);
+    wait_archived(&db, meetings as usize, &daemon);
+    assert_whole(&db, meetings, users, messages);
+    outbox_drained(&redis);
 }

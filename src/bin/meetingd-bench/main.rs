@@ -18,7 +18,9 @@
 //! - `partitions`: how partition counts spread over cluster masters, and
 //!   what ACTIVE, ATTENDANCE and an idle tick cost at each.
 //! - `archive`: rows per second into the archive (SQLite, or any
-//!   `archive.url`) for one ended instance of many events and messages.
+//!   `archive.url`) for one ended instance of many events and messages,
+//!   the CPU Redis and the daemon spend per row, and JOIN+LEAVE with the
+//!   archiver idle and at work, alternated.
 
 mod archive;
 mod drive;
@@ -104,7 +106,8 @@ enum Bench {
         #[arg(long, default_value_t = 64)]
         running: u64,
     },
-    /// Rows per second into the archive for one ended instance (its own
+    /// Rows per second into the archive for one ended instance, the CPU
+    /// per row, and JOIN+LEAVE with the archiver idle and at work (its own
     /// Redis and daemon).
     Archive {
         /// The archive (`postgres://...`, `mysql://...`, `sqlite://...`);
@@ -117,6 +120,26 @@ enum Bench {
         /// Messages in the instance.
         #[arg(long, default_value_t = 10_000)]
         messages: u64,
+        /// Then JOIN+LEAVE with the archiver idle and at work, alternated:
+        /// seconds per phase (0: no comparison).
+        #[arg(long, default_value_t = 5.0)]
+        phase: f64,
+        /// Phases of each kind.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Connections of the JOIN+LEAVE load (at most 60).
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Requests in flight per connection.
+        #[arg(long, default_value_t = 16)]
+        depth: usize,
+        /// The database server's main process (its CPU and its children's
+        /// is counted per row too; SQLite's is the daemon's).
+        #[arg(long)]
+        db_pid: Option<u32>,
+        /// `archive.busy_percent` of the daemon of the comparison.
+        #[arg(long, default_value_t = 100)]
+        busy_percent: u32,
     },
     /// Time one tick with `due` transitions among `stored` instances.
     Tick {
@@ -231,11 +254,23 @@ async fn main() -> std::process::ExitCode {
             url,
             events,
             messages,
+            phase,
+            rounds,
+            connections,
+            depth,
+            db_pid,
+            busy_percent,
         } => {
             archive::archive(archive::Plan {
                 url,
                 events,
                 messages,
+                phase,
+                rounds,
+                connections: connections.clamp(1, 60),
+                depth: depth.max(1),
+                db_pid,
+                busy_percent,
             })
             .await
         }

@@ -296,9 +296,10 @@ pub struct RawWatch {
     /// The kernel send buffer of a watching connection, bytes; 0 keeps the
     /// system's default.
     pub send_buffer_bytes: u64,
-    /// Most watched instances (of one partition) one reader, a Redis
-    /// connection, watches.
-    pub lane_size: u64,
+    /// Retired (WATCH reads through pub/sub now, one connection per
+    /// master): a configuration that sets it is refused with a message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lane_size: Option<u64>,
 }
 
 impl Default for RawWatch {
@@ -306,7 +307,7 @@ impl Default for RawWatch {
         RawWatch {
             buffer: 1024,
             send_buffer_bytes: 65_536,
-            lane_size: crate::watch::DEFAULT_LANE_SIZE as u64,
+            lane_size: None,
         }
     }
 }
@@ -375,8 +376,6 @@ pub struct Config {
     pub watch_buffer: usize,
     /// A watching connection's kernel send buffer (0: the default).
     pub watch_send_buffer: usize,
-    /// Most watched instances one reader watches.
-    pub watch_lane_size: usize,
     /// Where to serve Prometheus text, if anywhere (a loopback address).
     pub prometheus: Option<std::net::SocketAddr>,
     /// The promise of an acknowledgement as configured; `None`: the
@@ -645,6 +644,13 @@ impl RawConfig {
                 Duration::from_secs(days * 86_400)
             },
             watch_buffer: {
+                if self.watch.lane_size.is_some() {
+                    return Err(bad(
+                        "watch.lane_size",
+                        "is retired: WATCH now holds one Redis subscriber connection per Redis \
+                         (per master on a cluster) however many instances are watched; remove it",
+                    ));
+                }
                 let buffer = self.watch.buffer;
                 if !(16..=1_000_000).contains(&buffer) {
                     return Err(bad(
@@ -658,13 +664,6 @@ impl RawConfig {
                 .ok()
                 .filter(|b| *b <= 64 << 20)
                 .ok_or_else(|| bad("watch.send_buffer_bytes", "must be at most 64 MiB"))?,
-            watch_lane_size: {
-                let size = self.watch.lane_size;
-                if !(1..=1000).contains(&size) {
-                    return Err(bad("watch.lane_size", format!("{size} is not in 1..1000")));
-                }
-                size as usize
-            },
             prometheus: match self.stats.prometheus.trim() {
                 "" => None,
                 address => {
@@ -1251,8 +1250,7 @@ mod tests {
             ("[redis]\nurl = \"http://x\"", "redis.url"),
             ("[limits]\npage = 5000", "limits.page"),
             ("[watch]\nbuffer = 3", "watch.buffer"),
-            ("[watch]\nlane_size = 0", "watch.lane_size"),
-            ("[watch]\nlane_size = 1001", "watch.lane_size"),
+            ("[watch]\nlane_size = 4", "watch.lane_size"),
             ("[stats]\nprometheus = \"0.0.0.0:9464\"", "stats.prometheus"),
             ("[stats]\nprometheus = \"localhost\"", "stats.prometheus"),
             ("[scheduler]\ncron = \"every minute\"", "scheduler.cron"),

@@ -161,7 +161,7 @@ fn a_thousand_watched_instances_on(backend: &Backend) {
 
 /// Users 1..=3 and public meetings 1..=meetings, each with instance 1
 /// active now (until 50 minutes from now).
-fn active_meetings(c: &mut Client, meetings: u64) {
+pub fn active_meetings(c: &mut Client, meetings: u64) {
     for u in 1..=3 {
         c.ok(&format!(
             "USER SET {u} name u{u} age 30 gender - email u{u}@example.com"
@@ -186,7 +186,7 @@ fn active_meetings(c: &mut Client, meetings: u64) {
 }
 
 /// The next line a watcher receives, which must be an event.
-fn event(watcher: &mut Client) -> Value {
+pub fn event(watcher: &mut Client) -> Value {
     let line = watcher.reply().expect("the watch connection is open");
     assert!(line["event"].is_object(), "expected an event, got {line}");
     line["event"].clone()

@@ -423,9 +423,9 @@ fn a_write_made_with_redis_cli_reaches_a_watcher() {
     active_meetings(&mut actor, 1);
     let mut watcher = daemon.client();
     watcher.ok("WATCH 1");
-    let key = format!("meetingd:{{p1}}:meeting:1");
-    let joined = redis.cli(&["FCALL", "meet_join", "1", &key, "", "2", ""]);
-    let posted = redis.cli(&["FCALL", "meet_post", "1", &key, "", "2", "from redis-cli"]);
+    let key = "meetingd:{p1}:meeting:1";
+    let joined = redis.cli(&["FCALL", "meet_join", "1", key, "", "2", ""]);
+    let posted = redis.cli(&["FCALL", "meet_post", "1", key, "", "2", "from redis-cli"]);
     let id = |answer: &str| answer.split_whitespace().nth(1).map(String::from);
     let join = event(&mut watcher);
     assert_eq!(

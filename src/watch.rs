@@ -56,6 +56,10 @@ const LAST_PAUSE: Duration = Duration::from_secs(5);
 /// Entries per history read.
 const HISTORY_PAGE: usize = 500;
 
+/// How often an idle subscriber connection is asked for a PING (a
+/// connection that died without a word is found so).
+const HEALTH: Duration = Duration::from_secs(5);
+
 /// Channels per SSUBSCRIBE.
 const SUBSCRIBE_BATCH: usize = 500;
 
@@ -279,7 +283,7 @@ impl Hub {
     ) -> Result<Watcher, StoreError> {
         let head = self.store.feed(instance, None, 1).await?;
         let start = after.unwrap_or(head.last);
-        let (head_rx, next, cursor) = {
+        let (channel, head_rx, next, cursor) = {
             let mut channels = lock(&self.shared.channels);
             let channel = channels
                 .entry(instance)
@@ -301,13 +305,18 @@ impl Hub {
                 })
                 .clone();
             channel.watchers.fetch_add(1, Ordering::SeqCst);
-            let ring = lock(&channel.ring);
-            (channel.head.subscribe(), ring.end(), ring.cursor)
+            let (next, cursor) = {
+                let ring = lock(&channel.ring);
+                (ring.end(), ring.cursor)
+            };
+            let head = channel.head.subscribe();
+            (channel, head, next, cursor)
         };
         self.shared.stats.watcher_added();
         Ok(Watcher {
             hub: self.clone(),
             instance,
+            channel,
             head: Some(head_rx),
             next,
             backlog: VecDeque::new(),
@@ -328,11 +337,6 @@ impl Hub {
             self.shared.stats.reader_stopped();
             tracing::debug!(%instance, "no longer watching an instance");
         }
-    }
-
-    /// The channel of a watched instance.
-    fn channel(&self, instance: InstanceId) -> Option<Arc<Channel>> {
-        lock(&self.shared.channels).get(&instance).cloned()
     }
 }
 
@@ -440,17 +444,21 @@ struct Subscriber {
 impl Subscriber {
     async fn run(mut self) {
         let mut pause = FIRST_PAUSE;
+        let mut checked = tokio::time::Instant::now();
         loop {
-            let first = if self.pending.is_empty() {
-                match self.inbox.recv().await {
-                    Some(order) => Some(order),
-                    None => return,
-                }
+            if checked.elapsed() >= HEALTH {
+                self.check_links().await;
+                checked = tokio::time::Instant::now();
+            }
+            let wait = if self.pending.is_empty() {
+                HEALTH
             } else {
-                tokio::time::timeout(pause, self.inbox.recv())
-                    .await
-                    .ok()
-                    .flatten()
+                pause
+            };
+            let first = match tokio::time::timeout(wait, self.inbox.recv()).await {
+                Ok(Some(order)) => Some(order),
+                Ok(None) => return,
+                Err(_) => None,
             };
             let mut orders: Vec<Order> = first.into_iter().collect();
             while let Ok(order) = self.inbox.try_recv() {
@@ -526,6 +534,22 @@ impl Subscriber {
                     // its slot may have moved
                     self.shards = None;
                 }
+            }
+        }
+    }
+
+    /// PING every connection; one that does not answer is dropped, and its
+    /// channels subscribed again.
+    async fn check_links(&mut self) {
+        let links: Vec<(String, MultiplexedConnection)> = self
+            .links
+            .iter()
+            .map(|(shard, link)| (shard.clone(), link.conn.clone()))
+            .collect();
+        for (shard, mut conn) in links {
+            if let Err(err) = redis::cmd("PING").exec_async(&mut conn).await {
+                tracing::warn!(shard = %shard, "watch: the subscriber connection does not answer ({err}); subscribing again");
+                self.drop_link(&shard);
             }
         }
     }
@@ -703,6 +727,7 @@ impl Subscriber {
 pub struct Watcher {
     hub: Arc<Hub>,
     instance: InstanceId,
+    channel: Arc<Channel>,
     /// Changes when entries go on the ring; `None` once dropped.
     head: Option<watch::Receiver<u64>>,
     /// The number of the next ring entry to take.
@@ -742,10 +767,7 @@ impl Watcher {
             return Taken::Items(Vec::new());
         };
         head.borrow_and_update();
-        let Some(channel) = self.hub.channel(self.instance) else {
-            return Taken::Items(Vec::new());
-        };
-        let ring = lock(&channel.ring);
+        let ring = lock(&self.channel.ring);
         if self.next < ring.first {
             return Taken::Lagged(ring.first - self.next);
         }

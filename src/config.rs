@@ -1273,6 +1273,13 @@ mod tests {
     }
 
     #[test]
+    fn the_retired_lane_size_is_refused_with_why() {
+        let err = from_toml("[watch]\nlane_size = 1000").expect_err("refused");
+        assert!(err.0.contains("retired"), "{err}");
+        assert!(err.0.contains("remove it"), "{err}");
+    }
+
+    #[test]
     fn log_levels_are_levels() {
         for good in [
             "info",

@@ -68,6 +68,7 @@ local function join(keys, args)
     admit(base .. 'audience:' .. meeting, args[3], user, meeting)
   end
   local name = instance_name(meeting, order)
+  local prev = prev_id(ms, seq)
   ms, seq = next_id(now, ms, seq)
   -- NX: a user already in writes nothing
   if redis.call('ZADD', base .. 'present:' .. name, 'NX', ms, user) == 0 then
@@ -76,6 +77,7 @@ local function join(keys, args)
   redis.call('HSET', key, 'live', format_live(order, to, ms, seq))
   local events = base .. 'events:' .. name
   local id = redis.call('XADD', events, ms .. '-' .. seq, 'u', user, 't', '1')
+  announce(base, name, prev, id, '1', user)
   keep_until(events, to, retention)
   if join_key then
     keep_key(base, name, user .. '/join/' .. join_key, id, to, retention)

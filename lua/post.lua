@@ -74,12 +74,14 @@ local function post(keys, args)
   if not redis.call('ZSCORE', base .. 'present:' .. name, user) then
     fail('NOT_JOINED', 'user ' .. user .. ' is not in ' .. name)
   end
+  local prev = prev_id(ms, seq)
   ms, seq = next_id(now, ms, seq)
   local id = ms .. '-' .. seq
   redis.call('HSET', key, 'live', format_live(order, to, ms, seq))
   local chat = base .. 'chat:' .. name
   local by = chat .. ':by:' .. user
   redis.call('XADD', chat, id, 'u', user, 'text', text)
+  announce(base, name, prev, id, 'm', user, text)
   redis.call('XADD', by, id, 'u', user)
   keep_until(chat, to, retention)
   keep_until(by, to, retention)

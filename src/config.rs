@@ -298,9 +298,10 @@ pub struct RawWatch {
     /// The kernel send buffer of a watching connection, bytes; 0 keeps the
     /// system's default.
     pub send_buffer_bytes: u64,
-    /// Most watched instances (of one partition) one reader, a Redis
-    /// connection, watches.
-    pub lane_size: u64,
+    /// Retired (WATCH reads through pub/sub now, one connection per
+    /// master): a configuration that sets it is refused with a message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lane_size: Option<u64>,
 }
 
 impl Default for RawWatch {
@@ -308,7 +309,7 @@ impl Default for RawWatch {
         RawWatch {
             buffer: 1024,
             send_buffer_bytes: 65_536,
-            lane_size: crate::watch::DEFAULT_LANE_SIZE as u64,
+            lane_size: None,
         }
     }
 }
@@ -454,8 +455,6 @@ pub struct Config {
     pub watch_buffer: usize,
     /// A watching connection's kernel send buffer (0: the default).
     pub watch_send_buffer: usize,
-    /// Most watched instances one reader watches.
-    pub watch_lane_size: usize,
     /// Where to serve Prometheus text, if anywhere (a loopback address).
     pub prometheus: Option<std::net::SocketAddr>,
     /// The promise of an acknowledgement as configured; `None`: the
@@ -735,6 +734,13 @@ impl RawConfig {
                 Duration::from_secs(days * 86_400)
             },
             watch_buffer: {
+                if self.watch.lane_size.is_some() {
+                    return Err(bad(
+                        "watch.lane_size",
+                        "is retired: WATCH now holds one Redis subscriber connection per Redis \
+                         (per master on a cluster) however many instances are watched; remove it",
+                    ));
+                }
                 let buffer = self.watch.buffer;
                 if !(16..=1_000_000).contains(&buffer) {
                     return Err(bad(
@@ -748,13 +754,6 @@ impl RawConfig {
                 .ok()
                 .filter(|b| *b <= 64 << 20)
                 .ok_or_else(|| bad("watch.send_buffer_bytes", "must be at most 64 MiB"))?,
-            watch_lane_size: {
-                let size = self.watch.lane_size;
-                if !(1..=1000).contains(&size) {
-                    return Err(bad("watch.lane_size", format!("{size} is not in 1..1000")));
-                }
-                size as usize
-            },
             prometheus: match self.stats.prometheus.trim() {
                 "" => None,
                 address => {
@@ -1401,8 +1400,7 @@ mod tests {
             ("[redis]\nurl = \"http://x\"", "redis.url"),
             ("[limits]\npage = 5000", "limits.page"),
             ("[watch]\nbuffer = 3", "watch.buffer"),
-            ("[watch]\nlane_size = 0", "watch.lane_size"),
-            ("[watch]\nlane_size = 1001", "watch.lane_size"),
+            ("[watch]\nlane_size = 4", "watch.lane_size"),
             ("[stats]\nprometheus = \"0.0.0.0:9464\"", "stats.prometheus"),
             ("[stats]\nprometheus = \"localhost\"", "stats.prometheus"),
             ("[scheduler]\ncron = \"every minute\"", "scheduler.cron"),
@@ -1422,6 +1420,13 @@ mod tests {
             let err = from_toml(text).expect_err(text);
             assert!(err.0.starts_with(key), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_retired_lane_size_is_refused_with_why() {
+        let err = from_toml("[watch]\nlane_size = 1000").expect_err("refused");
+        assert!(err.0.contains("retired"), "{err}");
+        assert!(err.0.contains("remove it"), "{err}");
     }
 
     #[test]

@@ -334,7 +334,6 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
         store.clone(),
         stats.clone(),
         config.watch_buffer,
-        config.watch_lane_size,
         cmd::watch_line,
     );
     let ctx = Context {
@@ -541,10 +540,6 @@ fn apply_reload(old: &Config, new: &Config, log: &LogHandle, live_tx: &watch::Se
         ("log.format", old.log_json != new.log_json),
         ("embedded", old.embedded != new.embedded),
         ("watch.buffer", old.watch_buffer != new.watch_buffer),
-        (
-            "watch.lane_size",
-            old.watch_lane_size != new.watch_lane_size,
-        ),
         ("stats.prometheus", old.prometheus != new.prometheus),
         ("archive", old.archive != new.archive),
     ];

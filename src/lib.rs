@@ -19,7 +19,7 @@
 //!   audiences, instances), `listings.rs` (MEETINGS and USERS, their
 //!   indexes, the start-up backfill), `presence.rs` (join, leave, participants,
 //!   active, attendance), `chat.rs` (post, messages, events), `tick.rs`,
-//!   `watch.rs` (WATCH's reads); around them `keys.rs` (the key layout),
+//!   `watch.rs` (WATCH's reads and subscriber connections); around them `keys.rs` (the key layout),
 //!   `library.rs` (the assembled Lua, its version and API level),
 //!   `reply.rs` and `types.rs` (replies, records or packed lists, into
 //!   typed results), `users.rs` (the user cache Redis invalidates),
@@ -33,8 +33,9 @@
 //! - [`server`]: the socket: listener, connection limits (in all, per
 //!   uid, the admins' reserve, out of file descriptors), per-connection
 //!   handler (pipelining, limits, peer credentials, watching), drain.
-//! - [`watch`]: WATCH's fan-out: a reader per few watched instances of a
-//!   partition, a ring per instance to its watchers, replay after an id.
+//! - [`watch`]: WATCH's fan-out: a subscriber connection per Redis (per
+//!   master), deliveries from what the library publishes, gaps filled from
+//!   the streams, a ring per instance to its watchers, replay after an id.
 //! - [`scheduler`]: the cron job, the start-up tick and TICK, one tick at a
 //!   time, retried after a failure.
 //! - [`daemon`]: the lifecycle: embedded Redis, signals, systemd, reload,

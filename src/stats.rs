@@ -81,9 +81,15 @@ pub struct Stats {
     latency: Vec<Mutex<Histogram<u64>>>,
     /// Connections watching an instance now.
     watchers: AtomicU64,
-    /// Instances with a reader now.
+    /// Instances watched now.
     watch_readers: AtomicU64,
+    /// WATCH's subscriber connections to Redis now.
     watch_lanes: AtomicU64,
+    /// Entries delivered as published, and gaps found in what was.
+    watch_published: AtomicU64,
+    watch_gaps: AtomicU64,
+    /// Feed reads that filled gaps or followed a subscription.
+    watch_fills: AtomicU64,
     /// Watchers dropped for falling behind, and the entries they missed.
     watchers_dropped: AtomicU64,
     dropped_events: AtomicU64,
@@ -127,6 +133,9 @@ impl Default for Stats {
             watchers: AtomicU64::new(0),
             watch_readers: AtomicU64::new(0),
             watch_lanes: AtomicU64::new(0),
+            watch_published: AtomicU64::new(0),
+            watch_gaps: AtomicU64::new(0),
+            watch_fills: AtomicU64::new(0),
             watchers_dropped: AtomicU64::new(0),
             dropped_events: AtomicU64::new(0),
             archive_on: std::sync::atomic::AtomicBool::new(false),
@@ -209,22 +218,37 @@ impl Stats {
         self.dropped_events.fetch_add(count, Ordering::Relaxed);
     }
 
-    /// An instance got a reader.
+    /// An entry was delivered as published.
+    pub fn watch_published(&self) {
+        bump(&self.watch_published);
+    }
+
+    /// A published entry did not follow its instance's cursor.
+    pub fn watch_gap(&self) {
+        bump(&self.watch_gaps);
+    }
+
+    /// `count` feeds were read after their cursors.
+    pub fn watch_filled(&self, count: usize) {
+        self.watch_fills.fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    /// An instance is watched.
     pub fn reader_started(&self) {
         bump(&self.watch_readers);
     }
 
-    /// An instance's reader stopped (its last watcher went).
+    /// An instance is no longer watched (its last watcher went).
     pub fn reader_stopped(&self) {
         self.watch_readers.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// A lane of watched instances got its reader (a Redis connection).
+    /// WATCH opened a subscriber connection.
     pub fn lane_opened(&self) {
         bump(&self.watch_lanes);
     }
 
-    /// A lane's reader stopped (its last instance went).
+    /// WATCH closed (or lost) a subscriber connection.
     pub fn lane_closed(&self) {
         self.watch_lanes.fetch_sub(1, Ordering::Relaxed);
     }
@@ -371,6 +395,9 @@ impl Stats {
                 "watchers": load(&self.watchers),
                 "instances": load(&self.watch_readers),
                 "readers": load(&self.watch_lanes),
+                "published": load(&self.watch_published),
+                "gaps": load(&self.watch_gaps),
+                "fills": load(&self.watch_fills),
                 "watchers_dropped": load(&self.watchers_dropped),
                 "dropped_events": load(&self.dropped_events),
             },

@@ -1,63 +1,67 @@
-//! WATCH's fan-out: one channel per watched instance, however many watch
-//! it, and one reader per lane: up to `watch.lane_size` watched instances
-//! of one partition ([`DEFAULT_LANE_SIZE`]).
+//! WATCH's fan-out on Redis pub/sub: one subscriber connection per Redis
+//! (per master on a cluster), however many instances are watched.
 //!
-//! A lane's reader reads the merged feed (`meet_feed`) of each of its
-//! watched instances that may have news, after the instance's cursor, and,
-//! when none has, blocks on its own Redis connection until one has: one
-//! XREAD BLOCK over every watched stream of the lane (they share their
-//! partition's hash tag), and over the partition's wake stream, which a new
-//! watched instance writes to so the reader includes it at once. What that
-//! read brings is sent as it is when it holds everything new of both of an
-//! instance's streams (neither filled the read's count); otherwise the
-//! instance's feed is read again, page by page. No polling.
+//! The library publishes every entry it writes on its instance's channel
+//! (see [`crate::store::Published`]). The hub subscribes (SSUBSCRIBE) to
+//! the channel of each watched instance on the connection to the master
+//! that serves the channel's slot, and an entry that arrives is rendered
+//! once into its reply line and put on the instance's ring, shared by its
+//! watchers. No read of Redis for it.
 //!
-//! Why lanes and not one reader per partition: Redis does work for every
-//! stream of a blocking read each time it blocks, wakes and reads again
-//! (7.0 finds each stream's last entry on every XREAD), so a read over
-//! the streams of every watched instance of a partition costs Redis more
-//! per delivery the more instances are watched. A lane bounds that work;
-//! the price is a connection per lane rather than per partition.
+//! The streams stay the source of truth. Each watched instance has a
+//! cursor, the last id put on its ring, and every published entry names the
+//! id before it: one whose `prev` is the cursor is delivered as it is; one
+//! at or before the cursor is a repeat, dropped; any other is a gap (an
+//! entry went by unseen) and the instance's feed is read after the cursor
+//! instead, by the filler task. A (re)subscription always ends with such a
+//! read: what was written before the subscription took effect is in the
+//! stream, what comes after is published to it. A lost subscriber
+//! connection, or a channel the server let go of (its slot moved, its
+//! master was demoted), has its channels subscribed again, on the master
+//! that serves them now, and read again from their cursors. So every entry
+//! reaches the ring once, in order, whatever was lost on the way.
 //!
-//! Every entry is rendered once into its reply line and sent on the
-//! instance's bounded broadcast ring, shared by its watchers. Sending never
-//! waits, so a watcher that does not keep up slows nobody: once it is a
-//! whole ring behind, it learns how much it missed and where to resume
-//! ([`Next::Dropped`]).
+//! A ring holds only what was sent and not yet pushed out by newer entries
+//! (at most `watch.buffer`), and takes no memory while its instance is
+//! quiet. Sending never waits, so a watcher that does not keep up slows
+//! nobody: once it is a whole ring behind, it learns how much it missed and
+//! where to resume ([`Next::Dropped`]).
 //!
 //! A watcher that starts after an id first replays what came after it from
-//! Redis, up to the channel's cursor at the moment it subscribed, then
-//! takes the live entries after that: no gap and no duplicate at the seam.
-//! The last watcher of an instance closes its channel; the last channel of
-//! a lane stops its reader and closes its connection.
+//! Redis, up to the instance's cursor at the moment it subscribed, then
+//! takes the ring's entries after that: no gap and no duplicate at the
+//! seam. The last watcher of an instance closes its channel (SUNSUBSCRIBE);
+//! a subscriber connection left with no channel is closed.
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::broadcast;
+use redis::aio::MultiplexedConnection;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::AbortHandle;
 
 use crate::stats::Stats;
-use crate::store::{FeedItem, InstanceId, Keys, Store, StoreError, StreamId};
-
-/// Most instances one reader watches (two streams each in its blocking
-/// read), unless `watch.lane_size` says otherwise. Smaller costs Redis
-/// less per delivery and takes more connections; see BENCHMARKS.md,
-/// "WATCH: delivery to many watchers".
-pub const DEFAULT_LANE_SIZE: usize = 4;
-
-/// How long one blocking read waits before the reader looks again.
-const BLOCK: Duration = Duration::from_secs(5);
+use crate::store::{FeedItem, InstanceId, Published, Shards, Store, StoreError, StreamId};
 
 /// The first pause after a failed Redis call (it doubles, up to 5 s).
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 
+/// The longest pause between retries.
+const LAST_PAUSE: Duration = Duration::from_secs(5);
+
 /// Entries per history read.
 const HISTORY_PAGE: usize = 500;
+
+/// How often an idle subscriber connection is asked for a PING (a
+/// connection that died without a word is found so).
+const HEALTH: Duration = Duration::from_secs(5);
+
+/// Channels per SSUBSCRIBE.
+const SUBSCRIBE_BATCH: usize = 500;
 
 /// Turns an entry of an instance into the line a watcher receives.
 pub type Render = fn(InstanceId, &FeedItem) -> Vec<u8>;
@@ -86,63 +90,54 @@ pub enum Next {
     },
 }
 
-/// The instance channels of the daemon, and its readers.
+/// The instance channels of the daemon, its subscriber and its filler.
 pub struct Hub {
+    store: Store,
+    shared: Arc<Shared>,
+    /// To the subscriber task: instances to look at.
+    orders: mpsc::UnboundedSender<Order>,
+    tasks: [AbortHandle; 2],
+}
+
+/// What the hub's tasks and the push callbacks share.
+struct Shared {
     store: Store,
     stats: Arc<Stats>,
     render: Render,
     /// Entries a watcher may fall behind before it is dropped.
     buffer: usize,
-    /// Most instances a reader watches.
-    lane_size: usize,
-    watched: Arc<Mutex<Watched>>,
+    /// The watched instances.
+    channels: Mutex<HashMap<InstanceId, Arc<Channel>>>,
+    /// Instances whose feed must be read after their cursor.
+    dirty: Mutex<HashSet<InstanceId>>,
+    /// Wakes the filler.
+    fill: Notify,
 }
 
-/// A reader's share of the watched instances: a partition, and a number
-/// within it.
-type Lane = (u64, usize);
-
-/// What is watched, under one lock: the channels and the readers.
-#[derive(Default)]
-struct Watched {
-    /// The lane of each watched instance.
-    lane_of: HashMap<InstanceId, Lane>,
-    /// By lane: its instances' channels (a reader lists only its own), and
-    /// its reader.
-    lanes: HashMap<Lane, LaneState>,
-}
-
-/// The instances of one lane, and its reader.
-struct LaneState {
-    channels: HashMap<InstanceId, Arc<Channel>>,
-    reader: AbortHandle,
-}
-
-impl Watched {
-    /// The lane a newly watched instance of `partition` joins: the first
-    /// with room for it (of `size` instances), or a new one.
-    fn lane_with_room(&self, partition: u64, size: usize) -> Lane {
-        (0..)
-            .map(|number| (partition, number))
-            .find(|lane| {
-                self.lanes
-                    .get(lane)
-                    .is_none_or(|state| state.channels.len() < size)
-            })
-            .unwrap_or((partition, 0))
-    }
-}
-
-/// One watched instance: its ring and where its reader is.
+/// One watched instance: its ring, where it is, who watches.
 struct Channel {
-    sender: broadcast::Sender<Arc<Item>>,
-    /// The last id the reader sent. Taken together with a new receiver
-    /// (under this lock, which the reader holds while it sends), it says
-    /// where live delivery starts for that receiver.
-    cursor: Mutex<StreamId>,
-    /// There may be entries after the cursor: the reader reads the feed
-    /// (set when the channel opens, and when a blocking read says so).
-    dirty: AtomicBool,
+    ring: Mutex<Ring>,
+    /// The sequence number the next entry put on the ring gets: watchers
+    /// wait on its changes.
+    head: watch::Sender<u64>,
+    /// Its watchers.
+    watchers: AtomicUsize,
+}
+
+/// The last entries of an instance, numbered.
+struct Ring {
+    items: VecDeque<Arc<Item>>,
+    /// The number of `items[0]`.
+    first: u64,
+    /// The last id put on the ring (or the instance's last when the
+    /// channel opened).
+    cursor: StreamId,
+}
+
+impl Ring {
+    fn end(&self) -> u64 {
+        self.first + self.items.len() as u64
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -152,23 +147,130 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+impl Shared {
+    /// Put entries on an instance's ring, in order, those at or before its
+    /// cursor left out; tell its watchers.
+    fn send(&self, instance: InstanceId, channel: &Channel, items: &[(StreamId, FeedItem)]) {
+        let mut ring = lock(&channel.ring);
+        let mut sent = false;
+        for (id, item) in items {
+            if *id <= ring.cursor {
+                continue;
+            }
+            self.push(instance, &mut ring, *id, item);
+            sent = true;
+        }
+        if sent {
+            channel.head.send_replace(ring.end());
+        }
+    }
+
+    fn push(&self, instance: InstanceId, ring: &mut Ring, id: StreamId, item: &FeedItem) {
+        ring.cursor = id;
+        ring.items.push_back(Arc::new(Item {
+            id,
+            line: Bytes::from((self.render)(instance, item)),
+        }));
+        if ring.items.len() > self.buffer {
+            ring.items.pop_front();
+            ring.first += 1;
+        }
+    }
+
+    /// An entry published on `instance`'s channel: delivered when it
+    /// follows the cursor, dropped when it was delivered, else the feed is
+    /// read.
+    fn published(&self, instance: InstanceId, entry: Published) {
+        let Some(channel) = lock(&self.channels).get(&instance).cloned() else {
+            return;
+        };
+        let mut ring = lock(&channel.ring);
+        if entry.id <= ring.cursor {
+            return;
+        }
+        if entry.prev == Some(ring.cursor) {
+            self.push(instance, &mut ring, entry.id, &entry.item);
+            channel.head.send_replace(ring.end());
+            self.stats.watch_published();
+        } else {
+            drop(ring);
+            self.stats.watch_gap();
+            self.mark(instance);
+        }
+    }
+
+    /// Have the filler read `instance`'s feed after its cursor.
+    fn mark(&self, instance: InstanceId) {
+        lock(&self.dirty).insert(instance);
+        self.fill.notify_one();
+    }
+
+    /// What a subscriber connection's push says.
+    fn on_push(&self, link: u64, info: PushInfo, orders: &mpsc::UnboundedSender<Order>) {
+        match info.kind {
+            PushKind::SMessage | PushKind::Message => {
+                let mut data = info.data.into_iter();
+                let (Some(Value::BulkString(name)), Some(Value::BulkString(payload))) =
+                    (data.next(), data.next())
+                else {
+                    return;
+                };
+                let Some(instance) = Store::channel_instance(&name) else {
+                    return;
+                };
+                match Published::parse(&payload) {
+                    Some(entry) => self.published(instance, entry),
+                    // not ours to read: the stream says what it was
+                    None => self.mark(instance),
+                }
+            }
+            PushKind::SUnsubscribe => {
+                // the server let go of a channel (its slot moved, its master
+                // was demoted), or answers our own SUNSUBSCRIBE
+                if let Some(Value::BulkString(name)) = info.data.first()
+                    && let Some(instance) = Store::channel_instance(name)
+                {
+                    let _ = orders.send(Order::Dropped(link, instance));
+                }
+            }
+            PushKind::Disconnection => {
+                let _ = orders.send(Order::Lost(link));
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Hub {
-    /// A hub whose watchers may each fall `buffer` entries behind, and
-    /// whose readers each watch up to `lane_size` instances.
-    pub fn new(
-        store: Store,
-        stats: Arc<Stats>,
-        buffer: usize,
-        lane_size: usize,
-        render: Render,
-    ) -> Arc<Hub> {
-        Arc::new(Hub {
-            store,
+    /// A hub whose watchers may each fall `buffer` entries behind.
+    pub fn new(store: Store, stats: Arc<Stats>, buffer: usize, render: Render) -> Arc<Hub> {
+        let shared = Arc::new(Shared {
+            store: store.clone(),
             stats,
             render,
             buffer: buffer.max(16),
-            lane_size: lane_size.max(1),
-            watched: Arc::new(Mutex::new(Watched::default())),
+            channels: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(HashSet::new()),
+            fill: Notify::new(),
+        });
+        let (orders, inbox) = mpsc::unbounded_channel();
+        let subscriber = Subscriber {
+            shared: shared.clone(),
+            orders: orders.downgrade(),
+            inbox,
+            links: HashMap::new(),
+            subscribed: HashMap::new(),
+            pending: HashSet::new(),
+            shards: None,
+            next_link: 1,
+        };
+        let filler = tokio::spawn(fill(shared.clone())).abort_handle();
+        let subscriber = tokio::spawn(subscriber.run()).abort_handle();
+        Arc::new(Hub {
+            store,
+            shared,
+            orders,
+            tasks: [filler, subscriber],
         })
     }
 
@@ -181,287 +283,443 @@ impl Hub {
     ) -> Result<Watcher, StoreError> {
         let head = self.store.feed(instance, None, 1).await?;
         let start = after.unwrap_or(head.last);
-        let partition = self.store.keys().partition(instance.meeting);
-        let (receiver, cursor, wake) = {
-            let mut watched = lock(&self.watched);
-            let watched = &mut *watched;
-            let lane = watched.lane_of.get(&instance).copied();
-            let channel = lane.and_then(|lane| {
-                watched
-                    .lanes
-                    .get(&lane)
-                    .and_then(|state| state.channels.get(&instance))
-            });
-            let (channel, wake) = match channel {
-                Some(channel) => (channel.clone(), false),
-                None => {
-                    let channel = Arc::new(Channel {
-                        sender: broadcast::channel(self.buffer).0,
-                        cursor: Mutex::new(head.last),
-                        dirty: AtomicBool::new(true),
-                    });
-                    let lane = watched.lane_with_room(partition, self.lane_size);
-                    watched.lane_of.insert(instance, lane);
-                    self.stats.reader_started();
-                    tracing::debug!(%instance, lane = lane.1, "watching an instance");
-                    // a reader already blocking must look at the new
-                    // instance now; a new one sees it in its first round
-                    let wake = match watched.lanes.entry(lane) {
-                        Entry::Occupied(mut state) => {
-                            state.get_mut().channels.insert(instance, channel.clone());
-                            true
-                        }
-                        Entry::Vacant(vacant) => {
-                            let reader = LaneReader {
-                                store: self.store.clone(),
-                                watched: self.watched.clone(),
-                                lane,
-                                render: self.render,
-                                page: (self.buffer / 4).clamp(1, 1000),
-                                listener: None,
-                                wake_cursor: None,
-                            };
-                            vacant.insert(LaneState {
-                                channels: HashMap::from([(instance, channel.clone())]),
-                                reader: tokio::spawn(reader.run()).abort_handle(),
-                            });
-                            self.stats.lane_opened();
-                            tracing::debug!(partition, lane = lane.1, "watch reader started");
-                            false
-                        }
-                    };
-                    (channel, wake)
-                }
+        let (channel, head_rx, next, cursor) = {
+            let mut channels = lock(&self.shared.channels);
+            let channel = channels
+                .entry(instance)
+                .or_insert_with(|| {
+                    self.shared.stats.reader_started();
+                    tracing::debug!(%instance, "watching an instance");
+                    // sent under the lock: the subscriber sees the orders of
+                    // an instance in the order its channel opened and closed
+                    let _ = self.orders.send(Order::Look(instance));
+                    Arc::new(Channel {
+                        ring: Mutex::new(Ring {
+                            items: VecDeque::new(),
+                            first: 0,
+                            cursor: head.last,
+                        }),
+                        head: watch::channel(0).0,
+                        watchers: AtomicUsize::new(0),
+                    })
+                })
+                .clone();
+            channel.watchers.fetch_add(1, Ordering::SeqCst);
+            let (next, cursor) = {
+                let ring = lock(&channel.ring);
+                (ring.end(), ring.cursor)
             };
-            let receiver = channel.sender.subscribe();
-            let cursor = *lock(&channel.cursor);
-            (receiver, cursor, wake)
+            let head = channel.head.subscribe();
+            (channel, head, next, cursor)
         };
-        if wake && let Err(err) = self.store.wake(partition).await {
-            // the reader's block ends within seconds anyway
-            tracing::debug!(partition, error = %err, "cannot wake the watch reader");
-        }
-        self.stats.watcher_added();
+        self.shared.stats.watcher_added();
         Ok(Watcher {
             hub: self.clone(),
             instance,
-            receiver: Some(receiver),
+            channel,
+            head: Some(head_rx),
+            next,
             backlog: VecDeque::new(),
             position: start,
             replay_until: (cursor > start).then_some(cursor),
         })
     }
 
-    /// A watcher of `instance` went: close its channel if it was the last,
-    /// and stop the lane's reader if that was its last channel.
+    /// A watcher of `instance` went: close its channel if it was the last.
     fn release(&self, instance: InstanceId) {
-        let mut watched = lock(&self.watched);
-        let Some(lane) = watched.lane_of.get(&instance).copied() else {
-            return;
-        };
-        let Entry::Occupied(mut state) = watched.lanes.entry(lane) else {
-            return;
-        };
-        let unused = state
-            .get()
-            .channels
+        let mut channels = lock(&self.shared.channels);
+        let last = channels
             .get(&instance)
-            .is_some_and(|channel| channel.sender.receiver_count() == 0);
-        if !unused {
+            .is_some_and(|channel| channel.watchers.fetch_sub(1, Ordering::SeqCst) == 1);
+        if last {
+            channels.remove(&instance);
+            let _ = self.orders.send(Order::Look(instance));
+            self.shared.stats.reader_stopped();
+            tracing::debug!(%instance, "no longer watching an instance");
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The filler: read the feed of each instance that may have entries its
+/// ring lacks (a gap, a new or renewed subscription), after its cursor,
+/// page by page, until none has. Redis failures are retried with a growing
+/// pause; cursors do not move, so nothing is lost.
+async fn fill(shared: Arc<Shared>) {
+    let page = (shared.buffer / 4).clamp(1, 1000);
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let dirty: Vec<InstanceId> = lock(&shared.dirty).drain().collect();
+        if dirty.is_empty() {
+            shared.fill.notified().await;
+            continue;
+        }
+        let open: Vec<(InstanceId, Arc<Channel>)> = {
+            let channels = lock(&shared.channels);
+            dirty
+                .iter()
+                .filter_map(|i| channels.get(i).map(|c| (*i, c.clone())))
+                .collect()
+        };
+        let calls = open
+            .iter()
+            .map(|(instance, channel)| {
+                let cursor = lock(&channel.ring).cursor;
+                shared.store.feed_call(*instance, Some(cursor), page)
+            })
+            .collect();
+        let mut failed = None;
+        for ((instance, channel), feed) in open.iter().zip(shared.store.run_all(calls).await) {
+            match feed {
+                Ok(feed) => {
+                    shared.send(*instance, channel, &feed.items);
+                    if feed.next.is_some() {
+                        lock(&shared.dirty).insert(*instance);
+                    }
+                }
+                Err(err) => {
+                    lock(&shared.dirty).insert(*instance);
+                    failed = Some(err);
+                }
+            }
+        }
+        shared.stats.watch_filled(open.len());
+        match failed {
+            Some(err) => {
+                if pause == FIRST_PAUSE {
+                    tracing::warn!("watch: reading a feed failed ({err}); retrying");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(LAST_PAUSE);
+            }
+            None => pause = FIRST_PAUSE,
+        }
+    }
+}
+
+/// What the subscriber task is told.
+enum Order {
+    /// An instance's channel opened or closed: subscribe or unsubscribe.
+    Look(InstanceId),
+    /// A subscriber connection was lost.
+    Lost(u64),
+    /// The server unsubscribed the connection from an instance's channel.
+    Dropped(u64, InstanceId),
+}
+
+/// A subscriber connection, to the one Redis or to one master.
+struct Link {
+    id: u64,
+    conn: MultiplexedConnection,
+    /// Its subscribed channels.
+    count: usize,
+}
+
+/// The subscriber task: one connection per shard (the one Redis, or each
+/// master that serves a watched instance), subscribed to the channels of
+/// the watched instances.
+struct Subscriber {
+    shared: Arc<Shared>,
+    /// For the push callbacks (weak: the hub's going ends the task).
+    orders: mpsc::WeakUnboundedSender<Order>,
+    inbox: mpsc::UnboundedReceiver<Order>,
+    /// By shard (`host:port`, or empty for the one Redis).
+    links: HashMap<String, Link>,
+    /// The instances subscribed, and their shard.
+    subscribed: HashMap<InstanceId, String>,
+    /// Watched instances not subscribed yet.
+    pending: HashSet<InstanceId>,
+    /// A cluster's slot map, as last read (`None`: read it again).
+    shards: Option<Shards>,
+    next_link: u64,
+}
+
+impl Subscriber {
+    async fn run(mut self) {
+        let mut pause = FIRST_PAUSE;
+        let mut checked = tokio::time::Instant::now();
+        loop {
+            if checked.elapsed() >= HEALTH {
+                self.check_links().await;
+                checked = tokio::time::Instant::now();
+            }
+            let wait = if self.pending.is_empty() {
+                HEALTH
+            } else {
+                pause
+            };
+            let first = match tokio::time::timeout(wait, self.inbox.recv()).await {
+                Ok(Some(order)) => Some(order),
+                Ok(None) => return,
+                Err(_) => None,
+            };
+            let mut orders: Vec<Order> = first.into_iter().collect();
+            while let Ok(order) = self.inbox.try_recv() {
+                orders.push(order);
+            }
+            for order in orders {
+                self.apply(order).await;
+            }
+            if self.pending.is_empty() {
+                pause = FIRST_PAUSE;
+                continue;
+            }
+            match self.subscribe_pending().await {
+                Ok(()) => pause = FIRST_PAUSE,
+                Err(err) => {
+                    if pause == FIRST_PAUSE {
+                        tracing::warn!("watch: subscribing failed ({err}); retrying");
+                    } else {
+                        tracing::debug!(error = %err, "watch: subscribing still fails");
+                    }
+                    pause = (pause * 2).min(LAST_PAUSE);
+                }
+            }
+        }
+    }
+
+    fn watched(&self, instance: InstanceId) -> bool {
+        lock(&self.shared.channels).contains_key(&instance)
+    }
+
+    async fn apply(&mut self, order: Order) {
+        match order {
+            Order::Look(instance) => {
+                let watched = self.watched(instance);
+                match (watched, self.subscribed.contains_key(&instance)) {
+                    (true, false) => {
+                        self.pending.insert(instance);
+                    }
+                    (false, true) => self.unsubscribe(instance).await,
+                    (false, false) => {
+                        self.pending.remove(&instance);
+                    }
+                    (true, true) => {}
+                }
+            }
+            Order::Lost(id) => {
+                let Some(shard) = self
+                    .links
+                    .iter()
+                    .find(|(_, link)| link.id == id)
+                    .map(|(shard, _)| shard.clone())
+                else {
+                    return;
+                };
+                tracing::warn!(
+                    shard = %shard,
+                    "watch: the subscriber connection was lost; subscribing again"
+                );
+                self.drop_link(&shard);
+            }
+            Order::Dropped(id, instance) => {
+                let on = self.subscribed.get(&instance).cloned();
+                let Some(shard) = on else { return };
+                if self.links.get(&shard).is_some_and(|link| link.id == id) {
+                    tracing::debug!(%instance, shard = %shard, "watch: the server dropped a subscription");
+                    self.subscribed.remove(&instance);
+                    if let Some(link) = self.links.get_mut(&shard) {
+                        link.count = link.count.saturating_sub(1);
+                    }
+                    if self.watched(instance) {
+                        self.pending.insert(instance);
+                    }
+                    // its slot may have moved
+                    self.shards = None;
+                }
+            }
+        }
+    }
+
+    /// PING every connection; one that does not answer is dropped, and its
+    /// channels subscribed again.
+    async fn check_links(&mut self) {
+        let links: Vec<(String, MultiplexedConnection)> = self
+            .links
+            .iter()
+            .map(|(shard, link)| (shard.clone(), link.conn.clone()))
+            .collect();
+        for (shard, mut conn) in links {
+            if let Err(err) = redis::cmd("PING").exec_async(&mut conn).await {
+                tracing::warn!(shard = %shard, "watch: the subscriber connection does not answer ({err}); subscribing again");
+                self.drop_link(&shard);
+            }
+        }
+    }
+
+    /// Forget a connection: its channels are subscribed again.
+    fn drop_link(&mut self, shard: &str) {
+        if self.links.remove(shard).is_some() {
+            self.shared.stats.lane_closed();
+        }
+        let lost: Vec<InstanceId> = self
+            .subscribed
+            .iter()
+            .filter(|(_, s)| s.as_str() == shard)
+            .map(|(i, _)| *i)
+            .collect();
+        for instance in lost {
+            self.subscribed.remove(&instance);
+            if self.watched(instance) {
+                self.pending.insert(instance);
+            }
+        }
+        self.shards = None;
+    }
+
+    async fn unsubscribe(&mut self, instance: InstanceId) {
+        let Some(shard) = self.subscribed.remove(&instance) else {
+            return;
+        };
+        let Some(link) = self.links.get_mut(&shard) else {
+            return;
+        };
+        link.count = link.count.saturating_sub(1);
+        if link.count == 0 {
+            // nothing left on it: closing it unsubscribes
+            self.links.remove(&shard);
+            self.shared.stats.lane_closed();
+            tracing::debug!(shard = %shard, "watch: subscriber connection closed");
             return;
         }
-        state.get_mut().channels.remove(&instance);
-        self.stats.reader_stopped();
-        tracing::debug!(%instance, "no longer watching an instance");
-        if state.get().channels.is_empty() {
-            state.remove().reader.abort();
-            self.stats.lane_closed();
-            tracing::debug!(partition = lane.0, lane = lane.1, "watch reader stopped");
-        }
-        watched.lane_of.remove(&instance);
-    }
-}
-
-/// The reader of one lane: read what is new in its watched instances that
-/// may have news, send it, block until more comes. Redis failures are
-/// retried with a growing pause; cursors do not move, so nothing is lost
-/// when Redis is back.
-struct LaneReader {
-    store: Store,
-    watched: Arc<Mutex<Watched>>,
-    lane: Lane,
-    render: Render,
-    /// Entries per feed read.
-    page: usize,
-    /// Its blocking connection, opened on first use and after a failure.
-    listener: Option<crate::store::Listener>,
-    /// Where its partition's wake stream was read up to.
-    wake_cursor: Option<StreamId>,
-}
-
-impl LaneReader {
-    async fn run(mut self) {
-        let (partition, lane) = self.lane;
-        let mut pause = FIRST_PAUSE;
-        loop {
-            if let Err(err) = self.round().await {
-                // one warning per outage, not one per retry
-                if pause == FIRST_PAUSE {
-                    tracing::warn!(
-                        partition,
-                        lane,
-                        "watch reader: Redis call failed ({err}); retrying"
-                    );
-                } else {
-                    tracing::debug!(partition, lane, error = %err, "watch reader: still failing");
-                }
-                self.listener = None;
-                self.wake_cursor = None;
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
-            } else {
-                if pause != FIRST_PAUSE {
-                    tracing::info!(partition, lane, "watch reader: reading again");
-                }
-                pause = FIRST_PAUSE;
-            }
+        let channel = self.shared.store.watch_channel(instance);
+        let mut conn = link.conn.clone();
+        let sent = redis::cmd("SUNSUBSCRIBE")
+            .arg(&channel)
+            .exec_async(&mut conn)
+            .await;
+        if let Err(err) = sent {
+            // a message that still comes is not for a watched instance
+            tracing::debug!(%instance, error = %err, "watch: SUNSUBSCRIBE failed");
         }
     }
 
-    /// One round: the feeds of the instances that may have news, then
-    /// (when none has more) a blocking read until one has.
-    async fn round(&mut self) -> Result<(), StoreError> {
-        let store = &self.store;
-        let keys = *store.keys();
-        let partition = self.lane.0;
-        // where the wake stream is, before the instances are listed: a
-        // wake after this point ends the coming block at once
-        let wake_after = match self.wake_cursor {
-            Some(cursor) => cursor,
-            None => {
-                let cursor = store.wake_cursor(partition).await?;
-                self.wake_cursor = Some(cursor);
-                cursor
-            }
-        };
-        let instances: Vec<(InstanceId, Arc<Channel>)> = lock(&self.watched)
-            .lanes
-            .get(&self.lane)
-            .map(|state| {
-                state
-                    .channels
-                    .iter()
-                    .map(|(i, c)| (*i, c.clone()))
-                    .collect()
+    /// The shard that serves `instance`'s channel: empty for the one
+    /// Redis.
+    async fn shard(&mut self, channel: &str) -> Result<String, StoreError> {
+        if !self.shared.store.is_cluster() {
+            return Ok(String::new());
+        }
+        let slot = crate::store::channel_slot(channel);
+        if let Some(shards) = &self.shards
+            && let Some(shard) = crate::store::shard_of(shards, slot)
+        {
+            return Ok(shard.to_string());
+        }
+        let shards = self.shared.store.shards().await?;
+        let shard = crate::store::shard_of(&shards, slot)
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Unavailable(format!("no master serves slot {slot} now")));
+        self.shards = Some(shards);
+        shard
+    }
+
+    /// The connection to `shard`, made if there is none.
+    async fn link(&mut self, shard: &str) -> Result<MultiplexedConnection, StoreError> {
+        if let Some(link) = self.links.get(shard) {
+            return Ok(link.conn.clone());
+        }
+        let id = self.next_link;
+        self.next_link += 1;
+        let shared = self.shared.clone();
+        let orders = self.orders.clone();
+        let conn = self
+            .shared
+            .store
+            .subscriber(shard, move |info| {
+                if let Some(orders) = orders.upgrade() {
+                    shared.on_push(id, info, &orders);
+                }
             })
-            .unwrap_or_default();
-        let dirty: Vec<&(InstanceId, Arc<Channel>)> = instances
-            .iter()
-            .filter(|(_, channel)| channel.dirty.swap(false, Ordering::SeqCst))
-            .collect();
-        if !dirty.is_empty() {
-            let calls = dirty
-                .iter()
-                .map(|(instance, channel)| {
-                    store.feed_call(*instance, Some(*lock(&channel.cursor)), self.page)
-                })
-                .collect();
-            let mut failed = None;
-            for ((instance, channel), feed) in dirty.iter().zip(store.run_all(calls).await) {
-                match feed {
-                    Ok(feed) => {
-                        send(*instance, channel, &feed.items, self.render);
-                        if feed.next.is_some() {
-                            channel.dirty.store(true, Ordering::SeqCst);
+            .await?;
+        self.shared.stats.lane_opened();
+        tracing::debug!(shard = %shard, "watch: subscriber connection opened");
+        self.links.insert(
+            shard.to_string(),
+            Link {
+                id,
+                conn: conn.clone(),
+                count: 0,
+            },
+        );
+        Ok(conn)
+    }
+
+    /// Subscribe the pending instances, by shard and partition (the
+    /// channels of one SSUBSCRIBE share a slot), each then read from its
+    /// cursor. What fails stays pending.
+    async fn subscribe_pending(&mut self) -> Result<(), StoreError> {
+        let pending: Vec<InstanceId> = self.pending.iter().copied().collect();
+        let mut groups: HashMap<(String, u16), Vec<(InstanceId, String)>> = HashMap::new();
+        for instance in pending {
+            if !self.watched(instance) {
+                self.pending.remove(&instance);
+                continue;
+            }
+            let channel = self.shared.store.watch_channel(instance);
+            let shard = self.shard(&channel).await?;
+            let slot = crate::store::channel_slot(&channel);
+            groups
+                .entry((shard, slot))
+                .or_default()
+                .push((instance, channel));
+        }
+        let mut failed = None;
+        for ((shard, _), group) in groups {
+            let mut conn = match self.link(&shard).await {
+                Ok(conn) => conn,
+                Err(err) => {
+                    self.shards = None;
+                    failed = Some(err);
+                    continue;
+                }
+            };
+            for batch in group.chunks(SUBSCRIBE_BATCH) {
+                let mut cmd = redis::cmd("SSUBSCRIBE");
+                for (_, channel) in batch {
+                    cmd.arg(channel);
+                }
+                match cmd.exec_async(&mut conn).await {
+                    Ok(()) => {
+                        for (instance, _) in batch {
+                            self.pending.remove(instance);
+                            if self.subscribed.insert(*instance, shard.clone()).is_none()
+                                && let Some(link) = self.links.get_mut(&shard)
+                            {
+                                link.count += 1;
+                            }
+                            // written before the subscription: in the stream
+                            self.shared.mark(*instance);
                         }
                     }
                     Err(err) => {
-                        channel.dirty.store(true, Ordering::SeqCst);
-                        failed = Some(err);
+                        if err.redirect_node().is_some() {
+                            // MOVED: the slot map is behind
+                            self.shards = None;
+                        } else if err.is_io_error()
+                            || err.is_connection_dropped()
+                            || err.is_timeout()
+                            || err.is_unrecoverable_error()
+                        {
+                            self.drop_link(&shard);
+                        }
+                        failed = Some(err.into());
+                        break;
                     }
                 }
             }
-            if let Some(err) = failed {
-                return Err(err);
-            }
-            if instances
-                .iter()
-                .any(|(_, channel)| channel.dirty.load(Ordering::SeqCst))
-            {
-                // more is there already
-                return Ok(());
-            }
         }
-        // caught up: block until a watched stream or the wake stream has
-        // more
-        let wake_key = Keys::wake(partition);
-        let mut streams = vec![(wake_key.clone(), wake_after)];
-        let mut owner: HashMap<String, (InstanceId, &Arc<Channel>)> = HashMap::new();
-        for (instance, channel) in &instances {
-            let cursor = *lock(&channel.cursor);
-            for key in [keys.events(*instance), keys.chat(*instance)] {
-                streams.push((key.clone(), cursor));
-                owner.insert(key, (*instance, channel));
-            }
+        match failed {
+            Some(err) => Err(err),
+            None => Ok(()),
         }
-        let listener = match &mut self.listener {
-            Some(listener) => listener,
-            None => self
-                .listener
-                .insert(store.listener(partition, BLOCK).await?),
-        };
-        // what the read brought, by instance: sent as it is (no second
-        // call) when neither of the instance's streams filled the count,
-        // for then it holds everything after the cursor of both, and their
-        // ids, of one sequence, merge into the order things happened in;
-        // else the feed call of the next round merges page by page
-        let mut news: HashMap<InstanceId, (&Arc<Channel>, Vec<_>, bool)> = HashMap::new();
-        let waited = listener.wait(&streams, BLOCK, self.page).await?;
-        if waited.woken.is_some() {
-            // a new instance in the partition, perhaps in this lane
-            self.wake_cursor = waited.woken;
-        }
-        for (key, entries) in waited.news {
-            if let Some((instance, channel)) = owner.get(&key) {
-                let (_, items, full) = news
-                    .entry(*instance)
-                    .or_insert_with(|| (*channel, Vec::new(), false));
-                *full |= entries.len() >= self.page;
-                items.extend(entries);
-            }
-        }
-        for (instance, (channel, mut items, full)) in news {
-            if full {
-                channel.dirty.store(true, Ordering::SeqCst);
-            } else {
-                items.sort_by_key(|(id, _)| *id);
-                send(instance, channel, &items, self.render);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Render and send a feed's entries on an instance's ring, moving its
-/// cursor.
-fn send(instance: InstanceId, channel: &Channel, items: &[(StreamId, FeedItem)], render: Render) {
-    let items: Vec<Arc<Item>> = items
-        .iter()
-        .map(|(id, item)| {
-            Arc::new(Item {
-                id: *id,
-                line: Bytes::from(render(instance, item)),
-            })
-        })
-        .collect();
-    let mut cursor = lock(&channel.cursor);
-    for item in items {
-        if item.id <= *cursor {
-            continue;
-        }
-        *cursor = item.id;
-        // no receiver is not an error: the last one may be leaving
-        let _ = channel.sender.send(item);
     }
 }
 
@@ -469,7 +727,11 @@ fn send(instance: InstanceId, channel: &Channel, items: &[(StreamId, FeedItem)],
 pub struct Watcher {
     hub: Arc<Hub>,
     instance: InstanceId,
-    receiver: Option<broadcast::Receiver<Arc<Item>>>,
+    channel: Arc<Channel>,
+    /// Changes when entries go on the ring; `None` once dropped.
+    head: Option<watch::Receiver<u64>>,
+    /// The number of the next ring entry to take.
+    next: u64,
     /// Entries taken off the ring while the client's socket was full
     /// (see [`Watcher::absorb`]); at most the hub's buffer.
     backlog: VecDeque<Arc<Item>>,
@@ -477,6 +739,14 @@ pub struct Watcher {
     position: StreamId,
     /// While set, entries up to this id come from Redis, not the ring.
     replay_until: Option<StreamId>,
+}
+
+/// What a look at the ring found.
+enum Taken {
+    /// Entries (maybe none).
+    Items(Vec<Arc<Item>>),
+    /// The ring moved past the watcher: this many were lost.
+    Lagged(u64),
 }
 
 impl Watcher {
@@ -491,9 +761,38 @@ impl Watcher {
         self.position
     }
 
+    /// Up to `max` entries of the ring after the last taken.
+    fn take(&mut self, max: usize) -> Taken {
+        let Some(head) = self.head.as_mut() else {
+            return Taken::Items(Vec::new());
+        };
+        head.borrow_and_update();
+        let ring = lock(&self.channel.ring);
+        if self.next < ring.first {
+            return Taken::Lagged(ring.first - self.next);
+        }
+        let from = (self.next - ring.first) as usize;
+        let items: Vec<Arc<Item>> = ring.items.iter().skip(from).take(max).cloned().collect();
+        self.next += items.len() as u64;
+        Taken::Items(items)
+    }
+
+    /// Wait for the ring to change; never returns once dropped.
+    async fn changed(&mut self) {
+        match self.head.as_mut() {
+            Some(head) => {
+                if head.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+
     /// The next lines for the client (at most about `max`), or the news
     /// that it was dropped. Waits until there is something.
     pub async fn next(&mut self, max: usize) -> Next {
+        let max = max.max(1);
         loop {
             if let Some(until) = self.replay_until {
                 match self.replay(until).await {
@@ -517,25 +816,21 @@ impl Watcher {
             if !items.is_empty() {
                 return Next::Items(items);
             }
-            let Some(receiver) = self.receiver.as_mut() else {
+            if self.head.is_none() {
                 return std::future::pending().await;
-            };
-            let first = match receiver.recv().await {
-                Ok(item) => item,
-                Err(broadcast::error::RecvError::Lagged(count)) => return self.drop_out(count),
-                Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
-            };
-            let mut next = Some(first);
-            while let Some(item) = next {
-                self.hand_out(item, &mut items);
-                // a lag shows up at the next call
-                next = (items.len() < max)
-                    .then(|| self.receiver.as_mut().and_then(|r| r.try_recv().ok()))
-                    .flatten();
+            }
+            match self.take(max) {
+                Taken::Lagged(count) => return self.drop_out(count),
+                Taken::Items(taken) => {
+                    for item in taken {
+                        self.hand_out(item, &mut items);
+                    }
+                }
             }
             if !items.is_empty() {
                 return Next::Items(items);
             }
+            self.changed().await;
         }
     }
 
@@ -545,19 +840,19 @@ impl Watcher {
     /// too far behind: then it is [`Next::Dropped`] and receives no more.
     pub async fn absorb(&mut self) -> Next {
         loop {
-            let Some(receiver) = self.receiver.as_mut() else {
+            if self.head.is_none() {
                 return std::future::pending().await;
-            };
-            match receiver.recv().await {
-                Ok(item) => {
-                    self.backlog.push_back(item);
-                    if self.backlog.len() > self.hub.buffer {
+            }
+            match self.take(usize::MAX) {
+                Taken::Lagged(count) => return self.drop_out(count),
+                Taken::Items(taken) => {
+                    self.backlog.extend(taken);
+                    if self.backlog.len() > self.hub.shared.buffer {
                         return self.drop_out(0);
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(count)) => return self.drop_out(count),
-                Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
             }
+            self.changed().await;
         }
     }
 
@@ -574,8 +869,8 @@ impl Watcher {
     fn drop_out(&mut self, lagged: u64) -> Next {
         let count = lagged + self.backlog.len() as u64;
         self.backlog.clear();
-        self.receiver = None;
-        self.hub.stats.watcher_dropped(count);
+        self.head = None;
+        self.hub.shared.stats.watcher_dropped(count);
         Next::Dropped {
             count,
             resume: self.position,
@@ -597,7 +892,7 @@ impl Watcher {
             self.position = *id;
             items.push(Arc::new(Item {
                 id: *id,
-                line: Bytes::from((self.hub.render)(self.instance, item)),
+                line: Bytes::from((self.hub.shared.render)(self.instance, item)),
             }));
         }
         if feed.next.is_none() || self.position >= until || items.len() < feed.items.len() {
@@ -609,8 +904,8 @@ impl Watcher {
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        drop(self.receiver.take());
-        self.hub.stats.watcher_removed();
+        drop(self.head.take());
+        self.hub.shared.stats.watcher_removed();
         self.hub.release(self.instance);
     }
 }

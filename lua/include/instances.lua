@@ -319,6 +319,7 @@ local function time_out(inst, at, now, budget, retention)
     end
     for i, user in ipairs(users) do
       redis.call('XADD', inst.events, ids[i], 'u', user, 't', '3', 'at', at, 'end', inst.to)
+      announce(inst.base, inst.name, ids[i - 1], ids[i], '3', user, at .. ' ' .. inst.to)
     end
     remove_members(inst.present, users)
     keep_until(inst.events, inst.to, retention)

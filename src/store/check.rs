@@ -29,7 +29,7 @@ enum Kind {
     User(u64),
     Due(u64),
     Active(u64),
-    /// The partition's wake stream (WATCH readers).
+    /// The partition's wake stream (left by 0.2's WATCH readers).
     Wake(u64),
     /// The partition's outbox (the archiver's).
     Outbox(u64),

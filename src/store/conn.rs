@@ -294,28 +294,6 @@ impl Conn {
             .get_multiplexed_async_connection_with_config(config)
             .await?)
     }
-
-    /// The master that serves `key`'s slot now.
-    pub(super) async fn owner_of(&self, key: &str) -> Result<Master, StoreError> {
-        let Conn::Cluster(cluster) = self else {
-            return Err(StoreError::Internal("not a Redis Cluster".into()));
-        };
-        let value = cluster
-            .connection()
-            .route_command(
-                redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).clone(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
-            )
-            .await
-            .inspect_err(|err| cluster.after_error(err))?;
-        let slot = u16::try_from(reply::int("CLUSTER KEYSLOT", value)?)
-            .map_err(|_| StoreError::Internal("CLUSTER KEYSLOT out of range".into()))?;
-        self.masters()
-            .await?
-            .into_iter()
-            .find(|m| !m.failed && m.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
-            .ok_or_else(|| StoreError::Unavailable(format!("no master serves slot {slot} now")))
-    }
 }
 
 /// The masters in CLUSTER NODES' text: one line per node, `<id>

@@ -19,6 +19,7 @@ const BODY: &str = concat!(
     include_str!("../../lua/include/errors.lua"),
     include_str!("../../lua/include/args.lua"),
     include_str!("../../lua/include/keys.lua"),
+    include_str!("../../lua/include/watch.lua"),
     include_str!("../../lua/include/instances.lua"),
     include_str!("../../lua/include/pages.lua"),
     include_str!("../../lua/version.lua"),

@@ -63,7 +63,7 @@ pub use persistence::NodePersistence;
 pub use repartition::{Repartitioned, SERVING_TTL};
 pub use types::*;
 pub use users::Known;
-pub use watch::{Feed, FeedItem, Listener, StreamId};
+pub use watch::{Feed, FeedItem, Published, Shards, StreamId, channel_slot, shard_of};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::Code;

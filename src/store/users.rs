@@ -325,7 +325,7 @@ const DOWN_FOR: Duration = Duration::from_millis(500);
 const SLOTS: u16 = 16_384;
 
 /// The slot of `key` (its hash tag's, when it has one).
-fn slot_of(key: &str) -> u16 {
+pub(super) fn slot_of(key: &str) -> u16 {
     let tagged = key
         .split_once('{')
         .and_then(|(_, rest)| rest.split_once('}'))

@@ -1,26 +1,30 @@
-//! What WATCH reads: an instance's events and chat merged in id order
-//! (`meet_feed`), and, per reader, a connection of its own that blocks
-//! until any of the streams it is given has something new (one XREAD BLOCK
-//! over all of them: a reader's instances are of one partition and share
-//! its hash tag, so this works on a cluster too), so a reader never polls.
+//! What WATCH reads from Redis: an instance's events and chat merged in id
+//! order (`meet_feed`, the source of truth), and what the library publishes
+//! as it writes them.
 //!
-//! The blocking read runs on a connection of its own: on the shared
-//! multiplexed connection it would hold up every request queued behind it.
-//! On a cluster it is a plain connection to the master serving the
-//! partition's slot (found again when the slot moves). A reader that must
-//! look at a new instance before its block ends is woken through its
-//! partition's wake stream (`meetingd:{p<P>}:wake`), which its XREAD
-//! includes.
+//! Every JOIN, LEAVE, POST and timeout publishes its entry on the
+//! instance's channel (`meetingd:{p<P>}:watch:<M>/<O>`, see
+//! `lua/include/watch.lua`) with SPUBLISH: the partition's tag routes it
+//! to the master that holds the instance on a cluster, and a single Redis
+//! serves sharded channels as well. [`Published`] decodes the message; it
+//! carries the id before it, so a receiver knows whether it missed
+//! anything.
+//!
+//! A subscriber connection ([`Store::subscriber`]) is a plain RESP3
+//! connection to the one Redis, or to one master of a cluster, whose push
+//! messages (the published entries, a lost connection, a channel the
+//! server let go of) go to a callback. [`Store::shards`] says which master
+//! serves which slot, [`channel_slot`] a channel's slot.
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
 
-use redis::Value;
+use redis::aio::MultiplexedConnection;
+use redis::{ConnectionAddr, PushInfo, Value};
 
 use super::reply::{self, Fields};
-use super::{Keys, Store, StoreError};
-use crate::store::types::{Event, InstanceId, Message};
+use super::{Store, StoreError};
+use crate::store::types::{Event, EventKind, InstanceId, Message};
 
 /// An id of an instance's sequence (`ms-seq`), ordered as Redis orders
 /// stream ids.
@@ -86,15 +90,87 @@ pub struct Feed {
     pub next: Option<String>,
 }
 
-/// A connection of its own for a reader's blocking reads.
-pub struct Listener {
-    conn: redis::aio::MultiplexedConnection,
-    /// Its partition's wake stream, whose entries say only "look again".
-    wake: String,
+/// An entry as the library published it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The id handed out before it in its instance; `None` when the
+    /// library did not say (the first of a batch of timeouts).
+    pub prev: Option<StreamId>,
+    /// Its id.
+    pub id: StreamId,
+    /// The entry, as the feed would give it.
+    pub item: FeedItem,
 }
 
-/// Most entries the wake stream of a partition keeps.
-const WAKE_KEEP: usize = 16;
+impl Published {
+    /// Decode `<prev> <id> <kind> <user>[ <rest>]` (see
+    /// `lua/include/watch.lua`); `None` for anything else.
+    pub fn parse(payload: &[u8]) -> Option<Published> {
+        let text = std::str::from_utf8(payload).ok()?;
+        let mut parts = text.splitn(5, ' ');
+        let prev = parts.next()?;
+        let prev = if prev == "-" {
+            None
+        } else {
+            Some(prev.parse::<StreamId>().ok()?)
+        };
+        let raw_id = parts.next()?;
+        let id = raw_id.parse::<StreamId>().ok()?;
+        let kind = parts.next()?;
+        let user = parts.next()?.parse().ok()?;
+        let rest = parts.next();
+        let at = i64::try_from(id.ms).ok()?;
+        let event = |kind, at, scheduled_end, processed_at| {
+            FeedItem::Event(Event {
+                id: raw_id.to_string(),
+                user,
+                kind,
+                at,
+                scheduled_end,
+                processed_at,
+            })
+        };
+        let item = match (kind, rest) {
+            ("1", None) => event(EventKind::Join, at, None, None),
+            ("2", None) => event(EventKind::Leave, at, None, None),
+            ("3", Some(rest)) => {
+                let (ended, end) = rest.split_once(' ')?;
+                event(
+                    EventKind::Timeout,
+                    ended.parse().ok()?,
+                    Some(end.parse().ok()?),
+                    Some(at),
+                )
+            }
+            ("m", Some(text)) => FeedItem::Message(Message {
+                id: raw_id.to_string(),
+                user,
+                text: text.to_string(),
+                at,
+            }),
+            _ => return None,
+        };
+        Some(Published { prev, id, item })
+    }
+}
+
+/// The slot of a channel or key (its hash tag's): where SPUBLISH sends it
+/// on a cluster.
+pub fn channel_slot(channel: &str) -> u16 {
+    super::users::slot_of(channel)
+}
+
+/// A cluster's slot ranges (inclusive) and the master serving each, as
+/// `host:port`.
+pub type Shards = Vec<(u16, u16, String)>;
+
+/// Who serves `slot` in `shards`.
+pub fn shard_of(shards: &Shards, slot: u16) -> Option<&str> {
+    shards
+        .iter()
+        .find(|(a, b, _)| (*a..=*b).contains(&slot))
+        .map(|(_, _, addr)| addr.as_str())
+}
 
 impl Store {
     /// The call of a page of an instance's events and chat merged in id
@@ -131,149 +207,84 @@ impl Store {
         self.run(self.feed_call(instance, after, limit)).await
     }
 
-    /// Open a connection for the blocking reads of `partition`: to the one
-    /// Redis, or to the master serving the partition's slot. Its calls may
-    /// take `block` plus the store's timeout.
-    pub async fn listener(&self, partition: u64, block: Duration) -> Result<Listener, StoreError> {
-        let timeout = block + self.options.timeout;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.options.timeout))
-            .set_response_timeout(Some(timeout));
-        let conn = if self.conn.is_cluster() {
-            let master = self.conn.owner_of(&Keys::wake(partition)).await?;
-            self.conn.direct_with(&master, &config).await?
-        } else {
-            let client = redis::Client::open(self.options.url.as_str())?;
-            client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?
-        };
-        Ok(Listener {
-            conn,
-            wake: Keys::wake(partition),
+    /// The channel an instance's entries are published on.
+    pub fn watch_channel(&self, instance: InstanceId) -> String {
+        format!(
+            "meetingd:{{p{}}}:watch:{instance}",
+            self.keys.partition(instance.meeting)
+        )
+    }
+
+    /// The instance of a channel [`Store::watch_channel`] named.
+    pub fn channel_instance(channel: &[u8]) -> Option<InstanceId> {
+        let channel = std::str::from_utf8(channel).ok()?;
+        let (_, name) = channel.rsplit_once(":watch:")?;
+        let (meeting, order) = name.split_once('/')?;
+        Some(InstanceId {
+            meeting: meeting.parse().ok()?,
+            order: order.parse().ok()?,
         })
     }
 
-    /// Wake the readers of `partition` out of their blocking reads (a new
-    /// instance to watch).
-    pub async fn wake(&self, partition: u64) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: Value = redis::cmd("XADD")
-            .arg(Keys::wake(partition))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(WAKE_KEEP)
-            .arg("*")
-            .arg("w")
-            .arg("1")
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+    /// Whether the store runs on a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
     }
 
-    /// The last id of `partition`'s wake stream ("0-0" when it has none):
-    /// where a reader starts to listen for wakes.
-    pub async fn wake_cursor(&self, partition: u64) -> Result<StreamId, StoreError> {
-        let mut conn = self.conn.clone();
-        let value: Value = redis::cmd("XREVRANGE")
-            .arg(Keys::wake(partition))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await?;
-        match reply::array("XREVRANGE", value)?.into_iter().next() {
-            Some(entry) => {
-                let (id, _) = reply::entry("XREVRANGE", entry)?;
-                id.parse()
-                    .map_err(|e| StoreError::Internal(format!("the wake stream: {e}")))
-            }
-            None => Ok(StreamId::default()),
-        }
+    /// The masters of a cluster and their slots, failed ones left out
+    /// (empty on one Redis).
+    pub async fn shards(&self) -> Result<Shards, StoreError> {
+        Ok(self
+            .conn
+            .masters()
+            .await?
+            .into_iter()
+            .filter(|m| !m.failed)
+            .flat_map(|m| {
+                let addr = format!("{}:{}", m.host, m.port);
+                m.slots.into_iter().map(move |(a, b)| (a, b, addr.clone()))
+            })
+            .collect())
     }
-}
 
-/// What a wait found in one stream: its key, the entries after the id it
-/// was read from (at most the count asked for), decoded as feed items.
-pub type StreamNews = (String, Vec<(StreamId, FeedItem)>);
-
-/// What a wait found.
-#[derive(Debug, Default)]
-pub struct Waited {
-    /// The streams with news (the wake stream not among them).
-    pub news: Vec<StreamNews>,
-    /// The id of the last entry read from the wake stream, when it had
-    /// any: where the next wait reads it from.
-    pub woken: Option<StreamId>,
-}
-
-impl Listener {
-    /// Wait until one of `streams` (key, and the id read up to) has an
-    /// entry after its id, for at most `block`: the streams that have, each
-    /// with its first `count` new entries (none when the time ran out).
-    /// Returns at once when one has already, so nothing written between a
-    /// read and this wait is missed. The entries are those meet_feed would
-    /// give, so a reader can send them without asking again; of the wake
-    /// stream's, only the last id is kept.
-    pub async fn wait(
-        &mut self,
-        streams: &[(String, StreamId)],
-        block: Duration,
-        count: usize,
-    ) -> Result<Waited, StoreError> {
-        const F: &str = "XREAD";
-        let mut cmd = redis::cmd(F);
-        cmd.arg("COUNT")
-            .arg(count.max(1))
-            .arg("BLOCK")
-            .arg(block.as_millis().max(1) as u64)
-            .arg("STREAMS");
-        for (key, _) in streams {
-            cmd.arg(key);
-        }
-        for (_, after) in streams {
-            cmd.arg(after.to_string());
-        }
-        let value: Value = cmd.query_async(&mut self.conn).await?;
-        // nil when the time ran out; else [key, entries] per stream with
-        // news (a map in RESP3)
-        let streams: Vec<(Value, Value)> = match value {
-            Value::Nil => return Ok(Waited::default()),
-            Value::Map(pairs) => pairs,
-            other => reply::array(F, other)?
-                .into_iter()
-                .map(|stream| {
-                    let mut parts = reply::array(F, stream)?.into_iter();
-                    match (parts.next(), parts.next()) {
-                        (Some(key), Some(entries)) => Ok((key, entries)),
-                        _ => Err(StoreError::Internal(
-                            "unexpected reply from XREAD: a stream without entries".into(),
-                        )),
-                    }
-                })
-                .collect::<Result<_, StoreError>>()?,
+    /// A subscriber connection: RESP3, to the one Redis (`shard` empty) or
+    /// to the cluster's master at `shard` (`host:port`), its push messages
+    /// handed to `on_push` (a lost connection among them, as
+    /// [`redis::PushKind::Disconnection`]).
+    pub async fn subscriber(
+        &self,
+        shard: &str,
+        on_push: impl Fn(PushInfo) + Send + Sync + 'static,
+    ) -> Result<MultiplexedConnection, StoreError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.options.timeout))
+            .set_response_timeout(Some(self.options.timeout))
+            .set_push_sender(move |info: PushInfo| {
+                on_push(info);
+                Ok::<(), ()>(())
+            });
+        let client = if shard.is_empty() {
+            super::conn::resp3_client(&self.options.url)?
+        } else {
+            let (host, port) = shard
+                .rsplit_once(':')
+                .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+                .ok_or_else(|| StoreError::Internal(format!("not host:port: {shard}")))?;
+            let first = self.options.cluster.first().map_or("", String::as_str);
+            let info = redis::IntoConnectionInfo::into_connection_info(first)
+                .map_err(|e| StoreError::Internal(format!("bad Redis Cluster URL: {e}")))?;
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            let info = info
+                .set_redis_settings(settings)
+                .set_addr(ConnectionAddr::Tcp(host.to_string(), port));
+            redis::Client::open(info)?
         };
-        let mut waited = Waited::default();
-        for (key, entries) in streams {
-            let key = reply::text(F, key)?;
-            let entries = reply::array(F, entries)?;
-            if key == self.wake {
-                if let Some(last) = entries.into_iter().last() {
-                    let (id, _) = reply::entry(F, last)?;
-                    waited.woken = Some(id.parse().map_err(|e| {
-                        StoreError::Internal(format!("unexpected reply from {F}: {e}"))
-                    })?);
-                }
-                continue;
-            }
-            let entries = entries
-                .into_iter()
-                .map(|entry| feed_entry(F, entry))
-                .collect::<Result<_, _>>()?;
-            waited.news.push((key, entries));
-        }
-        Ok(waited)
+        Ok(client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
     }
 }
 
@@ -313,6 +324,54 @@ fn decode_feed(value: Value) -> Result<Feed, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_entries_decode_as_the_feed_has_them() {
+        let join = Published::parse(b"0-0 1795341600000-0 1 7").expect("join");
+        assert_eq!(join.prev, Some(StreamId::default()));
+        assert_eq!(join.id, "1795341600000-0".parse().expect("id"));
+        let FeedItem::Event(e) = &join.item else {
+            panic!("{join:?}")
+        };
+        assert_eq!((e.user, e.kind, e.at), (7, EventKind::Join, 1795341600000));
+        let post = Published::parse(b"1-0 1-1 m 9 hello  there\nyou").expect("post");
+        assert_eq!(
+            post.item,
+            FeedItem::Message(Message {
+                id: "1-1".into(),
+                user: 9,
+                text: "hello  there\nyou".into(),
+                at: 1
+            })
+        );
+        let timeout = Published::parse(b"- 5-2 3 4 3 2").expect("timeout");
+        assert_eq!(timeout.prev, None);
+        let FeedItem::Event(e) = &timeout.item else {
+            panic!("{timeout:?}")
+        };
+        assert_eq!(
+            (e.at, e.scheduled_end, e.processed_at),
+            (3, Some(2), Some(5))
+        );
+        for bad in [
+            &b""[..],
+            b"0-0 1-0 1",
+            b"0-0 1-0 4 7",
+            b"x 1-0 1 7",
+            b"0-0 1-0 1 7 extra",
+            b"0-0 1-0 3 7 9",
+            b"0-0 1-0 m 7",
+        ] {
+            assert_eq!(Published::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn channels_name_their_instance() {
+        let instance = Store::channel_instance(b"meetingd:{p3}:watch:12/4").expect("instance");
+        assert_eq!((instance.meeting, instance.order), (12, 4));
+        assert_eq!(Store::channel_instance(b"meetingd:{p3}:wake"), None);
+    }
 
     #[test]
     fn stream_ids_parse_and_order_like_redis() {

@@ -446,7 +446,8 @@ async fn joins_among(stored: u64) -> (BTreeMap<String, u64>, BTreeMap<String, u6
 /// A JOIN that starts an instance does the same work among 10 or 2,000
 /// stored instances of its meeting (the upcoming index), and a JOIN on a
 /// running instance does what it did before the clock rule: one read, a
-/// sorted-set add, the live field and the event.
+/// sorted-set add, the live field, the event and its announcement to the
+/// watchers (SPUBLISH).
 #[tokio::test]
 async fn a_meeting_with_many_instances_stays_cheap() {
     let (few_starting, few_hot) = joins_among(10).await;
@@ -459,6 +460,7 @@ async fn a_meeting_with_many_instances_stays_cheap() {
         ("zadd", 1),
         ("hset", 1),
         ("xadd", 1),
+        ("spublish", 1),
     ]
     .into_iter()
     .map(|(name, n)| (name.to_string(), n))

@@ -1043,3 +1043,82 @@ fn a_dead_master_stalls_only_the_users_it_holds() {
     );
     assert!(storm <= 2, "the warnings are held back: {log}");
 }
+
+/// The master serving a watched instance fails over to its replica
+/// (CLUSTER FAILOVER) while a poster keeps posting to it: the watcher gets
+/// every acknowledged message once, in order, the ones around the failover
+/// included. A post that fails is retried with its key, so each is stored
+/// once.
+#[test]
+fn a_watch_goes_on_through_a_failover_without_loss() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let mut cluster = Cluster::start(3);
+    let daemon = Daemon::start_on_cluster(&cluster.urls(), &[]);
+    let mut actor = daemon.client();
+    crate::watch::active_meetings(&mut actor, 1);
+    actor.ok("JOIN 1 1");
+    let master = cluster.owner("meetingd:{p1}:meeting:1");
+    let replica = cluster.add_replica(master);
+    let mut watcher = daemon.client();
+    watcher.ok("WATCH 1");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let poster = {
+        let socket = daemon.socket().to_path_buf();
+        let (stop, count) = (stop.clone(), count.clone());
+        std::thread::spawn(move || {
+            let mut c = crate::harness::Client::connect(&socket).expect("connect");
+            let mut ids: Vec<String> = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let id = loop {
+                    let reply = c.request(&format!("POST 1 1 \"post {n}\" ID k{n}"));
+                    if reply["ok"] == true {
+                        break reply["result"]["id"].as_str().expect("an id").to_string();
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "posts never got through: {reply}"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                };
+                if ids.last() != Some(&id) {
+                    ids.push(id);
+                }
+                n += 1;
+                count.store(ids.len(), Ordering::SeqCst);
+            }
+            ids
+        })
+    };
+    wait_until("posts before the failover", Duration::from_secs(20), || {
+        count.load(Ordering::SeqCst) >= 20
+    });
+    cluster.fail_over_to(replica);
+    let at_failover = count.load(Ordering::SeqCst);
+    wait_until("posts after the failover", Duration::from_secs(30), || {
+        count.load(Ordering::SeqCst) >= at_failover + 20
+    });
+    stop.store(true, Ordering::SeqCst);
+    let mut posted = poster.join().expect("the poster");
+    posted.push(
+        actor.ok("POST 1 1 last")["id"]
+            .as_str()
+            .expect("an id")
+            .to_string(),
+    );
+    let seen: Vec<String> = (0..posted.len())
+        .map(|_| {
+            crate::watch::event(&mut watcher)["id"]
+                .as_str()
+                .expect("an id")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(seen, posted);
+    assert_eq!(cluster.owner("meetingd:{p1}:meeting:1"), replica);
+}

@@ -47,6 +47,14 @@ impl Backend {
         }
     }
 
+    /// The masters of the backend (one for a single Redis).
+    pub fn masters(&self) -> u64 {
+        match self {
+            Backend::Single(_) => 1,
+            Backend::Cluster(cluster) => cluster.ports().len() as u64,
+        }
+    }
+
     /// Clients connected to Redis (on a cluster, to all its nodes).
     pub fn connected_clients(&self) -> u64 {
         let count = |info: String| {

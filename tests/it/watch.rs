@@ -1,7 +1,9 @@
 //! WATCH over a real socket to a real daemon: live delivery in order, the
-//! resume seam, fan-out to a thousand watchers with one stalled watcher
-//! dropped, watchers released when their clients go, a Redis restart and a
-//! drain. The first two ([`SCENARIOS`]) run on a Redis Cluster as well
+//! resume seam, a thousand watched instances on one subscriber connection
+//! per master, fan-out to a thousand watchers with one stalled watcher
+//! dropped, watchers released when their clients go, a write made with
+//! redis-cli, the subscriber connection killed mid-stream, a Redis restart
+//! and a drain. [`SCENARIOS`] run on a Redis Cluster as well
 //! (`cluster::the_protocol_suite_on_a_cluster`).
 
 use std::time::{Duration, Instant};
@@ -19,8 +21,8 @@ pub const SCENARIOS: [(&str, Scenario); 4] = [
     ),
     ("resume after a disconnect", resume_after_a_disconnect_on),
     (
-        "300 watched instances, one Redis connection per lane",
-        three_hundred_watched_instances_on,
+        "1,000 watched instances, one subscriber connection per master",
+        a_thousand_watched_instances_on,
     ),
     ("two daemons, one store", two_daemons_one_store_on),
 ];
@@ -101,21 +103,21 @@ fn two_daemons_one_store_on(backend: &Backend) {
 }
 
 #[test]
-fn three_hundred_watched_instances_hold_one_redis_connection_per_lane() {
-    three_hundred_watched_instances_on(&Backend::single());
+fn a_thousand_watched_instances_hold_one_subscriber_connection() {
+    a_thousand_watched_instances_on(&Backend::single());
 }
 
-/// 300 instances watched, spread over the partitions (64 by default): the
-/// daemon holds one more Redis connection per lane (up to `lane_size`
-/// watched instances of one partition), not one per instance (nor one per
-/// master per instance on a cluster), and every watcher still gets its
-/// instance's entries, in the first lane of a partition or a later one.
-fn three_hundred_watched_instances_on(backend: &Backend) {
+/// 1,000 instances watched, spread over the partitions: the daemon holds
+/// one subscriber connection per master (one on a single Redis), whatever
+/// is watched, and its Redis connections in all stay a handful; every
+/// watcher still gets its instance's entries.
+fn a_thousand_watched_instances_on(backend: &Backend) {
+    const WATCHED: u64 = 1000;
     let daemon = backend.daemon(&[]);
     let mut actor = daemon.client();
-    active_meetings(&mut actor, 300);
+    active_meetings(&mut actor, WATCHED);
     let before = backend.connected_clients();
-    let mut watchers: Vec<Client> = (1..=300)
+    let mut watchers: Vec<Client> = (1..=WATCHED)
         .map(|m| {
             let mut watcher = daemon.client();
             assert_eq!(
@@ -125,26 +127,23 @@ fn three_hundred_watched_instances_on(backend: &Backend) {
             watcher
         })
         .collect();
-    let after = backend.connected_clients();
-    eprintln!("Redis clients: {before} before, {after} with 300 watched instances");
-    // meeting m is in partition m % 64; watched in order, each partition's
-    // instances fill its lanes one after the other
-    let mut in_partition = [0u64; meetingd::store::DEFAULT_PARTITIONS as usize];
-    for m in 1..=300u64 {
-        in_partition[(m % meetingd::store::DEFAULT_PARTITIONS) as usize] += 1;
-    }
-    let lanes: u64 = in_partition
-        .iter()
-        .map(|n| n.div_ceil(meetingd::watch::DEFAULT_LANE_SIZE as u64))
-        .sum();
-    assert!(lanes > meetingd::store::DEFAULT_PARTITIONS, "{lanes}");
-    assert_eq!(stats(&mut actor)["watch"]["readers"], lanes);
+    let masters = backend.masters();
+    let readers = stats(&mut actor)["watch"]["readers"].as_u64();
     assert!(
-        after <= before + lanes + 2,
-        "{before} Redis clients before, {after} with 300 watched instances in {lanes} lanes"
+        readers <= Some(masters),
+        "{readers:?} subscriber connections"
     );
-    // 1, 65, 129 and 193 fill partition 1's first lane, 257 opens its second
-    for m in [1u64, 16, 17, 150, 193, 257, 300] {
+    let after = backend.connected_clients();
+    eprintln!("Redis clients: {before} before, {after} with {WATCHED} watched instances");
+    assert!(
+        after <= before + masters,
+        "{before} Redis clients before, {after} with {WATCHED} watched instances"
+    );
+    if masters == 1 {
+        // the pool, the user cache's, the subscriber, and the test's own
+        assert!(after <= 10, "{after} Redis clients in all");
+    }
+    for m in [1u64, 16, 17, 150, 193, 257, 640, 999, WATCHED] {
         actor.ok(&format!("JOIN 1 {m}"));
         actor.ok(&format!("POST 1 {m} \"to {m}\""));
         let watcher = &mut watchers[m as usize - 1];
@@ -155,15 +154,14 @@ fn three_hundred_watched_instances_on(backend: &Backend) {
             (Some(m), Some(format!("to {m}").as_str()))
         );
     }
-    // the wakes of 300 new watches are no failures of the readers
     let log = daemon.log();
-    assert!(!log.contains("watch reader: Redis call failed"), "{log}");
+    assert!(!log.contains("subscribing failed"), "{log}");
     drop(watchers);
 }
 
 /// Users 1..=3 and public meetings 1..=meetings, each with instance 1
 /// active now (until 50 minutes from now).
-fn active_meetings(c: &mut Client, meetings: u64) {
+pub fn active_meetings(c: &mut Client, meetings: u64) {
     for u in 1..=3 {
         c.ok(&format!(
             "USER SET {u} name u{u} age 30 gender - email u{u}@example.com"
@@ -188,7 +186,7 @@ fn active_meetings(c: &mut Client, meetings: u64) {
 }
 
 /// The next line a watcher receives, which must be an event.
-fn event(watcher: &mut Client) -> Value {
+pub fn event(watcher: &mut Client) -> Value {
     let line = watcher.reply().expect("the watch connection is open");
     assert!(line["event"].is_object(), "expected an event, got {line}");
     line["event"].clone()
@@ -391,9 +389,11 @@ fn watchers_are_released_when_their_clients_go() {
     let before = stats(&mut admin);
     assert_eq!(before["watch"]["watchers"], 10, "{before}");
     assert_eq!(before["watch"]["instances"], 2, "{before}");
-    // meetings 1 and 2 are in two partitions: a lane each
-    assert_eq!(before["watch"]["readers"], 2, "{before}");
-    assert_eq!(readers_in_redis(&redis), 2, "one blocking reader each");
+    // one subscriber connection for both
+    assert_eq!(before["watch"]["readers"], 1, "{before}");
+    wait_until("one subscriber in Redis", Duration::from_secs(5), || {
+        subscribers_in_redis(&redis) == 1
+    });
     drop(watchers);
     wait_until(
         "no watcher, instance or reader left",
@@ -406,83 +406,105 @@ fn watchers_are_released_when_their_clients_go() {
         },
     );
     wait_until(
-        "the reader connections to close in Redis",
+        "the subscriber connection to close in Redis",
         Duration::from_secs(5),
-        || readers_in_redis(&redis) == 0,
+        || subscribers_in_redis(&redis) == 0,
     );
 }
 
-/// A new watch whose lane has a reader blocking already wakes that reader
-/// (through the partition's wake stream): the new instance's entries come
-/// at once, not when the reader's block (5 s) runs out. The watcher reads
-/// with 3 s to spare, which only a missed wake can use up.
+/// A JOIN and a POST made with redis-cli (FCALL, no daemon in the way)
+/// reach a watcher: the library publishes what it writes, whoever calls
+/// it.
 #[test]
-fn a_new_watch_wakes_the_blocking_reader_of_its_lane() {
+fn a_write_made_with_redis_cli_reaches_a_watcher() {
     let redis = Redis::start();
     let daemon = Daemon::start(&redis, &[]);
     let mut actor = daemon.client();
-    // meetings 1 and 65 share partition 1 (of 64), and so a lane
-    active_meetings(&mut actor, 65);
-    let mut first = daemon.client();
-    first.ok("WATCH 1");
-    wait_until("the lane's reader to block", Duration::from_secs(5), || {
-        readers_in_redis(&redis) > 0
-    });
-    let mut second = daemon.client();
-    second.ok("WATCH 65");
-    assert_eq!(stats(&mut actor)["watch"]["readers"], 1, "one lane");
-    actor.ok("JOIN 1 65");
-    second.set_read_timeout(Duration::from_secs(3));
-    assert_eq!(event(&mut second)["type"], "join");
-    // and the first instance is still read
-    actor.ok("JOIN 1 1");
-    assert_eq!(event(&mut first)["type"], "join");
+    active_meetings(&mut actor, 1);
+    let mut watcher = daemon.client();
+    watcher.ok("WATCH 1");
+    let key = "meetingd:{p1}:meeting:1";
+    let joined = redis.cli(&["FCALL", "meet_join", "1", key, "", "2", ""]);
+    let posted = redis.cli(&["FCALL", "meet_post", "1", key, "", "2", "from redis-cli"]);
+    let id = |answer: &str| answer.split_whitespace().nth(1).map(String::from);
+    let join = event(&mut watcher);
+    assert_eq!(
+        join["id"].as_str().map(String::from),
+        id(&joined),
+        "{joined}"
+    );
+    assert_eq!(
+        (join["type"].as_str(), join["user"].as_u64()),
+        (Some("join"), Some(2))
+    );
+    let message = event(&mut watcher);
+    assert_eq!(
+        message["id"].as_str().map(String::from),
+        id(&posted),
+        "{posted}"
+    );
+    assert_eq!(message["text"], "from redis-cli");
 }
 
-/// `watch.lane_size` sets how many watched instances of a partition share
-/// a reader: with 2, three instances of partition 1 take two readers and
-/// one of partition 2 a third; each blocks in Redis, and each instance's
-/// entries reach its watcher. When they go, so do the readers.
+/// The subscriber connection is killed (CLIENT KILL TYPE pubsub), again and
+/// again, while a pipelined burst of posts is written: the watcher still
+/// gets every entry once, in order; what was published while no
+/// subscription held is read from the stream.
 #[test]
-fn lane_size_sets_how_many_instances_share_a_reader() {
+fn the_subscriber_killed_mid_stream_loses_nothing() {
     let redis = Redis::start();
-    let daemon = Daemon::start(&redis, &[("MEETINGD_WATCH__LANE_SIZE", "2")]);
+    let daemon = Daemon::start(&redis, &[]);
     let mut actor = daemon.client();
-    active_meetings(&mut actor, 129);
-    let mut watchers: Vec<(u64, Client)> = [1u64, 65, 129, 2]
-        .into_iter()
-        .map(|m| {
-            let mut watcher = daemon.client();
-            watcher.ok(&format!("WATCH {m}"));
-            (m, watcher)
+    active_meetings(&mut actor, 1);
+    actor.ok("JOIN 1 1");
+    let mut watcher = daemon.client();
+    watcher.ok("WATCH 1");
+    wait_until(
+        "the subscriber to subscribe",
+        Duration::from_secs(5),
+        || subscribers_in_redis(&redis) == 1,
+    );
+    let mut sent = Vec::new();
+    let mut kills = 0;
+    for round in 0..10 {
+        let lines: String = (0..50)
+            .map(|i| format!("POST 1 1 \"round {round} post {i}\"\n"))
+            .collect();
+        actor.send(lines.as_bytes());
+        let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        kills += killed.trim().parse::<u64>().unwrap_or(0);
+        for _ in 0..50 {
+            let reply = actor.reply().expect("a reply");
+            assert_eq!(reply["ok"], true, "{reply}");
+            sent.push(reply["result"]["id"].as_str().expect("an id").to_string());
+        }
+    }
+    assert!(kills > 0, "no subscriber was killed");
+    let seen: Vec<String> = (0..sent.len())
+        .map(|_| {
+            event(&mut watcher)["id"]
+                .as_str()
+                .expect("an id")
+                .to_string()
         })
         .collect();
-    assert_eq!(stats(&mut actor)["watch"]["readers"], 3);
-    wait_until("3 readers to block", Duration::from_secs(5), || {
-        readers_in_redis(&redis) >= 3
-    });
-    for (m, watcher) in &mut watchers {
-        actor.ok(&format!("JOIN 1 {m}"));
-        actor.ok(&format!("POST 1 {m} \"to {m}\""));
-        assert_eq!(event(watcher)["type"], "join");
-        let message = event(watcher);
-        assert_eq!(
-            (message["meeting"].as_u64(), message["text"].as_str()),
-            (Some(*m), Some(format!("to {m}").as_str()))
-        );
-    }
-    drop(watchers);
-    wait_until("the readers to stop", Duration::from_secs(5), || {
-        stats(&mut actor)["watch"]["readers"] == 0
-    });
+    assert_eq!(seen, sent);
+    // nothing more: a repeat would come before this
+    let last = actor.ok("POST 1 1 last")["id"].clone();
+    assert_eq!(event(&mut watcher)["id"], last);
+    let log = daemon.log();
+    assert!(log.contains("subscriber connection was lost"), "{log}");
 }
 
-/// Redis connections whose last command was a blocking XREAD.
-fn readers_in_redis(redis: &Redis) -> usize {
+/// Redis connections subscribed to a sharded channel.
+fn subscribers_in_redis(redis: &Redis) -> usize {
     redis
         .cli(&["CLIENT", "LIST"])
         .lines()
-        .filter(|l| l.contains("cmd=xread"))
+        .filter(|l| {
+            l.split_whitespace()
+                .any(|f| f.starts_with("ssub=") && f != "ssub=0")
+        })
         .count()
 }
 
@@ -767,13 +789,12 @@ fn a_drain_closes_watching_connections_and_exits_0() {
 }
 
 /// A pipelined burst of joins, posts and leaves (the event log and the chat
-/// interleaved) with a watch page of 4 entries: the reader's blocking read
-/// fills its count and leaves the rest to the feed, and the watcher gets
-/// every entry of both streams once, in the order they happened.
+/// interleaved): the watcher gets every entry of both streams once, in the
+/// order they happened.
 #[test]
 fn a_burst_over_both_streams_reaches_the_watcher_whole_and_in_order() {
     let redis = Redis::start();
-    let daemon = Daemon::start(&redis, &[("MEETINGD_WATCH__BUFFER", "16")]);
+    let daemon = Daemon::start(&redis, &[]);
     let mut actor = daemon.client();
     active_meetings(&mut actor, 1);
     let mut watcher = daemon.client();

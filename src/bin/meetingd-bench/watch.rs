@@ -4,8 +4,11 @@
 //! watcher times each delivery from that moment (so the figure includes the
 //! POST itself). Reports delivery latency percentiles over all deliveries,
 //! deliveries per second, watchers dropped, the CPU time of the daemon, of
-//! Redis and of the bench, the daemon's memory, and how long the POSTs
-//! took to be answered (a delivery cannot be quicker than its POST).
+//! Redis and of the bench (and Redis' per delivery), the Redis connections
+//! the daemon holds while watching, the daemon's memory (before, with every
+//! watcher idle, at the end of the posting, and once the watchers went),
+//! and how long the POSTs took to be answered (a delivery cannot be quicker
+//! than its POST).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -196,6 +199,10 @@ pub async fn watch(plan: Plan) -> Result<(), String> {
     }
     let watched_in = origin.elapsed();
     let clients_watching = connected_clients(&mut info).await?;
+    // settled: the subscriptions (or readers) are all made
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let clients_settled = connected_clients(&mut info).await?;
+    let rss_idle = crate::rss_kib(daemon.pid()).unwrap_or(0);
     let redis_pid = crate::redis_pid(&mut info).await?;
     // the posters connect, then start together: a thousand connections
     // opening at once are not part of a delivery's time
@@ -237,10 +244,14 @@ pub async fn watch(plan: Plan) -> Result<(), String> {
     }
     let took = started.elapsed().as_secs_f64();
     let stats = daemon_stats(&daemon.socket).await?;
+    let cpu_after = processes.map(crate::cpu_ticks);
+    // the watchers' connections are closed (their tasks ended): does the
+    // memory come back?
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_gone = crate::rss_kib(daemon.pid()).unwrap_or(0);
     // CPU seconds of the daemon, Redis and this bench over the posting
     let [daemon_cpu, redis_cpu, bench_cpu] = std::array::from_fn(|i| {
-        crate::cpu_ticks(processes[i]).saturating_sub(ticks_before[i]) as f64 * crate::tick_micros()
-            / 1e6
+        cpu_after[i].saturating_sub(ticks_before[i]) as f64 * crate::tick_micros() / 1e6
     });
     let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
     let post_ms = |q: f64| posts.value_at_quantile(q) as f64 / 1000.0;
@@ -264,9 +275,19 @@ pub async fn watch(plan: Plan) -> Result<(), String> {
         rss_peak as f64 / 1024.0,
     );
     println!(
-        "Redis clients: {clients_before} before the WATCHes, {clients_watching} with them \
-         (this bench's own connection included); every WATCH acknowledged in {:.0} ms",
+        "Redis clients: {clients_before} before the WATCHes, {clients_watching} with them, \
+         {clients_settled} two seconds later (this bench's own connection included); \
+         every WATCH acknowledged in {:.0} ms",
         watched_in.as_secs_f64() * 1000.0
+    );
+    println!(
+        "Redis CPU per delivery: {:.1} us; daemon RSS MiB: {:.1} before the WATCHes, {:.1} \
+         with every watcher idle, {:.1} at the end of the posting, {:.1} once the watchers went",
+        redis_cpu * 1e6 / all.len().max(1) as f64,
+        rss_before as f64 / 1024.0,
+        rss_idle as f64 / 1024.0,
+        rss_peak as f64 / 1024.0,
+        rss_gone as f64 / 1024.0,
     );
     let post = &stats["latency"]["POST"];
     println!(

@@ -387,18 +387,20 @@ impl Store {
         Ok(())
     }
 
-    /// Bring data of an older layout to this one, partition by partition
-    /// (`meet_upgrade`: a page of running instances per call, then a page
-    /// of the due index per call for the upcoming indexes).
-    async fn upgrade(&self) -> Result<(), StoreError> {
+    /// One pass of `meet_upgrade` over every partition, a page per call
+    /// (`args`: the page size and the pass), until no page follows: how
+    /// many it upgraded.
+    async fn upgrade_pass(&self, args: &[&str]) -> Result<u64, StoreError> {
         let mut upgraded = 0;
         for partition in 0..self.keys.partitions() {
             let mut after = String::new();
             loop {
+                let mut call_args = vec![after.as_str()];
+                call_args.extend_from_slice(args);
                 let call = Call::new(
                     "meet_upgrade",
                     &Keys::active(partition),
-                    &[&after, "100"],
+                    &call_args,
                     true,
                     |value| Fields::new("meet_upgrade", value),
                 );
@@ -410,6 +412,14 @@ impl Store {
                 }
             }
         }
+        Ok(upgraded)
+    }
+
+    /// Bring data of an older layout to this one, partition by partition
+    /// (`meet_upgrade`: a page of running instances per call, then a page
+    /// of the due index per call for the upcoming indexes).
+    async fn upgrade(&self) -> Result<(), StoreError> {
+        let upgraded = self.upgrade_pass(&["100"]).await?;
         if upgraded > 0 {
             tracing::info!(
                 upgraded,
@@ -418,25 +428,7 @@ impl Store {
         }
         // then every scheduled instance into its meeting's upcoming index
         // (data of 0.2), a page of the due index per call
-        let mut indexed = 0;
-        for partition in 0..self.keys.partitions() {
-            let mut after = String::new();
-            loop {
-                let call = Call::new(
-                    "meet_upgrade",
-                    &Keys::active(partition),
-                    &[&after, "1000", "upcoming"],
-                    true,
-                    |value| Fields::new("meet_upgrade", value),
-                );
-                let mut f = self.run(call).await?;
-                indexed += f.count("upgraded")?;
-                match f.optional("next")? {
-                    Some(next) => after = reply::text("meet_upgrade", next)?,
-                    None => break,
-                }
-            }
-        }
+        let indexed = self.upgrade_pass(&["1000", "upcoming"]).await?;
         if indexed > 0 {
             tracing::info!(
                 indexed,

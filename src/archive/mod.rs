@@ -637,6 +637,32 @@ impl Archiver {
         }
     }
 
+    /// One page of an instance's events or messages into `table`, in one
+    /// transaction; rows keyed by their Redis id, so a page written again
+    /// changes nothing. The rows written.
+    async fn insert_entries(
+        &self,
+        table: &str,
+        columns: &[&str],
+        batch: Vec<Vec<Arg>>,
+    ) -> Result<u64, ArchiveError> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.db.begin().await?;
+        let rows = tx
+            .insert(
+                table,
+                columns,
+                &["meeting_id", "order_id", "entry_ms", "entry_seq"],
+                batch,
+                OnConflict::Keep,
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
     /// Copy an ended instance's history, page by page: events, messages,
     /// POST keys, users, then the attendance rows and the instance's
     /// `archived_at` in the last transaction. The rows written and the
@@ -672,29 +698,23 @@ impl Archiver {
                     event_row(m, o, event)
                 })
                 .collect();
-            if !batch.is_empty() {
-                let mut tx = self.db.begin().await?;
-                rows += tx
-                    .insert(
-                        "events",
-                        &[
-                            "meeting_id",
-                            "order_id",
-                            "entry_ms",
-                            "entry_seq",
-                            "kind",
-                            "user_id",
-                            "happened_at",
-                            "scheduled_end",
-                            "processed_at",
-                        ],
-                        &["meeting_id", "order_id", "entry_ms", "entry_seq"],
-                        batch,
-                        OnConflict::Keep,
-                    )
-                    .await?;
-                tx.commit().await?;
-            }
+            rows += self
+                .insert_entries(
+                    "events",
+                    &[
+                        "meeting_id",
+                        "order_id",
+                        "entry_ms",
+                        "entry_seq",
+                        "kind",
+                        "user_id",
+                        "happened_at",
+                        "scheduled_end",
+                        "processed_at",
+                    ],
+                    batch,
+                )
+                .await?;
             match page.next {
                 Some(next) => after = Some(next),
                 None => break,
@@ -726,27 +746,21 @@ impl Archiver {
                     message_row(m, o, message)
                 })
                 .collect();
-            if !batch.is_empty() {
-                let mut tx = self.db.begin().await?;
-                rows += tx
-                    .insert(
-                        "messages",
-                        &[
-                            "meeting_id",
-                            "order_id",
-                            "entry_ms",
-                            "entry_seq",
-                            "user_id",
-                            "posted_at",
-                            "body",
-                        ],
-                        &["meeting_id", "order_id", "entry_ms", "entry_seq"],
-                        batch,
-                        OnConflict::Keep,
-                    )
-                    .await?;
-                tx.commit().await?;
-            }
+            rows += self
+                .insert_entries(
+                    "messages",
+                    &[
+                        "meeting_id",
+                        "order_id",
+                        "entry_ms",
+                        "entry_seq",
+                        "user_id",
+                        "posted_at",
+                        "body",
+                    ],
+                    batch,
+                )
+                .await?;
             match page.next {
                 Some(next) => after = Some(next),
                 None => break,

@@ -1565,7 +1565,10 @@ mod tests {
         assert_eq!(open.http.expect("a listener").token.as_deref(), Some(token));
         // the old key alone: read as http.listen, with a warning
         let old = from_toml("[stats]\nprometheus = \"127.0.0.1:9464\"").expect("the old key");
-        assert_eq!(old.http.expect("a listener").listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(
+            old.http.expect("a listener").listen.to_string(),
+            "127.0.0.1:9464"
+        );
         assert!(old.warnings[0].contains("deprecated"), "{:?}", old.warnings);
         let both = from_toml(
             "[stats]\nprometheus = \"127.0.0.1:9464\"\n[http]\nlisten = \"127.0.0.1:9464\"",
@@ -1575,13 +1578,19 @@ mod tests {
         let err = from_toml("[stats]\nprometheus = \"0.0.0.0:9464\"").expect_err("old, open");
         assert!(err.0.starts_with("stats.prometheus: "), "{err}");
         // a token never shows, not even in Debug
-        let raw: RawConfig =
-            toml::from_str(&format!("[http]\nlisten = \"127.0.0.1:1\"\ntoken = \"{token}\"")).expect("toml");
+        let raw: RawConfig = toml::from_str(&format!(
+            "[http]\nlisten = \"127.0.0.1:1\"\ntoken = \"{token}\""
+        ))
+        .expect("toml");
         assert!(!raw.redacted_toml().contains(token));
         let config = raw.validate().expect("valid");
         assert!(!format!("{config:?}").contains(token));
         let lonely = from_toml(&format!("[http]\ntoken = \"{token}\"")).expect("token alone");
-        assert!(lonely.warnings[0].contains("nothing is served"), "{:?}", lonely.warnings);
+        assert!(
+            lonely.warnings[0].contains("nothing is served"),
+            "{:?}",
+            lonely.warnings
+        );
     }
 
     #[test]

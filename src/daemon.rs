@@ -345,7 +345,10 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
     };
     if let Some(http) = &config.http {
         let listener = web::bind(http.listen).await.map_err(|e| {
-            DaemonError::Setup(format!("http.listen: cannot listen on {}: {e}", http.listen))
+            DaemonError::Setup(format!(
+                "http.listen: cannot listen on {}: {e}",
+                http.listen
+            ))
         })?;
         let view = Web::new(ctx.clone(), http, config.retention, shutdown.clone());
         tokio::spawn(web::serve(listener, view));

@@ -341,5 +341,8 @@ async fn draw(
         "ended": instance.state == InstanceState::Ended,
     });
     let ended = instance.state == InstanceState::Ended;
-    Ok((Event::default().event("update").data(data.to_string()), ended))
+    Ok((
+        Event::default().event("update").data(data.to_string()),
+        ended,
+    ))
 }

@@ -159,7 +159,10 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/", get(pages::live_page))
         .route("/m/{meeting}", get(pages::meeting_page))
         .route("/i/{meeting}/{order}", get(pages::instance_page))
-        .route("/i/{meeting}/{order}/timeline.svg", get(pages::timeline_file))
+        .route(
+            "/i/{meeting}/{order}/timeline.svg",
+            get(pages::timeline_file),
+        )
         .route("/live/active", get(live::active))
         .route("/live/i/{meeting}/{order}", get(live::instance))
         .route("/metrics", get(metrics))
@@ -332,9 +335,7 @@ async fn logout() -> Response {
     let mut response = Redirect::to("/login").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static(
-            "meetingd_token=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
-        ),
+        HeaderValue::from_static("meetingd_token=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
     );
     response
 }

@@ -50,6 +50,12 @@ pub fn when(ms: Millis) -> String {
     }
 }
 
+/// A time of day: `10:00:05` (UTC).
+pub fn time_of_day(ms: Millis) -> String {
+    let text = Time(ms).to_string();
+    text.get(11..19).map_or(text.clone(), str::to_string)
+}
+
 /// A window: `2026-11-22 10:00 – 12:00 UTC` (the end's day when it differs).
 pub fn window(from: Millis, to: Millis) -> String {
     let (a, b) = (Time(from).to_string(), Time(to).to_string());
@@ -59,7 +65,13 @@ pub fn window(from: Millis, to: Millis) -> String {
     if a[..10] == b[..10] {
         format!("{} {} – {} UTC", &a[..10], &a[11..16], &b[11..16])
     } else {
-        format!("{} {} – {} {} UTC", &a[..10], &a[11..16], &b[..10], &b[11..16])
+        format!(
+            "{} {} – {} {} UTC",
+            &a[..10],
+            &a[11..16],
+            &b[..10],
+            &b[11..16]
+        )
     }
 }
 
@@ -263,10 +275,7 @@ fn state_badge(state: InstanceState) -> Markup {
 
 /// `/m/<M>`: a meeting, its audience (e-mails masked without a token) and
 /// its instances.
-pub async fn meeting_page(
-    State(web): State<Arc<Web>>,
-    Path(meeting): Path<u64>,
-) -> Response {
+pub async fn meeting_page(State(web): State<Arc<Web>>, Path(meeting): Path<u64>) -> Response {
     let Some(meeting) = id(meeting) else {
         return super::pages::error(&web, StatusCode::NOT_FOUND, "There is no such meeting.");
     };
@@ -365,7 +374,7 @@ pub fn participants_table(
 pub fn event_row(event: &Event, names: &HashMap<Id, Arc<Known>>) -> Markup {
     html! {
         tr data-id=(event.id) {
-            td.time { (when(event.at)) }
+            td.time title=(when(event.at)) { (time_of_day(event.at)) }
             td { span class={ "badge " (event.kind.as_str()) } { (event.kind.as_str()) } }
             td { (who(names, event.user)) }
         }
@@ -376,7 +385,7 @@ pub fn event_row(event: &Event, names: &HashMap<Id, Arc<Known>>) -> Markup {
 pub fn message_row(message: &Message, names: &HashMap<Id, Arc<Known>>) -> Markup {
     html! {
         tr data-id=(message.id) {
-            td.time { (when(message.at)) }
+            td.time title=(when(message.at)) { (time_of_day(message.at)) }
             td { (who(names, message.user)) }
             td.text { (message.text) }
         }
@@ -479,11 +488,7 @@ pub async fn instance_page(
     }
 }
 
-async fn instance_body(
-    web: &Web,
-    id: InstanceId,
-    q: &InstanceQuery,
-) -> Result<Markup, StoreError> {
+async fn instance_body(web: &Web, id: InstanceId, q: &InstanceQuery) -> Result<Markup, StoreError> {
     let store = &web.ctx.store;
     let exact = InstanceRef::Exact(id);
     let (instance, ended_at) = store.instance_get(exact).await?;
@@ -544,7 +549,7 @@ async fn instance_body(
                                 (web.retention.as_secs() / 86_400) " days after its end (retention.days); the archive database keeps it." }
                         }
                         table.list.log #events data-tail=(events.next.is_none()) {
-                            thead { tr { th { "When" } th { "What" } th { "Who" } } }
+                            thead { tr { th { "When (UTC)" } th { "What" } th { "Who" } } }
                             tbody { @for e in &events.items { (event_row(e, &names)) } }
                         }
                         @if events.items.is_empty() && !forgotten { p.empty.none { "No event yet." } }
@@ -556,7 +561,7 @@ async fn instance_body(
                     section {
                         h2 { "Chat" }
                         table.list.log #chat data-tail=(chat.next.is_none()) {
-                            thead { tr { th { "When" } th { "Who" } th { "Message" } } }
+                            thead { tr { th { "When (UTC)" } th { "Who" } th { "Message" } } }
                             tbody { @for msg in &chat.items { (message_row(msg, &names)) } }
                         }
                         @if chat.items.is_empty() { p.empty.none { "No message yet." } }
@@ -645,7 +650,10 @@ mod tests {
         let row = message_row(&message, &names).into_string();
         assert!(!row.contains("<script>"), "{row}");
         assert!(!row.contains("<img"), "{row}");
-        assert!(row.contains("&lt;script&gt;alert('chat')&lt;/script&gt;"), "{row}");
+        assert!(
+            row.contains("&lt;script&gt;alert('chat')&lt;/script&gt;"),
+            "{row}"
+        );
         assert!(row.contains("&lt;img src=x onerror=alert(1)&gt;"), "{row}");
         let links = instance_link(InstanceId::new(1, 2), Some("5-0\"><x"), None);
         assert_eq!(links, "/i/1/2?events_after=5-0");

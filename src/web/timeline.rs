@@ -453,7 +453,11 @@ mod tests {
         assert_eq!(layout.bars[0].y, TOP + (ROW - BAR) / 2.0);
         assert_eq!(layout.bars[2].y, TOP + ROW + (ROW - BAR) / 2.0);
         assert_eq!(layout.height, TOP + 2.0 * ROW + BOTTOM);
-        let start = layout.marks.iter().find(|m| m.kind == "start").expect("start");
+        let start = layout
+            .marks
+            .iter()
+            .find(|m| m.kind == "start")
+            .expect("start");
         let end = layout.marks.iter().find(|m| m.kind == "end").expect("end");
         assert_eq!((start.x, end.x), (LABELS, WIDTH - RIGHT));
         // 10-minute ticks inside the window
@@ -514,7 +518,10 @@ mod tests {
             n(BAR)
         );
         assert!(text.contains(&bar), "{bar} in {text}");
-        assert!(text.contains("data-start=\"2027-01-15T08:00:00.000Z\""), "{text}");
+        assert!(
+            text.contains("data-start=\"2027-01-15T08:00:00.000Z\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -333,7 +333,7 @@ async fn draw(
         .map(|m| pages::message_row(&m, &names).into_string())
         .collect();
     let data = serde_json::json!({
-        "facts": pages::facts(&instance, ended_at, present.len()).into_string(),
+        "facts": pages::facts(&instance, ended_at, pages::in_now(&instance, &state.spans)).into_string(),
         "participants": pages::participants_table(web, &present, &names, instance.state).into_string(),
         "timeline": timeline::svg(&chart).into_string(),
         "events": events,

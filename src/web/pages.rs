@@ -404,6 +404,16 @@ pub fn facts(instance: &Instance, ended_at: Option<Millis>, present: usize) -> M
     }
 }
 
+/// How many are in now, by the event log (every one, where the table of
+/// participants shows the first [`PARTICIPANT_ROWS`]).
+pub fn in_now(instance: &Instance, spans: &Spans) -> usize {
+    if instance.state == InstanceState::Active {
+        spans.present().count()
+    } else {
+        0
+    }
+}
+
 /// Every join, leave and timeout of an instance, folded into stretches
 /// (the event log read a page of 1000 at a time, as REPORT reads it).
 pub async fn spans(store: &Store, instance: InstanceId) -> Result<Spans, StoreError> {
@@ -530,7 +540,7 @@ async fn instance_body(web: &Web, id: InstanceId, q: &InstanceQuery) -> Result<M
                 h1 { (m.title) " " span.muted { (id) } }
                 @if !m.description.is_empty() { p.lead { (m.description) } }
                 @if live { p.sub { span.live-status #live-status {} } }
-                div #facts-box { (facts(&instance, ended_at, present.len())) }
+                div #facts-box { (facts(&instance, ended_at, in_now(&instance, &spans))) }
                 section {
                     h2 { "Attendance timeline" }
                     div.timeline-box #timeline { (timeline::svg(&chart)) }

@@ -32,6 +32,9 @@ pub const BOTTOM: f64 = 12.0;
 /// The narrowest bar drawn, so a stay of a moment still shows.
 pub const MIN_BAR: f64 = 2.0;
 
+/// The least room between a tick and the window's start or end lines.
+pub const TICK_ROOM: f64 = 24.0;
+
 /// The width the bars share.
 pub const PLOT: f64 = WIDTH - LABELS - RIGHT;
 
@@ -270,7 +273,14 @@ pub fn layout(chart: &Chart) -> Layout {
     let mut marks = Vec::new();
     let step = tick_step(length);
     let mut tick = (chart.from / step + 1) * step;
+    let (first, last) = (x(chart.from), x(chart.to));
     while tick < chart.to {
+        let at = x(tick);
+        // a tick's label too close to the start's or end's line is left out
+        if at - first < TICK_ROOM || last - at < TICK_ROOM {
+            tick += step;
+            continue;
+        }
         marks.push(Mark {
             x: x(tick),
             label: clock(tick, with_day),
@@ -365,7 +375,7 @@ pub fn svg(chart: &Chart) -> Markup {
                     kind => {
                         @let colour = if kind == "now" { "#d9822b" } else { "#3a4a5e" };
                         @let anchor = match kind { "start" => "start", "end" => "end", _ => "middle" };
-                        line class=(kind) x1=(n(mark.x)) x2=(n(mark.x)) y1=(n(TOP - 22.0)) y2=(n(bottom))
+                        line class=(kind) x1=(n(mark.x)) x2=(n(mark.x)) y1=(n(TOP - 6.0)) y2=(n(bottom))
                             stroke=(colour) stroke-width="1.5"
                             stroke-dasharray=[(kind == "now").then_some("4 3")] {}
                         text class={ (kind) "-label" } x=(n(mark.x)) y=(n(TOP - 26.0)) text-anchor=(anchor)

@@ -112,7 +112,9 @@ fi
 echo "==> starting meetingd (its own redis-server in $data)"
 # its own session: a Ctrl-C in this terminal reaches this script alone,
 # which then stops the daemon with one SIGTERM (it drains)
-MEETINGD_EMBEDDED__DATA_DIR="$data" setsid ./target/debug/meetingd serve --socket "$sock" \
+# the web view on a loopback port the kernel picks (its log says which)
+MEETINGD_EMBEDDED__DATA_DIR="$data" MEETINGD_HTTP__LISTEN=127.0.0.1:0 \
+  setsid ./target/debug/meetingd serve --socket "$sock" \
   2>"$log" 9>&- &
 pid=$!
 echo "$pid" >"$demo/pid"
@@ -140,6 +142,9 @@ if ! $started; then
   cat "$log" >&2
   exit 1
 fi
+
+# the web view's address, as the daemon logged it
+web=$(grep -o 'url=http://[^ ]*' "$log" | head -n 1 | cut -d= -f2 || true)
 
 if $kept; then
   echo "==> the sample data is there from the last run (not loaded again)"
@@ -184,6 +189,24 @@ if $check; then
         ;;
     esac
   done
+  # the web view answers, with the live meetings on its first page
+  if [ -z "$web" ]; then
+    echo "demo check failed: the daemon logged no web view address" >&2
+    exit 1
+  fi
+  hostport=${web#http://}
+  hostport=${hostport%/}
+  exec 3<>"/dev/tcp/${hostport%:*}/${hostport##*:}"
+  printf 'GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$hostport" >&3
+  page=$(cat <&3)
+  exec 3<&-
+  case "$page" in
+    *"Town hall"*) echo "==> the web view answers at $web" ;;
+    *)
+      echo "demo check failed: the web view at $web did not list the town hall" >&2
+      exit 1
+      ;;
+  esac
   echo "==> demo check passed"
   exit 0
 fi
@@ -191,6 +214,7 @@ fi
 cat <<EOT
 
 meetingd is running (pid $pid; log $log).
+Its web view (live meetings, timelines, chat; this machine only): ${web:-see the log}
 To talk to it, from another terminal (README.md's examples start there):
   export PATH="$root/target/debug:\$PATH" MEETINGD_SOCKET__PATH="$sock"
   meetingctl help

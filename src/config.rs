@@ -55,6 +55,8 @@ pub struct RawConfig {
     pub stats: RawStats,
     /// `[archive]`
     pub archive: RawArchive,
+    /// `[http]`
+    pub http: RawHttp,
 }
 
 /// `[socket]`: the control socket.
@@ -318,9 +320,130 @@ impl Default for RawWatch {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawStats {
-    /// `127.0.0.1:PORT` serves the counters as Prometheus text on
-    /// `/metrics`; empty (the default) serves nothing.
+    /// Deprecated: read as `http.listen` (which serves `/metrics` and the
+    /// web view); empty (the default) sets nothing.
     pub prometheus: String,
+}
+
+/// `[http]`: the one HTTP listener: `/metrics` and the operator's web view.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    /// `127.0.0.1:PORT` (or `[::1]:PORT`) serves Prometheus text on
+    /// `/metrics` and the read-only web view on `/`; empty (the default)
+    /// serves nothing. An address that is not loopback needs `token`.
+    pub listen: String,
+    /// The bearer token asked of every HTTP request (a header, or the
+    /// login form's cookie); empty: none, and loopback only.
+    pub token: String,
+}
+
+/// The validated `[http]` section.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Where to listen.
+    pub listen: std::net::SocketAddr,
+    /// The token every request must bring, if any.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// The shortest and longest `http.token`.
+pub const TOKEN_LENGTH: std::ops::RangeInclusive<usize> = 16..=256;
+
+impl RawConfig {
+    /// `[http]`, with the deprecated `stats.prometheus` read as
+    /// `http.listen`: the listener if any, and the lines to log about it.
+    fn http(&self) -> Result<(Option<HttpConfig>, Vec<String>), ConfigError> {
+        let mut warnings = Vec::new();
+        let listen = self.http.listen.trim();
+        let old = self.stats.prometheus.trim();
+        let (key, address) = match (listen, old) {
+            ("", "") => ("http.listen", ""),
+            (listen, "") => ("http.listen", listen),
+            ("", old) => {
+                warnings.push(format!(
+                    "stats.prometheus is deprecated: {old:?} is read as http.listen (which \
+                     serves /metrics and the web view); set that instead and remove \
+                     stats.prometheus"
+                ));
+                ("stats.prometheus", old)
+            }
+            (listen, old) if listen == old => {
+                warnings.push(format!(
+                    "stats.prometheus is deprecated and http.listen = {listen:?} says the \
+                     same: remove stats.prometheus"
+                ));
+                ("http.listen", listen)
+            }
+            (listen, old) => {
+                return Err(bad(
+                    "stats.prometheus",
+                    format!(
+                        "{old:?} contradicts http.listen = {listen:?}; this key is deprecated \
+                         (one listener serves /metrics and the web view): remove it"
+                    ),
+                ));
+            }
+        };
+        let token = match self.http.token.as_str() {
+            "" => None,
+            token => {
+                if !TOKEN_LENGTH.contains(&token.len()) {
+                    return Err(bad(
+                        "http.token",
+                        format!(
+                            "is {} characters; it must be {}..{} (a random one: \
+                             openssl rand -hex 32)",
+                            token.len(),
+                            TOKEN_LENGTH.start(),
+                            TOKEN_LENGTH.end()
+                        ),
+                    ));
+                }
+                if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(bad(
+                        "http.token",
+                        "must be printable ASCII without spaces (it travels in a header and a cookie)",
+                    ));
+                }
+                Some(token.to_string())
+            }
+        };
+        if address.is_empty() {
+            if token.is_some() {
+                warnings.push(
+                    "http.token is set but http.listen is not: nothing is served over HTTP"
+                        .to_string(),
+                );
+            }
+            return Ok((None, warnings));
+        }
+        let listen: std::net::SocketAddr = address.parse().map_err(|_| {
+            bad(
+                key,
+                format!("{address:?} is not an address like 127.0.0.1:9464"),
+            )
+        })?;
+        if !listen.ip().is_loopback() && token.is_none() {
+            return Err(bad(
+                key,
+                format!(
+                    "{address:?} is not a loopback address: serving beyond this machine needs \
+                     http.token (every request must then bring it); or listen on 127.0.0.1"
+                ),
+            ));
+        }
+        Ok((Some(HttpConfig { listen, token }), warnings))
+    }
 }
 
 /// `[archive]`: the copy of history in a SQL database.
@@ -455,8 +578,8 @@ pub struct Config {
     pub watch_buffer: usize,
     /// A watching connection's kernel send buffer (0: the default).
     pub watch_send_buffer: usize,
-    /// Where to serve Prometheus text, if anywhere (a loopback address).
-    pub prometheus: Option<std::net::SocketAddr>,
+    /// The HTTP listener (`/metrics` and the web view), if any.
+    pub http: Option<HttpConfig>,
     /// The promise of an acknowledgement as configured; `None`: the
     /// default ([`Durability::DEFAULT`]), which only warns about an
     /// external Redis that keeps less.
@@ -683,7 +806,9 @@ impl RawConfig {
         };
         let e = &self.embedded;
         let embedded = redis_url.is_none() && redis_cluster.is_empty();
-        let (durability, warnings) = self.durability(embedded)?;
+        let (durability, mut warnings) = self.durability(embedded)?;
+        let (http, http_warnings) = self.http()?;
+        warnings.extend(http_warnings);
         if e.redis_server.is_empty() {
             return Err(bad("embedded.redis_server", "must not be empty"));
         }
@@ -754,26 +879,7 @@ impl RawConfig {
                 .ok()
                 .filter(|b| *b <= 64 << 20)
                 .ok_or_else(|| bad("watch.send_buffer_bytes", "must be at most 64 MiB"))?,
-            prometheus: match self.stats.prometheus.trim() {
-                "" => None,
-                address => {
-                    let parsed: std::net::SocketAddr = address.parse().map_err(|_| {
-                        bad(
-                            "stats.prometheus",
-                            format!("{address:?} is not an address like 127.0.0.1:9464"),
-                        )
-                    })?;
-                    if !parsed.ip().is_loopback() {
-                        return Err(bad(
-                            "stats.prometheus",
-                            format!(
-                                "{address:?} is not a loopback address; the counters are served to this machine only"
-                            ),
-                        ));
-                    }
-                    Some(parsed)
-                }
-            },
+            http,
             durability,
             warnings,
             archive: None,
@@ -853,6 +959,9 @@ impl RawConfig {
             shown.embedded.data_dir = default_data_dir().display().to_string();
         }
         shown.redis.url = redact_url(&shown.redis.url);
+        if !shown.http.token.is_empty() {
+            shown.http.token = "***".into();
+        }
         shown.redis.cluster = shown.redis.cluster.iter().map(|u| redact_url(u)).collect();
         // a database URL often names a user and no password (a socket,
         // peer authentication): that is shown as it is
@@ -1403,6 +1512,17 @@ mod tests {
             ("[watch]\nlane_size = 4", "watch.lane_size"),
             ("[stats]\nprometheus = \"0.0.0.0:9464\"", "stats.prometheus"),
             ("[stats]\nprometheus = \"localhost\"", "stats.prometheus"),
+            ("[http]\nlisten = \"0.0.0.0:9464\"", "http.listen"),
+            ("[http]\nlisten = \"localhost:80\"", "http.listen"),
+            ("[http]\ntoken = \"short\"", "http.token"),
+            (
+                "[http]\ntoken = \"a token with spaces in it\"",
+                "http.token",
+            ),
+            (
+                "[http]\nlisten = \"127.0.0.1:1\"\n[stats]\nprometheus = \"127.0.0.1:2\"",
+                "stats.prometheus",
+            ),
             ("[scheduler]\ncron = \"every minute\"", "scheduler.cron"),
             ("[log]\nformat = \"xml\"", "log.format"),
             (
@@ -1420,6 +1540,57 @@ mod tests {
             let err = from_toml(text).expect_err(text);
             assert!(err.0.starts_with(key), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn http_listen_its_token_and_the_deprecated_alias() {
+        let none = from_toml("").expect("defaults");
+        assert_eq!(none.http, None, "no HTTP listener by default");
+        let local = from_toml("[http]\nlisten = \"127.0.0.1:9464\"").expect("loopback");
+        let http = local.http.expect("a listener");
+        assert_eq!(http.listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(http.token, None);
+        assert!(local.warnings.is_empty());
+        let v6 = from_toml("[http]\nlisten = \"[::1]:80\"").expect("IPv6 loopback");
+        assert!(v6.http.is_some());
+        // beyond this machine: only with a token
+        let err = from_toml("[http]\nlisten = \"0.0.0.0:8080\"").expect_err("no token");
+        assert!(err.0.starts_with("http.listen: "), "{err}");
+        assert!(err.0.contains("http.token"), "{err}");
+        let token = "0123456789abcdef0123";
+        let open = from_toml(&format!(
+            "[http]\nlisten = \"0.0.0.0:8080\"\ntoken = \"{token}\""
+        ))
+        .expect("with a token");
+        assert_eq!(open.http.expect("a listener").token.as_deref(), Some(token));
+        // the old key alone: read as http.listen, with a warning
+        let old = from_toml("[stats]\nprometheus = \"127.0.0.1:9464\"").expect("the old key");
+        assert_eq!(
+            old.http.expect("a listener").listen.to_string(),
+            "127.0.0.1:9464"
+        );
+        assert!(old.warnings[0].contains("deprecated"), "{:?}", old.warnings);
+        let both = from_toml(
+            "[stats]\nprometheus = \"127.0.0.1:9464\"\n[http]\nlisten = \"127.0.0.1:9464\"",
+        )
+        .expect("agreeing");
+        assert_eq!(both.warnings.len(), 1);
+        let err = from_toml("[stats]\nprometheus = \"0.0.0.0:9464\"").expect_err("old, open");
+        assert!(err.0.starts_with("stats.prometheus: "), "{err}");
+        // a token never shows, not even in Debug
+        let raw: RawConfig = toml::from_str(&format!(
+            "[http]\nlisten = \"127.0.0.1:1\"\ntoken = \"{token}\""
+        ))
+        .expect("toml");
+        assert!(!raw.redacted_toml().contains(token));
+        let config = raw.validate().expect("valid");
+        assert!(!format!("{config:?}").contains(token));
+        let lonely = from_toml(&format!("[http]\ntoken = \"{token}\"")).expect("token alone");
+        assert!(
+            lonely.warnings[0].contains("nothing is served"),
+            "{:?}",
+            lonely.warnings
+        );
     }
 
     #[test]

@@ -28,12 +28,12 @@ use crate::config::{self, Config, Overrides};
 use crate::durability::{self, Durability, Judgement};
 use crate::embedded_redis::{EmbeddedError, EmbeddedRedis};
 use crate::logging::LogHandle;
-use crate::metrics;
 use crate::scheduler::{self, Scheduler, SchedulerError, Trigger};
 use crate::server::{self, Live, ServerConfig};
 use crate::stats::Stats;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::watch::Hub;
+use crate::web::{self, Web};
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -343,16 +343,15 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
         scheduler: scheduler.clone(),
         hub,
     };
-    if let Some(address) = config.prometheus {
-        let listener = metrics::bind(address).await.map_err(|e| {
-            DaemonError::Setup(format!("stats.prometheus: cannot listen on {address}: {e}"))
+    if let Some(http) = &config.http {
+        let listener = web::bind(http.listen).await.map_err(|e| {
+            DaemonError::Setup(format!(
+                "http.listen: cannot listen on {}: {e}",
+                http.listen
+            ))
         })?;
-        tokio::spawn(metrics::serve(
-            listener,
-            stats.clone(),
-            ctx.store.clone(),
-            shutdown.clone(),
-        ));
+        let view = Web::new(ctx.clone(), http, config.retention, shutdown.clone());
+        tokio::spawn(web::serve(listener, view));
     }
     let server = tokio::spawn(server::run(
         listener,
@@ -540,7 +539,7 @@ fn apply_reload(old: &Config, new: &Config, log: &LogHandle, live_tx: &watch::Se
         ("log.format", old.log_json != new.log_json),
         ("embedded", old.embedded != new.embedded),
         ("watch.buffer", old.watch_buffer != new.watch_buffer),
-        ("stats.prometheus", old.prometheus != new.prometheus),
+        ("http", old.http != new.http),
         ("archive", old.archive != new.archive),
     ];
     for (key, changed) in restart_only {

@@ -50,7 +50,12 @@
 //!   (through the store) and writes idempotent rows; `attendance.rs`
 //!   computes attendance, `db.rs` holds the schema (`migrations/`) and the
 //!   writes.
-//! - [`stats`]: the counters STATS shows; [`metrics`] serves them as
+//! - [`web`]: the HTTP listener (`http.listen`, axum): `/metrics` and the
+//!   operator's read-only web view (live meetings, an instance's
+//!   participants, events, chat and attendance timeline, live by
+//!   server-sent events from WATCH's hub); `timeline.rs` draws the SVG
+//!   timeline `meetingctl report --svg` writes too.
+//! - [`stats`]: the counters STATS shows; [`metrics`] renders them as
 //!   Prometheus text. [`error`]: the protocol's error codes. [`clock`]:
 //!   where "now" comes from.
 //! - `src/main.rs`: `meetingd` (serve, check, check-config, repartition,
@@ -80,3 +85,4 @@ pub mod server;
 pub mod stats;
 pub mod store;
 pub mod watch;
+pub mod web;

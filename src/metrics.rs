@@ -1,93 +1,11 @@
-//! The counters of STATS as Prometheus text on `http://127.0.0.1:PORT/metrics`
-//! (`stats.prometheus`; off by default). A deliberately small HTTP/1.1
-//! responder: it reads one request head, answers `GET /metrics` and closes;
-//! anything else is 404. Only loopback addresses are accepted by the
-//! configuration, so nothing leaves the machine.
+//! The counters of STATS as Prometheus text: [`render`] turns STATS'
+//! snapshot into the exposition format, so every counter is drawn from the
+//! one place that collects them. The web listener (`crate::web`) serves it
+//! on `/metrics`.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-
-use crate::stats::Stats;
-use crate::store::Store;
-
-/// The longest request head read.
-const MAX_HEAD: usize = 8 * 1024;
-
-/// Listen on `address` (before the daemon says it is ready, so a port in
-/// use fails the start).
-pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    let listener = TcpListener::bind(address).await?;
-    tracing::info!(%address, "serving Prometheus metrics on /metrics");
-    Ok(listener)
-}
-
-/// Answer scrapes until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    stats: Arc<Stats>,
-    store: Store,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!("metrics: accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
-        let stats = stats.clone();
-        let store = store.clone();
-        tokio::spawn(async move {
-            let answered =
-                tokio::time::timeout(Duration::from_secs(5), answer(stream, &stats, &store));
-            if let Ok(Err(err)) = answered.await {
-                tracing::debug!(error = %err, "metrics: a scrape failed");
-            }
-        });
-    }
-}
-
-async fn answer(mut stream: TcpStream, stats: &Stats, store: &Store) -> std::io::Result<()> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let (status, body) = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?")
-    {
-        let mut snapshot = stats.snapshot();
-        snapshot["redis_rtt_ms"] =
-            serde_json::json!(store.ping().await.ok().map(|d| d.as_secs_f64() * 1000.0));
-        ("200 OK", render(&snapshot, stats.last_good_tick()))
-    } else {
-        (
-            "404 Not Found",
-            "only /metrics is served here\n".to_string(),
-        )
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
 
 /// A label value, escaped as the text format wants.
 fn label(value: &str) -> String {
@@ -288,7 +206,7 @@ pub fn render(s: &Value, last_good_tick: Option<i64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::Refusal;
+    use crate::stats::{Refusal, Stats};
 
     #[test]
     fn refusals_are_labelled_by_reason() {

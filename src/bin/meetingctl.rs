@@ -189,8 +189,13 @@ enum Command {
         /// M or M/O.
         mref: String,
         /// CSV (RFC 4180, with a header) instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "svg")]
         csv: bool,
+        /// An SVG timeline instead: a row per user, a bar per stretch
+        /// between a join and its leave or timeout, the window's start and
+        /// end marked (the web view's picture). Redirect it to a file.
+        #[arg(long)]
+        svg: bool,
     },
     /// Print an instance's events and chat as they happen, until
     /// interrupted (or `--count` of them). A watch that falls behind, or
@@ -656,7 +661,12 @@ fn main() -> ExitCode {
                 reconnect: !*no_reconnect,
             },
         ),
-        Command::Report { mref, csv: true } if !cli.json => report_csv(&cli, mref),
+        Command::Report {
+            mref, csv: true, ..
+        } if !cli.json => report_csv(&cli, mref),
+        Command::Report {
+            mref, svg: true, ..
+        } => report_svg(&cli, mref),
         command @ (Command::Post { .. } | Command::Join { .. } | Command::Leave { .. }) => {
             // the key makes a second try safe: the daemon applies it once
             let tokens = command.tokens();
@@ -688,6 +698,85 @@ fn report_csv(cli: &Cli, mref: &str) -> Result<ExitCode, String> {
         return Ok(refused(cli, &raw, &reply));
     }
     print!("{}", report_csv_text(&reply["result"]));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// REPORT's window and EVENTS (every page) drawn as the web view's
+/// timeline, each row named by USER GET (`user N` for one that is gone).
+fn report_svg(cli: &Cli, mref: &str) -> Result<ExitCode, String> {
+    use meetingd::web::timeline::{Chart, Spans, svg_file};
+    let mut client = Client::connect(&cli.socket)?;
+    let mut ask = |words: &[&str]| -> Result<Result<Value, ExitCode>, String> {
+        client.send(&request_line(words))?;
+        let (raw, reply) = client.receive()?;
+        if reply["ok"] != json!(true) {
+            return Ok(Err(refused(cli, &raw, &reply)));
+        }
+        Ok(Ok(reply["result"].clone()))
+    };
+    let report = match ask(&["REPORT", mref])? {
+        Ok(report) => report,
+        Err(code) => return Ok(code),
+    };
+    let time = |value: &Value| -> Option<i64> {
+        chrono::DateTime::parse_from_rfc3339(value.as_str()?)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    };
+    let (Some(from), Some(to)) = (time(&report["from"]), time(&report["to"])) else {
+        return Err(format!("REPORT gave no window: {report}"));
+    };
+    let (meeting, order) = (report["meeting"].to_string(), report["order"].to_string());
+    let instance = format!("{meeting}/{order}");
+    let mut spans = Spans::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut words = vec!["EVENTS", instance.as_str()];
+        if let Some(after) = &after {
+            words.extend(["AFTER", after.as_str()]);
+        }
+        let page = match ask(&words)? {
+            Ok(page) => page,
+            Err(code) => return Ok(code),
+        };
+        for event in page["events"].as_array().into_iter().flatten() {
+            let (Some(user), Some(at)) = (event["user"].as_u64(), time(&event["at"])) else {
+                continue;
+            };
+            match event["type"].as_str() {
+                Some("join") => spans.join(user, at),
+                _ => spans.leave(user, at),
+            }
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let mut names = std::collections::HashMap::new();
+    for &user in spans.users() {
+        if let Ok(found) = ask(&["USER", "GET", &user.to_string()])? {
+            if let Some(name) = found["name"].as_str() {
+                names.insert(user, name.to_string());
+            }
+        }
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let ended_at = time(&report["ended_at"]);
+    let chart = Chart {
+        name: instance,
+        from,
+        to,
+        now: (report["state"] == "active").then_some(now),
+        rows: spans.rows(ended_at.unwrap_or(now).min(to), |user| {
+            let name = names
+                .get(&user)
+                .cloned()
+                .unwrap_or_else(|| format!("user {user}"));
+            format!("{name} #{user}")
+        }),
+    };
+    print!("{}", svg_file(&chart));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -28,3 +28,4 @@ mod store;
 mod tick;
 mod upgrade;
 mod watch;
+mod web;

@@ -962,13 +962,22 @@ fn stats_are_served_as_prometheus_text_when_configured() {
     c.error_code("USER GET 5");
     let get = |path: &str| {
         let mut stream = std::net::TcpStream::connect(&address).expect("connect");
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
         let mut response = String::new();
         stream.read_to_string(&mut response).expect("read");
         response
     };
     let response = get("/metrics");
-    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .starts_with("http/1.1 200 ok\r\n"),
+        "{response}"
+    );
     for line in [
         "meetingd_connections_open 1",
         r#"meetingd_requests_total{command="PING"} 2"#,
@@ -993,7 +1002,7 @@ fn stats_are_served_as_prometheus_text_when_configured() {
         response.contains("\nmeetingd_redis_rtt_seconds "),
         "{response}"
     );
-    assert!(get("/").starts_with("HTTP/1.1 404 "));
+    assert!(get("/nowhere").starts_with("HTTP/1.1 404 "));
 }
 
 /// What docs/protocol.md pins down, each as it says: what must be quoted

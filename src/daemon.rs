@@ -350,7 +350,14 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
                 http.listen
             ))
         })?;
-        let view = Web::new(ctx.clone(), http, config.retention, shutdown.clone());
+        let archive = config.archive.as_ref().map(|a| a.url.as_str());
+        let view = Web::new(
+            ctx.clone(),
+            http,
+            config.retention,
+            archive,
+            shutdown.clone(),
+        );
         tokio::spawn(web::serve(listener, view));
     }
     let server = tokio::spawn(server::run(

@@ -49,12 +49,13 @@
 //!   MySQL/MariaDB, SQLite): the archiver reads the partitions' outboxes
 //!   (through the store) and writes idempotent rows; `attendance.rs`
 //!   computes attendance, `db.rs` holds the schema (`migrations/`) and the
-//!   writes.
+//!   writes, `read.rs` reads it back for the web view (read-only).
 //! - [`web`]: the HTTP listener (`http.listen`, axum): `/metrics` and the
 //!   operator's read-only web view (live meetings, an instance's
 //!   participants, events, chat and attendance timeline, live by
-//!   server-sent events from WATCH's hub); `timeline.rs` draws the SVG
-//!   timeline `meetingctl report --svg` writes too.
+//!   server-sent events from WATCH's hub; an ended instance the archive
+//!   holds is read from there); `timeline.rs` draws the SVG timeline
+//!   `meetingctl report --svg` writes too.
 //! - [`stats`]: the counters STATS shows; [`metrics`] renders them as
 //!   Prometheus text. [`error`]: the protocol's error codes. [`clock`]:
 //!   where "now" comes from.

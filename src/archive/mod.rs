@@ -25,11 +25,13 @@
 //! before archiving was on (`meetingd archive --backfill`).
 //!
 //! `db.rs` holds the database side (pools, migrations, idempotent
-//! inserts); `attendance.rs` the pure attendance computation; the Redis
+//! inserts); `attendance.rs` the pure attendance computation; [`read`]
+//! reads it back for the web view (a read-only pool of its own); the Redis
 //! side is the store's (`store/archive.rs`).
 
 mod attendance;
 mod db;
+pub mod read;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -12,7 +12,9 @@
 //!
 //! Read-only: every handler reads through the store's calls that the
 //! socket's ACTIVE, MEETINGS, MEETING GET, PARTICIPANTS, EVENTS and MESSAGES
-//! use; nothing here writes. Live updates ride on WATCH's fan-out
+//! use, and, for an ended instance the archive holds, through the
+//! archive's read-only pool ([`crate::archive::read`]); nothing here
+//! writes. Live updates ride on WATCH's fan-out
 //! ([`crate::watch::Hub`]); the browser never polls.
 //!
 //! Safety: pages are written with maud, which escapes every value it is
@@ -44,6 +46,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::archive::read::Reader;
 use crate::cmd::Context;
 use crate::config::HttpConfig;
 use crate::store::StoreError;
@@ -69,23 +72,37 @@ pub struct Web {
     pub retention: Duration,
     /// The live meetings' list, shared by every page that shows it.
     pub active: live::ActiveFeed,
+    /// A read-only pool on the archive database, when one is configured:
+    /// an ended instance the archive holds is read from there.
+    pub archive: Option<Reader>,
     /// Cancelled when the daemon drains: live streams end.
     pub shutdown: CancellationToken,
 }
 
 impl Web {
-    /// The web view of `ctx`, as `http` configures it.
+    /// The web view of `ctx`, as `http` configures it, reading ended
+    /// instances from the archive at `archive` (an `archive.url`) when
+    /// there is one. Nothing is connected yet.
     pub fn new(
         ctx: Context,
         http: &HttpConfig,
         retention: Duration,
+        archive: Option<&str>,
         shutdown: CancellationToken,
     ) -> Arc<Web> {
+        let archive = archive.and_then(|url| match Reader::new(url) {
+            Ok(reader) => Some(reader),
+            Err(err) => {
+                tracing::warn!("the web view reads no archive: {err}");
+                None
+            }
+        });
         Arc::new(Web {
             ctx,
             token: http.token.clone(),
             retention,
             active: live::ActiveFeed::default(),
+            archive,
             shutdown,
         })
     }

@@ -1,7 +1,7 @@
 //! The pages, written with maud (which escapes every value it is given),
 //! and the fragments the live streams send again as things change.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -12,10 +12,13 @@ use serde::Deserialize;
 
 use super::timeline::{self, Chart, Spans};
 use super::{Web, html, store_error};
+use crate::archive::read::{self, Reader};
+use crate::archive::{Attendance, DbError};
+use crate::error::Code;
 use crate::protocol::Time;
 use crate::store::{
     ActiveInstance, Event, Id, Instance, InstanceId, InstanceRef, InstanceState, Known, MAX_ID,
-    Message, Millis, Participant, Store, StoreError,
+    Message, Millis, Page, Participant, Store, StoreError,
 };
 
 /// Rows per page of the event log and of the chat.
@@ -283,6 +286,7 @@ pub async fn meeting_page(State(web): State<Arc<Web>>, Path(meeting): Path<u64>)
         Ok(detail) => detail,
         Err(err) => return store_error(&web, err),
     };
+    let archived = archived_orders(&web, meeting, &detail.instances).await;
     let m = &detail.meeting;
     html(page(
         &web,
@@ -315,7 +319,8 @@ pub async fn meeting_page(State(web): State<Arc<Web>>, Path(meeting): Path<u64>)
                             tr {
                                 td.num { a href={ "/i/" (i.id.meeting) "/" (i.id.order) } { (i.id.order) } }
                                 td { (window(i.from, i.to)) }
-                                td { (state_badge(i.state)) }
+                                td { (state_badge(i.state))
+                                    @if archived.contains(&i.id.order) { " " span.badge.archived title="The archive holds it whole: its page reads from there." { "archived" } } }
                             }
                         }
                     }
@@ -326,6 +331,29 @@ pub async fn meeting_page(State(web): State<Arc<Web>>, Path(meeting): Path<u64>)
             }
         },
     ))
+}
+
+/// Which of a meeting's ended instances the archive holds (none without
+/// an archive, or when it cannot be read: logged).
+async fn archived_orders(web: &Web, meeting: Id, instances: &[Instance]) -> HashSet<Id> {
+    let Some(reader) = &web.archive else {
+        return HashSet::new();
+    };
+    let ended: Vec<Id> = instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Ended)
+        .map(|i| i.id.order)
+        .collect();
+    if ended.is_empty() {
+        return HashSet::new();
+    }
+    reader
+        .archived_orders(meeting, &ended)
+        .await
+        .unwrap_or_else(|err| {
+            tracing::warn!("web view: the archive cannot be read: {err}");
+            HashSet::new()
+        })
 }
 
 /// An e-mail as this view shows it: whole to a token's bearer, masked
@@ -433,6 +461,22 @@ pub async fn spans(store: &Store, instance: InstanceId) -> Result<Spans, StoreEr
     }
 }
 
+/// The same from the archive.
+async fn archived_spans(reader: &Reader, instance: InstanceId) -> Result<Spans, DbError> {
+    let mut spans = Spans::new();
+    let mut after = None;
+    loop {
+        let page = reader.events(instance, after, read::MAX_ROWS).await?;
+        for event in &page.items {
+            fold(&mut spans, event);
+        }
+        match page.next.as_deref().and_then(read::cursor) {
+            Some(next) => after = Some(next),
+            None => return Ok(spans),
+        }
+    }
+}
+
 /// One event into the stretches.
 pub fn fold(spans: &mut Spans, event: &Event) {
     match event.kind {
@@ -498,13 +542,172 @@ pub async fn instance_page(
     }
 }
 
-async fn instance_body(web: &Web, id: InstanceId, q: &InstanceQuery) -> Result<Markup, StoreError> {
+/// Where an instance page read what it shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Redis; `archive` says why not the archive.
+    Redis {
+        /// Why the archive was not read.
+        archive: NotArchived,
+    },
+    /// The archive database, which copied it whole at `archived_at`.
+    Archive {
+        /// When the archive finished copying it.
+        archived_at: Millis,
+    },
+}
+
+/// Why an instance page read Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotArchived {
+    /// No archive is configured.
+    NoArchive,
+    /// The instance has not ended (Redis is where it lives).
+    Running,
+    /// The archive does not hold it (yet).
+    NotYet,
+    /// The archive could not be read (logged).
+    Unreadable,
+}
+
+/// What an instance page shows, wherever it was read.
+struct Shown {
+    instance: Instance,
+    ended_at: Option<Millis>,
+    source: Source,
+    present: Vec<Participant>,
+    events: Page<Event>,
+    chat: Page<Message>,
+    spans: Spans,
+    /// The archive's attendance rows (archived instances only).
+    attendance: Vec<Attendance>,
+    names: HashMap<Id, Arc<Known>>,
+}
+
+/// A page cursor the archive takes, or the BAD_REQUEST EVENTS and
+/// MESSAGES give for one that is not an id.
+fn archive_cursor(after: Option<&str>) -> Result<Option<(i64, i64)>, StoreError> {
+    match after {
+        None | Some("") => Ok(None),
+        Some(after) => read::cursor(after).map(Some).ok_or_else(|| StoreError::Rule {
+            code: Code::BadRequest,
+            message: format!(
+                "after must be an id like 1700000000000-0 (each part at most 2^64-1), got {after:?}"
+            ),
+        }),
+    }
+}
+
+/// Users by id from the archive's `users` rows, and from Redis for any
+/// it does not hold.
+async fn archived_names(
+    web: &Web,
+    reader: &Reader,
+    ids: &[Id],
+) -> Result<HashMap<Id, Arc<Known>>, DbError> {
+    let found = reader.users(ids).await?;
+    let mut names: HashMap<Id, Arc<Known>> = found
+        .into_values()
+        .map(|u| {
+            (
+                u.id,
+                Arc::new(Known {
+                    name: u.name,
+                    email: u.email,
+                }),
+            )
+        })
+        .collect();
+    let missing: Vec<Id> = ids
+        .iter()
+        .copied()
+        .filter(|u| !names.contains_key(u))
+        .collect();
+    if !missing.is_empty()
+        && let Ok(more) = self::names(&web.ctx.store, &missing).await
+    {
+        names.extend(more);
+    }
+    Ok(names)
+}
+
+/// An ended instance as the archive holds it, if it does: a page of its
+/// events and of its chat, its timeline's stretches from every archived
+/// event, its attendance rows, and the names in them.
+async fn from_archive(
+    web: &Web,
+    reader: &Reader,
+    id: InstanceId,
+    events_after: Option<(i64, i64)>,
+    chat_after: Option<(i64, i64)>,
+) -> Result<Option<Shown>, DbError> {
+    let Some(archived) = reader.instance(id).await? else {
+        return Ok(None);
+    };
+    let events = reader.events(id, events_after, PAGE_ROWS).await?;
+    let chat = reader.messages(id, chat_after, PAGE_ROWS).await?;
+    let spans = archived_spans(reader, id).await?;
+    let attendance = reader.attendance(id, PARTICIPANT_ROWS).await?;
+    let mut ids: Vec<Id> = spans.users().to_vec();
+    ids.extend(events.items.iter().map(|e| e.user));
+    ids.extend(chat.items.iter().map(|m| m.user));
+    ids.extend(attendance.iter().map(|a| a.user));
+    ids.sort_unstable();
+    ids.dedup();
+    let names = archived_names(web, reader, &ids).await?;
+    Ok(Some(Shown {
+        instance: archived.instance,
+        ended_at: archived.ended_at,
+        source: Source::Archive {
+            archived_at: archived.archived_at,
+        },
+        present: Vec::new(),
+        events,
+        chat,
+        spans,
+        attendance,
+        names,
+    }))
+}
+
+/// An ended instance from the archive when it holds it. `Ok(Err(why))`:
+/// read Redis, because of `why`.
+async fn archived(
+    web: &Web,
+    instance: &Instance,
+    events_after: Option<&str>,
+    chat_after: Option<&str>,
+) -> Result<Result<Shown, NotArchived>, StoreError> {
+    if instance.state != InstanceState::Ended {
+        return Ok(Err(NotArchived::Running));
+    }
+    let Some(reader) = &web.archive else {
+        return Ok(Err(NotArchived::NoArchive));
+    };
+    let (events_after, chat_after) = (archive_cursor(events_after)?, archive_cursor(chat_after)?);
+    match from_archive(web, reader, instance.id, events_after, chat_after).await {
+        Ok(Some(shown)) => Ok(Ok(shown)),
+        Ok(None) => Ok(Err(NotArchived::NotYet)),
+        Err(err) => {
+            tracing::warn!(
+                "web view: the archive cannot be read, showing {} from Redis: {err}",
+                instance.id
+            );
+            Ok(Err(NotArchived::Unreadable))
+        }
+    }
+}
+
+/// An instance from Redis.
+async fn from_redis(
+    web: &Web,
+    instance: Instance,
+    ended_at: Option<Millis>,
+    why: NotArchived,
+    q: &InstanceQuery,
+) -> Result<Shown, StoreError> {
     let store = &web.ctx.store;
-    let exact = InstanceRef::Exact(id);
-    let (instance, ended_at) = store.instance_get(exact).await?;
-    let detail = store.meeting_get(id.meeting).await?;
-    // where the live stream starts: after everything read below
-    let since = store.feed(id, None, 1).await?.last;
+    let exact = InstanceRef::Exact(instance.id);
     let present = if instance.state == InstanceState::Active {
         store.participants(exact, None, PARTICIPANT_ROWS).await?.1
     } else {
@@ -516,16 +719,115 @@ async fn instance_body(web: &Web, id: InstanceId, q: &InstanceQuery) -> Result<M
     let (_, chat) = store
         .messages(exact, None, q.chat_after.as_deref(), PAGE_ROWS)
         .await?;
-    let spans = spans(store, id).await?;
+    let spans = spans(store, instance.id).await?;
     let mut ids: Vec<Id> = spans.users().to_vec();
     ids.extend(present.iter().map(|p| p.user));
     ids.extend(events.items.iter().map(|e| e.user));
     ids.extend(chat.items.iter().map(|m| m.user));
     let names = names(store, &ids).await?;
+    Ok(Shown {
+        instance,
+        ended_at,
+        source: Source::Redis { archive: why },
+        present,
+        events,
+        chat,
+        spans,
+        attendance: Vec::new(),
+        names,
+    })
+}
+
+/// What an instance page shows: an ended instance from the archive when
+/// one is configured and holds it, anything else from Redis.
+async fn shown(web: &Web, id: InstanceId, q: &InstanceQuery) -> Result<Shown, StoreError> {
+    let (instance, ended_at) = web.ctx.store.instance_get(InstanceRef::Exact(id)).await?;
+    match archived(
+        web,
+        &instance,
+        q.events_after.as_deref(),
+        q.chat_after.as_deref(),
+    )
+    .await?
+    {
+        Ok(shown) => Ok(shown),
+        Err(why) => from_redis(web, instance, ended_at, why, q).await,
+    }
+}
+
+/// Where the page read from, in words.
+fn source_line(source: Source) -> Markup {
+    html! {
+        p.source #source {
+            @match source {
+                Source::Archive { archived_at } => {
+                    "Read from the archive, which holds this instance whole since " (when(archived_at)) "."
+                }
+                Source::Redis { archive: NotArchived::NoArchive } => { "Read from Redis (no archive is configured)." }
+                Source::Redis { archive: NotArchived::Running } => { "Read from Redis." }
+                Source::Redis { archive: NotArchived::NotYet } => { "Read from Redis: the archive does not hold it yet." }
+                Source::Redis { archive: NotArchived::Unreadable } => {
+                    "Read from Redis: the archive cannot be read right now (the daemon's log says why)."
+                }
+            }
+        }
+    }
+}
+
+/// A duration as `h:mm:ss`.
+fn present_for(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// The archive's attendance rows, as a table.
+fn attendance_table(rows: &[Attendance], names: &HashMap<Id, Arc<Known>>) -> Markup {
+    html! {
+        @if rows.is_empty() {
+            p.empty { "Nobody attended." }
+        } @else {
+            table.list #attendance {
+                thead { tr { th { "Who" } th { "First join" } th { "Last leave" } th.num { "Present" } th.num { "Joins" } th.num { "Messages" } } }
+                tbody {
+                    @for a in rows {
+                        tr data-user=(a.user) {
+                            td { (who(names, a.user)) }
+                            td.time { (when(a.first_join)) }
+                            td.time { @if let Some(at) = a.last_leave { (when(at)) } }
+                            td.num { (present_for(a.present_ms)) }
+                            td.num { (a.joins) }
+                            td.num { (a.messages) }
+                        }
+                    }
+                }
+            }
+            @if rows.len() >= PARTICIPANT_ROWS { p.muted { "The first " (PARTICIPANT_ROWS) " are shown." } }
+        }
+    }
+}
+
+async fn instance_body(web: &Web, id: InstanceId, q: &InstanceQuery) -> Result<Markup, StoreError> {
+    let store = &web.ctx.store;
+    let detail = store.meeting_get(id.meeting).await?;
+    // where the live stream starts: after everything read below
+    let since = store.feed(id, None, 1).await?.last;
+    let Shown {
+        instance,
+        ended_at,
+        source,
+        present,
+        events,
+        chat,
+        spans,
+        attendance,
+        names,
+    } = shown(web, id, q).await?;
     let now = store.now();
     let chart = chart(&instance, ended_at, now, &spans, &names);
     let live = instance.state != InstanceState::Ended;
+    let archived = matches!(source, Source::Archive { .. });
     let forgotten = instance.state == InstanceState::Ended
+        && !archived
         && events.items.is_empty()
         && q.events_after.is_none()
         && !web.retention.is_zero()
@@ -540,6 +842,7 @@ async fn instance_body(web: &Web, id: InstanceId, q: &InstanceQuery) -> Result<M
                 h1 { (m.title) " " span.muted { (id) } }
                 @if !m.description.is_empty() { p.lead { (m.description) } }
                 @if live { p.sub { span.live-status #live-status {} } }
+                (source_line(source))
                 div #facts-box { (facts(&instance, ended_at, in_now(&instance, &spans))) }
                 section {
                     h2 { "Attendance timeline" }
@@ -547,16 +850,25 @@ async fn instance_body(web: &Web, id: InstanceId, q: &InstanceQuery) -> Result<M
                     p.muted { a href={ "/i/" (id.meeting) "/" (id.order) "/timeline.svg" } download { "Download the SVG" }
                         " · the same picture as " code { "meetingctl report " (id) " --svg" } }
                 }
-                section {
-                    h2 { "Participants now" }
-                    div #participants { (participants_table(web, &present, &names, instance.state)) }
+                @if archived {
+                    section {
+                        h2 { "Attendance" }
+                        (attendance_table(&attendance, &names))
+                    }
+                } @else {
+                    section {
+                        h2 { "Participants now" }
+                        div #participants { (participants_table(web, &present, &names, instance.state)) }
+                    }
                 }
                 div.columns {
                     section {
                         h2 { "Event log" }
                         @if forgotten {
                             p.problem { "This instance's history was deleted from Redis "
-                                (web.retention.as_secs() / 86_400) " days after its end (retention.days); the archive database keeps it." }
+                                (web.retention.as_secs() / 86_400) " days after its end (retention.days); "
+                                @if web.archive.is_some() { "the archive database keeps it." }
+                                @else { "no archive is configured (archive.url) to keep it." } }
                         }
                         table.list.log #events data-tail=(events.next.is_none()) {
                             thead { tr { th { "When (UTC)" } th { "What" } th { "Who" } } }
@@ -586,7 +898,8 @@ async fn instance_body(web: &Web, id: InstanceId, q: &InstanceQuery) -> Result<M
     ))
 }
 
-/// `/i/<M>/<O>/timeline.svg`: the timeline alone, as a file.
+/// `/i/<M>/<O>/timeline.svg`: the timeline alone, as a file (from the
+/// archive for an ended instance it holds, as the page).
 pub async fn timeline_file(
     State(web): State<Arc<Web>>,
     Path((meeting, order)): Path<(u64, u64)>,
@@ -598,6 +911,23 @@ pub async fn timeline_file(
     let store = &web.ctx.store;
     let drawn = async {
         let (instance, ended_at) = store.instance_get(InstanceRef::Exact(id)).await?;
+        let archived = match &web.archive {
+            Some(reader) if instance.state == InstanceState::Ended => {
+                match timeline_from_archive(&web, reader, id).await {
+                    Ok(found) => found,
+                    Err(err) => {
+                        tracing::warn!(
+                            "web view: the archive cannot be read, drawing {id} from Redis: {err}"
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some((instance, ended_at, spans, names)) = archived {
+            return Ok(chart(&instance, ended_at, store.now(), &spans, &names));
+        }
         let spans = spans(store, id).await?;
         let names = names(store, spans.users()).await?;
         Ok::<_, StoreError>(chart(&instance, ended_at, store.now(), &spans, &names))
@@ -616,6 +946,23 @@ pub async fn timeline_file(
             .into_response(),
         Err(err) => store_error(&web, err),
     }
+}
+
+/// What a timeline is drawn from, read from the archive.
+type Drawn = (Instance, Option<Millis>, Spans, HashMap<Id, Arc<Known>>);
+
+/// An archived instance's timeline, if the archive holds it.
+async fn timeline_from_archive(
+    web: &Web,
+    reader: &Reader,
+    id: InstanceId,
+) -> Result<Option<Drawn>, DbError> {
+    let Some(archived) = reader.instance(id).await? else {
+        return Ok(None);
+    };
+    let spans = archived_spans(reader, id).await?;
+    let names = archived_names(web, reader, spans.users()).await?;
+    Ok(Some((archived.instance, archived.ended_at, spans, names)))
 }
 
 #[cfg(test)]

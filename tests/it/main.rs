@@ -29,3 +29,4 @@ mod tick;
 mod upgrade;
 mod watch;
 mod web;
+mod web_archive;

@@ -37,7 +37,7 @@ fn line(words: &[&str]) -> String {
 
 /// A daemon on `redis` with the HTTP listener on a port of the kernel's
 /// choosing (`127.0.0.1:0`), and the address it took (from its log).
-fn daemon_with_http(redis: &Redis, extra: &[(&str, &str)]) -> (Daemon, String) {
+pub(crate) fn daemon_with_http(redis: &Redis, extra: &[(&str, &str)]) -> (Daemon, String) {
     let mut env = vec![("MEETINGD_HTTP__LISTEN", "127.0.0.1:0")];
     env.extend_from_slice(extra);
     let daemon = Daemon::start(redis, &env);
@@ -60,10 +60,10 @@ fn daemon_with_http(redis: &Redis, extra: &[(&str, &str)]) -> (Daemon, String) {
 }
 
 /// One HTTP/1.1 response, read to its end.
-struct Response {
-    status: u16,
-    head: String,
-    body: String,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) head: String,
+    pub(crate) body: String,
 }
 
 impl Response {
@@ -122,7 +122,7 @@ fn http(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body:
     }
 }
 
-fn get(address: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+pub(crate) fn get(address: &str, path: &str, headers: &[(&str, &str)]) -> Response {
     http(address, "GET", path, headers, "")
 }
 
@@ -184,6 +184,10 @@ fn the_listener_serves_metrics_pages_and_security_headers_on_loopback() {
     }
     // without a token e-mails are masked
     let instance = get(&address, "/i/1/1", &[]).body;
+    assert!(
+        instance.contains("<p class=\"source\" id=\"source\">Read from Redis.</p>"),
+        "a running instance is read from Redis: {instance}"
+    );
     assert!(instance.contains("a***@example.com"), "{instance}");
     assert!(!instance.contains("ada@example.com"), "{instance}");
     let svg = get(&address, "/i/1/1/timeline.svg", &[]);

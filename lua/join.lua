@@ -68,7 +68,7 @@ local function join(keys, args)
     admit(base .. 'audience:' .. meeting, args[3], user, meeting)
   end
   local name = instance_name(meeting, order)
-  local at, id, prev, live = next_live_id(order, to, ms, seq, now)
+  local at, id, prev, live = next_live_id(key, order, to, ms, seq, now)
   -- NX: a user already in writes nothing
   if redis.call('ZADD', base .. 'present:' .. name, 'NX', at, user) == 0 then
     fail('ALREADY_JOINED', 'user ' .. user .. ' is already in ' .. name)

@@ -38,7 +38,7 @@ local function leave(keys, args)
   if redis.call('ZREM', base .. 'present:' .. name, user) == 0 then
     fail('NOT_JOINED', 'user ' .. user .. ' is not in ' .. name)
   end
-  local _, id, prev, live = next_live_id(order, to, ms, seq, now)
+  local _, id, prev, live = next_live_id(key, order, to, ms, seq, now)
   redis.call('HSET', key, 'live', live)
   local events = base .. 'events:' .. name
   redis.call('XADD', events, id, 'u', user, 't', '2')

@@ -74,7 +74,7 @@ local function post(keys, args)
   if not redis.call('ZSCORE', base .. 'present:' .. name, user) then
     fail('NOT_JOINED', 'user ' .. user .. ' is not in ' .. name)
   end
-  local _, id, prev, live = next_live_id(order, to, ms, seq, now)
+  local _, id, prev, live = next_live_id(key, order, to, ms, seq, now)
   redis.call('HSET', key, 'live', live)
   local chat = base .. 'chat:' .. name
   local by = chat .. ':by:' .. user

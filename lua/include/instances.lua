@@ -94,20 +94,11 @@ merely misses. One slot a meeting, reused; up to 10000 meetings, then it
 starts afresh (as keys.lua's memo). ]]
 local made_live, made_order, made_to, made_ms, made_seq, made_count = {}, {}, {}, {}, {}, 0
 
--- The parts of meeting `key`'s live field `live`, from the memo when its
--- last hot call made this very text.
-local function live_parts(key, live)
-  if live and made_live[key] == live then
-    return made_order[key], made_to[key], made_ms[key], made_seq[key]
-  end
-  return parse_live(live)
-end
-
 --[[ The next id of the running instance `order` (scheduled end `to`, last
 id (ms, seq) as its meeting's live field holds them) at `now`, nothing
 written: its ms (the entry's time), the id, the id before it (prev_id's
 form, for the watchers) and the live field to write with it, remembered
-for meeting `key` (see live_parts). The hot calls' path (JOIN, LEAVE,
+for meeting `key` (see made_live). The hot calls' path (JOIN, LEAVE,
 POST), with next_id and prev_id written out. ]]
 local function next_live_id(key, order, to, ms, seq, now)
   local prev = '0-0'
@@ -638,14 +629,24 @@ timeouts): its order, end and last id; refused when it is not running.
 The hot path (the live instance inside its window, no preempt due) parses
 the live field once and reads nothing more. ]]
 local function running_now(key, base, meeting, order, live, preempt, now, retention)
-  local o, to, ms, seq = live_parts(key, live)
-  -- settled(), written out: the hottest test of the library
+  -- the parts (from made_live when this text is the one the meeting's
+  -- last hot call made) and settled(), written out: the hottest lines of
+  -- the library
+  local o, to, ms, seq
+  if live and made_live[key] == live then
+    o, to, ms, seq = made_order[key], made_to[key], made_ms[key], made_seq[key]
+  else
+    o, to, ms, seq = parse_live(live)
+  end
   if not (o and (#to > #now or (#to == #now and to > now))
       and (not preempt or later(preempt, now))) then
     live = settle(base, meeting, live, preempt, now, SETTLE_BUDGET, retention)
     o, to, ms, seq = parse_live(live)
+    if o and not later(to, now) then
+      o = nil
+    end
   end
-  if o and (order == '' or order == o) and later(to, now) then
+  if o and (order == '' or order == o) then
     return o, to, ms, seq
   end
   not_running(key, base, meeting, order)

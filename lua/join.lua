@@ -68,15 +68,14 @@ local function join(keys, args)
     admit(base .. 'audience:' .. meeting, args[3], user, meeting)
   end
   local name = instance_name(meeting, order)
-  local prev = prev_id(ms, seq)
-  ms, seq = next_id(now, ms, seq)
+  local at, id, prev, live = next_live_id(key, order, to, ms, seq, now)
   -- NX: a user already in writes nothing
-  if redis.call('ZADD', base .. 'present:' .. name, 'NX', ms, user) == 0 then
+  if redis.call('ZADD', base .. 'present:' .. name, 'NX', at, user) == 0 then
     fail('ALREADY_JOINED', 'user ' .. user .. ' is already in ' .. name)
   end
-  redis.call('HSET', key, 'live', format_live(order, to, ms, seq))
+  redis.call('HSET', key, 'live', live)
   local events = base .. 'events:' .. name
-  local id = redis.call('XADD', events, ms .. '-' .. seq, 'u', user, 't', '1')
+  redis.call('XADD', events, id, 'u', user, 't', '1')
   announce(base, name, prev, id, '1', user)
   keep_until(events, to, retention)
   if join_key then

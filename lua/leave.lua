@@ -38,11 +38,10 @@ local function leave(keys, args)
   if redis.call('ZREM', base .. 'present:' .. name, user) == 0 then
     fail('NOT_JOINED', 'user ' .. user .. ' is not in ' .. name)
   end
-  local prev = prev_id(ms, seq)
-  ms, seq = next_id(now, ms, seq)
-  redis.call('HSET', key, 'live', format_live(order, to, ms, seq))
+  local _, id, prev, live = next_live_id(key, order, to, ms, seq, now)
+  redis.call('HSET', key, 'live', live)
   local events = base .. 'events:' .. name
-  local id = redis.call('XADD', events, ms .. '-' .. seq, 'u', user, 't', '2')
+  redis.call('XADD', events, id, 'u', user, 't', '2')
   announce(base, name, prev, id, '2', user)
   keep_until(events, to, retention)
   if leave_key then

@@ -74,10 +74,8 @@ local function post(keys, args)
   if not redis.call('ZSCORE', base .. 'present:' .. name, user) then
     fail('NOT_JOINED', 'user ' .. user .. ' is not in ' .. name)
   end
-  local prev = prev_id(ms, seq)
-  ms, seq = next_id(now, ms, seq)
-  local id = ms .. '-' .. seq
-  redis.call('HSET', key, 'live', format_live(order, to, ms, seq))
+  local _, id, prev, live = next_live_id(key, order, to, ms, seq, now)
+  redis.call('HSET', key, 'live', live)
   local chat = base .. 'chat:' .. name
   local by = chat .. ':by:' .. user
   redis.call('XADD', chat, id, 'u', user, 'text', text)

@@ -9,7 +9,14 @@
 //! It reads the data meetingd stores (the active index, the audiences, the
 //! participants, the chat) and writes keys of its own (`floor_present`,
 //! `floor_events`, `floor_chat`), so it never disturbs the library's
-//! sequence of ids.
+//! sequence of ids. Since 0.3 every entry written is also published
+//! (SPUBLISH on `floor_watch:<M/O>`, the entry's id, kind and user, and a
+//! message's text), as the library must for WATCH: the floor does the
+//! same work, so the ratios of 0.2's BENCHMARKS (a floor that did not
+//! publish) are not comparable with later ones.
+//!
+//! `meetingd-bench floor-library` prints it, for
+//! `scripts/callgrind-join-leave.sh` (instructions per call).
 
 use std::time::Instant;
 
@@ -32,14 +39,18 @@ redis.register_function('floor_join', function(keys, args)
     return redis.error_reply('NOT_ALLOWED')
   end
   redis.call('ZADD', base .. 'floor_present:' .. name, args[4], args[2])
-  return redis.call('XADD', base .. 'floor_events:' .. name, '*', 'u', args[2], 't', '1')
+  local id = redis.call('XADD', base .. 'floor_events:' .. name, '*', 'u', args[2], 't', '1')
+  redis.call('SPUBLISH', base .. 'floor_watch:' .. name, id .. ' 1 ' .. args[2])
+  return id
 end)
 
 redis.register_function('floor_leave', function(keys, args)
   local base = string.match(keys[1], '^(meetingd:{p%d+}:)')
   local name = running(base, args[1])
   redis.call('ZREM', base .. 'floor_present:' .. name, args[2])
-  return redis.call('XADD', base .. 'floor_events:' .. name, '*', 'u', args[2], 't', '2')
+  local id = redis.call('XADD', base .. 'floor_events:' .. name, '*', 'u', args[2], 't', '2')
+  redis.call('SPUBLISH', base .. 'floor_watch:' .. name, id .. ' 2 ' .. args[2])
+  return id
 end)
 
 redis.register_function('floor_post', function(keys, args)
@@ -49,6 +60,7 @@ redis.register_function('floor_post', function(keys, args)
     return redis.error_reply('NOT_JOINED')
   end
   local id = redis.call('XADD', base .. 'floor_chat:' .. name, '*', 'u', args[2], 'text', args[3])
+  redis.call('SPUBLISH', base .. 'floor_watch:' .. name, id .. ' m ' .. args[2] .. ' ' .. args[3])
   redis.call('XADD', base .. 'floor_chat:' .. name .. ':by:' .. args[2], id, 'u', args[2])
   return id
 end)

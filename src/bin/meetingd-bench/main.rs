@@ -106,6 +106,9 @@ enum Bench {
         #[arg(long, default_value_t = 64)]
         running: u64,
     },
+    /// Print the floor's Lua library (`floor.rs`), for
+    /// `scripts/callgrind-join-leave.sh`.
+    FloorLibrary,
     /// Rows per second into the archive for one ended instance, the CPU
     /// per row, and JOIN+LEAVE with the archiver idle and at work (its own
     /// Redis and daemon).
@@ -243,6 +246,10 @@ async fn main() -> std::process::ExitCode {
                 rate: rate.max(1.0),
             })
             .await
+        }
+        Bench::FloorLibrary => {
+            print!("{}", floor::LIBRARY);
+            Ok(())
         }
         Bench::Partitions {
             counts,

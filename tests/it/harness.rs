@@ -218,10 +218,13 @@ impl Redis {
     /// Keep the server busy (DEBUG SLEEP) for `seconds` from another
     /// thread: requests queue up or time out meanwhile.
     #[allow(dead_code)]
+    /// Returns once Redis is asleep (on a busy machine the sleeper's
+    /// command can take a while to arrive).
     pub fn sleep_in_background(&self, seconds: f64) -> std::thread::JoinHandle<()> {
         let url = self.url();
-        std::thread::spawn(move || {
-            let mut conn = redis::Client::open(url)
+        let sleeper_url = url.clone();
+        let sleeper = std::thread::spawn(move || {
+            let mut conn = redis::Client::open(sleeper_url)
                 .expect("client")
                 .get_connection()
                 .expect("connect");
@@ -230,7 +233,9 @@ impl Redis {
                 .arg(seconds)
                 .query(&mut conn)
                 .expect("DEBUG SLEEP");
-        })
+        });
+        wait_until_asleep(&url);
+        sleeper
     }
 }
 
@@ -1175,4 +1180,23 @@ pub fn output_of(command: &mut Command) -> std::io::Result<std::process::Output>
             result => return result,
         }
     }
+}
+
+/// Wait until the Redis at `url` stops answering a PING within 50 ms (it
+/// runs a DEBUG SLEEP), for at most 10 s.
+pub fn wait_until_asleep(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let Ok(mut conn) = redis::Client::open(url)
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(50)))
+        else {
+            return;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
+        match redis::cmd("PING").query::<String>(&mut conn) {
+            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => return,
+        }
+    }
+    panic!("Redis never fell asleep");
 }

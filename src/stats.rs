@@ -105,6 +105,9 @@ pub struct Stats {
     archive_rows: AtomicU64,
     /// Failed archiving attempts (database or Redis unreachable, ...).
     archive_failures: AtomicU64,
+    /// The time requests took, summed, µs: over an interval, how many
+    /// were in progress on average (the archiver's pacing reads it).
+    request_micros: AtomicU64,
 }
 
 /// A latency histogram: 1 µs to 60 s, 3 significant digits.
@@ -144,6 +147,7 @@ impl Default for Stats {
             archive_entries: AtomicU64::new(0),
             archive_rows: AtomicU64::new(0),
             archive_failures: AtomicU64::new(0),
+            request_micros: AtomicU64::new(0),
         }
     }
 }
@@ -180,6 +184,8 @@ impl Stats {
     /// for one that did not parse), after `took`, with the error `code` if
     /// it failed. The command is looked up once for all its counters.
     pub fn answered(&self, command: Option<&str>, took: Duration, error: Option<Code>) {
+        self.request_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         let index = command.and_then(|name| COMMANDS.iter().position(|c| c.name == name));
         match index {
             Some(i) => {
@@ -274,6 +280,11 @@ impl Stats {
     pub fn archived(&self, rows: u64) {
         bump(&self.archive_entries);
         self.archive_rows.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    /// The time requests took, summed since the start, µs.
+    pub fn request_micros(&self) -> u64 {
+        self.request_micros.load(Ordering::Relaxed)
     }
 
     /// An archiving attempt failed.

@@ -105,7 +105,8 @@ pub struct Stats {
     archive_rows: AtomicU64,
     /// Failed archiving attempts (database or Redis unreachable, ...).
     archive_failures: AtomicU64,
-    /// The time requests took, summed, µs: over an interval, how many
+    /// The time requests took, summed, µs (but STATS, PING, HELP and
+    /// QUIT, which the daemon answers alone): over an interval, how many
     /// were in progress on average (the archiver's pacing reads it).
     request_micros: AtomicU64,
 }
@@ -184,8 +185,12 @@ impl Stats {
     /// for one that did not parse), after `took`, with the error `code` if
     /// it failed. The command is looked up once for all its counters.
     pub fn answered(&self, command: Option<&str>, took: Duration, error: Option<Code>) {
-        self.request_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        // the daemon answers these alone (monitoring, liveness): they are
+        // not the work the archiver makes way for
+        if !matches!(command, Some("STATS" | "PING" | "HELP" | "QUIT")) {
+            self.request_micros
+                .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        }
         let index = command.and_then(|name| COMMANDS.iter().position(|c| c.name == name));
         match index {
             Some(i) => {
@@ -274,6 +279,12 @@ impl Stats {
     /// Outbox entries waiting, at the last look.
     pub fn archive_waiting(&self) -> u64 {
         self.archive_waiting.load(Ordering::Relaxed)
+    }
+
+    /// Rows written to the archive before their outbox entry is done (a
+    /// page of an instance's history, as it commits).
+    pub fn archive_rows_written(&self, rows: u64) {
+        self.archive_rows.fetch_add(rows, Ordering::Relaxed);
     }
 
     /// An outbox entry was archived, with `rows` rows written.

@@ -20,6 +20,14 @@
 //! database is down the daemon serves everything else and tries again with
 //! a growing pause; STATS shows the backlog.
 //!
+//! The library announces each outbox entry on its partition's channel; the
+//! daemon's watch hub holds those channels and hands them to a [`Wake`],
+//! so an idle archiver sends Redis nothing and reads only the outbox that
+//! got an entry, looking at every outbox only each `archive.poll_ms` (a
+//! lost announcement only delays). Copying an instance, it makes way for
+//! the requests while they keep the daemon busy
+//! ([`ArchiveOptions::busy_percent`]).
+//!
 //! [`report`] computes the same attendance from Redis for REPORT (a
 //! running instance too); [`backfill`] queues the instances that ended
 //! before archiving was on (`meetingd archive --backfill`).
@@ -782,7 +790,7 @@ impl Archiver {
                     time(ended),
                 ];
                 row.extend(version);
-                let mut rows = tx
+                let rows = tx
                     .insert(
                         "instances",
                         &[
@@ -800,10 +808,10 @@ impl Archiver {
                     )
                     .await?;
                 tx.commit().await?;
-                let (more, posters) = self
+                // its rows are counted as their pages commit
+                let posters = self
                     .archive_history(entry, instance, from, to, ended)
                     .await?;
-                rows += more;
                 Ok((rows, Some((instance, posters))))
             }
             other => Err(bad(&format!("unknown kind {other:?}"))),
@@ -838,8 +846,8 @@ impl Archiver {
 
     /// Copy an ended instance's history, page by page: events, messages,
     /// POST keys, users, then the attendance rows and the instance's
-    /// `archived_at` in the last transaction. The rows written and the
-    /// users who posted.
+    /// `archived_at` in the last transaction; STATS counts the rows as each
+    /// transaction commits. The users who posted.
     async fn archive_history(
         &self,
         entry: &OutboxEntry,
@@ -847,11 +855,10 @@ impl Archiver {
         from: Millis,
         to: Millis,
         ended: Millis,
-    ) -> Result<(u64, BTreeSet<Id>), ArchiveError> {
+    ) -> Result<BTreeSet<Id>, ArchiveError> {
         let (m, o) = (instance.meeting as i64, instance.order as i64);
         let mut pacer = self.pacer();
         let mut tally = Tally::new(from, to);
-        let mut rows = 0;
         let mut after: Option<String> = None;
         loop {
             let (events, more) = self
@@ -866,7 +873,8 @@ impl Archiver {
                     event_row(m, o, event)
                 })
                 .collect();
-            rows += self.insert_entries("events", EVENT_COLUMNS, batch).await?;
+            let rows = self.insert_entries("events", EVENT_COLUMNS, batch).await?;
+            self.stats.archive_rows_written(rows);
             match last {
                 Some(last) if more => after = Some(last),
                 _ => break,
@@ -890,9 +898,10 @@ impl Archiver {
                     message_row(m, o, message)
                 })
                 .collect();
-            rows += self
+            let rows = self
                 .insert_entries("messages", MESSAGE_COLUMNS, batch)
                 .await?;
+            self.stats.archive_rows_written(rows);
             match last {
                 Some(last) if more => after = Some(last),
                 _ => break,
@@ -959,12 +968,14 @@ impl Archiver {
                 continue;
             }
             let mut tx = self.db.begin().await?;
-            rows += tx
+            let rows = tx
                 .insert("users", USER_COLUMNS, &["user_id"], batch, OnConflict::Keep)
                 .await?;
             tx.commit().await?;
+            self.stats.archive_rows_written(rows);
         }
         let attendance = tally.finish(ended);
+        let mut rows = 0;
         let mut tx = self.db.begin().await?;
         for chunk in attendance.chunks(ROWS) {
             let batch: Vec<Vec<Arg>> = chunk
@@ -998,7 +1009,8 @@ impl Archiver {
         )
         .await?;
         tx.commit().await?;
-        Ok((rows, posters))
+        self.stats.archive_rows_written(rows);
+        Ok(posters)
     }
 }
 
@@ -1091,4 +1103,32 @@ fn message_row(m: i64, o: i64, message: Message) -> Option<Vec<Arg>> {
         time(message.at),
         Arg::Text(message.text),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_share_follows_the_requests_in_progress() {
+        assert_eq!(pace_share(10, 0.0), 100.0, "idle: flat out");
+        assert_eq!(pace_share(10, 1.0), 10.0, "busy: its share");
+        assert_eq!(pace_share(10, 250.0), 10.0, "saturated: its share");
+        assert_eq!(pace_share(10, 0.5), 55.0, "half busy: between");
+        assert_eq!(pace_share(100, 3.0), 100.0, "100: never paced");
+        assert_eq!(pace_share(0, 1.0), 1.0, "at least 1 %");
+        assert_eq!(pace_share(10, f64::NAN), 10.0);
+    }
+
+    #[test]
+    fn wake_ups_name_their_partitions() {
+        let wake = Wake::default();
+        wake.channel(Store::outbox_channel(3).as_bytes());
+        wake.channel(Store::outbox_channel(63).as_bytes());
+        wake.channel(Store::outbox_channel(3).as_bytes());
+        assert_eq!(wake.take(), (false, BTreeSet::from([3, 63])));
+        assert_eq!(wake.take(), (false, BTreeSet::new()));
+        wake.channel(b"meetingd:{p3}:watch:1/1");
+        assert_eq!(wake.take(), (true, BTreeSet::new()));
+    }
 }

@@ -1398,11 +1398,39 @@ fn command_calls(redis: &Redis) -> std::collections::BTreeMap<String, u64> {
 /// The commands the archiver reads its outboxes with.
 const OUTBOX_READS: [&str; 5] = ["xreadgroup", "xautoclaim", "xlen", "xrange", "xclaim"];
 
-/// Wait until a daemon's archiver has looked at every outbox once (64
-/// XLENs since the last reset: no other client counts them here).
-fn wait_full_look(redis: &Redis) {
-    wait_until("a look at every outbox", Duration::from_secs(30), || {
-        command_calls(redis).get("xlen").copied().unwrap_or(0) >= 64
+/// Wait until the archiver started last (since the last reset of the
+/// counts) is done with its start: it has looked at every outbox and at
+/// each one its subscription woke it for (what was announced before the
+/// subscription went unseen: 64 XREADGROUPs), every outbox channel has
+/// `daemons` subscribers, and for a second no outbox was read from.
+fn settled(redis: &Redis, daemons: u64) {
+    wait_until("the start-up reads", Duration::from_secs(30), || {
+        let reads = command_calls(redis).get("xreadgroup").copied().unwrap_or(0);
+        let channels: Vec<String> = (0..64)
+            .map(|p| format!("meetingd:{{p{p}}}:outbox"))
+            .collect();
+        let mut args = vec!["PUBSUB", "SHARDNUMSUB"];
+        args.extend(channels.iter().map(String::as_str));
+        let counts = redis.cli(&args);
+        let subscribed = counts
+            .lines()
+            .skip(1)
+            .step_by(2)
+            .filter(|n| n.trim() == daemons.to_string())
+            .count();
+        reads >= 64 && subscribed == 64
+    });
+    let mut last = command_calls(redis);
+    wait_until("the archivers idle", Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = command_calls(redis);
+        // (a look at every outbox counts them, XLEN: a quick
+        // archive.poll_ms goes on doing that)
+        let same = ["xreadgroup", "xautoclaim", "xclaim"]
+            .iter()
+            .all(|r| now.get(*r) == last.get(*r));
+        last = now;
+        same
     });
 }
 
@@ -1419,8 +1447,8 @@ fn archive_is_woken_by_new_entries_and_idle_reads_nothing() {
     env.retain(|(k, _)| *k != "MEETINGD_ARCHIVE__POLL_MS");
     env.push(("MEETINGD_ARCHIVE__POLL_MS", "600000".into()));
     let daemon = start(&redis, &env);
-    wait_full_look(&redis);
-    // idle: the start-up look is over; a few seconds pass
+    settled(&redis, 1);
+    // idle: a few seconds pass
     redis.cli(&["CONFIG", "RESETSTAT"]);
     std::thread::sleep(Duration::from_secs(3));
     let idle = command_calls(&redis);
@@ -1477,7 +1505,7 @@ fn archive_a_lost_wake_up_only_delays() {
     let mut slow = env.clone();
     slow.push(("MEETINGD_ARCHIVE__POLL_MS", "600000".into()));
     let first = start(&redis, &slow);
-    wait_full_look(&redis);
+    settled(&redis, 1);
     let unannounced = |m: u64, title: &str| {
         let key = format!("meetingd:{{p{}}}:outbox", m % 64);
         let m = m.to_string();
@@ -1526,7 +1554,7 @@ fn archive_a_lost_wake_up_only_delays() {
     let mut quick = env.clone();
     quick.push(("MEETINGD_ARCHIVE__POLL_MS", "1000".into()));
     let _second = start(&redis, &quick);
-    wait_full_look(&redis);
+    settled(&redis, 2);
     unannounced(8, "Eight");
     wait_until("archived at a later look", Duration::from_secs(60), || {
         title_of(8) == ["Eight"]
@@ -1629,4 +1657,40 @@ fn archive_on_a_cluster_two_daemons_archive_each_entry_once() {
         let readers = d.client().ok("STATS")["watch"]["readers"].as_u64();
         assert!(readers <= Some(3), "{readers:?} subscriber connections");
     }
+}
+
+/// An instance archived again (queued once more, as a backfill does)
+/// over a partial copy of it: the pages find some of their rows there
+/// already (PostgreSQL's plain insert then falls back to skipping them),
+/// and the archive ends whole, each row once.
+fn archived_again_over_a_partial_copy(db: &dyn ArchiveDb) {
+    let redis = Redis::start();
+    let daemon = start(&redis, &env(&db.url()));
+    let mut c = conn(&redis);
+    let (users, messages) = (30, 1_500);
+    bulk(&mut c, 1..=2, base(), users, messages);
+    wait_archived(db, 2, &daemon);
+    assert_whole(db, 2, users, messages);
+    // half of meeting 1's rows lost, and its instance not archived whole
+    for table in ["events", "messages"] {
+        db.rows(&format!(
+            "DELETE FROM {table} WHERE meeting_id = 1 AND user_id % 2 = 0"
+        ));
+    }
+    db.rows("UPDATE instances SET archived_at = NULL WHERE meeting_id = 1");
+    let queued = call(&mut c, "meet_archive_enqueue", &meeting_key(1), &["1"]);
+    assert_eq!(queued, redis::Value::Int(1));
+    wait_archived(db, 2, &daemon);
+    assert_whole(db, 2, users, messages);
+    outbox_drained(&redis);
+}
+
+#[test]
+fn archive_again_over_a_partial_copy_postgres() {
+    archived_again_over_a_partial_copy(&Postgres::start());
+}
+
+#[test]
+fn archive_again_over_a_partial_copy_sqlite() {
+    archived_again_over_a_partial_copy(&Sqlite::new());
 }

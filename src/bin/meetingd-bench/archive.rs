@@ -90,7 +90,7 @@ async fn until_archived(socket: &Path, entries: u64) -> Result<u64, String> {
                 "{done} of {entries} entries archived after 10 minutes"
             ));
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

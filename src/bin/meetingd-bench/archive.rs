@@ -470,10 +470,19 @@ async fn compare(
         rates.sort_by(f64::total_cmp);
         rates.get(rates.len() / 2).copied().unwrap_or(0.0)
     };
+    // each `on` phase against the `off` phase just before it: the other
+    // work on the machine changes less between two neighbours
+    let mut pairs: Vec<f64> = off_rates
+        .iter()
+        .zip(&on_rates)
+        .map(|(off, on)| (on / off.max(1e-9) - 1.0) * 100.0)
+        .collect();
+    let pair = median(&mut pairs);
     let (off, on) = (median(&mut off_rates), median(&mut on_rates));
     println!(
-        "JOIN+LEAVE requests/s, medians: archiver idle {off:.0}, at work {on:.0}: {:+.1} %",
-        (on / off.max(1e-9) - 1.0) * 100.0
+        "JOIN+LEAVE requests/s, medians: archiver idle {off:.0}, at work {on:.0}: {:+.1} %; median of the {} pairs (on against the off before it): {pair:+.1} %",
+        (on / off.max(1e-9) - 1.0) * 100.0,
+        pairs.len()
     );
     Ok(())
 }

@@ -105,6 +105,8 @@ pub struct Stats {
     archive_rows: AtomicU64,
     /// Failed archiving attempts (database or Redis unreachable, ...).
     archive_failures: AtomicU64,
+    /// How long the archiver paused to make way for requests, µs.
+    archive_paused: AtomicU64,
     /// The time requests took, summed, µs (but STATS, PING, HELP and
     /// QUIT, which the daemon answers alone): over an interval, how many
     /// were in progress on average (the archiver's pacing reads it).
@@ -148,6 +150,7 @@ impl Default for Stats {
             archive_entries: AtomicU64::new(0),
             archive_rows: AtomicU64::new(0),
             archive_failures: AtomicU64::new(0),
+            archive_paused: AtomicU64::new(0),
             request_micros: AtomicU64::new(0),
         }
     }
@@ -298,6 +301,12 @@ impl Stats {
         self.request_micros.load(Ordering::Relaxed)
     }
 
+    /// The archiver paused `pause` to make way for requests.
+    pub fn archive_paused(&self, pause: Duration) {
+        self.archive_paused
+            .fetch_add(pause.as_micros() as u64, Ordering::Relaxed);
+    }
+
     /// An archiving attempt failed.
     pub fn archive_failed(&self) {
         bump(&self.archive_failures);
@@ -429,7 +438,7 @@ impl Stats {
 
     /// The archive's counters (null when this daemon does not archive):
     /// entries waiting in the outboxes and how old the oldest is, entries
-    /// and rows archived, failed attempts.
+    /// and rows archived, failed attempts, pauses made for requests.
     fn archive_snapshot(&self) -> Value {
         if !self.archive_on.load(Ordering::Relaxed) {
             return Value::Null;
@@ -448,6 +457,7 @@ impl Stats {
             "entries": load(&self.archive_entries),
             "rows": load(&self.archive_rows),
             "failures": load(&self.archive_failures),
+            "paused_s": load(&self.archive_paused) as f64 / 1e6,
         })
     }
 }

@@ -621,7 +621,9 @@ impl Archiver {
                 requests.saturating_sub(pacer.requests) as f64 / (took.as_micros() as f64).max(1.0);
             let share = pace_share(busy, in_progress);
             if share < 100.0 {
-                tokio::time::sleep(took.mul_f64((100.0 - share) / share)).await;
+                let pause = took.mul_f64((100.0 - share) / share);
+                self.stats.archive_paused(pause);
+                tokio::time::sleep(pause).await;
             }
         }
         *pacer = self.pacer();

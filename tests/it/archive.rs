@@ -1366,20 +1366,52 @@ fn archive_users_acknowledged_survive_a_killed_daemon() {
 }
 
 /// An archiver held to a share of its time (`archive.busy_percent`)
-/// pauses between pages and still archives every instance whole, once:
-/// instances of several pages of messages each.
+/// pauses only while requests keep the daemon busy: with none in progress
+/// it never pauses; beside a steady stream of requests it pauses between
+/// pages (STATS' `paused_s`), and still archives every instance whole,
+/// once: instances of several pages of messages each.
 #[test]
-fn archive_a_paced_archiver_archives_everything_whole() {
+fn archive_a_paced_archiver_pauses_for_requests_only_and_archives_everything_whole() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     let db = Sqlite::new();
     let redis = Redis::start();
     let mut env = env(&db.url());
     env.push(("MEETINGD_ARCHIVE__BUSY_PERCENT", "20".into()));
     let daemon = start(&redis, &env);
     let mut c = conn(&redis);
-    let (meetings, users, messages) = (3, 40, 2_500);
-    bulk(&mut c, 1..=meetings, base(), users, messages);
-    wait_archived(&db, meetings as usize, &daemon);
-    assert_whole(&db, meetings, users, messages);
+    let (users, messages) = (40, 2_500);
+    let from = base();
+    bulk(&mut c, 1..=2, from, users, messages);
+    wait_archived(&db, 2, &daemon);
+    let paused = |d: &Daemon| {
+        d.client().ok("STATS")["archive"]["paused_s"]
+            .as_f64()
+            .expect("paused_s")
+    };
+    assert_eq!(paused(&daemon), 0.0, "no request in progress: no pause");
+    // requests without a break on four connections (EVENTS reads Redis)
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let socket = daemon.socket().to_path_buf();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut client = crate::harness::Client::connect(&socket).expect("connect");
+                while !stop.load(Ordering::SeqCst) {
+                    client.ok("EVENTS 1/1 LIMIT 50");
+                }
+            })
+        })
+        .collect();
+    bulk(&mut c, 3..=4, from + 7_200_000, users, messages);
+    wait_archived(&db, 4, &daemon);
+    stop.store(true, Ordering::SeqCst);
+    for thread in load {
+        thread.join().expect("a load thread");
+    }
+    assert!(paused(&daemon) > 0.0, "busy: it paused");
+    assert_whole(&db, 4, users, messages);
     outbox_drained(&redis);
 }
 

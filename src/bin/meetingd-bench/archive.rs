@@ -17,8 +17,11 @@
 //! same size, ended one after the other so that one always waits (their
 //! ending ticks are in the phase too). The archiving daemon serves the
 //! load, as in production; the throughput of the two kinds of phases is
-//! compared. `--busy-percent` sets that daemon's `archive.busy_percent`
-//! (left out: its default).
+//! compared (their medians, and the median of the pairs: each `on` phase
+//! against the `off` one before it). "rows archived" counts the rows the
+//! daemon wrote in the phase (STATS counts them as each page commits).
+//! `--busy-percent` sets that daemon's `archive.busy_percent` (left out:
+//! its default).
 //!
 //! The instances' meetings are in partition 63 (63 + 64k), with windows a
 //! day ahead, so neither the load's meetings (1..=C, partitions 1..=C) nor

@@ -459,10 +459,13 @@ pub struct RawArchive {
     pub claim_after_secs: u64,
     /// The longest pause between attempts while the database is down, ms.
     pub retry_max_ms: u64,
-    /// The pause when nothing waits, ms.
+    /// How often every outbox is looked at without a wake-up, ms (new
+    /// entries wake the archiver at once; this finds what a lost wake-up
+    /// left).
     pub poll_ms: u64,
     /// The most of its time the archiver spends copying an instance's
-    /// history, percent (1..100; 100: as fast as it can).
+    /// history while requests keep the daemon busy, percent (1..100; 100:
+    /// as fast as it can; an idle daemon's archiver runs flat out).
     pub busy_percent: u32,
 }
 
@@ -472,8 +475,8 @@ impl Default for RawArchive {
             url: String::new(),
             claim_after_secs: 60,
             retry_max_ms: 30_000,
-            poll_ms: 1000,
-            busy_percent: 100,
+            poll_ms: 30_000,
+            busy_percent: 10,
         }
     }
 }
@@ -506,8 +509,8 @@ impl RawArchive {
         if !(10..=3_600_000).contains(&self.retry_max_ms) {
             return Err(bad("archive.retry_max_ms", "must be 10..3600000"));
         }
-        if !(10..=60_000).contains(&self.poll_ms) {
-            return Err(bad("archive.poll_ms", "must be 10..60000"));
+        if !(10..=600_000).contains(&self.poll_ms) {
+            return Err(bad("archive.poll_ms", "must be 10..600000"));
         }
         if !(1..=100).contains(&self.busy_percent) {
             return Err(bad("archive.busy_percent", "must be 1..100"));

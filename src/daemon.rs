@@ -314,8 +314,9 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
     tokio::spawn(build_indexes(store.clone()));
     let serving_store = store.clone();
     let stats = Arc::new(Stats::default());
+    let wake = archive::Wake::new();
     let archiver = match &config.archive {
-        Some(options) => Some(start_archive(&config, options, &store, &stats).await?),
+        Some(options) => Some(start_archive(&config, options, &store, &stats, wake.clone()).await?),
         None => None,
     };
     let scheduler = Scheduler::new(Arc::new(store.clone()), stats.clone());
@@ -336,6 +337,17 @@ pub async fn run(source: Source, config: Config, log: LogHandle) -> Result<(), D
         config.watch_buffer,
         cmd::watch_line,
     );
+    if archiver.is_some() {
+        // the archiver is woken by each partition's announcements, on the
+        // hub's subscriber connections (one per master in all)
+        let channels = (0..store.keys().partitions())
+            .map(Store::outbox_channel)
+            .collect();
+        hub.hold(
+            channels,
+            Arc::new(move |channel: &[u8]| wake.channel(channel)),
+        );
+    }
     let ctx = Context {
         store,
         limits: live(&config).limits,
@@ -493,6 +505,7 @@ async fn start_archive(
     options: &ArchiveOptions,
     store: &Store,
     stats: &Arc<Stats>,
+    wake: Arc<archive::Wake>,
 ) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
     let shared_redis = config.redis_url.is_some() || !config.redis_cluster.is_empty();
     if shared_redis && matches!(Backend::of_url(&options.url), Ok((Backend::Sqlite, _))) {
@@ -520,6 +533,7 @@ async fn start_archive(
         options.clone(),
         stats.clone(),
         db,
+        wake,
     )))
 }
 

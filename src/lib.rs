@@ -35,7 +35,8 @@
 //!   handler (pipelining, limits, peer credentials, watching), drain.
 //! - [`watch`]: WATCH's fan-out: a subscriber connection per Redis (per
 //!   master), deliveries from what the library publishes, gaps filled from
-//!   the streams, a ring per instance to its watchers, replay after an id.
+//!   the streams, a ring per instance to its watchers, replay after an id;
+//!   the same connections hold the archiver's wake-up channels.
 //! - [`scheduler`]: the cron job, the start-up tick and TICK, one tick at a
 //!   time, retried after a failure.
 //! - [`daemon`]: the lifecycle: embedded Redis, signals, systemd, reload,
@@ -47,7 +48,8 @@
 //!   promises (`redis.durability`) and whether a Redis keeps it.
 //! - [`archive`]: the copy of history in a SQL database (PostgreSQL,
 //!   MySQL/MariaDB, SQLite): the archiver reads the partitions' outboxes
-//!   (through the store) and writes idempotent rows; `attendance.rs`
+//!   (through the store; woken by their announcements, which the daemon
+//!   routes from the watch hub) and writes idempotent rows; `attendance.rs`
 //!   computes attendance, `db.rs` holds the schema (`migrations/`) and the
 //!   writes, `read.rs` reads it back for the web view (read-only).
 //! - [`web`]: the HTTP listener (`http.listen`, axum): `/metrics` and the

@@ -154,8 +154,8 @@ pub enum Request {
         /// Page size.
         limit: Option<u64>,
     },
-    /// `REPORT <mref>`
-    Report(Mref),
+    /// `REPORT <mref> [AFTER <user>] [LIMIT <n>]`
+    Report(ReportPage),
     /// `WATCH <mref> [AFTER <id>]`
     Watch {
         /// Which instance.
@@ -169,6 +169,17 @@ pub enum Request {
     Stats,
     /// `QUIT`
     Quit,
+}
+
+/// A page of REPORT: which instance, after which user, how many rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportPage {
+    /// Which instance.
+    pub mref: Mref,
+    /// The `next` of the previous page: the last user it held.
+    pub after: Option<u64>,
+    /// Page size.
+    pub limit: Option<u64>,
 }
 
 /// One command of the protocol, for HELP and for clients.
@@ -315,7 +326,7 @@ pub const COMMANDS: &[CommandInfo] = &[
     },
     CommandInfo {
         name: "REPORT",
-        syntax: "REPORT <mref>",
+        syntax: "REPORT <mref> [AFTER <user>] [LIMIT <n>]",
         admin: false,
         summary: "an instance's attendance: per user first join, last leave, seconds present, joins, messages",
     },
@@ -775,7 +786,16 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
             let limit = options.take("LIMIT").map(|v| args.limit(&v)).transpose()?;
             Request::Events { mref, after, limit }
         }
-        "REPORT" => Request::Report(args.mref()?),
+        "REPORT" => {
+            let mref = args.mref()?;
+            let mut options = args.options(&["AFTER", "LIMIT"])?;
+            let after = options
+                .take("AFTER")
+                .map(|v| args.id_value("AFTER <user>", &v))
+                .transpose()?;
+            let limit = options.take("LIMIT").map(|v| args.limit(&v)).transpose()?;
+            Request::Report(ReportPage { mref, after, limit })
+        }
         "WATCH" => {
             let mref = args.mref()?;
             let mut options = args.options(&["AFTER"])?;
@@ -1244,6 +1264,28 @@ mod tests {
                 after: Some("1795341600000-3".into()),
             })
         );
+        assert_eq!(
+            parse(b"report 42/3 after 7 limit 2"),
+            Ok(Request::Report(ReportPage {
+                mref: Mref {
+                    meeting: 42,
+                    order: Some(3)
+                },
+                after: Some(7),
+                limit: Some(2),
+            }))
+        );
+        assert_eq!(
+            parse(b"REPORT 42"),
+            Ok(Request::Report(ReportPage {
+                mref: Mref {
+                    meeting: 42,
+                    order: None
+                },
+                after: None,
+                limit: None,
+            }))
+        );
         assert_eq!(parse(b"UNWATCH"), Ok(Request::Unwatch));
         assert_eq!(
             parse(br#"POST 1 2/3 "say \"hi\"\n""#),
@@ -1324,6 +1366,9 @@ mod tests {
             ("MESSAGES 1 AFTER x", "AFTER must be an id"),
             ("WATCH 1 AFTER 1-x", "AFTER must be an id"),
             ("WATCH 1 LIMIT 5", "LIMIT"),
+            ("REPORT 1 LIMIT 0", "LIMIT must be a positive integer"),
+            ("REPORT 1 AFTER 1-0", "AFTER <user>"),
+            ("REPORT 1 USER 3", "unexpected"),
             ("UNWATCH 1", "unexpected extra argument"),
             ("USER FROB 1", "expected SET or GET"),
             ("", "empty request"),

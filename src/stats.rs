@@ -105,6 +105,12 @@ pub struct Stats {
     archive_rows: AtomicU64,
     /// Failed archiving attempts (database or Redis unreachable, ...).
     archive_failures: AtomicU64,
+    /// How long the archiver paused to make way for requests, µs.
+    archive_paused: AtomicU64,
+    /// The time requests took, summed, µs (but STATS, PING, HELP and
+    /// QUIT, which the daemon answers alone): over an interval, how many
+    /// were in progress on average (the archiver's pacing reads it).
+    request_micros: AtomicU64,
 }
 
 /// A latency histogram: 1 µs to 60 s, 3 significant digits.
@@ -144,6 +150,8 @@ impl Default for Stats {
             archive_entries: AtomicU64::new(0),
             archive_rows: AtomicU64::new(0),
             archive_failures: AtomicU64::new(0),
+            archive_paused: AtomicU64::new(0),
+            request_micros: AtomicU64::new(0),
         }
     }
 }
@@ -180,6 +188,12 @@ impl Stats {
     /// for one that did not parse), after `took`, with the error `code` if
     /// it failed. The command is looked up once for all its counters.
     pub fn answered(&self, command: Option<&str>, took: Duration, error: Option<Code>) {
+        // the daemon answers these alone (monitoring, liveness): they are
+        // not the work the archiver makes way for
+        if !matches!(command, Some("STATS" | "PING" | "HELP" | "QUIT")) {
+            self.request_micros
+                .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        }
         let index = command.and_then(|name| COMMANDS.iter().position(|c| c.name == name));
         match index {
             Some(i) => {
@@ -270,10 +284,27 @@ impl Stats {
         self.archive_waiting.load(Ordering::Relaxed)
     }
 
+    /// Rows written to the archive before their outbox entry is done (a
+    /// page of an instance's history, as it commits).
+    pub fn archive_rows_written(&self, rows: u64) {
+        self.archive_rows.fetch_add(rows, Ordering::Relaxed);
+    }
+
     /// An outbox entry was archived, with `rows` rows written.
     pub fn archived(&self, rows: u64) {
         bump(&self.archive_entries);
         self.archive_rows.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    /// The time requests took, summed since the start, µs.
+    pub fn request_micros(&self) -> u64 {
+        self.request_micros.load(Ordering::Relaxed)
+    }
+
+    /// The archiver paused `pause` to make way for requests.
+    pub fn archive_paused(&self, pause: Duration) {
+        self.archive_paused
+            .fetch_add(pause.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// An archiving attempt failed.
@@ -407,7 +438,7 @@ impl Stats {
 
     /// The archive's counters (null when this daemon does not archive):
     /// entries waiting in the outboxes and how old the oldest is, entries
-    /// and rows archived, failed attempts.
+    /// and rows archived, failed attempts, pauses made for requests.
     fn archive_snapshot(&self) -> Value {
         if !self.archive_on.load(Ordering::Relaxed) {
             return Value::Null;
@@ -426,6 +457,7 @@ impl Stats {
             "entries": load(&self.archive_entries),
             "rows": load(&self.archive_rows),
             "failures": load(&self.archive_failures),
+            "paused_s": load(&self.archive_paused) as f64 / 1e6,
         })
     }
 }

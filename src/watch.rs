@@ -32,6 +32,13 @@
 //! takes the ring's entries after that: no gap and no duplicate at the
 //! seam. The last watcher of an instance closes its channel (SUNSUBSCRIBE);
 //! a subscriber connection left with no channel is closed.
+//!
+//! The same connections also hold channels for others as long as the hub
+//! runs ([`Hub::hold`]: the archiver's wake-ups, one channel per
+//! partition), subscribed again like the instances' after a loss: each
+//! message on one, and each (re)subscription, is handed to their callback
+//! by the channel's name. So a daemon's subscriber connections stay one
+//! per master.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -65,6 +72,10 @@ const SUBSCRIBE_BATCH: usize = 500;
 
 /// Turns an entry of an instance into the line a watcher receives.
 pub type Render = fn(InstanceId, &FeedItem) -> Vec<u8>;
+
+/// Told the name of a held channel when a message comes on it, and when it
+/// is subscribed (again).
+pub type OnHeld = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 /// An entry on its way to the watchers: its id and its rendered line.
 #[derive(Debug)]
@@ -112,6 +123,8 @@ struct Shared {
     dirty: Mutex<HashSet<InstanceId>>,
     /// Wakes the filler.
     fill: Notify,
+    /// Channels held for as long as the hub runs, and who is told.
+    held: Mutex<HashMap<String, OnHeld>>,
 }
 
 /// One watched instance: its ring, where it is, who watches.
@@ -216,6 +229,7 @@ impl Shared {
                     return;
                 };
                 let Some(instance) = Store::channel_instance(&name) else {
+                    self.held_event(&name);
                     return;
                 };
                 match Published::parse(&payload) {
@@ -227,16 +241,29 @@ impl Shared {
             PushKind::SUnsubscribe => {
                 // the server let go of a channel (its slot moved, its master
                 // was demoted), or answers our own SUNSUBSCRIBE
-                if let Some(Value::BulkString(name)) = info.data.first()
-                    && let Some(instance) = Store::channel_instance(name)
-                {
-                    let _ = orders.send(Order::Dropped(link, instance));
+                if let Some(Value::BulkString(name)) = info.data.first() {
+                    if let Some(instance) = Store::channel_instance(name) {
+                        let _ = orders.send(Order::Dropped(link, instance));
+                    } else if let Ok(name) = std::str::from_utf8(name) {
+                        let _ = orders.send(Order::DroppedHeld(link, name.to_string()));
+                    }
                 }
             }
             PushKind::Disconnection => {
                 let _ = orders.send(Order::Lost(link));
             }
             _ => {}
+        }
+    }
+
+    /// A message on, or a (re)subscription of, channel `name`: tell who
+    /// holds it.
+    fn held_event(&self, name: &[u8]) {
+        let on = std::str::from_utf8(name)
+            .ok()
+            .and_then(|name| lock(&self.held).get(name).cloned());
+        if let Some(on) = on {
+            on(name);
         }
     }
 }
@@ -252,6 +279,7 @@ impl Hub {
             channels: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashSet::new()),
             fill: Notify::new(),
+            held: Mutex::new(HashMap::new()),
         });
         let (orders, inbox) = mpsc::unbounded_channel();
         let subscriber = Subscriber {
@@ -261,6 +289,8 @@ impl Hub {
             links: HashMap::new(),
             subscribed: HashMap::new(),
             pending: HashSet::new(),
+            held: HashMap::new(),
+            held_pending: HashSet::new(),
             shards: None,
             next_link: 1,
         };
@@ -323,6 +353,20 @@ impl Hub {
             position: start,
             replay_until: (cursor > start).then_some(cursor),
         })
+    }
+
+    /// Hold `channels` (sharded, not instances') on the subscriber
+    /// connections for as long as the hub runs: `on` is told a channel's
+    /// name for each message on it and each time it is subscribed (again:
+    /// what was published meanwhile went by unseen).
+    pub fn hold(&self, channels: Vec<String>, on: OnHeld) {
+        {
+            let mut held = lock(&self.shared.held);
+            for channel in &channels {
+                held.insert(channel.clone(), on.clone());
+            }
+        }
+        let _ = self.orders.send(Order::Hold(channels));
     }
 
     /// A watcher of `instance` went: close its channel if it was the last.
@@ -412,6 +456,10 @@ enum Order {
     Lost(u64),
     /// The server unsubscribed the connection from an instance's channel.
     Dropped(u64, InstanceId),
+    /// Channels to hold (see [`Hub::hold`]).
+    Hold(Vec<String>),
+    /// The server unsubscribed the connection from a held channel.
+    DroppedHeld(u64, String),
 }
 
 /// A subscriber connection, to the one Redis or to one master.
@@ -436,6 +484,10 @@ struct Subscriber {
     subscribed: HashMap<InstanceId, String>,
     /// Watched instances not subscribed yet.
     pending: HashSet<InstanceId>,
+    /// The held channels subscribed, and their shard.
+    held: HashMap<String, String>,
+    /// Held channels not subscribed yet.
+    held_pending: HashSet<String>,
     /// A cluster's slot map, as last read (`None`: read it again).
     shards: Option<Shards>,
     next_link: u64,
@@ -450,7 +502,7 @@ impl Subscriber {
                 self.check_links().await;
                 checked = tokio::time::Instant::now();
             }
-            let wait = if self.pending.is_empty() {
+            let wait = if self.pending.is_empty() && self.held_pending.is_empty() {
                 HEALTH
             } else {
                 pause
@@ -467,7 +519,7 @@ impl Subscriber {
             for order in orders {
                 self.apply(order).await;
             }
-            if self.pending.is_empty() {
+            if self.pending.is_empty() && self.held_pending.is_empty() {
                 pause = FIRST_PAUSE;
                 continue;
             }
@@ -535,6 +587,26 @@ impl Subscriber {
                     self.shards = None;
                 }
             }
+            Order::Hold(channels) => {
+                for channel in channels {
+                    if !self.held.contains_key(&channel) {
+                        self.held_pending.insert(channel);
+                    }
+                }
+            }
+            Order::DroppedHeld(id, channel) => {
+                let on = self.held.get(&channel).cloned();
+                let Some(shard) = on else { return };
+                if self.links.get(&shard).is_some_and(|link| link.id == id) {
+                    tracing::debug!(channel = %channel, shard = %shard, "watch: the server dropped a subscription");
+                    self.held.remove(&channel);
+                    if let Some(link) = self.links.get_mut(&shard) {
+                        link.count = link.count.saturating_sub(1);
+                    }
+                    self.held_pending.insert(channel);
+                    self.shards = None;
+                }
+            }
         }
     }
 
@@ -570,6 +642,16 @@ impl Subscriber {
             if self.watched(instance) {
                 self.pending.insert(instance);
             }
+        }
+        let lost: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, s)| s.as_str() == shard)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in lost {
+            self.held.remove(&channel);
+            self.held_pending.insert(channel);
         }
         self.shards = None;
     }
@@ -652,6 +734,51 @@ impl Subscriber {
         Ok(conn)
     }
 
+    /// Subscribe the held channels not subscribed yet, one SSUBSCRIBE
+    /// each (each has a slot of its own), and tell who holds each.
+    async fn subscribe_held(&mut self) -> Result<(), StoreError> {
+        let pending: Vec<String> = self.held_pending.iter().cloned().collect();
+        for channel in pending {
+            let shard = self.shard(&channel).await?;
+            let mut conn = match self.link(&shard).await {
+                Ok(conn) => conn,
+                Err(err) => {
+                    self.shards = None;
+                    return Err(err);
+                }
+            };
+            match redis::cmd("SSUBSCRIBE")
+                .arg(&channel)
+                .exec_async(&mut conn)
+                .await
+            {
+                Ok(()) => {
+                    self.held_pending.remove(&channel);
+                    if self.held.insert(channel.clone(), shard.clone()).is_none()
+                        && let Some(link) = self.links.get_mut(&shard)
+                    {
+                        link.count += 1;
+                    }
+                    // what was published before is in the outbox
+                    self.shared.held_event(channel.as_bytes());
+                }
+                Err(err) => {
+                    if err.redirect_node().is_some() {
+                        self.shards = None;
+                    } else if err.is_io_error()
+                        || err.is_connection_dropped()
+                        || err.is_timeout()
+                        || err.is_unrecoverable_error()
+                    {
+                        self.drop_link(&shard);
+                    }
+                    return Err(err.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Subscribe the pending instances, by shard and partition (the
     /// channels of one SSUBSCRIBE share a slot), each then read from its
     /// cursor. What fails stays pending.
@@ -672,6 +799,9 @@ impl Subscriber {
                 .push((instance, channel));
         }
         let mut failed = None;
+        if let Err(err) = self.subscribe_held().await {
+            failed = Some(err);
+        }
         for ((shard, _), group) in groups {
             let mut conn = match self.link(&shard).await {
                 Ok(conn) => conn,

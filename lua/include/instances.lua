@@ -246,10 +246,15 @@ local function archiving(base)
 end
 
 -- Append an entry (field/value pairs) to the partition's outbox, if it
--- archives.
+-- archives, and wake the archivers: the entry's id is published on the
+-- partition's channel of the same name, `meetingd:{p<P>}:outbox` (a
+-- channel, not the key; SPUBLISH, so the partition's tag routes it to
+-- the master that holds the outbox). A wake-up that is lost only
+-- delays: the archivers also look at every outbox now and then.
 local function outbox_add(base, ...)
   if archiving(base) then
-    redis.call('XADD', base .. 'outbox', '*', ...)
+    local id = redis.call('XADD', base .. 'outbox', '*', ...)
+    redis.call('SPUBLISH', base .. 'outbox', id)
   end
 end
 

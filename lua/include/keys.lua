@@ -34,7 +34,9 @@ Under a partition's tag "meetingd:{p<P>}:" (`base` below):
   active               sorted set: "M/O" -> M, the running instances
   outbox               stream: what the archiver is to copy into the
                        database (only while archiving; see instances.lua),
-                       read through the consumer group `archive`
+                       read through the consumer group `archive`; each
+                       entry's id is also published on the channel of the
+                       same name, which wakes the archivers
   meetings             sorted set: M -> M, the partition's meetings (MEETINGS)
   users                sorted set: U -> U, the users U with U mod PARTITIONS
                        = P (USERS); the daemon adds a user here before it

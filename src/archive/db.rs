@@ -63,6 +63,9 @@ pub enum DbError {
     /// A migration failed.
     #[error("archive schema: {0}")]
     Migrate(MigrateError),
+    /// Rows of the wrong shape were given (a bug).
+    #[error("archive rows: {0}")]
+    Rows(String),
 }
 
 /// Which database.
@@ -287,6 +290,48 @@ impl Db {
         Ok(rows.into_iter().collect())
     }
 
+    /// Which of `users` the archive holds a row of already.
+    pub async fn users_known(
+        &self,
+        users: &[i64],
+    ) -> Result<std::collections::HashSet<i64>, DbError> {
+        let mut known = std::collections::HashSet::new();
+        if let Pool::Postgres(pool) = &self.pool {
+            let rows: Vec<(i64,)> =
+                sqlx::query_as("SELECT user_id FROM users WHERE user_id = ANY($1)")
+                    .bind(users)
+                    .fetch_all(pool)
+                    .await?;
+            known.extend(rows.into_iter().map(|(u,)| u));
+            return Ok(known);
+        }
+        for chunk in users.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT user_id FROM users WHERE user_id IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let rows: Vec<(i64,)> = match &self.pool {
+                Pool::MySql(pool) => {
+                    let mut query = sqlx::query_as(&sql);
+                    for user in chunk {
+                        query = query.bind(user);
+                    }
+                    query.fetch_all(pool).await?
+                }
+                Pool::Sqlite(pool) => {
+                    let mut query = sqlx::query_as(&sql);
+                    for user in chunk {
+                        query = query.bind(user);
+                    }
+                    query.fetch_all(pool).await?
+                }
+                Pool::Postgres(_) => Vec::new(),
+            };
+            known.extend(rows.into_iter().map(|(u,)| u));
+        }
+        Ok(known)
+    }
+
     /// Begin a transaction.
     pub async fn begin(&self) -> Result<Tx, DbError> {
         let inner = match &self.pool {
@@ -346,8 +391,15 @@ impl Tx {
     }
 
     /// Insert `rows` (each as many values as `columns`) into `table`,
-    /// whose key is `key`, in statements of at most a few thousand values.
-    /// Returns how many rows were given.
+    /// whose key is `key`. Returns how many rows were given.
+    ///
+    /// PostgreSQL takes them in one statement whatever their number, a
+    /// column each as an array (`INSERT ... SELECT * FROM UNNEST($1, ...)`,
+    /// one prepared statement for every page of a table, a bound value per
+    /// column rather than per value); MySQL and SQLite in multi-row
+    /// `VALUES` of up to [`ROWS_PER_STATEMENT`] rows (and at most
+    /// [`VALUES_PER_STATEMENT`] values). The conflict clause is the same
+    /// either way, so writing again stays idempotent.
     pub async fn insert(
         &mut self,
         table: &str,
@@ -357,7 +409,45 @@ impl Tx {
         on_conflict: OnConflict,
     ) -> Result<u64, DbError> {
         let given = rows.len() as u64;
-        let per_statement = (4000 / columns.len()).max(1);
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        if let TxInner::Postgres(tx) = &mut self.inner {
+            let arrays = Arrays::of_rows(columns.len(), rows)?;
+            let types = arrays.types();
+            if on_conflict != OnConflict::Keep {
+                let sql = unnest_sql(table, columns, key, &types, Some(on_conflict));
+                arrays.bind(sqlx::query(&sql)).execute(&mut **tx).await?;
+                return Ok(given);
+            }
+            // Rows that are there already are rare (a page written again
+            // after a failure), and a plain INSERT costs PostgreSQL about a
+            // quarter less than one ON CONFLICT DO NOTHING (its speculative
+            // insertion): try it first, behind a savepoint, and only when a
+            // row is there already, insert the page again skipping those.
+            sqlx::query("SAVEPOINT archive_rows")
+                .execute(&mut **tx)
+                .await?;
+            let plain = unnest_sql(table, columns, key, &types, None);
+            let kept = arrays.clone();
+            match arrays.bind(sqlx::query(&plain)).execute(&mut **tx).await {
+                Ok(_) => {
+                    sqlx::query("RELEASE SAVEPOINT archive_rows")
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT archive_rows")
+                        .execute(&mut **tx)
+                        .await?;
+                    let sql = unnest_sql(table, columns, key, &types, Some(OnConflict::Keep));
+                    kept.bind(sqlx::query(&sql)).execute(&mut **tx).await?;
+                }
+                Err(err) => return Err(err.into()),
+            }
+            return Ok(given);
+        }
+        let per_statement = (VALUES_PER_STATEMENT / columns.len()).clamp(1, ROWS_PER_STATEMENT);
         let mut rows = rows.into_iter().peekable();
         while rows.peek().is_some() {
             let chunk: Vec<Vec<Arg>> = rows.by_ref().take(per_statement).collect();
@@ -368,6 +458,55 @@ impl Tx {
         Ok(given)
     }
 
+    /// Set the POST keys of messages of instance (`meeting`, `order`),
+    /// each named by its stream id (`ms`, `seq`), in one statement
+    /// (PostgreSQL: arrays; MySQL: a join with the values; SQLite:
+    /// `UPDATE ... FROM (VALUES ...)`), chunked as inserts are.
+    pub async fn set_post_ids(
+        &mut self,
+        meeting: i64,
+        order: i64,
+        keys: Vec<(i64, i64, String)>,
+    ) -> Result<(), DbError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        if let TxInner::Postgres(tx) = &mut self.inner {
+            let (mut ms, mut seq, mut key) = (Vec::new(), Vec::new(), Vec::new());
+            for (m, s, k) in keys {
+                ms.push(m);
+                seq.push(s);
+                key.push(k);
+            }
+            sqlx::query(
+                "UPDATE messages SET post_id = v.k \
+                 FROM UNNEST($3::bigint[], $4::bigint[], $5::text[]) AS v(ms, seq, k) \
+                 WHERE meeting_id = $1 AND order_id = $2 AND entry_ms = v.ms AND entry_seq = v.seq",
+            )
+            .bind(meeting)
+            .bind(order)
+            .bind(ms)
+            .bind(seq)
+            .bind(key)
+            .execute(&mut **tx)
+            .await?;
+            return Ok(());
+        }
+        let mut keys = keys.into_iter().peekable();
+        while keys.peek().is_some() {
+            let chunk: Vec<(i64, i64, String)> =
+                keys.by_ref().take(VALUES_PER_STATEMENT / 3).collect();
+            let sql = post_ids_sql(self.backend, chunk.len());
+            let mut args = Vec::with_capacity(3 * chunk.len() + 2);
+            for (ms, seq, key) in chunk {
+                args.extend([Arg::Int(ms), Arg::Int(seq), Arg::Text(key)]);
+            }
+            args.extend([Arg::Int(meeting), Arg::Int(order)]);
+            self.exec(&sql, args).await?;
+        }
+        Ok(())
+    }
+
     /// Commit.
     pub async fn commit(self) -> Result<(), DbError> {
         match self.inner {
@@ -376,6 +515,172 @@ impl Tx {
             TxInner::Sqlite(tx) => tx.commit().await?,
         }
         Ok(())
+    }
+}
+
+/// Most rows in one multi-row `INSERT ... VALUES` (MySQL, SQLite): a
+/// page of events or messages in one statement.
+pub const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Most values bound to one statement (MySQL allows 65,535, SQLite
+/// 32,766).
+pub const VALUES_PER_STATEMENT: usize = 16_000;
+
+/// The PostgreSQL array type a column's values are bound as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArrayType {
+    Int,
+    Text,
+    Bool,
+    Float,
+    Time,
+}
+
+impl ArrayType {
+    fn sql(self) -> &'static str {
+        match self {
+            ArrayType::Int => "bigint[]",
+            ArrayType::Text => "text[]",
+            ArrayType::Bool => "boolean[]",
+            ArrayType::Float => "float8[]",
+            ArrayType::Time => "timestamptz[]",
+        }
+    }
+}
+
+/// Rows turned into one array per column, for PostgreSQL's UNNEST.
+#[derive(Clone)]
+enum Array {
+    Int(Vec<i64>),
+    Text(Vec<Option<String>>),
+    Bool(Vec<bool>),
+    Float(Vec<f64>),
+    Time(Vec<Option<DateTime<Utc>>>),
+}
+
+#[derive(Clone)]
+struct Arrays(Vec<Array>);
+
+impl Arrays {
+    /// `rows` of `width` values each, column by column; a column takes
+    /// the type of its first row's value (Text and MaybeText are one).
+    fn of_rows(width: usize, rows: Vec<Vec<Arg>>) -> Result<Arrays, DbError> {
+        let count = rows.len();
+        let mut arrays: Vec<Array> = match rows.first() {
+            Some(first) if first.len() == width => first
+                .iter()
+                .map(|arg| match arg {
+                    Arg::Int(_) => Array::Int(Vec::with_capacity(count)),
+                    Arg::Text(_) | Arg::MaybeText(_) => Array::Text(Vec::with_capacity(count)),
+                    Arg::Bool(_) => Array::Bool(Vec::with_capacity(count)),
+                    Arg::Float(_) => Array::Float(Vec::with_capacity(count)),
+                    Arg::Time(_) => Array::Time(Vec::with_capacity(count)),
+                })
+                .collect(),
+            _ => return Err(DbError::Rows(format!("a row of other than {width} values"))),
+        };
+        for row in rows {
+            if row.len() != width {
+                return Err(DbError::Rows(format!("a row of other than {width} values")));
+            }
+            for (array, arg) in arrays.iter_mut().zip(row) {
+                match (array, arg) {
+                    (Array::Int(a), Arg::Int(v)) => a.push(v),
+                    (Array::Text(a), Arg::Text(v)) => a.push(Some(v)),
+                    (Array::Text(a), Arg::MaybeText(v)) => a.push(v),
+                    (Array::Bool(a), Arg::Bool(v)) => a.push(v),
+                    (Array::Float(a), Arg::Float(v)) => a.push(v),
+                    (Array::Time(a), Arg::Time(v)) => a.push(v),
+                    (_, arg) => {
+                        return Err(DbError::Rows(format!("a column of mixed types ({arg:?})")));
+                    }
+                }
+            }
+        }
+        Ok(Arrays(arrays))
+    }
+
+    fn types(&self) -> Vec<ArrayType> {
+        self.0
+            .iter()
+            .map(|array| match array {
+                Array::Int(_) => ArrayType::Int,
+                Array::Text(_) => ArrayType::Text,
+                Array::Bool(_) => ArrayType::Bool,
+                Array::Float(_) => ArrayType::Float,
+                Array::Time(_) => ArrayType::Time,
+            })
+            .collect()
+    }
+
+    fn bind<'q>(
+        self,
+        mut query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        for array in self.0 {
+            query = match array {
+                Array::Int(v) => query.bind(v),
+                Array::Text(v) => query.bind(v),
+                Array::Bool(v) => query.bind(v),
+                Array::Float(v) => query.bind(v),
+                Array::Time(v) => query.bind(v),
+            };
+        }
+        query
+    }
+}
+
+/// PostgreSQL's INSERT of a column per array parameter into `table`, with
+/// `on_conflict` (as [`insert_sql`] spells it; `None`: a plain INSERT).
+fn unnest_sql(
+    table: &str,
+    columns: &[&str],
+    key: &[&str],
+    types: &[ArrayType],
+    on_conflict: Option<OnConflict>,
+) -> String {
+    let arrays: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{}", i + 1, t.sql()))
+        .collect();
+    let mut sql = format!(
+        "INSERT INTO {table} ({}) SELECT * FROM UNNEST({})",
+        columns.join(", "),
+        arrays.join(", ")
+    );
+    if let Some(on_conflict) = on_conflict {
+        sql.push_str(&conflict_sql(
+            Backend::Postgres,
+            table,
+            columns,
+            key,
+            on_conflict,
+        ));
+    }
+    sql
+}
+
+/// The UPDATE of `count` messages' POST keys (`?` placeholders, MySQL's
+/// or SQLite's): (ms, seq, key) per message, then meeting and order.
+fn post_ids_sql(backend: Backend, count: usize) -> String {
+    match backend {
+        Backend::MySql => {
+            let first = "SELECT ? AS ms, ? AS seq, ? AS k";
+            let rest = vec![" UNION ALL SELECT ?, ?, ?"; count.saturating_sub(1)].concat();
+            format!(
+                "UPDATE messages m JOIN ({first}{rest}) v ON m.entry_ms = v.ms AND m.entry_seq = v.seq \
+                 SET m.post_id = v.k WHERE m.meeting_id = ? AND m.order_id = ?"
+            )
+        }
+        Backend::Sqlite | Backend::Postgres => {
+            let values = vec!["(?, ?, ?)"; count].join(", ");
+            format!(
+                "UPDATE messages SET post_id = v.column3 FROM (VALUES {values}) AS v \
+                 WHERE messages.meeting_id = ? AND messages.order_id = ? \
+                 AND messages.entry_ms = v.column1 AND messages.entry_seq = v.column2"
+            )
+        }
     }
 }
 
@@ -396,6 +701,20 @@ fn insert_sql(
         columns.join(", "),
         vec![row; count].join(", ")
     );
+    sql.push_str(&conflict_sql(backend, table, columns, key, on_conflict));
+    sql
+}
+
+/// An INSERT's conflict clause: what a row whose `key` is there already
+/// does (see [`OnConflict`]).
+fn conflict_sql(
+    backend: Backend,
+    table: &str,
+    columns: &[&str],
+    key: &[&str],
+    on_conflict: OnConflict,
+) -> String {
+    let mut sql = String::new();
     let others: Vec<&str> = columns
         .iter()
         .copied()

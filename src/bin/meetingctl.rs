@@ -184,7 +184,8 @@ enum Command {
         limit: Option<String>,
     },
     /// An instance's attendance: per user first join, last leave, seconds
-    /// present, joins and messages.
+    /// present, joins and messages (every page, fetched in turn; with
+    /// --json, one reply line holding every row).
     Report {
         /// M or M/O.
         mref: String,
@@ -662,11 +663,9 @@ fn main() -> ExitCode {
             },
         ),
         Command::Report {
-            mref, csv: true, ..
-        } if !cli.json => report_csv(&cli, mref),
-        Command::Report {
             mref, svg: true, ..
         } => report_svg(&cli, mref),
+        Command::Report { mref, csv, .. } => report(&cli, mref, *csv && !cli.json),
         command @ (Command::Post { .. } | Command::Join { .. } | Command::Leave { .. }) => {
             // the key makes a second try safe: the daemon applies it once
             let tokens = command.tokens();
@@ -688,16 +687,51 @@ fn main() -> ExitCode {
     }
 }
 
-/// REPORT as CSV (RFC 4180: a header, CRLF line ends, fields quoted when
-/// they must be), one line per user; an error as any other.
-fn report_csv(cli: &Cli, mref: &str) -> Result<ExitCode, String> {
+/// REPORT, every page of it (paged on `AFTER` the `next` of each, in the
+/// instance the first page named), printed as one result: a table, the
+/// reply line with every row (`--json`), or CSV (RFC 4180: a header, CRLF
+/// line ends, fields quoted when they must be), one line per user. An
+/// error as any other.
+fn report(cli: &Cli, mref: &str, csv: bool) -> Result<ExitCode, String> {
     let mut client = Client::connect(&cli.socket)?;
     client.send(&request_line(&["REPORT", mref]))?;
     let (raw, reply) = client.receive()?;
     if reply["ok"] != json!(true) {
         return Ok(refused(cli, &raw, &reply));
     }
-    print!("{}", report_csv_text(&reply["result"]));
+    let mut result = reply["result"].clone();
+    let instance = format!("{}/{}", result["meeting"], result["order"]);
+    let mut next = result["next"].clone();
+    let mut previous = 0;
+    while let Some(after) = next.as_u64() {
+        if after <= previous {
+            return Err(format!("the daemon paged REPORT back to user {after}"));
+        }
+        previous = after;
+        let after = after.to_string();
+        client.send(&request_line(&["REPORT", &instance, "AFTER", &after]))?;
+        let (raw, reply) = client.receive()?;
+        if reply["ok"] != json!(true) {
+            return Ok(refused(cli, &raw, &reply));
+        }
+        let page = &reply["result"];
+        let rows = page["rows"].as_array().cloned().unwrap_or_default();
+        if let Some(all) = result["rows"].as_array_mut() {
+            all.extend(rows);
+        }
+        next = page["next"].clone();
+    }
+    result["next"] = Value::Null;
+    if csv {
+        print!("{}", report_csv_text(&result));
+    } else if cli.json {
+        println!("{}", json!({"ok": true, "result": result}));
+    } else {
+        if let Some(fields) = result.as_object_mut() {
+            fields.remove("next");
+        }
+        print!("{}", render(&by_row(&result)));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -385,7 +385,7 @@ pub fn plan(request: Request, peer: &Peer, ctx: &Context) -> Plan {
             limit,
         } => chat::messages(ctx, mref, user, after, limit),
         Request::Events { mref, after, limit } => events::events(ctx, mref, after, limit),
-        Request::Report(mref) => report::report(ctx, mref),
+        Request::Report(page) => report::report(ctx, page),
         Request::Watch { mref, after } => {
             let ctx = ctx.clone();
             Plan::Alone(async move { watch::watch(&ctx, mref, after).await }.boxed())

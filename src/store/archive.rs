@@ -14,7 +14,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::reply;
-use super::types::{Id, InstanceId, Millis};
+use super::types::{Event, Id, InstanceId, Message, Millis, User};
 use super::{Call, Keys, OUTBOX_GROUP, Store, StoreError};
 
 /// One outbox entry: its partition, its stream id and its fields (`k` says
@@ -50,6 +50,28 @@ pub struct Backlog {
 }
 
 impl Store {
+    /// The sharded channel that announces `partition`'s new outbox entries
+    /// (their ids): named as the outbox stream is (a channel is not a key).
+    pub fn outbox_channel(partition: u64) -> String {
+        Keys::outbox(partition)
+    }
+
+    /// The partition whose outbox a channel of [`Store::outbox_channel`]
+    /// announces.
+    pub fn outbox_channel_partition(channel: &[u8]) -> Option<u64> {
+        let channel = std::str::from_utf8(channel).ok()?;
+        let digits = channel
+            .strip_prefix("meetingd:{p")?
+            .strip_suffix("}:outbox")?;
+        if digits.is_empty()
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+            || (digits.len() > 1 && digits.starts_with('0'))
+        {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
     /// Turn archiving on: every partition's outbox and its consumer group
     /// are created if missing (from then on the library writes to them).
     pub async fn outbox_enable(&self) -> Result<(), StoreError> {
@@ -207,11 +229,24 @@ impl Store {
         Ok(())
     }
 
-    /// How many entries wait in `partition`'s outbox, and since when.
+    /// How many entries wait in `partition`'s outbox, and since when. An
+    /// outbox that is gone (deleted, Redis flushed) fails with `NOGROUP`,
+    /// as reading it would.
     pub async fn outbox_backlog(&self, partition: u64) -> Result<Backlog, StoreError> {
         let key = Keys::outbox(partition);
         let mut conn = self.conn.clone();
-        let waiting: u64 = redis::cmd("XLEN").arg(&key).query_async(&mut conn).await?;
+        let (waiting, exists): (u64, u64) = redis::pipe()
+            .cmd("XLEN")
+            .arg(&key)
+            .cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await?;
+        if exists == 0 {
+            return Err(StoreError::Internal(format!(
+                "NOGROUP the outbox {key} is gone"
+            )));
+        }
         if waiting == 0 {
             return Ok(Backlog::default());
         }
@@ -278,6 +313,133 @@ impl Store {
             |value| reply::int("meet_archive_enqueue", value),
         );
         Ok(self.run(call).await? == 1)
+    }
+
+    /// A page of an ended instance's event log, read straight from its
+    /// stream (one XRANGE, no library call: the archiver's bulk read,
+    /// which needs no rule of the library), after the id `after`, at most
+    /// `count` events; and whether more may follow. A stream that is gone
+    /// (deleted, expired) reads as empty.
+    pub async fn archive_events(
+        &self,
+        instance: InstanceId,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<(Vec<Event>, bool), StoreError> {
+        let key = self.keys.events(instance);
+        let entries = self.stream_range(&key, after, count).await?;
+        let more = entries.len() >= count.max(1);
+        let events = entries
+            .into_iter()
+            .map(|entry| {
+                let (id, fields) = reply::entry("XRANGE", entry)?;
+                reply::event(id, fields)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((events, more))
+    }
+
+    /// A page of an ended instance's chat, as [`Store::archive_events`]
+    /// reads its events.
+    pub async fn archive_messages(
+        &self,
+        instance: InstanceId,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<(Vec<Message>, bool), StoreError> {
+        let key = self.keys.chat(instance);
+        let entries = self.stream_range(&key, after, count).await?;
+        let more = entries.len() >= count.max(1);
+        let messages = entries
+            .into_iter()
+            .map(|entry| {
+                let (id, fields) = reply::entry("XRANGE", entry)?;
+                reply::message(id, fields)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((messages, more))
+    }
+
+    /// At most `count` entries of the stream `key` after `after` (from
+    /// the start without it), each as Redis gave it.
+    async fn stream_range(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<Value>, StoreError> {
+        let from = match after {
+            Some(id) => {
+                if id.parse::<super::StreamId>().is_err() {
+                    return Err(StoreError::Internal(format!("not a stream id: {id:?}")));
+                }
+                format!("({id}")
+            }
+            None => "-".to_string(),
+        };
+        let mut conn = self.conn.clone();
+        let value: Value = redis::cmd("XRANGE")
+            .arg(key)
+            .arg(from)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count.max(1))
+            .query_async(&mut conn)
+            .await?;
+        reply::array("XRANGE", value)
+    }
+
+    /// The users among `ids` that exist, as their hashes hold them: one
+    /// HMGET each, in one pipeline on one Redis (concurrent calls on a
+    /// cluster, where each user has a slot of their own); those that do
+    /// not exist are left out.
+    pub async fn archive_users(&self, ids: &[Id]) -> Result<Vec<User>, StoreError> {
+        const F: &str = "HMGET";
+        let calls: Vec<Call<Option<User>>> = ids
+            .iter()
+            .map(|&id| {
+                let mut cmd = redis::cmd(F);
+                cmd.arg(Keys::user(id))
+                    .arg(&["name", "age", "gender", "email"]);
+                Call::command(cmd, false, move |value| {
+                    let mut values = reply::array(F, value)?.into_iter();
+                    let mut next = || values.next().unwrap_or(Value::Nil);
+                    let name = match next() {
+                        Value::Nil => return Ok(None),
+                        name => reply::text(F, name)?,
+                    };
+                    let age = match next() {
+                        Value::Nil => 0,
+                        age => {
+                            let age = reply::int(F, age)?;
+                            u8::try_from(age).map_err(|_| {
+                                StoreError::Internal(format!("user {id}: age {age}"))
+                            })?
+                        }
+                    };
+                    let text = |v: Value| -> Result<String, StoreError> {
+                        match v {
+                            Value::Nil => Ok(String::new()),
+                            v => reply::text(F, v),
+                        }
+                    };
+                    Ok(Some(User {
+                        id,
+                        name,
+                        age,
+                        gender: text(next())?,
+                        email: text(next())?,
+                    }))
+                })
+            })
+            .collect();
+        let mut users = Vec::with_capacity(ids.len());
+        for user in self.run_many(calls).await {
+            if let Some(user) = user? {
+                users.push(user);
+            }
+        }
+        Ok(users)
     }
 
     /// Every ended instance the store holds, from the meetings' schedules
@@ -382,4 +544,28 @@ fn entries_of(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_channels_name_their_partition() {
+        for p in [0, 7, 63, 1000] {
+            assert_eq!(
+                Store::outbox_channel_partition(Store::outbox_channel(p).as_bytes()),
+                Some(p)
+            );
+        }
+        for bad in [
+            &b"meetingd:{p}:outbox"[..],
+            b"meetingd:{p07}:outbox",
+            b"meetingd:{p7}:watch:1/1",
+            b"meetingd:{px}:outbox",
+            b"meetingd:{p7}:outboxes",
+        ] {
+            assert_eq!(Store::outbox_channel_partition(bad), None, "{bad:?}");
+        }
+    }
 }

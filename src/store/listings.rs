@@ -102,7 +102,10 @@ impl Store {
 
     /// Calls sent together: in one pipeline on one Redis; on a cluster, at
     /// once (their keys are on several nodes).
-    async fn run_many<T: Send + 'static>(&self, calls: Vec<Call<T>>) -> Vec<Result<T, StoreError>> {
+    pub(super) async fn run_many<T: Send + 'static>(
+        &self,
+        calls: Vec<Call<T>>,
+    ) -> Vec<Result<T, StoreError>> {
         if self.conn.is_cluster() {
             futures_util::future::join_all(calls.into_iter().map(|call| self.run(call))).await
         } else {

@@ -243,6 +243,19 @@ impl<T: 'static> Call<T> {
         }
     }
 
+    /// A call of a plain Redis command (not of the library).
+    fn command(
+        cmd: Cmd,
+        writes: bool,
+        decode: impl FnOnce(Value) -> Result<T, StoreError> + Send + 'static,
+    ) -> Call<T> {
+        Call {
+            cmd,
+            writes,
+            decode: Box::new(|reply: Result<Value, StoreError>| reply.and_then(decode)),
+        }
+    }
+
     /// The same call, its result passed through `f`.
     pub fn map<U>(self, f: impl FnOnce(T) -> U + Send + 'static) -> Call<U> {
         let decode = self.decode;

@@ -901,6 +901,121 @@ fn archive_report_of_a_running_instance_counts_a_user_still_in_until_now() {
     assert_eq!(missing, "not_found");
 }
 
+/// REPORT pages by user: `LIMIT` rows after `AFTER`, cut short by the
+/// reply limit with `next` set, the pages together the whole report; bad
+/// paging arguments are refused; meetingctl fetches every page (table,
+/// `--json` and CSV).
+#[test]
+fn archive_report_pages_by_user_within_the_reply_limit() {
+    const REPLY_BYTES: usize = 900;
+    let redis = Redis::start();
+    let bytes = REPLY_BYTES.to_string();
+    let daemon = Daemon::start(&redis, &[("MEETINGD_LIMITS__REPLY_BYTES", bytes.as_str())]);
+    let mut c = daemon.client();
+    c.ok("MEETING SET 1 title Paged description \"\" public true");
+    c.ok(&format!(
+        "INSTANCE SET 1 1 from {} to {}",
+        crate::harness::at(-5),
+        crate::harness::at(60)
+    ));
+    c.ok("TICK");
+    let users: Vec<u64> = (1..=12).map(|u| u * 7).collect();
+    for u in &users {
+        c.ok(&format!(
+            "USER SET {u} name U{u} age 30 gender x email u{u}@example.com"
+        ));
+        c.ok(&format!("JOIN {u} 1/1"));
+    }
+    c.ok("POST 14 1/1 hello");
+    let users_of = |page: &serde_json::Value| -> Vec<u64> {
+        page["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .filter_map(|r| r["user"].as_u64())
+            .collect()
+    };
+    // LIMIT pages: next is the page's last user until the last page
+    let first = c.ok("REPORT 1/1 LIMIT 5");
+    assert_eq!(users_of(&first), users[..5], "{first}");
+    assert_eq!(first["next"], 35, "{first}");
+    assert_eq!(
+        (first["meeting"].as_u64(), first["order"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let second = c.ok("REPORT 1/1 AFTER 35 LIMIT 5");
+    assert_eq!(users_of(&second), users[5..10], "{second}");
+    assert_eq!(second["next"], 70);
+    let last = c.ok("REPORT 1/1 AFTER 70 LIMIT 5");
+    assert_eq!(users_of(&last), users[10..], "{last}");
+    assert_eq!(last["next"], serde_json::Value::Null);
+    // between two users, and after the last
+    assert_eq!(users_of(&c.ok("REPORT 1/1 AFTER 36 LIMIT 1")), [42]);
+    let beyond = c.ok("REPORT 1/1 AFTER 9000");
+    assert_eq!(users_of(&beyond), Vec::<u64>::new());
+    assert_eq!(beyond["next"], serde_json::Value::Null);
+    // no LIMIT: the reply limit cuts the pages; together, every user once
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let mut line = "REPORT 1/1".to_string();
+    loop {
+        let mut raw = daemon.client();
+        raw.send(format!("{line}\n").as_bytes());
+        let reply = raw.reply().expect("a reply");
+        let text = serde_json::to_string(&reply).expect("JSON");
+        assert!(text.len() <= REPLY_BYTES, "{line}: {} bytes", text.len());
+        let page = &reply["result"];
+        pages += 1;
+        seen.extend(users_of(page));
+        match page["next"].as_u64() {
+            Some(next) => line = format!("REPORT 1/1 AFTER {next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, users);
+    assert!(pages > 1, "the reply limit cut the report into pages");
+    // refused, nothing else happens
+    for bad in [
+        "REPORT 1/1 LIMIT 0",
+        "REPORT 1/1 LIMIT 1001",
+        "REPORT 1/1 AFTER 0",
+        "REPORT 1/1 AFTER 1795341600000-0",
+        "REPORT 1/1 USER 7",
+    ] {
+        assert_eq!(c.error_code(bad), "bad_request", "{bad}");
+    }
+    // meetingctl: every page
+    let csv = crate::harness::meetingctl(daemon.socket(), &["report", "1", "--csv"]);
+    assert_eq!(csv.status, 0, "{}", csv.stderr);
+    let lines: Vec<&str> = csv.stdout.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 1 + users.len(), "{}", csv.stdout);
+    let listed: Vec<u64> = lines[1..]
+        .iter()
+        .filter_map(|l| l.split(',').nth(2)?.parse().ok())
+        .collect();
+    assert_eq!(listed, users);
+    let json = crate::harness::meetingctl(daemon.socket(), &["--json", "report", "1/1"]);
+    assert_eq!(json.status, 0, "{}", json.stderr);
+    assert_eq!(json.stdout.lines().count(), 1, "{}", json.stdout);
+    let merged: serde_json::Value = serde_json::from_str(json.stdout.trim()).expect("JSON");
+    assert_eq!(users_of(&merged["result"]), users);
+    assert_eq!(merged["result"]["next"], serde_json::Value::Null);
+    let table = crate::harness::meetingctl(daemon.socket(), &["report", "1/1"]);
+    assert_eq!(table.status, 0, "{}", table.stderr);
+    // the rows' table: its USER column lists every user
+    let mut lines = table.stdout.lines().skip_while(|l| !l.contains("USER"));
+    let header: Vec<&str> = lines.next().expect("a header").split_whitespace().collect();
+    let column = header
+        .iter()
+        .position(|h| *h == "USER")
+        .expect("a USER column");
+    let listed: Vec<u64> = lines
+        .filter_map(|l| l.split_whitespace().nth(column)?.parse().ok())
+        .collect();
+    assert_eq!(listed, users, "{}", table.stdout);
+    assert!(!table.stdout.contains("next"), "{}", table.stdout);
+}
+
 #[test]
 fn archive_backfill_archives_what_ended_before_then_live_and_nothing_twice() {
     let db = Sqlite::new();
@@ -1251,19 +1366,363 @@ fn archive_users_acknowledged_survive_a_killed_daemon() {
 }
 
 /// An archiver held to a share of its time (`archive.busy_percent`)
-/// pauses between pages and still archives every instance whole, once:
-/// instances of several pages of messages each.
+/// pauses only while requests keep the daemon busy: with none in progress
+/// it never pauses; beside a steady stream of requests it pauses between
+/// pages (STATS' `paused_s`), and still archives every instance whole,
+/// once: instances of several pages of messages each.
 #[test]
-fn archive_a_paced_archiver_archives_everything_whole() {
+fn archive_a_paced_archiver_pauses_for_requests_only_and_archives_everything_whole() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     let db = Sqlite::new();
     let redis = Redis::start();
     let mut env = env(&db.url());
     env.push(("MEETINGD_ARCHIVE__BUSY_PERCENT", "20".into()));
     let daemon = start(&redis, &env);
     let mut c = conn(&redis);
-    let (meetings, users, messages) = (3, 40, 2_500);
-    bulk(&mut c, 1..=meetings, base(), users, messages);
-    wait_archived(&db, meetings as usize, &daemon);
-    assert_whole(&db, meetings, users, messages);
+    let (users, messages) = (40, 2_500);
+    let from = base();
+    bulk(&mut c, 1..=2, from, users, messages);
+    wait_archived(&db, 2, &daemon);
+    let paused = |d: &Daemon| {
+        d.client().ok("STATS")["archive"]["paused_s"]
+            .as_f64()
+            .expect("paused_s")
+    };
+    assert_eq!(paused(&daemon), 0.0, "no request in progress: no pause");
+    // requests without a break on four connections (EVENTS reads Redis)
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let socket = daemon.socket().to_path_buf();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut client = crate::harness::Client::connect(&socket).expect("connect");
+                while !stop.load(Ordering::SeqCst) {
+                    client.ok("EVENTS 1/1 LIMIT 50");
+                }
+            })
+        })
+        .collect();
+    bulk(&mut c, 3..=4, from + 7_200_000, users, messages);
+    wait_archived(&db, 4, &daemon);
+    stop.store(true, Ordering::SeqCst);
+    for thread in load {
+        thread.join().expect("a load thread");
+    }
+    assert!(paused(&daemon) > 0.0, "busy: it paused");
+    assert_whole(&db, 4, users, messages);
     outbox_drained(&redis);
+}
+
+/// Calls of each command Redis ran since the last `CONFIG RESETSTAT`.
+fn command_calls(redis: &Redis) -> std::collections::BTreeMap<String, u64> {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            Some((name.to_string(), rest.split(',').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The commands the archiver reads its outboxes with.
+const OUTBOX_READS: [&str; 5] = ["xreadgroup", "xautoclaim", "xlen", "xrange", "xclaim"];
+
+/// Wait until the archiver started last (since the last reset of the
+/// counts) is done with its start: it has looked at every outbox and at
+/// each one its subscription woke it for (what was announced before the
+/// subscription went unseen: 64 XREADGROUPs), every outbox channel has
+/// `daemons` subscribers, and for a second no outbox was read from.
+fn settled(redis: &Redis, daemons: u64) {
+    wait_until("the start-up reads", Duration::from_secs(30), || {
+        let reads = command_calls(redis).get("xreadgroup").copied().unwrap_or(0);
+        let channels: Vec<String> = (0..64)
+            .map(|p| format!("meetingd:{{p{p}}}:outbox"))
+            .collect();
+        let mut args = vec!["PUBSUB", "SHARDNUMSUB"];
+        args.extend(channels.iter().map(String::as_str));
+        let counts = redis.cli(&args);
+        let subscribed = counts
+            .lines()
+            .skip(1)
+            .step_by(2)
+            .filter(|n| n.trim() == daemons.to_string())
+            .count();
+        reads >= 64 && subscribed == 64
+    });
+    let mut last = command_calls(redis);
+    wait_until("the archivers idle", Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = command_calls(redis);
+        // (a look at every outbox counts them, XLEN: a quick
+        // archive.poll_ms goes on doing that)
+        let same = ["xreadgroup", "xautoclaim", "xclaim"]
+            .iter()
+            .all(|r| now.get(*r) == last.get(*r));
+        last = now;
+        same
+    });
+}
+
+/// With the look at every outbox far away (`archive.poll_ms` at its most,
+/// 10 minutes), an idle archiver sends Redis nothing, and an ended
+/// instance is archived at once all the same: its outbox entry wakes the
+/// archiver (the library announces it on the partition's channel), which
+/// then reads that partition's outbox only.
+#[test]
+fn archive_is_woken_by_new_entries_and_idle_reads_nothing() {
+    let db = Sqlite::new();
+    let redis = Redis::start();
+    let mut env = env(&db.url());
+    env.retain(|(k, _)| *k != "MEETINGD_ARCHIVE__POLL_MS");
+    env.push(("MEETINGD_ARCHIVE__POLL_MS", "600000".into()));
+    let daemon = start(&redis, &env);
+    settled(&redis, 1);
+    // idle: a few seconds pass
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let idle = command_calls(&redis);
+    for read in OUTBOX_READS {
+        assert_eq!(idle.get(read), None, "{read} while idle: {idle:?}");
+    }
+    // the subscription that wakes it: one connection, 64 channels
+    let subscribed = redis.cli(&["PUBSUB", "SHARDNUMSUB", "meetingd:{p3}:outbox"]);
+    assert!(subscribed.lines().nth(1) == Some("1"), "{subscribed}");
+    // an instance in partition 3 ends: archived long before any look at
+    // every outbox
+    let mut c = conn(&redis);
+    bulk(&mut c, 3..=3, base(), 4, 4);
+    wait_archived(&db, 1, &daemon);
+    assert_whole_one(&db, 3, 4, 4);
+    let woken = command_calls(&redis);
+    assert!(
+        woken.get("spublish").copied().unwrap_or(0) >= 3,
+        "{woken:?}"
+    );
+    // the outboxes read: partition 3's (and no sweep over all 64)
+    assert!(
+        woken.get("xreadgroup").copied().unwrap_or(0) < 16,
+        "{woken:?}"
+    );
+    assert!(woken.get("xlen").copied().unwrap_or(0) < 16, "{woken:?}");
+    outbox_drained(&redis);
+}
+
+/// `assert_whole` for one meeting `m`.
+fn assert_whole_one(db: &dyn ArchiveDb, m: u64, users: u64, messages: u64) {
+    let count = |table: &str| {
+        one(
+            db,
+            &format!("SELECT count(*) FROM {table} WHERE meeting_id = {m}"),
+        )
+    };
+    assert_eq!(count("events"), (2 * users).to_string());
+    assert_eq!(count("messages"), messages.to_string());
+    assert_eq!(count("attendance"), users.to_string());
+}
+
+/// A wake-up that never came only delays: an entry appended without its
+/// announcement (as if the announcement were lost) is archived once the
+/// subscriber connection is lost and subscribed again (every channel
+/// subscribed anew is a wake-up), and, by a second daemon, at its next look
+/// at every outbox (`archive.poll_ms`).
+#[test]
+fn archive_a_lost_wake_up_only_delays() {
+    let db = Sqlite::new();
+    let redis = Redis::start();
+    let mut env = env(&db.url());
+    env.retain(|(k, _)| *k != "MEETINGD_ARCHIVE__POLL_MS");
+    let mut slow = env.clone();
+    slow.push(("MEETINGD_ARCHIVE__POLL_MS", "600000".into()));
+    let first = start(&redis, &slow);
+    settled(&redis, 1);
+    let unannounced = |m: u64, title: &str| {
+        let key = format!("meetingd:{{p{}}}:outbox", m % 64);
+        let m = m.to_string();
+        redis.cli(&[
+            "XADD",
+            &key,
+            "*",
+            "k",
+            "meeting",
+            "m",
+            &m,
+            "title",
+            title,
+            "description",
+            "",
+            "public",
+            "true",
+        ])
+    };
+    let title_of = |m: u64| {
+        db.rows(&format!(
+            "SELECT title FROM meetings WHERE meeting_id = {m}"
+        ))
+    };
+    unannounced(7, "Seven");
+    // the subscriber connection lost: subscribed again, every partition
+    // looked at
+    let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(
+        killed.trim().parse::<u64>().unwrap_or(0) > 0,
+        "a subscriber connection killed: {killed}"
+    );
+    wait_until(
+        "the unannounced entry archived",
+        Duration::from_secs(60),
+        || title_of(7) == ["Seven"],
+    );
+    assert!(
+        first.log().contains("subscriber connection was lost"),
+        "{}",
+        first.log()
+    );
+    // a daemon that looks every second: its first look over, an
+    // unannounced entry waits for the next
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    let mut quick = env.clone();
+    quick.push(("MEETINGD_ARCHIVE__POLL_MS", "1000".into()));
+    let _second = start(&redis, &quick);
+    settled(&redis, 2);
+    unannounced(8, "Eight");
+    wait_until("archived at a later look", Duration::from_secs(60), || {
+        title_of(8) == ["Eight"]
+    });
+    outbox_drained(&redis);
+}
+
+/// On a Redis Cluster, two daemons archive instances whose partitions are
+/// held by different masters, each outbox entry once: the wake-ups reach
+/// both (one subscriber connection per master each), the consumer group
+/// gives each entry to one of them.
+#[test]
+fn archive_on_a_cluster_two_daemons_archive_each_entry_once() {
+    use crate::cluster::Cluster;
+    let cluster = Cluster::start(3);
+    let db = Postgres::start();
+    let mut env = env(&db.url());
+    // no takeover: an entry archived twice would count twice below
+    env.retain(|(k, _)| *k != "MEETINGD_ARCHIVE__CLAIM_AFTER_SECS");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = Daemon::start_on_cluster(&cluster.urls(), &env);
+    let b = Daemon::start_on_cluster(&cluster.urls(), &env);
+    let meetings: Vec<u64> = (1..=9).collect();
+    let owners: std::collections::BTreeSet<u16> = meetings
+        .iter()
+        .map(|m| cluster.owner(&format!("meetingd:{{p{m}}}:outbox")))
+        .collect();
+    assert!(
+        owners.len() >= 2,
+        "partitions on one master only: {owners:?}"
+    );
+    let users = 5u64;
+    let mut c = a.client();
+    for u in 1..=users {
+        c.ok(&format!(
+            "USER SET {u} name U{u} age 30 gender x email u{u}@example.com"
+        ));
+    }
+    for m in &meetings {
+        c.ok(&format!(
+            "MEETING SET {m} title M{m} description \"\" public true"
+        ));
+        c.ok(&format!(
+            "INSTANCE SET {m} 1 from {} to {}",
+            crate::harness::at(-5),
+            crate::harness::at(60)
+        ));
+    }
+    c.ok("TICK");
+    for m in &meetings {
+        for u in 1..=users {
+            c.ok(&format!("JOIN {u} {m}/1"));
+        }
+        c.ok(&format!("POST 1 {m}/1 \"hello {m}\""));
+        c.ok(&format!("LEAVE 2 {m}/1"));
+        c.ok(&format!("END {m}/1"));
+    }
+    wait_archived(&db, meetings.len(), &a);
+    // each instance whole, as the daemon tells it
+    for m in &meetings {
+        let events = crate::harness::all_pages(&mut c, &format!("EVENTS {m}/1"), "events");
+        let messages = crate::harness::all_pages(&mut c, &format!("MESSAGES {m}/1"), "messages");
+        let count = |table: &str| {
+            one(
+                &db,
+                &format!("SELECT count(*) FROM {table} WHERE meeting_id = {m} AND order_id = 1"),
+            )
+        };
+        assert_eq!(count("events"), events.len().to_string(), "events of {m}/1");
+        assert_eq!(
+            count("messages"),
+            messages.len().to_string(),
+            "messages of {m}/1"
+        );
+        assert_eq!(
+            count("attendance"),
+            users.to_string(),
+            "attendance of {m}/1"
+        );
+        assert_eq!(events.len() as u64, 2 * users, "joins, a leave, timeouts");
+    }
+    // every entry (a user's, a meeting's, an instance's, an end) archived
+    // by one daemon or the other, once
+    let expected = users + 3 * meetings.len() as u64;
+    let entries = |d: &Daemon| {
+        d.client().ok("STATS")["archive"]["entries"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    wait_until("every entry counted", Duration::from_secs(30), || {
+        entries(&a) + entries(&b) >= expected
+    });
+    assert_eq!(entries(&a) + entries(&b), expected);
+    for p in 0..64 {
+        let key = format!("meetingd:{{p{p}}}:outbox");
+        assert_eq!(cluster.cli_cluster(&["XLEN", &key]).trim(), "0", "{key}");
+    }
+    // the wake-ups rode on one subscriber connection per master each
+    for d in [&a, &b] {
+        let readers = d.client().ok("STATS")["watch"]["readers"].as_u64();
+        assert!(readers <= Some(3), "{readers:?} subscriber connections");
+    }
+}
+
+/// An instance archived again (queued once more, as a backfill does)
+/// over a partial copy of it: the pages find some of their rows there
+/// already (PostgreSQL's plain insert then falls back to skipping them),
+/// and the archive ends whole, each row once.
+fn archived_again_over_a_partial_copy(db: &dyn ArchiveDb) {
+    let redis = Redis::start();
+    let daemon = start(&redis, &env(&db.url()));
+    let mut c = conn(&redis);
+    let (users, messages) = (30, 1_500);
+    bulk(&mut c, 1..=2, base(), users, messages);
+    wait_archived(db, 2, &daemon);
+    assert_whole(db, 2, users, messages);
+    // half of meeting 1's rows lost, and its instance not archived whole
+    for table in ["events", "messages"] {
+        db.rows(&format!(
+            "DELETE FROM {table} WHERE meeting_id = 1 AND user_id % 2 = 0"
+        ));
+    }
+    db.rows("UPDATE instances SET archived_at = NULL WHERE meeting_id = 1");
+    let queued = call(&mut c, "meet_archive_enqueue", &meeting_key(1), &["1"]);
+    assert_eq!(queued, redis::Value::Int(1));
+    wait_archived(db, 2, &daemon);
+    assert_whole(db, 2, users, messages);
+    outbox_drained(&redis);
+}
+
+#[test]
+fn archive_again_over_a_partial_copy_postgres() {
+    archived_again_over_a_partial_copy(&Postgres::start());
+}
+
+#[test]
+fn archive_again_over_a_partial_copy_sqlite() {
+    archived_again_over_a_partial_copy(&Sqlite::new());
 }

@@ -12,12 +12,16 @@
 //!
 //! Then, unless `--phase 0`: JOIN+LEAVE through the daemon, C connections
 //! D deep, in phases alternated in the same run: `off`, the archiver idle
-//! (nothing to archive, polling every `archive.poll_ms`, its default), and
+//! (nothing to archive, waiting for a wake-up), and
 //! `on`, the archiver at work all the phase long on more instances of the
 //! same size, ended one after the other so that one always waits (their
 //! ending ticks are in the phase too). The archiving daemon serves the
 //! load, as in production; the throughput of the two kinds of phases is
-//! compared. `--busy-percent` sets that daemon's `archive.busy_percent`.
+//! compared (their medians, and the median of the pairs: each `on` phase
+//! against the `off` one before it). "rows archived" counts the rows the
+//! daemon wrote in the phase (STATS counts them as each page commits).
+//! `--busy-percent` sets that daemon's `archive.busy_percent` (left out:
+//! its default).
 //!
 //! The instances' meetings are in partition 63 (63 + 64k), with windows a
 //! day ahead, so neither the load's meetings (1..=C, partitions 1..=C) nor
@@ -53,8 +57,9 @@ pub struct Plan {
     /// The database server's main process (PostgreSQL's postmaster,
     /// mariadbd), whose CPU and its children's is counted per row too.
     pub db_pid: Option<u32>,
-    /// `archive.busy_percent` of the daemon of the comparison.
-    pub busy_percent: u32,
+    /// `archive.busy_percent` of the daemon of the comparison (`None`: its
+    /// default).
+    pub busy_percent: Option<u32>,
 }
 
 /// The most instances prepared for the `on` phases.
@@ -88,7 +93,7 @@ async fn until_archived(socket: &Path, entries: u64) -> Result<u64, String> {
                 "{done} of {entries} entries archived after 10 minutes"
             ));
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -257,13 +262,11 @@ pub async fn archive(plan: Plan) -> Result<(), String> {
         .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("archive.sqlite").display()));
     let backend = url.split(':').next().unwrap_or_default().to_string();
     let redis = OwnRedis::start(true)?;
-    // the first daemon polls often, so that the clock stops when the
-    // archive is done rather than at its next look
+    // the end's outbox entry wakes the archiver at once
     let fast = OwnDaemon::start_with(
         &redis.url,
         &[
             ("MEETINGD_ARCHIVE__URL", url.as_str()),
-            ("MEETINGD_ARCHIVE__POLL_MS", "10"),
             ("MEETINGD_REDIS__DURABILITY", "everysec"),
         ],
     )?;
@@ -357,16 +360,17 @@ async fn compare(
     for k in 1..=needed {
         instances.fill(&mut conn, k).await?;
     }
-    // archive.poll_ms at its default from here on
-    let busy = plan.busy_percent.to_string();
-    let daemon = OwnDaemon::start_with(
-        redis_url,
-        &[
-            ("MEETINGD_ARCHIVE__URL", url),
-            ("MEETINGD_ARCHIVE__BUSY_PERCENT", busy.as_str()),
-            ("MEETINGD_REDIS__DURABILITY", "everysec"),
-        ],
-    )?;
+    // archive.poll_ms (and busy_percent, unless given) at its default
+    // from here on
+    let busy = plan.busy_percent.map(|b| b.to_string());
+    let mut env = vec![
+        ("MEETINGD_ARCHIVE__URL", url),
+        ("MEETINGD_REDIS__DURABILITY", "everysec"),
+    ];
+    if let Some(busy) = &busy {
+        env.push(("MEETINGD_ARCHIVE__BUSY_PERCENT", busy.as_str()));
+    }
+    let daemon = OwnDaemon::start_with(redis_url, &env)?;
     let socket: PathBuf = daemon.socket.clone();
     let store = connect(redis_url).await?;
     let world = World::new(plan.connections as u64, 20, store.now());
@@ -469,10 +473,19 @@ async fn compare(
         rates.sort_by(f64::total_cmp);
         rates.get(rates.len() / 2).copied().unwrap_or(0.0)
     };
+    // each `on` phase against the `off` phase just before it: the other
+    // work on the machine changes less between two neighbours
+    let mut pairs: Vec<f64> = off_rates
+        .iter()
+        .zip(&on_rates)
+        .map(|(off, on)| (on / off.max(1e-9) - 1.0) * 100.0)
+        .collect();
+    let pair = median(&mut pairs);
     let (off, on) = (median(&mut off_rates), median(&mut on_rates));
     println!(
-        "JOIN+LEAVE requests/s, medians: archiver idle {off:.0}, at work {on:.0}: {:+.1} %",
-        (on / off.max(1e-9) - 1.0) * 100.0
+        "JOIN+LEAVE requests/s, medians: archiver idle {off:.0}, at work {on:.0}: {:+.1} %; median of the {} pairs (on against the off before it): {pair:+.1} %",
+        (on / off.max(1e-9) - 1.0) * 100.0,
+        pairs.len()
     );
     Ok(())
 }

@@ -140,9 +140,10 @@ enum Bench {
         /// is counted per row too; SQLite's is the daemon's).
         #[arg(long)]
         db_pid: Option<u32>,
-        /// `archive.busy_percent` of the daemon of the comparison.
-        #[arg(long, default_value_t = 100)]
-        busy_percent: u32,
+        /// `archive.busy_percent` of the daemon of the comparison (left
+        /// out: the daemon's default).
+        #[arg(long)]
+        busy_percent: Option<u32>,
     },
     /// Time one tick with `due` transitions among `stored` instances.
     Tick {

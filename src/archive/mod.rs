@@ -883,8 +883,11 @@ const USER_COLUMNS: &[&str] = &[
     "source_seq",
 ];
 
-/// An event as a row of `events` (None for an id that is not one).
+/// An event as a row of `events` (None for an id that is not one, and for
+/// the instance's start and end entries: the `instances` row holds its
+/// window and when it ended).
 fn event_row(m: i64, o: i64, event: &Event) -> Option<Vec<Arg>> {
+    let user = event.user?;
     let (ms, seq) = entry_id(&event.id)?;
     Some(vec![
         Arg::Int(m),
@@ -892,7 +895,7 @@ fn event_row(m: i64, o: i64, event: &Event) -> Option<Vec<Arg>> {
         Arg::Int(ms),
         Arg::Int(seq),
         Arg::Text(event.kind.as_str().to_string()),
-        Arg::Int(event.user as i64),
+        Arg::Int(user as i64),
         time(event.at),
         maybe_time(event.scheduled_end),
         maybe_time(event.processed_at),

@@ -263,8 +263,9 @@ impl Store {
         }
     }
 
-    /// An event stream's (user, type) in order.
-    async fn event_log(&self, key: &str) -> Result<Vec<(u64, i64)>, StoreError> {
+    /// An event stream's (user, type) in order (no user: a start or an
+    /// end).
+    async fn event_log(&self, key: &str) -> Result<Vec<(Option<u64>, i64)>, StoreError> {
         let mut out = Vec::new();
         self.entries(key, |id, fields| {
             let event = reply::event(id, fields)?;
@@ -512,7 +513,12 @@ impl Store {
                 present.iter().filter_map(|(u, _)| u.parse().ok()).collect();
             let log = self.event_log(&self.keys.events(*i)).await?;
             let mut last: BTreeMap<u64, i64> = BTreeMap::new();
+            let mut transitions: BTreeMap<i64, usize> = BTreeMap::new();
             for (user, t) in log {
+                let Some(user) = user else {
+                    *transitions.entry(t).or_default() += 1;
+                    continue;
+                };
                 let previous = last.insert(user, t);
                 let inside = previous == Some(1);
                 if (t == 1 && inside) || (t != 1 && !inside) {
@@ -521,6 +527,11 @@ impl Store {
                         name(t),
                         previous.map_or("nothing", name)
                     ));
+                }
+            }
+            for (t, n) in transitions {
+                if n > 1 {
+                    problems.push(format!("instance {i}: {n} {} entries", name(t)));
                 }
             }
             let joined: BTreeSet<u64> = last
@@ -751,6 +762,8 @@ fn name(t: i64) -> &'static str {
         1 => "join",
         2 => "leave",
         3 => "timeout",
+        4 => "start",
+        5 => "end",
         _ => "unknown event",
     }
 }

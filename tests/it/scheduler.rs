@@ -188,24 +188,38 @@ async fn two_schedulers_at_the_same_instants_never_double_or_miss() {
             .await
             .expect("events");
         let mut open: BTreeMap<u64, bool> = BTreeMap::new();
+        let mut transitions = Vec::new();
         for e in events.items {
+            let Some(user) = e.user else {
+                transitions.push(e.kind);
+                continue;
+            };
             let was_in = open
-                .insert(e.user, e.kind == EventKind::Join)
+                .insert(user, e.kind == EventKind::Join)
                 .unwrap_or(false);
             match e.kind {
                 EventKind::Join => {
                     joins += 1;
-                    assert!(!was_in, "{instance}: user {} joined twice", e.user);
+                    assert!(!was_in, "{instance}: user {user} joined twice");
                 }
                 EventKind::Leave | EventKind::Timeout => {
                     assert!(
                         was_in,
-                        "{instance}: user {} has a {:?} without a join",
-                        e.user, e.kind
+                        "{instance}: user {user} has a {:?} without a join",
+                        e.kind
                     )
                 }
+                EventKind::Start | EventKind::End => unreachable!("a user's event"),
             }
         }
+        // the log opens with its start (if it ran) and closes with its end
+        // (if it ended), each once
+        let starts = transitions
+            .iter()
+            .filter(|k| **k == EventKind::Start)
+            .count();
+        let ends = transitions.iter().filter(|k| **k == EventKind::End).count();
+        assert!(starts <= 1 && ends <= 1, "{instance}: {transitions:?}");
         assert!(
             open.values().all(|inside| !inside),
             "{instance}: every join is matched"
@@ -227,7 +241,11 @@ async fn snapshot(
                 .events(instance.into(), None, 1000)
                 .await
                 .expect("events");
-            let events = events.items.into_iter().map(|e| (e.user, e.kind)).collect();
+            let events = events
+                .items
+                .into_iter()
+                .filter_map(|e| Some((e.user?, e.kind)))
+                .collect();
             out.push((instance, state(store, instance).await, events));
         }
     }

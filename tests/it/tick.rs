@@ -147,8 +147,20 @@ async fn concurrent_ticks_apply_each_transition_once() {
     for m in 1..=200 {
         let events = all_events(&store, InstanceId::new(m, 1)).await;
         let mut per_user: BTreeMap<u64, Vec<EventKind>> = BTreeMap::new();
+        let transitions: Vec<EventKind> = events
+            .iter()
+            .filter(|e| e.user.is_none())
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            transitions,
+            [EventKind::Start, EventKind::End],
+            "one start and one end in the log of {m}/1"
+        );
         for e in events {
-            per_user.entry(e.user).or_default().push(e.kind);
+            if let Some(user) = e.user {
+                per_user.entry(user).or_default().push(e.kind);
+            }
         }
         for (user, kinds) in per_user {
             assert_eq!(
@@ -237,7 +249,7 @@ async fn overlapping_windows_tick_by_tick() {
     let timeouts = all_events(&store, o3).await;
     assert_eq!(
         timeouts.last().map(|e| (e.user, e.kind)),
-        Some((2, EventKind::Timeout))
+        Some((Some(2), EventKind::Timeout))
     );
 }
 

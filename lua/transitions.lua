@@ -5,7 +5,8 @@ was published.
 
 Each entry has t (4 a start, 5 an end), m and o (the instance), at (when
 it happened by the clock), from and to (its window), and an end's why
-(scheduled, preempted, ended, missed). Ids come from Redis' clock; the log
+(scheduled, preempted, ended, missed). An id's first part is when it was
+written (the caller's now, never before the last id's); the log
 keeps about the last 10,000 entries of its partition.
 
 KEYS[1]  meetingd:{p<P>}:transitions

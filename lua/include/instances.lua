@@ -278,7 +278,7 @@ local function activate(inst, due_index, active_index, preempt, now, at, retenti
   redis.call('XADD', inst.events, id, 't', '4', 'at', at)
   announce(inst.base, inst.name, prev, id, '4', '-', at)
   keep_until(inst.events, inst.to, retention)
-  announce_transition(inst.base, inst.meeting, inst.order, inst.from, inst.to, '4', at)
+  announce_transition(inst.base, inst.meeting, inst.order, inst.from, inst.to, '4', at, nil, now)
   return live
 end
 
@@ -364,7 +364,7 @@ local function end_instance(inst, at, now, budget, retention, due_index, active_
   redis.call('XADD', inst.events, id, 't', '5', 'at', at, 'end', inst.to, 'why', why)
   announce(inst.base, inst.name, prev, id, '5', '-', at .. ' ' .. inst.to .. ' ' .. why)
   keep_until(inst.events, inst.to, retention)
-  announce_transition(inst.base, inst.meeting, inst.order, inst.from, inst.to, '5', at, why)
+  announce_transition(inst.base, inst.meeting, inst.order, inst.from, inst.to, '5', at, why, now)
   inst.ending = true
   local users, remaining = time_out(inst, at, now, budget, retention)
   if remaining > 0 then
@@ -394,7 +394,7 @@ local function miss(inst, due_index, now, retention)
   redis.call('XADD', inst.events, id, 't', '5', 'at', inst.to, 'end', inst.to, 'why', 'missed')
   announce(inst.base, inst.name, prev, id, '5', '-', inst.to .. ' ' .. inst.to .. ' missed')
   keep_until(inst.events, inst.to, retention)
-  announce_transition(inst.base, inst.meeting, inst.order, inst.from, inst.to, '5', inst.to, 'missed')
+  announce_transition(inst.base, inst.meeting, inst.order, inst.from, inst.to, '5', inst.to, 'missed', now)
   outbox_ended(inst)
 end
 

@@ -17,7 +17,8 @@ A watcher whose last id is `prev` takes the entry as it is; any other
 `prev` (a gap) sends it to the stream, the source of truth.
 
 Starts and ends are also written to the partition's log of transitions,
-`meetingd:{p<P>}:transitions` (a stream, ids from Redis' clock, the last
+`meetingd:{p<P>}:transitions` (a stream whose ids are "<ms>-<seq>" with
+ms = max(now, the last id's ms), as an instance's are; the last
 TRANSITIONS_KEPT or so kept), and published on the partition's channel
 `meetingd:{p<P>}:watch:active` as `<prev> <id> <kind> <M>/<O> <at> <from>
 <to>[ <why>]`: WATCH ACTIVE follows every partition's channel, and fills a
@@ -54,16 +55,23 @@ end
 
 --[[ Log and publish a start (kind '4') or an end ('5', with `why`) of
 instance `meeting`/`order` (window from..to) of the partition under
-`base`, which happened at `at` by the clock (see instances.lua). ]]
-local function announce_transition(base, meeting, order, from, to, kind, at, why)
+`base`, which happened at `at` by the clock (see instances.lua), written
+at `now`. ]]
+local function announce_transition(base, meeting, order, from, to, kind, at, why, now)
   local stream = base .. 'transitions'
   local prev = last_entry_id(stream)
-  local id
+  local ms, seq = string.match(prev, '^(%d+)%-(%d+)$')
+  if later(now, ms) then
+    ms, seq = now, '0'
+  else
+    seq = tostring(seq + 1)
+  end
+  local id = ms .. '-' .. seq
   if why then
-    id = redis.call('XADD', stream, 'MAXLEN', '~', TRANSITIONS_KEPT, '*', 't', kind, 'm', meeting, 'o', order,
+    redis.call('XADD', stream, 'MAXLEN', '~', TRANSITIONS_KEPT, id, 't', kind, 'm', meeting, 'o', order,
       'at', at, 'from', from, 'to', to, 'why', why)
   else
-    id = redis.call('XADD', stream, 'MAXLEN', '~', TRANSITIONS_KEPT, '*', 't', kind, 'm', meeting, 'o', order,
+    redis.call('XADD', stream, 'MAXLEN', '~', TRANSITIONS_KEPT, id, 't', kind, 'm', meeting, 'o', order,
       'at', at, 'from', from, 'to', to)
   end
   local message = prev .. ' ' .. id .. ' ' .. kind .. ' ' .. meeting .. '/' .. order .. ' ' .. at .. ' '

@@ -7,12 +7,12 @@ use crate::protocol::{Mref, Time};
 use crate::store::Event;
 
 /// An event as replies show it; a timeout also has `scheduled_end` and
-/// `processed_at`; a start (no user) `processed_at`, an end (no user)
-/// `scheduled_end`, `processed_at` and `reason`.
+/// `processed_at`; a start (user `null`) `processed_at`, an end (user
+/// `null`) `scheduled_end`, `processed_at` and `reason`.
 #[derive(Serialize)]
 pub(super) struct EventRow<'a> {
     id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// `null` for the instance's start and end.
     user: Option<u64>,
     #[serde(rename = "type")]
     kind: &'static str,

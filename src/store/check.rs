@@ -33,6 +33,8 @@ enum Kind {
     Wake(u64),
     /// The partition's outbox (the archiver's).
     Outbox(u64),
+    /// The partition's log of starts and ends (WATCH ACTIVE's).
+    Transitions(u64),
     Meeting(u64),
     Audience(u64),
     Orders(u64),
@@ -82,6 +84,7 @@ fn kind(key: &str) -> Kind {
         (["active"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Active),
         (["wake"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Wake),
         (["outbox"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Outbox),
+        (["transitions"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Transitions),
         (["meeting", m], _) => id(m).map_or(Kind::Unknown, Kind::Meeting),
         (["audience", m], _) => id(m).map_or(Kind::Unknown, Kind::Audience),
         (["orders", m], _) => id(m).map_or(Kind::Unknown, Kind::Orders),
@@ -352,7 +355,11 @@ impl Store {
             let misplaced = match (&k, tagged, expected) {
                 (_, Some(p), Some(e)) => p != e,
                 (
-                    Kind::Due(_) | Kind::Active(_) | Kind::Wake(_) | Kind::Outbox(_),
+                    Kind::Due(_)
+                    | Kind::Active(_)
+                    | Kind::Wake(_)
+                    | Kind::Outbox(_)
+                    | Kind::Transitions(_),
                     Some(p),
                     None,
                 ) => p >= partitions,

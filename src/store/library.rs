@@ -5,7 +5,7 @@
 //! header the daemon writes: the version and the number of partitions,
 //! which the library checks every meeting key against. The version that
 //! `meet_version` returns is the crate version, a digest of the Lua, the
-//! partition count and the API level: `0.3.0+<digest>/p16/api4`.
+//! partition count and the API level: `0.3.0+<digest>/p16/api5`.
 //!
 //! The API level names what the daemon may call: the functions, their
 //! arguments, their replies and the data layout. It changes when any of

@@ -149,6 +149,26 @@ impl Running {
         }
     }
 
+    /// The partitions something is kept of, each with a key of theirs and
+    /// the link that read it.
+    fn kept(&self) -> Vec<(u64, String, u64)> {
+        let parts = self.parts();
+        let mut kept = Vec::new();
+        for (p, part) in parts.iter() {
+            let link = part.active.as_ref().map(|k| k.link);
+            let link = link.or(part.attendance.as_ref().map(|k| k.link));
+            if let Some(link) = link {
+                kept.push((*p, Keys::active(*p), link));
+            }
+            if let (Some(a), Some(b)) = (&part.active, &part.attendance) {
+                if a.link != b.link {
+                    kept.push((*p, Keys::active(*p), b.link));
+                }
+            }
+        }
+        kept
+    }
+
     /// Forget what is kept of `partition`.
     fn changed(&self, partition: u64) {
         let mut parts = self.parts();
@@ -228,6 +248,22 @@ pub fn after_position(p: &Participant, at: Millis, user: Id) -> bool {
 const READ_AHEAD: usize = 16;
 
 impl Store {
+    /// Make what is kept as fresh as a read of Redis: after this, every
+    /// change made before it was called has reached the cache, and an
+    /// answer read on a link that no longer serves its partition is
+    /// dropped.
+    async fn fresh(&self) -> Result<(), StoreError> {
+        let kept = self.running.kept();
+        let keys: Vec<(String, u64)> = kept.iter().map(|(_, k, l)| (k.clone(), *l)).collect();
+        let served = self.tracking.barrier(&keys).await?;
+        for ((p, _, _), served) in kept.iter().zip(served) {
+            if !served {
+                self.running.changed(*p);
+            }
+        }
+        Ok(())
+    }
+
     /// The keys a read of `partition` declares: its own, and those of the
     /// meetings and instances given.
     fn declared(&self, partition: u64, meetings: &[Id], instances: &[InstanceId]) -> Vec<String> {
@@ -437,7 +473,7 @@ impl Store {
         limit: usize,
     ) -> Result<ActivePage, StoreError> {
         let now = self.now();
-        self.tracking.barrier().await?;
+        self.fresh().await?;
         let limit = limit.max(1);
         let from = after.map_or(0, |m| self.keys.partition(m));
         let mut rows: Vec<ActiveInstance> = Vec::new();
@@ -478,7 +514,7 @@ impl Store {
     /// stood (WATCH ACTIVE's start), as fresh as a read of Redis.
     pub async fn running_now(&self) -> Result<Vec<(u64, Arc<ActiveRead>)>, StoreError> {
         let now = self.now();
-        self.tracking.barrier().await?;
+        self.fresh().await?;
         let mut all = Vec::new();
         self.active_parts(0, now, |p, value| {
             all.push((p, Arc::new(value.clone())));
@@ -496,7 +532,7 @@ impl Store {
         limit: usize,
     ) -> Result<AttendancePage, StoreError> {
         let now = self.now();
-        self.tracking.barrier().await?;
+        self.fresh().await?;
         let limit = limit.max(1);
         let n = self.keys.partitions();
         let from = after.map_or(0, |a| self.keys.partition(a.meeting));

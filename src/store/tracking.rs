@@ -159,14 +159,17 @@ impl Tracking {
     }
 
     /// A round trip on every link, so that every invalidation of a change
-    /// made before it has reached the caches when it returns.
-    pub(super) async fn barrier(&self) -> Result<(), StoreError> {
+    /// made before it has reached the caches when it returns; and for
+    /// each of `kept` (a key, and the link an entry read it on) whether
+    /// that link still serves the key (on a cluster a slot moves, a master
+    /// is demoted: then writes go elsewhere and its link hears of none).
+    pub(super) async fn barrier(&self, kept: &[(String, u64)]) -> Result<Vec<bool>, StoreError> {
         match self {
             Tracking::Single(conn) => {
                 redis::cmd("PING").exec_async(&mut conn.clone()).await?;
-                Ok(())
+                Ok(kept.iter().map(|(_, link)| *link == 0).collect())
             }
-            Tracking::Cluster(links) => links.barrier().await,
+            Tracking::Cluster(links) => links.barrier(kept).await,
         }
     }
 }
@@ -437,31 +440,52 @@ impl Links {
         }
     }
 
-    /// A PING on every link; one that fails is lost (its entries
-    /// dropped), and the barrier fails.
-    async fn barrier(self: &Arc<Self>) -> Result<(), StoreError> {
+    /// A PING on every link, with an EXISTS of each of `kept` read on it
+    /// (a key its master no longer serves answers MOVED); one that fails
+    /// is lost (its entries dropped), and the barrier fails.
+    async fn barrier(self: &Arc<Self>, kept: &[(String, u64)]) -> Result<Vec<bool>, StoreError> {
         let links: Vec<(Addr, Link)> = self
             .state()
             .links
             .iter()
             .map(|(addr, link)| (addr.clone(), link.clone()))
             .collect();
-        let pings = links.iter().map(|(_, link)| async move {
-            redis::cmd("PING").exec_async(&mut link.conn.clone()).await
-        });
-        let mut failed = None;
-        for ((addr, link), result) in links
-            .iter()
-            .zip(futures_util::future::join_all(pings).await)
-        {
-            if let Err(err) = result {
-                self.lost(addr, link.id);
-                failed = Some(err);
+        let rounds = links.iter().map(|(_, link)| async move {
+            let mine: Vec<usize> = (0..kept.len()).filter(|i| kept[*i].1 == link.id).collect();
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            pipe.cmd("PING");
+            for i in &mine {
+                pipe.cmd("EXISTS").arg(&kept[*i].0);
             }
+            let values = pipe.query_async::<Vec<Value>>(&mut link.conn.clone()).await;
+            (mine, values)
+        });
+        let mut served = vec![false; kept.len()];
+        let mut failed = None;
+        for ((addr, link), (mine, result)) in links
+            .iter()
+            .zip(futures_util::future::join_all(rounds).await)
+        {
+            match result {
+                Ok(values) => {
+                    for (i, value) in mine.iter().zip(values.iter().skip(1)) {
+                        served[*i] = !matches!(value, Value::ServerError(_));
+                    }
+                }
+                Err(err) => {
+                    self.lost(addr, link.id);
+                    failed = Some(err);
+                }
+            }
+        }
+        if served.iter().any(|s| !s) {
+            // a slot moved, or the map is behind
+            self.refresh_soon();
         }
         match failed {
             Some(err) => Err(err.into()),
-            None => Ok(()),
+            None => Ok(served),
         }
     }
 }

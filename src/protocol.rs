@@ -332,13 +332,13 @@ pub const COMMANDS: &[CommandInfo] = &[
         name: "ACTIVE",
         syntax: "ACTIVE [AFTER <meeting>] [LIMIT <n>]",
         admin: false,
-        summary: "every active instance with its meeting and head count",
+        summary: "every active instance with its meeting and head count, a page at a time",
     },
     CommandInfo {
         name: "ATTENDANCE",
         syntax: "ATTENDANCE [AFTER <cursor>] [LIMIT <n>]",
         admin: false,
-        summary: "for each active instance, when each participant joined",
+        summary: "for each active instance, when each participant joined, a page at a time",
     },
     CommandInfo {
         name: "POST",
@@ -368,7 +368,8 @@ pub const COMMANDS: &[CommandInfo] = &[
         name: "WATCH",
         syntax: "WATCH <mref> [AFTER <id>]",
         admin: false,
-        summary: "stream an instance's events and chat as they happen (from after <id> first)",
+        summary: "stream an instance's events and chat as they happen (from after <id> first); \
+                  WATCH ACTIVE: what runs, then every start and end of the store",
     },
     CommandInfo {
         name: "UNWATCH",
@@ -1446,6 +1447,20 @@ mod tests {
             ("MESSAGES 1 AFTER x", "AFTER must be an id"),
             ("WATCH 1 AFTER 1-x", "AFTER must be an id"),
             ("WATCH 1 LIMIT 5", "LIMIT"),
+            ("WATCH ACTIVE AFTER 1-0", "does not resume"),
+            ("WATCH ACTIVE 1", "unexpected extra argument"),
+            ("ACTIVE AFTER 0", "AFTER <meeting>"),
+            ("ACTIVE 5", "unexpected"),
+            ("ATTENDANCE AFTER 1/2", "the `next` of a page"),
+            ("ATTENDANCE AFTER 1/2:3", "the `next` of a page"),
+            ("ATTENDANCE AFTER 1/2:3@x", "the `next` of a page"),
+            ("ATTENDANCE AFTER 1/2:3@0123", "the `next` of a page"),
+            ("ATTENDANCE AFTER 1/0:3@5", "AFTER <order>"),
+            ("PARTICIPANTS 1 AFTER 2@yesterday", "RFC 3339"),
+            (
+                "PARTICIPANTS 1 AFTER x@2026-11-22T10:00:00Z",
+                "AFTER <user>",
+            ),
             ("UNWATCH 1", "unexpected extra argument"),
             ("USER FROB 1", "expected SET or GET"),
             ("", "empty request"),
@@ -1562,5 +1577,64 @@ mod tests {
             prop_assert_eq!(err.code, Code::BadRequest);
             prop_assert_eq!(err.message, format!("the request is not valid UTF-8 (at byte {})", prefix.len() + 1));
         }
+    }
+
+    #[test]
+    fn pages_of_what_runs_and_positions_parse() {
+        assert_eq!(
+            parse(b"active after 7 limit 3"),
+            Ok(Request::Active {
+                after: Some(7),
+                limit: Some(3)
+            })
+        );
+        assert_eq!(
+            parse(b"ACTIVE"),
+            Ok(Request::Active {
+                after: None,
+                limit: None
+            })
+        );
+        let cursor = AttendanceCursor {
+            meeting: 1,
+            within: Some((2, 3, 1795341780000)),
+        };
+        assert_eq!(cursor.to_string(), "1/2:3@1795341780000");
+        assert_eq!(
+            parse(format!("ATTENDANCE AFTER {cursor} LIMIT 10").as_bytes()),
+            Ok(Request::Attendance {
+                after: Some(cursor),
+                limit: Some(10)
+            })
+        );
+        let whole = AttendanceCursor {
+            meeting: 9,
+            within: None,
+        };
+        assert_eq!(
+            parse(format!("ATTENDANCE AFTER {whole}").as_bytes()),
+            Ok(Request::Attendance {
+                after: Some(whole),
+                limit: None
+            })
+        );
+        let Ok(Request::Participants { after, .. }) =
+            parse(b"PARTICIPANTS 1/2 AFTER 3@2026-11-22T10:03:00.000Z")
+        else {
+            panic!("participants")
+        };
+        assert_eq!(
+            after,
+            Some(Position {
+                user: 3,
+                at: Some(1795341780000)
+            })
+        );
+        let Ok(Request::Participants { after, .. }) = parse(b"PARTICIPANTS 1 AFTER 3") else {
+            panic!("participants")
+        };
+        assert_eq!(after, Some(Position { user: 3, at: None }));
+        assert_eq!(parse(b"watch active"), Ok(Request::WatchActive));
+        assert_eq!(Request::WatchActive.name(), "WATCH");
     }
 }

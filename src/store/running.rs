@@ -323,6 +323,22 @@ impl Store {
         partition: u64,
         now: Millis,
     ) -> Result<Arc<ActiveRead>, StoreError> {
+        // a read that found keys it had not declared is read once more,
+        // declaring them, so that the answer is kept from this request on
+        let (value, undeclared) = self.read_active_once(partition, now).await?;
+        if !undeclared {
+            return Ok(value);
+        }
+        Ok(self.read_active_once(partition, now).await?.0)
+    }
+
+    /// One read of `partition`'s running instances; whether it found keys
+    /// it had not declared (it was then not kept).
+    async fn read_active_once(
+        &self,
+        partition: u64,
+        now: Millis,
+    ) -> Result<(Arc<ActiveRead>, bool), StoreError> {
         const F: &str = "meet_active";
         let (epoch, meetings, instances) = self.running.before_read(partition);
         let declared = self.declared(partition, &meetings, &instances);
@@ -364,8 +380,9 @@ impl Store {
                 .await?;
         }
         let found: Vec<InstanceId> = value.rows.iter().map(|r| r.instance.id).collect();
+        let covered = covers(&meetings, &instances, &looked, &found);
         let read = Read {
-            link: link.filter(|_| covers(&meetings, &instances, &looked, &found)),
+            link: link.filter(|_| covered),
             until,
             meetings: looked,
             instances: found,
@@ -375,7 +392,7 @@ impl Store {
             .after_read(partition, epoch, now, &read, value.clone(), |part, kept| {
                 part.active = Some(kept);
             });
-        Ok(value)
+        Ok((value, link.is_some() && !covered))
     }
 
     /// Read `partition`'s attendance at `now` from the start, kept when the
@@ -386,6 +403,21 @@ impl Store {
         partition: u64,
         now: Millis,
     ) -> Result<Option<Arc<Vec<Attendance>>>, StoreError> {
+        // as read_active: once more when keys were not declared
+        let (rows, undeclared) = self.read_attendance_once(partition, now).await?;
+        if !undeclared {
+            return Ok(rows);
+        }
+        Ok(self.read_attendance_once(partition, now).await?.0)
+    }
+
+    /// One read of `partition`'s attendance; whether it found keys it had
+    /// not declared.
+    async fn read_attendance_once(
+        &self,
+        partition: u64,
+        now: Millis,
+    ) -> Result<(Option<Arc<Vec<Attendance>>>, bool), StoreError> {
         const F: &str = "meet_attendance";
         let (epoch, meetings, instances) = self.running.before_read(partition);
         let declared = self.declared(partition, &meetings, &instances);
@@ -400,7 +432,7 @@ impl Store {
             )
             .await?;
         if f.optional("next")?.is_some() {
-            return Ok(None);
+            return Ok((None, false));
         }
         let rows = f
             .array("rows")?
@@ -414,8 +446,9 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         let until = f.optional("until")?.map(|v| reply::int(F, v)).transpose()?;
         let found: Vec<InstanceId> = rows.iter().map(|r| r.instance).collect();
+        let covered = covers(&meetings, &instances, &looked, &found);
         let read = Read {
-            link: link.filter(|_| covers(&meetings, &instances, &looked, &found)),
+            link: link.filter(|_| covered),
             until,
             meetings: looked,
             instances: found,
@@ -425,7 +458,7 @@ impl Store {
             .after_read(partition, epoch, now, &read, rows.clone(), |part, kept| {
                 part.attendance = Some(kept);
             });
-        Ok(Some(rows))
+        Ok((Some(rows), link.is_some() && !covered))
     }
 
     /// Each partition's running instances at `now`, from `from` on, at

@@ -14,8 +14,13 @@
 //! A connection that is lost loses its tracking: Redis forgets what it
 //! read, and a change made meanwhile is never told. So every cached entry
 //! remembers the tracking connection (the link) that read it, and a lost
-//! link drops its entries. On one Redis that is all of them. On a cluster
-//! each master has a link of the caches' own (not the cluster client's:
+//! link drops its entries; the next read makes a new link (with a new id).
+//! The links are plain multiplexed connections whose push messages are
+//! handed over inline, in the order the connection reads them (redis-rs'
+//! ConnectionManager hands them to another task, which may run after the
+//! reply that followed them: a barrier could then return before the
+//! invalidation it must wait for). On one Redis there is one link. On a
+//! cluster each master has a link of the caches' own (not the cluster client's:
 //! redis-rs' cluster connection sends one anonymous "disconnected" for
 //! whichever of its node connections dropped, and replaces a node's
 //! connection after a failed PING without any), so when a master dies,
@@ -36,8 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::caching::{CacheConfig, CacheMode};
+use redis::aio::MultiplexedConnection;
 use redis::{ConnectionAddr, ConnectionInfo, PushInfo, PushKind, Value};
 
 use super::conn::Conn;
@@ -79,11 +83,118 @@ fn on_push(sinks: &[Arc<dyn Sink>], link: u64, info: &PushInfo) {
 
 /// The tracked connections of the store.
 pub(super) enum Tracking {
-    /// One Redis: one link, id 0, which reconnects by itself (a
-    /// reconnection is a lost link).
-    Single(ConnectionManager),
+    /// One Redis: one link at a time, made again when lost.
+    Single(Arc<OneLink>),
     /// A cluster: a link per master.
     Cluster(Arc<Links>),
+}
+
+/// The link to the one Redis.
+pub(super) struct OneLink {
+    url: String,
+    timeout: Duration,
+    sinks: Arc<[Arc<dyn Sink>]>,
+    link: Mutex<Option<Link>>,
+    next_id: AtomicU64,
+}
+
+impl OneLink {
+    /// The link, made if there is none.
+    async fn link(self: &Arc<Self>) -> Result<Link, StoreError> {
+        if let Some(link) = self.current() {
+            return Ok(link);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let me = Arc::downgrade(self);
+        let sinks = self.sinks.clone();
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_push_sender(move |info: PushInfo| {
+                on_push(&sinks, id, &info);
+                if info.kind == PushKind::Disconnection {
+                    if let Some(me) = me.upgrade() {
+                        me.lost(id);
+                    }
+                }
+                Ok::<(), ()>(())
+            });
+        let made = async {
+            let mut conn = super::conn::resp3_client(&self.url)?
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            redis::cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("ON")
+                .arg("OPTIN")
+                .exec_async(&mut conn)
+                .await?;
+            Ok::<_, StoreError>(conn)
+        };
+        let conn = tokio::time::timeout(self.timeout, made)
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "no answer from Redis within {} ms",
+                    self.timeout.as_millis()
+                ))
+            })??;
+        let mut current = self.link.lock().unwrap_or_else(PoisonError::into_inner);
+        // another read may have made one meanwhile: one link at a time
+        Ok(current.get_or_insert(Link { id, conn }).clone())
+    }
+
+    fn current(&self) -> Option<Link> {
+        self.link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The link `id` is lost: forget it, and what it tracked.
+    fn lost(&self, id: u64) {
+        {
+            let mut current = self.link.lock().unwrap_or_else(PoisonError::into_inner);
+            if current.as_ref().is_some_and(|l| l.id == id) {
+                *current = None;
+            }
+        }
+        for sink in self.sinks.iter() {
+            sink.lost(id);
+        }
+    }
+
+    /// `pipe` on the link, and the link's id.
+    async fn query(
+        self: &Arc<Self>,
+        pipe: &redis::Pipeline,
+    ) -> Result<(Vec<Value>, Option<u64>), StoreError> {
+        let link = self.link().await?;
+        match pipe.query_async::<Vec<Value>>(&mut link.conn.clone()).await {
+            Ok(values) => Ok((values, Some(link.id))),
+            Err(err) => {
+                if err.is_io_error()
+                    || err.is_connection_dropped()
+                    || err.is_unrecoverable_error()
+                    || err.is_timeout()
+                {
+                    self.lost(link.id);
+                }
+                Err(err.into())
+            }
+        }
+    }
+
+    /// A PING on the link; which of `kept` it read (the others were read
+    /// on a link lost since).
+    async fn barrier(self: &Arc<Self>, kept: &[(String, u64)]) -> Result<Vec<bool>, StoreError> {
+        let link = self.link().await?;
+        if let Err(err) = redis::cmd("PING").exec_async(&mut link.conn.clone()).await {
+            self.lost(link.id);
+            return Err(err.into());
+        }
+        Ok(kept.iter().map(|(_, id)| *id == link.id).collect())
+    }
 }
 
 impl Tracking {
@@ -98,24 +209,16 @@ impl Tracking {
     ) -> Result<Tracking, StoreError> {
         let sinks: Arc<[Arc<dyn Sink>]> = sinks.into();
         if options.cluster.is_empty() {
-            let pushed = sinks.clone();
-            let push = move |info: PushInfo| {
-                on_push(&pushed, 0, &info);
-                Ok::<(), ()>(())
-            };
-            // OPTIN: only the reads behind CLIENT CACHING YES are tracked;
-            // redis-rs' own cache is never asked to keep anything
-            let tracking = CacheConfig::new().set_mode(CacheMode::OptIn);
-            let client = super::conn::resp3_client(&options.url)?;
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_response_timeout(Some(options.timeout))
-                .set_connection_timeout(Some(options.timeout))
-                .set_number_of_retries(2)
-                .set_cache_config(tracking)
-                .set_push_sender(push);
-            return Ok(Tracking::Single(
-                ConnectionManager::new_with_config(client, config).await?,
-            ));
+            // OPTIN: only the reads behind CLIENT CACHING YES are tracked
+            let one = Arc::new(OneLink {
+                url: options.url.clone(),
+                timeout: options.timeout,
+                sinks,
+                link: Mutex::new(None),
+                next_id: AtomicU64::new(1),
+            });
+            one.link().await?;
+            return Ok(Tracking::Single(one));
         }
         let first = options.cluster.first().map_or("", String::as_str);
         let info = redis::IntoConnectionInfo::into_connection_info(first)
@@ -150,10 +253,7 @@ impl Tracking {
         untracked: &redis::Pipeline,
     ) -> Result<(Vec<Value>, Option<u64>), StoreError> {
         match self {
-            Tracking::Single(conn) => {
-                let values: Vec<Value> = pipe.query_async(&mut conn.clone()).await?;
-                Ok((values, Some(0)))
-            }
+            Tracking::Single(one) => one.query(pipe).await,
             Tracking::Cluster(links) => links.query(key, pipe, untracked).await,
         }
     }
@@ -165,10 +265,7 @@ impl Tracking {
     /// is demoted: then writes go elsewhere and its link hears of none).
     pub(super) async fn barrier(&self, kept: &[(String, u64)]) -> Result<Vec<bool>, StoreError> {
         match self {
-            Tracking::Single(conn) => {
-                redis::cmd("PING").exec_async(&mut conn.clone()).await?;
-                Ok(kept.iter().map(|(_, link)| *link == 0).collect())
-            }
+            Tracking::Single(one) => one.barrier(kept).await,
             Tracking::Cluster(links) => links.barrier(kept).await,
         }
     }

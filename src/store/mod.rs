@@ -23,7 +23,9 @@
 //!
 //! The families of calls: `admin.rs` (users, meetings, audiences,
 //! instances, END), `listings.rs` (MEETINGS, USERS and their indexes),
-//! `presence.rs` (JOIN, LEAVE, PARTICIPANTS, ACTIVE, ATTENDANCE),
+//! `presence.rs` (JOIN, LEAVE, PARTICIPANTS), `running.rs` (ACTIVE and
+//! ATTENDANCE, from each partition's answer kept while it holds, on the
+//! tracked connections of `tracking.rs`),
 //! `chat.rs` (POST, MESSAGES, EVENTS), `tick.rs`, `watch.rs` (the feed
 //! WATCH reads), `archive.rs` (the outboxes the archiver reads), `load.rs`
 //! (bulk loading), `check.rs` (`meetingd check`) and `persistence.rs`

@@ -217,7 +217,10 @@ impl Tracking {
                 link: Mutex::new(None),
                 next_id: AtomicU64::new(1),
             });
-            one.link().await?;
+            // made now if Redis answers, else by the first read
+            if let Err(err) = one.link().await {
+                tracing::debug!(error = %err, "the caches' connection is made later");
+            }
             return Ok(Tracking::Single(one));
         }
         let first = options.cluster.first().map_or("", String::as_str);

@@ -53,7 +53,7 @@ local function end_by_hand(keys, args)
     if later(at, inst.to) then
       at = inst.to
     end
-    users, remaining = end_instance(inst, at, now, budget, retention, due_index, base .. 'active')
+    users, remaining = end_instance(inst, at, now, budget, retention, due_index, base .. 'active', 'ended')
     -- a window this instance held back may hold now
     settle(base, meeting, false, redis.call('HGET', keys[1], 'preempt'), now, budget, retention)
   elseif inst.state == 'ended' and redis.call('ZCARD', inst.present) > 0 then

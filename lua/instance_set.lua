@@ -85,7 +85,7 @@ local function instance_set(keys, args)
     redis.call('HSET', keys[1], 'live', format_live(order, to, ms, seq))
     redis.call('ZADD', due_index, to, inst.name)
   else
-    end_instance(inst, now, now, budget, retention, due_index, base .. 'active')
+    end_instance(inst, now, now, budget, retention, due_index, base .. 'active', 'ended')
     -- a window this instance held back may hold now (as after END)
     settle(base, meeting, false, redis.call('HGET', keys[1], 'preempt'), now, budget, retention)
   end

@@ -57,7 +57,7 @@ local function tick(keys, args)
       if later(inst.to, now) then
         redis.call('ZADD', due_index, inst.to, name)
       else
-        local users = end_instance(inst, inst.to, now, budget, retention, due_index, active_index)
+        local users = end_instance(inst, inst.to, now, budget, retention, due_index, active_index, 'scheduled')
         budget, timeouts = budget - #users, timeouts + #users
         ended[#ended + 1] = name
       end
@@ -68,7 +68,7 @@ local function tick(keys, args)
         redis.call('ZREM', due_index, name)
       end
     elseif not later(inst.to, now) then
-      miss(inst, due_index)
+      miss(inst, due_index, now, retention)
       missed[#missed + 1] = name
     elseif later(inst.from, now) then
       redis.call('ZADD', due_index, inst.from, name)

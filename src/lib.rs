@@ -17,12 +17,16 @@
 //!   store, its options and `Call` (one library call, sent alone or
 //!   pipelined); one file per family of calls: `admin.rs` (users, meetings,
 //!   audiences, instances), `listings.rs` (MEETINGS and USERS, their
-//!   indexes, the start-up backfill), `presence.rs` (join, leave, participants,
-//!   active, attendance), `chat.rs` (post, messages, events), `tick.rs`,
-//!   `watch.rs` (WATCH's reads and subscriber connections); around them `keys.rs` (the key layout),
+//!   indexes, the start-up backfill), `presence.rs` (join, leave,
+//!   participants), `running.rs` (ACTIVE and ATTENDANCE from each
+//!   partition's answer, kept while Redis says it holds), `chat.rs` (post,
+//!   messages, events), `tick.rs`, `watch.rs` (WATCH's reads and subscriber
+//!   connections, an instance's feed or a partition's starts and ends);
+//!   around them `keys.rs` (the key layout),
 //!   `library.rs` (the assembled Lua, its version and API level),
 //!   `reply.rs` and `types.rs` (replies, records or packed lists, into
-//!   typed results), `users.rs` (the user cache Redis invalidates),
+//!   typed results), `tracking.rs` (the tracked connections Redis tells of
+//!   changes), `users.rs` (the user cache Redis invalidates),
 //!   `conn.rs` and `cluster.rs` (one Redis or a cluster), `load.rs` (bulk
 //!   loading), `check.rs` (`meetingd check`) and `repartition.rs`
 //!   (`meetingd repartition`).
@@ -35,8 +39,9 @@
 //!   handler (pipelining, limits, peer credentials, watching), drain.
 //! - [`watch`]: WATCH's fan-out: a subscriber connection per Redis (per
 //!   master), deliveries from what the library publishes, gaps filled from
-//!   the streams, a ring per instance to its watchers, replay after an id;
-//!   the same connections hold the archiver's wake-up channels.
+//!   the streams, a ring per instance (or per partition's log of starts and
+//!   ends, for WATCH ACTIVE) to its watchers, replay after an id; the same
+//!   connections hold the archiver's wake-up channels.
 //! - [`scheduler`]: the cron job, the start-up tick and TICK, one tick at a
 //!   time, retried after a failure.
 //! - [`daemon`]: the lifecycle: embedded Redis, signals, systemd, reload,

@@ -36,6 +36,37 @@ impl std::fmt::Display for Mref {
     }
 }
 
+/// A place in an instance's join order: after this user, who joined at
+/// `at` (ms); without `at`, after the user where they are now (they must
+/// still be in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The user.
+    pub user: u64,
+    /// When they joined (ms).
+    pub at: Option<i64>,
+}
+
+/// Where ATTENDANCE goes on: after a meeting's row, or inside an
+/// instance's participants after a join position. Written `<meeting>` or
+/// `<meeting>/<order>:<user>@<ms>` (what `next` says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttendanceCursor {
+    /// The meeting.
+    pub meeting: u64,
+    /// Inside its instance `order`, after the user who joined at `at`.
+    pub within: Option<(u64, u64, i64)>,
+}
+
+impl std::fmt::Display for AttendanceCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.within {
+            None => write!(f, "{}", self.meeting),
+            Some((order, user, at)) => write!(f, "{}/{order}:{user}@{at}", self.meeting),
+        }
+    }
+}
+
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -110,19 +141,31 @@ pub enum Request {
     Join(u64, Mref, Option<String>),
     /// `LEAVE <user> <mref> [ID <key>]`
     Leave(u64, Mref, Option<String>),
-    /// `PARTICIPANTS <mref> [AFTER <user>] [LIMIT <n>]`
+    /// `PARTICIPANTS <mref> [AFTER <user>[@<time>]] [LIMIT <n>]`
     Participants {
         /// Which instance.
         mref: Mref,
-        /// The last user of the previous page.
+        /// The last user of the previous page, with their join time (the
+        /// position, which holds after they left) or without (they must
+        /// still be in).
+        after: Option<Position>,
+        /// Page size.
+        limit: Option<u64>,
+    },
+    /// `ACTIVE [AFTER <meeting>] [LIMIT <n>]`
+    Active {
+        /// The `next` of the previous page.
         after: Option<u64>,
         /// Page size.
         limit: Option<u64>,
     },
-    /// `ACTIVE`
-    Active,
-    /// `ATTENDANCE`
-    Attendance,
+    /// `ATTENDANCE [AFTER <cursor>] [LIMIT <n>]`
+    Attendance {
+        /// The `next` of the previous page.
+        after: Option<AttendanceCursor>,
+        /// Participants per page.
+        limit: Option<u64>,
+    },
     /// `POST <user> <mref> <text> [ID <key>]`
     Post {
         /// Who posts.
@@ -163,6 +206,8 @@ pub enum Request {
         /// Replay what came after this id first.
         after: Option<String>,
     },
+    /// `WATCH ACTIVE`
+    WatchActive,
     /// `UNWATCH`
     Unwatch,
     /// `STATS`
@@ -290,21 +335,21 @@ pub const COMMANDS: &[CommandInfo] = &[
     },
     CommandInfo {
         name: "PARTICIPANTS",
-        syntax: "PARTICIPANTS <mref> [AFTER <user>] [LIMIT <n>]",
+        syntax: "PARTICIPANTS <mref> [AFTER <user>[@<time>]] [LIMIT <n>]",
         admin: false,
         summary: "who is in an instance, in join order",
     },
     CommandInfo {
         name: "ACTIVE",
-        syntax: "ACTIVE",
+        syntax: "ACTIVE [AFTER <meeting>] [LIMIT <n>]",
         admin: false,
-        summary: "every active instance with its meeting and head count",
+        summary: "every active instance with its meeting and head count, a page at a time",
     },
     CommandInfo {
         name: "ATTENDANCE",
-        syntax: "ATTENDANCE",
+        syntax: "ATTENDANCE [AFTER <cursor>] [LIMIT <n>]",
         admin: false,
-        summary: "for each active instance, when each participant joined",
+        summary: "for each active instance, when each participant joined, a page at a time",
     },
     CommandInfo {
         name: "POST",
@@ -334,7 +379,8 @@ pub const COMMANDS: &[CommandInfo] = &[
         name: "WATCH",
         syntax: "WATCH <mref> [AFTER <id>]",
         admin: false,
-        summary: "stream an instance's events and chat as they happen (from after <id> first)",
+        summary: "stream an instance's events and chat as they happen (from after <id> first); \
+                  WATCH ACTIVE: what runs, then every start and end of the store",
     },
     CommandInfo {
         name: "UNWATCH",
@@ -433,13 +479,13 @@ impl Request {
             Request::Join(..) => "JOIN",
             Request::Leave(..) => "LEAVE",
             Request::Participants { .. } => "PARTICIPANTS",
-            Request::Active => "ACTIVE",
-            Request::Attendance => "ATTENDANCE",
+            Request::Active { .. } => "ACTIVE",
+            Request::Attendance { .. } => "ATTENDANCE",
             Request::Post { .. } => "POST",
             Request::Messages { .. } => "MESSAGES",
             Request::Events { .. } => "EVENTS",
             Request::Report(_) => "REPORT",
-            Request::Watch { .. } => "WATCH",
+            Request::Watch { .. } | Request::WatchActive => "WATCH",
             Request::Unwatch => "UNWATCH",
             Request::Stats => "STATS",
             Request::Quit => "QUIT",
@@ -460,8 +506,8 @@ impl Request {
                 | Request::Messages { .. }
                 | Request::Events { .. }
                 | Request::Report(_)
-                | Request::Active
-                | Request::Attendance
+                | Request::Active { .. }
+                | Request::Attendance { .. }
                 | Request::MeetingGet(_)
                 | Request::Meetings { .. }
                 | Request::Users { .. }
@@ -733,13 +779,29 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
             let mut options = args.options(&["AFTER", "LIMIT"])?;
             let after = options
                 .take("AFTER")
-                .map(|v| args.id_value("AFTER <user>", &v))
+                .map(|v| args.position(&v))
                 .transpose()?;
             let limit = options.take("LIMIT").map(|v| args.limit(&v)).transpose()?;
             Request::Participants { mref, after, limit }
         }
-        "ACTIVE" => Request::Active,
-        "ATTENDANCE" => Request::Attendance,
+        "ACTIVE" => {
+            let mut options = args.options(&["AFTER", "LIMIT"])?;
+            let after = options
+                .take("AFTER")
+                .map(|v| args.id_value("AFTER <meeting>", &v))
+                .transpose()?;
+            let limit = options.take("LIMIT").map(|v| args.limit(&v)).transpose()?;
+            Request::Active { after, limit }
+        }
+        "ATTENDANCE" => {
+            let mut options = args.options(&["AFTER", "LIMIT"])?;
+            let after = options
+                .take("AFTER")
+                .map(|v| args.attendance_cursor(&v))
+                .transpose()?;
+            let limit = options.take("LIMIT").map(|v| args.limit(&v)).transpose()?;
+            Request::Attendance { after, limit }
+        }
         "POST" => {
             let user = args.id("<user>")?;
             let mref = args.mref()?;
@@ -795,6 +857,18 @@ pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
                 .transpose()?;
             let limit = options.take("LIMIT").map(|v| args.limit(&v)).transpose()?;
             Request::Report(ReportPage { mref, after, limit })
+        }
+        "WATCH"
+            if args
+                .peek()
+                .is_some_and(|t| t.eq_ignore_ascii_case("ACTIVE")) =>
+        {
+            args.next();
+            if args.peek().is_some_and(|t| t.eq_ignore_ascii_case("AFTER")) {
+                return Err(args
+                    .bad("WATCH ACTIVE does not resume (no AFTER): it starts with what runs now"));
+            }
+            Request::WatchActive
         }
         "WATCH" => {
             let mref = args.mref()?;
@@ -865,6 +939,54 @@ impl<'a> Args<'a> {
         let token = self.tokens.get(self.pos)?;
         self.pos += 1;
         Some(token)
+    }
+
+    fn peek(&self) -> Option<&'a str> {
+        self.tokens.get(self.pos).map(String::as_str)
+    }
+
+    /// `<user>` or `<user>@<time>` (PARTICIPANTS' AFTER).
+    fn position(&self, value: &str) -> Result<Position, ParseError> {
+        match value.split_once('@') {
+            Some((user, at)) => Ok(Position {
+                user: self.id_value("AFTER <user>", user)?,
+                at: Some(self.time("AFTER <user>@<time>", at)?),
+            }),
+            None => Ok(Position {
+                user: self.id_value("AFTER <user>", value)?,
+                at: None,
+            }),
+        }
+    }
+
+    /// ATTENDANCE's cursor, as its `next` writes it.
+    fn attendance_cursor(&self, value: &str) -> Result<AttendanceCursor, ParseError> {
+        let bad = || {
+            self.bad(format!(
+                "AFTER must be the `next` of a page, <meeting> or <meeting>/<order>:<user>@<ms>, got {}",
+                shown(value)
+            ))
+        };
+        let Some((meeting, rest)) = value.split_once('/') else {
+            return Ok(AttendanceCursor {
+                meeting: self.id_value("AFTER <meeting>", value)?,
+                within: None,
+            });
+        };
+        let (order, rest) = rest.split_once(':').ok_or_else(bad)?;
+        let (user, at) = rest.split_once('@').ok_or_else(bad)?;
+        let at = Some(at)
+            .filter(|at| is_digits(at, 15) && (at.len() == 1 || !at.starts_with('0')))
+            .and_then(|at| at.parse::<i64>().ok())
+            .ok_or_else(bad)?;
+        Ok(AttendanceCursor {
+            meeting: self.id_value("AFTER <meeting>", meeting)?,
+            within: Some((
+                self.id_value("AFTER <order>", order)?,
+                self.id_value("AFTER <user>", user)?,
+                at,
+            )),
+        })
     }
 
     fn required(&mut self, what: &str) -> Result<&'a str, ParseError> {
@@ -1118,22 +1240,23 @@ pub fn event_line(json: &[u8]) -> Vec<u8> {
 }
 
 /// The line that tells a watcher it fell behind: `{"dropped":N,"resume":id}`
-/// and a newline.
-pub fn dropped_line(count: u64, resume: &str) -> Vec<u8> {
+/// (`null` for WATCH ACTIVE, which does not resume) and a newline.
+pub fn dropped_line(count: u64, resume: Option<&str>) -> Vec<u8> {
     let mut line = format!("{{\"dropped\":{count},\"resume\":").into_bytes();
     // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut line, resume);
+    let _ = serde_json::to_writer(&mut line, &resume);
     line.extend_from_slice(b"}\n");
     line
 }
 
 /// The line that tells a watcher the daemon is stopping (draining):
 /// `{"closing":"shutdown","resume":id}` and a newline. On the daemon that
-/// serves next, `WATCH ... AFTER <resume>` goes on where it was.
-pub fn closing_line(resume: &str) -> Vec<u8> {
+/// serves next, `WATCH ... AFTER <resume>` goes on where it was (`null`
+/// for WATCH ACTIVE: watch again).
+pub fn closing_line(resume: Option<&str>) -> Vec<u8> {
     let mut line = b"{\"closing\":\"shutdown\",\"resume\":".to_vec();
     // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut line, resume);
+    let _ = serde_json::to_writer(&mut line, &resume);
     line.extend_from_slice(b"}\n");
     line
 }
@@ -1369,6 +1492,20 @@ mod tests {
             ("REPORT 1 LIMIT 0", "LIMIT must be a positive integer"),
             ("REPORT 1 AFTER 1-0", "AFTER <user>"),
             ("REPORT 1 USER 3", "unexpected"),
+            ("WATCH ACTIVE AFTER 1-0", "does not resume"),
+            ("WATCH ACTIVE 1", "unexpected extra argument"),
+            ("ACTIVE AFTER 0", "AFTER <meeting>"),
+            ("ACTIVE 5", "unexpected"),
+            ("ATTENDANCE AFTER 1/2", "the `next` of a page"),
+            ("ATTENDANCE AFTER 1/2:3", "the `next` of a page"),
+            ("ATTENDANCE AFTER 1/2:3@x", "the `next` of a page"),
+            ("ATTENDANCE AFTER 1/2:3@0123", "the `next` of a page"),
+            ("ATTENDANCE AFTER 1/0:3@5", "AFTER <order>"),
+            ("PARTICIPANTS 1 AFTER 2@yesterday", "RFC 3339"),
+            (
+                "PARTICIPANTS 1 AFTER x@2026-11-22T10:00:00Z",
+                "AFTER <user>",
+            ),
             ("UNWATCH 1", "unexpected extra argument"),
             ("USER FROB 1", "expected SET or GET"),
             ("", "empty request"),
@@ -1421,7 +1558,7 @@ mod tests {
         assert_eq!(back["error"]["code"], "not_found");
         let line = event_line(br#"{"id":"1-0","text":"x\ny"}"#);
         assert_eq!(line, b"{\"event\":{\"id\":\"1-0\",\"text\":\"x\\ny\"}}\n");
-        let line = dropped_line(3, "1795341600000-2");
+        let line = dropped_line(3, Some("1795341600000-2"));
         assert_eq!(line, b"{\"dropped\":3,\"resume\":\"1795341600000-2\"}\n");
     }
 
@@ -1485,5 +1622,64 @@ mod tests {
             prop_assert_eq!(err.code, Code::BadRequest);
             prop_assert_eq!(err.message, format!("the request is not valid UTF-8 (at byte {})", prefix.len() + 1));
         }
+    }
+
+    #[test]
+    fn pages_of_what_runs_and_positions_parse() {
+        assert_eq!(
+            parse(b"active after 7 limit 3"),
+            Ok(Request::Active {
+                after: Some(7),
+                limit: Some(3)
+            })
+        );
+        assert_eq!(
+            parse(b"ACTIVE"),
+            Ok(Request::Active {
+                after: None,
+                limit: None
+            })
+        );
+        let cursor = AttendanceCursor {
+            meeting: 1,
+            within: Some((2, 3, 1795341780000)),
+        };
+        assert_eq!(cursor.to_string(), "1/2:3@1795341780000");
+        assert_eq!(
+            parse(format!("ATTENDANCE AFTER {cursor} LIMIT 10").as_bytes()),
+            Ok(Request::Attendance {
+                after: Some(cursor),
+                limit: Some(10)
+            })
+        );
+        let whole = AttendanceCursor {
+            meeting: 9,
+            within: None,
+        };
+        assert_eq!(
+            parse(format!("ATTENDANCE AFTER {whole}").as_bytes()),
+            Ok(Request::Attendance {
+                after: Some(whole),
+                limit: None
+            })
+        );
+        let Ok(Request::Participants { after, .. }) =
+            parse(b"PARTICIPANTS 1/2 AFTER 3@2026-11-22T10:03:00.000Z")
+        else {
+            panic!("participants")
+        };
+        assert_eq!(
+            after,
+            Some(Position {
+                user: 3,
+                at: Some(1795341780000)
+            })
+        );
+        let Ok(Request::Participants { after, .. }) = parse(b"PARTICIPANTS 1 AFTER 3") else {
+            panic!("participants")
+        };
+        assert_eq!(after, Some(Position { user: 3, at: None }));
+        assert_eq!(parse(b"watch active"), Ok(Request::WatchActive));
+        assert_eq!(Request::WatchActive.name(), "WATCH");
     }
 }

@@ -588,7 +588,8 @@ async fn handle(
         if !reading && running.is_none() {
             if let Some(watcher) = watching.as_ref().filter(|_| shutdown.is_cancelled()) {
                 // the daemon stops: tell the watcher where to resume
-                let line = protocol::closing_line(&watcher.position().to_string());
+                let resume = watcher.position().map(|id| id.to_string());
+                let line = protocol::closing_line(resume.as_deref());
                 writer.write_all(&line).await?;
             }
             writer.flush().await?;
@@ -648,7 +649,8 @@ async fn handle(
                     dropped => Some(dropped),
                 };
                 if let Some(Next::Dropped { count, resume }) = notice {
-                    let line = protocol::dropped_line(count, &resume.to_string());
+                    let resume = resume.map(|id| id.to_string());
+                    let line = protocol::dropped_line(count, resume.as_deref());
                     // back to request mode: the client resumes with
                     // WATCH ... AFTER <resume>
                     writer.write_all(&line).await?;

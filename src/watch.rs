@@ -52,7 +52,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::AbortHandle;
 
 use crate::stats::Stats;
-use crate::store::{FeedItem, InstanceId, Published, Shards, Store, StoreError, StreamId};
+use crate::store::{FeedItem, InstanceId, Published, Shards, Store, StoreError, StreamId, Topic};
 
 /// The first pause after a failed Redis call (it doubles, up to 5 s).
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
@@ -70,8 +70,9 @@ const HEALTH: Duration = Duration::from_secs(5);
 /// Channels per SSUBSCRIBE.
 const SUBSCRIBE_BATCH: usize = 500;
 
-/// Turns an entry of an instance into the line a watcher receives.
-pub type Render = fn(InstanceId, &FeedItem) -> Vec<u8>;
+/// Turns an entry of a topic (an instance, or a partition's transitions)
+/// into the line a watcher receives.
+pub type Render = fn(Topic, &FeedItem) -> Vec<u8>;
 
 /// Told the name of a held channel when a message comes on it, and when it
 /// is subscribed (again).
@@ -92,12 +93,13 @@ pub enum Next {
     /// Lines to write, in order.
     Items(Vec<Arc<Item>>),
     /// The watcher fell a whole ring behind: `count` entries were lost to
-    /// it, and `WATCH ... AFTER resume` picks up where it was.
+    /// it, and `WATCH ... AFTER resume` picks up where it was (`None` for
+    /// WATCH ACTIVE, which starts again from what runs).
     Dropped {
         /// How many entries it missed.
         count: u64,
         /// The last id it was given (or its starting point).
-        resume: StreamId,
+        resume: Option<StreamId>,
     },
 }
 
@@ -118,9 +120,9 @@ struct Shared {
     /// Entries a watcher may fall behind before it is dropped.
     buffer: usize,
     /// The watched instances.
-    channels: Mutex<HashMap<InstanceId, Arc<Channel>>>,
+    channels: Mutex<HashMap<Topic, Arc<Channel>>>,
     /// Instances whose feed must be read after their cursor.
-    dirty: Mutex<HashSet<InstanceId>>,
+    dirty: Mutex<HashSet<Topic>>,
     /// Wakes the filler.
     fill: Notify,
     /// Channels held for as long as the hub runs, and who is told.
@@ -163,14 +165,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// Put entries on an instance's ring, in order, those at or before its
     /// cursor left out; tell its watchers.
-    fn send(&self, instance: InstanceId, channel: &Channel, items: &[(StreamId, FeedItem)]) {
+    fn send(&self, topic: Topic, channel: &Channel, items: &[(StreamId, FeedItem)]) {
         let mut ring = lock(&channel.ring);
         let mut sent = false;
         for (id, item) in items {
             if *id <= ring.cursor {
                 continue;
             }
-            self.push(instance, &mut ring, *id, item);
+            self.push(topic, &mut ring, *id, item);
             sent = true;
         }
         if sent {
@@ -178,11 +180,11 @@ impl Shared {
         }
     }
 
-    fn push(&self, instance: InstanceId, ring: &mut Ring, id: StreamId, item: &FeedItem) {
+    fn push(&self, topic: Topic, ring: &mut Ring, id: StreamId, item: &FeedItem) {
         ring.cursor = id;
         ring.items.push_back(Arc::new(Item {
             id,
-            line: Bytes::from((self.render)(instance, item)),
+            line: Bytes::from((self.render)(topic, item)),
         }));
         if ring.items.len() > self.buffer {
             ring.items.pop_front();
@@ -193,8 +195,8 @@ impl Shared {
     /// An entry published on `instance`'s channel: delivered when it
     /// follows the cursor, dropped when it was delivered, else the feed is
     /// read.
-    fn published(&self, instance: InstanceId, entry: Published) {
-        let Some(channel) = lock(&self.channels).get(&instance).cloned() else {
+    fn published(&self, topic: Topic, entry: Published) {
+        let Some(channel) = lock(&self.channels).get(&topic).cloned() else {
             return;
         };
         let mut ring = lock(&channel.ring);
@@ -202,19 +204,19 @@ impl Shared {
             return;
         }
         if entry.prev == Some(ring.cursor) {
-            self.push(instance, &mut ring, entry.id, &entry.item);
+            self.push(topic, &mut ring, entry.id, &entry.item);
             channel.head.send_replace(ring.end());
             self.stats.watch_published();
         } else {
             drop(ring);
             self.stats.watch_gap();
-            self.mark(instance);
+            self.mark(topic);
         }
     }
 
     /// Have the filler read `instance`'s feed after its cursor.
-    fn mark(&self, instance: InstanceId) {
-        lock(&self.dirty).insert(instance);
+    fn mark(&self, topic: Topic) {
+        lock(&self.dirty).insert(topic);
         self.fill.notify_one();
     }
 
@@ -228,22 +230,22 @@ impl Shared {
                 else {
                     return;
                 };
-                let Some(instance) = Store::channel_instance(&name) else {
+                let Some(topic) = Store::channel_topic(&name) else {
                     self.held_event(&name);
                     return;
                 };
-                match Published::parse(&payload) {
-                    Some(entry) => self.published(instance, entry),
+                match Published::parse_for(topic, &payload) {
+                    Some(entry) => self.published(topic, entry),
                     // not ours to read: the stream says what it was
-                    None => self.mark(instance),
+                    None => self.mark(topic),
                 }
             }
             PushKind::SUnsubscribe => {
                 // the server let go of a channel (its slot moved, its master
                 // was demoted), or answers our own SUNSUBSCRIBE
                 if let Some(Value::BulkString(name)) = info.data.first() {
-                    if let Some(instance) = Store::channel_instance(name) {
-                        let _ = orders.send(Order::Dropped(link, instance));
+                    if let Some(topic) = Store::channel_topic(name) {
+                        let _ = orders.send(Order::Dropped(link, topic));
                     } else if let Ok(name) = std::str::from_utf8(name) {
                         let _ = orders.send(Order::DroppedHeld(link, name.to_string()));
                     }
@@ -311,18 +313,71 @@ impl Hub {
         instance: InstanceId,
         after: Option<StreamId>,
     ) -> Result<Watcher, StoreError> {
-        let head = self.store.feed(instance, None, 1).await?;
+        let watcher = self
+            .subscribe_topic(Topic::Instance(instance), after)
+            .await?;
+        Ok(Watcher::new(
+            self.clone(),
+            Watched::Instance(instance),
+            Kind::One(watcher),
+        ))
+    }
+
+    /// Watch every start and end of the store (WATCH ACTIVE): first the
+    /// lines of `lead` (what runs as it begins), then the log of
+    /// transitions of each partition after the id each of `after` gives
+    /// it (where that reading of what runs stood), merged as they come.
+    pub async fn watch_active(
+        self: &Arc<Self>,
+        lead: Vec<Vec<u8>>,
+        after: Vec<(u64, StreamId)>,
+    ) -> Result<Watcher, StoreError> {
+        let parts = futures_util::future::join_all(
+            after
+                .iter()
+                .map(|(p, id)| self.subscribe_topic(Topic::Partition(*p), Some(*id))),
+        )
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+        let lead = lead
+            .into_iter()
+            .map(|line| {
+                Arc::new(Item {
+                    id: StreamId::default(),
+                    line: Bytes::from(line),
+                })
+            })
+            .collect();
+        Ok(Watcher::new(
+            self.clone(),
+            Watched::Active,
+            Kind::Active {
+                lead,
+                parts,
+                dropped: false,
+            },
+        ))
+    }
+
+    /// Watch `topic` from after `after` (from now without it).
+    async fn subscribe_topic(
+        self: &Arc<Self>,
+        topic: Topic,
+        after: Option<StreamId>,
+    ) -> Result<TopicWatcher, StoreError> {
+        let head = self.store.feed(topic, None, 1).await?;
         let start = after.unwrap_or(head.last);
         let (channel, head_rx, next, cursor) = {
             let mut channels = lock(&self.shared.channels);
             let channel = channels
-                .entry(instance)
+                .entry(topic)
                 .or_insert_with(|| {
                     self.shared.stats.reader_started();
-                    tracing::debug!(%instance, "watching an instance");
+                    tracing::debug!(%topic, "watching a topic");
                     // sent under the lock: the subscriber sees the orders of
                     // an instance in the order its channel opened and closed
-                    let _ = self.orders.send(Order::Look(instance));
+                    let _ = self.orders.send(Order::Look(topic));
                     Arc::new(Channel {
                         ring: Mutex::new(Ring {
                             items: VecDeque::new(),
@@ -342,10 +397,9 @@ impl Hub {
             let head = channel.head.subscribe();
             (channel, head, next, cursor)
         };
-        self.shared.stats.watcher_added();
-        Ok(Watcher {
+        Ok(TopicWatcher {
             hub: self.clone(),
-            instance,
+            topic,
             channel,
             head: Some(head_rx),
             next,
@@ -369,17 +423,17 @@ impl Hub {
         let _ = self.orders.send(Order::Hold(channels));
     }
 
-    /// A watcher of `instance` went: close its channel if it was the last.
-    fn release(&self, instance: InstanceId) {
+    /// A watcher of `topic` went: close its channel if it was the last.
+    fn release(&self, topic: Topic) {
         let mut channels = lock(&self.shared.channels);
         let last = channels
-            .get(&instance)
+            .get(&topic)
             .is_some_and(|channel| channel.watchers.fetch_sub(1, Ordering::SeqCst) == 1);
         if last {
-            channels.remove(&instance);
-            let _ = self.orders.send(Order::Look(instance));
+            channels.remove(&topic);
+            let _ = self.orders.send(Order::Look(topic));
             self.shared.stats.reader_stopped();
-            tracing::debug!(%instance, "no longer watching an instance");
+            tracing::debug!(%topic, "no longer watching a topic");
         }
     }
 }
@@ -400,12 +454,12 @@ async fn fill(shared: Arc<Shared>) {
     let page = (shared.buffer / 4).clamp(1, 1000);
     let mut pause = FIRST_PAUSE;
     loop {
-        let dirty: Vec<InstanceId> = lock(&shared.dirty).drain().collect();
+        let dirty: Vec<Topic> = lock(&shared.dirty).drain().collect();
         if dirty.is_empty() {
             shared.fill.notified().await;
             continue;
         }
-        let open: Vec<(InstanceId, Arc<Channel>)> = {
+        let open: Vec<(Topic, Arc<Channel>)> = {
             let channels = lock(&shared.channels);
             dirty
                 .iter()
@@ -414,22 +468,22 @@ async fn fill(shared: Arc<Shared>) {
         };
         let calls = open
             .iter()
-            .map(|(instance, channel)| {
+            .map(|(topic, channel)| {
                 let cursor = lock(&channel.ring).cursor;
-                shared.store.feed_call(*instance, Some(cursor), page)
+                shared.store.feed_call(*topic, Some(cursor), page)
             })
             .collect();
         let mut failed = None;
-        for ((instance, channel), feed) in open.iter().zip(shared.store.run_all(calls).await) {
+        for ((topic, channel), feed) in open.iter().zip(shared.store.run_all(calls).await) {
             match feed {
                 Ok(feed) => {
-                    shared.send(*instance, channel, &feed.items);
+                    shared.send(*topic, channel, &feed.items);
                     if feed.next.is_some() {
-                        lock(&shared.dirty).insert(*instance);
+                        lock(&shared.dirty).insert(*topic);
                     }
                 }
                 Err(err) => {
-                    lock(&shared.dirty).insert(*instance);
+                    lock(&shared.dirty).insert(*topic);
                     failed = Some(err);
                 }
             }
@@ -451,11 +505,11 @@ async fn fill(shared: Arc<Shared>) {
 /// What the subscriber task is told.
 enum Order {
     /// An instance's channel opened or closed: subscribe or unsubscribe.
-    Look(InstanceId),
+    Look(Topic),
     /// A subscriber connection was lost.
     Lost(u64),
     /// The server unsubscribed the connection from an instance's channel.
-    Dropped(u64, InstanceId),
+    Dropped(u64, Topic),
     /// Channels to hold (see [`Hub::hold`]).
     Hold(Vec<String>),
     /// The server unsubscribed the connection from a held channel.
@@ -481,9 +535,9 @@ struct Subscriber {
     /// By shard (`host:port`, or empty for the one Redis).
     links: HashMap<String, Link>,
     /// The instances subscribed, and their shard.
-    subscribed: HashMap<InstanceId, String>,
+    subscribed: HashMap<Topic, String>,
     /// Watched instances not subscribed yet.
-    pending: HashSet<InstanceId>,
+    pending: HashSet<Topic>,
     /// The held channels subscribed, and their shard.
     held: HashMap<String, String>,
     /// Held channels not subscribed yet.
@@ -537,21 +591,21 @@ impl Subscriber {
         }
     }
 
-    fn watched(&self, instance: InstanceId) -> bool {
-        lock(&self.shared.channels).contains_key(&instance)
+    fn watched(&self, topic: Topic) -> bool {
+        lock(&self.shared.channels).contains_key(&topic)
     }
 
     async fn apply(&mut self, order: Order) {
         match order {
-            Order::Look(instance) => {
-                let watched = self.watched(instance);
-                match (watched, self.subscribed.contains_key(&instance)) {
+            Order::Look(topic) => {
+                let watched = self.watched(topic);
+                match (watched, self.subscribed.contains_key(&topic)) {
                     (true, false) => {
-                        self.pending.insert(instance);
+                        self.pending.insert(topic);
                     }
-                    (false, true) => self.unsubscribe(instance).await,
+                    (false, true) => self.unsubscribe(topic).await,
                     (false, false) => {
-                        self.pending.remove(&instance);
+                        self.pending.remove(&topic);
                     }
                     (true, true) => {}
                 }
@@ -571,17 +625,17 @@ impl Subscriber {
                 );
                 self.drop_link(&shard);
             }
-            Order::Dropped(id, instance) => {
-                let on = self.subscribed.get(&instance).cloned();
+            Order::Dropped(id, topic) => {
+                let on = self.subscribed.get(&topic).cloned();
                 let Some(shard) = on else { return };
                 if self.links.get(&shard).is_some_and(|link| link.id == id) {
-                    tracing::debug!(%instance, shard = %shard, "watch: the server dropped a subscription");
-                    self.subscribed.remove(&instance);
+                    tracing::debug!(%topic, shard = %shard, "watch: the server dropped a subscription");
+                    self.subscribed.remove(&topic);
                     if let Some(link) = self.links.get_mut(&shard) {
                         link.count = link.count.saturating_sub(1);
                     }
-                    if self.watched(instance) {
-                        self.pending.insert(instance);
+                    if self.watched(topic) {
+                        self.pending.insert(topic);
                     }
                     // its slot may have moved
                     self.shards = None;
@@ -631,16 +685,16 @@ impl Subscriber {
         if self.links.remove(shard).is_some() {
             self.shared.stats.lane_closed();
         }
-        let lost: Vec<InstanceId> = self
+        let lost: Vec<Topic> = self
             .subscribed
             .iter()
             .filter(|(_, s)| s.as_str() == shard)
             .map(|(i, _)| *i)
             .collect();
-        for instance in lost {
-            self.subscribed.remove(&instance);
-            if self.watched(instance) {
-                self.pending.insert(instance);
+        for topic in lost {
+            self.subscribed.remove(&topic);
+            if self.watched(topic) {
+                self.pending.insert(topic);
             }
         }
         let lost: Vec<String> = self
@@ -656,8 +710,8 @@ impl Subscriber {
         self.shards = None;
     }
 
-    async fn unsubscribe(&mut self, instance: InstanceId) {
-        let Some(shard) = self.subscribed.remove(&instance) else {
+    async fn unsubscribe(&mut self, topic: Topic) {
+        let Some(shard) = self.subscribed.remove(&topic) else {
             return;
         };
         let Some(link) = self.links.get_mut(&shard) else {
@@ -671,7 +725,7 @@ impl Subscriber {
             tracing::debug!(shard = %shard, "watch: subscriber connection closed");
             return;
         }
-        let channel = self.shared.store.watch_channel(instance);
+        let channel = self.shared.store.watch_channel(topic);
         let mut conn = link.conn.clone();
         let sent = redis::cmd("SUNSUBSCRIBE")
             .arg(&channel)
@@ -679,7 +733,7 @@ impl Subscriber {
             .await;
         if let Err(err) = sent {
             // a message that still comes is not for a watched instance
-            tracing::debug!(%instance, error = %err, "watch: SUNSUBSCRIBE failed");
+            tracing::debug!(%topic, error = %err, "watch: SUNSUBSCRIBE failed");
         }
     }
 
@@ -783,20 +837,20 @@ impl Subscriber {
     /// channels of one SSUBSCRIBE share a slot), each then read from its
     /// cursor. What fails stays pending.
     async fn subscribe_pending(&mut self) -> Result<(), StoreError> {
-        let pending: Vec<InstanceId> = self.pending.iter().copied().collect();
-        let mut groups: HashMap<(String, u16), Vec<(InstanceId, String)>> = HashMap::new();
-        for instance in pending {
-            if !self.watched(instance) {
-                self.pending.remove(&instance);
+        let pending: Vec<Topic> = self.pending.iter().copied().collect();
+        let mut groups: HashMap<(String, u16), Vec<(Topic, String)>> = HashMap::new();
+        for topic in pending {
+            if !self.watched(topic) {
+                self.pending.remove(&topic);
                 continue;
             }
-            let channel = self.shared.store.watch_channel(instance);
+            let channel = self.shared.store.watch_channel(topic);
             let shard = self.shard(&channel).await?;
             let slot = crate::store::channel_slot(&channel);
             groups
                 .entry((shard, slot))
                 .or_default()
-                .push((instance, channel));
+                .push((topic, channel));
         }
         let mut failed = None;
         if let Err(err) = self.subscribe_held().await {
@@ -818,15 +872,15 @@ impl Subscriber {
                 }
                 match cmd.exec_async(&mut conn).await {
                     Ok(()) => {
-                        for (instance, _) in batch {
-                            self.pending.remove(instance);
-                            if self.subscribed.insert(*instance, shard.clone()).is_none()
+                        for (topic, _) in batch {
+                            self.pending.remove(topic);
+                            if self.subscribed.insert(*topic, shard.clone()).is_none()
                                 && let Some(link) = self.links.get_mut(&shard)
                             {
                                 link.count += 1;
                             }
                             // written before the subscription: in the stream
-                            self.shared.mark(*instance);
+                            self.shared.mark(*topic);
                         }
                     }
                     Err(err) => {
@@ -853,17 +907,146 @@ impl Subscriber {
     }
 }
 
-/// One client's watch of an instance.
+/// What a client watches: an instance, or every start and end (`active`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watched {
+    /// WATCH <mref>.
+    Instance(InstanceId),
+    /// WATCH ACTIVE.
+    Active,
+}
+
+impl std::fmt::Display for Watched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Watched::Instance(instance) => write!(f, "{instance}"),
+            Watched::Active => f.write_str("active"),
+        }
+    }
+}
+
+/// One client's watch.
 pub struct Watcher {
     hub: Arc<Hub>,
-    instance: InstanceId,
+    watched: Watched,
+    kind: Kind,
+}
+
+enum Kind {
+    /// An instance's entries.
+    One(TopicWatcher),
+    /// WATCH ACTIVE: the lines of what ran as it began, then the starts
+    /// and ends of every partition, in each partition's order.
+    Active {
+        lead: VecDeque<Arc<Item>>,
+        parts: Vec<TopicWatcher>,
+        /// A part fell behind: nothing more comes.
+        dropped: bool,
+    },
+}
+
+impl Watcher {
+    fn new(hub: Arc<Hub>, watched: Watched, kind: Kind) -> Watcher {
+        hub.shared.stats.watcher_added();
+        Watcher { hub, watched, kind }
+    }
+
+    /// What is watched.
+    pub fn instance(&self) -> Watched {
+        self.watched
+    }
+
+    /// The last id given to the client (where it started, before the
+    /// first): `WATCH ... AFTER` it resumes with nothing lost or repeated.
+    /// `None` for WATCH ACTIVE, which does not resume.
+    pub fn position(&self) -> Option<StreamId> {
+        match &self.kind {
+            Kind::One(watcher) => Some(watcher.position()),
+            Kind::Active { .. } => None,
+        }
+    }
+
+    /// The next lines for the client (at most about `max`), or the news
+    /// that it was dropped. Waits until there is something.
+    pub async fn next(&mut self, max: usize) -> Next {
+        match &mut self.kind {
+            Kind::One(watcher) => watcher.next(max).await,
+            Kind::Active {
+                lead,
+                parts,
+                dropped,
+            } => {
+                if *dropped {
+                    return std::future::pending().await;
+                }
+                if !lead.is_empty() {
+                    let n = max.clamp(1, lead.len());
+                    return Next::Items(lead.drain(..n).collect());
+                }
+                let next = futures_util::future::select_all(
+                    parts.iter_mut().map(|part| Box::pin(part.next(max))),
+                )
+                .await
+                .0;
+                merged(next, dropped)
+            }
+        }
+    }
+
+    /// While the client's socket is full and a write waits: take what
+    /// arrives into the backlog, so that falling behind is seen even though
+    /// nothing is read. Returns only when the watcher is too far behind:
+    /// then it is [`Next::Dropped`] and receives no more.
+    pub async fn absorb(&mut self) -> Next {
+        match &mut self.kind {
+            Kind::One(watcher) => watcher.absorb().await,
+            Kind::Active { parts, dropped, .. } => {
+                if *dropped {
+                    return std::future::pending().await;
+                }
+                let next = futures_util::future::select_all(
+                    parts.iter_mut().map(|part| Box::pin(part.absorb())),
+                )
+                .await
+                .0;
+                merged(next, dropped)
+            }
+        }
+    }
+}
+
+/// A part's news as WATCH ACTIVE's: a part that fell behind drops the
+/// whole watch (it cannot resume; the client watches again).
+fn merged(next: Next, dropped: &mut bool) -> Next {
+    match next {
+        Next::Dropped { count, .. } => {
+            *dropped = true;
+            Next::Dropped {
+                count,
+                resume: None,
+            }
+        }
+        items => items,
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.hub.shared.stats.watcher_removed();
+    }
+}
+
+/// One client's watch of one topic.
+struct TopicWatcher {
+    hub: Arc<Hub>,
+    topic: Topic,
     channel: Arc<Channel>,
     /// Changes when entries go on the ring; `None` once dropped.
     head: Option<watch::Receiver<u64>>,
     /// The number of the next ring entry to take.
     next: u64,
     /// Entries taken off the ring while the client's socket was full
-    /// (see [`Watcher::absorb`]); at most the hub's buffer.
+    /// (see [`TopicWatcher::absorb`]); at most the hub's buffer.
     backlog: VecDeque<Arc<Item>>,
     /// The last id given to the client (or where it started).
     position: StreamId,
@@ -879,15 +1062,10 @@ enum Taken {
     Lagged(u64),
 }
 
-impl Watcher {
-    /// The instance watched.
-    pub fn instance(&self) -> InstanceId {
-        self.instance
-    }
-
+impl TopicWatcher {
     /// The last id given to the client (where it started, before the
     /// first): `WATCH ... AFTER` it resumes with nothing lost or repeated.
-    pub fn position(&self) -> StreamId {
+    fn position(&self) -> StreamId {
         self.position
     }
 
@@ -921,7 +1099,7 @@ impl Watcher {
 
     /// The next lines for the client (at most about `max`), or the news
     /// that it was dropped. Waits until there is something.
-    pub async fn next(&mut self, max: usize) -> Next {
+    async fn next(&mut self, max: usize) -> Next {
         let max = max.max(1);
         loop {
             if let Some(until) = self.replay_until {
@@ -929,7 +1107,7 @@ impl Watcher {
                     Ok(items) if !items.is_empty() => return Next::Items(items),
                     Ok(_) => continue,
                     Err(err) => {
-                        tracing::warn!(instance = %self.instance, "watch replay: Redis call failed ({err}); retrying");
+                        tracing::warn!(topic = %self.topic, "watch replay: Redis call failed ({err}); retrying");
                         tokio::time::sleep(Duration::from_millis(250)).await;
                         continue;
                     }
@@ -968,7 +1146,7 @@ impl Watcher {
     /// arrives off the ring into the backlog, so that falling behind is
     /// seen even though nothing is read. Returns only when the watcher is
     /// too far behind: then it is [`Next::Dropped`] and receives no more.
-    pub async fn absorb(&mut self) -> Next {
+    async fn absorb(&mut self) -> Next {
         loop {
             if self.head.is_none() {
                 return std::future::pending().await;
@@ -1003,7 +1181,7 @@ impl Watcher {
         self.hub.shared.stats.watcher_dropped(count);
         Next::Dropped {
             count,
-            resume: self.position,
+            resume: Some(self.position),
         }
     }
 
@@ -1012,7 +1190,7 @@ impl Watcher {
         let feed = self
             .hub
             .store
-            .feed(self.instance, Some(self.position), HISTORY_PAGE)
+            .feed(self.topic, Some(self.position), HISTORY_PAGE)
             .await?;
         let mut items = Vec::with_capacity(feed.items.len());
         for (id, item) in &feed.items {
@@ -1022,7 +1200,7 @@ impl Watcher {
             self.position = *id;
             items.push(Arc::new(Item {
                 id: *id,
-                line: Bytes::from((self.hub.shared.render)(self.instance, item)),
+                line: Bytes::from((self.hub.shared.render)(self.topic, item)),
             }));
         }
         if feed.next.is_none() || self.position >= until || items.len() < feed.items.len() {
@@ -1032,10 +1210,9 @@ impl Watcher {
     }
 }
 
-impl Drop for Watcher {
+impl Drop for TopicWatcher {
     fn drop(&mut self) {
         drop(self.head.take());
-        self.hub.shared.stats.watcher_removed();
-        self.hub.release(self.instance);
+        self.hub.release(self.topic);
     }
 }

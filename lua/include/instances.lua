@@ -303,13 +303,18 @@ local function remove_members(key, members)
   return removed
 end
 
---[[ Start running: state active, out of its meeting's upcoming index, in
-the partition's active index, due at its end; its id sequence moves into
-the meeting's live field (a scheduled instance never handed out an id: its
-sequence starts at its `from`), with `preempt` when one is known (see
-next_preempt). Returns the live field. ]]
-local function activate(inst, due_index, active_index, preempt)
-  local live = format_live(inst.order, inst.to, inst.from, '')
+--[[ Start running at `now`: state active, out of its meeting's upcoming
+index, in the partition's active index, due at its end; a start entry
+(t=4, `at` the moment it started by the clock) opens its event log, and
+is announced (see watch.lua); its id sequence moves into the meeting's
+live field, with `preempt` when one is known (see next_preempt). Returns
+the live field. ]]
+local function activate(inst, due_index, active_index, preempt, now, at, retention)
+  local ms, seq = last_id(inst)
+  local prev = prev_id(ms, seq)
+  ms, seq = next_id(now, ms, seq)
+  local id = ms .. '-' .. seq
+  local live = format_live(inst.order, inst.to, ms, seq)
   inst.state = 'active'
   write_instance(inst)
   redis.call('ZREM', inst.base .. 'upcoming:' .. inst.meeting, inst.order)
@@ -320,6 +325,10 @@ local function activate(inst, due_index, active_index, preempt)
   end
   redis.call('ZADD', active_index, inst.meeting, inst.name)
   redis.call('ZADD', due_index, inst.to, inst.name)
+  redis.call('XADD', inst.events, id, 't', '4', 'at', at)
+  announce(inst.base, inst.name, prev, id, '4', '-', at)
+  keep_until(inst.events, inst.to, retention)
+  announce_transition(inst.base, inst.meeting, inst.order, inst.from, inst.to, '4', at, nil, now)
   return live
 end
 
@@ -382,21 +391,30 @@ local function time_out(inst, at, now, budget, retention)
 end
 
 
---[[ End a running instance at `at` (not before its last event) and time
-out up to `budget` participants. What remains is drained by later calls
-(END again, or the tick: the instance stays due). Returns the users timed
-out and how many remain. ]]
-local function end_instance(inst, at, now, budget, retention, due_index, active_index)
+--[[ End a running instance at `at` (not before its last event) for
+reason `why` (scheduled: its `to` came; preempted: a window of a higher
+order opened; ended: END, or its `to` moved to now or before): an end
+entry (t=5) closes its event log and is announced, then up to `budget`
+participants time out. What remains is drained by later calls (END again,
+or the tick: the instance stays due). Returns the users timed out and how
+many remain. ]]
+local function end_instance(inst, at, now, budget, retention, due_index, active_index, why)
   local ms, seq = last_id(inst)
   if later(ms, at) then
     at = ms
   end
+  local prev = prev_id(ms, seq)
+  ms, seq = next_id(now, ms, seq)
+  local id = ms .. '-' .. seq
   inst.state = 'ended'
   write_instance(inst)
-  redis.call('HSET', inst.schedule, inst.order .. '#end', at, inst.order .. '#id', ms .. '-' .. seq,
-    LAST_ENDED, inst.order)
+  redis.call('HSET', inst.schedule, inst.order .. '#end', at, inst.order .. '#id', id, LAST_ENDED, inst.order)
   redis.call('HDEL', inst.key, 'live')
   redis.call('ZREM', active_index, inst.name)
+  redis.call('XADD', inst.events, id, 't', '5', 'at', at, 'end', inst.to, 'why', why)
+  announce(inst.base, inst.name, prev, id, '5', '-', at .. ' ' .. inst.to .. ' ' .. why)
+  keep_until(inst.events, inst.to, retention)
+  announce_transition(inst.base, inst.meeting, inst.order, inst.from, inst.to, '5', at, why, now)
   inst.ending = true
   local users, remaining = time_out(inst, at, now, budget, retention)
   if remaining > 0 then
@@ -410,14 +428,23 @@ end
 -- The clock's part: what is due for one meeting at `now`, read (pending)
 -- or applied (settle). See the header.
 
--- A window that passed while its instance was scheduled: ended, with no
--- events (`#end` its scheduled end), out of the indexes.
-local function miss(inst, due_index)
+-- A window that passed while its instance was scheduled: ended, with an
+-- end entry (why: missed; no start entry) and nothing else, `#end` its
+-- scheduled end, out of the indexes.
+local function miss(inst, due_index, now, retention)
+  local ms, seq = last_id(inst)
+  local prev = prev_id(ms, seq)
+  ms, seq = next_id(now, ms, seq)
+  local id = ms .. '-' .. seq
   inst.state = 'ended'
   write_instance(inst)
-  redis.call('HSET', inst.schedule, inst.order .. '#end', inst.to)
+  redis.call('HSET', inst.schedule, inst.order .. '#end', inst.to, inst.order .. '#id', id)
   redis.call('ZREM', due_index, inst.name)
   redis.call('ZREM', inst.base .. 'upcoming:' .. inst.meeting, inst.order)
+  redis.call('XADD', inst.events, id, 't', '5', 'at', inst.to, 'end', inst.to, 'why', 'missed')
+  announce(inst.base, inst.name, prev, id, '5', '-', inst.to .. ' ' .. inst.to .. ' missed')
+  keep_until(inst.events, inst.to, retention)
+  announce_transition(inst.base, inst.meeting, inst.order, inst.from, inst.to, '5', inst.to, 'missed', now)
   outbox_ended(inst)
 end
 
@@ -549,6 +576,21 @@ local function pending(base, meeting, live, preempt, now, known)
   return plan
 end
 
+--[[ When instance `inst`, started at `now`, began by the clock: its
+`from`, or the end of the meeting's instance before it when that came
+later (`previous`: the end of the one this call just ended, if any; else
+the one that ended last). ]]
+local function start_time(inst, previous, now)
+  if not previous then
+    local last = redis.call('HGET', inst.schedule, LAST_ENDED)
+    previous = last and redis.call('HGET', inst.schedule, last .. '#end')
+  end
+  if previous and later(previous, inst.from) and not later(previous, now) then
+    return previous
+  end
+  return inst.from
+end
+
 --[[ Apply what is due for a meeting at `now` (see pending): the same
 transitions, in the same order, for a call that meets them and for the
 tick. The live instance that is over ends (timeouts stamped at `to`, or at
@@ -569,21 +611,23 @@ local function settle(base, meeting, live, preempt, now, budget, retention, know
     redis.call('ZREM', base .. 'upcoming:' .. meeting, unpack(plan.stale))
   end
   for _, inst in ipairs(plan.missed) do
-    miss(inst, due_index)
+    miss(inst, due_index, now, retention)
     done.missed[#done.missed + 1] = inst.name
   end
   local winner_to = plan.live_to
+  local ended_at_now
   if plan.ends then
     winner_to = nil
     local current = load_instance(base, meeting, plan.live)
     if current and current.state == 'active' then
-      local at = now
+      local at, why = now, 'preempted'
       if later(at, current.to) then
-        at = current.to
+        at, why = current.to, 'scheduled'
       end
-      local users = end_instance(current, at, now, budget, retention, due_index, active_index)
+      local users = end_instance(current, at, now, budget, retention, due_index, active_index, why)
       done.timeouts, done.users = #users, users
       done.ended[1] = current.name
+      ended_at_now = ended_at(current)
     end
     live = false
   end
@@ -608,7 +652,8 @@ local function settle(base, meeting, live, preempt, now, budget, retention, know
   local runs = plan.start and plan.start.order or (live and plan.live)
   local again = runs and next_preempt(look, runs, plan.cut)
   if plan.start then
-    live = activate(plan.start, due_index, active_index, again)
+    live = activate(plan.start, due_index, active_index, again, now,
+      start_time(plan.start, ended_at_now, now), retention)
     done.activated[1] = plan.start.name
     winner_to = plan.start.to
   elseif again and again ~= preempt then
@@ -713,6 +758,26 @@ local function clock_meetings(base, after, inclusive, limit, now)
     list[i] = nil
   end
   return list, more
+end
+
+-- The earlier of two times (digit strings), either of which may be
+-- false (none).
+local function earliest(a, b)
+  if not a or (b and later(a, b)) then
+    return b
+  end
+  return a
+end
+
+--[[ Until when a read of the partition by the clock at `now` stays true
+as long as none of the keys it read changes: the first transition due
+after now (the due index holds every scheduled instance at its `from` or
+earlier, every running one at its `to`), or the end of a running
+instance it listed (`ends`, the earliest `to` of its rows; the clock may
+run one of them by a window not started in the store). false: for ever. ]]
+local function valid_until(base, now, ends)
+  local first = redis.call('ZRANGE', base .. 'due', '(' .. now, '+inf', 'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
+  return earliest(first[2] or false, ends)
 end
 
 -- The instance a read names by the clock: `order`, or ('') the one running

@@ -65,11 +65,49 @@ local function stream_page(stream, after, limit, budget)
   return next_id, entries
 end
 
--- A page of a participant set in join order, after `after` (a user that
--- must still be in it): flat {user, joined_at, ...}.
-local function present_page(present, name, after, limit)
+-- Whether string `a` sorts after `b` byte by byte, as a sorted set orders
+-- the members of one score (Lua's own comparison follows the locale).
+local function bytes_after(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x > y
+    end
+  end
+  return #a > #b
+end
+
+--[[ The rank, in participant set `present`, of the first member after the
+join position (`time`, `user`): join time, then user id as a sorted set
+orders them (byte by byte). Exact whether or not the user is still in: a
+user who left leaves the position as it was. ]]
+local function rank_after(present, user, time)
+  local score = redis.call('ZSCORE', present, user)
+  if score and tonumber(score) == tonumber(time) then
+    return redis.call('ZRANK', present, user) + 1
+  end
+  -- the members joined in that millisecond hold ranks lo..hi-1, by id
+  local lo = redis.call('ZCOUNT', present, '-inf', '(' .. time)
+  local hi = redis.call('ZCOUNT', present, '-inf', time)
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if bytes_after(redis.call('ZRANGE', present, mid, mid)[1], user) then
+      hi = mid
+    else
+      lo = mid + 1
+    end
+  end
+  return lo
+end
+
+--[[ A page of a participant set in join order: flat {user, joined_at,
+...}, after `after`: a user who must still be in it (no `time`), or with
+`time` the join position (time, user), which needs nobody to be in. ]]
+local function present_page(present, name, after, limit, time)
   local start = 0
-  if after then
+  if after and time then
+    start = rank_after(present, after, time)
+  elseif after then
     local rank = redis.call('ZRANK', present, after)
     if not rank then
       fail('NOT_JOINED', 'user ' .. after .. ' is not in ' .. name .. ' (any more); page from the start')

@@ -91,11 +91,13 @@ impl Tally {
         self.rows.insert(user, (row, None));
     }
 
-    /// An event of the instance.
+    /// An event of the instance (its start and end count for nobody).
     pub fn event(&mut self, event: &Event) {
+        let Some(user) = event.user else { return };
         match event.kind {
-            EventKind::Join => self.join(event.user, event.at),
-            EventKind::Leave | EventKind::Timeout => self.leave(event.user, event.at),
+            EventKind::Join => self.join(user, event.at),
+            EventKind::Leave | EventKind::Timeout => self.leave(user, event.at),
+            EventKind::Start | EventKind::End => {}
         }
     }
 

@@ -874,7 +874,7 @@ impl Archiver {
                 .into_iter()
                 .filter_map(|event| {
                     tally.event(&event);
-                    event_row(m, o, event)
+                    event_row(m, o, &event)
                 })
                 .collect();
             let rows = self.insert_entries("events", EVENT_COLUMNS, batch).await?;
@@ -1079,8 +1079,11 @@ const USER_COLUMNS: &[&str] = &[
     "source_seq",
 ];
 
-/// An event as a row of `events` (None for an id that is not one).
-fn event_row(m: i64, o: i64, event: Event) -> Option<Vec<Arg>> {
+/// An event as a row of `events` (None for an id that is not one, and for
+/// the instance's start and end entries: the `instances` row holds its
+/// window and when it ended).
+fn event_row(m: i64, o: i64, event: &Event) -> Option<Vec<Arg>> {
+    let user = event.user?;
     let (ms, seq) = entry_id(&event.id)?;
     Some(vec![
         Arg::Int(m),
@@ -1088,7 +1091,7 @@ fn event_row(m: i64, o: i64, event: Event) -> Option<Vec<Arg>> {
         Arg::Int(ms),
         Arg::Int(seq),
         Arg::Text(event.kind.as_str().to_string()),
-        Arg::Int(event.user as i64),
+        Arg::Int(user as i64),
         time(event.at),
         maybe_time(event.scheduled_end),
         maybe_time(event.processed_at),

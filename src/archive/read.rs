@@ -316,11 +316,12 @@ impl Reader {
             };
             events.push(Event {
                 id: format!("{entry_ms}-{entry_seq}"),
-                user: id_of(user, "user")?,
+                user: Some(id_of(user, "user")?),
                 kind,
                 at: ms(at),
                 scheduled_end: scheduled_end.map(ms),
                 processed_at: processed_at.map(ms),
+                reason: None,
             });
         }
         Ok(paged(events, limit, |e| e.id.clone()))

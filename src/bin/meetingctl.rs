@@ -133,17 +133,34 @@ enum Command {
     Participants {
         /// M or M/O.
         mref: String,
-        /// Start after this user (the last of the previous page).
+        /// Start after this join position, `<user>@<joined_at>` of the last
+        /// row of the previous page (or a user who is still in).
         #[arg(long)]
         after: Option<String>,
         /// At most this many.
         #[arg(long)]
         limit: Option<String>,
     },
-    /// Every active instance.
-    Active,
-    /// For each active instance, when each participant joined.
-    Attendance,
+    /// Every active instance, a page at a time (the `next` of a page is
+    /// the `--after` of the following one).
+    Active {
+        /// Start after this meeting (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<String>,
+    },
+    /// For each active instance, when each participant joined, a page at a
+    /// time.
+    Attendance {
+        /// Start after this (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many participants.
+        #[arg(long)]
+        limit: Option<String>,
+    },
     /// Post a chat message. It goes with a key of meetingctl's making, so
     /// that when the daemon answers `in_doubt` (no reply from Redis in
     /// time) it is sent once more without risk of posting it twice.
@@ -202,8 +219,11 @@ enum Command {
     /// interrupted (or `--count` of them). A watch that falls behind, or
     /// whose daemon stops or restarts, is resumed where it was (after the
     /// last entry printed), so nothing is lost and nothing shows twice.
+    /// `watch active` prints what runs, then every start and end of the
+    /// store; it cannot resume: after a drop or a reconnect it starts
+    /// again from what runs then.
     Watch {
-        /// M or M/O.
+        /// M, M/O, or `active`.
         mref: String,
         /// First what came after this id.
         #[arg(long)]
@@ -430,8 +450,16 @@ impl Command {
                 t.extend(options(&[("AFTER", after), ("LIMIT", limit)]));
                 t
             }
-            Command::Active => words(&["ACTIVE"]),
-            Command::Attendance => words(&["ATTENDANCE"]),
+            Command::Active { after, limit } => {
+                let mut t = words(&["ACTIVE"]);
+                t.extend(options(&[("AFTER", after), ("LIMIT", limit)]));
+                t
+            }
+            Command::Attendance { after, limit } => {
+                let mut t = words(&["ATTENDANCE"]);
+                t.extend(options(&[("AFTER", after), ("LIMIT", limit)]));
+                t
+            }
             Command::Post {
                 user,
                 mref,
@@ -973,6 +1001,7 @@ fn watch(cli: &Cli, mref: &str, after: Option<String>, follow: Follow) -> Result
             WatchEnd::Lost(why) => why,
         };
         let resume = match &at.after {
+            _ if at.target.eq_ignore_ascii_case("active") => "from what runs then".to_string(),
             Some(id) => format!("--after {id}"),
             None => "from its start".to_string(),
         };
@@ -1009,9 +1038,10 @@ fn watch_on(
     follow: &Follow,
 ) -> Result<WatchEnd, String> {
     let stdout = std::io::stdout();
+    let active = at.target.eq_ignore_ascii_case("active");
     loop {
         let mut tokens = vec!["WATCH", at.target.as_str()];
-        if let Some(id) = &at.after {
+        if let Some(id) = at.after.as_ref().filter(|_| !active) {
             tokens.extend(["AFTER", id.as_str()]);
         }
         if let Err(lost) = client.send(&request_line(&tokens)) {
@@ -1040,12 +1070,19 @@ fn watch_on(
                 Err(lost) => return Ok(WatchEnd::Lost(lost)),
             };
             if line.get("dropped").is_some() {
-                let resume = line["resume"].as_str().unwrap_or_default();
-                eprintln!(
-                    "fell behind: {} entries dropped; watching again after {resume}",
-                    line["dropped"]
-                );
-                at.after = Some(resume.to_string());
+                match line["resume"].as_str() {
+                    Some(resume) => {
+                        eprintln!(
+                            "fell behind: {} entries dropped; watching again after {resume}",
+                            line["dropped"]
+                        );
+                        at.after = Some(resume.to_string());
+                    }
+                    None => eprintln!(
+                        "fell behind: {} entries dropped; watching again from what runs now",
+                        line["dropped"]
+                    ),
+                }
                 break;
             }
             if let Some(why) = line["closing"].as_str() {
@@ -1085,7 +1122,25 @@ fn describe(event: &Value) -> String {
     let place = format!("{}/{}", event["meeting"], event["order"]);
     let kind = event["type"].as_str().unwrap_or("?");
     let user = &event["user"];
+    let window = || {
+        format!(
+            "{} to {}",
+            event["from"].as_str().unwrap_or("-"),
+            event["to"].as_str().unwrap_or("-")
+        )
+    };
     match kind {
+        "running" => format!("{}  {place}  running  ({})", window(), "as the watch began"),
+        "start" if event.get("from").is_some() => format!("{at}  {place}  start    {}", window()),
+        "start" => format!("{at}  {place}  start"),
+        "end" => format!(
+            "{at}  {place}  end      ({}, scheduled end {})",
+            event["reason"].as_str().unwrap_or("-"),
+            event["scheduled_end"]
+                .as_str()
+                .or(event["to"].as_str())
+                .unwrap_or("-")
+        ),
         "message" => format!(
             "{at}  {place}  message  user {user}: {}",
             cell(&event["text"])

@@ -7,11 +7,13 @@ use crate::protocol::{Mref, Time};
 use crate::store::Event;
 
 /// An event as replies show it; a timeout also has `scheduled_end` and
-/// `processed_at`.
+/// `processed_at`; a start (user `null`) `processed_at`, an end (user
+/// `null`) `scheduled_end`, `processed_at` and `reason`.
 #[derive(Serialize)]
 pub(super) struct EventRow<'a> {
     id: &'a str,
-    user: u64,
+    /// `null` for the instance's start and end.
+    user: Option<u64>,
     #[serde(rename = "type")]
     kind: &'static str,
     code: u8,
@@ -20,6 +22,8 @@ pub(super) struct EventRow<'a> {
     scheduled_end: Option<Time>,
     #[serde(skip_serializing_if = "Option::is_none")]
     processed_at: Option<Time>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
 }
 
 impl<'a> EventRow<'a> {
@@ -32,6 +36,7 @@ impl<'a> EventRow<'a> {
             at: Time(event.at),
             scheduled_end: event.scheduled_end.map(Time),
             processed_at: event.processed_at.map(Time),
+            reason: event.reason.map(|r| r.as_str()),
         }
     }
 }

@@ -370,8 +370,12 @@ pub fn plan(request: Request, peer: &Peer, ctx: &Context) -> Plan {
         Request::Participants { mref, after, limit } => {
             presence::participants(ctx, mref, after, limit)
         }
-        Request::Active => alone(ctx, |ctx| async move { presence::active(&ctx).await }),
-        Request::Attendance => alone(ctx, |ctx| async move { presence::attendance(&ctx).await }),
+        Request::Active { after, limit } => alone(ctx, move |ctx| async move {
+            presence::active(&ctx, after, limit).await
+        }),
+        Request::Attendance { after, limit } => alone(ctx, move |ctx| async move {
+            presence::attendance(&ctx, after, limit).await
+        }),
         Request::Post {
             user,
             mref,
@@ -389,6 +393,10 @@ pub fn plan(request: Request, peer: &Peer, ctx: &Context) -> Plan {
         Request::Watch { mref, after } => {
             let ctx = ctx.clone();
             Plan::Alone(async move { watch::watch(&ctx, mref, after).await }.boxed())
+        }
+        Request::WatchActive => {
+            let ctx = ctx.clone();
+            Plan::Alone(async move { watch::watch_active(&ctx).await }.boxed())
         }
     }
 }

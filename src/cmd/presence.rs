@@ -6,10 +6,11 @@ use futures_util::FutureExt;
 use serde::Serialize;
 
 use super::{
-    CmdResult, Context, Finish, Plan, alone, call, call_naming, capped_array, ok, page_size, target,
+    CmdResult, Context, Finish, Json, Plan, alone, call, call_naming, capped_array, listing, ok,
+    page_size, target,
 };
-use crate::protocol::{Mref, Time};
-use crate::store::{Joined, Known, Participant};
+use crate::protocol::{AttendanceCursor, Mref, Position, Time};
+use crate::store::{AttendanceAfter, AttendancePage, Joined, Known, Participant};
 
 /// JOIN's reply.
 #[derive(Serialize)]
@@ -99,19 +100,27 @@ struct ParticipantRow<'a> {
 }
 
 /// # Format
-/// `PARTICIPANTS <mref> [AFTER <user>] [LIMIT <n>]` ->
+/// `PARTICIPANTS <mref> [AFTER <user>[@<time>]] [LIMIT <n>]` ->
 /// `[{"user","name","email","joined_at"}...]` in join order, at most `n`
-/// (default and most: the page limit), after that user; fewer when more
-/// would pass the reply limit (page on after the last user until a page is
+/// (default and most: the page limit), after that user's join position
+/// (`<user>@<joined_at>`, which holds after they left; `<user>` alone:
+/// after where they are, `not_joined` once they left); fewer when more
+/// would pass the reply limit (page on after the last row until a page is
 /// empty). Names and e-mails come from the user cache; those it does not
 /// hold are read in one more round trip.
-pub fn participants(ctx: &Context, mref: Mref, after: Option<u64>, limit: Option<u64>) -> Plan {
+pub fn participants(
+    ctx: &Context,
+    mref: Mref,
+    after: Option<Position>,
+    limit: Option<u64>,
+) -> Plan {
     let limit = match page_size(ctx, limit) {
         Ok(limit) => limit,
         Err(err) => return Plan::Done(Err(err)),
     };
     let store = ctx.store.clone();
     let budget = ctx.limits.reply_bytes;
+    let after = after.map(|p| (p.user, p.at));
     let page = ctx.store.participants_call(target(mref), after, limit);
     Plan::Call(page.map(move |(_, list)| {
         let ids: Vec<u64> = list.iter().map(|p| p.user).collect();
@@ -153,33 +162,46 @@ struct ActiveRow<'a> {
 }
 
 /// # Format
-/// `ACTIVE` -> `[{"meeting","order","title","description","public","from",
-/// "to","participants"}...]`
-pub async fn active(ctx: &Context) -> CmdResult {
-    let active = ctx.store.active().await?;
-    let rows: Vec<ActiveRow<'_>> = active
-        .iter()
-        .map(|a| ActiveRow {
-            meeting: a.instance.id.meeting,
-            order: a.instance.id.order,
-            title: &a.title,
-            description: &a.description,
-            public: a.public,
-            from: Time(a.instance.from),
-            to: Time(a.instance.to),
-            participants: a.participants,
-        })
-        .collect();
-    ok(rows)
+/// `ACTIVE [AFTER <meeting>] [LIMIT <n>]` -> `{"instances":[{"meeting",
+/// "order","title","description","public","from","to","participants"}...],
+/// "next":<meeting or null>}`: the instances running by the clock, by
+/// partition (meeting id modulo the partition count) then meeting id, at
+/// most `n` (default and most: the page limit) after that meeting's; fewer
+/// when more would pass the reply limit. Pass `next` as `AFTER`; `null`:
+/// there is none. Answered from each partition's kept answer while it
+/// holds (the store's cache: exact, see docs/internals.md).
+pub async fn active(ctx: &Context, after: Option<u64>, limit: Option<u64>) -> CmdResult {
+    let limit = page_size(ctx, limit)?;
+    let page = ctx.store.active_page(after, limit).await?;
+    let rows = page.rows.iter().map(|a| {
+        (
+            a.instance.id.meeting,
+            ActiveRow {
+                meeting: a.instance.id.meeting,
+                order: a.instance.id.order,
+                title: &a.title,
+                description: &a.description,
+                public: a.public,
+                from: Time(a.instance.from),
+                to: Time(a.instance.to),
+                participants: a.participants,
+            },
+        )
+    });
+    Ok(listing(
+        "instances",
+        rows,
+        page.next,
+        ctx.limits.reply_bytes,
+    ))
 }
 
-/// A row of ATTENDANCE.
+/// The head of a row of ATTENDANCE (its participants follow).
 #[derive(Serialize)]
-struct AttendanceRow<'a> {
+struct AttendanceHead<'a> {
     meeting: u64,
     order: u64,
     title: &'a str,
-    participants: Vec<Attendee>,
 }
 
 /// Who joined when, in a row of ATTENDANCE.
@@ -189,26 +211,107 @@ struct Attendee {
     joined_at: Time,
 }
 
+/// ATTENDANCE's cursor as the protocol writes it.
+fn cursor_of(after: AttendanceAfter) -> AttendanceCursor {
+    AttendanceCursor {
+        meeting: after.meeting,
+        within: after.within,
+    }
+}
+
 /// # Format
-/// `ATTENDANCE` -> `[{"meeting","order","title","participants":[{"user",
-/// "joined_at"}...]}...]`, big instances read 1000 participants a call
-pub async fn attendance(ctx: &Context) -> CmdResult {
-    let attendance = ctx.store.attendance().await?;
-    let rows: Vec<AttendanceRow<'_>> = attendance
-        .iter()
-        .map(|a| AttendanceRow {
-            meeting: a.instance.meeting,
-            order: a.instance.order,
-            title: &a.title,
-            participants: a
-                .participants
-                .iter()
-                .map(|p| Attendee {
+/// `ATTENDANCE [AFTER <cursor>] [LIMIT <n>]` -> `{"instances":[{"meeting",
+/// "order","title","participants":[{"user","joined_at"}...]}...],"next":
+/// <cursor or null>}`: for each instance running by the clock, in ACTIVE's
+/// order, its participants in join order; at most `n` participants a page
+/// (an instance with nobody in it counts as one; default and most: the
+/// page limit), fewer when more would pass the reply limit. An instance
+/// cut by a page goes on in the next, after the join position `next`
+/// names (`<meeting>/<order>:<user>@<ms>`), which holds whoever left
+/// meanwhile; `next` is `<meeting>` when a page ends with a whole row.
+pub async fn attendance(
+    ctx: &Context,
+    after: Option<AttendanceCursor>,
+    limit: Option<u64>,
+) -> CmdResult {
+    let limit = page_size(ctx, limit)?;
+    let after = after.map(|c| AttendanceAfter {
+        meeting: c.meeting,
+        within: c.within,
+    });
+    let page = ctx.store.attendance_page(after, limit).await?;
+    Ok(attendance_reply(&page, ctx.limits.reply_bytes))
+}
+
+/// Bytes kept for what closes a reply after the last entry.
+const CLOSING: usize = 80;
+
+/// ATTENDANCE's reply: as much of `page` as fits in `budget` bytes (at
+/// least one row, and one participant of it), `next` where it stopped.
+fn attendance_reply(page: &AttendancePage, budget: usize) -> Json {
+    let mut text = b"{\"instances\":[".to_vec();
+    let mut next = page.next.map(cursor_of);
+    // where a page that stops at the end of what is in goes on
+    let mut last: Option<AttendanceCursor> = None;
+    let mut any = false;
+    'rows: for row in &page.rows {
+        let row_start = text.len();
+        if any {
+            text.push(b',');
+        }
+        let head = AttendanceHead {
+            meeting: row.instance.meeting,
+            order: row.instance.order,
+            title: &row.title,
+        };
+        // Writing into a Vec cannot fail, and our types always serialize.
+        let _ = serde_json::to_writer(&mut text, &head);
+        text.pop();
+        text.extend_from_slice(b",\"participants\":[");
+        let mut taken = 0;
+        for p in &row.participants {
+            let before = text.len();
+            if taken > 0 {
+                text.push(b',');
+            }
+            let _ = serde_json::to_writer(
+                &mut text,
+                &Attendee {
                     user: p.user,
                     joined_at: Time(p.joined_at),
-                })
-                .collect(),
-        })
-        .collect();
-    ok(rows)
+                },
+            );
+            if text.len() + CLOSING > budget && (any || taken > 0) {
+                text.truncate(before);
+                if taken == 0 {
+                    text.truncate(row_start);
+                    next = last;
+                } else {
+                    text.extend_from_slice(b"]}");
+                    let prev = row.participants[taken - 1];
+                    next = Some(AttendanceCursor {
+                        meeting: row.instance.meeting,
+                        within: Some((row.instance.order, prev.user, prev.joined_at)),
+                    });
+                }
+                break 'rows;
+            }
+            taken += 1;
+        }
+        text.extend_from_slice(b"]}");
+        if text.len() + CLOSING > budget && any && taken == 0 {
+            text.truncate(row_start);
+            next = last;
+            break;
+        }
+        any = true;
+        last = Some(AttendanceCursor {
+            meeting: row.instance.meeting,
+            within: None,
+        });
+    }
+    text.extend_from_slice(b"],\"next\":");
+    let _ = serde_json::to_writer(&mut text, &next.map(|c| c.to_string()));
+    text.push(b'}');
+    Json(text)
 }

@@ -33,6 +33,8 @@ enum Kind {
     Wake(u64),
     /// The partition's outbox (the archiver's).
     Outbox(u64),
+    /// The partition's log of starts and ends (WATCH ACTIVE's).
+    Transitions(u64),
     Meeting(u64),
     Audience(u64),
     Orders(u64),
@@ -82,6 +84,7 @@ fn kind(key: &str) -> Kind {
         (["active"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Active),
         (["wake"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Wake),
         (["outbox"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Outbox),
+        (["transitions"], Some('p')) => tagged('p').map_or(Kind::Unknown, Kind::Transitions),
         (["meeting", m], _) => id(m).map_or(Kind::Unknown, Kind::Meeting),
         (["audience", m], _) => id(m).map_or(Kind::Unknown, Kind::Audience),
         (["orders", m], _) => id(m).map_or(Kind::Unknown, Kind::Orders),
@@ -263,8 +266,9 @@ impl Store {
         }
     }
 
-    /// An event stream's (user, type) in order.
-    async fn event_log(&self, key: &str) -> Result<Vec<(u64, i64)>, StoreError> {
+    /// An event stream's (user, type) in order (no user: a start or an
+    /// end).
+    async fn event_log(&self, key: &str) -> Result<Vec<(Option<u64>, i64)>, StoreError> {
         let mut out = Vec::new();
         self.entries(key, |id, fields| {
             let event = reply::event(id, fields)?;
@@ -351,7 +355,11 @@ impl Store {
             let misplaced = match (&k, tagged, expected) {
                 (_, Some(p), Some(e)) => p != e,
                 (
-                    Kind::Due(_) | Kind::Active(_) | Kind::Wake(_) | Kind::Outbox(_),
+                    Kind::Due(_)
+                    | Kind::Active(_)
+                    | Kind::Wake(_)
+                    | Kind::Outbox(_)
+                    | Kind::Transitions(_),
                     Some(p),
                     None,
                 ) => p >= partitions,
@@ -512,7 +520,12 @@ impl Store {
                 present.iter().filter_map(|(u, _)| u.parse().ok()).collect();
             let log = self.event_log(&self.keys.events(*i)).await?;
             let mut last: BTreeMap<u64, i64> = BTreeMap::new();
+            let mut transitions: BTreeMap<i64, usize> = BTreeMap::new();
             for (user, t) in log {
+                let Some(user) = user else {
+                    *transitions.entry(t).or_default() += 1;
+                    continue;
+                };
                 let previous = last.insert(user, t);
                 let inside = previous == Some(1);
                 if (t == 1 && inside) || (t != 1 && !inside) {
@@ -521,6 +534,11 @@ impl Store {
                         name(t),
                         previous.map_or("nothing", name)
                     ));
+                }
+            }
+            for (t, n) in transitions {
+                if n > 1 {
+                    problems.push(format!("instance {i}: {n} {} entries", name(t)));
                 }
             }
             let joined: BTreeSet<u64> = last
@@ -751,6 +769,8 @@ fn name(t: i64) -> &'static str {
         1 => "join",
         2 => "leave",
         3 => "timeout",
+        4 => "start",
+        5 => "end",
         _ => "unknown event",
     }
 }

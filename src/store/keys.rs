@@ -103,6 +103,22 @@ impl Keys {
         format!("meetingd:{{p{partition}}}:active")
     }
 
+    /// The partition's log of transitions: every start and end of its
+    /// instances (a stream; WATCH ACTIVE fills gaps from it).
+    pub fn transitions(partition: u64) -> String {
+        format!("meetingd:{{p{partition}}}:transitions")
+    }
+
+    /// The partition a partition-tagged key (`meetingd:{p<P>}:...`)
+    /// belongs to (`None` for any other key).
+    pub fn partition_of(key: &str) -> Option<u64> {
+        key.strip_prefix("meetingd:{p")?
+            .split_once('}')?
+            .0
+            .parse()
+            .ok()
+    }
+
     /// The partition's outbox: what the archiver is to copy into the
     /// database, read through the consumer group [`OUTBOX_GROUP`]. Its
     /// existence turns archiving on for the partition (the library writes

@@ -5,7 +5,7 @@
 //! header the daemon writes: the version and the number of partitions,
 //! which the library checks every meeting key against. The version that
 //! `meet_version` returns is the crate version, a digest of the Lua, the
-//! partition count and the API level: `0.3.0+<digest>/p16/api4`.
+//! partition count and the API level: `0.3.0+<digest>/p16/api5`.
 //!
 //! The API level names what the daemon may call: the functions, their
 //! arguments, their replies and the data layout. It changes when any of
@@ -44,6 +44,7 @@ const BODY: &str = concat!(
     include_str!("../../lua/messages.lua"),
     include_str!("../../lua/events.lua"),
     include_str!("../../lua/feed.lua"),
+    include_str!("../../lua/transitions.lua"),
     include_str!("../../lua/end.lua"),
     include_str!("../../lua/tick.lua"),
     include_str!("../../lua/upgrade.lua"),
@@ -64,7 +65,15 @@ const BODY: &str = concat!(
 /// in the partition's outbox (`k=user`) for the archive; a daemon of level
 /// 3 would archive no user it writes, and its archiver would skip (and
 /// drop) the entries of the others.
-pub const API_LEVEL: u32 = 4;
+///
+/// Level 5: an instance's event log opens with a start entry (t=4) and
+/// closes with an end entry (t=5, also for a missed window), which a
+/// daemon of level 4 cannot read (EVENTS, WATCH, the archive); starts and
+/// ends go to the partition's log of transitions (`meet_transitions`,
+/// WATCH ACTIVE); `meet_active` and `meet_attendance` answer how long
+/// their answer holds and what they read (the daemon's cache of them),
+/// and `meet_attendance` and `meet_participants` page by join position.
+pub const API_LEVEL: u32 = 5;
 
 /// The assembled library for one partition count, and its version.
 #[derive(Debug, Clone, PartialEq, Eq)]

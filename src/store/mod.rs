@@ -23,7 +23,9 @@
 //!
 //! The families of calls: `admin.rs` (users, meetings, audiences,
 //! instances, END), `listings.rs` (MEETINGS, USERS and their indexes),
-//! `presence.rs` (JOIN, LEAVE, PARTICIPANTS, ACTIVE, ATTENDANCE),
+//! `presence.rs` (JOIN, LEAVE, PARTICIPANTS), `running.rs` (ACTIVE and
+//! ATTENDANCE, from each partition's answer kept while it holds, on the
+//! tracked connections of `tracking.rs`),
 //! `chat.rs` (POST, MESSAGES, EVENTS), `tick.rs`, `watch.rs` (the feed
 //! WATCH reads), `archive.rs` (the outboxes the archiver reads), `load.rs`
 //! (bulk loading), `check.rs` (`meetingd check`) and `persistence.rs`
@@ -43,7 +45,9 @@ mod persistence;
 mod presence;
 mod repartition;
 mod reply;
+mod running;
 mod tick;
+mod tracking;
 mod types;
 mod users;
 mod watch;
@@ -61,9 +65,12 @@ pub use listings::{Indexed, Listing, MeetingRow};
 pub use load::{Load, LoadReport};
 pub use persistence::NodePersistence;
 pub use repartition::{Repartitioned, SERVING_TTL};
+pub use running::{ActivePage, ActiveRead, AttendanceAfter, AttendancePage, after_position};
 pub use types::*;
 pub use users::Known;
-pub use watch::{Feed, FeedItem, Published, Shards, StreamId, channel_slot, shard_of};
+pub use watch::{
+    Feed, FeedItem, Published, Shards, StreamId, Topic, Transition, channel_slot, shard_of,
+};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::Code;
@@ -297,6 +304,11 @@ impl<T: 'static> Call<T> {
 pub struct Store {
     conn: conn::Conn,
     users: Arc<users::Users>,
+    /// The tracked connections of the caches (users, and what runs).
+    tracking: Arc<tracking::Tracking>,
+    /// The partitions' answers to ACTIVE and ATTENDANCE, kept while they
+    /// hold.
+    running: Arc<running::Running>,
     keys: Keys,
     clock: Arc<dyn Clock>,
     library: Arc<Library>,
@@ -329,7 +341,13 @@ impl Store {
         let library_checked = Arc::new(AtomicBool::new(false));
         let connected = Arc::new(AtomicBool::new(true));
         let conn = conn::Conn::open(&options, library_checked.clone(), connected.clone()).await?;
-        let users = Arc::new(users::Users::open(&options, &conn).await?);
+        let user_cache = Arc::new(users::UserCache::new(options.user_cache));
+        let running = Arc::new(running::Running::default());
+        let tracking = Arc::new(
+            tracking::Tracking::open(&options, &conn, vec![user_cache.clone(), running.clone()])
+                .await?,
+        );
+        let users = Arc::new(users::Users::new(user_cache, tracking.clone()));
         let recorded = recorded_partitions(&conn).await?;
         let partitions = match (options.partitions, recorded) {
             // refused before a library of another count replaces the one
@@ -344,6 +362,8 @@ impl Store {
         let store = Store {
             conn,
             users,
+            tracking,
+            running,
             keys: Keys::new(partitions),
             clock,
             library: Arc::new(Library::new(partitions)),

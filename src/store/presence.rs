@@ -1,16 +1,12 @@
-//! Who is where: JOIN, LEAVE, PARTICIPANTS, ACTIVE, ATTENDANCE.
+//! Who is where: JOIN, LEAVE, PARTICIPANTS (ACTIVE and ATTENDANCE are in
+//! `running.rs`).
 
 use std::sync::Arc;
 
 use super::reply::{self, Fields};
-use super::types::{
-    ActiveInstance, Attendance, Id, Instance, InstanceId, InstanceRef, Joined, Left, Participant,
-};
+use super::types::{Id, InstanceId, InstanceRef, Joined, Left, Millis, Participant};
 use super::users::Known;
-use super::{Call, Keys, PAGE, Store, StoreError};
-
-/// Instances per ACTIVE call (each costs Redis a few reads).
-const ACTIVE_PAGE: &str = "250";
+use super::{Call, PAGE, Store, StoreError};
 
 impl Store {
     /// The order argument of a meeting call: the instance's, or '' for the
@@ -136,20 +132,26 @@ impl Store {
     }
 
     /// The call of a page of an instance's current participants, in join
-    /// order, after the user `after`; `limit` at most 1000.
+    /// order, after `after`: the join position (user, joined at), or with
+    /// no time the user where they are (`not_joined` once they left);
+    /// `limit` at most 1000.
     pub fn participants_call(
         &self,
         target: InstanceRef,
-        after: Option<Id>,
+        after: Option<(Id, Option<Millis>)>,
         limit: usize,
     ) -> Call<(InstanceId, Vec<Participant>)> {
         let meeting = target.meeting();
         let args = [
             Store::order_arg(target),
-            after.map(|u| u.to_string()).unwrap_or_default(),
+            after.map(|(u, _)| u.to_string()).unwrap_or_default(),
             limit.clamp(1, PAGE).to_string(),
             "packed".to_string(),
             self.now().to_string(),
+            after
+                .and_then(|(_, at)| at)
+                .map(|at| at.to_string())
+                .unwrap_or_default(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Call::new(
@@ -174,146 +176,9 @@ impl Store {
     pub async fn participants(
         &self,
         target: InstanceRef,
-        after: Option<Id>,
+        after: Option<(Id, Option<Millis>)>,
         limit: usize,
     ) -> Result<(InstanceId, Vec<Participant>), StoreError> {
         self.run(self.participants_call(target, after, limit)).await
     }
-
-    /// Every running instance with its meeting's details and head count, by
-    /// partition and meeting id: every partition asked at once (one
-    /// pipeline), then again those with more.
-    pub async fn active(&self) -> Result<Vec<ActiveInstance>, StoreError> {
-        let mut rows: Vec<Vec<ActiveInstance>> = vec![Vec::new(); self.keys.partitions() as usize];
-        let mut pending: Vec<(u64, String)> = (0..self.keys.partitions())
-            .map(|p| (p, String::new()))
-            .collect();
-        // one instant for every partition and page: one answer by the clock
-        let now = self.now().to_string();
-        while !pending.is_empty() {
-            let calls = pending
-                .iter()
-                .map(|(p, after)| {
-                    Store::record_call(
-                        "meet_active",
-                        &Keys::active(*p),
-                        &[after, ACTIVE_PAGE, &now],
-                        false,
-                    )
-                })
-                .collect();
-            let replies = self.run_all(calls).await;
-            let mut next = Vec::new();
-            for ((p, _), reply) in pending.iter().zip(replies) {
-                let mut f = reply?;
-                for row in f.array("rows")? {
-                    rows[*p as usize].push(active_row(row)?);
-                }
-                if let Some(after) = f.optional("next")? {
-                    next.push((*p, reply::text("meet_active", after)?));
-                }
-            }
-            pending = next;
-        }
-        Ok(rows.into_iter().flatten().collect())
-    }
-
-    /// For each running instance, when each current participant joined:
-    /// every partition asked at once, then again those with more (at most
-    /// 1000 participants a call).
-    pub async fn attendance(&self) -> Result<Vec<Attendance>, StoreError> {
-        let mut rows: Vec<Vec<Attendance>> = vec![Vec::new(); self.keys.partitions() as usize];
-        let mut pending: Vec<(u64, [String; 3])> = (0..self.keys.partitions())
-            .map(|p| (p, Default::default()))
-            .collect();
-        let budget = PAGE.to_string();
-        let now = self.now().to_string();
-        while !pending.is_empty() {
-            let calls = pending
-                .iter()
-                .map(|(p, [meeting, user, at])| {
-                    Store::record_call(
-                        "meet_attendance",
-                        &Keys::active(*p),
-                        &[meeting, user, at, &budget, "packed", &now],
-                        false,
-                    )
-                })
-                .collect();
-            let replies = self.run_all(calls).await;
-            let mut next = Vec::new();
-            for ((p, _), reply) in pending.iter().zip(replies) {
-                let mut f = reply?;
-                let partition = &mut rows[*p as usize];
-                for row in f.array("rows")? {
-                    let row = attendance_row(row)?;
-                    // an instance split over two calls: the second goes on
-                    match partition.last_mut() {
-                        Some(last) if last.instance == row.instance => {
-                            last.participants.extend(row.participants);
-                        }
-                        _ => partition.push(row),
-                    }
-                }
-                if let Some(cursor) = f.optional("next")? {
-                    let mut parts = reply::array("meet_attendance", cursor)?.into_iter();
-                    let mut part = || {
-                        parts
-                            .next()
-                            .map_or(Ok(String::new()), |v| reply::text("meet_attendance", v))
-                    };
-                    next.push((*p, [part()?, part()?, part()?]));
-                }
-            }
-            pending = next;
-        }
-        Ok(rows.into_iter().flatten().collect())
-    }
-}
-
-/// A row of meet_active: `{meeting, order, title, description, public,
-/// from, to, participants}`.
-fn active_row(row: redis::Value) -> Result<ActiveInstance, StoreError> {
-    const F: &str = "meet_active";
-    let mut row = reply::array(F, row)?.into_iter();
-    let mut next = || row.next().unwrap_or_default();
-    let meeting = reply::id(F, next())?;
-    let order = reply::id(F, next())?;
-    let title = reply::text(F, next())?;
-    let description = reply::text(F, next())?;
-    let public = reply::text(F, next())? == "true";
-    let from = reply::int(F, next())?;
-    let to = reply::int(F, next())?;
-    let participants = u64::try_from(reply::int(F, next())?).unwrap_or(0);
-    Ok(ActiveInstance {
-        instance: Instance {
-            id: InstanceId::new(meeting, order),
-            from,
-            to,
-            state: super::InstanceState::Active,
-        },
-        title,
-        description,
-        public,
-        participants,
-    })
-}
-
-/// A row of meet_attendance: `{meeting, order, title, {user, joined_at...}}`.
-fn attendance_row(row: redis::Value) -> Result<Attendance, StoreError> {
-    const F: &str = "meet_attendance";
-    let mut row = reply::array(F, row)?.into_iter();
-    let mut next = || row.next().unwrap_or_default();
-    let meeting = reply::id(F, next())?;
-    let order = reply::id(F, next())?;
-    let title = reply::text(F, next())?;
-    let participants = reply::pairs(F, next())?
-        .into_iter()
-        .map(|(user, joined_at)| Participant { user, joined_at })
-        .collect();
-    Ok(Attendance {
-        instance: InstanceId::new(meeting, order),
-        title,
-        participants,
-    })
 }

@@ -276,10 +276,16 @@ impl Store {
             report.moved += 1;
             progress(done as u64 + 1, to_move.len() as u64);
         }
-        // the wake streams of the old partitions serve no reader now
+        // the wake streams of the old partitions serve no reader now, and
+        // their logs of transitions name instances by their old partition
+        // (a WATCH ACTIVE starts after what runs, so none reads them back)
         for partition in 0..from {
-            self.command(redis::cmd("UNLINK").arg(Keys::wake(partition)))
-                .await?;
+            self.command(
+                redis::cmd("UNLINK")
+                    .arg(Keys::wake(partition))
+                    .arg(Keys::transitions(partition)),
+            )
+            .await?;
         }
         // the listings' indexes, for the new count
         self.rebuild_indexes(&all, from, to).await?;

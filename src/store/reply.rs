@@ -11,7 +11,7 @@
 use redis::Value;
 
 use super::StoreError;
-use super::types::{Event, EventKind, Id, InstanceId, MAX_ID, Message, Millis, Page};
+use super::types::{EndReason, Event, EventKind, Id, InstanceId, MAX_ID, Message, Millis, Page};
 
 fn bad(function: &str, what: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("unexpected reply from {function}: {what}"))
@@ -301,20 +301,62 @@ pub(super) fn message(id: String, mut f: EntryFields) -> Result<Message, StoreEr
 pub(super) fn event(id: String, mut f: EntryFields) -> Result<Event, StoreError> {
     let code = int(f.function, f.required("t")?)?;
     let kind = EventKind::from_code(code).ok_or_else(|| bad(f.function, code))?;
-    let (scheduled_end, processed_at) = if kind == EventKind::Timeout {
-        (
-            Some(int(f.function, f.required("end")?)?),
-            Some(f.time_or_id("proc", &id)?),
-        )
+    let scheduled_end = match kind {
+        EventKind::Timeout | EventKind::End => Some(int(f.function, f.required("end")?)?),
+        _ => None,
+    };
+    let processed_at = match kind {
+        EventKind::Timeout => Some(f.time_or_id("proc", &id)?),
+        EventKind::Start | EventKind::End => Some(id_ms(f.function, &id)?),
+        EventKind::Join | EventKind::Leave => None,
+    };
+    let reason = if kind == EventKind::End {
+        let why = text(f.function, f.required("why")?)?;
+        Some(EndReason::parse(&why).ok_or_else(|| bad(f.function, why))?)
     } else {
-        (None, None)
+        None
+    };
+    let user = if kind.is_transition() {
+        None
+    } else {
+        Some(self::id(f.function, f.required("u")?)?)
     };
     Ok(Event {
-        user: self::id(f.function, f.required("u")?)?,
+        user,
         kind,
         at: f.time_or_id("at", &id)?,
         scheduled_end,
         processed_at,
+        reason,
+        id,
+    })
+}
+
+/// A start or an end from its entry in a partition's log of transitions.
+pub(super) fn transition(
+    id: String,
+    mut f: EntryFields,
+) -> Result<super::watch::Transition, StoreError> {
+    let code = int(f.function, f.required("t")?)?;
+    let kind = EventKind::from_code(code)
+        .filter(|k| k.is_transition())
+        .ok_or_else(|| bad(f.function, code))?;
+    let reason = if kind == EventKind::End {
+        let why = text(f.function, f.required("why")?)?;
+        Some(EndReason::parse(&why).ok_or_else(|| bad(f.function, why))?)
+    } else {
+        None
+    };
+    Ok(super::watch::Transition {
+        instance: InstanceId::new(
+            self::id(f.function, f.required("m")?)?,
+            self::id(f.function, f.required("o")?)?,
+        ),
+        kind,
+        at: int(f.function, f.required("at")?)?,
+        from: int(f.function, f.required("from")?)?,
+        to: int(f.function, f.required("to")?)?,
+        reason,
         id,
     })
 }

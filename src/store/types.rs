@@ -288,24 +288,32 @@ pub enum EventKind {
     Leave,
     /// The instance ended with the user in it (code 3).
     Timeout,
+    /// The instance started (code 4): the first entry of its log.
+    Start,
+    /// The instance ended (code 5), before the timeouts of those still in.
+    End,
 }
 
 impl EventKind {
-    /// The numeric code of the spec: 1, 2, 3.
+    /// The numeric code of the spec: 1 to 5.
     pub fn code(self) -> u8 {
         match self {
             EventKind::Join => 1,
             EventKind::Leave => 2,
             EventKind::Timeout => 3,
+            EventKind::Start => 4,
+            EventKind::End => 5,
         }
     }
 
-    /// `join`, `leave`, `timeout`.
+    /// `join`, `leave`, `timeout`, `start`, `end`.
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Join => "join",
             EventKind::Leave => "leave",
             EventKind::Timeout => "timeout",
+            EventKind::Start => "start",
+            EventKind::End => "end",
         }
     }
 
@@ -315,6 +323,51 @@ impl EventKind {
             1 => Some(EventKind::Join),
             2 => Some(EventKind::Leave),
             3 => Some(EventKind::Timeout),
+            4 => Some(EventKind::Start),
+            5 => Some(EventKind::End),
+            _ => None,
+        }
+    }
+
+    /// Whether the event is the instance's (a start or an end), not a
+    /// user's.
+    pub fn is_transition(self) -> bool {
+        matches!(self, EventKind::Start | EventKind::End)
+    }
+}
+
+/// Why an instance ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Its `to` came.
+    Scheduled,
+    /// A window of a higher order of its meeting opened.
+    Preempted,
+    /// By hand: END, or its `to` moved to now or before.
+    Ended,
+    /// Its window passed with nothing to start it: it never ran in the
+    /// store (no start entry).
+    Missed,
+}
+
+impl EndReason {
+    /// As stored and shown: `scheduled`, `preempted`, `ended`, `missed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Scheduled => "scheduled",
+            EndReason::Preempted => "preempted",
+            EndReason::Ended => "ended",
+            EndReason::Missed => "missed",
+        }
+    }
+
+    /// The reason a stored word names.
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "scheduled" => Some(EndReason::Scheduled),
+            "preempted" => Some(EndReason::Preempted),
+            "ended" => Some(EndReason::Ended),
+            "missed" => Some(EndReason::Missed),
             _ => None,
         }
     }
@@ -325,16 +378,20 @@ impl EventKind {
 pub struct Event {
     /// Its id: chronological within the instance.
     pub id: String,
-    /// Whose event.
-    pub user: Id,
-    /// Join, leave or timeout.
+    /// Whose event (`None` for a start or an end).
+    pub user: Option<Id>,
+    /// Join, leave, timeout, start or end.
     pub kind: EventKind,
-    /// When it happened; for a timeout, when the instance ended.
+    /// When it happened; for a timeout or an end, when the instance
+    /// ended; for a start, when it started by the clock.
     pub at: Millis,
-    /// A timeout's instance's scheduled end.
+    /// A timeout's or an end's instance's scheduled end.
     pub scheduled_end: Option<Millis>,
-    /// When a timeout was processed (by a tick or END).
+    /// When a timeout, a start or an end was applied (by a request or a
+    /// tick): its id's time.
     pub processed_at: Option<Millis>,
+    /// Why an end ended.
+    pub reason: Option<EndReason>,
 }
 
 /// A page of a chronological list.

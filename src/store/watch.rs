@@ -24,7 +24,7 @@ use redis::{ConnectionAddr, PushInfo, Value};
 
 use super::reply::{self, Fields};
 use super::{Store, StoreError};
-use crate::store::types::{Event, EventKind, InstanceId, Message};
+use crate::store::types::{EndReason, Event, EventKind, InstanceId, Message, Millis};
 
 /// An id of an instance's sequence (`ms-seq`), ordered as Redis orders
 /// stream ids.
@@ -60,13 +60,61 @@ impl FromStr for StreamId {
     }
 }
 
+/// What a watch follows: an instance's entries (its events and chat), or
+/// the starts and ends of a partition's instances (WATCH ACTIVE follows
+/// every partition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    /// One instance.
+    Instance(InstanceId),
+    /// The log of transitions of one partition.
+    Partition(u64),
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Topic::Instance(instance) => write!(f, "{instance}"),
+            Topic::Partition(p) => write!(f, "active (partition {p})"),
+        }
+    }
+}
+
+impl From<InstanceId> for Topic {
+    fn from(instance: InstanceId) -> Topic {
+        Topic::Instance(instance)
+    }
+}
+
+/// A start or an end of an instance, as its partition's log of
+/// transitions has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// Its id in the partition's log.
+    pub id: String,
+    /// Which instance.
+    pub instance: InstanceId,
+    /// [`EventKind::Start`] or [`EventKind::End`].
+    pub kind: EventKind,
+    /// When, by the clock.
+    pub at: Millis,
+    /// The instance's window.
+    pub from: Millis,
+    /// Its scheduled end.
+    pub to: Millis,
+    /// Why an end ended.
+    pub reason: Option<EndReason>,
+}
+
 /// One entry of the merged feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FeedItem {
-    /// A join, leave or timeout.
+    /// A join, leave, timeout, start or end of the instance.
     Event(Event),
     /// A chat message.
     Message(Message),
+    /// A start or an end in a partition's log of transitions.
+    Transition(Transition),
 }
 
 impl FeedItem {
@@ -75,6 +123,7 @@ impl FeedItem {
         match self {
             FeedItem::Event(e) => &e.id,
             FeedItem::Message(m) => &m.id,
+            FeedItem::Transition(t) => &t.id,
         }
     }
 }
@@ -103,24 +152,28 @@ pub struct Published {
 }
 
 impl Published {
+    /// Decode what was published on `topic`'s channel; `None` for
+    /// anything else.
+    pub fn parse_for(topic: Topic, payload: &[u8]) -> Option<Published> {
+        match topic {
+            Topic::Instance(_) => Published::parse(payload),
+            Topic::Partition(_) => Published::parse_transition(payload),
+        }
+    }
+
     /// Decode `<prev> <id> <kind> <user>[ <rest>]` (see
     /// `lua/include/watch.lua`); `None` for anything else.
     pub fn parse(payload: &[u8]) -> Option<Published> {
         let text = std::str::from_utf8(payload).ok()?;
         let mut parts = text.splitn(5, ' ');
-        let prev = parts.next()?;
-        let prev = if prev == "-" {
-            None
-        } else {
-            Some(prev.parse::<StreamId>().ok()?)
-        };
+        let prev = parse_prev(parts.next()?)?;
         let raw_id = parts.next()?;
         let id = raw_id.parse::<StreamId>().ok()?;
         let kind = parts.next()?;
-        let user = parts.next()?.parse().ok()?;
+        let user = parts.next()?;
         let rest = parts.next();
         let at = i64::try_from(id.ms).ok()?;
-        let event = |kind, at, scheduled_end, processed_at| {
+        let event = |kind, user, at, scheduled_end, processed_at, reason| {
             FeedItem::Event(Event {
                 id: raw_id.to_string(),
                 user,
@@ -128,23 +181,64 @@ impl Published {
                 at,
                 scheduled_end,
                 processed_at,
+                reason,
             })
         };
         let item = match (kind, rest) {
-            ("1", None) => event(EventKind::Join, at, None, None),
-            ("2", None) => event(EventKind::Leave, at, None, None),
+            ("4" | "5", _) if user != "-" => return None,
+            ("4", Some(rest)) => event(
+                EventKind::Start,
+                None,
+                rest.parse().ok()?,
+                None,
+                Some(at),
+                None,
+            ),
+            ("5", Some(rest)) => {
+                let mut words = rest.split(' ');
+                let (ended, end, why) = (words.next()?, words.next()?, words.next()?);
+                if words.next().is_some() {
+                    return None;
+                }
+                event(
+                    EventKind::End,
+                    None,
+                    ended.parse().ok()?,
+                    Some(end.parse().ok()?),
+                    Some(at),
+                    Some(EndReason::parse(why)?),
+                )
+            }
+            ("1", None) => event(
+                EventKind::Join,
+                Some(user.parse().ok()?),
+                at,
+                None,
+                None,
+                None,
+            ),
+            ("2", None) => event(
+                EventKind::Leave,
+                Some(user.parse().ok()?),
+                at,
+                None,
+                None,
+                None,
+            ),
             ("3", Some(rest)) => {
                 let (ended, end) = rest.split_once(' ')?;
                 event(
                     EventKind::Timeout,
+                    Some(user.parse().ok()?),
                     ended.parse().ok()?,
                     Some(end.parse().ok()?),
                     Some(at),
+                    None,
                 )
             }
             ("m", Some(text)) => FeedItem::Message(Message {
                 id: raw_id.to_string(),
-                user,
+                user: user.parse().ok()?,
                 text: text.to_string(),
                 at,
             }),
@@ -152,12 +246,53 @@ impl Published {
         };
         Some(Published { prev, id, item })
     }
+
+    /// Decode a partition's `<prev> <id> <kind> <M>/<O> <at> <from>
+    /// <to>[ <why>]`; `None` for anything else.
+    pub fn parse_transition(payload: &[u8]) -> Option<Published> {
+        let text = std::str::from_utf8(payload).ok()?;
+        let words: Vec<&str> = text.split(' ').collect();
+        let (prev, raw_id, kind, name) =
+            (words.first()?, words.get(1)?, words.get(2)?, words.get(3)?);
+        let number = |i: usize| words.get(i).and_then(|w| w.parse::<Millis>().ok());
+        let (kind, reason) = match (*kind, words.len()) {
+            ("4", 7) => (EventKind::Start, None),
+            ("5", 8) => (EventKind::End, Some(EndReason::parse(words[7])?)),
+            _ => return None,
+        };
+        let (meeting, order) = name.split_once('/')?;
+        Some(Published {
+            prev: parse_prev(prev)?,
+            id: raw_id.parse().ok()?,
+            item: FeedItem::Transition(Transition {
+                id: raw_id.to_string(),
+                instance: InstanceId {
+                    meeting: meeting.parse().ok()?,
+                    order: order.parse().ok()?,
+                },
+                kind,
+                at: number(4)?,
+                from: number(5)?,
+                to: number(6)?,
+                reason,
+            }),
+        })
+    }
+}
+
+/// A published `prev`: an id, or `-` (not known: `Some(None)`).
+fn parse_prev(word: &str) -> Option<Option<StreamId>> {
+    if word == "-" {
+        Some(None)
+    } else {
+        Some(Some(word.parse::<StreamId>().ok()?))
+    }
 }
 
 /// The slot of a channel or key (its hash tag's): where SPUBLISH sends it
 /// on a cluster.
 pub fn channel_slot(channel: &str) -> u16 {
-    super::users::slot_of(channel)
+    super::tracking::slot_of(channel)
 }
 
 /// A cluster's slot ranges (inclusive) and the master serving each, as
@@ -173,57 +308,73 @@ pub fn shard_of(shards: &Shards, slot: u16) -> Option<&str> {
 }
 
 impl Store {
-    /// The call of a page of an instance's events and chat merged in id
-    /// order, after `after` (from the start without it); `not_found` for an
-    /// unknown instance.
+    /// The call of a page of what `topic` follows after `after` (from the
+    /// start without it): an instance's events and chat merged in id
+    /// order (`not_found` for an unknown instance), or a partition's log
+    /// of transitions.
     pub fn feed_call(
         &self,
-        instance: InstanceId,
+        topic: impl Into<Topic>,
         after: Option<StreamId>,
         limit: usize,
     ) -> super::Call<Feed> {
-        let args = [
-            instance.order.to_string(),
-            after.map(|id| id.to_string()).unwrap_or_default(),
-            limit.clamp(1, super::PAGE).to_string(),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        super::Call::new(
-            "meet_feed",
-            &self.keys.meeting(instance.meeting),
-            &args,
-            false,
-            decode_feed,
-        )
+        let after = after.map(|id| id.to_string()).unwrap_or_default();
+        let limit = limit.clamp(1, super::PAGE).to_string();
+        match topic.into() {
+            Topic::Instance(instance) => {
+                let order = instance.order.to_string();
+                super::Call::new(
+                    "meet_feed",
+                    &self.keys.meeting(instance.meeting),
+                    &[&order, &after, &limit],
+                    false,
+                    decode_feed,
+                )
+            }
+            Topic::Partition(p) => super::Call::new(
+                "meet_transitions",
+                &super::Keys::transitions(p),
+                &[&after, &limit],
+                false,
+                decode_transitions,
+            ),
+        }
     }
 
-    /// A page of an instance's feed (see [`Store::feed_call`]).
+    /// A page of what `topic` follows (see [`Store::feed_call`]).
     pub async fn feed(
         &self,
-        instance: InstanceId,
+        topic: impl Into<Topic>,
         after: Option<StreamId>,
         limit: usize,
     ) -> Result<Feed, StoreError> {
-        self.run(self.feed_call(instance, after, limit)).await
+        self.run(self.feed_call(topic, after, limit)).await
     }
 
-    /// The channel an instance's entries are published on.
-    pub fn watch_channel(&self, instance: InstanceId) -> String {
-        format!(
-            "meetingd:{{p{}}}:watch:{instance}",
-            self.keys.partition(instance.meeting)
-        )
+    /// The channel `topic`'s entries are published on.
+    pub fn watch_channel(&self, topic: impl Into<Topic>) -> String {
+        match topic.into() {
+            Topic::Instance(instance) => format!(
+                "meetingd:{{p{}}}:watch:{instance}",
+                self.keys.partition(instance.meeting)
+            ),
+            Topic::Partition(p) => format!("meetingd:{{p{p}}}:watch:active"),
+        }
     }
 
-    /// The instance of a channel [`Store::watch_channel`] named.
-    pub fn channel_instance(channel: &[u8]) -> Option<InstanceId> {
+    /// The topic of a channel [`Store::watch_channel`] named.
+    pub fn channel_topic(channel: &[u8]) -> Option<Topic> {
         let channel = std::str::from_utf8(channel).ok()?;
-        let (_, name) = channel.rsplit_once(":watch:")?;
+        let (head, name) = channel.rsplit_once(":watch:")?;
+        if name == "active" {
+            let p = head.strip_prefix("meetingd:{p")?.strip_suffix('}')?;
+            return Some(Topic::Partition(p.parse().ok()?));
+        }
         let (meeting, order) = name.split_once('/')?;
-        Some(InstanceId {
+        Some(Topic::Instance(InstanceId {
             meeting: meeting.parse().ok()?,
             order: order.parse().ok()?,
-        })
+        }))
     }
 
     /// Whether the store runs on a cluster.
@@ -321,6 +472,31 @@ fn decode_feed(value: Value) -> Result<Feed, StoreError> {
     Ok(Feed { last, items, next })
 }
 
+/// A page of a partition's log of transitions, as a feed.
+fn decode_transitions(value: Value) -> Result<Feed, StoreError> {
+    const F: &str = "meet_transitions";
+    let mut fields = Fields::new(F, value)?;
+    let last = reply::text(F, fields.take("last")?)?
+        .parse::<StreamId>()
+        .map_err(|e| StoreError::Internal(format!("unexpected reply from {F}: {e}")))?;
+    let next = fields
+        .optional("next")?
+        .map(|v| reply::text(F, v))
+        .transpose()?;
+    let items = fields
+        .array("entries")?
+        .into_iter()
+        .map(|entry| {
+            let (id, f) = reply::entry(F, entry)?;
+            let parsed = id
+                .parse::<StreamId>()
+                .map_err(|e| StoreError::Internal(format!("unexpected reply from {F}: {e}")))?;
+            Ok((parsed, FeedItem::Transition(reply::transition(id, f)?)))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(Feed { last, items, next })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,7 +509,10 @@ mod tests {
         let FeedItem::Event(e) = &join.item else {
             panic!("{join:?}")
         };
-        assert_eq!((e.user, e.kind, e.at), (7, EventKind::Join, 1795341600000));
+        assert_eq!(
+            (e.user, e.kind, e.at),
+            (Some(7), EventKind::Join, 1795341600000)
+        );
         let post = Published::parse(b"1-0 1-1 m 9 hello  there\nyou").expect("post");
         assert_eq!(
             post.item,
@@ -367,10 +546,70 @@ mod tests {
     }
 
     #[test]
-    fn channels_name_their_instance() {
-        let instance = Store::channel_instance(b"meetingd:{p3}:watch:12/4").expect("instance");
-        assert_eq!((instance.meeting, instance.order), (12, 4));
-        assert_eq!(Store::channel_instance(b"meetingd:{p3}:wake"), None);
+    fn channels_name_their_topic() {
+        assert_eq!(
+            Store::channel_topic(b"meetingd:{p3}:watch:12/4"),
+            Some(Topic::Instance(InstanceId::new(12, 4)))
+        );
+        assert_eq!(
+            Store::channel_topic(b"meetingd:{p3}:watch:active"),
+            Some(Topic::Partition(3))
+        );
+        assert_eq!(Store::channel_topic(b"meetingd:{p3}:wake"), None);
+        assert_eq!(Store::channel_topic(b"meetingd:{x}:watch:active"), None);
+    }
+
+    #[test]
+    fn starts_and_ends_decode_as_the_logs_have_them() {
+        let start = Published::parse(b"0-0 5-0 4 - 3").expect("start");
+        let FeedItem::Event(e) = &start.item else {
+            panic!("{start:?}")
+        };
+        assert_eq!(
+            (e.user, e.kind, e.at, e.processed_at),
+            (None, EventKind::Start, 3, Some(5))
+        );
+        let end = Published::parse(b"5-0 9-0 5 - 8 10 preempted").expect("end");
+        let FeedItem::Event(e) = &end.item else {
+            panic!("{end:?}")
+        };
+        assert_eq!(
+            (e.kind, e.at, e.scheduled_end, e.reason),
+            (EventKind::End, 8, Some(10), Some(EndReason::Preempted))
+        );
+        let ended = Published::parse_transition(b"1-0 2-0 5 12/4 8 1 10 scheduled").expect("end");
+        assert_eq!(ended.prev, Some("1-0".parse().expect("id")));
+        let FeedItem::Transition(t) = &ended.item else {
+            panic!("{ended:?}")
+        };
+        assert_eq!(
+            (t.instance, t.kind, t.at, t.from, t.to, t.reason),
+            (
+                InstanceId::new(12, 4),
+                EventKind::End,
+                8,
+                1,
+                10,
+                Some(EndReason::Scheduled)
+            )
+        );
+        assert!(Published::parse_transition(b"- 2-0 4 12/4 1 1 10").is_some());
+        for bad in [
+            &b"0-0 5-0 4 7 3"[..],
+            b"0-0 5-0 5 - 8 10",
+            b"0-0 5-0 5 - 8 10 why",
+            b"0-0 5-0 5 - 8 10 ended more",
+        ] {
+            assert_eq!(Published::parse(bad), None, "{bad:?}");
+        }
+        for bad in [
+            &b"1-0 2-0 4 12/4 1 1"[..],
+            b"1-0 2-0 5 12/4 8 1 10",
+            b"1-0 2-0 4 12 1 1 10",
+            b"1-0 2-0 1 12/4 1 1 10",
+        ] {
+            assert_eq!(Published::parse_transition(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

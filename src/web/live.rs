@@ -248,6 +248,9 @@ async fn read_feed(
                 }
                 FeedItem::Message(message) if entry > since => state.messages.push(message),
                 FeedItem::Message(_) => {}
+                // the page reads the instance's state from Redis on each
+                // redraw; a start or an end draws no bar
+                FeedItem::Transition(_) => {}
             }
         }
         if feed.next.is_none() {

@@ -404,7 +404,11 @@ pub fn event_row(event: &Event, names: &HashMap<Id, Arc<Known>>) -> Markup {
         tr data-id=(event.id) {
             td.time title=(when(event.at)) { (time_of_day(event.at)) }
             td { span class={ "badge " (event.kind.as_str()) } { (event.kind.as_str()) } }
-            td { (who(names, event.user)) }
+            td {
+                @if let Some(user) = event.user {
+                    (who(names, user))
+                }
+            }
         }
     }
 }
@@ -479,9 +483,14 @@ async fn archived_spans(reader: &Reader, instance: InstanceId) -> Result<Spans, 
 
 /// One event into the stretches.
 pub fn fold(spans: &mut Spans, event: &Event) {
+    // an instance's start and end entries name nobody: its end's timeouts
+    // close the stretches
+    let Some(user) = event.user else {
+        return;
+    };
     match event.kind {
-        crate::store::EventKind::Join => spans.join(event.user, event.at),
-        _ => spans.leave(event.user, event.at),
+        crate::store::EventKind::Join => spans.join(user, event.at),
+        _ => spans.leave(user, event.at),
     }
 }
 
@@ -649,7 +658,7 @@ async fn from_archive(
     let spans = archived_spans(reader, id).await?;
     let attendance = reader.attendance(id, PARTICIPANT_ROWS).await?;
     let mut ids: Vec<Id> = spans.users().to_vec();
-    ids.extend(events.items.iter().map(|e| e.user));
+    ids.extend(events.items.iter().filter_map(|e| e.user));
     ids.extend(chat.items.iter().map(|m| m.user));
     ids.extend(attendance.iter().map(|a| a.user));
     ids.sort_unstable();
@@ -722,7 +731,7 @@ async fn from_redis(
     let spans = spans(store, instance.id).await?;
     let mut ids: Vec<Id> = spans.users().to_vec();
     ids.extend(present.iter().map(|p| p.user));
-    ids.extend(events.items.iter().map(|e| e.user));
+    ids.extend(events.items.iter().filter_map(|e| e.user));
     ids.extend(chat.items.iter().map(|m| m.user));
     let names = names(store, &ids).await?;
     Ok(Shown {

@@ -88,6 +88,19 @@ async fn clean_data_passes_and_damage_is_reported() {
             .arg("at")
             .arg(t0())
             .clone(),
+        // an instance that ended twice
+        redis::cmd("XADD")
+            .arg(keys.events(InstanceId::new(3, 1)))
+            .arg("*")
+            .arg("t")
+            .arg("5")
+            .arg("at")
+            .arg(t0())
+            .arg("end")
+            .arg(t0())
+            .arg("why")
+            .arg("ended")
+            .clone(),
         // a key that is not of the layout
         redis::cmd("SET")
             .arg("meetingd:{p1}:weird")
@@ -103,6 +116,7 @@ async fn clean_data_passes_and_damage_is_reported() {
         "instance 2/1: user 1 has a join right after a join",
         "instance 4/1: active but not in the active index",
         "an orphan key: instance 99/1 does not exist",
+        "instance 3/1: 2 end entries",
         "meetingd:{p1}:weird: not a key of meetingd's layout",
     ];
     for needle in expected {
@@ -116,5 +130,5 @@ async fn clean_data_passes_and_damage_is_reported() {
     assert_eq!(code, 1, "{out}");
     let lines = out.lines().filter(|l| !l.starts_with("meetingd: ")).count();
     assert_eq!(lines, expected.len(), "one line per problem: {out}");
-    assert!(out.contains("meetingd: 5 problems"), "{out}");
+    assert!(out.contains("meetingd: 6 problems"), "{out}");
 }

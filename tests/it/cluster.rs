@@ -704,7 +704,11 @@ async fn calls_during_a_migration(cluster: &Cluster, store: &Store, to: u16) {
         .events(instance.into(), None, 100)
         .await
         .expect("events");
-    let log: Vec<(u64, EventKind)> = events.items.iter().map(|e| (e.user, e.kind)).collect();
+    let log: Vec<(u64, EventKind)> = events
+        .items
+        .iter()
+        .filter_map(|e| Some((e.user?, e.kind)))
+        .collect();
     assert_eq!(
         log,
         [
@@ -1121,4 +1125,81 @@ fn a_watch_goes_on_through_a_failover_without_loss() {
         .collect();
     assert_eq!(seen, posted);
     assert_eq!(cluster.owner("meetingd:{p1}:meeting:1"), replica);
+}
+
+/// ACTIVE on a cluster from the partitions' kept answers: a JOIN made
+/// through another store shows at once; and when the slot of a partition
+/// whose (empty) answer is kept moves to another master, a window made
+/// there afterwards shows too (the barrier finds the old master no longer
+/// serves the partition, so the kept answer is dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_from_kept_answers_follows_writes_and_moved_slots() {
+    let cluster = Cluster::start(3);
+    let store = cluster.store(ManualClock::new(t0() + MIN)).await;
+    let other = cluster.store(ManualClock::new(t0() + MIN)).await;
+    users(&store, 1..=2).await;
+    for m in [1, 2, 3] {
+        public_meeting(&store, m).await;
+        store
+            .instance_set(InstanceId::new(m, 1), t0(), t0() + 60 * MIN)
+            .await
+            .expect("instance");
+    }
+    let listed = |rows: Vec<meetingd::store::ActiveInstance>| -> Vec<(u64, u64)> {
+        rows.iter()
+            .map(|r| (r.instance.id.meeting, r.participants))
+            .collect()
+    };
+    assert_eq!(
+        listed(store.active().await.expect("active")),
+        [(1, 0), (2, 0), (3, 0)]
+    );
+    other.join(1, InstanceRef::Current(2)).await.expect("join");
+    assert_eq!(
+        listed(store.active().await.expect("active")),
+        [(1, 0), (2, 1), (3, 0)]
+    );
+
+    // partition 10 holds nothing: its answer is kept on its master; the
+    // slot moves (no key to migrate), and a window is made in it
+    let empty = 10u64;
+    let key = meetingd::store::Keys::due(empty);
+    let slot = cluster.slot(&key);
+    let from = cluster.owner(&key);
+    let to = *cluster
+        .ports()
+        .iter()
+        .find(|p| **p != from)
+        .expect("another master");
+    cluster.begin_migration(slot, from, to);
+    cluster.migrate_keys(slot, from, to);
+    cluster.finish_migration(slot, to);
+    // the other store learns of the move by its MOVED reply
+    let made = async {
+        for _ in 0..50 {
+            public_meeting(&other, empty).await;
+            if other
+                .instance_set(InstanceId::new(empty, 1), t0(), t0() + 60 * MIN)
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(made.await, "the window is made on the new master");
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        match store.active().await {
+            Ok(rows) => {
+                seen = listed(rows);
+                break;
+            }
+            // the slot map is read again meanwhile
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(seen, [(1, 0), (2, 1), (3, 0), (empty, 0)]);
 }

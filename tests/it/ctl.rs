@@ -574,13 +574,16 @@ fn active_and_attendance() {
     assert_eq!(row["FROM"], reply_time(&from));
     assert_eq!(row["TO"], reply_time(&to));
     assert_eq!(row["PARTICIPANTS"], "2");
+    assert_eq!(record(&out)["next"], "-", "{out}");
     let result = ctl_json(&daemon, &["active"]);
     assert_eq!(
         result,
-        json!([{"meeting": 1, "order": 1, "title": "Standup", "description": "every day",
-            "public": false, "from": reply_time(&from), "to": reply_time(&to),
-            "participants": 2}])
+        json!({"instances": [{"meeting": 1, "order": 1, "title": "Standup",
+            "description": "every day", "public": false, "from": reply_time(&from),
+            "to": reply_time(&to), "participants": 2}], "next": null})
     );
+    let page = ctl_json(&daemon, &["active", "--after", "1", "--limit", "5"]);
+    assert_eq!(page, json!({"instances": [], "next": null}));
 
     let out = ctl(&daemon, &["attendance"]);
     let (columns, rows) = table(&out, "MEETING");
@@ -598,8 +601,18 @@ fn active_and_attendance() {
     let result = ctl_json(&daemon, &["attendance"]);
     assert_eq!(
         result,
-        json!([{"meeting": 1, "order": 1, "title": "Standup",
-            "participants": [{"user": 1, "joined_at": ada}, {"user": 2, "joined_at": bob}]}])
+        json!({"instances": [{"meeting": 1, "order": 1, "title": "Standup",
+            "participants": [{"user": 1, "joined_at": ada}, {"user": 2, "joined_at": bob}]}],
+            "next": null})
+    );
+    // a page of one participant goes on after its join position
+    let first = ctl_json(&daemon, &["attendance", "--limit", "1"]);
+    let next = first["next"].as_str().expect("a next page").to_string();
+    assert!(next.starts_with("1/1:1@"), "{next}");
+    let rest = ctl_json(&daemon, &["attendance", "--after", &next]);
+    assert_eq!(
+        rest["instances"][0]["participants"],
+        json!([{"user": 2, "joined_at": bob}])
     );
 }
 
@@ -767,10 +780,13 @@ fn events_and_end() {
     let out = ctl(&daemon, &["events", "1"]);
     assert_eq!(record(&out)["next"], "-");
     let (columns, rows) = table(&out, "ID");
-    assert_eq!(columns, ["ID", "USER", "TYPE", "CODE", "AT"]);
-    assert_eq!(column(&rows, "USER"), ["1", "2", "2"]);
-    assert_eq!(column(&rows, "TYPE"), ["join", "join", "leave"]);
-    assert_eq!(column(&rows, "CODE"), ["1", "1", "2"]);
+    assert_eq!(
+        columns,
+        ["ID", "USER", "TYPE", "CODE", "AT", "PROCESSED_AT"]
+    );
+    assert_eq!(column(&rows, "USER"), ["-", "1", "2", "2"]);
+    assert_eq!(column(&rows, "TYPE"), ["start", "join", "join", "leave"]);
+    assert_eq!(column(&rows, "CODE"), ["4", "1", "1", "2"]);
 
     let ended = record(&ctl(&daemon, &["end", "1"]));
     assert_eq!(ended["meeting"], "1");
@@ -791,23 +807,26 @@ fn events_and_end() {
     assert_eq!(
         kinds,
         [
+            (&Value::Null, &json!("start"), &json!(4)),
             (&json!(1), &json!("join"), &json!(1)),
             (&json!(2), &json!("join"), &json!(1)),
             (&json!(2), &json!("leave"), &json!(2)),
+            (&Value::Null, &json!("end"), &json!(5)),
             (&json!(1), &json!("timeout"), &json!(3)),
         ]
     );
-    assert_eq!(events[3]["scheduled_end"], reply_time(&to));
+    assert_eq!(events[4]["reason"], "ended");
+    assert_eq!(events[5]["scheduled_end"], reply_time(&to));
     assert_eq!(result["next"], Value::Null);
-    let page = ctl_json(&daemon, &["events", "1/1", "--limit", "2"]);
-    assert_eq!(page["events"].as_array().map(Vec::len), Some(2));
+    let page = ctl_json(&daemon, &["events", "1/1", "--limit", "3"]);
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(3));
     let next = page["next"].as_str().expect("a next page").to_string();
     let page = ctl_json(
         &daemon,
         &["events", "1/1", "--after", &next, "--limit", "2"],
     );
     assert_eq!(page["events"][0]["type"], "leave");
-    assert_eq!(page["events"][1]["type"], "timeout");
+    assert_eq!(page["events"][1]["type"], "end");
 
     // END by meeting and order, in JSON
     let (from, to) = window();
@@ -1273,20 +1292,21 @@ fn watch_prints_entries_as_they_come() {
     // the history, for people
     let run = meetingctl(
         daemon.socket(),
-        &["watch", "1/1", "--after", "0", "--count", "3"],
+        &["watch", "1/1", "--after", "0", "--count", "4"],
     );
     assert_eq!(run.status, 0, "{}", run.stderr);
     assert_eq!(run.stderr, "watching 1/1 (Ctrl-C stops)\n");
     let lines: Vec<&str> = run.stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{}", run.stdout);
-    assert!(lines[0].ends_with("  1/1  join     user 1"), "{}", lines[0]);
+    assert_eq!(lines.len(), 4, "{}", run.stdout);
+    assert!(lines[0].ends_with("  1/1  start"), "{}", lines[0]);
+    assert!(lines[1].ends_with("  1/1  join     user 1"), "{}", lines[1]);
     assert!(
-        lines[1].ends_with("  1/1  message  user 1: hi there"),
+        lines[2].ends_with("  1/1  message  user 1: hi there"),
         "{}",
-        lines[1]
+        lines[2]
     );
-    assert!(lines[2].ends_with("  1/1  leave    user 1"), "{}", lines[2]);
-    assert_recent(lines[0].split("  ").next().unwrap_or_default());
+    assert!(lines[3].ends_with("  1/1  leave    user 1"), "{}", lines[3]);
+    assert_recent(lines[1].split("  ").next().unwrap_or_default());
 
     // live, for scripts: started first, then the entries happen
     let watcher = Command::new(env!("CARGO_BIN_EXE_meetingctl"))

@@ -192,6 +192,9 @@ fn crash_trial(env: &[(&str, &str)], clients: u64, kill_after: usize) -> Trial {
     // per user: (joins, leaves) stored and acknowledged
     let mut stored: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
     for event in all_pages(&mut c, "EVENTS 1/1", "events") {
+        if event["type"] == "start" {
+            continue;
+        }
         let user = event["user"].as_u64().expect("an event's user");
         let entry = stored.entry(user).or_default();
         match event["type"].as_str() {

@@ -279,7 +279,7 @@ fn redis_gone_for_ten_seconds_then_everything_catches_up() {
     loop {
         let active = c.request("ACTIVE");
         let caught_up = active["ok"] == true
-            && active["result"]
+            && active["result"]["instances"]
                 .as_array()
                 .is_some_and(|rows| rows.iter().any(|r| r["meeting"] == 2));
         if caught_up {
@@ -361,7 +361,10 @@ fn two_daemons_ticking_one_redis_under_load() {
         let events = c.ok(&format!("EVENTS {m}/1"));
         let mut inside = std::collections::BTreeMap::new();
         for e in events["events"].as_array().expect("events") {
-            let user = e["user"].as_u64().expect("user");
+            // the instance's own start and end have no user
+            let Some(user) = e["user"].as_u64() else {
+                continue;
+            };
             let was = inside.insert(user, e["type"] == "join").unwrap_or(false);
             if e["type"] == "join" {
                 joins += 1;

@@ -310,9 +310,14 @@ fn an_end_moved_into_the_past_ends_it_now() {
     assert_eq!(moved["state"], "ended", "{moved}");
     let events = c.ok("EVENTS 1/1");
     let log = events["events"].as_array().cloned().unwrap_or_default();
-    assert_eq!(log.len(), 2, "{events}");
-    let (join, timeout) = (&log[0], &log[1]);
-    assert_eq!(timeout["type"], "timeout");
+    let kinds: Vec<&str> = log.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds, ["start", "join", "end", "timeout"], "{events}");
+    let (join, end, timeout) = (&log[1], &log[2], &log[3]);
+    assert_eq!(end["reason"], "ended");
+    assert_eq!(
+        end["at"], timeout["at"],
+        "the end and its timeout at one time"
+    );
     assert!(
         timeout["at"].as_str() >= join["at"].as_str(),
         "the timeout follows the join: {events}"

@@ -165,8 +165,9 @@ async fn read_only_functions_carry_no_writes() {
         "meet_messages",
         "meet_events",
         "meet_feed",
+        "meet_transitions",
     ];
-    assert_eq!(functions.len(), 28, "every operation is registered");
+    assert_eq!(functions.len(), 29, "every operation is registered");
     for function in &functions {
         let name = text(&field(function, "name"));
         assert!(name.starts_with("meet_"), "{name} is prefixed meet_");
@@ -357,7 +358,8 @@ async fn join_post_read_leave_end() {
         .iter()
         .map(|(_, f)| text(&field(f, "t")))
         .collect();
-    assert_eq!(kinds, ["1", "2", "1", "3"]);
+    // start, join, leave, join, end, timeout
+    assert_eq!(kinds, ["4", "1", "2", "1", "5", "3"]);
     let ticked = fcall(&mut conn, "meet_tick", &[DUE], &[&ms(t0() + 600 * MIN)])
         .await
         .expect("tick");
@@ -862,9 +864,10 @@ async fn event_times_never_go_backwards() {
     let first = join(&mut conn, "1", "ada@example.com", 1)
         .await
         .expect("join at now = 1");
+    // the join started the instance: its start entry took the first id
     assert_eq!(
         placed(&first).1,
-        format!("{}-0", t0()),
+        format!("{}-1", t0()),
         "not before the window"
     );
     fcall(
@@ -905,8 +908,9 @@ async fn event_times_never_go_backwards() {
         .collect();
     assert_eq!(
         timeouts,
+        // after the end entry, which took the first id of that moment
         [(
-            format!("{}-0", t0() + 6000),
+            format!("{}-1", t0() + 6000),
             ms(t0() + 6000),
             ms(t0() + 1000)
         )]

@@ -1,6 +1,7 @@
 //! meetingd's integration tests: one binary, a real redis-server per test
 //! (see `harness`), never a mock.
 
+mod active;
 mod archive;
 mod calls;
 mod check;

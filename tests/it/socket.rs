@@ -246,8 +246,9 @@ fn seed_scenario(c: &mut Client) {
 
     // active meetings and attendance
     let active = c.ok("ACTIVE");
-    assert_eq!(active.as_array().map(Vec::len), Some(3));
-    let town = active
+    assert_eq!(active["instances"].as_array().map(Vec::len), Some(3));
+    assert_eq!(active["next"], serde_json::Value::Null);
+    let town = active["instances"]
         .as_array()
         .and_then(|rows| rows.iter().find(|r| r["meeting"] == 1))
         .expect("the town hall is active");
@@ -255,7 +256,8 @@ fn seed_scenario(c: &mut Client) {
     assert_eq!(town["public"], true);
     assert_eq!(town["title"], "Town hall");
     let attendance = c.ok("ATTENDANCE");
-    let board = attendance
+    assert_eq!(attendance["next"], serde_json::Value::Null);
+    let board = attendance["instances"]
         .as_array()
         .and_then(|rows| rows.iter().find(|r| r["meeting"] == 2))
         .expect("the board attended");
@@ -271,13 +273,13 @@ fn seed_scenario(c: &mut Client) {
     assert_eq!(c.error_code("JOIN 2 1"), "inactive");
     assert_eq!(c.ok("PARTICIPANTS 1/2"), serde_json::json!([]));
     let events = c.ok("EVENTS 1/2");
-    let log: Vec<(u64, &str, u64)> = events["events"]
+    let log: Vec<(Option<u64>, &str, u64)> = events["events"]
         .as_array()
         .expect("events")
         .iter()
         .map(|e| {
             (
-                e["user"].as_u64().expect("user"),
+                e["user"].as_u64(),
                 e["type"].as_str().expect("type"),
                 e["code"].as_u64().expect("code"),
             )
@@ -286,15 +288,18 @@ fn seed_scenario(c: &mut Client) {
     assert_eq!(
         log,
         [
-            (1, "join", 1),
-            (2, "join", 1),
-            (3, "join", 1),
-            (2, "leave", 2),
-            (1, "timeout", 3),
-            (3, "timeout", 3)
+            (None, "start", 4),
+            (Some(1), "join", 1),
+            (Some(2), "join", 1),
+            (Some(3), "join", 1),
+            (Some(2), "leave", 2),
+            (None, "end", 5),
+            (Some(1), "timeout", 3),
+            (Some(3), "timeout", 3)
         ]
     );
-    let timeout = &events["events"][4];
+    assert_eq!(events["events"][5]["reason"], "ended");
+    let timeout = &events["events"][6];
     assert!(timeout["scheduled_end"].is_string() && timeout["processed_at"].is_string());
     assert_eq!(
         c.ok("MESSAGES 1/2")["messages"].as_array().map(Vec::len),

@@ -161,7 +161,10 @@ async fn the_seed_scenario() {
         .expect("participants");
     let order: Vec<u64> = everybody.iter().map(|p| p.user).collect();
     assert_eq!(order, [1, 2, 3]);
-    let (_, page) = store.participants(town, Some(1), 1).await.expect("page 2");
+    let (_, page) = store
+        .participants(town, Some((1, None)), 1)
+        .await
+        .expect("page 2");
     assert_eq!(page.iter().map(|p| p.user).collect::<Vec<_>>(), [2]);
     let names = store.users_known(&order).await.expect("users");
     assert_eq!(
@@ -254,7 +257,11 @@ async fn the_seed_scenario() {
         .expect("after the end");
     assert!(nobody.is_empty());
     let (_, events) = store.events(exact, None, 1000).await.expect("events");
-    let log: Vec<(u64, EventKind)> = events.items.iter().map(|e| (e.user, e.kind)).collect();
+    let log: Vec<(u64, EventKind)> = events
+        .items
+        .iter()
+        .filter_map(|e| Some((e.user?, e.kind)))
+        .collect();
     assert_eq!(
         log,
         [
@@ -266,7 +273,13 @@ async fn the_seed_scenario() {
             (3, EventKind::Timeout),
         ]
     );
-    let timeout = &events.items[4];
+    // the log opens with the start and has the end before the timeouts
+    let kinds: Vec<EventKind> = events.items.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds.first(), Some(&EventKind::Start));
+    assert_eq!(kinds[5], EventKind::End, "{kinds:?}");
+    assert_eq!(events.items[5].scheduled_end, Some(t0() + 50 * MIN));
+    let timeout = &events.items[6];
+    assert_eq!(timeout.kind, EventKind::Timeout);
     assert_eq!(timeout.scheduled_end, Some(t0() + 50 * MIN));
     assert_eq!(timeout.processed_at, Some(clock_now(&store)));
     let (_, chat) = store
@@ -323,7 +336,8 @@ async fn end_drains_a_big_instance_in_bounded_calls() {
     assert_eq!(ended.timed_out.len(), 250);
     assert_eq!(ended.timed_out, (1..=250).collect::<Vec<_>>());
     let (_, events) = store.events(big.into(), None, 1000).await.expect("events");
-    assert_eq!(events.items.len(), 500);
+    // 250 joins, 250 timeouts, the start and the end
+    assert_eq!(events.items.len(), 502);
 }
 
 #[tokio::test]

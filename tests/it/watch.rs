@@ -220,12 +220,17 @@ fn a_watcher_sees_its_instance_live_in_order_on(backend: &Backend) {
 
     // each step on meeting 1 is preceded by one on meeting 2, which the
     // watcher must not see
-    let steps: [(&str, &str, u64, Option<&str>); 5] = [
-        ("JOIN 1 1", "join", 1, None),
-        ("JOIN 2 1/1", "join", 2, None),
-        (r#"POST 1 1 "hello, all""#, "message", 1, Some("hello, all")),
-        ("LEAVE 1 1", "leave", 1, None),
-        ("END 1/1", "timeout", 2, None),
+    let steps: [(&str, &str, Option<u64>, Option<&str>); 5] = [
+        ("JOIN 1 1", "join", Some(1), None),
+        ("JOIN 2 1/1", "join", Some(2), None),
+        (
+            r#"POST 1 1 "hello, all""#,
+            "message",
+            Some(1),
+            Some("hello, all"),
+        ),
+        ("LEAVE 1 1", "leave", Some(1), None),
+        ("END 1/1", "end", None, None),
     ];
     let mut last_id = String::new();
     for (request, kind, user, text) in steps {
@@ -234,7 +239,7 @@ fn a_watcher_sees_its_instance_live_in_order_on(backend: &Backend) {
         let reply = actor.ok(request);
         let seen = event(&mut watcher);
         assert_eq!(seen["type"], kind, "{request}: {seen}");
-        assert_eq!(seen["user"], user, "{request}: {seen}");
+        assert_eq!(seen["user"].as_u64(), user, "{request}: {seen}");
         assert_eq!(
             (seen["meeting"].as_u64(), seen["order"].as_u64()),
             (Some(1), Some(1))
@@ -250,8 +255,9 @@ fn a_watcher_sees_its_instance_live_in_order_on(backend: &Backend) {
                 "a message's event has the POST's id"
             );
         }
-        if kind == "timeout" {
+        if kind == "end" {
             assert!(seen["scheduled_end"].is_string() && seen["processed_at"].is_string());
+            assert_eq!(seen["reason"], "ended");
         }
         let id = seen["id"].as_str().expect("an id").to_string();
         assert!(
@@ -260,6 +266,15 @@ fn a_watcher_sees_its_instance_live_in_order_on(backend: &Backend) {
         );
         last_id = id;
     }
+    // the end, then the timeout of the one still in
+    let timeout = event(&mut watcher);
+    assert_eq!(
+        (&timeout["type"], &timeout["user"]),
+        (&"timeout".into(), &2.into())
+    );
+    assert!(timeout["scheduled_end"].is_string() && timeout["processed_at"].is_string());
+    let id = timeout["id"].as_str().expect("an id");
+    assert!(id_key(id) > id_key(&last_id), "{id} after {last_id}");
 
     // while watching: PING and a refused request, then UNWATCH
     assert_eq!(watcher.ok("PING"), "PONG");

@@ -38,7 +38,7 @@ fn table<'a>(page: &'a str, id: &str) -> &'a str {
 }
 
 /// The event log's rows: (id, kind, user).
-fn event_rows(page: &str) -> Vec<(String, String, u64)> {
+fn event_rows(page: &str) -> Vec<(String, String, Option<u64>)> {
     table(page, "events")
         .split("<tr data-id=\"")
         .skip(1)
@@ -54,8 +54,7 @@ fn event_rows(page: &str) -> Vec<(String, String, u64)> {
                 .split("class=\"id\">#")
                 .nth(1)
                 .and_then(|r| r.split('<').next())
-                .and_then(|u| u.parse().ok())
-                .unwrap_or_else(|| panic!("a user in {row}"));
+                .map(|u| u.parse().unwrap_or_else(|_| panic!("a user in {row}")));
             (id, kind, user)
         })
         .collect()
@@ -115,11 +114,11 @@ fn pager_link(page: &str, section: &str, label: &str) -> Option<String> {
 /// What the test wrote and Redis said of it before the daemon ran.
 struct Written {
     /// 5/1's events as EVENTS gave them: (id, kind, user).
-    events: Vec<(String, String, u64)>,
+    events: Vec<(String, String, Option<u64>)>,
     /// 5/1's messages as MESSAGES gave them: (id, text).
     messages: Vec<(String, String)>,
     /// 5/2's events.
-    events_2: Vec<(String, String, u64)>,
+    events_2: Vec<(String, String, Option<u64>)>,
     /// 5/1's window's start.
     from: i64,
 }
@@ -224,7 +223,7 @@ async fn write(redis: &Redis) -> Written {
     }
     clock.set(to + MIN);
     store.tick(to + MIN).await.expect("the tick ends it");
-    let (_, events) = store.events(target, None, 1000).await.expect("events");
+    let (_, mut events) = store.events(target, None, 1000).await.expect("events");
     let (_, messages) = store
         .messages(target, None, None, 1000)
         .await
@@ -233,12 +232,15 @@ async fn write(redis: &Redis) -> Written {
         .events(InstanceRef::Exact(two), None, 1000)
         .await
         .expect("events 5/2");
-    let rows = |events: &[meetingd::store::Event]| -> Vec<(String, String, u64)> {
+    let rows = |events: &[meetingd::store::Event]| -> Vec<(String, String, Option<u64>)> {
         events
             .iter()
             .map(|e| (e.id.clone(), e.kind.as_str().to_string(), e.user))
             .collect()
     };
+    // the log opens with the instance's start and has its end before the
+    // timeouts: entries the archive keeps in the instance's row instead
+    events.items.retain(|e| e.user.is_some());
     assert_eq!(events.items.len(), 8, "7 events and Cy's timeout");
     assert_eq!(
         events.items.last().map(|e| e.kind),

@@ -484,6 +484,11 @@ pub async fn through_daemon(
                         measure.fail(format!("send: {err}"));
                         break;
                     }
+                    // ACTIVE and ATTENDANCE come a page at a time: an
+                    // operation reads them all (what one request read before
+                    // they had pages), the pages after the first once the
+                    // batch's replies are in
+                    let mut paged = Vec::new();
                     for op in &ops {
                         for _ in 0..World::replies(*op) {
                             line.clear();
@@ -499,7 +504,37 @@ pub async fn through_daemon(
                                 }
                             }
                         }
-                        measure.record(*op, sent.elapsed());
+                        match next_page(*op, &line) {
+                            Some(next) => paged.push((*op, next)),
+                            None => measure.record(*op, sent.elapsed()),
+                        }
+                    }
+                    for (op, mut next) in paged {
+                        loop {
+                            let command = if op == Op::Active {
+                                "ACTIVE"
+                            } else {
+                                "ATTENDANCE"
+                            };
+                            let request = format!("{command} AFTER {next}\n");
+                            if let Err(err) = write.write_all(request.as_bytes()).await {
+                                measure.fail(format!("send: {err}"));
+                                return measure;
+                            }
+                            line.clear();
+                            if !matches!(read.read_line(&mut line).await, Ok(n) if n > 0) {
+                                measure.fail("the daemon closed the connection".into());
+                                return measure;
+                            }
+                            if !line.starts_with("{\"ok\":true") {
+                                measure.fail(line.trim_end().to_string());
+                            }
+                            match next_page(op, &line) {
+                                Some(after) => next = after,
+                                None => break,
+                            }
+                        }
+                        measure.record(op, sent.elapsed());
                     }
                     done += depth as u64;
                 }
@@ -508,6 +543,24 @@ pub async fn through_daemon(
         })
         .collect();
     gather(tasks, started).await
+}
+
+/// The `next` of a page of ACTIVE or ATTENDANCE (a reply of a daemon that
+/// pages them), to ask for the following page with; `None` at the end, or
+/// for another operation.
+fn next_page(op: Op, line: &str) -> Option<String> {
+    if !matches!(op, Op::Active | Op::Attendance) {
+        return None;
+    }
+    // the last field of the result: `..."next":<value>}}` (read from the
+    // end, not parsed whole: a page may be big)
+    let (_, tail) = line.trim_end().rsplit_once("\"next\":")?;
+    let value = tail.strip_suffix("}}")?;
+    match value {
+        "null" => None,
+        quoted if quoted.starts_with('"') => Some(quoted.trim_matches('"').to_string()),
+        number => Some(number.to_string()),
+    }
 }
 
 /// Drive Redis directly, through the store: one store (one connection) per

@@ -594,27 +594,7 @@ async fn the_timeline_has_bars_where_the_events_say() {
     let from = t0() - 180 * MIN;
     let to = from + 120 * MIN;
     let (store, clock) = redis.store(from - MIN).await;
-    for (id, name) in [(1, "Ada"), (2, "Bob"), (3, "Cy")] {
-        store
-            .user_set(&User {
-                id,
-                name: name.into(),
-                age: 30,
-                gender: "-".into(),
-                email: format!("{}@example.com", name.to_lowercase()),
-            })
-            .await
-            .expect("user");
-    }
-    store
-        .meeting_set(&Meeting {
-            id: 5,
-            title: "Retro".into(),
-            description: String::new(),
-            public: true,
-        })
-        .await
-        .expect("meeting");
+    retro_cast(&store).await;
     let instance = InstanceId::new(5, 1);
     store
         .instance_set(instance, from, to)
@@ -956,4 +936,30 @@ async fn screenshots_of_the_demo() {
         eprintln!("screenshots written to {}", keep.display());
     }
     browser.stop().await;
+}
+
+/// The cast of the hand-made instances: users Ada, Bob and Cy (1-3) and
+/// the public meeting 5, "Retro".
+pub(crate) async fn retro_cast(store: &meetingd::store::Store) {
+    for (id, name) in [(1, "Ada"), (2, "Bob"), (3, "Cy")] {
+        store
+            .user_set(&User {
+                id,
+                name: name.into(),
+                age: 30,
+                gender: "-".into(),
+                email: format!("{}@example.com", name.to_lowercase()),
+            })
+            .await
+            .expect("user");
+    }
+    store
+        .meeting_set(&Meeting {
+            id: 5,
+            title: "Retro".into(),
+            description: String::new(),
+            public: true,
+        })
+        .await
+        .expect("meeting");
 }

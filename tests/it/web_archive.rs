@@ -16,11 +16,11 @@
 use std::time::Duration;
 
 use meetingd::protocol::format_time;
-use meetingd::store::{EventKind, InstanceId, InstanceRef, Meeting, User};
+use meetingd::store::{EventKind, InstanceId, InstanceRef};
 
 use crate::dbs::{ArchiveDb, Mariadb, Postgres, Sqlite};
 use crate::harness::{Daemon, MIN, Redis, t0, wait_until};
-use crate::web::{daemon_with_http, get};
+use crate::web::{daemon_with_http, get, retro_cast};
 
 /// An attribute's value in a tag's text.
 fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
@@ -140,27 +140,7 @@ async fn write(redis: &Redis) -> Written {
     let to = from + 120 * MIN;
     let from_2 = from - 300 * MIN;
     let (store, clock) = redis.store(from_2 - MIN).await;
-    for (id, name) in [(1, "Ada"), (2, "Bob"), (3, "Cy")] {
-        store
-            .user_set(&User {
-                id,
-                name: name.into(),
-                age: 30,
-                gender: "-".into(),
-                email: format!("{}@example.com", name.to_lowercase()),
-            })
-            .await
-            .expect("user");
-    }
-    store
-        .meeting_set(&Meeting {
-            id: 5,
-            title: "Retro".into(),
-            description: String::new(),
-            public: true,
-        })
-        .await
-        .expect("meeting");
+    retro_cast(&store).await;
     let two = InstanceId::new(5, 2);
     store
         .instance_set(two, from_2, from_2 + 60 * MIN)

@@ -25,18 +25,18 @@ use bytes::BytesMut;
 use std::collections::VecDeque;
 
 use futures_util::future::{BoxFuture, FutureExt, OptionFuture};
-use futures_util::stream::StreamExt;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
-use tokio_util::codec::{Decoder, FramedRead};
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cmd::{self, Context, Limits, Outcome, Peer, Plan};
 use crate::error::Code;
 use crate::protocol::{self, Request};
-use crate::stats::Refusal;
+use crate::stats::{Refusal, Stats};
 use crate::store::Call;
 use crate::watch::{Next, Watcher};
 
@@ -548,8 +548,8 @@ async fn handle(
     shutdown: &CancellationToken,
 ) -> io::Result<()> {
     let (read, write) = stream.into_split();
-    let mut requests = FramedRead::new(read, LineCodec::new(config.max_line));
-    let mut writer = BufWriter::new(write);
+    let mut requests = Input::new(read, config.max_line, &ctx.stats);
+    let mut writer = Output::new(write, &ctx.stats);
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut queued_bytes = 0usize;
     let read_ahead = READ_AHEAD_BYTES.max(config.max_line + 2);
@@ -584,6 +584,12 @@ async fn handle(
                 }
                 step
             };
+        }
+        if running.is_none() && queue.is_empty() {
+            // nothing to do but wait (a watching connection mostly waits):
+            // the buffers go back until bytes come
+            requests.release();
+            writer.release();
         }
         if !reading && running.is_none() {
             if let Some(watcher) = watching.as_ref().filter(|_| shutdown.is_cancelled()) {
@@ -657,29 +663,35 @@ async fn handle(
                 }
             }
             frame = requests.next(), if reading && queue.len() < config.pipeline_depth && queued_bytes < read_ahead => {
-                let mut frame = Some(frame);
+                let mut frame = Some(frame?);
                 while let Some(next) = frame {
                     match next {
-                        Some(Ok(Frame::Line(line))) => {
+                        Some(Frame::Line(line)) => {
                             queued_bytes += line.len();
                             queue.push_back(Pending::Line(line));
                         }
-                        Some(Ok(Frame::TooLong)) => {
+                        Some(Frame::TooLong) => {
                             queue.push_back(Pending::TooLong);
                             reading = false;
                         }
-                        Some(Ok(Frame::Partial)) => ctx.stats.partial_line(),
-                        Some(Err(err)) => return Err(err),
+                        Some(Frame::Partial) => ctx.stats.partial_line(),
                         None => reading = false,
                     }
                     // the other lines the same read brought (decoded from
-                    // the buffer, no system call) join this step, so that
+                    // the buffer, no waiting) join this step, so that
                     // requests sent together go to Redis together
-                    frame = (reading
+                    frame = if reading
                         && queue.len() < config.pipeline_depth
-                        && queued_bytes < read_ahead)
-                        .then(|| requests.next().now_or_never())
-                        .flatten();
+                        && queued_bytes < read_ahead
+                    {
+                        match requests.buffered()? {
+                            Read::Frame(frame) => Some(Some(frame)),
+                            Read::End => Some(None),
+                            Read::Later => None,
+                        }
+                    } else {
+                        None
+                    };
                 }
             }
             _ = tokio::time::sleep(config.idle_timeout), if running.is_none() && queue.is_empty() && watching.is_none() => {
@@ -689,8 +701,8 @@ async fn handle(
             _ = shutdown.cancelled(), if reading => {
                 // Draining: answer what the client sent already (whatever
                 // is in the socket now), then close.
-                while let Some(Some(frame)) = requests.next().now_or_never() {
-                    match frame? {
+                while let Read::Frame(frame) = requests.buffered()? {
+                    match frame {
                         Frame::Line(line) => {
                             queued_bytes += line.len();
                             queue.push_back(Pending::Line(line));
@@ -712,7 +724,7 @@ async fn handle(
 /// close (QUIT, too_large). A WATCH's reply turns the connection to
 /// watching.
 async fn write_replies(
-    writer: &mut BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    writer: &mut Output,
     replies: Vec<Reply>,
     watching: &mut Option<Watcher>,
     config: &ServerConfig,
@@ -885,7 +897,7 @@ async fn absorb(watching: &mut Option<Watcher>) -> Next {
 
 /// Write a watcher's lines and flush them.
 async fn write_items(
-    writer: &mut BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    writer: &mut Output,
     items: &[std::sync::Arc<crate::watch::Item>],
 ) -> io::Result<()> {
     for item in items {
@@ -987,6 +999,212 @@ fn finish(
                 ..Reply::line(protocol::error_line(err.code, &err.message))
             }
         }
+    }
+}
+
+/// Bytes a connection reads at most at once (its read buffer grows past
+/// this only for a line that is longer).
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Replies a connection gathers before it writes them out; a reply this
+/// long goes out directly.
+const WRITE_CHUNK: usize = 8 * 1024;
+
+/// A connection's reading side: request lines split off a buffer that is
+/// allocated when bytes come and given back when the connection waits
+/// with nothing unread, so a connection that waits (an idle one, a
+/// watcher) holds no buffer. While bytes keep coming it is the buffer of
+/// a framed reader: lines share its allocation, reads fill what is left.
+struct Input {
+    read: OwnedReadHalf,
+    buf: BytesMut,
+    codec: LineCodec,
+    /// The peer closed its side: what is left is decoded, then the end.
+    closed: bool,
+    held: Counted,
+}
+
+/// What a connection's input holds now.
+enum Read {
+    /// A line (or a line over the limit, or the partial last line).
+    Frame(Frame),
+    /// Nothing more will come.
+    End,
+    /// Nothing yet: bytes must come first.
+    Later,
+}
+
+impl Input {
+    fn new(read: OwnedReadHalf, max_line: usize, stats: &Arc<Stats>) -> Input {
+        Input {
+            read,
+            buf: BytesMut::new(),
+            codec: LineCodec::new(max_line),
+            closed: false,
+            held: Counted::new(stats),
+        }
+    }
+
+    /// The next frame of what was read already, or of what one read
+    /// brings without waiting, into a buffer held already (a connection
+    /// with nothing unread waits in [`Input::next`] instead, without one).
+    fn buffered(&mut self) -> io::Result<Read> {
+        loop {
+            if self.closed {
+                let frame = self.codec.decode_eof(&mut self.buf)?;
+                self.held.set(self.buf.capacity());
+                return Ok(frame.map_or(Read::End, Read::Frame));
+            }
+            if let Some(frame) = self.codec.decode(&mut self.buf)? {
+                // the lines split off keep the allocation until they are
+                // answered; the buffer itself goes once it is empty
+                self.release();
+                self.held.set(self.buf.capacity());
+                return Ok(Read::Frame(frame));
+            }
+            if self.buf.is_empty() || !self.read_now()? {
+                return Ok(Read::Later);
+            }
+        }
+    }
+
+    /// One read, if the socket has bytes now (known without a system
+    /// call when it has none): false when it had none.
+    fn read_now(&mut self) -> io::Result<bool> {
+        match std::future::poll_fn(|cx| self.poll_read(cx)).now_or_never() {
+            Some(read) => read.map(|_| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Read into the buffer (made room for first): the bytes read, 0 at
+    /// the end of the stream.
+    fn poll_read(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<usize>> {
+        if self.buf.capacity() == self.buf.len() {
+            self.buf.reserve(READ_CHUNK);
+            self.held.set(self.buf.capacity());
+        }
+        let read =
+            tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.read), cx, &mut self.buf);
+        if let std::task::Poll::Ready(Ok(0)) = read {
+            self.closed = true;
+        }
+        read
+    }
+
+    /// The next frame; `None` at the end. Waits for the socket with no
+    /// buffer when nothing is left unread.
+    async fn next(&mut self) -> io::Result<Option<Frame>> {
+        loop {
+            match self.buffered()? {
+                Read::Frame(frame) => return Ok(Some(frame)),
+                Read::End => return Ok(None),
+                Read::Later => {}
+            }
+            self.release();
+            self.read.readable().await?;
+            // the read itself is awaited, not tried: it also waits when
+            // the task used up its budget of operations (the readiness
+            // above does not look at it), and when the readiness was
+            // spurious
+            std::future::poll_fn(|cx| self.poll_read(cx)).await?;
+        }
+    }
+
+    /// Give the buffer back if nothing is left in it (the lines split off
+    /// it keep their bytes until they are answered).
+    fn release(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+            self.codec.searched = 0;
+            self.held.set(0);
+        }
+    }
+}
+
+/// A connection's writing side: replies gathered in a buffer allocated
+/// when there is something to write, written out at each flush, and given
+/// back while the connection waits.
+struct Output {
+    write: OwnedWriteHalf,
+    buf: Vec<u8>,
+    held: Counted,
+}
+
+impl Output {
+    fn new(write: OwnedWriteHalf, stats: &Arc<Stats>) -> Output {
+        Output {
+            write,
+            buf: Vec::new(),
+            held: Counted::new(stats),
+        }
+    }
+
+    /// Add `bytes` to what goes out (a long reply goes out at once).
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.buf.len() + bytes.len() > WRITE_CHUNK {
+            self.flush().await?;
+        }
+        if bytes.len() >= WRITE_CHUNK {
+            return self.write.write_all(bytes).await;
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(WRITE_CHUNK);
+            self.held.set(self.buf.capacity());
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Write out what was gathered.
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.write.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        self.write.flush().await
+    }
+
+    /// Give the buffer back (when nothing waits in it).
+    fn release(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+            self.held.set(0);
+        }
+    }
+
+    fn get_ref(&self) -> &OwnedWriteHalf {
+        &self.write
+    }
+}
+
+/// The bytes of a connection buffer, counted in STATS
+/// (`connections.buffered_bytes`) while it is held.
+struct Counted {
+    stats: Arc<Stats>,
+    bytes: usize,
+}
+
+impl Counted {
+    fn new(stats: &Arc<Stats>) -> Counted {
+        Counted {
+            stats: stats.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// The buffer now holds `bytes`.
+    fn set(&mut self, bytes: usize) {
+        if bytes != self.bytes {
+            self.stats.buffers_resized(self.bytes, bytes);
+            self.bytes = bytes;
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.set(0);
     }
 }
 

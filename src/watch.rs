@@ -63,6 +63,26 @@ const HEALTH: Duration = Duration::from_secs(5);
 /// Channels per SSUBSCRIBE.
 const SUBSCRIBE_BATCH: usize = 500;
 
+/// Feeds the filler reads per round (one pipeline): thousands of new
+/// watches at once are read in rounds, so that the requests of clients
+/// pass in between and the replies held at once stay few.
+const FILL_BATCH: usize = 256;
+
+/// Give back a map's room once it is mostly empty: ten thousand watched
+/// instances that went would leave their tables behind.
+fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+/// [`shrink`] for a set.
+fn shrink_set<K: Eq + std::hash::Hash>(set: &mut HashSet<K>) {
+    if set.capacity() > 64 && set.len() * 4 < set.capacity() {
+        set.shrink_to(set.len() * 2);
+    }
+}
+
 /// Turns an entry of an instance into the line a watcher receives.
 pub type Render = fn(InstanceId, &FeedItem) -> Vec<u8>;
 
@@ -333,6 +353,7 @@ impl Hub {
             .is_some_and(|channel| channel.watchers.fetch_sub(1, Ordering::SeqCst) == 1);
         if last {
             channels.remove(&instance);
+            shrink(&mut channels);
             let _ = self.orders.send(Order::Look(instance));
             self.shared.stats.reader_stopped();
             tracing::debug!(%instance, "no longer watching an instance");
@@ -356,7 +377,15 @@ async fn fill(shared: Arc<Shared>) {
     let page = (shared.buffer / 4).clamp(1, 1000);
     let mut pause = FIRST_PAUSE;
     loop {
-        let dirty: Vec<InstanceId> = lock(&shared.dirty).drain().collect();
+        let dirty: Vec<InstanceId> = {
+            let mut dirty = lock(&shared.dirty);
+            let round: Vec<InstanceId> = dirty.iter().take(FILL_BATCH).copied().collect();
+            for instance in &round {
+                dirty.remove(instance);
+            }
+            shrink_set(&mut dirty);
+            round
+        };
         if dirty.is_empty() {
             shared.fill.notified().await;
             continue;
@@ -500,6 +529,7 @@ impl Subscriber {
                     (false, true) => self.unsubscribe(instance).await,
                     (false, false) => {
                         self.pending.remove(&instance);
+                        shrink_set(&mut self.pending);
                     }
                     (true, true) => {}
                 }
@@ -578,6 +608,7 @@ impl Subscriber {
         let Some(shard) = self.subscribed.remove(&instance) else {
             return;
         };
+        shrink(&mut self.subscribed);
         let Some(link) = self.links.get_mut(&shard) else {
             return;
         };
@@ -716,6 +747,7 @@ impl Subscriber {
                 }
             }
         }
+        shrink_set(&mut self.pending);
         match failed {
             Some(err) => Err(err),
             None => Ok(()),
@@ -795,7 +827,10 @@ impl Watcher {
         let max = max.max(1);
         loop {
             if let Some(until) = self.replay_until {
-                match self.replay(until).await {
+                // boxed: a Redis read's future is large, and every
+                // watching connection's task would carry its room while
+                // it waits
+                match Box::pin(self.replay(until)).await {
                     Ok(items) if !items.is_empty() => return Next::Items(items),
                     Ok(_) => continue,
                     Err(err) => {

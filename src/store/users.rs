@@ -134,10 +134,11 @@ impl Users {
     /// (the store's) tells the masters and reads what cannot be tracked.
     pub(super) async fn open(options: &StoreOptions, conn: &Conn) -> Result<Users, StoreError> {
         let capacity = NonZeroUsize::new(options.user_cache.max(1)).unwrap_or(NonZeroUsize::MIN);
-        let cache = Arc::new(Mutex::new(Cache {
-            users: lru::LruCache::new(capacity),
-            epoch: 0,
-        }));
+        // grown as users come, not made for the limit at once (the
+        // default's table is 2 MiB)
+        let mut users = lru::LruCache::unbounded();
+        users.resize(capacity);
+        let cache = Arc::new(Mutex::new(Cache { users, epoch: 0 }));
         let tracked = if options.cluster.is_empty() {
             let pushed = cache.clone();
             let on_push = move |info: PushInfo| {

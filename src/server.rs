@@ -25,7 +25,9 @@ use bytes::BytesMut;
 use std::collections::VecDeque;
 
 use futures_util::future::{BoxFuture, FutureExt, OptionFuture};
-use tokio::io::AsyncWriteExt;
+use std::task::{Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -729,6 +731,7 @@ async fn write_replies(
     watching: &mut Option<Watcher>,
     config: &ServerConfig,
 ) -> io::Result<bool> {
+    writer.expect(replies.iter().map(|reply| reply.line.len()).sum());
     for reply in replies {
         writer.write_all(&reply.line).await?;
         if reply.close {
@@ -900,6 +903,7 @@ async fn write_items(
     writer: &mut Output,
     items: &[std::sync::Arc<crate::watch::Item>],
 ) -> io::Result<()> {
+    writer.expect(items.iter().map(|item| item.line.len()).sum());
     for item in items {
         writer.write_all(&item.line).await?;
     }
@@ -1046,25 +1050,32 @@ impl Input {
     }
 
     /// The next frame of what was read already, or of what one read
-    /// brings without waiting, into a buffer held already (a connection
-    /// with nothing unread waits in [`Input::next`] instead, without one).
+    /// brings without waiting.
     fn buffered(&mut self) -> io::Result<Read> {
         loop {
-            if self.closed {
-                let frame = self.codec.decode_eof(&mut self.buf)?;
-                self.held.set(self.buf.capacity());
-                return Ok(frame.map_or(Read::End, Read::Frame));
+            match self.decoded()? {
+                Read::Later if self.read_now()? => {}
+                read => return Ok(read),
             }
-            if let Some(frame) = self.codec.decode(&mut self.buf)? {
+        }
+    }
+
+    /// The next frame of what was read already.
+    fn decoded(&mut self) -> io::Result<Read> {
+        if self.closed {
+            let frame = self.codec.decode_eof(&mut self.buf)?;
+            self.held.set(self.buf.capacity());
+            return Ok(frame.map_or(Read::End, Read::Frame));
+        }
+        match self.codec.decode(&mut self.buf)? {
+            Some(frame) => {
                 // the lines split off keep the allocation until they are
                 // answered; the buffer itself goes once it is empty
                 self.release();
                 self.held.set(self.buf.capacity());
-                return Ok(Read::Frame(frame));
+                Ok(Read::Frame(frame))
             }
-            if self.buf.is_empty() || !self.read_now()? {
-                return Ok(Read::Later);
-            }
+            None => Ok(Read::Later),
         }
     }
 
@@ -1077,36 +1088,43 @@ impl Input {
         }
     }
 
-    /// Read into the buffer (made room for first): the bytes read, 0 at
-    /// the end of the stream.
-    fn poll_read(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<usize>> {
-        if self.buf.capacity() == self.buf.len() {
-            self.buf.reserve(READ_CHUNK);
-            self.held.set(self.buf.capacity());
-        }
-        let read =
-            tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.read), cx, &mut self.buf);
-        if let std::task::Poll::Ready(Ok(0)) = read {
+    /// Read: the bytes read, 0 at the end of the stream. With nothing
+    /// held, it reads on the stack (so it waits for the socket without a
+    /// buffer) and the buffer is made of what came, at its size; with
+    /// part of a line held, it reads on after it.
+    fn poll_read(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<usize>> {
+        let read = if self.buf.is_empty() {
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut into = tokio::io::ReadBuf::uninit(&mut stack);
+            ready!(std::pin::Pin::new(&mut self.read).poll_read(cx, &mut into))?;
+            self.buf = BytesMut::from(into.filled());
+            into.filled().len()
+        } else {
+            if self.buf.capacity() == self.buf.len() {
+                self.buf.reserve(READ_CHUNK);
+            }
+            ready!(tokio_util::io::poll_read_buf(
+                std::pin::Pin::new(&mut self.read),
+                cx,
+                &mut self.buf
+            ))?
+        };
+        if read == 0 {
             self.closed = true;
         }
-        read
+        self.held.set(self.buf.capacity());
+        Poll::Ready(Ok(read))
     }
 
     /// The next frame; `None` at the end. Waits for the socket with no
     /// buffer when nothing is left unread.
     async fn next(&mut self) -> io::Result<Option<Frame>> {
         loop {
-            match self.buffered()? {
+            match self.decoded()? {
                 Read::Frame(frame) => return Ok(Some(frame)),
                 Read::End => return Ok(None),
                 Read::Later => {}
             }
-            self.release();
-            self.read.readable().await?;
-            // the read itself is awaited, not tried: it also waits when
-            // the task used up its budget of operations (the readiness
-            // above does not look at it), and when the readiness was
-            // spurious
             std::future::poll_fn(|cx| self.poll_read(cx)).await?;
         }
     }
@@ -1122,12 +1140,14 @@ impl Input {
     }
 }
 
-/// A connection's writing side: replies gathered in a buffer allocated
-/// when there is something to write, written out at each flush, and given
-/// back while the connection waits.
+/// A connection's writing side: replies gathered in a buffer made for
+/// what is to be written (a lone reply goes out as it is, without one),
+/// written out at each flush, and given back while the connection waits.
 struct Output {
     write: OwnedWriteHalf,
     buf: Vec<u8>,
+    /// Bytes announced by [`Output::expect`] and not written yet.
+    expected: usize,
     held: Counted,
 }
 
@@ -1136,32 +1156,47 @@ impl Output {
         Output {
             write,
             buf: Vec::new(),
+            expected: 0,
             held: Counted::new(stats),
         }
     }
 
-    /// Add `bytes` to what goes out (a long reply goes out at once).
+    /// `bytes` are about to be written (the buffer is made to their size).
+    fn expect(&mut self, bytes: usize) {
+        self.expected = bytes;
+    }
+
+    /// Add `bytes` to what goes out: a long reply, or the last of what
+    /// was expected with nothing gathered, goes out at once.
     async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.expected = self.expected.saturating_sub(bytes.len());
         if self.buf.len() + bytes.len() > WRITE_CHUNK {
-            self.flush().await?;
+            self.write_out().await?;
         }
-        if bytes.len() >= WRITE_CHUNK {
+        if self.buf.is_empty() && (bytes.len() >= WRITE_CHUNK || self.expected == 0) {
             return self.write.write_all(bytes).await;
         }
         if self.buf.capacity() == 0 {
-            self.buf.reserve(WRITE_CHUNK);
-            self.held.set(self.buf.capacity());
+            self.buf
+                .reserve_exact((bytes.len() + self.expected).min(WRITE_CHUNK));
         }
         self.buf.extend_from_slice(bytes);
+        self.held.set(self.buf.capacity());
         Ok(())
     }
 
     /// Write out what was gathered.
-    async fn flush(&mut self) -> io::Result<()> {
+    async fn write_out(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
             self.write.write_all(&self.buf).await?;
             self.buf.clear();
         }
+        Ok(())
+    }
+
+    /// Write out what was gathered, and flush.
+    async fn flush(&mut self) -> io::Result<()> {
+        self.write_out().await?;
         self.write.flush().await
     }
 
@@ -1246,7 +1281,13 @@ impl Decoder for LineCodec {
             Some(offset) => {
                 let at = self.searched + offset;
                 self.searched = 0;
-                let mut line = buf.split_to(at + 1);
+                // a line that ends the buffer takes it whole (no split,
+                // which would share the allocation between the two)
+                let mut line = if at + 1 == buf.len() {
+                    std::mem::take(buf)
+                } else {
+                    buf.split_to(at + 1)
+                };
                 line.truncate(at);
                 if line.ends_with(b"\r") {
                     line.truncate(at - 1);

@@ -14,7 +14,9 @@
 //! - `memory`: Redis memory per stored message, event and participant.
 //! - `tick`: one tick with many transitions due among many instances.
 //! - `soak`: a realistic mix at half its maximum rate for minutes.
-//! - `watch`: WATCH fan-out: delivery latency to many watchers.
+//! - `watch`: WATCH fan-out: delivery latency to many watchers; with
+//!   `--idle`, the daemon's memory with many idle watchers and after they
+//!   went.
 //! - `partitions`: how partition counts spread over cluster masters, and
 //!   what ACTIVE, ATTENDANCE and an idle tick cost at each.
 //! - `archive`: rows per second into the archive (SQLite, or any
@@ -78,9 +80,9 @@ enum Bench {
         #[arg(long, default_value_t = 16)]
         connections: usize,
     },
-    /// WATCH fan-out: watchers spread over instances, a poster per
-    /// instance at a steady rate; delivery latency (its own Redis and
-    /// daemon).
+    /// WATCH fan-out: watchers spread over instances, posters at a steady
+    /// rate per instance; delivery latency (its own Redis and daemon).
+    /// With --idle: memory and Redis connections with idle watchers.
     Watch {
         /// Watching connections.
         #[arg(long, default_value_t = 1000)]

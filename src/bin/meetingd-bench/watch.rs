@@ -404,7 +404,7 @@ pub async fn idle(plan: Plan, cycles: usize) -> Result<(), String> {
         plan.watchers, plan.instances
     );
     println!(
-        "| cycle | acknowledged in s | Redis clients: before / watching | daemon RSS MiB: before / watchers idle / closed / 5 s later | KiB per idle watcher | CPU ms per s while idle: daemon / Redis | connection buffers KiB (STATS) |"
+        "| cycle | acknowledged in s | Redis clients: before / watching | daemon RSS MiB: before / watchers idle / closed / 5 s later / 15 s later | KiB per idle watcher | CPU ms per s while idle: daemon / Redis | connection buffers KiB (STATS) |"
     );
     println!("|---:|---:|---|---|---:|---|---:|");
     let opening = Arc::new(tokio::sync::Semaphore::new(256));
@@ -454,13 +454,16 @@ pub async fn idle(plan: Plan, cycles: usize) -> Result<(), String> {
         let rss_closed = rss();
         tokio::time::sleep(Duration::from_secs(5)).await;
         let rss_later = rss();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let rss_last = rss();
         println!(
-            "| {cycle} | {:.2} | {clients_before} / {clients} | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} | {daemon_ms:.1} / {redis_ms:.1} | {buffers} |",
+            "| {cycle} | {:.2} | {clients_before} / {clients} | {:.1} / {:.1} / {:.1} / {:.1} / {:.1} | {:.1} | {daemon_ms:.1} / {redis_ms:.1} | {buffers} |",
             acknowledged.as_secs_f64(),
             mib(rss_before),
             mib(rss_idle),
             mib(rss_closed),
             mib(rss_later),
+            mib(rss_last),
             rss_idle.saturating_sub(rss_before) as f64 / plan.watchers.max(1) as f64,
         );
     }

@@ -1064,6 +1064,7 @@ impl Input {
     fn decoded(&mut self) -> io::Result<Read> {
         if self.closed {
             let frame = self.codec.decode_eof(&mut self.buf)?;
+            self.release();
             self.held.set(self.buf.capacity());
             return Ok(frame.map_or(Read::End, Read::Frame));
         }
@@ -1385,5 +1386,77 @@ mod tests {
             codec.decode(&mut buf).ok().flatten(),
             Some(Frame::Line(BytesMut::from(&b"PING"[..])))
         );
+    }
+
+    fn line(bytes: &[u8]) -> Frame {
+        Frame::Line(BytesMut::from(bytes))
+    }
+
+    /// The reading side over a real socket: a line cut by the reads is
+    /// held (and counted) until its end comes, the buffer goes once its
+    /// lines are taken, and the cut last line at the end is partial.
+    #[tokio::test]
+    async fn input_holds_a_buffer_only_while_a_line_is_unfinished() {
+        let (ours, theirs) = UnixStream::pair().expect("a socket pair");
+        let (read, _write) = ours.into_split();
+        let stats = Arc::new(Stats::default());
+        let mut input = Input::new(read, 100, &stats);
+        let buffered = || stats.snapshot()["connections"]["buffered_bytes"].as_u64();
+        let (_, mut client) = theirs.into_split();
+
+        // one write, one read: the line and the start of the next
+        client.write_all(b"PING\nQU").await.expect("write");
+        assert_eq!(input.next().await.ok().flatten(), Some(line(b"PING")));
+        assert!(matches!(input.buffered(), Ok(Read::Later)));
+        assert!(input.buf.capacity() >= 2, "the cut line is held");
+        assert!(buffered() >= Some(2));
+
+        client.write_all(b"IT\nLE").await.expect("write");
+        assert_eq!(input.next().await.ok().flatten(), Some(line(b"QUIT")));
+        assert!(matches!(input.buffered(), Ok(Read::Later)));
+        assert!(input.buf.capacity() > 0, "LE waits for its end");
+
+        client.write_all(b"AVE 1 1\n").await.expect("write");
+        assert_eq!(input.next().await.ok().flatten(), Some(line(b"LEAVE 1 1")));
+        assert_eq!(input.buf.capacity(), 0, "every line taken: no buffer");
+        assert_eq!(buffered(), Some(0));
+
+        client.write_all(b"PING\nHALF").await.expect("write");
+        drop(client);
+        assert_eq!(input.next().await.ok().flatten(), Some(line(b"PING")));
+        assert_eq!(input.next().await.ok().flatten(), Some(Frame::Partial));
+        assert_eq!(input.next().await.ok().flatten(), None);
+        assert_eq!(buffered(), Some(0));
+    }
+
+    /// The writing side: replies announced together go out together,
+    /// through a buffer that goes once written; a lone reply needs none.
+    #[tokio::test]
+    async fn output_gathers_what_was_announced_and_gives_the_buffer_back() {
+        use tokio::io::AsyncReadExt;
+        let (ours, theirs) = UnixStream::pair().expect("a socket pair");
+        let (_read, write) = ours.into_split();
+        let stats = Arc::new(Stats::default());
+        let mut output = Output::new(write, &stats);
+        let (mut client, _) = theirs.into_split();
+
+        output.expect(6);
+        output.write_all(b"a\n").await.expect("write");
+        output.write_all(b"bc\n").await.expect("write");
+        assert!(output.buf.capacity() >= 6, "gathered in one buffer");
+        output.write_all(b"d").await.expect("write");
+        output.flush().await.expect("flush");
+        output.release();
+        assert_eq!(output.buf.capacity(), 0);
+
+        output.expect(3);
+        output.write_all(b"ef\n").await.expect("write");
+        assert_eq!(output.buf.capacity(), 0, "a lone reply is written as it is");
+        output.flush().await.expect("flush");
+
+        let mut got = vec![0u8; 9];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, b"a\nbc\ndef\n");
+        assert_eq!(stats.snapshot()["connections"]["buffered_bytes"], 0);
     }
 }

@@ -63,6 +63,12 @@ pub fn render(s: &Value, last_good_tick: Option<i64>) -> String {
         plain(&c["partial_lines"]),
     );
     metric(
+        "connections_buffered_bytes",
+        "gauge",
+        "Bytes the connections' read and write buffers hold now (0 when every connection waits).",
+        plain(&c["buffered_bytes"]),
+    );
+    metric(
         "requests_total",
         "counter",
         "Requests by command.",
@@ -191,6 +197,12 @@ pub fn render(s: &Value, last_good_tick: Option<i64>) -> String {
             "Failed archiving attempts (they are retried).",
             plain(&a["failures"]),
         );
+        metric(
+            "archive_paused_seconds_total",
+            "counter",
+            "Time the archiver paused to leave Redis to the requests (archive.busy_percent).",
+            plain(&a["paused_s"]),
+        );
     }
     if let Some(rtt) = s["redis_rtt_ms"].as_f64() {
         metric(
@@ -207,6 +219,7 @@ pub fn render(s: &Value, last_good_tick: Option<i64>) -> String {
 mod tests {
     use super::*;
     use crate::stats::{Refusal, Stats};
+    use std::time::Duration;
 
     #[test]
     fn refusals_are_labelled_by_reason() {
@@ -227,6 +240,17 @@ mod tests {
     }
 
     #[test]
+    fn buffered_bytes_follow_the_buffers() {
+        let stats = Stats::default();
+        stats.buffers_resized(0, 4096);
+        stats.buffers_resized(0, 100);
+        stats.buffers_resized(4096, 0);
+        let text = render(&stats.snapshot(), None);
+        let line = "meetingd_connections_buffered_bytes 100";
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+
+    #[test]
     fn the_archive_is_rendered_only_when_the_daemon_archives() {
         let stats = Stats::default();
         let text = render(&stats.snapshot(), None);
@@ -236,6 +260,7 @@ mod tests {
         stats.archived(5);
         stats.archive_failed();
         stats.archive_backlog(7, None);
+        stats.archive_paused(Duration::from_millis(1500));
         let text = render(&stats.snapshot(), None);
         for line in [
             "meetingd_archive_waiting 7",
@@ -243,6 +268,7 @@ mod tests {
             "meetingd_archive_entries_total 2",
             "meetingd_archive_rows_total 15",
             "meetingd_archive_failures_total 1",
+            "meetingd_archive_paused_seconds_total 1.5",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in {text}");
         }

@@ -25,18 +25,20 @@ use bytes::BytesMut;
 use std::collections::VecDeque;
 
 use futures_util::future::{BoxFuture, FutureExt, OptionFuture};
-use futures_util::stream::StreamExt;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use std::task::{Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
-use tokio_util::codec::{Decoder, FramedRead};
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cmd::{self, Context, Limits, Outcome, Peer, Plan};
 use crate::error::Code;
 use crate::protocol::{self, Request};
-use crate::stats::Refusal;
+use crate::stats::{Refusal, Stats};
 use crate::store::Call;
 use crate::watch::{Next, Watcher};
 
@@ -548,8 +550,8 @@ async fn handle(
     shutdown: &CancellationToken,
 ) -> io::Result<()> {
     let (read, write) = stream.into_split();
-    let mut requests = FramedRead::new(read, LineCodec::new(config.max_line));
-    let mut writer = BufWriter::new(write);
+    let mut requests = Input::new(read, config.max_line, &ctx.stats);
+    let mut writer = Output::new(write, &ctx.stats);
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut queued_bytes = 0usize;
     let read_ahead = READ_AHEAD_BYTES.max(config.max_line + 2);
@@ -584,6 +586,12 @@ async fn handle(
                 }
                 step
             };
+        }
+        if running.is_none() && queue.is_empty() {
+            // nothing to do but wait (a watching connection mostly waits):
+            // the buffers go back until bytes come
+            requests.release();
+            writer.release();
         }
         if !reading && running.is_none() {
             if let Some(watcher) = watching.as_ref().filter(|_| shutdown.is_cancelled()) {
@@ -659,29 +667,35 @@ async fn handle(
                 }
             }
             frame = requests.next(), if reading && queue.len() < config.pipeline_depth && queued_bytes < read_ahead => {
-                let mut frame = Some(frame);
+                let mut frame = Some(frame?);
                 while let Some(next) = frame {
                     match next {
-                        Some(Ok(Frame::Line(line))) => {
+                        Some(Frame::Line(line)) => {
                             queued_bytes += line.len();
                             queue.push_back(Pending::Line(line));
                         }
-                        Some(Ok(Frame::TooLong)) => {
+                        Some(Frame::TooLong) => {
                             queue.push_back(Pending::TooLong);
                             reading = false;
                         }
-                        Some(Ok(Frame::Partial)) => ctx.stats.partial_line(),
-                        Some(Err(err)) => return Err(err),
+                        Some(Frame::Partial) => ctx.stats.partial_line(),
                         None => reading = false,
                     }
                     // the other lines the same read brought (decoded from
-                    // the buffer, no system call) join this step, so that
+                    // the buffer, no waiting) join this step, so that
                     // requests sent together go to Redis together
-                    frame = (reading
+                    frame = if reading
                         && queue.len() < config.pipeline_depth
-                        && queued_bytes < read_ahead)
-                        .then(|| requests.next().now_or_never())
-                        .flatten();
+                        && queued_bytes < read_ahead
+                    {
+                        match requests.buffered()? {
+                            Read::Frame(frame) => Some(Some(frame)),
+                            Read::End => Some(None),
+                            Read::Later => None,
+                        }
+                    } else {
+                        None
+                    };
                 }
             }
             _ = tokio::time::sleep(config.idle_timeout), if running.is_none() && queue.is_empty() && watching.is_none() => {
@@ -691,8 +705,8 @@ async fn handle(
             _ = shutdown.cancelled(), if reading => {
                 // Draining: answer what the client sent already (whatever
                 // is in the socket now), then close.
-                while let Some(Some(frame)) = requests.next().now_or_never() {
-                    match frame? {
+                while let Read::Frame(frame) = requests.buffered()? {
+                    match frame {
                         Frame::Line(line) => {
                             queued_bytes += line.len();
                             queue.push_back(Pending::Line(line));
@@ -714,11 +728,12 @@ async fn handle(
 /// close (QUIT, too_large). A WATCH's reply turns the connection to
 /// watching.
 async fn write_replies(
-    writer: &mut BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    writer: &mut Output,
     replies: Vec<Reply>,
     watching: &mut Option<Watcher>,
     config: &ServerConfig,
 ) -> io::Result<bool> {
+    writer.expect(replies.iter().map(|reply| reply.line.len()).sum());
     for reply in replies {
         writer.write_all(&reply.line).await?;
         if reply.close {
@@ -887,9 +902,10 @@ async fn absorb(watching: &mut Option<Watcher>) -> Next {
 
 /// Write a watcher's lines and flush them.
 async fn write_items(
-    writer: &mut BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    writer: &mut Output,
     items: &[std::sync::Arc<crate::watch::Item>],
 ) -> io::Result<()> {
+    writer.expect(items.iter().map(|item| item.line.len()).sum());
     for item in items {
         writer.write_all(&item.line).await?;
     }
@@ -992,6 +1008,244 @@ fn finish(
     }
 }
 
+/// Bytes a connection reads at most at once (its read buffer grows past
+/// this only for a line that is longer).
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Replies a connection gathers before it writes them out; a reply this
+/// long goes out directly.
+const WRITE_CHUNK: usize = 8 * 1024;
+
+/// A connection's reading side: request lines split off a buffer that is
+/// allocated when bytes come and given back when the connection waits
+/// with nothing unread, so a connection that waits (an idle one, a
+/// watcher) holds no buffer. While bytes keep coming it is the buffer of
+/// a framed reader: lines share its allocation, reads fill what is left.
+struct Input {
+    read: OwnedReadHalf,
+    buf: BytesMut,
+    codec: LineCodec,
+    /// The peer closed its side: what is left is decoded, then the end.
+    closed: bool,
+    held: Counted,
+}
+
+/// What a connection's input holds now.
+enum Read {
+    /// A line (or a line over the limit, or the partial last line).
+    Frame(Frame),
+    /// Nothing more will come.
+    End,
+    /// Nothing yet: bytes must come first.
+    Later,
+}
+
+impl Input {
+    fn new(read: OwnedReadHalf, max_line: usize, stats: &Arc<Stats>) -> Input {
+        Input {
+            read,
+            buf: BytesMut::new(),
+            codec: LineCodec::new(max_line),
+            closed: false,
+            held: Counted::new(stats),
+        }
+    }
+
+    /// The next frame of what was read already, or of what one read
+    /// brings without waiting.
+    fn buffered(&mut self) -> io::Result<Read> {
+        loop {
+            match self.decoded()? {
+                Read::Later if self.read_now()? => {}
+                read => return Ok(read),
+            }
+        }
+    }
+
+    /// The next frame of what was read already.
+    fn decoded(&mut self) -> io::Result<Read> {
+        if self.closed {
+            let frame = self.codec.decode_eof(&mut self.buf)?;
+            self.release();
+            self.held.set(self.buf.capacity());
+            return Ok(frame.map_or(Read::End, Read::Frame));
+        }
+        match self.codec.decode(&mut self.buf)? {
+            Some(frame) => {
+                // the lines split off keep the allocation until they are
+                // answered; the buffer itself goes once it is empty
+                self.release();
+                self.held.set(self.buf.capacity());
+                Ok(Read::Frame(frame))
+            }
+            None => Ok(Read::Later),
+        }
+    }
+
+    /// One read, if the socket has bytes now (known without a system
+    /// call when it has none): false when it had none.
+    fn read_now(&mut self) -> io::Result<bool> {
+        match std::future::poll_fn(|cx| self.poll_read(cx)).now_or_never() {
+            Some(read) => read.map(|_| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Read: the bytes read, 0 at the end of the stream. With nothing
+    /// held, it reads on the stack (so it waits for the socket without a
+    /// buffer) and the buffer is made of what came, at its size; with
+    /// part of a line held, it reads on after it.
+    fn poll_read(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<usize>> {
+        let read = if self.buf.is_empty() {
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut into = tokio::io::ReadBuf::uninit(&mut stack);
+            ready!(std::pin::Pin::new(&mut self.read).poll_read(cx, &mut into))?;
+            self.buf = BytesMut::from(into.filled());
+            into.filled().len()
+        } else {
+            if self.buf.capacity() == self.buf.len() {
+                self.buf.reserve(READ_CHUNK);
+            }
+            ready!(tokio_util::io::poll_read_buf(
+                std::pin::Pin::new(&mut self.read),
+                cx,
+                &mut self.buf
+            ))?
+        };
+        if read == 0 {
+            self.closed = true;
+        }
+        self.held.set(self.buf.capacity());
+        Poll::Ready(Ok(read))
+    }
+
+    /// The next frame; `None` at the end. Waits for the socket with no
+    /// buffer when nothing is left unread.
+    async fn next(&mut self) -> io::Result<Option<Frame>> {
+        loop {
+            match self.decoded()? {
+                Read::Frame(frame) => return Ok(Some(frame)),
+                Read::End => return Ok(None),
+                Read::Later => {}
+            }
+            std::future::poll_fn(|cx| self.poll_read(cx)).await?;
+        }
+    }
+
+    /// Give the buffer back if nothing is left in it (the lines split off
+    /// it keep their bytes until they are answered).
+    fn release(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+            self.codec.searched = 0;
+            self.held.set(0);
+        }
+    }
+}
+
+/// A connection's writing side: replies gathered in a buffer made for
+/// what is to be written (a lone reply goes out as it is, without one),
+/// written out at each flush, and given back while the connection waits.
+struct Output {
+    write: OwnedWriteHalf,
+    buf: Vec<u8>,
+    /// Bytes announced by [`Output::expect`] and not written yet.
+    expected: usize,
+    held: Counted,
+}
+
+impl Output {
+    fn new(write: OwnedWriteHalf, stats: &Arc<Stats>) -> Output {
+        Output {
+            write,
+            buf: Vec::new(),
+            expected: 0,
+            held: Counted::new(stats),
+        }
+    }
+
+    /// `bytes` are about to be written (the buffer is made to their size).
+    fn expect(&mut self, bytes: usize) {
+        self.expected = bytes;
+    }
+
+    /// Add `bytes` to what goes out: a long reply, or the last of what
+    /// was expected with nothing gathered, goes out at once.
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.expected = self.expected.saturating_sub(bytes.len());
+        if self.buf.len() + bytes.len() > WRITE_CHUNK {
+            self.write_out().await?;
+        }
+        if self.buf.is_empty() && (bytes.len() >= WRITE_CHUNK || self.expected == 0) {
+            return self.write.write_all(bytes).await;
+        }
+        if self.buf.capacity() == 0 {
+            self.buf
+                .reserve_exact((bytes.len() + self.expected).min(WRITE_CHUNK));
+        }
+        self.buf.extend_from_slice(bytes);
+        self.held.set(self.buf.capacity());
+        Ok(())
+    }
+
+    /// Write out what was gathered.
+    async fn write_out(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.write.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Write out what was gathered, and flush.
+    async fn flush(&mut self) -> io::Result<()> {
+        self.write_out().await?;
+        self.write.flush().await
+    }
+
+    /// Give the buffer back (when nothing waits in it).
+    fn release(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+            self.held.set(0);
+        }
+    }
+
+    fn get_ref(&self) -> &OwnedWriteHalf {
+        &self.write
+    }
+}
+
+/// The bytes of a connection buffer, counted in STATS
+/// (`connections.buffered_bytes`) while it is held.
+struct Counted {
+    stats: Arc<Stats>,
+    bytes: usize,
+}
+
+impl Counted {
+    fn new(stats: &Arc<Stats>) -> Counted {
+        Counted {
+            stats: stats.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// The buffer now holds `bytes`.
+    fn set(&mut self, bytes: usize) {
+        if bytes != self.bytes {
+            self.stats.buffers_resized(self.bytes, bytes);
+            self.bytes = bytes;
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
+
 /// What the line codec yields.
 #[derive(Debug, PartialEq, Eq)]
 enum Frame {
@@ -1030,7 +1284,13 @@ impl Decoder for LineCodec {
             Some(offset) => {
                 let at = self.searched + offset;
                 self.searched = 0;
-                let mut line = buf.split_to(at + 1);
+                // a line that ends the buffer takes it whole (no split,
+                // which would share the allocation between the two)
+                let mut line = if at + 1 == buf.len() {
+                    std::mem::take(buf)
+                } else {
+                    buf.split_to(at + 1)
+                };
                 line.truncate(at);
                 if line.ends_with(b"\r") {
                     line.truncate(at - 1);
@@ -1128,5 +1388,77 @@ mod tests {
             codec.decode(&mut buf).ok().flatten(),
             Some(Frame::Line(BytesMut::from(&b"PING"[..])))
         );
+    }
+
+    fn line(bytes: &[u8]) -> Frame {
+        Frame::Line(BytesMut::from(bytes))
+    }
+
+    /// The reading side over a real socket: a line cut by the reads is
+    /// held (and counted) until its end comes, the buffer goes once its
+    /// lines are taken, and the cut last line at the end is partial.
+    #[tokio::test]
+    async fn input_holds_a_buffer_only_while_a_line_is_unfinished() {
+        let (ours, theirs) = UnixStream::pair().expect("a socket pair");
+        let (read, _write) = ours.into_split();
+        let stats = Arc::new(Stats::default());
+        let mut input = Input::new(read, 100, &stats);
+        let buffered = || stats.snapshot()["connections"]["buffered_bytes"].as_u64();
+        let (_, mut client) = theirs.into_split();
+
+        // one write, one read: the line and the start of the next
+        client.write_all(b"PING\nQU").await.expect("write");
+        assert_eq!(input.next().await.ok().flatten(), Some(line(b"PING")));
+        assert!(matches!(input.buffered(), Ok(Read::Later)));
+        assert!(input.buf.capacity() >= 2, "the cut line is held");
+        assert!(buffered() >= Some(2));
+
+        client.write_all(b"IT\nLE").await.expect("write");
+        assert_eq!(input.next().await.ok().flatten(), Some(line(b"QUIT")));
+        assert!(matches!(input.buffered(), Ok(Read::Later)));
+        assert!(input.buf.capacity() > 0, "LE waits for its end");
+
+        client.write_all(b"AVE 1 1\n").await.expect("write");
+        assert_eq!(input.next().await.ok().flatten(), Some(line(b"LEAVE 1 1")));
+        assert_eq!(input.buf.capacity(), 0, "every line taken: no buffer");
+        assert_eq!(buffered(), Some(0));
+
+        client.write_all(b"PING\nHALF").await.expect("write");
+        drop(client);
+        assert_eq!(input.next().await.ok().flatten(), Some(line(b"PING")));
+        assert_eq!(input.next().await.ok().flatten(), Some(Frame::Partial));
+        assert_eq!(input.next().await.ok().flatten(), None);
+        assert_eq!(buffered(), Some(0));
+    }
+
+    /// The writing side: replies announced together go out together,
+    /// through a buffer that goes once written; a lone reply needs none.
+    #[tokio::test]
+    async fn output_gathers_what_was_announced_and_gives_the_buffer_back() {
+        use tokio::io::AsyncReadExt;
+        let (ours, theirs) = UnixStream::pair().expect("a socket pair");
+        let (_read, write) = ours.into_split();
+        let stats = Arc::new(Stats::default());
+        let mut output = Output::new(write, &stats);
+        let (mut client, _) = theirs.into_split();
+
+        output.expect(6);
+        output.write_all(b"a\n").await.expect("write");
+        output.write_all(b"bc\n").await.expect("write");
+        assert!(output.buf.capacity() >= 6, "gathered in one buffer");
+        output.write_all(b"d").await.expect("write");
+        output.flush().await.expect("flush");
+        output.release();
+        assert_eq!(output.buf.capacity(), 0);
+
+        output.expect(3);
+        output.write_all(b"ef\n").await.expect("write");
+        assert_eq!(output.buf.capacity(), 0, "a lone reply is written as it is");
+        output.flush().await.expect("flush");
+
+        let mut got = vec![0u8; 9];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, b"a\nbc\ndef\n");
+        assert_eq!(stats.snapshot()["connections"]["buffered_bytes"], 0);
     }
 }

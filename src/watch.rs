@@ -70,6 +70,26 @@ const HEALTH: Duration = Duration::from_secs(5);
 /// Channels per SSUBSCRIBE.
 const SUBSCRIBE_BATCH: usize = 500;
 
+/// Feeds the filler reads per round (one pipeline): thousands of new
+/// watches at once are read in rounds, so that the requests of clients
+/// pass in between and the replies held at once stay few.
+const FILL_BATCH: usize = 256;
+
+/// Give back a map's room once it is mostly empty: ten thousand watched
+/// instances that went would leave their tables behind.
+fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+/// [`shrink`] for a set.
+fn shrink_set<K: Eq + std::hash::Hash>(set: &mut HashSet<K>) {
+    if set.capacity() > 64 && set.len() * 4 < set.capacity() {
+        set.shrink_to(set.len() * 2);
+    }
+}
+
 /// Turns an entry of a topic (an instance, or a partition's transitions)
 /// into the line a watcher receives.
 pub type Render = fn(Topic, &FeedItem) -> Vec<u8>;
@@ -431,6 +451,7 @@ impl Hub {
             .is_some_and(|channel| channel.watchers.fetch_sub(1, Ordering::SeqCst) == 1);
         if last {
             channels.remove(&topic);
+            shrink(&mut channels);
             let _ = self.orders.send(Order::Look(topic));
             self.shared.stats.reader_stopped();
             tracing::debug!(%topic, "no longer watching a topic");
@@ -454,7 +475,15 @@ async fn fill(shared: Arc<Shared>) {
     let page = (shared.buffer / 4).clamp(1, 1000);
     let mut pause = FIRST_PAUSE;
     loop {
-        let dirty: Vec<Topic> = lock(&shared.dirty).drain().collect();
+        let dirty: Vec<Topic> = {
+            let mut dirty = lock(&shared.dirty);
+            let round: Vec<Topic> = dirty.iter().take(FILL_BATCH).copied().collect();
+            for topic in &round {
+                dirty.remove(topic);
+            }
+            shrink_set(&mut dirty);
+            round
+        };
         if dirty.is_empty() {
             shared.fill.notified().await;
             continue;
@@ -606,6 +635,7 @@ impl Subscriber {
                     (false, true) => self.unsubscribe(topic).await,
                     (false, false) => {
                         self.pending.remove(&topic);
+                        shrink_set(&mut self.pending);
                     }
                     (true, true) => {}
                 }
@@ -714,6 +744,7 @@ impl Subscriber {
         let Some(shard) = self.subscribed.remove(&topic) else {
             return;
         };
+        shrink(&mut self.subscribed);
         let Some(link) = self.links.get_mut(&shard) else {
             return;
         };
@@ -900,6 +931,7 @@ impl Subscriber {
                 }
             }
         }
+        shrink_set(&mut self.pending);
         match failed {
             Some(err) => Err(err),
             None => Ok(()),
@@ -1103,7 +1135,10 @@ impl TopicWatcher {
         let max = max.max(1);
         loop {
             if let Some(until) = self.replay_until {
-                match self.replay(until).await {
+                // boxed: a Redis read's future is large, and every
+                // watching connection's task would carry its room while
+                // it waits
+                match Box::pin(self.replay(until)).await {
                     Ok(items) if !items.is_empty() => return Next::Items(items),
                     Ok(_) => continue,
                     Err(err) => {

@@ -93,10 +93,11 @@ impl UserCache {
     /// An empty cache of at most `capacity` users.
     pub(super) fn new(capacity: usize) -> UserCache {
         let capacity = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
-        UserCache(Mutex::new(Cache {
-            users: lru::LruCache::new(capacity),
-            epoch: 0,
-        }))
+        // grown as users come, not made for the limit at once (the
+        // default's table is 2 MiB)
+        let mut users = lru::LruCache::unbounded();
+        users.resize(capacity);
+        UserCache(Mutex::new(Cache { users, epoch: 0 }))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {

@@ -477,6 +477,14 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // what the daemon said, for the failing test's output (its
+            // last 200 lines; RUST_LOG=meetingd=debug says more)
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(200);
+            eprintln!("--- the daemon's log ---\n{}", lines[from..].join("\n"));
+        }
     }
 }
 

@@ -427,6 +427,65 @@ fn watchers_are_released_when_their_clients_go() {
     );
 }
 
+/// Connections that wait hold no buffers: 300 idle watchers (one per
+/// instance, each sent an entry it received, so each read a request and
+/// wrote through its buffers) leave `connections.buffered_bytes` at 0.
+/// The counter does count: clients with half a request sent hold the
+/// bytes until the rest comes, and the lines put together are answered.
+#[test]
+fn waiting_connections_hold_no_buffers() {
+    const WATCHED: u64 = 300;
+    let redis = Redis::start();
+    let daemon = Daemon::start(&redis, &[]);
+    let mut actor = daemon.client();
+    active_meetings(&mut actor, WATCHED);
+    let mut watchers: Vec<Client> = (1..=WATCHED)
+        .map(|m| {
+            let mut watcher = daemon.client();
+            watcher.ok(&format!("WATCH {m}"));
+            watcher
+        })
+        .collect();
+    for m in 1..=WATCHED {
+        actor.ok(&format!("JOIN 1 {m}"));
+    }
+    for watcher in &mut watchers {
+        assert_eq!(event(watcher)["type"], "join");
+    }
+    let buffered = |c: &mut Client| {
+        let stats = stats(c);
+        assert_eq!(stats["watch"]["watchers"], WATCHED, "{stats}");
+        stats["connections"]["buffered_bytes"].as_u64()
+    };
+    // a watcher releases its buffers once its write is done, which may be
+    // a moment after its client read the line
+    wait_until(
+        "no waiting connection to hold a buffer",
+        Duration::from_secs(10),
+        || buffered(&mut actor) == Some(0),
+    );
+
+    let mut halves: Vec<Client> = (0..20)
+        .map(|_| {
+            let mut c = daemon.client();
+            c.send(b"PIN");
+            c
+        })
+        .collect();
+    wait_until("the half lines to be held", Duration::from_secs(10), || {
+        buffered(&mut actor) >= Some(20 * 3)
+    });
+    for c in &mut halves {
+        c.send(b"G\n");
+        assert_eq!(c.reply().map(|r| r["result"].clone()), Some("PONG".into()));
+    }
+    wait_until(
+        "the buffers of the completed lines to go",
+        Duration::from_secs(10),
+        || buffered(&mut actor) == Some(0),
+    );
+}
+
 /// A JOIN and a POST made with redis-cli (FCALL, no daemon in the way)
 /// reach a watcher: the library publishes what it writes, whoever calls
 /// it.

@@ -120,7 +120,8 @@ impl Mix {
 #[derive(Debug, Clone, Copy)]
 pub struct World {
     /// Meetings 1..=meetings, private, each with an active instance M/1;
-    /// every user of the bench is in every audience.
+    /// every user of the bench is in every audience (a public meeting's
+    /// is left empty: it is not read).
     pub meetings: u64,
     /// Users sitting in every instance (they post and are listed).
     pub sitting: u64,
@@ -226,7 +227,8 @@ impl World {
         if loaded.refused > 0 {
             return Err(format!("setup refused: {:?}", loaded.first_refusal));
         }
-        for m in 1..=self.meetings {
+        // a public meeting does not read its audience
+        for m in (1..=self.meetings).filter(|_| !self.public) {
             for chunk in emails.chunks(1000) {
                 store
                     .audience_add(m, chunk)

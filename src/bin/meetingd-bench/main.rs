@@ -14,7 +14,9 @@
 //! - `memory`: Redis memory per stored message, event and participant.
 //! - `tick`: one tick with many transitions due among many instances.
 //! - `soak`: a realistic mix at half its maximum rate for minutes.
-//! - `watch`: WATCH fan-out: delivery latency to many watchers.
+//! - `watch`: WATCH fan-out: delivery latency to many watchers; with
+//!   `--idle`, the daemon's memory with many idle watchers and after they
+//!   went.
 //! - `partitions`: how partition counts spread over cluster masters, and
 //!   what ACTIVE, ATTENDANCE and an idle tick cost at each.
 //! - `archive`: rows per second into the archive (SQLite, or any
@@ -49,6 +51,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Bench,
+    /// The meetingd binary to start where the bench starts its own
+    /// (default: the one beside the bench): two builds compared with one
+    /// bench.
+    #[arg(long, global = true)]
+    daemon: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -73,9 +80,9 @@ enum Bench {
         #[arg(long, default_value_t = 16)]
         connections: usize,
     },
-    /// WATCH fan-out: watchers spread over instances, a poster per
-    /// instance at a steady rate; delivery latency (its own Redis and
-    /// daemon).
+    /// WATCH fan-out: watchers spread over instances, posters at a steady
+    /// rate per instance; delivery latency (its own Redis and daemon).
+    /// With --idle: memory and Redis connections with idle watchers.
     Watch {
         /// Watching connections.
         #[arg(long, default_value_t = 1000)]
@@ -89,6 +96,16 @@ enum Bench {
         /// Messages per second into each instance.
         #[arg(long, default_value_t = 200.0)]
         rate: f64,
+        /// Connections the posters share (0: one per instance).
+        #[arg(long, default_value_t = 0)]
+        posters: usize,
+        /// No posting: open the watchers, hold them idle, close them;
+        /// the daemon's memory and Redis connections at each step.
+        #[arg(long)]
+        idle: bool,
+        /// With --idle: open and close the watchers this many times.
+        #[arg(long, default_value_t = 2)]
+        cycles: usize,
     },
     /// The partition count: spread over masters, cost of the calls that
     /// visit every partition (its own Redis).
@@ -226,7 +243,11 @@ struct FillArgs {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    if let Some(daemon) = cli.daemon {
+        spawn::use_daemon(daemon);
+    }
+    let result = match cli.command {
         Bench::Run(args) => run(args).await,
         Bench::Fill(args) => fill_command(args).await,
         Bench::Memory { count } => memory(count).await,
@@ -239,14 +260,22 @@ async fn main() -> std::process::ExitCode {
             instances,
             messages,
             rate,
+            posters,
+            idle,
+            cycles,
         } => {
-            watch::watch(watch::Plan {
+            let plan = watch::Plan {
                 watchers,
                 instances: instances.max(1),
                 messages,
-                rate: rate.max(1.0),
-            })
-            .await
+                rate: rate.max(0.001),
+                posters,
+            };
+            if idle {
+                watch::idle(plan, cycles.max(1)).await
+            } else {
+                watch::watch(plan).await
+            }
         }
         Bench::FloorLibrary => {
             print!("{}", floor::LIBRARY);

@@ -4,7 +4,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// The meetingd binary the bench starts (`--daemon`); default: the one
+/// beside the bench.
+static DAEMON: OnceLock<PathBuf> = OnceLock::new();
+
+/// Start `binary` instead of the `meetingd` beside the bench (to compare
+/// two builds with one bench).
+pub fn use_daemon(binary: PathBuf) {
+    let _ = DAEMON.set(binary);
+}
 
 /// A redis-server of the bench's own.
 pub struct OwnRedis {
@@ -61,7 +72,8 @@ impl Drop for OwnRedis {
     }
 }
 
-/// A meetingd of the bench's own: the `meetingd` binary beside this one.
+/// A meetingd of the bench's own: the `meetingd` binary beside this one
+/// (or the one `--daemon` names).
 pub struct OwnDaemon {
     child: Child,
     _dir: tempfile::TempDir,
@@ -77,8 +89,12 @@ impl OwnDaemon {
 
     /// Start it on `redis_url` with settings as environment variables.
     pub fn start_with(redis_url: &str, env: &[(&str, &str)]) -> Result<OwnDaemon, String> {
-        let here = std::env::current_exe().map_err(|e| e.to_string())?;
-        let binary = here.with_file_name("meetingd");
+        let binary = match DAEMON.get() {
+            Some(binary) => binary.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| e.to_string())?
+                .with_file_name("meetingd"),
+        };
         if !binary.exists() {
             return Err(format!(
                 "{} is missing: cargo build --release --bins",

@@ -18,7 +18,10 @@
 //! stream, what comes after is published to it. A lost subscriber
 //! connection, or a channel the server let go of (its slot moved, its
 //! master was demoted), has its channels subscribed again, on the master
-//! that serves them now, and read again from their cursors. So every entry
+//! that serves them now, and read again from their cursors. Which master
+//! that is, after a channel was let go of, is asked of the node that let
+//! go: it has taken in the change, and another node may still name it (a
+//! channel subscribed on a demoted master hears nothing). So every entry
 //! reaches the ring once, in order, whatever was lost on the way.
 //!
 //! A ring holds only what was sent and not yet pushed out by newer entries
@@ -314,6 +317,7 @@ impl Hub {
             held: HashMap::new(),
             held_pending: HashSet::new(),
             shards: None,
+            ask: None,
             next_link: 1,
         };
         let filler = tokio::spawn(fill(shared.clone())).abort_handle();
@@ -573,6 +577,11 @@ struct Subscriber {
     held_pending: HashSet<String>,
     /// A cluster's slot map, as last read (`None`: read it again).
     shards: Option<Shards>,
+    /// The shard that last let go of a channel: the next slot map is read
+    /// from it (another node may not know yet that the slot moved, and a
+    /// channel subscribed again where the map wrongly says would hear
+    /// nothing).
+    ask: Option<String>,
     next_link: u64,
 }
 
@@ -607,7 +616,10 @@ impl Subscriber {
                 continue;
             }
             match self.subscribe_pending().await {
-                Ok(()) => pause = FIRST_PAUSE,
+                Ok(()) => {
+                    pause = FIRST_PAUSE;
+                    self.close_unused();
+                }
                 Err(err) => {
                     if pause == FIRST_PAUSE {
                         tracing::warn!("watch: subscribing failed ({err}); retrying");
@@ -667,8 +679,9 @@ impl Subscriber {
                     if self.watched(topic) {
                         self.pending.insert(topic);
                     }
-                    // its slot may have moved
+                    // its slot may have moved: the node that let go knows
                     self.shards = None;
+                    self.ask = Some(shard);
                 }
             }
             Order::Hold(channels) => {
@@ -689,6 +702,7 @@ impl Subscriber {
                     }
                     self.held_pending.insert(channel);
                     self.shards = None;
+                    self.ask = Some(shard);
                 }
             }
         }
@@ -707,6 +721,22 @@ impl Subscriber {
                 tracing::warn!(shard = %shard, "watch: the subscriber connection does not answer ({err}); subscribing again");
                 self.drop_link(&shard);
             }
+        }
+    }
+
+    /// Close the connections left with no channel (the server let go of
+    /// their last one, and they were kept to ask for the slot map).
+    fn close_unused(&mut self) {
+        let before = self.links.len();
+        self.links.retain(|shard, link| {
+            let keep = link.count > 0;
+            if !keep {
+                tracing::debug!(shard = %shard, "watch: subscriber connection closed");
+            }
+            keep
+        });
+        for _ in self.links.len()..before {
+            self.shared.stats.lane_closed();
         }
     }
 
@@ -780,12 +810,34 @@ impl Subscriber {
         {
             return Ok(shard.to_string());
         }
-        let shards = self.shared.store.shards().await?;
+        let shards = self.read_shards().await?;
         let shard = crate::store::shard_of(&shards, slot)
             .map(str::to_string)
             .ok_or_else(|| StoreError::Unavailable(format!("no master serves slot {slot} now")));
         self.shards = Some(shards);
         shard
+    }
+
+    /// The cluster's slot map: from the node that last let go of a
+    /// channel if there is one, else from any master.
+    async fn read_shards(&mut self) -> Result<Shards, StoreError> {
+        if let Some(shard) = self.ask.take()
+            && let Some(link) = self.links.get(&shard)
+        {
+            let mut conn = link.conn.clone();
+            match self.shared.store.shards_seen_by(&mut conn).await {
+                Ok(shards) => {
+                    tracing::debug!(?shards, seen_by = %shard, "watch: read the slot map");
+                    return Ok(shards);
+                }
+                Err(err) => {
+                    tracing::debug!(shard = %shard, error = %err, "watch: the node that let go did not tell its slot map");
+                }
+            }
+        }
+        let shards = self.shared.store.shards().await?;
+        tracing::debug!(?shards, "watch: read the slot map");
+        Ok(shards)
     }
 
     /// The connection to `shard`, made if there is none.
@@ -903,6 +955,7 @@ impl Subscriber {
                 }
                 match cmd.exec_async(&mut conn).await {
                     Ok(()) => {
+                        tracing::debug!(shard = %shard, channels = batch.len(), "watch: subscribed");
                         for (topic, _) in batch {
                             self.pending.remove(topic);
                             if self.subscribed.insert(*topic, shard.clone()).is_none()

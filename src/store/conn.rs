@@ -300,7 +300,7 @@ impl Conn {
 /// <host:port@bus[,hostname]> <flags> <master> <ping> <pong> <epoch>
 /// <link> <slot>...`. Nodes without an address yet (a handshake in
 /// progress) are left out.
-fn parse_masters(text: &str) -> Vec<Master> {
+pub(super) fn parse_masters(text: &str) -> Vec<Master> {
     text.lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();

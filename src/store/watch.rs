@@ -299,6 +299,18 @@ pub fn channel_slot(channel: &str) -> u16 {
 /// `host:port`.
 pub type Shards = Vec<(u16, u16, String)>;
 
+/// The slots of the masters not failed, by `host:port`.
+fn shards_of(masters: Vec<super::conn::Master>) -> Shards {
+    masters
+        .into_iter()
+        .filter(|m| !m.failed)
+        .flat_map(|m| {
+            let addr = format!("{}:{}", m.host, m.port);
+            m.slots.into_iter().map(move |(a, b)| (a, b, addr.clone()))
+        })
+        .collect()
+}
+
 /// Who serves `slot` in `shards`.
 pub fn shard_of(shards: &Shards, slot: u16) -> Option<&str> {
     shards
@@ -385,20 +397,25 @@ impl Store {
     /// The masters of a cluster and their slots, failed ones left out
     /// (empty on one Redis).
     pub async fn shards(&self) -> Result<Shards, StoreError> {
-        Ok(self
-            .conn
-            .masters()
-            .await?
-            .into_iter()
-            .filter(|m| !m.failed)
-            .flat_map(|m| {
-                let addr = format!("{}:{}", m.host, m.port);
-                m.slots.into_iter().map(move |(a, b)| (a, b, addr.clone()))
-            })
-            .collect())
+        Ok(shards_of(self.conn.masters().await?))
     }
 
-    /// A subscriber connection: RESP3, to the one Redis (`shard` empty) or
+    /// The slot map as the node behind `conn` (a subscriber connection)
+    /// sees it. A node that let go of a channel has taken in the change
+    /// that made it do so, which another node may not have yet.
+    pub async fn shards_seen_by(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<Shards, StoreError> {
+        let value = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async::<Value>(conn)
+            .await?;
+        let text = reply::text("CLUSTER NODES", value)?;
+        Ok(shards_of(super::conn::parse_masters(&text)))
+    }
+
+/// A subscriber connection: RESP3, to the one Redis (`shard` empty) or
     /// to the cluster's master at `shard` (`host:port`), its push messages
     /// handed to `on_push` (a lost connection among them, as
     /// [`redis::PushKind::Disconnection`]).

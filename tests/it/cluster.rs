@@ -1054,7 +1054,6 @@ fn a_dead_master_stalls_only_the_users_it_holds() {
 /// included. A post that fails is retried with its key, so each is stored
 /// once.
 #[test]
-#[ignore = "intermittent: after a failover a delivery can stall past 10 s (seen on 0.3.0 too); a known bug of issue 25, run with --ignored"]
 fn a_watch_goes_on_through_a_failover_without_loss() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

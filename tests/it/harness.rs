@@ -398,6 +398,11 @@ impl Daemon {
                 command.env_remove(key);
             }
         }
+        // the daemon's log filter for a debugging run (RUST_LOG itself is
+        // the test binary's)
+        if let Ok(filter) = std::env::var("MEETINGD_TEST_LOG") {
+            command.env("RUST_LOG", filter);
+        }
         let child = command
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -477,9 +482,10 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("MEETINGD_TEST_LOG").is_some() {
             // what the daemon said, for the failing test's output (its
-            // last 200 lines; RUST_LOG=meetingd=debug says more)
+            // last 200 lines; MEETINGD_TEST_LOG=meetingd=debug says more,
+            // and prints it for a passing test too)
             let log = self.log();
             let lines: Vec<&str> = log.lines().collect();
             let from = lines.len().saturating_sub(200);

@@ -7,7 +7,13 @@
 # exactly (a library from another build: --library FILE, written by that
 # build's `meetingd library --partitions 16`).
 #
-# Usage: scripts/callgrind-join-leave.sh [--pairs N] [--library FILE]...
+# With --op post, the same for POST: 1,000 messages of 40 bytes, by the 100
+# users (all joined), against the floor's floor_post. --detail also prints
+# the inclusive instructions per request of Redis' own commands and of the
+# Lua interpreter, for the last library.
+#
+# Usage: scripts/callgrind-join-leave.sh [--pairs N] [--op join-leave|post]
+#        [--detail] [--library FILE]...
 # Needs valgrind and redis-server; builds nothing: run `cargo build --bins`
 # first (the Lua is the same in a debug and a release build).
 #
@@ -19,11 +25,15 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 pairs=1000
+op=join-leave
+detail=false
 libraries=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --pairs) pairs=$2; shift 2 ;;
     --library) libraries+=("$2"); shift 2 ;;
+    --op) op=$2; shift 2 ;;
+    --detail) detail=true; shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -50,17 +60,27 @@ setup() {
   $cli FCALL meet_instance_set 1 'meetingd:{p1}:meeting:1' 1 $((now - 60000)) $((now + 3600000)) \
     $((now - 120000)) >/dev/null
   $cli FCALL meet_tick 1 'meetingd:{p1}:due' "$now" >/dev/null
+  if [ "$op" = post ]; then
+    for u in $(seq 1 100); do
+      echo "FCALL meet_join 1 meetingd:{p1}:meeting:1 \"\" $u u$u@example.com $now"
+    done | $cli >/dev/null
+  fi
 }
 
 # The requests: `pairs` joins and leaves, users 1..100 in turn, each call a
 # millisecond after the one before (so each takes a fresh id).
 requests() {
   local kind=$1 now=$2
-  awk -v kind="$kind" -v n="$pairs" -v now="$now" 'BEGIN {
+  awk -v kind="$kind" -v op="$op" -v n="$pairs" -v now="$now" 'BEGIN {
     k = "meetingd:{p1}:meeting:1"
     for (i = 0; i < n; i++) {
       u = i % 100 + 1; t = now + 2 * i
-      if (kind == "library") {
+      text = sprintf("\"message %05d of the measured run, 40 B.\"", i)
+      if (op == "post" && kind == "library") {
+        printf "FCALL meet_post 1 %s \"\" %d %s %d\n", k, u, text, t
+      } else if (op == "post") {
+        printf "FCALL floor_post 1 %s 1 %d %s\n", k, u, text
+      } else if (kind == "library") {
         printf "FCALL meet_join 1 %s \"\" %d u%d@example.com %d\n", k, u, u, t
         printf "FCALL meet_leave 1 %s \"\" %d %d\n", k, u, t + 1
       } else {
@@ -115,9 +135,25 @@ measure() {
   total=$(callgrind_annotate "$file" 2>/dev/null |
     awk '!found && /PROGRAM TOTALS/ { gsub(",", "", $1); print $1; found = 1 }')
   printf '%-40s %12d %12d\n' "$label" $((fcall / pairs)) $(((total - ${cron:-0}) / pairs))
+  if [ "$detail" = true ]; then
+    local f
+    for f in luaRedisGenericCommand xaddCommand spublishCommand zscoreCommand \
+      zaddCommand zremCommand hsetCommand hmgetCommand hgetCommand zrangeCommand \
+      pexpireatCommand luaV_execute luaD_precall; do
+      local n
+      n=$(inclusive "$file" "$f")
+      if [ -n "$n" ]; then
+        printf '    %-36s %12d\n' "$f" $((n / pairs))
+      fi
+    done
+  fi
 }
 
-printf '%-40s %12s %12s\n' "instructions per JOIN+LEAVE pair" "in FCALL" "in all"
+if [ "$op" = post ]; then
+  printf '%-40s %12s %12s\n' "instructions per POST" "in FCALL" "in all"
+else
+  printf '%-40s %12s %12s\n' "instructions per JOIN+LEAVE pair" "in FCALL" "in all"
+fi
 measure floor floor "${libraries[0]}"
 for library in "${libraries[@]}"; do
   measure "library $(basename "$library")" library "$library"

@@ -415,7 +415,7 @@ impl Store {
         Ok(shards_of(super::conn::parse_masters(&text)))
     }
 
-/// A subscriber connection: RESP3, to the one Redis (`shard` empty) or
+    /// A subscriber connection: RESP3, to the one Redis (`shard` empty) or
     /// to the cluster's master at `shard` (`host:port`), its push messages
     /// handed to `on_push` (a lost connection among them, as
     /// [`redis::PushKind::Disconnection`]).

@@ -1195,6 +1195,62 @@ async fn text_that_is_not_utf8_is_refused_by_every_function_that_stores_text() {
     );
 }
 
+/// A chat text may hold every ASCII byte but the control characters, tab
+/// and newline excepted: each of the 31 others is refused where it stands
+/// (first, inside, last), nothing written; each allowed byte is stored
+/// (the library passes usual text by a quick scan and checks the rest in
+/// full: both ways are walked here).
+#[tokio::test]
+async fn chat_text_takes_every_ascii_byte_but_the_control_characters() {
+    let redis = Redis::start();
+    let mut conn = load(&redis).await;
+    seed(&mut conn).await;
+    join(&mut conn, "1", "ada@example.com", t0() + 1000)
+        .await
+        .expect("join");
+    let t = ms(t0() + 2000);
+    let count = |all: &Value| entries(all, "messages").len();
+    let earlier = count(
+        &fcall(&mut conn, "meet_messages", &[MEETING], &[""])
+            .await
+            .expect("messages"),
+    );
+    let mut stored = 0;
+    for byte in 0u8..=127 {
+        let refused = (byte < 32 && byte != b'\t' && byte != b'\n') || byte == 127;
+        for text in [
+            vec![byte, b'a'],
+            vec![b'a', byte, b'b'],
+            vec![b'a', byte],
+            vec![byte, 0xc3, 0xa9],
+        ] {
+            let before = redis.digest().await;
+            let result = fcall_bytes(
+                &mut conn,
+                "meet_post",
+                MEETING,
+                &[b"", b"1", &text, t.as_bytes()],
+            )
+            .await;
+            if refused {
+                let Err(err) = &result else {
+                    panic!("byte {byte} in {text:?}: stored, {result:?}")
+                };
+                assert_eq!(err.code(), Some("BAD_REQUEST"), "byte {byte}: {err}");
+                assert_eq!(redis.digest().await, before, "byte {byte}: nothing written");
+            } else {
+                result.unwrap_or_else(|err| panic!("byte {byte} in {text:?}: {err}"));
+                stored += 1;
+            }
+        }
+    }
+    assert_eq!(stored, (128 - 31) * 4);
+    let all = fcall(&mut conn, "meet_messages", &[MEETING], &[""])
+        .await
+        .expect("messages");
+    assert_eq!(count(&all), earlier + stored);
+}
+
 /// Times a reply cannot write in RFC 3339 (past 9999-12-31T23:59:59.999Z)
 /// are refused wherever a time is taken; the last millisecond is not.
 #[tokio::test]

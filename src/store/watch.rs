@@ -424,13 +424,7 @@ impl Store {
         shard: &str,
         on_push: impl Fn(PushInfo) + Send + Sync + 'static,
     ) -> Result<MultiplexedConnection, StoreError> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.options.timeout))
-            .set_response_timeout(Some(self.options.timeout))
-            .set_push_sender(move |info: PushInfo| {
-                on_push(info);
-                Ok::<(), ()>(())
-            });
+        let config = super::conn::push_config(self.options.timeout, on_push);
         let client = if shard.is_empty() {
             super::conn::resp3_client(&self.options.url)?
         } else {
@@ -439,14 +433,7 @@ impl Store {
                 .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
                 .ok_or_else(|| StoreError::Internal(format!("not host:port: {shard}")))?;
             let first = self.options.cluster.first().map_or("", String::as_str);
-            let info = redis::IntoConnectionInfo::into_connection_info(first)
-                .map_err(|e| StoreError::Internal(format!("bad Redis Cluster URL: {e}")))?;
-            let settings = info
-                .redis_settings()
-                .clone()
-                .set_protocol(redis::ProtocolVersion::RESP3);
-            let info = info
-                .set_redis_settings(settings)
+            let info = super::conn::resp3_info(first, "Redis Cluster URL")?
                 .set_addr(ConnectionAddr::Tcp(host.to_string(), port));
             redis::Client::open(info)?
         };

@@ -443,59 +443,48 @@ impl Store {
     }
 }
 
-/// A stream entry of an instance's event log or chat as a feed item: one
-/// with `text` is a message, else an event.
-fn feed_entry(function: &'static str, entry: Value) -> Result<(StreamId, FeedItem), StoreError> {
-    let (id, f) = reply::entry(function, entry)?;
-    let parsed = id
-        .parse::<StreamId>()
-        .map_err(|e| StoreError::Internal(format!("unexpected reply from {function}: {e}")))?;
-    let item = if f.has("text") {
-        FeedItem::Message(reply::message(id, f)?)
-    } else {
-        FeedItem::Event(reply::event(id, f)?)
-    };
-    Ok((parsed, item))
-}
-
+/// A page of an instance's events and chat merged: an entry with `text`
+/// is a message, else an event.
 fn decode_feed(value: Value) -> Result<Feed, StoreError> {
-    const F: &str = "meet_feed";
-    let mut fields = Fields::new(F, value)?;
-    let last = reply::text(F, fields.take("last")?)?
-        .parse::<StreamId>()
-        .map_err(|e| StoreError::Internal(format!("unexpected reply from {F}: {e}")))?;
-    let next = fields
-        .optional("next")?
-        .map(|v| reply::text(F, v))
-        .transpose()?;
-    let items = fields
-        .array("entries")?
-        .into_iter()
-        .map(|entry| feed_entry(F, entry))
-        .collect::<Result<_, _>>()?;
-    Ok(Feed { last, items, next })
+    decode_entries("meet_feed", value, |id, f| {
+        Ok(if f.has("text") {
+            FeedItem::Message(reply::message(id, f)?)
+        } else {
+            FeedItem::Event(reply::event(id, f)?)
+        })
+    })
 }
 
 /// A page of a partition's log of transitions, as a feed.
 fn decode_transitions(value: Value) -> Result<Feed, StoreError> {
-    const F: &str = "meet_transitions";
-    let mut fields = Fields::new(F, value)?;
-    let last = reply::text(F, fields.take("last")?)?
-        .parse::<StreamId>()
-        .map_err(|e| StoreError::Internal(format!("unexpected reply from {F}: {e}")))?;
+    decode_entries("meet_transitions", value, |id, f| {
+        Ok(FeedItem::Transition(reply::transition(id, f)?))
+    })
+}
+
+/// A page of stream entries `function` read (`last`, `entries`, `next`)
+/// as a feed, each entry an item by `item`.
+fn decode_entries(
+    function: &'static str,
+    value: Value,
+    item: impl Fn(String, reply::EntryFields) -> Result<FeedItem, StoreError>,
+) -> Result<Feed, StoreError> {
+    let stream_id = |id: &str| {
+        id.parse::<StreamId>()
+            .map_err(|e| StoreError::Internal(format!("unexpected reply from {function}: {e}")))
+    };
+    let mut fields = Fields::new(function, value)?;
+    let last = stream_id(&reply::text(function, fields.take("last")?)?)?;
     let next = fields
         .optional("next")?
-        .map(|v| reply::text(F, v))
+        .map(|v| reply::text(function, v))
         .transpose()?;
     let items = fields
         .array("entries")?
         .into_iter()
         .map(|entry| {
-            let (id, f) = reply::entry(F, entry)?;
-            let parsed = id
-                .parse::<StreamId>()
-                .map_err(|e| StoreError::Internal(format!("unexpected reply from {F}: {e}")))?;
-            Ok((parsed, FeedItem::Transition(reply::transition(id, f)?)))
+            let (id, f) = reply::entry(function, entry)?;
+            Ok((stream_id(&id)?, item(id, f)?))
         })
         .collect::<Result<_, StoreError>>()?;
     Ok(Feed { last, items, next })

@@ -740,6 +740,21 @@ impl Subscriber {
         }
     }
 
+    /// After an SSUBSCRIBE on `shard` failed with `err`: a redirection
+    /// (MOVED: the slot map is behind) forgets the slot map; a connection
+    /// that failed is dropped.
+    fn subscribe_failed(&mut self, shard: &str, err: &redis::RedisError) {
+        if err.redirect_node().is_some() {
+            self.shards = None;
+        } else if err.is_io_error()
+            || err.is_connection_dropped()
+            || err.is_timeout()
+            || err.is_unrecoverable_error()
+        {
+            self.drop_link(shard);
+        }
+    }
+
     /// Forget a connection: its channels are subscribed again.
     fn drop_link(&mut self, shard: &str) {
         if self.links.remove(shard).is_some() {
@@ -900,15 +915,7 @@ impl Subscriber {
                     self.shared.held_event(channel.as_bytes());
                 }
                 Err(err) => {
-                    if err.redirect_node().is_some() {
-                        self.shards = None;
-                    } else if err.is_io_error()
-                        || err.is_connection_dropped()
-                        || err.is_timeout()
-                        || err.is_unrecoverable_error()
-                    {
-                        self.drop_link(&shard);
-                    }
+                    self.subscribe_failed(&shard, &err);
                     return Err(err.into());
                 }
             }
@@ -968,16 +975,7 @@ impl Subscriber {
                         }
                     }
                     Err(err) => {
-                        if err.redirect_node().is_some() {
-                            // MOVED: the slot map is behind
-                            self.shards = None;
-                        } else if err.is_io_error()
-                            || err.is_connection_dropped()
-                            || err.is_timeout()
-                            || err.is_unrecoverable_error()
-                        {
-                            self.drop_link(&shard);
-                        }
+                        self.subscribe_failed(&shard, &err);
                         failed = Some(err.into());
                         break;
                     }

@@ -148,8 +148,9 @@ enum TxInner {
     Sqlite(Transaction<'static, Sqlite>),
 }
 
-/// `sql` with `?` placeholders as PostgreSQL's `$1, $2, ...`.
-fn numbered(sql: &str) -> String {
+/// `sql` with `?` placeholders as PostgreSQL's `$1, $2, ...` (the writer's
+/// statements and the reader's).
+pub(super) fn numbered(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 16);
     let mut n = 0;
     for c in sql.chars() {
@@ -162,6 +163,24 @@ fn numbered(sql: &str) -> String {
         }
     }
     out
+}
+
+/// Set up a new MySQL connection's session, the archiver's and the
+/// reader's: DATETIME columns hold UTC; with `read_only`, its transactions
+/// are READ ONLY.
+pub(super) async fn mysql_session(
+    conn: &mut sqlx::MySqlConnection,
+    read_only: bool,
+) -> Result<(), sqlx::Error> {
+    if read_only {
+        sqlx::query("SET SESSION TRANSACTION READ ONLY")
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("SET time_zone = '+00:00'")
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 macro_rules! bind_all {
@@ -200,15 +219,7 @@ impl Db {
                 MySqlPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(wait)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            // DATETIME columns hold UTC
-                            sqlx::query("SET time_zone = '+00:00'")
-                                .execute(conn)
-                                .await?;
-                            Ok(())
-                        })
-                    })
+                    .after_connect(|conn, _| Box::pin(mysql_session(conn, false)))
                     .connect(&url)
                     .await?,
             ),

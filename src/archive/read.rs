@@ -25,7 +25,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
 use super::attendance::Attendance;
-use super::db::{Backend, DbError};
+use super::db::{Backend, DbError, mysql_session, numbered};
 use crate::store::{
     Event, EventKind, Id, Instance, InstanceId, InstanceState, Message, Millis, Page,
 };
@@ -84,22 +84,6 @@ pub fn cursor(id: &str) -> Option<(i64, i64)> {
         Some(i64::try_from(value).unwrap_or(i64::MAX))
     };
     Some((part(ms)?, part(seq)?))
-}
-
-/// `sql` with `?` placeholders as PostgreSQL's `$1, $2, ...`.
-fn numbered(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The rows of `sql` (`?` placeholders, every argument an integer) as
@@ -161,6 +145,37 @@ fn paged<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> String) -> Page<
     Page { items, next }
 }
 
+/// The statement reading a page of the instance `id`'s entries in `table`
+/// (events or messages; each row `entry_ms, entry_seq, ` then `columns`)
+/// after the entry `after`, oldest first, with its arguments and the
+/// page's limit (1..[`MAX_ROWS`]): it reads one row more, which tells
+/// [`paged`] that a next page is there.
+fn entries_after(
+    table: &str,
+    columns: &str,
+    id: InstanceId,
+    after: Option<(i64, i64)>,
+    limit: usize,
+) -> (String, [i64; 6], usize) {
+    let sql = format!(
+        "SELECT entry_ms, entry_seq, {columns} FROM {table} \
+         WHERE meeting_id = ? AND order_id = ? \
+         AND (entry_ms > ? OR (entry_ms = ? AND entry_seq > ?)) \
+         ORDER BY entry_ms, entry_seq LIMIT ?"
+    );
+    let limit = limit.clamp(1, MAX_ROWS);
+    let (after_ms, after_seq) = after.unwrap_or((-1, -1));
+    let args = [
+        id.meeting as i64,
+        id.order as i64,
+        after_ms,
+        after_ms,
+        after_seq,
+        limit as i64 + 1,
+    ];
+    (sql, args, limit)
+}
+
 type EventRow = (
     i64,
     i64,
@@ -204,18 +219,7 @@ impl Reader {
                     .min_connections(0)
                     .acquire_timeout(WAIT)
                     .idle_timeout(idle)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            sqlx::query("SET SESSION TRANSACTION READ ONLY")
-                                .execute(&mut *conn)
-                                .await?;
-                            // DATETIME columns hold UTC
-                            sqlx::query("SET time_zone = '+00:00'")
-                                .execute(conn)
-                                .await?;
-                            Ok(())
-                        })
-                    })
+                    .after_connect(|conn, _| Box::pin(mysql_session(conn, true)))
                     .connect_lazy_with(MySqlConnectOptions::from_str(&url)?),
             ),
             Backend::Sqlite => ReadPool::Sqlite(
@@ -284,28 +288,12 @@ impl Reader {
         after: Option<(i64, i64)>,
         limit: usize,
     ) -> Result<Page<Event>, DbError> {
-        let sql = format!(
-            "SELECT entry_ms, entry_seq, {}, user_id, happened_at, scheduled_end, processed_at \
-             FROM events WHERE meeting_id = ? AND order_id = ? \
-             AND (entry_ms > ? OR (entry_ms = ? AND entry_seq > ?)) \
-             ORDER BY entry_ms, entry_seq LIMIT ?",
+        let columns = format!(
+            "{}, user_id, happened_at, scheduled_end, processed_at",
             self.text("kind")
         );
-        let limit = limit.clamp(1, MAX_ROWS);
-        let (after_ms, after_seq) = after.unwrap_or((-1, -1));
-        let rows = fetch!(
-            self,
-            EventRow,
-            &sql,
-            &[
-                id.meeting as i64,
-                id.order as i64,
-                after_ms,
-                after_ms,
-                after_seq,
-                limit as i64 + 1,
-            ]
-        );
+        let (sql, args, limit) = entries_after("events", &columns, id, after, limit);
+        let rows = fetch!(self, EventRow, &sql, &args);
         let mut events = Vec::with_capacity(rows.len());
         for (entry_ms, entry_seq, kind, user, at, scheduled_end, processed_at) in rows {
             let kind = match kind.as_str() {
@@ -335,28 +323,9 @@ impl Reader {
         after: Option<(i64, i64)>,
         limit: usize,
     ) -> Result<Page<Message>, DbError> {
-        let sql = format!(
-            "SELECT entry_ms, entry_seq, user_id, posted_at, {} FROM messages \
-             WHERE meeting_id = ? AND order_id = ? \
-             AND (entry_ms > ? OR (entry_ms = ? AND entry_seq > ?)) \
-             ORDER BY entry_ms, entry_seq LIMIT ?",
-            self.text("body")
-        );
-        let limit = limit.clamp(1, MAX_ROWS);
-        let (after_ms, after_seq) = after.unwrap_or((-1, -1));
-        let rows = fetch!(
-            self,
-            MessageRow,
-            &sql,
-            &[
-                id.meeting as i64,
-                id.order as i64,
-                after_ms,
-                after_ms,
-                after_seq,
-                limit as i64 + 1,
-            ]
-        );
+        let columns = format!("user_id, posted_at, {}", self.text("body"));
+        let (sql, args, limit) = entries_after("messages", &columns, id, after, limit);
+        let rows = fetch!(self, MessageRow, &sql, &args);
         let mut messages = Vec::with_capacity(rows.len());
         for (entry_ms, entry_seq, user, at, text) in rows {
             messages.push(Message {

@@ -390,13 +390,35 @@ impl ConnectionLike for Conn {
 /// A client of the one Redis at `url` speaking RESP3 (push messages: the
 /// invalidations of the user cache, a lost connection).
 pub(super) fn resp3_client(url: &str) -> Result<redis::Client, StoreError> {
+    Ok(redis::Client::open(resp3_info(url, "Redis URL")?)?)
+}
+
+/// The connection settings of `url` speaking RESP3; `what` names the URL
+/// in the error when it is not one.
+pub(super) fn resp3_info(url: &str, what: &str) -> Result<ConnectionInfo, StoreError> {
     let info = redis::IntoConnectionInfo::into_connection_info(url)
-        .map_err(|e| StoreError::Internal(format!("bad Redis URL: {e}")))?;
+        .map_err(|e| StoreError::Internal(format!("bad {what}: {e}")))?;
     let settings = info
         .redis_settings()
         .clone()
         .set_protocol(redis::ProtocolVersion::RESP3);
-    Ok(redis::Client::open(info.set_redis_settings(settings))?)
+    Ok(info.set_redis_settings(settings))
+}
+
+/// How a RESP3 connection is made whose push messages (a lost connection
+/// among them, as [`PushKind::Disconnection`]) go to `on_push`: `timeout`
+/// to connect and for each reply.
+pub(super) fn push_config(
+    timeout: Duration,
+    on_push: impl Fn(redis::PushInfo) + Send + Sync + 'static,
+) -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_push_sender(move |info: redis::PushInfo| {
+            on_push(info);
+            Ok::<(), ()>(())
+        })
 }
 
 #[cfg(test)]

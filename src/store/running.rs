@@ -85,12 +85,21 @@ pub struct ActiveRead {
     pub seen: StreamId,
 }
 
+/// A read of one partition begun: the partition's epoch then, and the
+/// meetings and instances it declares.
+struct Begun {
+    epoch: u64,
+    meetings: Vec<Id>,
+    instances: Vec<InstanceId>,
+}
+
 /// What a read of one partition found, besides its answer.
 struct Read {
     until: Option<Millis>,
     meetings: Vec<Id>,
     instances: Vec<InstanceId>,
-    /// Tracked on this link, declaring everything it read: it may be kept.
+    /// Tracked on this link: it may be kept if it declared everything it
+    /// read.
     link: Option<u64>,
 }
 
@@ -115,28 +124,41 @@ impl Running {
 
     /// Before a read of `partition`: its epoch, and the meetings and
     /// instances to declare.
-    fn before_read(&self, partition: u64) -> (u64, Vec<Id>, Vec<InstanceId>) {
+    fn before_read(&self, partition: u64) -> Begun {
         let mut parts = self.parts();
         let part = parts.entry(partition).or_default();
-        (part.epoch, part.meetings.clone(), part.instances.clone())
+        Begun {
+            epoch: part.epoch,
+            meetings: part.meetings.clone(),
+            instances: part.instances.clone(),
+        }
     }
 
-    /// After a read begun at `epoch`: remember what it found, and keep its
-    /// answer (`store`) when it may be kept and nothing changed meanwhile.
+    /// After the read `begun`: remember what it found, and keep its answer
+    /// (`store`) when it was tracked, declared every key it read and
+    /// nothing changed meanwhile. Returns whether it was tracked but found
+    /// keys it had not declared (read once more, it may be kept).
     fn after_read<T>(
         &self,
         partition: u64,
-        epoch: u64,
+        begun: &Begun,
         now: Millis,
         read: &Read,
         value: Arc<T>,
         store: fn(&mut Part, Kept<T>),
-    ) {
+    ) -> bool {
+        let covered = covers(
+            &begun.meetings,
+            &begun.instances,
+            &read.meetings,
+            &read.instances,
+        );
         let mut parts = self.parts();
         let part = parts.entry(partition).or_default();
         part.meetings.clone_from(&read.meetings);
         part.instances.clone_from(&read.instances);
-        if let (Some(link), true) = (read.link, part.epoch == epoch) {
+        let link = read.link.filter(|_| covered);
+        if let (Some(link), true) = (link, part.epoch == begun.epoch) {
             store(
                 part,
                 Kept {
@@ -147,6 +169,7 @@ impl Running {
                 },
             );
         }
+        read.link.is_some() && !covered
     }
 
     /// The partitions something is kept of, each with a key of theirs and
@@ -264,20 +287,20 @@ impl Store {
         Ok(())
     }
 
-    /// The keys a read of `partition` declares: its own, and those of the
-    /// meetings and instances given.
-    fn declared(&self, partition: u64, meetings: &[Id], instances: &[InstanceId]) -> Vec<String> {
+    /// The keys the read `begun` of `partition` declares: the partition's
+    /// own, and those of the meetings and instances it names.
+    fn declared(&self, partition: u64, begun: &Begun) -> Vec<String> {
         let mut keys = vec![
             Keys::active(partition),
             Keys::due(partition),
             Keys::transitions(partition),
         ];
-        for m in meetings {
+        for m in &begun.meetings {
             keys.push(self.keys.meeting(*m));
             keys.push(self.keys.schedule(*m));
             keys.push(self.keys.upcoming(*m));
         }
-        for i in instances {
+        for i in &begun.instances {
             keys.push(self.keys.present(*i));
         }
         keys
@@ -323,13 +346,7 @@ impl Store {
         partition: u64,
         now: Millis,
     ) -> Result<Arc<ActiveRead>, StoreError> {
-        // a read that found keys it had not declared is read once more,
-        // declaring them, so that the answer is kept from this request on
-        let (value, undeclared) = self.read_active_once(partition, now).await?;
-        if !undeclared {
-            return Ok(value);
-        }
-        Ok(self.read_active_once(partition, now).await?.0)
+        twice_if_undeclared(|| self.read_active_once(partition, now)).await
     }
 
     /// One read of `partition`'s running instances; whether it found keys
@@ -340,8 +357,8 @@ impl Store {
         now: Millis,
     ) -> Result<(Arc<ActiveRead>, bool), StoreError> {
         const F: &str = "meet_active";
-        let (epoch, meetings, instances) = self.running.before_read(partition);
-        let declared = self.declared(partition, &meetings, &instances);
+        let begun = self.running.before_read(partition);
+        let declared = self.declared(partition, &begun);
         let now_arg = now.to_string();
         let limit = PAGE.to_string();
         let (mut f, mut link) = self
@@ -379,20 +396,24 @@ impl Store {
                 ))
                 .await?;
         }
-        let found: Vec<InstanceId> = value.rows.iter().map(|r| r.instance.id).collect();
-        let covered = covers(&meetings, &instances, &looked, &found);
         let read = Read {
-            link: link.filter(|_| covered),
+            link,
             until,
             meetings: looked,
-            instances: found,
+            instances: value.rows.iter().map(|r| r.instance.id).collect(),
         };
         let value = Arc::new(value);
-        self.running
-            .after_read(partition, epoch, now, &read, value.clone(), |part, kept| {
+        let undeclared = self.running.after_read(
+            partition,
+            &begun,
+            now,
+            &read,
+            value.clone(),
+            |part, kept| {
                 part.active = Some(kept);
-            });
-        Ok((value, link.is_some() && !covered))
+            },
+        );
+        Ok((value, undeclared))
     }
 
     /// Read `partition`'s attendance at `now` from the start, kept when the
@@ -403,12 +424,7 @@ impl Store {
         partition: u64,
         now: Millis,
     ) -> Result<Option<Arc<Vec<Attendance>>>, StoreError> {
-        // as read_active: once more when keys were not declared
-        let (rows, undeclared) = self.read_attendance_once(partition, now).await?;
-        if !undeclared {
-            return Ok(rows);
-        }
-        Ok(self.read_attendance_once(partition, now).await?.0)
+        twice_if_undeclared(|| self.read_attendance_once(partition, now)).await
     }
 
     /// One read of `partition`'s attendance; whether it found keys it had
@@ -419,8 +435,8 @@ impl Store {
         now: Millis,
     ) -> Result<(Option<Arc<Vec<Attendance>>>, bool), StoreError> {
         const F: &str = "meet_attendance";
-        let (epoch, meetings, instances) = self.running.before_read(partition);
-        let declared = self.declared(partition, &meetings, &instances);
+        let begun = self.running.before_read(partition);
+        let declared = self.declared(partition, &begun);
         let now_arg = now.to_string();
         let budget = PAGE.to_string();
         let (mut f, link) = self
@@ -445,20 +461,19 @@ impl Store {
             .map(|m| reply::id(F, m))
             .collect::<Result<Vec<_>, _>>()?;
         let until = f.optional("until")?.map(|v| reply::int(F, v)).transpose()?;
-        let found: Vec<InstanceId> = rows.iter().map(|r| r.instance).collect();
-        let covered = covers(&meetings, &instances, &looked, &found);
         let read = Read {
-            link: link.filter(|_| covered),
+            link,
             until,
             meetings: looked,
-            instances: found,
+            instances: rows.iter().map(|r| r.instance).collect(),
         };
         let rows = Arc::new(rows);
-        self.running
-            .after_read(partition, epoch, now, &read, rows.clone(), |part, kept| {
-                part.attendance = Some(kept);
-            });
-        Ok((Some(rows), link.is_some() && !covered))
+        let undeclared =
+            self.running
+                .after_read(partition, &begun, now, &read, rows.clone(), |part, kept| {
+                    part.attendance = Some(kept);
+                });
+        Ok((Some(rows), undeclared))
     }
 
     /// Each partition's running instances at `now`, from `from` on, at
@@ -738,6 +753,20 @@ impl Store {
             }
         }
     }
+}
+
+/// A read by `once`, and once more when it found keys it had not declared
+/// (`once` answers that too): the second declares them, so that the answer
+/// is kept from this request on.
+async fn twice_if_undeclared<T, R>(once: impl Fn() -> R) -> Result<T, StoreError>
+where
+    R: Future<Output = Result<(T, bool), StoreError>>,
+{
+    let (value, undeclared) = once().await?;
+    if !undeclared {
+        return Ok(value);
+    }
+    Ok(once().await?.0)
 }
 
 /// Whether a read that declared `meetings` and `instances` declared every

@@ -81,6 +81,35 @@ fn on_push(sinks: &[Arc<dyn Sink>], link: u64, info: &PushInfo) {
     }
 }
 
+/// A tracking connection made by `client` as link `id`: RESP3, `timeout`
+/// to connect and for each reply, its pushes to `sinks` (then `lost`
+/// called when it is lost), tracking on (OPTIN).
+async fn tracking_connection(
+    client: redis::Client,
+    timeout: Duration,
+    sinks: &Arc<[Arc<dyn Sink>]>,
+    id: u64,
+    lost: impl Fn() + Send + Sync + 'static,
+) -> Result<MultiplexedConnection, StoreError> {
+    let sinks = sinks.clone();
+    let config = super::conn::push_config(timeout, move |info| {
+        on_push(&sinks, id, &info);
+        if info.kind == PushKind::Disconnection {
+            lost();
+        }
+    });
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    redis::cmd("CLIENT")
+        .arg("TRACKING")
+        .arg("ON")
+        .arg("OPTIN")
+        .exec_async(&mut conn)
+        .await?;
+    Ok(conn)
+}
+
 /// The tracked connections of the store.
 pub(super) enum Tracking {
     /// One Redis: one link at a time, made again when lost.
@@ -106,30 +135,14 @@ impl OneLink {
         }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let me = Arc::downgrade(self);
-        let sinks = self.sinks.clone();
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_push_sender(move |info: PushInfo| {
-                on_push(&sinks, id, &info);
-                if info.kind == PushKind::Disconnection {
-                    if let Some(me) = me.upgrade() {
-                        me.lost(id);
-                    }
-                }
-                Ok::<(), ()>(())
-            });
         let made = async {
-            let mut conn = super::conn::resp3_client(&self.url)?
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            redis::cmd("CLIENT")
-                .arg("TRACKING")
-                .arg("ON")
-                .arg("OPTIN")
-                .exec_async(&mut conn)
-                .await?;
-            Ok::<_, StoreError>(conn)
+            let client = super::conn::resp3_client(&self.url)?;
+            tracking_connection(client, self.timeout, &self.sinks, id, move || {
+                if let Some(me) = me.upgrade() {
+                    me.lost(id);
+                }
+            })
+            .await
         };
         let conn = tokio::time::timeout(self.timeout, made)
             .await
@@ -224,15 +237,9 @@ impl Tracking {
             return Ok(Tracking::Single(one));
         }
         let first = options.cluster.first().map_or("", String::as_str);
-        let info = redis::IntoConnectionInfo::into_connection_info(first)
-            .map_err(|e| StoreError::Internal(format!("bad Redis Cluster URL: {e}")))?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
         let links = Arc::new(Links {
             conn: conn.clone(),
-            info: info.set_redis_settings(settings),
+            info: super::conn::resp3_info(first, "Redis Cluster URL")?,
             timeout: options.timeout,
             sinks,
             state: Mutex::new(LinkState::default()),
@@ -477,29 +484,13 @@ impl Links {
             .set_addr(ConnectionAddr::Tcp(addr.0.clone(), addr.1));
         let links = Arc::downgrade(self);
         let lost_addr = addr.clone();
-        let sinks = self.sinks.clone();
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_push_sender(move |info: PushInfo| {
-                on_push(&sinks, id, &info);
-                if info.kind == PushKind::Disconnection {
-                    if let Some(links) = links.upgrade() {
-                        links.lost(&lost_addr, id);
-                    }
-                }
-                Ok::<(), ()>(())
-            });
-        let mut conn = redis::Client::open(info)?
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        let _: Value = redis::cmd("CLIENT")
-            .arg("TRACKING")
-            .arg("ON")
-            .arg("OPTIN")
-            .query_async(&mut conn)
-            .await?;
-        Ok(conn)
+        let client = redis::Client::open(info)?;
+        tracking_connection(client, self.timeout, &self.sinks, id, move || {
+            if let Some(links) = links.upgrade() {
+                links.lost(&lost_addr, id);
+            }
+        })
+        .await
     }
 
     /// `pipe` on the link to the master of `key`'s slot, tracked there;

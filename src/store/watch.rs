@@ -424,13 +424,7 @@ impl Store {
         shard: &str,
         on_push: impl Fn(PushInfo) + Send + Sync + 'static,
     ) -> Result<MultiplexedConnection, StoreError> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.options.timeout))
-            .set_response_timeout(Some(self.options.timeout))
-            .set_push_sender(move |info: PushInfo| {
-                on_push(info);
-                Ok::<(), ()>(())
-            });
+        let config = super::conn::push_config(self.options.timeout, on_push);
         let client = if shard.is_empty() {
             super::conn::resp3_client(&self.options.url)?
         } else {
@@ -439,14 +433,7 @@ impl Store {
                 .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
                 .ok_or_else(|| StoreError::Internal(format!("not host:port: {shard}")))?;
             let first = self.options.cluster.first().map_or("", String::as_str);
-            let info = redis::IntoConnectionInfo::into_connection_info(first)
-                .map_err(|e| StoreError::Internal(format!("bad Redis Cluster URL: {e}")))?;
-            let settings = info
-                .redis_settings()
-                .clone()
-                .set_protocol(redis::ProtocolVersion::RESP3);
-            let info = info
-                .set_redis_settings(settings)
+            let info = super::conn::resp3_info(first, "Redis Cluster URL")?
                 .set_addr(ConnectionAddr::Tcp(host.to_string(), port));
             redis::Client::open(info)?
         };
@@ -456,59 +443,48 @@ impl Store {
     }
 }
 
-/// A stream entry of an instance's event log or chat as a feed item: one
-/// with `text` is a message, else an event.
-fn feed_entry(function: &'static str, entry: Value) -> Result<(StreamId, FeedItem), StoreError> {
-    let (id, f) = reply::entry(function, entry)?;
-    let parsed = id
-        .parse::<StreamId>()
-        .map_err(|e| StoreError::Internal(format!("unexpected reply from {function}: {e}")))?;
-    let item = if f.has("text") {
-        FeedItem::Message(reply::message(id, f)?)
-    } else {
-        FeedItem::Event(reply::event(id, f)?)
-    };
-    Ok((parsed, item))
-}
-
+/// A page of an instance's events and chat merged: an entry with `text`
+/// is a message, else an event.
 fn decode_feed(value: Value) -> Result<Feed, StoreError> {
-    const F: &str = "meet_feed";
-    let mut fields = Fields::new(F, value)?;
-    let last = reply::text(F, fields.take("last")?)?
-        .parse::<StreamId>()
-        .map_err(|e| StoreError::Internal(format!("unexpected reply from {F}: {e}")))?;
-    let next = fields
-        .optional("next")?
-        .map(|v| reply::text(F, v))
-        .transpose()?;
-    let items = fields
-        .array("entries")?
-        .into_iter()
-        .map(|entry| feed_entry(F, entry))
-        .collect::<Result<_, _>>()?;
-    Ok(Feed { last, items, next })
+    decode_entries("meet_feed", value, |id, f| {
+        Ok(if f.has("text") {
+            FeedItem::Message(reply::message(id, f)?)
+        } else {
+            FeedItem::Event(reply::event(id, f)?)
+        })
+    })
 }
 
 /// A page of a partition's log of transitions, as a feed.
 fn decode_transitions(value: Value) -> Result<Feed, StoreError> {
-    const F: &str = "meet_transitions";
-    let mut fields = Fields::new(F, value)?;
-    let last = reply::text(F, fields.take("last")?)?
-        .parse::<StreamId>()
-        .map_err(|e| StoreError::Internal(format!("unexpected reply from {F}: {e}")))?;
+    decode_entries("meet_transitions", value, |id, f| {
+        Ok(FeedItem::Transition(reply::transition(id, f)?))
+    })
+}
+
+/// A page of stream entries `function` read (`last`, `entries`, `next`)
+/// as a feed, each entry an item by `item`.
+fn decode_entries(
+    function: &'static str,
+    value: Value,
+    item: impl Fn(String, reply::EntryFields) -> Result<FeedItem, StoreError>,
+) -> Result<Feed, StoreError> {
+    let stream_id = |id: &str| {
+        id.parse::<StreamId>()
+            .map_err(|e| StoreError::Internal(format!("unexpected reply from {function}: {e}")))
+    };
+    let mut fields = Fields::new(function, value)?;
+    let last = stream_id(&reply::text(function, fields.take("last")?)?)?;
     let next = fields
         .optional("next")?
-        .map(|v| reply::text(F, v))
+        .map(|v| reply::text(function, v))
         .transpose()?;
     let items = fields
         .array("entries")?
         .into_iter()
         .map(|entry| {
-            let (id, f) = reply::entry(F, entry)?;
-            let parsed = id
-                .parse::<StreamId>()
-                .map_err(|e| StoreError::Internal(format!("unexpected reply from {F}: {e}")))?;
-            Ok((parsed, FeedItem::Transition(reply::transition(id, f)?)))
+            let (id, f) = reply::entry(function, entry)?;
+            Ok((stream_id(&id)?, item(id, f)?))
         })
         .collect::<Result<_, StoreError>>()?;
     Ok(Feed { last, items, next })

@@ -228,6 +228,26 @@ impl Cluster {
         .collect()
     }
 
+    /// A master other than the one at `port`.
+    pub fn other_master(&self, port: u16) -> u16 {
+        *self
+            .ports
+            .iter()
+            .find(|p| **p != port)
+            .expect("another master")
+    }
+
+    /// Begin moving `key`'s slot from its master to another, every key of
+    /// the slot migrated already: the slot and the master it moves to.
+    pub fn migrate_slot_of(&self, key: &str) -> (u16, u16) {
+        let slot = self.slot(key);
+        let from = self.owner(key);
+        let to = self.other_master(from);
+        self.begin_migration(slot, from, to);
+        self.migrate_keys(slot, from, to);
+        (slot, to)
+    }
+
     /// MIGRATE every key of `slot` that is still on `from` to `to`.
     pub fn migrate_keys(&self, slot: u16, from: u16, to: u16) {
         let keys = self.keys_in_slot(from, slot);
@@ -769,12 +789,7 @@ async fn calls_go_on_after_a_failover() {
 async fn calls_during_a_slot_migration_between_masters() {
     let cluster = Cluster::start(3);
     let store = cluster.store(ManualClock::new(t0())).await;
-    let from = cluster.owner(&store.keys().schedule(1));
-    let to = *cluster
-        .ports()
-        .iter()
-        .find(|p| **p != from)
-        .expect("another master");
+    let to = cluster.other_master(cluster.owner(&store.keys().schedule(1)));
     calls_during_a_migration(&cluster, &store, to).await;
     many_calls_during_a_migration(&cluster, &store).await;
 }
@@ -805,15 +820,7 @@ async fn many_calls_during_a_migration(cluster: &Cluster, store: &Store) {
             .expect("join");
     }
     let keys = store.keys();
-    let slot = cluster.slot(&keys.schedule(meeting));
-    let from = cluster.owner(&keys.schedule(meeting));
-    let to = *cluster
-        .ports()
-        .iter()
-        .find(|p| **p != from)
-        .expect("another master");
-    cluster.begin_migration(slot, from, to);
-    cluster.migrate_keys(slot, from, to);
+    let (slot, to) = cluster.migrate_slot_of(&keys.schedule(meeting));
     let calls: Vec<_> = (11..=50)
         .map(|u| {
             let store = store.clone();
@@ -1163,16 +1170,7 @@ async fn active_from_kept_answers_follows_writes_and_moved_slots() {
     // partition 10 holds nothing: its answer is kept on its master; the
     // slot moves (no key to migrate), and a window is made in it
     let empty = 10u64;
-    let key = meetingd::store::Keys::due(empty);
-    let slot = cluster.slot(&key);
-    let from = cluster.owner(&key);
-    let to = *cluster
-        .ports()
-        .iter()
-        .find(|p| **p != from)
-        .expect("another master");
-    cluster.begin_migration(slot, from, to);
-    cluster.migrate_keys(slot, from, to);
+    let (slot, to) = cluster.migrate_slot_of(&meetingd::store::Keys::due(empty));
     cluster.finish_migration(slot, to);
     // the other store learns of the move by its MOVED reply
     let made = async {

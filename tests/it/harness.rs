@@ -778,6 +778,14 @@ pub fn t0() -> i64 {
 /// One minute in ms.
 pub const MIN: i64 = 60_000;
 
+/// A TCP port of 127.0.0.1 that was free when asked.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// An RFC 3339 time (UTC, whole seconds) `minutes` from now by the system
 /// clock, as requests take it: for tests that talk to a daemon, whose
 /// clock is the system's.

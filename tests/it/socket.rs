@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::cluster::Cluster;
-use crate::harness::{Client, Daemon, HoldingRelay, Redis, at};
+use crate::harness::{Client, Daemon, HoldingRelay, Redis, at, free_port};
 
 /// Where the daemon of a scenario keeps its data.
 pub enum Backend {
@@ -955,10 +955,7 @@ fn a_stale_socket_file_is_replaced() {
 #[test]
 fn stats_are_served_as_prometheus_text_when_configured() {
     use std::io::{Read, Write};
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let address = format!("127.0.0.1:{port}");
     let redis = Redis::start();
     let daemon = Daemon::start(&redis, &[("MEETINGD_STATS__PROMETHEUS", &address)]);

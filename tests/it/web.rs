@@ -15,12 +15,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client as Driver, ClientBuilder, Locator};
+use meetingd::clock::ManualClock;
 use meetingd::protocol::{format_time, request_line};
 use meetingd::store::{InstanceId, InstanceRef, Meeting, User};
 use meetingd::web::timeline::{LABELS, PLOT};
 use serde_json::json;
 
-use crate::harness::{Client, Daemon, MIN, Redis, meetingctl, t0, wait_until};
+use crate::harness::{Client, Daemon, MIN, Redis, free_port, meetingctl, t0, wait_until};
 
 /// A token long enough for `http.token`.
 const TOKEN: &str = "web-test-token-0123456789";
@@ -330,10 +331,7 @@ fn an_address_beyond_loopback_without_a_token_refuses_to_start() {
 
 #[test]
 fn the_deprecated_stats_prometheus_still_starts_the_listener() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let address = format!("127.0.0.1:{port}");
     let redis = Redis::start();
     let daemon = Daemon::start(&redis, &[("MEETINGD_STATS__PROMETHEUS", &address)]);
@@ -393,10 +391,7 @@ impl Browser {
                  browser tests where they cannot be installed"
             );
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let profile = tempfile::tempdir().expect("a profile directory");
         let child = {
             use std::os::unix::process::CommandExt;
@@ -444,6 +439,28 @@ impl Browser {
     async fn stop(self) {
         let _ = self.driver.clone().close().await;
         // dropping it stops chromedriver's group
+    }
+
+    /// Load the page `path` of the web view at `address`.
+    async fn goto(&self, address: &str, path: &str) {
+        self.driver
+            .goto(&format!("http://{address}{path}"))
+            .await
+            .unwrap_or_else(|e| panic!("the page {path}: {e}"));
+    }
+
+    /// Wait until the page's stream of live changes is open.
+    async fn wait_live(&self) {
+        self.wait_text("#live-status", "the stream to open", |t| t.contains("live"))
+            .await;
+    }
+
+    /// The elements `css` selects.
+    async fn find_all(&self, css: &str) -> Vec<fantoccini::elements::Element> {
+        self.driver
+            .find_all(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
     }
 
     /// The text of the first element `css` selects ("" when none).
@@ -516,18 +533,14 @@ async fn the_live_pages_show_a_join_without_a_reload() {
     let mut c = daemon.client();
     seed(&mut c);
     let b = &browser;
-    b.driver
-        .goto(&format!("http://{address}/"))
-        .await
-        .expect("the live page");
+    b.goto(&address, "/").await;
     b.wait_text(
         "#active-table tr[data-instance='1/1'] td.count",
         "the list",
         |t| t == "0",
     )
     .await;
-    b.wait_text("#live-status", "the stream to open", |t| t.contains("live"))
-        .await;
+    b.wait_live().await;
     // a mark in the page: it survives only if the page is not loaded again
     b.run("window.__same_page = 'yes'; return null;").await;
     c.ok("JOIN 1 1");
@@ -543,12 +556,8 @@ async fn the_live_pages_show_a_join_without_a_reload() {
     );
 
     // the instance page: participants, timeline, event log and chat
-    b.driver
-        .goto(&format!("http://{address}/i/1/1"))
-        .await
-        .expect("the instance page");
-    b.wait_text("#live-status", "the stream to open", |t| t.contains("live"))
-        .await;
+    b.goto(&address, "/i/1/1").await;
+    b.wait_live().await;
     b.run("window.__same_page = 'still'; return null;").await;
     c.ok("JOIN 2 1");
     c.ok(&line(&["POST", "2", "1", "hello from Bob"]));
@@ -564,11 +573,7 @@ async fn the_live_pages_show_a_join_without_a_reload() {
         t.contains("Bob")
     })
     .await;
-    let bars = b
-        .driver
-        .find_all(Locator::Css("#timeline rect.bar[data-user='2']"))
-        .await
-        .expect("bars");
+    let bars = b.find_all("#timeline rect.bar[data-user='2']").await;
     assert_eq!(bars.len(), 1, "a bar for Bob, drawn live");
     assert_eq!(
         bars[0].attr("class").await.expect("class").as_deref(),
@@ -601,39 +606,15 @@ async fn the_timeline_has_bars_where_the_events_say() {
         .await
         .expect("instance");
     let target = InstanceRef::Exact(instance);
-    // (minute, user, join?) in order; Cy is still in at the end (timeout)
-    let script = [
-        (10, 1, true),
-        (20, 2, true),
-        (40, 1, false),
-        (60, 1, true),
-        (90, 2, false),
-        (100, 3, true),
-        (110, 1, false),
-    ];
-    for (minute, user, join) in script {
-        clock.set(from + minute * MIN);
-        if join {
-            store.join(user, target).await.expect("join");
-        } else {
-            store.leave(user, target).await.expect("leave");
-        }
-    }
+    retro_script(&store, &clock, target, from, async |_| {}).await;
     clock.set(to + MIN);
     store.tick(to + MIN).await.expect("the tick ends it");
     let expected: Vec<(u64, i64, i64)> =
         vec![(1, 10, 40), (1, 60, 110), (2, 20, 90), (3, 100, 120)];
     let (daemon, address) = daemon_with_http(&redis, &[]);
     let b = &browser;
-    b.driver
-        .goto(&format!("http://{address}/i/5/1"))
-        .await
-        .expect("the instance page");
-    let bars = b
-        .driver
-        .find_all(Locator::Css("#timeline rect.bar"))
-        .await
-        .expect("bars");
+    b.goto(&address, "/i/5/1").await;
+    let bars = b.find_all("#timeline rect.bar").await;
     let mut drawn = Vec::new();
     for bar in &bars {
         let number =
@@ -743,10 +724,7 @@ async fn what_users_write_shows_literally_and_never_runs() {
     c.ok(&line(&["POST", "1", "1", text]));
     let b = &browser;
     // log in through the form
-    b.driver
-        .goto(&format!("http://{address}/i/1/1"))
-        .await
-        .expect("a page");
+    b.goto(&address, "/i/1/1").await;
     let form = b
         .driver
         .form(Locator::Css("form.login"))
@@ -761,10 +739,7 @@ async fn what_users_write_shows_literally_and_never_runs() {
     })
     .await;
     for path in ["/", "/m/1", "/i/1/1", "/i/1/1?events_after=0-0"] {
-        b.driver
-            .goto(&format!("http://{address}{path}"))
-            .await
-            .expect("a page");
+        b.goto(&address, path).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             b.run("return window.__pwned || null;").await,
@@ -781,12 +756,8 @@ async fn what_users_write_shows_literally_and_never_runs() {
         );
     }
     // on the instance page each text shows as it was written
-    b.driver
-        .goto(&format!("http://{address}/i/1/1"))
-        .await
-        .expect("the instance page");
-    b.wait_text("#live-status", "the stream to open", |t| t.contains("live"))
-        .await;
+    b.goto(&address, "/i/1/1").await;
+    b.wait_live().await;
     assert_eq!(b.text("h1").await, format!("{title} 1/1"));
     assert_eq!(b.text("p.lead").await, description);
     assert_eq!(b.text("#chat td.text").await, text);
@@ -899,13 +870,9 @@ async fn screenshots_of_the_demo() {
         ("web-meeting.png", "/m/2", "h1"),
     ] {
         b.driver.set_window_size(1280, 600).await.expect("resize");
-        b.driver
-            .goto(&format!("http://{address}{path}"))
-            .await
-            .expect("a page");
+        b.goto(&address, path).await;
         if ready == "#live-status" {
-            b.wait_text(ready, "the stream to open", |t| t.contains("live"))
-                .await;
+            b.wait_live().await;
         }
         // grow the window until the whole page fits its viewport
         for _ in 0..4 {
@@ -936,6 +903,38 @@ async fn screenshots_of_the_demo() {
         eprintln!("screenshots written to {}", keep.display());
     }
     browser.stop().await;
+}
+
+/// Play the hand-made instance `target` starting at `from`: Ada, Bob and
+/// Cy join and leave at the minutes (after `from`) below, the clock set to
+/// each; Cy is still in at the end (a timeout). `after_step` runs after
+/// each step, given its minute.
+pub(crate) async fn retro_script(
+    store: &meetingd::store::Store,
+    clock: &ManualClock,
+    target: InstanceRef,
+    from: i64,
+    mut after_step: impl AsyncFnMut(i64),
+) {
+    // (minute, user, join?) in order
+    let script = [
+        (10, 1, true),
+        (20, 2, true),
+        (40, 1, false),
+        (60, 1, true),
+        (90, 2, false),
+        (100, 3, true),
+        (110, 1, false),
+    ];
+    for (minute, user, join) in script {
+        clock.set(from + minute * MIN);
+        if join {
+            store.join(user, target).await.expect("join");
+        } else {
+            store.leave(user, target).await.expect("leave");
+        }
+        after_step(minute).await;
+    }
 }
 
 /// The cast of the hand-made instances: users Ada, Bob and Cy (1-3) and

@@ -20,7 +20,7 @@ use meetingd::store::{EventKind, InstanceId, InstanceRef};
 
 use crate::dbs::{ArchiveDb, Mariadb, Postgres, Sqlite};
 use crate::harness::{Daemon, MIN, Redis, t0, wait_until};
-use crate::web::{daemon_with_http, get, retro_cast};
+use crate::web::{daemon_with_http, get, retro_cast, retro_script};
 
 /// An attribute's value in a tag's text.
 fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
@@ -166,23 +166,7 @@ async fn write(redis: &Redis) -> Written {
         .await
         .expect("instance 5/1");
     let target = InstanceRef::Exact(one);
-    // (minute, user, join?) in order; Cy is still in at the end (timeout)
-    let script = [
-        (10, 1, true),
-        (20, 2, true),
-        (40, 1, false),
-        (60, 1, true),
-        (90, 2, false),
-        (100, 3, true),
-        (110, 1, false),
-    ];
-    for (minute, user, join) in script {
-        clock.set(from + minute * MIN);
-        if join {
-            store.join(user, target).await.expect("join");
-        } else {
-            store.leave(user, target).await.expect("leave");
-        }
+    retro_script(&store, &clock, target, from, async |minute| {
         if minute == 20 {
             // 60 messages while Ada and Bob are in: two pages of the chat
             for i in 0..60 {
@@ -200,7 +184,8 @@ async fn write(redis: &Redis) -> Written {
                     .expect("post");
             }
         }
-    }
+    })
+    .await;
     clock.set(to + MIN);
     store.tick(to + MIN).await.expect("the tick ends it");
     let (_, mut events) = store.events(target, None, 1000).await.expect("events");

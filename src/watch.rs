@@ -673,15 +673,10 @@ impl Subscriber {
                 if self.links.get(&shard).is_some_and(|link| link.id == id) {
                     tracing::debug!(%topic, shard = %shard, "watch: the server dropped a subscription");
                     self.subscribed.remove(&topic);
-                    if let Some(link) = self.links.get_mut(&shard) {
-                        link.count = link.count.saturating_sub(1);
-                    }
                     if self.watched(topic) {
                         self.pending.insert(topic);
                     }
-                    // its slot may have moved: the node that let go knows
-                    self.shards = None;
-                    self.ask = Some(shard);
+                    self.let_go(shard);
                 }
             }
             Order::Hold(channels) => {
@@ -697,15 +692,22 @@ impl Subscriber {
                 if self.links.get(&shard).is_some_and(|link| link.id == id) {
                     tracing::debug!(channel = %channel, shard = %shard, "watch: the server dropped a subscription");
                     self.held.remove(&channel);
-                    if let Some(link) = self.links.get_mut(&shard) {
-                        link.count = link.count.saturating_sub(1);
-                    }
                     self.held_pending.insert(channel);
-                    self.shards = None;
-                    self.ask = Some(shard);
+                    self.let_go(shard);
                 }
             }
         }
+    }
+
+    /// The server on `shard` let go of one of the link's channels: its
+    /// slot may have moved, and the node that let go knows where to, so
+    /// the next slot map is read from it.
+    fn let_go(&mut self, shard: String) {
+        if let Some(link) = self.links.get_mut(&shard) {
+            link.count = link.count.saturating_sub(1);
+        }
+        self.shards = None;
+        self.ask = Some(shard);
     }
 
     /// PING every connection; one that does not answer is dropped, and its

@@ -19,17 +19,6 @@ use super::{connect_raw, per_op, redis_pid, store_options, usage};
 /// Redis Cluster's slots.
 const SLOTS: u32 = 16_384;
 
-/// The slot of `key` (its hash tag's, when it has one).
-fn slot(key: &str) -> u32 {
-    let tagged = key
-        .split_once('{')
-        .and_then(|(_, rest)| rest.split_once('}'))
-        .map(|(tag, _)| tag)
-        .filter(|tag| !tag.is_empty())
-        .unwrap_or(key);
-    u32::from(crc16::State::<crc16::XMODEM>::calculate(tagged.as_bytes())) % SLOTS
-}
-
 /// The master owning `slot` among `masters` given even contiguous ranges.
 fn master_of(slot: u32, masters: u32) -> u32 {
     // redis-cli gives master i the slots from i*SLOTS/masters on
@@ -57,7 +46,12 @@ pub async fn partitions(
         for &m in masters {
             let mut on = vec![0u64; m as usize];
             for p in 0..count {
-                let owner = master_of(slot(&meetingd::store::Keys::due(p)), m);
+                let owner = master_of(
+                    u32::from(meetingd::store::channel_slot(&meetingd::store::Keys::due(
+                        p,
+                    ))),
+                    m,
+                );
                 on[owner as usize] += 1;
             }
             let busiest = on.iter().copied().max().unwrap_or(0);

@@ -42,13 +42,8 @@ local function admit(audience, email, user, meeting)
 end
 
 local function join(keys, args)
-  check_arity(args, 3, 6, 'order, user, email[, now[, retention[, key]]]')
-  local key = keys[1]
-  local base, meeting = meeting_key(key)
-  local user = check_id(args[2], 'user')
-  local now = clock(args[4])
-  local retention = check_retention(args[5])
-  local join_key = check_post_key(args[6])
+  local key, base, meeting, user, now, retention, join_key =
+    write_args(keys, args, 4, 'order, user, email[, now[, retention[, key]]]')
   local meeting_fields = redis.call('HMGET', key, 'public', 'live', 'preempt')
   if join_key then
     local asked = optional_id(args[1], 'order') or ''
@@ -62,13 +57,11 @@ local function join(keys, args)
       return found .. ' ' .. first .. ' duplicate'
     end
   end
-  local order, to, ms, seq = running_now(key, base, meeting, args[1], meeting_fields[2], meeting_fields[3],
-    now, retention)
+  local order, to, at, id, prev, live, name = live_write(key, base, meeting, args[1], meeting_fields[2],
+    meeting_fields[3], now, retention)
   if meeting_fields[1] ~= 'true' then
     admit(base .. 'audience:' .. meeting, args[3], user, meeting)
   end
-  local name = instance_name(meeting, order)
-  local at, id, prev, live = next_live_id(key, order, to, ms, seq, now)
   -- NX: a user already in writes nothing
   if redis.call('ZADD', base .. 'present:' .. name, 'NX', at, user) == 0 then
     fail('ALREADY_JOINED', 'user ' .. user .. ' is already in ' .. name)
@@ -76,8 +69,10 @@ local function join(keys, args)
   redis.call('HSET', key, 'live', live)
   local events = base .. 'events:' .. name
   redis.call('XADD', events, id, 'u', user, 't', '1')
-  announce(base, name, prev, id, '1', user)
-  keep_until(events, to, retention)
+  redis.call('SPUBLISH', base .. 'watch:' .. name, prev .. ' ' .. id .. ' 1 ' .. user)
+  if retention > 0 then
+    keep_until(events, to, retention)
+  end
   if join_key then
     keep_key(base, name, user .. '/join/' .. join_key, id, to, retention)
   end

@@ -14,13 +14,8 @@ Returns: "<order> <id>": the leave event's id, whose first part is the
 Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE, NOT_JOINED.
 ]]
 local function leave(keys, args)
-  check_arity(args, 2, 5, 'order, user[, now[, retention[, key]]]')
-  local key = keys[1]
-  local base, meeting = meeting_key(key)
-  local user = check_id(args[2], 'user')
-  local now = clock(args[3])
-  local retention = check_retention(args[4])
-  local leave_key = check_post_key(args[5])
+  local key, base, meeting, user, now, retention, leave_key =
+    write_args(keys, args, 3, 'order, user[, now[, retention[, key]]]')
   local fields = redis.call('HMGET', key, 'live', 'preempt')
   if leave_key then
     local asked = optional_id(args[1], 'order') or ''
@@ -33,17 +28,18 @@ local function leave(keys, args)
       return found .. ' ' .. first .. ' duplicate'
     end
   end
-  local order, to, ms, seq = running_now(key, base, meeting, args[1], fields[1], fields[2], now, retention)
-  local name = instance_name(meeting, order)
+  local order, to, _, id, prev, live, name = live_write(key, base, meeting, args[1], fields[1], fields[2], now,
+    retention)
   if redis.call('ZREM', base .. 'present:' .. name, user) == 0 then
     fail('NOT_JOINED', 'user ' .. user .. ' is not in ' .. name)
   end
-  local _, id, prev, live = next_live_id(key, order, to, ms, seq, now)
   redis.call('HSET', key, 'live', live)
   local events = base .. 'events:' .. name
   redis.call('XADD', events, id, 'u', user, 't', '2')
-  announce(base, name, prev, id, '2', user)
-  keep_until(events, to, retention)
+  redis.call('SPUBLISH', base .. 'watch:' .. name, prev .. ' ' .. id .. ' 2 ' .. user)
+  if retention > 0 then
+    keep_until(events, to, retention)
+  end
   if leave_key then
     keep_key(base, name, user .. '/leave/' .. leave_key, id, to, retention)
   end

@@ -47,15 +47,13 @@ local function posted_before(base, meeting, order, live, user, post_key, text)
 end
 
 local function post(keys, args)
-  check_arity(args, 3, 6, 'order, user, text[, now[, retention[, key]]]')
-  local key = keys[1]
-  local base, meeting = meeting_key(key)
-  local asked = optional_id(args[1], 'order') or ''
-  local user = check_id(args[2], 'user')
+  local key, base, meeting, user, now, retention, post_key =
+    write_args(keys, args, 4, 'order, user, text[, now[, retention[, key]]]')
+  local asked = args[1]
+  if asked ~= '' then
+    asked = check_id(asked, 'order')
+  end
   local text = check_chat(args[3])
-  local now = clock(args[4])
-  local retention = check_retention(args[5])
-  local post_key = check_post_key(args[6])
   local fields = redis.call('HMGET', key, 'live', 'preempt')
   local live, preempt = fields[1], fields[2]
   if post_key then
@@ -69,20 +67,21 @@ local function post(keys, args)
       return duplicate
     end
   end
-  local order, to, ms, seq = running_now(key, base, meeting, asked, live, preempt, now, retention)
-  local name = instance_name(meeting, order)
+  local order, to, _, id, prev, next_live, name = live_write(key, base, meeting, asked, live, preempt, now,
+    retention)
   if not redis.call('ZSCORE', base .. 'present:' .. name, user) then
     fail('NOT_JOINED', 'user ' .. user .. ' is not in ' .. name)
   end
-  local _, id, prev, live = next_live_id(key, order, to, ms, seq, now)
-  redis.call('HSET', key, 'live', live)
+  redis.call('HSET', key, 'live', next_live)
   local chat = base .. 'chat:' .. name
   local by = chat .. ':by:' .. user
   redis.call('XADD', chat, id, 'u', user, 'text', text)
-  announce(base, name, prev, id, 'm', user, text)
+  redis.call('SPUBLISH', base .. 'watch:' .. name, prev .. ' ' .. id .. ' m ' .. user .. ' ' .. text)
   redis.call('XADD', by, id, 'u', user)
-  keep_until(chat, to, retention)
-  keep_until(by, to, retention)
+  if retention > 0 then
+    keep_until(chat, to, retention)
+    keep_until(by, to, retention)
+  end
   if post_key then
     keep_key(base, name, user .. ':' .. post_key, id, to, retention)
   end

@@ -85,44 +85,6 @@ local function next_id(now, ms, seq)
   return ms, NEXT_SEQ[seq] or tostring(seq + 1)
 end
 
---[[ The live field each meeting's last hot call (JOIN, LEAVE, POST) made,
-with its parts, by meeting key: the next call on the meeting mostly reads
-that text back, and comparing it spares matching it (a fifth of such a
-call's own work). An entry says only what its text says, so a field
-written by anyone else (the tick, an instance's start or end, redis-cli)
-merely misses. One slot a meeting, reused; up to 10000 meetings, then it
-starts afresh (as keys.lua's memo). ]]
-local made_live, made_order, made_to, made_ms, made_seq, made_count = {}, {}, {}, {}, {}, 0
-
---[[ The next id of the running instance `order` (scheduled end `to`, last
-id (ms, seq) as its meeting's live field holds them) at `now`, nothing
-written: its ms (the entry's time), the id, the id before it (prev_id's
-form, for the watchers) and the live field to write with it, remembered
-for meeting `key` (see made_live). The hot calls' path (JOIN, LEAVE,
-POST), with next_id and prev_id written out. ]]
-local function next_live_id(key, order, to, ms, seq, now)
-  local prev = '0-0'
-  if seq ~= '' then
-    prev = ms .. '-' .. seq
-  end
-  if #now > #ms or (#now == #ms and now > ms) then
-    ms, seq = now, '0'
-  elseif seq == '' then
-    seq = '0'
-  else
-    seq = NEXT_SEQ[seq] or tostring(seq + 1)
-  end
-  local live = order .. '|' .. to .. '|' .. ms .. '|' .. seq
-  if not made_live[key] then
-    if made_count >= 10000 then
-      made_live, made_order, made_to, made_ms, made_seq, made_count = {}, {}, {}, {}, {}, 0
-    end
-    made_count = made_count + 1
-  end
-  made_live[key], made_order[key], made_to[key], made_ms[key], made_seq[key] = live, order, to, ms, seq
-  return ms, ms .. '-' .. seq, prev, live
-end
-
 -- Refuse a call that names no running instance: the meeting or the
 -- instance does not exist, or it is not running.
 local function not_running(key, base, meeting, order)
@@ -676,20 +638,10 @@ end
 whichever runs) at `now`, from its meeting's `live` and `preempt` fields,
 once what is due for the meeting is applied (settle; at most SETTLE_BUDGET
 timeouts): its order, end and last id; refused when it is not running.
-The hot path (the live instance inside its window, no preempt due) parses
-the live field once and reads nothing more. ]]
+live_write's way when its memo does not know the live field. ]]
 local function running_now(key, base, meeting, order, live, preempt, now, retention)
-  -- the parts (from made_live when this text is the one the meeting's
-  -- last hot call made) and settled(), written out: the hottest lines of
-  -- the library
-  local o, to, ms, seq
-  if live and made_live[key] == live then
-    o, to, ms, seq = made_order[key], made_to[key], made_ms[key], made_seq[key]
-  else
-    o, to, ms, seq = parse_live(live)
-  end
-  if not (o and (#to > #now or (#to == #now and to > now))
-      and (not preempt or later(preempt, now))) then
+  local o, to, ms, seq = parse_live(live)
+  if not (o and later(to, now) and (not preempt or later(preempt, now))) then
     live = settle(base, meeting, live, preempt, now, SETTLE_BUDGET, retention)
     o, to, ms, seq = parse_live(live)
     if o and not later(to, now) then
@@ -700,6 +652,96 @@ local function running_now(key, base, meeting, order, live, preempt, now, retent
     return o, to, ms, seq
   end
   not_running(key, base, meeting, order)
+end
+
+--[[ What each meeting's last hot call (JOIN, LEAVE, POST) wrote into its
+live field, by meeting key: the next call on the meeting mostly reads that
+text back, and comparing it spares matching it and building the next one
+from scratch. A table a meeting, changed in place (no allocation a call):
+`live` (the text), `order`, `to`, `head` ("<O>|<to>|"), `name` ("<M>/<O>"),
+`ms`, `seq` and `id` (the last id, "<ms>-<seq>"). An entry says only what
+its text says, so a field written by anyone else (the tick, an instance's
+start or end, redis-cli) merely misses. Up to 10000 meetings, then it
+starts afresh (as keys.lua's memo). ]]
+local made, made_count = {}, 0
+
+--[[ The id a JOIN, LEAVE or POST hands out, nothing written: the running
+instance it names (as running_now, refused when there is none) and the
+next id of its sequence at `now` (next_id, written out). Returns the
+instance's order, its scheduled end, the entry's time (ms), the id, the id
+before it ('0-0' before the first: for the watchers), the live field to
+write and the instance's name "<M>/<O>". The hottest lines of the
+library: when the live field is the one the meeting's last hot call wrote,
+inside its window and with no pre-emption due, they compare and
+concatenate only. ]]
+local function live_write(key, base, meeting, order, live, preempt, now, retention)
+  local m = made[key]
+  local o, to, ms, seq, prev
+  if m and m.live == live then
+    o, to = m.order, m.to
+    if (#to > #now or (#to == #now and to > now)) and (not preempt or later(preempt, now)) then
+      if order ~= '' and order ~= o then
+        not_running(key, base, meeting, order)
+      end
+      ms, seq, prev = m.ms, m.seq, m.id
+    else
+      o = nil
+    end
+  end
+  if not o then
+    o, to, ms, seq = running_now(key, base, meeting, order, live, preempt, now, retention)
+    prev = seq == '' and '0-0' or ms .. '-' .. seq
+    if not m then
+      if made_count >= 10000 then
+        made, made_count = {}, 0
+      end
+      m, made_count = {}, made_count + 1
+      made[key] = m
+    end
+    m.order, m.to, m.head, m.name = o, to, o .. '|' .. to .. '|', meeting .. '/' .. o
+  end
+  if #now > #ms or (#now == #ms and now > ms) then
+    ms, seq = now, '0'
+  elseif seq == '' then
+    seq = '0'
+  else
+    seq = NEXT_SEQ[seq] or tostring(seq + 1)
+  end
+  local id = ms .. '-' .. seq
+  live = m.head .. ms .. '|' .. seq
+  m.live, m.ms, m.seq, m.id = live, ms, seq, id
+  return o, to, ms, id, prev, live, m.name
+end
+
+--[[ The arguments JOIN, LEAVE and POST share, checked: KEYS[1], the
+meeting's key; ARGV[2], the user; and from ARGV[at] on: now, retention and
+the write's key (the arguments before `at` are the call's own, checked by
+the caller). Returns the key, its partition prefix, the meeting, the user,
+now, the retention (ms) and the write's key (nil when none). What the
+library checked before (a meeting key, a user id, the last `now`) is known
+by its memo at the cost of a lookup. ]]
+local function write_args(keys, args, at, usage)
+  local n = #args
+  if n < at - 1 or n > at + 2 then
+    check_arity(args, at - 1, at + 2, usage)
+  end
+  local key = keys[1]
+  local base, meeting = checked_bases[key], checked_meetings[key]
+  if not base then
+    base, meeting = meeting_key(key)
+  end
+  local user = args[2]
+  if not valid_ids[user] then
+    check_id(user, 'user')
+  end
+  local now = args[at]
+  if now ~= last_now then
+    now = clock(now)
+  end
+  if n <= at then
+    return key, base, meeting, user, now, 0, nil
+  end
+  return key, base, meeting, user, now, check_retention(args[at + 1]), check_post_key(args[at + 2])
 end
 
 --[[ Which instance of a meeting runs at `now` by the clock, read only, from

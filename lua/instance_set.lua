@@ -81,8 +81,8 @@ local function instance_set(keys, args)
     redis.call('ZADD', due_index, from, inst.name)
     index_scheduled(inst)
   elseif later(to, now) then
-    local _, _, ms, seq = parse_live(redis.call('HGET', keys[1], 'live'))
-    redis.call('HSET', keys[1], 'live', format_live(order, to, ms, seq))
+    local _, _, ms, seq, preempt = parse_live(redis.call('HGET', keys[1], 'live'))
+    redis.call('HSET', keys[1], 'live', format_live(order, to, ms, seq, preempt))
     redis.call('ZADD', due_index, to, inst.name)
   else
     end_instance(inst, now, now, budget, retention, due_index, base .. 'active', 'ended')

@@ -1,8 +1,8 @@
 --[[
 meet_join: a user joins a running instance. The hottest call of the
-library: one HMGET reads the meeting's public flag and its running
-instance (with the instance's last id and its `preempt`), and only what
-changes is written. What the clock says is due for the meeting (its
+library: one HMGET reads the meeting's public flag and its live field
+(its running instance, the instance's last id and its `preempt`), and only
+what changes is written. What the clock says is due for the meeting (its
 instance is over, or a window opened) is applied first (`settle`, see
 instances.lua): a JOIN in a window that opened after the last tick starts
 its instance and joins it.
@@ -44,21 +44,20 @@ end
 local function join(keys, args)
   local key, base, meeting, user, now, retention, join_key =
     write_args(keys, args, 4, 'order, user, email[, now[, retention[, key]]]')
-  local meeting_fields = redis.call('HMGET', key, 'public', 'live', 'preempt')
+  local meeting_fields = redis.call('HMGET', key, 'public', 'live')
+  local live = meeting_fields[2]
   if join_key then
     local asked = optional_id(args[1], 'order') or ''
-    local live, preempt = meeting_fields[2], meeting_fields[3]
+    local preempt = select(5, parse_live(live))
     if not settled(live, preempt, now) then
       live = settle(base, meeting, live, preempt, now, SETTLE_BUDGET, retention)
-      meeting_fields[2], meeting_fields[3] = live, false
     end
     local found, first = keyed_before(base, meeting, asked, live, user .. '/join/' .. join_key)
     if found then
       return found .. ' ' .. first .. ' duplicate'
     end
   end
-  local order, to, at, id, prev, live, name = live_write(key, base, meeting, args[1], meeting_fields[2],
-    meeting_fields[3], now, retention)
+  local order, to, at, id, prev, next_live, name = live_write(key, base, meeting, args[1], live, now, retention)
   if meeting_fields[1] ~= 'true' then
     admit(base .. 'audience:' .. meeting, args[3], user, meeting)
   end
@@ -66,7 +65,7 @@ local function join(keys, args)
   if redis.call('ZADD', base .. 'present:' .. name, 'NX', at, user) == 0 then
     fail('ALREADY_JOINED', 'user ' .. user .. ' is already in ' .. name)
   end
-  redis.call('HSET', key, 'live', live)
+  redis.call('HSET', key, 'live', next_live)
   local events = base .. 'events:' .. name
   redis.call('XADD', events, id, 'u', user, 't', '1')
   redis.call('SPUBLISH', base .. 'watch:' .. name, prev .. ' ' .. id .. ' 1 ' .. user)

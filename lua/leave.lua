@@ -16,24 +16,23 @@ Errors: BAD_REQUEST, NOT_FOUND (meeting or instance), INACTIVE, NOT_JOINED.
 local function leave(keys, args)
   local key, base, meeting, user, now, retention, leave_key =
     write_args(keys, args, 3, 'order, user[, now[, retention[, key]]]')
-  local fields = redis.call('HMGET', key, 'live', 'preempt')
+  local live = redis.call('HGET', key, 'live')
   if leave_key then
     local asked = optional_id(args[1], 'order') or ''
-    if not settled(fields[1], fields[2], now) then
-      fields[1] = settle(base, meeting, fields[1], fields[2], now, SETTLE_BUDGET, retention)
-      fields[2] = false
+    local preempt = select(5, parse_live(live))
+    if not settled(live, preempt, now) then
+      live = settle(base, meeting, live, preempt, now, SETTLE_BUDGET, retention)
     end
-    local found, first = keyed_before(base, meeting, asked, fields[1], user .. '/leave/' .. leave_key)
+    local found, first = keyed_before(base, meeting, asked, live, user .. '/leave/' .. leave_key)
     if found then
       return found .. ' ' .. first .. ' duplicate'
     end
   end
-  local order, to, _, id, prev, live, name = live_write(key, base, meeting, args[1], fields[1], fields[2], now,
-    retention)
+  local order, to, _, id, prev, next_live, name = live_write(key, base, meeting, args[1], live, now, retention)
   if redis.call('ZREM', base .. 'present:' .. name, user) == 0 then
     fail('NOT_JOINED', 'user ' .. user .. ' is not in ' .. name)
   end
-  redis.call('HSET', key, 'live', live)
+  redis.call('HSET', key, 'live', next_live)
   local events = base .. 'events:' .. name
   redis.call('XADD', events, id, 'u', user, 't', '2')
   redis.call('SPUBLISH', base .. 'watch:' .. name, prev .. ' ' .. id .. ' 2 ' .. user)

@@ -54,21 +54,20 @@ local function post(keys, args)
     asked = check_id(asked, 'order')
   end
   local text = check_chat(args[3])
-  local fields = redis.call('HMGET', key, 'live', 'preempt')
-  local live, preempt = fields[1], fields[2]
+  local live = redis.call('HGET', key, 'live')
   if post_key then
     -- the key is looked up in the instance as it is once what is due is
     -- applied
+    local preempt = select(5, parse_live(live))
     if not settled(live, preempt, now) then
-      live, preempt = settle(base, meeting, live, preempt, now, SETTLE_BUDGET, retention), false
+      live = settle(base, meeting, live, preempt, now, SETTLE_BUDGET, retention)
     end
     local duplicate = posted_before(base, meeting, asked, live, user, post_key, text)
     if duplicate then
       return duplicate
     end
   end
-  local order, to, _, id, prev, next_live, name = live_write(key, base, meeting, asked, live, preempt, now,
-    retention)
+  local order, to, _, id, prev, next_live, name = live_write(key, base, meeting, asked, live, now, retention)
   if not redis.call('ZSCORE', base .. 'present:' .. name, user) then
     fail('NOT_JOINED', 'user ' .. user .. ' is not in ' .. name)
   end

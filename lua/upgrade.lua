@@ -5,7 +5,9 @@ page at a time, first for the running instances, then for the due index;
 what is already upgraded is left alone, so calling it again changes
 nothing.
   * running instances (0.1): a running instance's last id moves from its
-    schedule entry (<O>#id) into its meeting's `live` field;
+    schedule entry (<O>#id) into its meeting's `live` field; (0.4.0) a
+    meeting's `preempt` is copied into its live field (see instances.lua),
+    where 0.4.0 kept it apart;
   * ARGV[3] 'upcoming' (0.2): every scheduled instance (all are in the due
     index) enters its meeting's upcoming index, and its meeting's
     `preempt` is set when it would pre-empt the running instance (see
@@ -16,7 +18,12 @@ KEYS[1]  meetingd:{p<P>}:active
 ARGV[1]  after: a meeting id, the `next` of the previous page (optional);
          with 'upcoming', a due-index cursor
 ARGV[2]  limit: 1..1000 (optional, default 1000)
-ARGV[3]  'upcoming' (optional): the second pass
+ARGV[3]  'upcoming' (optional): the second pass; 'down': the way back to
+         0.4.0 instead, for a page of running instances (after and limit
+         as for the first pass): each live field loses its copy of
+         `preempt` (the field itself is kept in step), since 0.4.0 reads
+         a live field of four parts only. Run it over every partition with
+         every daemon stopped, then load 0.4.0's library
 Returns: {upgraded, <n>, next, <meeting id, cursor or nil>}.
 Errors: BAD_REQUEST.
 ]]
@@ -64,19 +71,37 @@ local function upgrade(keys, args)
   if args[3] == 'upcoming' then
     local upgraded, next_cursor = upgrade_upcoming(base, args[1], check_limit(args[2]))
     return { 'upgraded', upgraded, 'next', next_cursor }
+  elseif args[3] == 'down' then
+    local names, next_meeting = running_page(keys[1], args[1], args[2])
+    local changed = 0
+    for _, name in ipairs(names) do
+      local key = base .. 'meeting:' .. string.match(name, '^(%d+)/')
+      local o, to, ms, seq, preempt = parse_live(redis.call('HGET', key, 'live'))
+      if preempt then
+        redis.call('HSET', key, 'live', format_live(o, to, ms, seq))
+        changed = changed + 1
+      end
+    end
+    return { 'upgraded', changed, 'next', next_meeting }
   elseif args[3] and args[3] ~= '' then
-    fail('BAD_REQUEST', "ARGV[3] must be 'upcoming' or left out, got " .. show(args[3]))
+    fail('BAD_REQUEST', "ARGV[3] must be 'upcoming', 'down' or left out, got " .. show(args[3]))
   end
   local names, next_meeting = running_page(keys[1], args[1], args[2])
   local upgraded = 0
   for _, name in ipairs(names) do
     local meeting, order = string.match(name, '^(%d+)/(%d+)$')
     local inst = meeting and load_instance(base, meeting, order)
-    if inst and inst.state == 'active' and not redis.call('HGET', inst.key, 'live') then
-      local ms, seq = last_id(inst)
-      redis.call('HDEL', inst.schedule, order .. '#id')
-      redis.call('HSET', inst.key, 'live', format_live(order, inst.to, ms, seq))
-      upgraded = upgraded + 1
+    if inst and inst.state == 'active' then
+      local f = redis.call('HMGET', inst.key, 'live', 'preempt')
+      if not f[1] then
+        local ms, seq = last_id(inst)
+        redis.call('HDEL', inst.schedule, order .. '#id')
+        redis.call('HSET', inst.key, 'live', format_live(order, inst.to, ms, seq, f[2]))
+        upgraded = upgraded + 1
+      elseif f[2] and select(5, parse_live(f[1])) ~= f[2] then
+        redis.call('HSET', inst.key, 'live', with_preempt(f[1], f[2]))
+        upgraded = upgraded + 1
+      end
     end
   end
   return { 'upgraded', upgraded, 'next', next_meeting }

@@ -13,10 +13,11 @@ id). An id is "<ms>-<seq>" with ms = max(now, the last id's ms): an
 instance's times never go backwards, even when a clock does, and an entry's
 time is its id's ms. Where the last id is kept:
   * while the instance runs, in its meeting's hash, field `live` =
-    "<O>|<to>|<ms>|<seq>": which instance runs, its scheduled end, and the
-    last id (<seq> empty: nothing handed out at <ms> yet, which is then a
-    floor: the start of the window). JOIN, LEAVE and POST read all they
-    need in one HMGET and write back only this field;
+    "<O>|<to>|<ms>|<seq>[|<preempt>]": which instance runs, its scheduled
+    end, and the last id (<seq> empty: nothing handed out at <ms> yet,
+    which is then a floor: the start of the window), and the meeting's
+    `preempt` when one is known (below). JOIN, LEAVE and POST read this
+    field (and JOIN `public`), and write back only this field;
   * otherwise in the schedule's <O>#id, "<ms>-<seq>" in the same form.
 
 The clock decides (issue 24): an instance runs exactly while
@@ -37,9 +38,14 @@ order -> from) holds exactly the meeting's scheduled instances. To keep the
 hot path at one read, the meeting hash's `preempt` field says from when a
 scheduled instance of a higher order than the live one may open (the
 earliest such `from`, or earlier: a call at or after it only looks again);
-it is absent when none is known, and means nothing without `live`. A
-JOIN, LEAVE or POST whose `live` names an instance inside its window,
-with no `preempt` at or before now, does what it did before: nothing more.
+it is absent when none is known, and means nothing without `live`. The
+live field carries a copy as its fifth part, so the hot calls read one
+field: every write of `preempt` rewrites `live` to match, and a live field
+has a fifth part exactly when a `preempt` is known (data of 0.4.0, whose
+live fields had four parts, is brought to that at start-up by
+meet_upgrade). A JOIN, LEAVE or POST whose `live` names an instance inside
+its window, with no `preempt` at or before now, does what it did before:
+nothing more.
 ]]
 
 -- Most timeouts a JOIN, LEAVE or POST stamps when it ends an instance that
@@ -58,13 +64,30 @@ local OPENED_MAX = 1000
 local LAST_ENDED = 'last#ended'
 
 
--- The parts of a `live` field: order, to, ms, seq (nil when there is none).
+-- The parts of a `live` field: order, to, ms, seq and its copy of the
+-- meeting's `preempt` (false when none is known); nil when there is none.
 local function parse_live(live)
-  return string.match(live or '', '^(%d+)|(%d+)|(%d+)|(%d*)$')
+  local o, to, ms, seq, preempt = string.match(live or '', '^(%d+)|(%d+)|(%d+)|(%d*)|(%d+)$')
+  if o then
+    return o, to, ms, seq, preempt
+  end
+  o, to, ms, seq = string.match(live or '', '^(%d+)|(%d+)|(%d+)|(%d*)$')
+  return o, to, ms, seq, false
 end
 
-local function format_live(order, to, ms, seq)
+-- A live field (`preempt`: false or nil when none is known).
+local function format_live(order, to, ms, seq, preempt)
+  if preempt then
+    return order .. '|' .. to .. '|' .. ms .. '|' .. seq .. '|' .. preempt
+  end
   return order .. '|' .. to .. '|' .. ms .. '|' .. seq
+end
+
+-- The live field `live` with another preempt (false: none), or false when
+-- `live` names no instance.
+local function with_preempt(live, preempt)
+  local o, to, ms, seq = parse_live(live)
+  return o ~= nil and format_live(o, to, ms, seq, preempt)
 end
 
 -- The successor of each sequence number below 256, as text: a sequence
@@ -151,13 +174,13 @@ local function write_instance(inst)
   redis.call('HSET', inst.schedule, inst.order, inst.from .. '|' .. inst.to .. '|' .. inst.state)
 end
 
--- The last id an instance handed out, as (ms, seq), and whether it is kept
--- in the live field.
+-- The last id an instance handed out, as (ms, seq), whether it is kept
+-- in the live field, and then the live field's preempt.
 local function last_id(inst)
   if inst.state == 'active' then
-    local o, _, ms, seq = parse_live(redis.call('HGET', inst.key, 'live'))
+    local o, _, ms, seq, preempt = parse_live(redis.call('HGET', inst.key, 'live'))
     if o == inst.order then
-      return ms, seq, true
+      return ms, seq, true, preempt
     end
   end
   local ms, seq = string.match(redis.call('HGET', inst.schedule, inst.order .. '#id') or '', '^(%d+)%-(%d*)$')
@@ -179,7 +202,7 @@ end
 --[[ Hand out `count` ids at `now`. Returns them, and the ms of the id
 before them (a floor for the times of what they stamp). ]]
 local function take_ids(inst, now, count)
-  local ms, seq, live = last_id(inst)
+  local ms, seq, live, preempt = last_id(inst)
   local before = ms
   local ids = {}
   for i = 1, count do
@@ -188,7 +211,7 @@ local function take_ids(inst, now, count)
   end
   if count > 0 then
     if live then
-      redis.call('HSET', inst.key, 'live', format_live(inst.order, inst.to, ms, seq))
+      redis.call('HSET', inst.key, 'live', format_live(inst.order, inst.to, ms, seq, preempt))
     else
       redis.call('HSET', inst.schedule, inst.order .. '#id', ms .. '-' .. seq)
     end
@@ -276,7 +299,7 @@ local function activate(inst, due_index, active_index, preempt, now, at, retenti
   local prev = prev_id(ms, seq)
   ms, seq = next_id(now, ms, seq)
   local id = ms .. '-' .. seq
-  local live = format_live(inst.order, inst.to, ms, seq)
+  local live = format_live(inst.order, inst.to, ms, seq, preempt)
   inst.state = 'active'
   write_instance(inst)
   redis.call('ZREM', inst.base .. 'upcoming:' .. inst.meeting, inst.order)
@@ -419,7 +442,7 @@ local function index_scheduled(inst)
   local f = redis.call('HMGET', inst.key, 'live', 'preempt')
   local live_order = parse_live(f[1])
   if live_order and tonumber(inst.order) > tonumber(live_order) and (not f[2] or later(f[2], inst.from)) then
-    redis.call('HSET', inst.key, 'preempt', inst.from)
+    redis.call('HSET', inst.key, 'preempt', inst.from, 'live', with_preempt(f[1], inst.from))
   end
   return added
 end
@@ -619,10 +642,15 @@ local function settle(base, meeting, live, preempt, now, budget, retention, know
     done.activated[1] = plan.start.name
     winner_to = plan.start.to
   elseif again and again ~= preempt then
-    redis.call('HSET', key, 'preempt', again)
+    live = with_preempt(live, again)
+    redis.call('HSET', key, 'preempt', again, 'live', live)
   end
   if preempt and not again then
     redis.call('HDEL', key, 'preempt')
+    if live and not plan.start then
+      live = with_preempt(live, false)
+      redis.call('HSET', key, 'live', live)
+    end
   end
   for _, inst in ipairs(plan.losers) do
     local again = inst.to
@@ -635,21 +663,21 @@ local function settle(base, meeting, live, preempt, now, budget, retention, know
 end
 
 --[[ The running instance a JOIN, LEAVE or POST names (`order`, or '' for
-whichever runs) at `now`, from its meeting's `live` and `preempt` fields,
-once what is due for the meeting is applied (settle; at most SETTLE_BUDGET
-timeouts): its order, end and last id; refused when it is not running.
+whichever runs) at `now`, from its meeting's live field, once what is due
+for the meeting is applied (settle; at most SETTLE_BUDGET timeouts): its
+order, end, last id and preempt; refused when it is not running.
 live_write's way when its memo does not know the live field. ]]
-local function running_now(key, base, meeting, order, live, preempt, now, retention)
-  local o, to, ms, seq = parse_live(live)
+local function running_now(key, base, meeting, order, live, now, retention)
+  local o, to, ms, seq, preempt = parse_live(live)
   if not (o and later(to, now) and (not preempt or later(preempt, now))) then
     live = settle(base, meeting, live, preempt, now, SETTLE_BUDGET, retention)
-    o, to, ms, seq = parse_live(live)
+    o, to, ms, seq, preempt = parse_live(live)
     if o and not later(to, now) then
       o = nil
     end
   end
   if o and (order == '' or order == o) then
-    return o, to, ms, seq
+    return o, to, ms, seq, preempt
   end
   not_running(key, base, meeting, order)
 end
@@ -658,11 +686,12 @@ end
 live field, by meeting key: the next call on the meeting mostly reads that
 text back, and comparing it spares matching it and building the next one
 from scratch. A table a meeting, changed in place (no allocation a call):
-`live` (the text), `order`, `to`, `head` ("<O>|<to>|"), `name` ("<M>/<O>"),
-`ms`, `seq` and `id` (the last id, "<ms>-<seq>"). An entry says only what
-its text says, so a field written by anyone else (the tick, an instance's
-start or end, redis-cli) merely misses. Up to 10000 meetings, then it
-starts afresh (as keys.lua's memo). ]]
+`live` (the text), `order`, `to`, `preempt`, `head` ("<O>|<to>|"), `tail`
+("|<preempt>" or ''), `name` ("<M>/<O>"), `ms`, `seq` and `id` (the last
+id, "<ms>-<seq>"). An entry says only what its text says, so a field
+written by anyone else (the tick, an instance's start or end, redis-cli)
+merely misses. Up to 10000 meetings, then it starts afresh (as keys.lua's
+memo). ]]
 local made, made_count = {}, 0
 
 --[[ The id a JOIN, LEAVE or POST hands out, nothing written: the running
@@ -674,11 +703,11 @@ write and the instance's name "<M>/<O>". The hottest lines of the
 library: when the live field is the one the meeting's last hot call wrote,
 inside its window and with no pre-emption due, they compare and
 concatenate only. ]]
-local function live_write(key, base, meeting, order, live, preempt, now, retention)
+local function live_write(key, base, meeting, order, live, now, retention)
   local m = made[key]
-  local o, to, ms, seq, prev
+  local o, to, ms, seq, prev, preempt
   if m and m.live == live then
-    o, to = m.order, m.to
+    o, to, preempt = m.order, m.to, m.preempt
     if (#to > #now or (#to == #now and to > now)) and (not preempt or later(preempt, now)) then
       if order ~= '' and order ~= o then
         not_running(key, base, meeting, order)
@@ -689,7 +718,7 @@ local function live_write(key, base, meeting, order, live, preempt, now, retenti
     end
   end
   if not o then
-    o, to, ms, seq = running_now(key, base, meeting, order, live, preempt, now, retention)
+    o, to, ms, seq, preempt = running_now(key, base, meeting, order, live, now, retention)
     prev = seq == '' and '0-0' or ms .. '-' .. seq
     if not m then
       if made_count >= 10000 then
@@ -698,7 +727,8 @@ local function live_write(key, base, meeting, order, live, preempt, now, retenti
       m, made_count = {}, made_count + 1
       made[key] = m
     end
-    m.order, m.to, m.head, m.name = o, to, o .. '|' .. to .. '|', meeting .. '/' .. o
+    m.order, m.to, m.preempt, m.head, m.tail, m.name =
+      o, to, preempt, o .. '|' .. to .. '|', preempt and '|' .. preempt or '', meeting .. '/' .. o
   end
   if #now > #ms or (#now == #ms and now > ms) then
     ms, seq = now, '0'
@@ -708,7 +738,7 @@ local function live_write(key, base, meeting, order, live, preempt, now, retenti
     seq = NEXT_SEQ[seq] or tostring(seq + 1)
   end
   local id = ms .. '-' .. seq
-  live = m.head .. ms .. '|' .. seq
+  live = m.head .. ms .. '|' .. seq .. m.tail
   m.live, m.ms, m.seq, m.id = live, ms, seq, id
   return o, to, ms, id, prev, live, m.name
 end

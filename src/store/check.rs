@@ -494,7 +494,7 @@ impl Store {
                     "instance {i}: active but its meeting has no live field (data of 0.1 not upgraded: a daemon upgrades it at start-up)"
                 )),
                 (Some(parts), [(i, e)]) => {
-                    let fits = parts.len() == 4
+                    let fits = (parts.len() == 4 || parts.len() == 5)
                         && parts[0] == i.order.to_string()
                         && parts[1] == e.to.to_string();
                     if !fits {
@@ -691,6 +691,16 @@ impl Store {
                 Some(v) => reply::text("HMGET", v).map(Some),
             };
             let (live, preempt) = (text()?, text()?);
+            // the live field's copy of the preempt (its fifth part), which
+            // the hot calls read instead of the field
+            let copy = live.as_deref().map(|l| l.split('|').nth(4));
+            if copy.is_some_and(|copy| copy != preempt.as_deref()) {
+                problems.push(format!(
+                    "meeting {m}: live field {:?} does not carry its preempt {:?}",
+                    live.as_deref().unwrap_or_default(),
+                    preempt.as_deref().unwrap_or_default()
+                ));
+            }
             let Some(running) = live
                 .as_deref()
                 .and_then(|l| l.split('|').next())

@@ -5,7 +5,7 @@
 //! header the daemon writes: the version and the number of partitions,
 //! which the library checks every meeting key against. The version that
 //! `meet_version` returns is the crate version, a digest of the Lua, the
-//! partition count and the API level: `0.4.0+<digest>/p16/api5`.
+//! partition count and the API level: `0.4.1+<digest>/p16/api5`.
 //!
 //! The API level names what the daemon may call: the functions, their
 //! arguments, their replies and the data layout. It changes when any of
@@ -104,7 +104,7 @@ impl Library {
 pub struct Loaded {
     /// The whole version string.
     pub version: String,
-    /// The crate version (`0.4.0`) as numbers.
+    /// The crate version (`0.4.1`) as numbers.
     release: Vec<u64>,
     /// The API level (1 for versions before levels were named).
     api: u32,

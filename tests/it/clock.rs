@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use meetingd::error::Code;
 use meetingd::store::{
-    Event, EventKind, InstanceId, InstanceRef, InstanceState, Store, StoreError,
+    Event, EventKind, InstanceId, InstanceRef, InstanceState, Keys, Store, StoreError,
 };
 
 use crate::harness::{
@@ -612,6 +612,7 @@ async fn data_of_0_2_is_indexed_at_start_up_and_check_knows_the_index() {
         .query_async(&mut conn)
         .await
         .expect("HDEL");
+    four_part_live(&redis, &store, 1).await;
     let problems = store.check().await.expect("check");
     assert!(
         problems
@@ -642,6 +643,100 @@ async fn data_of_0_2_is_indexed_at_start_up_and_check_knows_the_index() {
         .await
         .expect("ZCARD");
     assert_eq!(indexed, 1_200);
+
+    clock.set(t0() + 10 * MIN + 1);
+    let joined = store.join(2, InstanceRef::Current(1)).await.expect("join");
+    assert_eq!(joined.instance, higher, "pre-empted from the JOIN");
+    redis.assert_consistent();
+}
+
+/// Meeting M's live field as a library before 0.4.1 wrote it (four parts:
+/// no copy of the `preempt` field), put back in place; returns what it was.
+async fn four_part_live(redis: &Redis, store: &Store, meeting: u64) -> String {
+    let mut conn = redis.conn().await;
+    let live: String = redis::cmd("HGET")
+        .arg(store.keys().meeting(meeting))
+        .arg("live")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET live");
+    let four = live.split('|').take(4).collect::<Vec<_>>().join("|");
+    let _: () = redis::cmd("HSET")
+        .arg(store.keys().meeting(meeting))
+        .arg("live")
+        .arg(&four)
+        .query_async(&mut conn)
+        .await
+        .expect("HSET live");
+    live
+}
+
+/// 0.4.0 kept a meeting's `preempt` only in its own field, where the hot
+/// calls now read the live field's copy: `meetingd check` says which live
+/// field lacks it, a daemon's start-up copies it (once), and the JOIN that
+/// meets the pre-empting window then starts it.
+#[tokio::test]
+async fn a_preempt_of_0_4_0_is_copied_into_the_live_field_at_start_up() {
+    let redis = Redis::start();
+    let (store, clock) = redis.store(t0()).await;
+    users(&store, 1..=2).await;
+    public_meeting(&store, 1).await;
+    let running = InstanceId::new(1, 1);
+    let higher = InstanceId::new(1, 2);
+    store
+        .instance_set(running, t0(), t0() + 60 * MIN)
+        .await
+        .expect("running");
+    store.tick(t0()).await.expect("tick");
+    store
+        .instance_set(higher, t0() + 10 * MIN, t0() + 20 * MIN)
+        .await
+        .expect("higher");
+    store.join(1, running.into()).await.expect("join");
+    redis.assert_consistent();
+
+    // as 0.4.0 left it: the live field in four parts, `preempt` apart
+    let live = four_part_live(&redis, &store, 1).await;
+    let from = (t0() + 10 * MIN).to_string();
+    assert_eq!(live.split('|').nth(4), Some(from.as_str()), "{live}");
+    let problems = store.check().await.expect("check");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("does not carry its preempt"),
+        "{problems:?}"
+    );
+
+    // a start-up copies it, and doing it again changes nothing
+    drop(redis.store(t0()).await);
+    redis.assert_consistent();
+    let digest = redis.digest().await;
+    drop(redis.store(t0()).await);
+    assert_eq!(redis.digest().await, digest, "idempotent");
+
+    // the way back to 0.4.0 takes the copy out again, the field stays
+    let mut conn = redis.conn().await;
+    let down: Vec<redis::Value> = redis::cmd("FCALL")
+        .arg("meet_upgrade")
+        .arg(1)
+        .arg(Keys::active(store.keys().partition(1)))
+        .arg("")
+        .arg(1000)
+        .arg("down")
+        .query_async(&mut conn)
+        .await
+        .expect("down");
+    assert_eq!(down[1], redis::Value::Int(1), "{down:?}");
+    let (live, preempt): (String, String) = redis::cmd("HMGET")
+        .arg(store.keys().meeting(1))
+        .arg("live")
+        .arg("preempt")
+        .query_async(&mut conn)
+        .await
+        .expect("HMGET");
+    assert_eq!(live.split('|').count(), 4, "{live}");
+    assert_eq!(preempt, from);
+    drop(redis.store(t0()).await);
+    redis.assert_consistent();
 
     clock.set(t0() + 10 * MIN + 1);
     let joined = store.join(2, InstanceRef::Current(1)).await.expect("join");

@@ -67,7 +67,8 @@
 //!   Prometheus text. [`error`]: the protocol's error codes. [`clock`]:
 //!   where "now" comes from.
 //! - `src/main.rs`: `meetingd` (serve, check, check-config, repartition,
-//!   library); `src/bin/meetingctl.rs`: the client;
+//!   library); `src/bin/meetingctl.rs`: the client; [`stdout`]: their
+//!   output, which a closed pipe ends quietly;
 //!   `src/bin/meetingd-bench/`: measurements (BENCHMARKS.md).
 //!
 //! Arrows run one way: main -> daemon -> server -> cmd -> (watch ->) store
@@ -91,6 +92,7 @@ pub mod protocol;
 pub mod scheduler;
 pub mod server;
 pub mod stats;
+pub mod stdout;
 pub mod store;
 pub mod watch;
 pub mod web;

@@ -165,7 +165,7 @@ fn main() -> ExitCode {
                     }
                 },
             };
-            print!("{}", meetingd::store::Library::new(partitions).source);
+            meetingd::out!("{}", meetingd::store::Library::new(partitions).source);
             ExitCode::SUCCESS
         }
         Command::Check(settings) => check(settings.source()),
@@ -177,7 +177,7 @@ fn main() -> ExitCode {
                 .and_then(|raw| raw.validate().map(|_| raw))
             {
                 Ok(raw) => {
-                    print!("{}", raw.redacted_toml());
+                    meetingd::out!("{}", raw.redacted_toml());
                     ExitCode::SUCCESS
                 }
                 Err(err) => {
@@ -366,9 +366,12 @@ fn archive(args: ArchiveArgs) -> ExitCode {
     });
     match done {
         Ok(report) => {
-            println!(
+            meetingd::outln!(
                 "{} ended instances: {} archived before, {} queued; {} outbox entries archived",
-                report.ended, report.archived_before, report.queued, report.entries
+                report.ended,
+                report.archived_before,
+                report.queued,
+                report.entries
             );
             ExitCode::SUCCESS
         }
@@ -396,12 +399,12 @@ fn check(source: Source) -> ExitCode {
     };
     match result {
         Ok(problems) if problems.is_empty() => {
-            println!("clean");
+            meetingd::outln!("clean");
             ExitCode::SUCCESS
         }
         Ok(problems) => {
             for problem in &problems {
-                println!("{problem}");
+                meetingd::outln!("{problem}");
             }
             eprintln!("meetingd: {} problems", problems.len());
             ExitCode::from(1)
@@ -432,17 +435,23 @@ fn repartition(args: RepartitionArgs) -> ExitCode {
     match result {
         Err(code) => code,
         Ok(Ok(report)) if report.done => {
-            println!(
+            meetingd::outln!(
                 "{} meetings laid out over {} partitions (from {}): {} moved now, {} keys \
                  copied; start the daemons with redis.partitions = {} (or unset)",
-                report.meetings, report.to, report.from, report.moved, report.keys, report.to
+                report.meetings,
+                report.to,
+                report.from,
+                report.moved,
+                report.keys,
+                report.to
             );
             ExitCode::SUCCESS
         }
         Ok(Ok(report)) => {
-            println!(
+            meetingd::outln!(
                 "stopped after {} meetings ({} keys copied): run it again to go on",
-                report.moved, report.keys
+                report.moved,
+                report.keys
             );
             ExitCode::SUCCESS
         }

@@ -652,9 +652,9 @@ fn help(cli: &Cli, command: &[String]) -> ExitCode {
     match meetingd::protocol::help(name.as_deref()) {
         Ok(result) => {
             if cli.json {
-                println!("{}", json!({"ok": true, "result": result}));
+                meetingd::outln!("{}", json!({"ok": true, "result": result}));
             } else {
-                print!("{}", render(&result));
+                meetingd::out!("{}", render(&result));
             }
             ExitCode::SUCCESS
         }
@@ -751,14 +751,14 @@ fn report(cli: &Cli, mref: &str, csv: bool) -> Result<ExitCode, String> {
     }
     result["next"] = Value::Null;
     if csv {
-        print!("{}", report_csv_text(&result));
+        meetingd::out!("{}", report_csv_text(&result));
     } else if cli.json {
-        println!("{}", json!({"ok": true, "result": result}));
+        meetingd::outln!("{}", json!({"ok": true, "result": result}));
     } else {
         if let Some(fields) = result.as_object_mut() {
             fields.remove("next");
         }
-        print!("{}", render(&by_row(&result)));
+        meetingd::out!("{}", render(&by_row(&result)));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -838,7 +838,7 @@ fn report_svg(cli: &Cli, mref: &str) -> Result<ExitCode, String> {
             format!("{name} #{user}")
         }),
     };
-    print!("{}", svg_file(&chart));
+    meetingd::out!("{}", svg_file(&chart));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -911,9 +911,9 @@ fn request_again_in_doubt(cli: &Cli, line: String) -> Result<ExitCode, String> {
 fn answer(cli: &Cli, raw: &str, reply: &Value) -> Result<ExitCode, String> {
     if reply["ok"] == json!(true) {
         if cli.json {
-            println!("{raw}");
+            meetingd::outln!("{raw}");
         } else {
-            print!("{}", render(&by_row(&reply["result"])));
+            meetingd::out!("{}", render(&by_row(&reply["result"])));
         }
         Ok(ExitCode::SUCCESS)
     } else {
@@ -949,7 +949,7 @@ fn by_row(result: &Value) -> Value {
 /// Show an error reply (the raw line too with `--json`); exit status 1.
 fn refused(cli: &Cli, raw: &str, reply: &Value) -> ExitCode {
     if cli.json {
-        println!("{raw}");
+        meetingd::outln!("{raw}");
     }
     eprintln!(
         "{}: {}",
@@ -1037,7 +1037,6 @@ fn watch_on(
     at: &mut Watched,
     follow: &Follow,
 ) -> Result<WatchEnd, String> {
-    let stdout = std::io::stdout();
     let active = at.target.eq_ignore_ascii_case("active");
     loop {
         let mut tokens = vec!["WATCH", at.target.as_str()];
@@ -1094,22 +1093,17 @@ fn watch_on(
                 )));
             }
             let event = &line["event"];
-            let mut out = stdout.lock();
-            let shown = if cli.json {
-                writeln!(out, "{raw}")
+            if cli.json {
+                meetingd::outln!("{raw}");
             } else if follow.ids {
-                writeln!(
-                    out,
+                meetingd::outln!(
                     "{}  {}",
                     event["id"].as_str().unwrap_or("-"),
                     describe(event)
-                )
+                );
             } else {
-                writeln!(out, "{}", describe(event))
-            };
-            shown
-                .and_then(|_| out.flush())
-                .map_err(|e| format!("cannot print: {e}"))?;
+                meetingd::outln!("{}", describe(event));
+            }
             at.printed += 1;
             at.after = event["id"].as_str().map(str::to_string).or(at.after.take());
         }
@@ -1472,15 +1466,15 @@ fn import(cli: &Cli, file: &PathBuf, shift_from: Option<&str>) -> Result<ExitCod
             .iter()
             .map(|(entry, code, message)| json!({"entry": entry, "code": code, "message": message}))
             .collect();
-        println!("{}", json!({"loaded": loaded, "refused": refused_json}));
+        meetingd::outln!("{}", json!({"loaded": loaded, "refused": refused_json}));
     } else {
         for entry in &loaded {
-            println!("loaded   {entry}");
+            meetingd::outln!("loaded   {entry}");
         }
         for (entry, code, message) in &refused {
-            println!("refused  {entry}: {code}: {message}");
+            meetingd::outln!("refused  {entry}: {code}: {message}");
         }
-        println!("{} loaded, {} refused", loaded.len(), refused.len());
+        meetingd::outln!("{} loaded, {} refused", loaded.len(), refused.len());
     }
     Ok(if refused.is_empty() {
         ExitCode::SUCCESS

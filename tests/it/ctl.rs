@@ -288,6 +288,33 @@ fn help_lists_the_commands_and_one_command_s_syntax() {
     assert_eq!(result["admin"], true);
 }
 
+/// `meetingd library | head -2` (as the upgrade notes say to run it) and
+/// `meetingctl help | head`: a reader that stops reading ends the tool
+/// quietly, status 0, where `print!` panicked.
+#[test]
+fn a_closed_pipe_ends_the_tools_quietly() {
+    for (tool, args) in [
+        (env!("CARGO_BIN_EXE_meetingd"), &["library"][..]),
+        (env!("CARGO_BIN_EXE_meetingctl"), &["help"][..]),
+    ] {
+        let mut child = Command::new(tool)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the tool runs");
+        // read a little (the library is far more than a pipe holds), then
+        // go away
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut first = [0u8; 16];
+        std::io::Read::read_exact(&mut stdout, &mut first).expect("the first bytes");
+        drop(stdout);
+        let out = child.wait_with_output().expect("the tool ends");
+        assert!(out.status.success(), "{tool} {args:?}: {:?}", out.status);
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{tool} {args:?}");
+    }
+}
+
 #[test]
 fn user_set_and_get() {
     let (_redis, daemon) = daemon();

@@ -567,6 +567,27 @@ fn over_the_socket_windows_open_and_close_between_ticks() {
     redis.assert_consistent();
 }
 
+/// Public meeting 1 with instance 1/1 running since t0 (until an hour
+/// later, user 1 in it) and 1/2, of a higher order, to open ten minutes in
+/// and pre-empt it: its meeting's `preempt`. Returns 1/2.
+async fn held_back(store: &Store) -> InstanceId {
+    users(store, 1..=2).await;
+    public_meeting(store, 1).await;
+    let running = InstanceId::new(1, 1);
+    store
+        .instance_set(running, t0(), t0() + 60 * MIN)
+        .await
+        .expect("running");
+    let higher = InstanceId::new(1, 2);
+    store
+        .instance_set(higher, t0() + 10 * MIN, t0() + 20 * MIN)
+        .await
+        .expect("higher");
+    store.tick(t0()).await.expect("tick");
+    store.join(1, running.into()).await.expect("join");
+    higher
+}
+
 /// Data stored by 0.2 has no upcoming index and no `preempt`: `meetingd
 /// check` says what is missing, and a daemon's start-up builds both (its
 /// pages of the due index go past 1,000 instances due at one time); the
@@ -575,27 +596,14 @@ fn over_the_socket_windows_open_and_close_between_ticks() {
 async fn data_of_0_2_is_indexed_at_start_up_and_check_knows_the_index() {
     let redis = Redis::start();
     let (store, clock) = redis.store(t0()).await;
-    users(&store, 1..=2).await;
-    public_meeting(&store, 1).await;
+    let higher = held_back(&store).await;
     public_meeting(&store, 2).await;
-    let running = InstanceId::new(1, 1);
-    let higher = InstanceId::new(1, 2);
-    store
-        .instance_set(running, t0(), t0() + 60 * MIN)
-        .await
-        .expect("running");
-    store
-        .instance_set(higher, t0() + 10 * MIN, t0() + 20 * MIN)
-        .await
-        .expect("higher");
     for order in 1..=1_200 {
         store
             .instance_set(InstanceId::new(2, order), t0() + 90 * MIN, t0() + 95 * MIN)
             .await
             .expect("one of many");
     }
-    store.tick(t0()).await.expect("tick");
-    store.join(1, running.into()).await.expect("join");
     redis.assert_consistent();
 
     // as 0.2 left it
@@ -679,20 +687,7 @@ async fn four_part_live(redis: &Redis, store: &Store, meeting: u64) -> String {
 async fn a_preempt_of_0_4_0_is_copied_into_the_live_field_at_start_up() {
     let redis = Redis::start();
     let (store, clock) = redis.store(t0()).await;
-    users(&store, 1..=2).await;
-    public_meeting(&store, 1).await;
-    let running = InstanceId::new(1, 1);
-    let higher = InstanceId::new(1, 2);
-    store
-        .instance_set(running, t0(), t0() + 60 * MIN)
-        .await
-        .expect("running");
-    store.tick(t0()).await.expect("tick");
-    store
-        .instance_set(higher, t0() + 10 * MIN, t0() + 20 * MIN)
-        .await
-        .expect("higher");
-    store.join(1, running.into()).await.expect("join");
+    let higher = held_back(&store).await;
     redis.assert_consistent();
 
     // as 0.4.0 left it: the live field in four parts, `preempt` apart

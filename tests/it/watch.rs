@@ -2,8 +2,9 @@
 //! resume seam, a thousand watched instances on one subscriber connection
 //! per master, fan-out to a thousand watchers with one stalled watcher
 //! dropped, watchers released when their clients go, a write made with
-//! redis-cli, the subscriber connection killed mid-stream, a Redis restart
-//! and a drain. [`SCENARIOS`] run on a Redis Cluster as well
+//! redis-cli, the subscriber connection killed mid-stream, a Redis restart,
+//! a drain, and entries right after WATCH's reply as the last watch goes.
+//! [`SCENARIOS`] run on a Redis Cluster as well
 //! (`cluster::the_protocol_suite_on_a_cluster`).
 
 use std::time::{Duration, Instant};
@@ -914,4 +915,61 @@ fn a_burst_over_both_streams_reaches_the_watcher_whole_and_in_order() {
         sent.windows(2).all(|w| id_key(&w[0]) < id_key(&w[1])),
         "one sequence: {sent:?}"
     );
+}
+
+/// A watch gets what happens right after its reply, whatever its
+/// subscription is doing: round after round on one instance, a JOIN, a
+/// POST and a LEAVE go out as soon as WATCH has answered (before the
+/// subscription is confirmed, or while a fill from the streams runs), and
+/// the last watch of the instance was closed just before (its channel
+/// let go of while the new one opens), let go of by UNWATCH, or is still
+/// there. Each watch gets the three entries, in order, nothing else.
+#[test]
+fn a_watch_just_started_gets_what_follows_as_the_last_one_goes() {
+    let redis = Redis::start();
+    let daemon = Daemon::start(&redis, &[]);
+    let mut actor = daemon.client();
+    active_meetings(&mut actor, 1);
+    let mut previous: Option<Client> = None;
+    for round in 0..90 {
+        match round % 3 {
+            // the connection closes: the daemon lets go when it reads that
+            0 => drop(previous.take()),
+            1 => {
+                if let Some(last) = previous.as_mut() {
+                    assert_eq!(last.ok("UNWATCH")["unwatched"], "1/1");
+                }
+            }
+            // kept: the channel stays open under the new watch
+            _ => {}
+        }
+        let mut watcher = daemon.client();
+        assert_eq!(watcher.ok("WATCH 1")["watching"], "1/1");
+        let user = 1 + round % 3;
+        let sent: Vec<String> = [
+            format!("JOIN {user} 1"),
+            format!(r#"POST {user} 1 "round {round}""#),
+            format!("LEAVE {user} 1"),
+        ]
+        .iter()
+        .map(|request| {
+            let reply = actor.ok(request);
+            reply["id"].as_str().expect("an id").to_string()
+        })
+        .collect();
+        // each read fails the test after the client's read timeout
+        let seen: Vec<String> = (0..3)
+            .map(|_| {
+                event(&mut watcher)["id"]
+                    .as_str()
+                    .expect("an id")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(seen, sent, "round {round}");
+        previous = Some(watcher);
+    }
+    // nothing more came to the last watch: PING is answered next
+    let mut last = previous.expect("the last watch");
+    assert_eq!(last.ok("PING"), "PONG");
 }

@@ -1122,14 +1122,7 @@ fn a_watch_goes_on_through_a_failover_without_loss() {
             .expect("an id")
             .to_string(),
     );
-    let seen: Vec<String> = (0..posted.len())
-        .map(|_| {
-            crate::watch::event(&mut watcher)["id"]
-                .as_str()
-                .expect("an id")
-                .to_string()
-        })
-        .collect();
+    let seen: Vec<String> = crate::watch::event_ids(&mut watcher, posted.len());
     assert_eq!(seen, posted);
     assert_eq!(cluster.owner("meetingd:{p1}:meeting:1"), replica);
 }

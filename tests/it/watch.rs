@@ -204,6 +204,13 @@ pub fn event(watcher: &mut Client) -> Value {
     line["event"].clone()
 }
 
+/// The ids of the next `n` events a watcher receives.
+pub fn event_ids(watcher: &mut Client, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| event(watcher)["id"].as_str().expect("an id").to_string())
+        .collect()
+}
+
 fn stats(c: &mut Client) -> Value {
     c.ok("STATS")
 }
@@ -566,14 +573,7 @@ fn the_subscriber_killed_mid_stream_loses_nothing() {
         }
     }
     assert!(kills > 0, "no subscriber was killed");
-    let seen: Vec<String> = (0..sent.len())
-        .map(|_| {
-            event(&mut watcher)["id"]
-                .as_str()
-                .expect("an id")
-                .to_string()
-        })
-        .collect();
+    let seen: Vec<String> = event_ids(&mut watcher, sent.len());
     assert_eq!(seen, sent);
     // nothing more: a repeat would come before this
     let last = actor.ok("POST 1 1 last")["id"].clone();
@@ -902,14 +902,7 @@ fn a_burst_over_both_streams_reaches_the_watcher_whole_and_in_order() {
             reply["result"]["id"].as_str().expect("an id").to_string()
         })
         .collect();
-    let seen: Vec<String> = (0..60)
-        .map(|_| {
-            event(&mut watcher)["id"]
-                .as_str()
-                .expect("an id")
-                .to_string()
-        })
-        .collect();
+    let seen: Vec<String> = event_ids(&mut watcher, 60);
     assert_eq!(seen, sent);
     assert!(
         sent.windows(2).all(|w| id_key(&w[0]) < id_key(&w[1])),
@@ -958,14 +951,7 @@ fn a_watch_just_started_gets_what_follows_as_the_last_one_goes() {
         })
         .collect();
         // each read fails the test after the client's read timeout
-        let seen: Vec<String> = (0..3)
-            .map(|_| {
-                event(&mut watcher)["id"]
-                    .as_str()
-                    .expect("an id")
-                    .to_string()
-            })
-            .collect();
+        let seen: Vec<String> = event_ids(&mut watcher, 3);
         assert_eq!(seen, sent, "round {round}");
         previous = Some(watcher);
     }

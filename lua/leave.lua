@@ -19,10 +19,7 @@ local function leave(keys, args)
   local live = redis.call('HGET', key, 'live')
   if leave_key then
     local asked = optional_id(args[1], 'order') or ''
-    local preempt = select(5, parse_live(live))
-    if not settled(live, preempt, now) then
-      live = settle(base, meeting, live, preempt, now, SETTLE_BUDGET, retention)
-    end
+    live = live_settled(base, meeting, live, now, retention)
     local found, first = keyed_before(base, meeting, asked, live, user .. '/leave/' .. leave_key)
     if found then
       return found .. ' ' .. first .. ' duplicate'

@@ -58,10 +58,7 @@ local function post(keys, args)
   if post_key then
     -- the key is looked up in the instance as it is once what is due is
     -- applied
-    local preempt = select(5, parse_live(live))
-    if not settled(live, preempt, now) then
-      live = settle(base, meeting, live, preempt, now, SETTLE_BUDGET, retention)
-    end
+    live = live_settled(base, meeting, live, now, retention)
     local duplicate = posted_before(base, meeting, asked, live, user, post_key, text)
     if duplicate then
       return duplicate

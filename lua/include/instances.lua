@@ -662,6 +662,17 @@ local function settle(base, meeting, live, preempt, now, budget, retention, know
   return live, done
 end
 
+--[[ A hot call's live field once what is due for its meeting at `now` is
+applied (settle, at most SETTLE_BUDGET timeouts; nothing when nothing is
+due): where a JOIN, LEAVE or POST with a key looks the key up. ]]
+local function live_settled(base, meeting, live, now, retention)
+  local preempt = select(5, parse_live(live))
+  if settled(live, preempt, now) then
+    return live
+  end
+  return (settle(base, meeting, live, preempt, now, SETTLE_BUDGET, retention))
+end
+
 --[[ The running instance a JOIN, LEAVE or POST names (`order`, or '' for
 whichever runs) at `now`, from its meeting's live field, once what is due
 for the meeting is applied (settle; at most SETTLE_BUDGET timeouts): its
